@@ -1,0 +1,296 @@
+"""The one training loop, shared by every method.
+
+An *algo* (``workbench.algos.*``) says how a batch becomes a loss; this loop owns everything
+else: device placement, bf16 autocast, channels_last, optional ``torch.compile``, the optimizer
+(AdamW; with weight decay 0 it is exactly Adam), gradient clipping, the target-network period
+counted in gradient steps, JSONL metrics, atomic checkpoints, bit-identical resume, NaN/Inf
+guards, and multi-process training through ``torchrun`` + DistributedDataParallel.
+
+The algo protocol:
+
+- ``algo.model``: the ``nn.Module`` whose parameters are trained;
+- ``algo.target_model`` (optional): a module checkpointed with the model, never trained;
+- ``algo.loss(batch) -> (loss, metrics)``: a scalar tensor and a dict of scalar tensors;
+- ``algo.update_target()``: called every ``target_update_period`` gradient steps;
+- ``algo.param_groups()`` (optional): optimizer groups (dicts with ``params`` and overrides).
+
+DDP wraps a small module whose ``forward`` *is* ``algo.loss``. Every parameter that
+contributes to the loss gets its gradient averaged by DDP's hooks, however the algo reaches it
+(sub-modules, heads, helper methods), which is what the public JOWA code got wrong by calling
+its loss through ``model.module``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from workbench import checkpoint as ckpt_io
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a loss or gradient becomes NaN/Inf; the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimization settings of one run (method hyperparameters live in the algo's config)."""
+
+    steps: int
+    """Total number of gradient steps (including those done before a resume)."""
+    lr: float
+    """Learning rate for parameter groups that do not set their own."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay (0 makes the optimizer exactly Adam)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam moment coefficients."""
+    eps: float = 1e-8
+    """Adam epsilon (Dopamine's C51 uses 0.01/32; the papers do not state theirs)."""
+    grad_clip: float = 1.0
+    """Max global gradient L2 norm (0 disables clipping). Both papers clip at 1.0."""
+    target_update_period: int = 2000
+    """Copy the online network into the target every this many gradient steps."""
+    log_every: int = 10
+    """Write a metrics line every this many steps."""
+    checkpoint_every: int = 1000
+    """Write a checkpoint every this many steps (and always at the end)."""
+    keep_checkpoints: int = 2
+    """How many complete checkpoints to keep on disk."""
+    device: str = "auto"
+    """'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N'."""
+    precision: str = "auto"
+    """'auto' (bf16 autocast on CUDA, fp32 on CPU), 'bf16' or 'fp32'."""
+    compile: bool = False
+    """Wrap the loss computation in torch.compile."""
+    channels_last: bool | None = None
+    """Use channels_last memory format for conv models (None: on CUDA only)."""
+    seed: int = 0
+    """Seed for torch/numpy/python RNGs (the sampler has its own seed)."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision must be one of 'auto', 'bf16', 'fp32', got {self.precision!r}")
+        for name in ("target_update_period", "log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+class _LossModule(nn.Module):
+    """``forward(batch) = algo.loss(batch)``, so DDP sees (and averages) every used parameter."""
+
+    def __init__(self, algo: Any):
+        super().__init__()
+        self.model = algo.model
+        self._algo = [algo]  # a list keeps the algo (and its target net) out of the module tree
+
+    def forward(self, batch: dict[str, torch.Tensor]):
+        return self._algo[0].loss(batch)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if dist.is_available() and dist.is_initialized() and torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available; valid: 'auto', 'cpu'")
+    return dev
+
+
+def init_distributed() -> tuple[int, int]:
+    """Initialise torch.distributed from torchrun's environment; (rank, world_size).
+
+    Without torchrun (no ``WORLD_SIZE`` in the environment) this is a no-op returning (0, 1).
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device, channels_last: bool) -> dict:
+    out = {}
+    for key, value in batch.items():
+        if torch.is_tensor(value):
+            value = value.to(device, non_blocking=True)
+            if channels_last and value.dim() == 4 and key in ("obs", "next_obs"):
+                value = value.contiguous(memory_format=torch.channels_last)
+        out[key] = value
+    return out
+
+
+def build_optimizer(algo: Any, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    groups = algo.param_groups() if hasattr(algo, "param_groups") else [{"params": list(algo.model.parameters())}]
+    groups = [dict(g, params=[p for p in g["params"] if p.requires_grad]) for g in groups]
+    groups = [g for g in groups if g["params"]]
+    kwargs = dict(lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if device.type == "cuda":
+        kwargs["fused"] = True
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+def _all_finite(loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+    finite = torch.isfinite(loss.detach()).all() & torch.isfinite(grad_norm)
+    flag = finite.float().reshape(1)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)  # one rank's NaN stops every rank
+    return bool(flag.item() > 0)
+
+
+def _diagnose(metrics: dict[str, torch.Tensor], loss: torch.Tensor, grad_norm: torch.Tensor, step: int) -> str:
+    bad = [k for k, v in metrics.items() if torch.is_tensor(v) and not torch.isfinite(v).all()]
+    return (
+        f"non-finite values at step {step}: loss={loss.item()!r}, grad_norm={grad_norm.item()!r}, "
+        f"non-finite terms: {bad or 'none (the gradient overflowed)'}. The last good checkpoint "
+        "was kept; lower the learning rate or check the data (rewards, terminals) before resuming."
+    )
+
+
+def train(
+    algo: Any,
+    batches: Callable[[int], Iterator[dict[str, torch.Tensor]]],
+    cfg: TrainConfig,
+    run_dir: str | os.PathLike,
+    *,
+    run_config: dict | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    find_unused_parameters: bool = False,
+) -> dict[str, Any]:
+    """Train ``algo`` for ``cfg.steps`` gradient steps, resuming from ``run_dir`` if possible.
+
+    ``batches(start_step)`` returns an iterator of batches beginning with the batch that step
+    ``start_step`` consumes; samplers derive each batch from (seed, rank, step) so a resumed run
+    sees exactly the batches an uninterrupted one would. Returns a summary dict.
+    """
+    run_dir = Path(run_dir)
+    rank, world = _rank_world()
+    device = resolve_device(cfg.device)
+    amp = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
+
+    seed_everything(cfg.seed + rank)
+    algo.model.to(device)
+    target = getattr(algo, "target_model", None)
+    if target is not None:
+        target.to(device)
+    if channels_last:
+        algo.model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(algo, cfg, device)
+
+    start = 0
+    if resume and (last := ckpt_io.latest_checkpoint(run_dir)) is not None:
+        state = ckpt_io.load_checkpoint(last, algo.model, target=target, optimizer=optimizer, restore_rng=True)
+        start = state["step"]
+        if world > 1:
+            # RNG streams are per rank; only rank 0's was saved, so re-derive the others.
+            seed_everything(cfg.seed + rank + 1_000_003 * start)
+
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if run_config is not None:
+            ckpt_io.atomic_write_json(run_dir / "config.json", run_config)
+
+    loss_module: nn.Module = _LossModule(algo)
+    if world > 1:
+        # DDP broadcasts rank 0's trained weights; the target net must follow rank 0 too.
+        if target is not None:
+            for tensor in target.state_dict().values():
+                dist.broadcast(tensor, src=0)
+        loss_module = nn.parallel.DistributedDataParallel(
+            loss_module,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=find_unused_parameters,
+        )
+    step_fn = torch.compile(loss_module) if cfg.compile else loss_module
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+
+    metrics_path = run_dir / "metrics.jsonl"
+    bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=not progress or rank != 0)
+    it = batches(start)
+    t_last, n_last = time.perf_counter(), 0
+    step = start
+    last_metrics: dict[str, float] = {}
+    algo.model.train()
+    while step < cfg.steps:
+        batch = _to_device(next(it), device, channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss, metrics = step_fn(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        else:
+            grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+        if not _all_finite(loss, grad_norm):
+            message = _diagnose(metrics, loss, grad_norm, step + 1)
+            if rank == 0:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps({"step": step + 1, "error": message}) + "\n")
+            bar.close()
+            raise NonFiniteLossError(message)
+        optimizer.step()
+        step += 1
+        n_last += len(batch["game_id"]) * world
+        if step % cfg.target_update_period == 0 and hasattr(algo, "update_target"):
+            algo.update_target()
+        bar.update(1)
+
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            now = time.perf_counter()
+            record = {"step": step, "loss": float(loss.detach()), "grad_norm": float(grad_norm)}
+            record.update({k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in metrics.items()})
+            record["samples_per_s"] = n_last / max(now - t_last, 1e-9)
+            record["lr"] = optimizer.param_groups[0]["lr"]
+            t_last, n_last = now, 0
+            last_metrics = record
+            if rank == 0:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+        if (step % cfg.checkpoint_every == 0 or step == cfg.steps) and rank == 0:
+            ckpt_io.save_checkpoint(
+                run_dir, step, algo.model, target=target, optimizer=optimizer,
+                extra={"train": asdict(cfg)}, keep=cfg.keep_checkpoints,
+            )
+    bar.close()
+    if world > 1:
+        dist.barrier()
+    return {"steps": step, "resumed_from": start, "last_metrics": last_metrics, "run_dir": str(run_dir)}
+
