@@ -1,0 +1,474 @@
+"""Atari environments under the two protocols of the papers, game variants, vector envs, stacking.
+
+Protocols (``PROTOCOLS``):
+
+- ``"data"``: what DQN-Replay was recorded under (Dopamine's Atari set-up): sticky actions with
+  probability 0.25 (ALE-level, per emulator frame, as in Gym's ``NoFrameskip-v0`` that Dopamine
+  used), frame skip 4 with a max-pool over the last two frames, grayscale, 84x84 with
+  ``cv2.INTER_AREA``, no no-op starts, no fire reset, no life-loss terminals, the minimal action
+  set, episodes cut at 108,000 frames.
+- ``"eval"``: the papers' evaluation protocol: the same but ``repeat_action_probability = 0``.
+  Epsilon-greedy (0.001) belongs to the evaluator, not the env; each episode gets its own seed
+  from the evaluator.
+
+Both cap an episode at ``MAX_EPISODE_FRAMES = 108_000`` emulator frames, i.e.
+``MAX_AGENT_STEPS = 27_000`` agent steps (the defect to avoid is 108k *agent* steps); the step that
+reaches the cap returns ``truncated=True`` (``terminated`` wins if the game ends on that step).
+
+Preprocessing mirrors Dopamine's ``AtariPreprocessing`` step for step: of the 4 frames of an agent
+step, the grayscale screens of frames 3 and 4 are max-pooled (a game over earlier in the step stops
+it, the pool then reuses the older buffer, as Dopamine's does); at reset the pool is the reset
+screen with zeros. The observation is that pooled 210x160 screen resized to 84x84 with
+``cv2.INTER_AREA``.
+
+Seeding: ``reset(seed=s)`` re-seeds ALE's RNG (it drives sticky actions) and reloads the ROM, as
+ale-py's own ``AtariEnv`` does; ``reset()`` without a seed continues the RNG stream. Under the eval
+protocol the emulator is deterministic, so the seed changes nothing observable by itself (tested):
+the per-episode randomness of evaluation is the evaluator's epsilon stream, which it derives from
+the same per-episode seed.
+
+Variants: ``mode`` / ``difficulty`` select an ALE game variant (paper variants in
+``PAPER_VARIANTS``); invalid ones raise ValueError listing the game's valid modes/difficulties.
+
+Vectorization (``AtariVector``, backend ``"auto"``): ale-py's native ``AtariVectorEnv`` where it
+supports the protocol, our envs otherwise. Checked against ale-py 0.12.1 (``stack_num=1,
+noop_max=0, use_fire_reset=False, reward_clipping=False, episodic_life=False``): it seeds each
+sub-env on (partial) reset, has sticky actions, counts its episode cap in *frames* (a 400-frame cap
+ends at agent step 100, as ours), and gives frames and rewards identical to ``AtariProtocolEnv``
+on every non-terminal step (tests/test_envs.py). Two differences: (1) on a step where the game
+ends before the 4th frame, native pools the final screens while Dopamine (and we) reuse the older
+buffer, so the *terminal* observation can differ; DQN-Replay never stores the observation after a
+terminal and the evaluator never looks at it, so this does not matter for either protocol; (2) it
+has no game modes/difficulties, and it seeds ALE's sticky-action RNG differently from ale-py's
+``AtariEnv`` (same protocol, different random stream). So ``"auto"`` picks ``"native"`` for default
+variants and ``"sync"`` (our envs, in-process, one after the other) for mode/difficulty variants;
+``"async"`` (gymnasium's AsyncVectorEnv of our env) is there for multi-core machines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import cv2
+import gymnasium
+import numpy as np
+from gymnasium import spaces
+
+from workbench import games as _games
+
+__all__ = [
+    "PROTOCOLS",
+    "STICKY_ACTION_PROB",
+    "FRAME_SKIP",
+    "MAX_EPISODE_FRAMES",
+    "MAX_AGENT_STEPS",
+    "OBS_SHAPE",
+    "PAPER_VARIANTS",
+    "NATIVE_VECTOR_NOTE",
+    "AtariProtocolEnv",
+    "make_env",
+    "available_modes",
+    "available_difficulties",
+    "AtariVector",
+    "FrameStacker",
+]
+
+Protocol = Literal["eval", "data"]
+#: repeat_action_probability of each protocol.
+PROTOCOLS: dict[str, float] = {"data": 0.25, "eval": 0.0}
+STICKY_ACTION_PROB = PROTOCOLS["data"]
+FRAME_SKIP = 4
+MAX_EPISODE_FRAMES = 108_000
+MAX_AGENT_STEPS = MAX_EPISODE_FRAMES // FRAME_SKIP  # 27,000
+OBS_SHAPE = (84, 84)
+STACK = 4
+#: Game variants of Scaled QL's online fine-tuning (Section 5.2, after Farebrother et al. 2018).
+PAPER_VARIANTS: dict[str, dict[str, int]] = {
+    "Breakout": {"mode": 12, "difficulty": 0},
+    "Hero": {"mode": 1, "difficulty": 0},
+    "Freeway": {"mode": 1, "difficulty": 0},
+}
+
+NATIVE_VECTOR_NOTE = (
+    "native AtariVectorEnv == AtariProtocolEnv on non-terminal frames; the terminal frame can "
+    "differ (pooling after an early game over); no mode/difficulty support"
+)
+
+
+def _check_protocol(protocol: str) -> float:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}: valid protocols are {sorted(PROTOCOLS)}")
+    return PROTOCOLS[protocol]
+
+
+def _new_ale(repeat_action_probability: float) -> Any:
+    import ale_py
+
+    ale = ale_py.ALEInterface()
+    ale.setLoggerMode(ale_py.LoggerMode.Error)
+    ale.setFloat("repeat_action_probability", float(repeat_action_probability))
+    ale.setInt("frame_skip", 1)  # we skip frames ourselves to max-pool the last two
+    ale.setInt("max_num_frames_per_episode", 0)  # we enforce the cap ourselves, in frames
+    return ale
+
+
+_MODES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+
+
+def _modes_and_difficulties(game: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    game = _games.canonical_game(game)
+    if game not in _MODES:
+        from ale_py import roms
+
+        ale = _new_ale(0.0)
+        ale.loadROM(roms.get_rom_path(_games.ale_rom_id(game)))
+        _MODES[game] = (
+            tuple(int(m) for m in ale.getAvailableModes()),
+            tuple(int(d) for d in ale.getAvailableDifficulties()),
+        )
+    return _MODES[game]
+
+
+def available_modes(game: str) -> tuple[int, ...]:
+    """Game modes ale-py offers for this game."""
+    return _modes_and_difficulties(game)[0]
+
+
+def available_difficulties(game: str) -> tuple[int, ...]:
+    """Game difficulties ale-py offers for this game."""
+    return _modes_and_difficulties(game)[1]
+
+
+def _check_variant(game: str, mode: int | None, difficulty: int | None) -> None:
+    modes, diffs = _modes_and_difficulties(game)
+    if mode is not None and mode not in modes:
+        raise ValueError(f"invalid mode {mode!r} for {game}: valid modes are {list(modes)}")
+    if difficulty is not None and difficulty not in diffs:
+        raise ValueError(
+            f"invalid difficulty {difficulty!r} for {game}: valid difficulties are {list(diffs)}"
+        )
+
+
+class AtariProtocolEnv(gymnasium.Env):
+    """One Atari game under the ``"data"`` or ``"eval"`` protocol (see module docstring).
+
+    Observation: uint8 ``(84, 84)``; action: minimal-set index; reward: raw game reward.
+    ``max_episode_frames`` exists for tests and experiments; the protocols use 108,000.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 15}
+
+    def __init__(
+        self,
+        game: str,
+        protocol: Protocol = "eval",
+        *,
+        mode: int | None = None,
+        difficulty: int | None = None,
+        seed: int | None = None,
+        render_rgb: bool = False,
+        max_episode_frames: int = MAX_EPISODE_FRAMES,
+    ) -> None:
+        from ale_py import roms
+
+        self.game = _games.canonical_game(game)
+        self.protocol = protocol
+        self.repeat_action_probability = _check_protocol(protocol)
+        _check_variant(self.game, mode, difficulty)
+        if int(max_episode_frames) <= 0:
+            raise ValueError(f"max_episode_frames must be positive, got {max_episode_frames}")
+        self.mode, self.difficulty = mode, difficulty
+        self.max_episode_frames = int(max_episode_frames)
+        self.render_mode = "rgb_array" if render_rgb else None
+        self._rom = roms.get_rom_path(_games.ale_rom_id(self.game))
+        self._ale = _new_ale(self.repeat_action_probability)
+        self._actions = [self._ale_action(a) for a in _games.minimal_action_set(self.game)]
+        self.observation_space = spaces.Box(0, 255, OBS_SHAPE, np.uint8)
+        self.action_space = spaces.Discrete(len(self._actions))
+        self._buf = np.zeros((2, 210, 160), np.uint8)
+        self._frames = 0
+        self._seed = seed
+        self._load(seed)
+
+    @staticmethod
+    def _ale_action(a: int) -> Any:
+        import ale_py
+
+        return ale_py.Action(a)
+
+    def _load(self, seed: int | None) -> None:
+        # ALE reads random_seed at loadROM; with None, draw one from OS entropy like ale-py does.
+        ss = np.random.SeedSequence(seed)
+        ale_seed = int(ss.generate_state(1)[0] & 0x7FFFFFFF)
+        self._ale.setInt("random_seed", ale_seed)
+        self._ale.loadROM(self._rom)
+        if self.mode is not None:
+            self._ale.setMode(self.mode)
+        if self.difficulty is not None:
+            self._ale.setDifficulty(self.difficulty)
+        self._needs_reset = True
+
+    def _obs(self) -> np.ndarray:
+        pooled = np.maximum(self._buf[0], self._buf[1])
+        return cv2.resize(pooled, (84, 84), interpolation=cv2.INTER_AREA)
+
+    def _info(self) -> dict[str, Any]:
+        return {"lives": int(self._ale.lives()), "episode_frame_number": self._frames}
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        if seed is not None:
+            self._seed = int(seed)
+            self._load(self._seed)
+        self._ale.reset_game()
+        self._frames = 0
+        self._needs_reset = False
+        self._ale.getScreenGrayscale(self._buf[0])
+        self._buf[1].fill(0)
+        return self._obs(), self._info()
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self._needs_reset:
+            raise RuntimeError("call reset() before step() (and after an episode ends)")
+        a = int(action)
+        if not 0 <= a < len(self._actions):
+            raise ValueError(
+                f"action {action!r} out of range for {self.game}: minimal-set indices are "
+                f"0..{len(self._actions) - 1}"
+            )
+        ale_action, reward, over = self._actions[a], 0.0, False
+        for t in range(FRAME_SKIP):
+            reward += self._ale.act(ale_action)
+            self._frames += 1
+            over = self._ale.game_over()
+            if t >= FRAME_SKIP - 2:
+                self._ale.getScreenGrayscale(self._buf[t - (FRAME_SKIP - 2)])
+            if over or self._frames >= self.max_episode_frames:
+                break
+        terminated = bool(over)
+        truncated = not terminated and self._frames >= self.max_episode_frames
+        self._needs_reset = terminated or truncated
+        return self._obs(), float(reward), terminated, truncated, self._info()
+
+    def render(self) -> np.ndarray | None:
+        """RGB screen (210, 160, 3) uint8 when made with ``render_rgb=True``."""
+        if self.render_mode != "rgb_array":
+            return None
+        return self._ale.getScreenRGB()
+
+    def close(self) -> None:
+        self._ale = None  # type: ignore[assignment]
+
+
+def make_env(
+    game: str,
+    protocol: Protocol = "eval",
+    *,
+    mode: int | None = None,
+    difficulty: int | None = None,
+    seed: int | None = None,
+    render_rgb: bool = False,
+) -> gymnasium.Env:
+    """An Atari env under a protocol: obs uint8 (84, 84), minimal-set actions, raw rewards,
+    ``truncated`` at 108,000 frames (27,000 agent steps). ``seed`` seeds the first reset."""
+    return AtariProtocolEnv(
+        game, protocol, mode=mode, difficulty=difficulty, seed=seed, render_rgb=render_rgb
+    )
+
+
+class AtariVector:
+    """N copies of one game under a protocol, with explicit per-env seeded resets.
+
+    No auto-reset: after an env's episode ends, its slot returns its last observation and zero
+    reward until the caller resets it with :meth:`reset_envs` (that keeps per-episode seeds in the
+    caller's hands). ``backend``: ``"auto"`` (native for default variants, else sync), ``"sync"``
+    (our envs in-process), ``"async"`` (our envs in worker processes), ``"native"`` (ale-py's
+    AtariVectorEnv; no variants). See the module docstring for the measured differences.
+    """
+
+    def __init__(
+        self,
+        game: str,
+        num_envs: int,
+        protocol: Protocol = "eval",
+        *,
+        mode: int | None = None,
+        difficulty: int | None = None,
+        backend: Literal["auto", "sync", "async", "native"] = "auto",
+        max_episode_frames: int = MAX_EPISODE_FRAMES,
+        num_threads: int = 1,
+    ) -> None:
+        if int(num_envs) < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if backend not in ("auto", "sync", "async", "native"):
+            raise ValueError(
+                f"unknown backend {backend!r}: valid are 'auto', 'sync', 'async', 'native'"
+            )
+        if backend == "auto":
+            backend = "native" if mode is None and difficulty is None else "sync"
+        self.game = _games.canonical_game(game)
+        self.num_envs = int(num_envs)
+        self.protocol = protocol
+        self.backend = backend
+        _check_protocol(protocol)
+        _check_variant(self.game, mode, difficulty)
+        self.num_actions = _games.num_actions(self.game)
+        self._done = np.ones(self.num_envs, bool)
+        self._obs = np.zeros((self.num_envs, *OBS_SHAPE), np.uint8)
+        if backend == "native":
+            if mode is not None or difficulty is not None:
+                raise ValueError("backend 'native' has no game modes/difficulties: use 'sync'")
+            from ale_py.vector_env import AtariVectorEnv
+            from gymnasium.vector import AutoresetMode
+
+            self._env: Any = AtariVectorEnv(
+                _games.ale_rom_id(self.game),
+                self.num_envs,
+                max_num_frames_per_episode=max_episode_frames,
+                repeat_action_probability=PROTOCOLS[protocol],
+                # native has no DISABLED mode: a finished env auto-resets (unseeded) on its next
+                # step; we discard that and reset it with the caller's seed via reset_mask.
+                autoreset_mode=AutoresetMode.NEXT_STEP,
+                stack_num=1,
+                noop_max=0,
+                use_fire_reset=False,
+                reward_clipping=False,
+                episodic_life=False,
+                num_threads=num_threads,
+            )
+            self._envs: list[AtariProtocolEnv] = []
+        else:
+
+            def factory() -> AtariProtocolEnv:
+                return AtariProtocolEnv(
+                    self.game,
+                    protocol,
+                    mode=mode,
+                    difficulty=difficulty,
+                    max_episode_frames=max_episode_frames,
+                )
+
+            if backend == "sync":
+                self._envs = [factory() for _ in range(self.num_envs)]
+                self._env = None
+            else:
+                from gymnasium.vector import AsyncVectorEnv, AutoresetMode
+
+                self._envs = []
+                self._env = AsyncVectorEnv(
+                    [factory] * self.num_envs, autoreset_mode=AutoresetMode.DISABLED
+                )
+
+    def reset(self, seeds: Sequence[int]) -> np.ndarray:
+        """Reset every env, env i with ``seeds[i]``; returns obs ``(N, 84, 84)`` uint8."""
+        self.reset_envs(np.arange(self.num_envs), seeds)
+        return self._obs.copy()
+
+    def reset_envs(self, indices: Sequence[int], seeds: Sequence[int]) -> np.ndarray:
+        """Reset the envs ``indices`` with ``seeds``; returns their new obs ``(len(indices), 84, 84)``."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        sd = np.asarray(seeds, dtype=np.int64).reshape(-1)
+        if idx.shape != sd.shape:
+            raise ValueError(f"need one seed per index, got {idx.size} indices and {sd.size} seeds")
+        if idx.size and (idx.min() < 0 or idx.max() >= self.num_envs):
+            raise ValueError(f"env indices must be in 0..{self.num_envs - 1}, got {idx.tolist()}")
+        if np.unique(idx).size != idx.size:
+            raise ValueError(f"duplicate env indices: {idx.tolist()}")
+        if idx.size == 0:
+            return self._obs[:0].copy()
+        order = np.argsort(idx)  # native takes seeds in ascending env order
+        idx, sd = idx[order], sd[order]
+        out_order = np.argsort(order)
+        if self._env is None:
+            for i, s in zip(idx.tolist(), sd.tolist()):
+                self._obs[i], _ = self._envs[i].reset(seed=s)
+        else:
+            mask = np.zeros(self.num_envs, bool)
+            mask[idx] = True
+            full = np.zeros(self.num_envs, np.int64)
+            full[idx] = sd
+            if self.backend == "native":
+                if self._done.all():  # native partial resets need a preceding full reset
+                    obs, _ = self._env.reset(seed=full)
+                else:
+                    obs, _ = self._env.reset(seed=sd, options={"reset_mask": mask})
+                obs = np.asarray(obs).reshape(self.num_envs, *OBS_SHAPE)
+            else:
+                seeds_list = [int(s) if m else None for s, m in zip(full, mask)]
+                obs, _ = self._env.reset(seed=seeds_list, options={"reset_mask": mask})
+            self._obs[mask] = obs[mask]
+        self._done[idx] = False
+        return self._obs[idx[out_order]].copy()
+
+    def step(
+        self, actions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Step all running envs with minimal-set ``actions`` (N,); finished envs are left idle.
+
+        Returns obs ``(N, 84, 84)`` uint8, reward float64 (N,) raw, terminated, truncated (N,) bool,
+        info ``{"active": bool (N,)}``: which envs actually stepped.
+        """
+        a = np.asarray(actions, dtype=np.int64).reshape(-1)
+        if a.shape != (self.num_envs,):
+            raise ValueError(f"need {self.num_envs} actions, got shape {np.shape(actions)}")
+        active = ~self._done
+        if np.any((a[active] < 0) | (a[active] >= self.num_actions)):
+            raise ValueError(
+                f"actions out of range for {self.game}: minimal-set indices are "
+                f"0..{self.num_actions - 1}, got {a.tolist()}"
+            )
+        rew = np.zeros(self.num_envs, np.float64)
+        term = np.zeros(self.num_envs, bool)
+        trunc = np.zeros(self.num_envs, bool)
+        if self._env is None:
+            for i in np.flatnonzero(active).tolist():
+                self._obs[i], rew[i], term[i], trunc[i], _ = self._envs[i].step(int(a[i]))
+        else:
+            # idle envs get action 0; their outputs are discarded below
+            obs, r, te, tr, _ = self._env.step(np.where(active, a, 0))
+            obs = np.asarray(obs).reshape(self.num_envs, *OBS_SHAPE)
+            self._obs[active] = obs[active]
+            rew[active] = np.asarray(r, np.float64)[active]
+            term[active] = np.asarray(te, bool)[active]
+            trunc[active] = np.asarray(tr, bool)[active]
+        self._done |= term | trunc
+        return self._obs.copy(), rew, term, trunc, {"active": active}
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+        for e in self._envs:
+            e.close()
+
+
+class FrameStacker:
+    """Rolling ``(N, 4, 84, 84)`` uint8 frame stacks, oldest first, zero-padded at episode start."""
+
+    def __init__(self, num_envs: int) -> None:
+        if int(num_envs) < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        self.num_envs = int(num_envs)
+        self.stacks = np.zeros((self.num_envs, STACK, *OBS_SHAPE), np.uint8)
+
+    def reset(self, indices: Sequence[int] | np.ndarray, frames: np.ndarray) -> np.ndarray:
+        """Zero the stacks of ``indices`` and put ``frames`` (len(indices), 84, 84) last."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        frames = np.asarray(frames)
+        if frames.shape != (idx.size, *OBS_SHAPE):
+            raise ValueError(f"frames must have shape {(idx.size, *OBS_SHAPE)}, got {frames.shape}")
+        self.stacks[idx] = 0
+        self.stacks[idx, -1] = frames
+        return self.stacks
+
+    def push(self, frames: np.ndarray, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """Append ``frames`` as the newest frame of every stack (or of ``indices`` only)."""
+        frames = np.asarray(frames)
+        idx = np.arange(self.num_envs) if indices is None else np.asarray(indices, np.int64)
+        if frames.shape != (idx.size, *OBS_SHAPE):
+            raise ValueError(f"frames must have shape {(idx.size, *OBS_SHAPE)}, got {frames.shape}")
+        self.stacks[idx, :-1] = self.stacks[idx, 1:]
+        self.stacks[idx, -1] = frames
+        return self.stacks

@@ -1,0 +1,144 @@
+"""Validated notebook parameters for the viz notebooks (06 analysis, 07 checkpoint explorer).
+
+papermill only warns about an unknown ``-p name value`` and runs with the defaults, so the
+second cell of each notebook hands its whole namespace to ``*.from_namespace(globals())``:
+every primitive, non-IPython name must be a field of the config dataclass, and each value is
+type-checked and range-checked with a message that lists the valid choices.
+Type coercion (papermill's ``-p`` turns ``007`` into 7) reuses ``workbench.config.from_params``.
+"""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+from workbench.config import from_params as _from_params
+
+__all__ = ["AnalysisParams", "ExplorerParams", "EXPLORER_SOURCES", "namespace_params"]
+
+T = TypeVar("T")
+
+# Names IPython puts in a kernel's user namespace; everything else primitive is a parameter.
+_IPYTHON_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython", "open"})
+_PRIMITIVES = (str, int, float, bool, list, tuple, dict, type(None))
+
+
+def namespace_params(namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """The notebook parameters in a kernel namespace: public names holding primitive values."""
+    return {
+        k: v
+        for k, v in namespace.items()
+        if not k.startswith("_")
+        and k not in _IPYTHON_NAMES
+        and isinstance(v, _PRIMITIVES)
+        and not isinstance(v, types.ModuleType)
+    }
+
+
+def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"invalid {name} {value!r}: valid choices are {', '.join(map(repr, valid))}")
+
+
+#: Where the explorer's rollout comes from.
+EXPLORER_SOURCES: tuple[str, ...] = ("checkpoint", "rollout", "synthetic")
+
+
+@dataclass(frozen=True)
+class ExplorerParams:
+    """Parameters of ``notebooks/07_explore_checkpoint.ipynb``."""
+
+    source: str = "checkpoint"
+    """'checkpoint' plays the game with a checkpoint's model, 'rollout' loads a saved rollout,
+    'synthetic' makes a random rollout without env or model (a smoke test of the widgets)."""
+    checkpoint: str = ""
+    """Run dir, its checkpoints/ dir, or one checkpoint dir (source='checkpoint')."""
+    rollout_path: str = ""
+    """Directory of a saved rollout (source='rollout')."""
+    game: str = "Pong"
+    """Game to play (any spelling games.canonical_game accepts)."""
+    seed: int = 0
+    """Episode seed (env reset and the epsilon stream)."""
+    max_steps: int = 300
+    """Agent steps to play (the rollout keeps every frame in memory)."""
+    epsilon: float = 0.001
+    """Evaluation epsilon (papers: 0.001)."""
+    video: bool = True
+    """Render the rollout to an mp4 with score/action/Q overlay and show it inline."""
+    out_dir: str = "runs/explore"
+    """Where the rollout and the video are written."""
+
+    def __post_init__(self) -> None:
+        _choice("source", self.source, EXPLORER_SOURCES)
+        if self.source == "checkpoint" and not self.checkpoint:
+            raise ValueError("source='checkpoint' needs checkpoint=<run or checkpoint dir>")
+        if self.source == "rollout" and not self.rollout_path:
+            raise ValueError("source='rollout' needs rollout_path=<saved rollout dir>")
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise ValueError(f"epsilon must be in [0, 1], got {self.epsilon}")
+        from workbench import games
+
+        games.canonical_game(self.game)  # raises with the valid names
+
+    @classmethod
+    def from_params(cls, **params: Any) -> "ExplorerParams":
+        return _from_params(cls, params)
+
+    @classmethod
+    def from_namespace(cls, namespace: Mapping[str, Any]) -> "ExplorerParams":
+        """Build from a notebook's ``globals()``: unknown parameter names are rejected."""
+        return _from_params(cls, namespace_params(namespace))
+
+
+@dataclass(frozen=True)
+class AnalysisParams:
+    """Parameters of ``notebooks/06_analysis.ipynb``."""
+
+    run_dirs: str = "runs/*"
+    """Comma-separated run directories or glob patterns (pass lists with papermill -y)."""
+    out_dir: str = "figures"
+    """Folder receiving the PNG + HTML figures and README.md."""
+    include_paper_reference: bool = True
+    """Draw the papers' reported numbers as reference points where available."""
+    png: bool = True
+    """Also write PNGs (needs Chromium; HTML is always written)."""
+    reps: int = 2000
+    """Bootstrap repetitions for the confidence intervals."""
+
+    def __post_init__(self) -> None:
+        if not self.run_dirs.strip():
+            raise ValueError("run_dirs is empty: give run directories or glob patterns, e.g. 'runs/*'")
+        if self.reps < 100:
+            raise ValueError(f"reps must be >= 100 for meaningful bootstrap CIs, got {self.reps}")
+        if not self.out_dir.strip():
+            raise ValueError("out_dir is empty")
+
+    @property
+    def run_dir_list(self) -> list[Path]:
+        """``run_dirs`` expanded: globs resolved and sorted, only directories kept."""
+        import glob
+
+        out: list[Path] = []
+        for part in (p.strip() for p in self.run_dirs.split(",")):
+            if not part:
+                continue
+            matches = sorted(glob.glob(part)) if any(c in part for c in "*?[") else [part]
+            out.extend(Path(m) for m in matches if Path(m).is_dir())
+        return list(dict.fromkeys(out))
+
+    @classmethod
+    def from_params(cls, **params: Any) -> "AnalysisParams":
+        return _from_params(cls, params)
+
+    @classmethod
+    def from_namespace(cls, namespace: Mapping[str, Any]) -> "AnalysisParams":
+        """Build from a notebook's ``globals()``: unknown parameter names are rejected."""
+        return _from_params(cls, namespace_params(namespace))
+
+
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in fields(cls)]
