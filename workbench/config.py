@@ -256,6 +256,23 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
     raise ValueError(f"parameter {name!r} must be {annotation.__name__}, got {value!r} ({type(value).__name__})")
 
 
+# Names IPython puts in a kernel's user namespace; every other public primitive is a parameter.
+_IPYTHON_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython", "open"})
+_PRIMITIVES = (str, int, float, bool, list, tuple, dict, type(None))
+
+
+def namespace_params(namespace: dict[str, Any]) -> dict[str, Any]:
+    """The papermill parameters in a notebook's namespace: public names holding primitives.
+
+    A notebook's second cell calls ``Config.from_params(**namespace_params(globals()))``
+    before defining anything else, so a misspelt ``-p modle ...`` is caught as unknown.
+    """
+    return {
+        k: v for k, v in namespace.items()
+        if not k.startswith("_") and k not in _IPYTHON_NAMES and isinstance(v, _PRIMITIVES)
+    }
+
+
 def from_params(cls: type, params: dict[str, Any]):
     """Construct dataclass ``cls`` from a dict, rejecting unknown names and ill-typed values."""
     hints = typing.get_type_hints(cls)
@@ -275,5 +292,54 @@ def from_params(cls: type, params: dict[str, Any]):
 
 __all__ = [
     "ALGOS", "TRAIN_PRESETS", "TrainPreset", "PretrainConfig", "paper_learning_rate",
-    "model_presets", "parse_split", "parse_runs", "from_params",
+    "model_presets", "parse_split", "parse_runs", "from_params", "namespace_params",
 ]
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Parameters of ``notebooks/05_evaluate.ipynb`` (and of ``workbench.pipeline.evaluate_run``)."""
+
+    checkpoint: str = "runs/pretrain"
+    """Run directory, its checkpoints/ directory, or one checkpoint directory."""
+    games: str = ""
+    """Games to evaluate (comma-separated or a game-set name); '' = the run's training games."""
+    episodes: int = 4
+    """Episodes per game, each with its own seed (the papers use 16)."""
+    num_envs: int = 4
+    """Parallel environments per game (batched inference across all of them)."""
+    max_steps: int = 27_000
+    """Agent-step cap per episode: 27,000 = 108,000 frames, the protocol's; smaller is flagged."""
+    epsilon: float = 0.001
+    """Evaluation epsilon (both papers: 0.001)."""
+    planning_horizon: int = 2
+    """JOWA: beam-search horizon H (0 = greedy in Q). Ignored for Q-networks."""
+    beam_width: int = 2
+    """JOWA: beam width K (1 = greedy in Q). Ignored for Q-networks."""
+    mode: int = -1
+    """Game mode for a variant (-1 = default mode)."""
+    difficulty: int = -1
+    """Game difficulty for a variant (-1 = default)."""
+    seed: int = 0
+    """Base seed: per-episode seeds and the epsilon stream derive from it."""
+    output: str = ""
+    """Scores JSON path; '' = <run dir>/eval/scores_<games>.json."""
+    device: str = "auto"
+    """'auto', 'cpu', 'cuda' or 'cuda:N'."""
+
+    def __post_init__(self) -> None:
+        if self.games:
+            from workbench.games import resolve_games
+
+            resolve_games(self.games)
+        for name in ("episodes", "num_envs", "max_steps", "beam_width"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.planning_horizon < 0:
+            raise ValueError(f"planning_horizon must be >= 0, got {self.planning_horizon}")
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise ValueError(f"epsilon must be in [0, 1], got {self.epsilon}")
+
+    @classmethod
+    def from_params(cls, **params: Any) -> "EvaluateConfig":
+        return from_params(cls, params)

@@ -186,7 +186,7 @@ class AtariProtocolEnv(gymnasium.Env):
         self._actions = [self._ale_action(a) for a in _games.minimal_action_set(self.game)]
         self.observation_space = spaces.Box(0, 255, OBS_SHAPE, np.uint8)
         self.action_space = spaces.Discrete(len(self._actions))
-        self._buf = np.zeros((2, 210, 160), np.uint8)
+        self._buf = np.zeros((2, 0, 0), np.uint8)  # sized per ROM in _load (Pooyan is 220x160)
         self._frames = 0
         self._seed = seed
         self._load(seed)
@@ -207,6 +207,9 @@ class AtariProtocolEnv(gymnasium.Env):
             self._ale.setMode(self.mode)
         if self.difficulty is not None:
             self._ale.setDifficulty(self.difficulty)
+        h, w = self._ale.getScreenDims()
+        if self._buf.shape != (2, h, w):
+            self._buf = np.zeros((2, h, w), np.uint8)
         self._needs_reset = True
 
     def _obs(self) -> np.ndarray:
@@ -254,7 +257,7 @@ class AtariProtocolEnv(gymnasium.Env):
         return self._obs(), float(reward), terminated, truncated, self._info()
 
     def render(self) -> np.ndarray | None:
-        """RGB screen (210, 160, 3) uint8 when made with ``render_rgb=True``."""
+        """RGB screen (H, W, 3) uint8 (210x160 for most games) when made with ``render_rgb=True``."""
         if self.render_mode != "rgb_array":
             return None
         return self._ale.getScreenRGB()
@@ -309,10 +312,11 @@ class AtariVector:
             )
         if backend == "auto":
             backend = "native" if mode is None and difficulty is None else "sync"
+        self.backend = backend
+        self._started = False
         self.game = _games.canonical_game(game)
         self.num_envs = int(num_envs)
         self.protocol = protocol
-        self.backend = backend
         _check_protocol(protocol)
         _check_variant(self.game, mode, difficulty)
         self.num_actions = _games.num_actions(self.game)
@@ -391,8 +395,9 @@ class AtariVector:
             full = np.zeros(self.num_envs, np.int64)
             full[idx] = sd
             if self.backend == "native":
-                if self._done.all():  # native partial resets need a preceding full reset
+                if not self._started:  # native partial resets need a preceding full reset
                     obs, _ = self._env.reset(seed=full)
+                    self._started = True
                 else:
                     obs, _ = self._env.reset(seed=sd, options={"reset_mask": mask})
                 obs = np.asarray(obs).reshape(self.num_envs, *OBS_SHAPE)

@@ -206,10 +206,13 @@ def train(
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
 
     seed_everything(cfg.seed + rank)
-    algo.model.to(device)
     target = getattr(algo, "target_model", None)
-    if target is not None:
-        target.to(device)
+    if hasattr(algo, "to"):
+        algo.to(device)  # moves the algo's own constants (C51 support, scales) as well
+    else:
+        algo.model.to(device)
+        if target is not None:
+            target.to(device)
     if channels_last:
         algo.model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(algo, cfg, device)

@@ -524,7 +524,7 @@ def write_npy_gz(
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     if array is not None:
-        array = np.ascontiguousarray(array)
+        array = np.require(array, requirements="C")  # (ascontiguousarray would make 0-d arrays 1-d)
         dtype, shape = array.dtype, array.shape
     assert dtype is not None and shape is not None
     with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=compresslevel, mtime=0) as gz:

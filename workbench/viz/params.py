@@ -1,41 +1,22 @@
 """Validated notebook parameters for the viz notebooks (06 analysis, 07 checkpoint explorer).
 
 papermill only warns about an unknown ``-p name value`` and runs with the defaults, so the
-second cell of each notebook hands its whole namespace to ``*.from_namespace(globals())``:
-every primitive, non-IPython name must be a field of the config dataclass, and each value is
-type-checked and range-checked with a message that lists the valid choices.
-Type coercion (papermill's ``-p`` turns ``007`` into 7) reuses ``workbench.config.from_params``.
+second cell of each notebook runs ``Params.from_params(**namespace_params(globals()))``
+(``workbench.config``'s helpers): every primitive, non-IPython name must be a field of the
+params dataclass, and each value is type-checked (papermill's ``-p`` turns ``007`` into 7) and
+range-checked with a message that lists the valid choices.
 """
 
 from __future__ import annotations
 
-import types
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any
 
 from workbench.config import from_params as _from_params
+from workbench.config import namespace_params
 
 __all__ = ["AnalysisParams", "ExplorerParams", "EXPLORER_SOURCES", "namespace_params"]
-
-T = TypeVar("T")
-
-# Names IPython puts in a kernel's user namespace; everything else primitive is a parameter.
-_IPYTHON_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython", "open"})
-_PRIMITIVES = (str, int, float, bool, list, tuple, dict, type(None))
-
-
-def namespace_params(namespace: Mapping[str, Any]) -> dict[str, Any]:
-    """The notebook parameters in a kernel namespace: public names holding primitive values."""
-    return {
-        k: v
-        for k, v in namespace.items()
-        if not k.startswith("_")
-        and k not in _IPYTHON_NAMES
-        and isinstance(v, _PRIMITIVES)
-        and not isinstance(v, types.ModuleType)
-    }
-
 
 def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
     if value not in valid:
@@ -53,7 +34,7 @@ class ExplorerParams:
     source: str = "checkpoint"
     """'checkpoint' plays the game with a checkpoint's model, 'rollout' loads a saved rollout,
     'synthetic' makes a random rollout without env or model (a smoke test of the widgets)."""
-    checkpoint: str = ""
+    checkpoint: str = "runs/pretrain"
     """Run dir, its checkpoints/ dir, or one checkpoint dir (source='checkpoint')."""
     rollout_path: str = ""
     """Directory of a saved rollout (source='rollout')."""
@@ -88,10 +69,6 @@ class ExplorerParams:
     def from_params(cls, **params: Any) -> "ExplorerParams":
         return _from_params(cls, params)
 
-    @classmethod
-    def from_namespace(cls, namespace: Mapping[str, Any]) -> "ExplorerParams":
-        """Build from a notebook's ``globals()``: unknown parameter names are rejected."""
-        return _from_params(cls, namespace_params(namespace))
 
 
 @dataclass(frozen=True)
@@ -134,11 +111,4 @@ class AnalysisParams:
     def from_params(cls, **params: Any) -> "AnalysisParams":
         return _from_params(cls, params)
 
-    @classmethod
-    def from_namespace(cls, namespace: Mapping[str, Any]) -> "AnalysisParams":
-        """Build from a notebook's ``globals()``: unknown parameter names are rejected."""
-        return _from_params(cls, namespace_params(namespace))
 
-
-def _field_names(cls: type) -> list[str]:
-    return [f.name for f in fields(cls)]

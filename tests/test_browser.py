@@ -1,0 +1,156 @@
+"""Real-browser check: JupyterLab + Playwright + Debian's Chromium run the explorer notebook,
+the inspector renders, and moving its step slider updates the plotted Q distributions.
+
+Skips (with the reason) when /usr/bin/chromium or the playwright package is missing;
+`.ci/run` installs both (`apt-get install chromium`, `pip install playwright`; never
+`playwright install`, which cannot download browsers here).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+STEPS, GAME, SEED = 12, "Breakout", 5
+
+
+def _requirements() -> str | None:
+    if not os.path.exists(CHROMIUM):
+        return f"{CHROMIUM} not found (apt-get install -y chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "python package playwright not installed (pip install playwright)"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"jupyter lab exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"jupyter lab did not answer {url} within {timeout} s")
+
+
+@pytest.fixture()
+def lab(tmp_path):
+    reason = _requirements()
+    if reason:
+        pytest.skip(reason)
+    import papermill
+
+    work = tmp_path / "lab"
+    work.mkdir()
+    # Parameters injected without executing: the browser runs the notebook.
+    papermill.execute_notebook(
+        str(ROOT / "notebooks" / "07_explore_checkpoint.ipynb"), str(work / "explore.ipynb"),
+        parameters=dict(source="synthetic", game=GAME, seed=SEED, max_steps=STEPS, video=False,
+                        out_dir=str(tmp_path / "explore")),
+        prepare_only=True, kernel_name="python3", progress_bar=False,
+    )
+    port = _free_port()
+    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+               JUPYTER_CONFIG_DIR=str(tmp_path / "config"), TQDM_DISABLE="1",
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    log = open(tmp_path / "lab.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         "--allow-root", "--IdentityProvider.token=", "--ServerApp.password=",
+         "--ServerApp.disable_check_xsrf=True", f"--ServerApp.root_dir={work}",
+         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+         "--LabApp.extension_manager=readonly"],
+        cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/api/status", proc, timeout=90)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _stop(proc)
+        log.close()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the server we started and its kernels (its own process group, nothing else)."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+_Q_PLOT_JS = """
+() => {
+  const plots = [...document.querySelectorAll('.js-plotly-plot')];
+  const q = plots.find(p => p.layout && p.layout.title && p.layout.title.text
+                              && p.layout.title.text.startsWith('step ') && p.data && p.data.length > 3
+                              && p.data[0].type === 'scatter');
+  if (!q) return null;
+  return {title: q.layout.title.text, y0: Array.from(q.data[0].y), bar: Array.from(q.data[q.data.length - 1].x)};
+}
+"""
+
+
+def test_explorer_notebook_slider_updates_plot_in_chromium(lab):
+    from playwright.sync_api import sync_playwright
+
+    from workbench.viz.rollout import synthetic_rollout
+
+    expected = synthetic_rollout(STEPS, game=GAME, seed=SEED)  # the notebook's rollout, rebuilt
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1200})
+            page.goto(f"{lab}/lab/tree/explore.ipynb", timeout=90_000)
+            page.wait_for_selector(".jp-Notebook", timeout=90_000)
+            # Wait for the kernel before running everything.
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+            page.click(".lm-MenuBar-itemLabel:text-is('Run')")
+            page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+            slider = page.locator(".widget-slider .noUi-handle").first
+            slider.wait_for(timeout=120_000)
+            page.wait_for_function(f"({_Q_PLOT_JS})() !== null", timeout=60_000)
+            before = page.evaluate(_Q_PLOT_JS)
+            assert before["title"].startswith("step 0")
+            np.testing.assert_allclose(before["y0"], expected.q_probs[0, 0], rtol=1e-5)
+
+            slider.focus()
+            for _ in range(3):  # keyboard steps the noUiSlider by one each
+                page.keyboard.press("ArrowRight")
+            page.wait_for_function(f"({_Q_PLOT_JS})().title.startsWith('step 3')", timeout=60_000)
+            after = page.evaluate(_Q_PLOT_JS)
+            np.testing.assert_allclose(after["y0"], expected.q_probs[3, 0], rtol=1e-5)
+            q3 = expected.q_probs[3].astype(np.float64) @ expected.support.astype(np.float64)
+            np.testing.assert_allclose(after["bar"], q3, rtol=1e-5)
+            assert "step 3/" in page.inner_text(".widget-html-content >> nth=0")
+        finally:
+            browser.close()

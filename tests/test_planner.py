@@ -1,0 +1,209 @@
+"""Beam-search planner against brute-force enumeration with full (uncached) forwards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from workbench.models.tokenizer import Tokenizer
+from workbench.models.world_action import WorldActionModel, world_action_config
+from workbench.planner import PlannerPolicy, beam_search, beam_search_sequential
+
+GAMMA = 0.9
+N_ACT = torch.tensor([4, 6, 3])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small ops on a shared 2-core machine: one thread avoids OpenMP oversubscription stalls."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model() -> WorldActionModel:
+    torch.manual_seed(0)
+    m = WorldActionModel(world_action_config("jowa-tiny", num_games=3)).eval()
+    # Sharpen the heads so rewards, terminations and Q differ clearly between actions.
+    with torch.no_grad():
+        m.reward_head[-1].weight.mul_(30.0)
+        m.q_head.heads[0][-1].weight.mul_(20.0)
+    return m
+
+
+def _inputs(N: int = 3, C: int = 2, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randint(0, 2048, (N, 36), generator=g)
+    game = torch.arange(N) % 3
+    vm = torch.arange(18)[None] < N_ACT[game][:, None]
+    ct = torch.randint(0, 2048, (N, C, 36), generator=g)
+    ca = torch.randint(0, 3, (N, C), generator=g)
+    cv = torch.ones(N, C, dtype=torch.bool)
+    if C:
+        cv[0, 0] = False  # a short history, left-padded
+    return obs, game, vm, ct, ca, cv
+
+
+def _prefix_seq(ct, ca, cv, obs):
+    """Real context steps then the current frame, as a flat token list with action flags."""
+    toks, flags = [], []
+    for t in range(ct.shape[0]):
+        if cv[t]:
+            toks += ct[t].tolist() + [int(ca[t])]
+            flags += [False] * 36 + [True]
+    return toks + obs.tolist(), flags + [False] * 36
+
+
+def _full(model, toks, flags, game):
+    """Hidden state of the last token from a full forward, no cache."""
+    t = torch.tensor(toks)[None]
+    f = torch.tensor(flags)[None]
+    return model.forward_tokens(t, f, torch.tensor([game]))[:, -1]
+
+
+def _q(model, h, valid):
+    return model.q_values(model.q_head(h), valid[None])[0]
+
+
+@torch.no_grad()
+def _brute_one_step(model, ct, ca, cv, obs, game, valid):
+    """Enumerate every valid action: predicted reward + gamma * max Q (0 if predicted terminal)."""
+    toks, flags = _prefix_seq(ct, ca, cv, obs)
+    values = {}
+    for a in range(int(valid.sum())):
+        seq, fl = toks + [a], flags + [True]
+        h = _full(model, seq, fl, game)
+        probs = torch.softmax(model.reward_head(h).float(), -1)[0]
+        r = float(probs @ torch.tensor([-1.0, 0.0, 1.0]))
+        term = float(torch.softmax(model.term_head(h).float(), -1)[0, 1]) > 0.5
+        for _ in range(36):  # greedy decoding of the next frame, each token by a full forward
+            seq, fl = seq + [int(model.obs_head(h).argmax(-1))], fl + [False]
+            h = _full(model, seq, fl, game)
+        values[a] = r if term else r + GAMMA * float(_q(model, h, valid).max())
+    return max(values, key=values.get), values
+
+
+@torch.no_grad()
+def test_h0_and_k1_are_greedy_in_q(model):
+    obs, game, vm, ct, ca, cv = _inputs()
+    greedy = []
+    for i in range(3):
+        toks, flags = _prefix_seq(ct[i], ca[i], cv[i], obs[i])
+        greedy.append(int(_q(model, _full(model, toks, flags, int(game[i])), vm[i]).argmax()))
+    for H, K in ((0, 3), (2, 1), (0, 1)):
+        res = beam_search(model, obs, game, vm, H, K, GAMMA, ct, ca, cv)
+        assert res.actions.tolist() == greedy
+
+
+@torch.no_grad()
+def test_full_width_one_step_equals_brute_force(model):
+    obs, game, vm, ct, ca, cv = _inputs(seed=1)
+    res = beam_search(model, obs, game, vm, 1, 18, GAMMA, ct, ca, cv, return_tree=True)
+    for i in range(3):
+        best, values = _brute_one_step(model, ct[i], ca[i], cv[i], obs[i], int(game[i]), vm[i])
+        assert int(res.actions[i]) == best
+        # The tree's depth-1 scores are the enumerated values, one node per valid action.
+        children = {n.action: n.score for n in res.trees[i].nodes if n.depth == 1}
+        assert set(children) == set(values)
+        for a, v in values.items():
+            assert children[a] == pytest.approx(v, abs=1e-4)
+    # The brute force is not trivially greedy here (otherwise the test would prove little).
+    assert res.actions.tolist() != beam_search(model, obs, game, vm, 0, 1, GAMMA, ct, ca, cv).actions.tolist()
+
+
+@torch.no_grad()
+def test_predicted_termination_stops_scoring():
+    torch.manual_seed(1)
+    m = WorldActionModel(world_action_config("jowa-tiny", num_games=3)).eval()
+    with torch.no_grad():
+        m.reward_head[-1].weight.mul_(30.0)
+        m.term_head[-1].bias.copy_(torch.tensor([-20.0, 20.0]))  # every step ends the episode
+        m.q_head.heads[0][-1].bias.view(18, 51)[:, -1] = 30.0  # huge Q: any bootstrap would dominate
+    obs, game, vm, ct, ca, cv = _inputs(seed=2)
+    res = beam_search(m, obs, game, vm, 2, 3, GAMMA, ct, ca, cv, return_tree=True)
+    for i in range(3):
+        nodes = res.trees[i].nodes
+        assert all(n.depth <= 1 for n in nodes)  # terminated paths are not expanded
+        d1 = [n for n in nodes if n.depth == 1]
+        assert all(n.terminal and n.score == pytest.approx(n.reward) for n in d1)  # no bootstrap
+        assert int(res.actions[i]) == max(d1, key=lambda n: n.score).action
+    seq = beam_search_sequential(m, obs, game, vm, 2, 3, GAMMA, ct, ca, cv)
+    assert seq.tolist() == res.actions.tolist()
+
+
+@torch.no_grad()
+def test_batched_equals_each_env_alone_and_sequential(model):
+    N = 5
+    obs, game, vm, ct, ca, cv = _inputs(N=N, C=2, seed=3)
+    K = torch.tensor([3, 2, 3, 1, 2])  # per-env beam widths
+    batched = beam_search(model, obs, game, vm, 2, K, GAMMA, ct, ca, cv)
+    alone = [
+        int(beam_search(model, obs[i:i + 1], game[i:i + 1], vm[i:i + 1], 2, int(K[i]), GAMMA,
+                        ct[i:i + 1], ca[i:i + 1], cv[i:i + 1]).actions[0])
+        for i in range(N)
+    ]
+    assert batched.actions.tolist() == alone
+    seq = beam_search_sequential(model, obs, game, vm, 2, K, GAMMA, ct, ca, cv)
+    assert seq.tolist() == alone
+
+
+@torch.no_grad()
+def test_tree_contract(model):
+    obs, game, vm, ct, ca, cv = _inputs(seed=4)
+    res = beam_search(model, obs, game, vm, 2, 2, GAMMA, ct, ca, cv, return_tree=True)
+    for i, tree in enumerate(res.trees):
+        assert tree.chosen_action == int(res.actions[i])
+        root = tree.nodes[0]
+        assert root.parent == -1 and root.depth == 0
+        ids = {n.id for n in tree.nodes}
+        assert all(n.parent in ids for n in tree.nodes[1:])
+        for depth in (1, 2):
+            layer = [n for n in tree.nodes if n.depth == depth]
+            assert 0 < sum(n.kept for n in layer) <= 2
+            assert all(n.action < int(N_ACT[game[i]]) for n in layer)
+        # depth-2 nodes hang only under kept depth-1 nodes
+        kept1 = {n.id for n in tree.nodes if n.depth == 1 and n.kept}
+        assert all(n.parent in kept1 for n in tree.nodes if n.depth == 2)
+        best_leaf = max((n for n in tree.nodes if n.depth == 2), key=lambda n: n.score)
+        assert tree.nodes[best_leaf.parent].action == tree.chosen_action
+
+
+@torch.no_grad()
+def test_planner_policy_context_and_reset(model):
+    torch.manual_seed(0)
+    tok = Tokenizer(world_action_config("jowa-tiny").tokenizer).eval()
+    policy = PlannerPolicy(model, tok, [4, 6, 3], horizon=1, beam_width=2, context_steps=2)
+    rng = np.random.default_rng(0)
+    obs1 = rng.integers(0, 256, (2, 4, 84, 84), dtype=np.uint8)
+    obs2 = rng.integers(0, 256, (2, 4, 84, 84), dtype=np.uint8)
+    games = np.array([0, 1])
+    a1 = policy.act(obs1, games)
+    assert a1.dtype == np.int64 and a1.shape == (2,)
+    a2 = policy.act(obs2, games)
+    # Second decision = beam search with the first step as context.
+    t1 = tok.encode(torch.from_numpy(obs1[:, -1]))
+    t2 = tok.encode(torch.from_numpy(obs2[:, -1]))
+    vm = torch.arange(18)[None] < torch.tensor([4, 6])[:, None]
+    ref = beam_search(model, t2, torch.tensor(games), vm, 1, 2, 0.99,
+                      t1[:, None], torch.from_numpy(a1)[:, None], torch.ones(2, 1, dtype=torch.bool))
+    assert a2.tolist() == ref.actions.tolist()
+    # After reset(env 0), env 0 plans without context: same as a fresh policy on obs2.
+    policy.reset([0])
+    a3 = policy.act(obs2, games)
+    fresh = PlannerPolicy(model, tok, [4, 6, 3], horizon=1, beam_width=2, context_steps=2).act(obs2, games)
+    assert a3[0] == fresh[0]
+
+
+def test_policy_validates_settings(model):
+    tok = Tokenizer(world_action_config("jowa-tiny").tokenizer)
+    with pytest.raises(ValueError, match=r"context_steps must be in \[0, 5\]"):
+        PlannerPolicy(model, tok, [4, 6, 3], horizon=2, context_steps=6)
+    with pytest.raises(ValueError, match="3 entries"):
+        PlannerPolicy(model, tok, [4, 6, 3], beam_width=[2, 3])
+    with pytest.raises(ValueError, match="task embeddings"):
+        PlannerPolicy(model, tok, [4, 6], horizon=1)
+    with pytest.raises(TypeError, match="uint8"):
+        PlannerPolicy(model, tok, [4, 6, 3], horizon=1).act(np.zeros((1, 4, 84, 84), np.float32), np.zeros(1, np.int64))

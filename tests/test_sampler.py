@@ -1,0 +1,196 @@
+"""Samplers against brute-force references built directly from the raw DQN-Replay rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from workbench.data import dqn_replay as dr
+from workbench.data import store as st
+from workbench.data.sampler import SequenceSampler, TransitionSampler
+from workbench.games import num_actions
+
+ROWS, CKPTS = 500, 2
+SIZES = {"Breakout": 1, "Pong": 2, "Alien": 3}  # runs per game: games of different sizes
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> tuple[Path, st.ReplayStore]:
+    root = tmp_path_factory.mktemp("dqn")
+    for gi, (g, runs) in enumerate(SIZES.items()):
+        for r in range(1, runs + 1):
+            dr.write_synthetic_run(root / g / str(r) / "replay_logs", CKPTS, ROWS, seed=10 * gi + r, num_actions=num_actions(g),
+                                   mean_episode=30, salt=100 * gi + r)
+    out = st.build_store(root, tmp_path_factory.mktemp("store") / "s", list(SIZES), [1], "near_optimal", progress=False)
+    return root, st.ReplayStore(out)
+
+
+@pytest.fixture(scope="module")
+def raw(synth) -> dict[str, list[dict[str, np.ndarray]]]:
+    root, _ = synth
+    return {g: [dr.load_checkpoint(root / g / "1/replay_logs", c) for c in range(CKPTS)] for g in SIZES}
+
+
+def _reference(ck: dict[str, np.ndarray], slot: int, n_step: int, gamma: float) -> dict:
+    """One transition by hand, straight from the checkpoint's rows (ring-indexed)."""
+    n = len(ck["terminal"])
+    obs, r, t = ck["observation"], ck["reward"], ck["terminal"]
+    assert not any(t[(slot - k) % n] for k in (1, 2, 3)), "sampled a start whose stack crosses a terminal"
+    ret, length, term = np.float32(0), 0, False
+    for k in range(n_step):
+        ret = np.float32(ret + np.float32(gamma**k) * r[(slot + k) % n])
+        length = k + 1
+        if t[(slot + k) % n]:
+            term = True
+            break
+    stack = lambda s: np.stack([obs[(s - 3 + k) % n] for k in range(4)])  # noqa: E731
+    return {"obs": stack(slot), "next": stack(slot + length), "reward": ret, "term": term, "action": int(ck["action"][slot]),
+            "discount": 0.0 if term else np.float32(gamma**n_step)}
+
+
+@pytest.mark.parametrize("n_step,gamma", [(3, 0.99), (1, 0.9)])
+def test_transitions_match_bruteforce(synth, raw, n_step: int, gamma: float) -> None:
+    _, s = synth
+    ts = TransitionSampler(s, batch_size=96, n_step=n_step, gamma=gamma, seed=1, pin_memory=False)
+    n_term = 0
+    for i in range(4):
+        gid, rows = ts.draw_rows(i)
+        b = ts.sample(i)
+        assert b["obs"].shape == (96, 4, 84, 84) and b["obs"].dtype == torch.uint8
+        assert b["action"].dtype == torch.int64 and b["reward"].dtype == torch.float32
+        assert b["discount"].dtype == torch.float32 and b["terminal"].dtype == torch.float32
+        assert b["game_id"].dtype == torch.int64 and b["valid_mask"].shape == (96, 18) and b["valid_mask"].dtype == torch.bool
+        for j in range(96):
+            game = ts.games[int(gid[j])]
+            (_, ckpt, slot), = s.source_of(game, rows[j : j + 1])
+            ref = _reference(raw[game][ckpt], slot, n_step, gamma)
+            np.testing.assert_array_equal(b["obs"][j].numpy(), ref["obs"])
+            assert b["reward"][j].item() == pytest.approx(float(ref["reward"]), abs=1e-6)
+            assert bool(b["terminal"][j]) == ref["term"]
+            assert b["discount"][j].item() == pytest.approx(float(ref["discount"]), abs=1e-7)
+            assert b["action"][j].item() == ref["action"]
+            if not ref["term"]:
+                np.testing.assert_array_equal(b["next_obs"][j].numpy(), ref["next"])
+            n_term += ref["term"]
+            # valid-action mask: exactly the game's minimal action set
+            na = num_actions(game)
+            assert b["valid_mask"][j].sum().item() == na and b["valid_mask"][j, :na].all()
+    assert n_term > 0  # the terminal branch was exercised
+
+
+def test_stratified_counts(synth) -> None:
+    _, s = synth
+    ts = TransitionSampler(s, batch_size=64, games_per_batch=16, seed=0, pin_memory=False)
+    counts = np.zeros(3)
+    for i in range(150):
+        gid = ts.draw_rows(i)[0]
+        groups = gid.reshape(16, 4)  # G draws, B/G transitions each, same game within a group
+        assert (groups == groups[:, :1]).all()
+        counts += np.bincount(gid, minlength=3)
+    # games drawn uniformly with replacement: each about 1/3 (std of a share ~ 0.03 here)
+    assert np.all(np.abs(counts / counts.sum() - 1 / 3) < 0.05)
+    with pytest.raises(st.StoreError, match="games_per_batch must be an int >= 1 dividing batch_size=64"):
+        TransitionSampler(s, batch_size=64, games_per_batch=7)
+
+
+def test_proportional_sampling(tmp_path: Path) -> None:
+    root = tmp_path / "dqn"
+    dr.write_synthetic_run(root / "Breakout/1/replay_logs", 1, 300, seed=1, num_actions=4, mean_episode=30)
+    dr.write_synthetic_run(root / "Pong/1/replay_logs", 1, 1200, seed=2, num_actions=6, mean_episode=30)
+    s = st.ReplayStore(st.build_store(root, tmp_path / "s", ["Breakout", "Pong"], [1], "near_optimal", progress=False))
+    ts = TransitionSampler(s, batch_size=128, stratified=False, seed=0, pin_memory=False)
+    n = np.array([len(s.game(g).starts) for g in ts.games], dtype=float)
+    assert n[1] > 3 * n[0]
+    counts = sum(np.bincount(ts.draw_rows(i)[0], minlength=2) for i in range(60))
+    assert np.allclose(counts / counts.sum(), n / n.sum(), atol=0.03)
+    # stratified on the same store: games equally often despite their sizes
+    tss = TransitionSampler(s, batch_size=128, seed=0, pin_memory=False)
+    counts = sum(np.bincount(tss.draw_rows(i)[0], minlength=2) for i in range(60))
+    assert abs(counts[0] / counts.sum() - 0.5) < 0.05
+
+
+def test_determinism_prefetch_and_resume(synth) -> None:
+    _, s = synth
+    a = TransitionSampler(s, batch_size=32, seed=7, prefetch=1, workers=1, pin_memory=False)
+    b = TransitionSampler(s, batch_size=32, seed=7, prefetch=5, workers=2, pin_memory=False)
+    ia, ib = iter(a), iter(b)
+    batches = [next(ia) for _ in range(5)]
+    for x in batches:
+        y = next(ib)
+        assert all(torch.equal(x[k], y[k]) for k in x)
+    # resume from a state dict reproduces the stream
+    state = a.state_dict()
+    nxt = next(ia)
+    c = TransitionSampler(s, batch_size=32, seed=7, pin_memory=False)
+    c.load_state_dict(state)
+    y = next(iter(c))
+    assert all(torch.equal(nxt[k], y[k]) for k in nxt)
+    for t in (a, b, c):
+        t.close()
+    d = TransitionSampler(s, batch_size=32, seed=8, pin_memory=False)
+    assert not torch.equal(d.sample(0)["obs"], batches[0]["obs"])
+
+
+def test_rank_separation(synth) -> None:
+    _, s = synth
+    r0 = TransitionSampler(s, batch_size=64, seed=3, rank=0, world_size=2, pin_memory=False)
+    r1 = TransitionSampler(s, batch_size=64, seed=3, rank=1, world_size=2, pin_memory=False)
+    rows0 = {(int(g), int(r)) for i in range(5) for g, r in zip(*r0.draw_rows(i))}
+    rows1 = {(int(g), int(r)) for i in range(5) for g, r in zip(*r1.draw_rows(i))}
+    assert len(rows0 & rows1) < 0.2 * len(rows0)
+    with pytest.raises(st.StoreError, match="0 <= rank < world_size"):
+        TransitionSampler(s, batch_size=8, rank=2, world_size=2)
+
+
+def test_sequence_masks_match_bruteforce(synth, raw) -> None:
+    _, s = synth
+    L = 8
+    tokens = {g: (np.arange(s.rows(g) * 36, dtype=np.int64).reshape(-1, 36) % 65521).astype(np.uint16) for g in s.games}
+    sq = SequenceSampler(s, batch_size=48, seq_len=L, seed=2, tokens=tokens, pin_memory=False)
+    plain = SequenceSampler(s, batch_size=48, seq_len=L, seed=2, pin_memory=False)
+    n_masked = 0
+    for i in range(3):
+        bt, b = sq.sample(i), plain.sample(i)
+        assert b["obs"].shape == (48, L, 84, 84) and b["obs"].dtype == torch.uint8
+        assert bt["tokens"].shape == (48, L, 36) and bt["tokens"].dtype == torch.uint16
+        assert b["mask"].dtype == torch.bool and b["action"].shape == (48, L)
+        for j in range(48):
+            game = sq.games[int(b["game_id"][j])]
+            # the first frame encodes the stream row it came from (synthetic frames, run 1)
+            row_id = int(dr.frame_row_id(b["obs"][j, 0].numpy(), salt=100 * list(SIZES).index(game) + 1))
+            ckpt, slot = divmod(row_id, ROWS)
+            ck = raw[game][ckpt]
+            ended = False
+            for k in range(L):
+                sl = slot + k
+                real = sl < ROWS and not ended  # stays inside the checkpoint, episode not over
+                assert bool(b["mask"][j, k]) == real
+                if real:
+                    np.testing.assert_array_equal(b["obs"][j, k].numpy(), ck["observation"][sl])
+                    assert b["action"][j, k].item() == ck["action"][sl]
+                    assert b["reward"][j, k].item() == ck["reward"][sl]
+                    assert b["terminal"][j, k].item() == ck["terminal"][sl]
+                    ended = bool(ck["terminal"][sl])
+                else:
+                    n_masked += 1
+                    assert not b["obs"][j, k].any() and b["action"][j, k] == 0 and b["reward"][j, k] == 0
+        m = bt["mask"].numpy()
+        assert (bt["tokens"].numpy()[~m] == 0).all()
+    assert n_masked > 0
+
+
+def test_sequence_tokens_rows(synth) -> None:
+    _, s = synth
+    tokens = {g: np.repeat((np.arange(s.rows(g)) % 60000).astype(np.uint16)[:, None], 36, axis=1) for g in s.games}
+    sq = SequenceSampler(s, batch_size=16, seq_len=4, seed=0, tokens=tokens, pin_memory=False)
+    b = sq.sample(0)
+    tok = b["tokens"].numpy().astype(np.int64)
+    m = b["mask"].numpy()
+    # consecutive steps come from consecutive store rows
+    d = np.diff(tok[:, :, 0], axis=1)
+    assert (d[m[:, 1:]] == 1).all()
+    with pytest.raises(st.StoreError, match="uint16"):
+        SequenceSampler(s, tokens={g: np.zeros((3, 36), np.uint16) for g in s.games})

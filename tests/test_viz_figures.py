@@ -1,0 +1,228 @@
+"""Figure builders: the drawn data must equal expectations computed independently of the code."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from workbench.viz import figures as F
+
+
+def _decode(source: str) -> np.ndarray:
+    prefix = "data:image/png;base64,"
+    assert source.startswith(prefix)
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(source[len(prefix):]))).convert("RGB"))
+
+
+def _node(i, parent, depth, action, reward, q, score, kept, terminal=False):
+    return dict(id=i, parent=parent, depth=depth, action=action, reward=reward, q=q, score=score,
+                kept=kept, terminal=terminal)
+
+
+# A beam search with K=2, H=2, written out by hand. Node ids are deliberately not in layout order.
+TREE = {
+    "chosen_action": 3,
+    "nodes": [
+        _node(0, -1, 0, -1, 0.0, 0.5, 0.0, True),
+        _node(1, 0, 1, 1, 0.0, 0.2, 0.2, False),   # depth-1 score ranks: 2 (0.9) > 5 (0.7) > 1 (0.2)
+        _node(2, 0, 1, 3, 1.0, -0.1, 0.9, True),
+        _node(5, 0, 1, 0, 0.0, 0.7, 0.7, True),
+        _node(7, 5, 2, 2, 0.0, 0.1, 0.6, True),    # children of 5 come after children of 2
+        _node(3, 2, 2, 0, 0.0, 0.3, 1.1, True),
+        _node(4, 2, 2, 1, 0.0, -2.0, -1.0, False, True),
+        _node(6, 5, 2, 4, 1.0, 0.0, 1.5, False),
+    ],
+}
+# Expected (x = depth, y = rank): depth 1 by score; depth 2 grouped by parent rank, then score.
+EXPECTED_XY = {0: (0, 0), 2: (1, 0), 5: (1, 1), 1: (1, 2), 3: (2, 0), 4: (2, 1), 6: (2, 2), 7: (2, 3)}
+
+
+def test_search_tree_coordinates_edges_and_hover_data():
+    fig = F.make_search_tree_figure(TREE, ["NOOP", "FIRE", "UP", "RIGHT", "LEFT"])
+    edges, nodes = fig.data
+    ids = [n["id"] for n in TREE["nodes"]]
+    assert [(x, y) for x, y in zip(nodes.x, nodes.y)] == [EXPECTED_XY[i] for i in ids]
+    # one segment per non-root node, each "parent, child, None"
+    n_edges = sum(1 for n in TREE["nodes"] if n["parent"] != -1)
+    assert n_edges == 7
+    assert len(edges.x) == len(edges.y) == 3 * n_edges
+    assert list(edges.x[2::3]) == [None] * n_edges
+    segs = {((edges.x[3 * k], edges.y[3 * k]), (edges.x[3 * k + 1], edges.y[3 * k + 1]))
+            for k in range(n_edges)}
+    want = {(EXPECTED_XY[n["parent"]], EXPECTED_XY[n["id"]]) for n in TREE["nodes"] if n["parent"] != -1}
+    assert segs == want
+    for row, n in zip(nodes.customdata, TREE["nodes"]):
+        assert list(row) == [n["id"], n["parent"], n["depth"], n["action"], n["reward"], n["q"],
+                             n["score"], n["kept"], n["terminal"]]
+    colors = list(nodes.marker.color)
+    for c, n in zip(colors, TREE["nodes"]):
+        want_c = F.ROOT_COLOR if n["parent"] == -1 else F.KEPT_COLOR if n["kept"] else F.PRUNED_COLOR
+        assert c == want_c
+    assert list(nodes.marker.symbol) == ["x" if n["terminal"] else "circle" for n in TREE["nodes"]]
+    hover = nodes.hovertext[[n["id"] for n in TREE["nodes"]].index(2)]
+    assert "RIGHT" in hover and "predicted reward: 1.000" in hover and "score: 0.900" in hover
+    assert "RIGHT" in fig.layout.title.text  # chosen action 3
+
+
+def test_search_tree_accepts_objects_and_rejects_dangling_parent():
+    from types import SimpleNamespace
+
+    obj = SimpleNamespace(chosen_action=3, nodes=[SimpleNamespace(**n) for n in TREE["nodes"]])
+    a = F.make_search_tree_figure(obj)
+    b = F.make_search_tree_figure(TREE)
+    assert list(a.data[1].x) == list(b.data[1].x) and list(a.data[1].y) == list(b.data[1].y)
+    bad = {"chosen_action": 0, "nodes": [_node(0, -1, 0, -1, 0, 0, 0, True), _node(1, 9, 1, 0, 0, 0, 0, True)]}
+    with pytest.raises(ValueError, match="parent 9"):
+        F.make_search_tree_figure(bad)
+
+
+def test_return_distributions_and_expected_q():
+    rng = np.random.default_rng(1)
+    atoms, names = 11, ["NOOP", "FIRE", "UP", "DOWN"]
+    probs = rng.dirichlet(np.ones(atoms), size=len(names))
+    support = np.linspace(-5, 5, atoms)
+    fig = F.make_return_distribution_figure(probs, support, names, chosen=2)
+    lines, bars = fig.data[:4], fig.data[4]
+    for a, tr in enumerate(lines):
+        np.testing.assert_allclose(tr.y, probs[a])
+        np.testing.assert_allclose(tr.x, support)
+        assert abs(sum(tr.y) - 1.0) < 1e-9
+    q = [sum(p * z for p, z in zip(probs[a], support)) for a in range(len(names))]
+    np.testing.assert_allclose(bars.x, q)
+    assert list(bars.y) == names
+    assert lines[2].line.width > max(lines[a].line.width for a in (0, 1, 3))
+    assert bars.marker.color[2] == F.CHOSEN_COLOR
+    assert f"UP (Q={q[2]:.3f})" in fig.layout.title.text
+    with pytest.raises(ValueError, match="action names"):
+        F.make_return_distribution_figure(probs, support, names[:3])
+    with pytest.raises(ValueError, match="atoms"):
+        F.make_return_distribution_figure(probs[:, :5], support, names)
+
+
+def test_aggregate_bars_error_bars_span_the_given_cis():
+    agg = {
+        "scaled_ql": {"median": 0.8, "median_ci": [0.6, 0.95], "iqm": 1.1, "iqm_ci": [0.9, 1.3],
+                      "mean": 1.5, "mean_ci": [1.2, 1.9], "optimality_gap": 0.3, "optimality_gap_ci": [0.25, 0.36]},
+        "bc": {"median": 0.2, "median_ci": [0.1, 0.3], "iqm": 0.25, "iqm_ci": [0.2, 0.33],
+               "mean": 0.4, "mean_ci": [0.3, 0.5], "optimality_gap": 0.7, "optimality_gap_ci": [0.65, 0.75]},
+    }
+    fig = F.make_aggregate_figure(agg)
+    assert len(fig.data) == 4
+    for tr, metric in zip(fig.data, F.AGGREGATE_METRICS):
+        assert list(tr.x) == ["scaled_ql", "bc"]
+        for i, m in enumerate(tr.x):
+            lo, hi = agg[m][f"{metric}_ci"]
+            assert tr.y[i] == agg[m][metric]
+            assert tr.y[i] + tr.error_y.array[i] == pytest.approx(hi)
+            assert tr.y[i] - tr.error_y.arrayminus[i] == pytest.approx(lo)
+    only_iqm = F.make_aggregate_figure(agg, metrics=("iqm", "nonexistent"))
+    assert len(only_iqm.data) == 1
+    with pytest.raises(ValueError, match="available keys"):
+        F.make_aggregate_figure(agg, metrics=("nope",))
+
+
+def test_performance_profile_band_and_curve():
+    taus = np.linspace(0, 2, 5)
+    curves = {"a": [1.0, 0.8, 0.5, 0.2, 0.0], "b": [1.0, 0.6, 0.3, 0.1, 0.0]}
+    cis = {"a": [[0.9, 0.7, 0.4, 0.1, 0.0], [1.0, 0.9, 0.6, 0.3, 0.1]]}
+    fig = F.make_performance_profile_figure(taus, curves, cis)
+    band, line_a, line_b = fig.data
+    assert band.fill == "toself"
+    np.testing.assert_allclose(band.x, list(taus) + list(taus[::-1]))
+    np.testing.assert_allclose(band.y, cis["a"][1] + cis["a"][0][::-1])
+    np.testing.assert_allclose(line_a.y, curves["a"])
+    np.testing.assert_allclose(line_b.y, curves["b"])
+    with pytest.raises(ValueError, match="shape"):
+        F.make_performance_profile_figure(taus, {"a": [1, 2]})
+
+
+def test_probability_of_improvement_bars():
+    pairs = {"scaled_ql,bc": {"p": 0.8, "ci": [0.7, 0.9]}, ("jowa", "bc"): (0.6, [0.5, 0.75])}
+    fig = F.make_probability_of_improvement_figure(pairs)
+    (bar,) = [d for d in fig.data if d.type == "bar"]
+    assert list(bar.y) == ["P(scaled_ql > bc)", "P(jowa > bc)"]
+    assert list(bar.x) == [0.8, 0.6]
+    assert [x + p for x, p in zip(bar.x, bar.error_x.array)] == pytest.approx([0.9, 0.75])
+    assert [x - m for x, m in zip(bar.x, bar.error_x.arrayminus)] == pytest.approx([0.7, 0.5])
+
+
+def test_scaling_curve_sorted_by_params_with_reference():
+    pts = [
+        {"family": "resnet", "params": 80e6, "iqm": 1.2, "iqm_ci": [1.0, 1.4], "label": "resnet101"},
+        {"family": "resnet", "params": 20e6, "iqm": 0.8, "iqm_ci": [0.7, 0.9], "label": "resnet34"},
+        {"family": "impala", "params": 2e6, "iqm": 0.4},
+    ]
+    ref = [{"label": "paper ResNet-101", "params": 80e6, "iqm": 1.3}]
+    fig = F.make_scaling_figure(pts, ref)
+    resnet, impala, paper = fig.data
+    assert list(resnet.x) == [20e6, 80e6] and list(resnet.y) == [0.8, 1.2]
+    assert list(resnet.error_y.array) == pytest.approx([0.1, 0.2])
+    assert list(resnet.error_y.arrayminus) == pytest.approx([0.1, 0.2])
+    assert list(impala.error_y.array) == [0.0]
+    assert list(paper.x) == [80e6] and list(paper.y) == [1.3]
+    assert fig.layout.xaxis.type == "log"
+
+
+def test_learning_curves_skip_missing_keys_and_sort_steps():
+    runs = {
+        "run1": [{"step": 10, "loss": 1.0}, {"step": 5, "loss": 2.0}, {"step": 7, "eval": 3.0},
+                 {"step": 12, "loss": float("nan")}],
+        "run2": [{"step": 1, "loss": 5.0, "eval": 0.5}],
+    }
+    fig = F.make_learning_curve_figure(runs, ["loss", "eval"])
+    by = {(d.name, d.yaxis): d for d in fig.data}
+    assert list(by[("run1", "y")].x) == [5.0, 10.0] and list(by[("run1", "y")].y) == [2.0, 1.0]
+    assert list(by[("run1", "y2")].y) == [3.0]
+    assert list(by[("run2", "y2")].y) == [0.5]
+    assert len(fig.data) == 4
+    with pytest.raises(ValueError, match="available keys"):
+        F.make_learning_curve_figure(runs, "nope")
+
+
+def test_ablation_table_cells():
+    rows = [{"ablation": "no feature norm", "iqm": 0.51234, "iqm_ci": [0.4, 0.6]},
+            {"ablation": "full", "iqm": 0.9}]
+    fig = F.make_ablation_table_figure(rows)
+    table = fig.data[0]
+    assert [v for v in table.header.values] == ["<b>ablation</b>", "<b>iqm</b>", "<b>iqm_ci</b>"]
+    assert list(table.cells.values[0]) == ["no feature norm", "full"]
+    assert list(table.cells.values[1]) == ["0.512", "0.900"]
+    assert list(table.cells.values[2]) == ["[0.400, 0.600]", ""]
+
+
+def test_frame_pair_images_roundtrip():
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 255, size=(2, 84, 84), dtype=np.uint8)
+    pred = rng.integers(0, 255, size=(2, 84, 84), dtype=np.uint8)
+    fig = F.make_frame_pair_figure(real, pred)
+    assert len(fig.data) == 4
+    for tr, want in zip(fig.data, [real[0], real[1], pred[0], pred[1]]):
+        img = _decode(tr.source)
+        assert img.shape == (84, 84, 3)
+        np.testing.assert_array_equal(img[:, :, 0], want)
+    rgb = rng.integers(0, 255, size=(210, 160, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(_decode(F.make_frame_figure(rgb).data[0].source), rgb)
+
+
+def test_save_figure_reports_missing_browser(tmp_path, monkeypatch):
+    fig = F.make_probability_of_improvement_figure({"a,b": (0.6, [0.5, 0.7])})
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-such-chrome"))
+    status = F.save_figure(fig, tmp_path / "sub" / "poi")
+    assert status.html.is_file() and status.html.suffix == ".html"
+    assert status.png is None and "Chromium" in status.message
+    assert not (tmp_path / "sub" / "poi.png").exists()
+
+
+@pytest.mark.skipif(F.find_chromium() is None, reason="no Chrome/Chromium for kaleido (apt-get install chromium)")
+def test_save_figures_writes_png(tmp_path):
+    figs = {tmp_path / "a": F.make_probability_of_improvement_figure({"a,b": (0.6, [0.5, 0.7])}),
+            tmp_path / "b": F.make_ablation_table_figure([{"x": 1.0}])}
+    statuses = F.save_figures(figs)
+    for s in statuses:
+        assert s.png is not None and s.png.is_file(), s.message
+        with Image.open(s.png) as im:
+            assert im.format == "PNG" and im.size[0] > 100

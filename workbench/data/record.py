@@ -1,0 +1,244 @@
+"""Record a policy's play under the data protocol into DQN-Replay-format checkpoints.
+
+What is written matches the public data (and Dopamine's ``OutOfGraphReplayBuffer``):
+
+* one row per agent step ``(o_t, a_t, clip(r_t, -1, 1), terminal_t)``; ``terminal`` marks game
+  over *or* the 108k-frame time limit (DQN-Replay has no separate truncation flag); the
+  observation after a terminal is not stored;
+* 3 all-zero padding rows before every episode (so the first stacks are zero-padded);
+* a ring buffer of ``capacity`` rows dumped every ``capacity`` additions as checkpoint ``k``
+  (``add_count = (k+1) * capacity``, cursor 0, Dopamine's ``invalid_range``), files
+  ``$store$_observation_ckpt.k.gz`` etc. A final partial dump is the ring as Dopamine would save
+  it: new rows in slots ``[0, r)``, older rows after them, ``add_count = k * capacity + r``; if
+  nothing was dumped yet, the checkpoint is just the ``r`` rows recorded (capacity ``r``, like the
+  shared fixtures), so short recordings stay small.
+
+The observation ring lives in a temporary memory-mapped file, so recording 1M-row checkpoints
+does not need 7 GB of RAM. Read back with :mod:`workbench.data.dqn_replay`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from workbench.data import dqn_replay as dr
+
+STACK = dr.STACK_SIZE
+POLICIES = ("random", "epsilon_greedy")
+
+
+class Policy(Protocol):
+    def act(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray: ...
+
+
+class RecordError(ValueError):
+    """A bad recording argument (the message names it and the valid choices)."""
+
+
+class _Ring:
+    """Dopamine-style ring buffer of rows with checkpoint dumps."""
+
+    def __init__(self, out: Path, capacity: int) -> None:
+        self.out, self.capacity = out, capacity
+        out.mkdir(parents=True, exist_ok=True)
+        self._obs_path = out / ".ring_observation.npy"
+        self.obs = np.lib.format.open_memmap(self._obs_path, mode="w+", dtype=np.uint8, shape=(capacity, 84, 84))
+        self.action = np.zeros(capacity, np.int32)
+        self.reward = np.zeros(capacity, np.float32)
+        self.terminal = np.zeros(capacity, np.uint8)
+        self.add_count = 0
+        self.checkpoints = 0
+        self._since_dump = 0
+
+    def add(self, obs: np.ndarray | None, action: int, reward: float, terminal: bool) -> None:
+        i = self.add_count % self.capacity
+        if obs is None:
+            self.obs[i] = 0
+        else:
+            self.obs[i] = obs
+        self.action[i], self.reward[i], self.terminal[i] = action, reward, terminal
+        self.add_count += 1
+        self._since_dump += 1
+        if self._since_dump == self.capacity:
+            self.dump()
+
+    def dump(self) -> None:
+        if self._since_dump == 0:
+            return
+        n = self.capacity if self.checkpoints > 0 or self._since_dump == self.capacity else self._since_dump
+        obs = self.obs
+
+        def chunks() -> Any:
+            for a in range(0, n, 4096):
+                yield np.asarray(obs[a : min(a + 4096, n)])
+
+        dr.write_checkpoint(
+            self.out, self.checkpoints, observation=None, observation_chunks=chunks, action=self.action[:n],
+            reward=self.reward[:n], terminal=self.terminal[:n], add_count=self.add_count,
+        )
+        self.checkpoints += 1
+        self._since_dump = 0
+
+    def close(self) -> None:
+        del self.obs
+        self._obs_path.unlink(missing_ok=True)
+
+
+def record(
+    game: str, steps: int, output_dir: str | os.PathLike, *, policy: str | Policy = "random", epsilon: float = 0.01,
+    seed: int = 0, run: str | int = 1, capacity: int = 1_000_000, game_id: int = 0, progress: bool = True,
+    env_factory: Callable[[str, int], Any] | None = None, log: str | os.PathLike | None = None,
+) -> Path:
+    """Record ``steps`` agent steps of ``game`` into ``{output_dir}/{Game}/{run}/replay_logs``.
+
+    ``policy``: ``"random"`` (uniform over the minimal action set) or a Policy object
+    (``act(obs (N,4,84,84) uint8, game_ids (N,) int64) -> (N,) int64``) played epsilon-greedily
+    with ``epsilon``. ``env_factory(game, seed)`` defaults to
+    ``workbench.envs.make_env(game, protocol="data", seed=seed)``. Returns the replay_logs dir.
+    """
+    from tqdm.auto import tqdm
+
+    from workbench import games as G
+
+    canonical = G.canonical_game(game)
+    if not isinstance(steps, int) or steps < 1:
+        raise RecordError(f"steps must be an int >= 1, got {steps!r}")
+    if not isinstance(capacity, int) or capacity < STACK + 4:
+        raise RecordError(f"capacity must be an int >= {STACK + 4}, got {capacity!r}")
+    if not 0.0 <= epsilon <= 1.0:
+        raise RecordError(f"epsilon must be in [0, 1], got {epsilon!r}")
+    if isinstance(policy, str):
+        if policy != "random":
+            raise RecordError(f"policy must be 'random' or a Policy object with act(obs, game_ids), got {policy!r}")
+        greedy = None
+    elif hasattr(policy, "act"):
+        greedy = policy
+    else:
+        raise RecordError(f"policy must be 'random' or an object with act(obs, game_ids), got {type(policy).__name__}")
+    out = Path(output_dir) / canonical / str(run) / "replay_logs"
+    if out.exists() and any(out.glob("*_ckpt.*.gz")):
+        raise RecordError(f"{out} already holds checkpoints; choose another output_dir or run")
+    if env_factory is None:
+        from workbench.envs import make_env
+
+        env_factory = lambda g, s: make_env(g, protocol="data", seed=s)  # noqa: E731
+    env = env_factory(canonical, seed)
+    n_actions = G.num_actions(canonical)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
+    ring = _Ring(out, capacity)
+    stack = np.zeros((1, STACK, 84, 84), np.uint8)
+    gids = np.array([game_id], np.int64)
+    episodes, returns, ep_return = 0, [], 0.0
+    bar = tqdm(total=steps, desc=f"record {canonical}", unit="step", disable=not progress)
+    log_path = Path(log) if log else None
+    try:
+        obs, _ = env.reset(seed=seed)
+        for _ in range(STACK - 1):
+            ring.add(None, 0, 0.0, False)  # padding rows before the episode
+        stack[:] = 0
+        stack[0, -1] = obs
+        if greedy is not None and hasattr(greedy, "reset"):
+            greedy.reset(np.array([0]))
+        for t in range(steps):
+            if greedy is None or rng.random() < epsilon:
+                a = int(rng.integers(n_actions))
+            else:
+                a = int(np.asarray(greedy.act(stack, gids))[0])
+                if not 0 <= a < n_actions:
+                    raise RecordError(f"policy returned action {a}, outside {canonical}'s minimal set 0..{n_actions - 1}")
+            nobs, r, term, trunc, _ = env.step(a)
+            ep_return += float(r)
+            done = bool(term or trunc)
+            ring.add(obs, a, float(np.clip(r, -1.0, 1.0)), done)
+            bar.update(1)
+            if done:
+                episodes += 1
+                returns.append(ep_return)
+                if log_path:
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps({"time": time.time(), "event": "episode", "game": canonical, "return": ep_return, "step": t + 1}) + "\n")
+                ep_return = 0.0
+                if t + 1 < steps:
+                    obs, _ = env.reset()
+                    for _ in range(STACK - 1):
+                        ring.add(None, 0, 0.0, False)
+                    stack[:] = 0
+                    stack[0, -1] = obs
+                    if greedy is not None and hasattr(greedy, "reset"):
+                        greedy.reset(np.array([0]))
+            else:
+                obs = nobs
+                stack[0, :-1] = stack[0, 1:]
+                stack[0, -1] = obs
+        ring.dump()
+    finally:
+        bar.close()
+        ring.close()
+        if hasattr(env, "close"):
+            env.close()
+    info = {"game": canonical, "steps": steps, "episodes": episodes, "episode_returns": returns, "seed": seed,
+            "policy": policy if isinstance(policy, str) else type(policy).__name__, "epsilon": epsilon,
+            "capacity": capacity, "checkpoints": ring.checkpoints, "add_count": ring.add_count}
+    tmp = out / "record_info.json.tmp"
+    tmp.write_text(json.dumps(info, indent=1))
+    os.replace(tmp, out / "record_info.json")
+    return out
+
+
+def _load_policy(spec: str) -> Any:
+    """``"random"`` or ``"package.module:factory"`` (called with no arguments, returns a Policy)."""
+    if spec == "random":
+        return "random"
+    if ":" not in spec:
+        raise RecordError(f"policy must be 'random' or 'package.module:factory', got {spec!r}")
+    mod, attr = spec.split(":", 1)
+    obj = getattr(importlib.import_module(mod), attr)
+    return obj() if callable(obj) and not hasattr(obj, "act") else obj
+
+
+def record_many(
+    games: Sequence[str], steps: int, output_dir: str | os.PathLike, *, policy: str | Policy = "random", seed: int = 0,
+    **kw: Any,
+) -> list[Path]:
+    """:func:`record` for several games (game ``i`` gets seed ``seed + i`` and game id ``i``)."""
+    from workbench import games as G
+
+    names = [G.canonical_game(g) for g in games]
+    if len(set(names)) != len(names):
+        raise RecordError(f"duplicate games in {list(games)}")
+    return [record(g, steps, output_dir, policy=policy, seed=seed + i, game_id=i, **kw) for i, g in enumerate(names)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m workbench.data.record", description=__doc__.split("\n")[0])
+    p.add_argument("--games", nargs="+", required=True, help="game names (e.g. Pong Breakout)")
+    p.add_argument("--steps", type=int, required=True, help="agent steps per game")
+    p.add_argument("--policy", default="random", help="'random' or 'package.module:factory' returning a Policy")
+    p.add_argument("--epsilon", type=float, default=0.01, help="exploration for a Policy (ignored for random)")
+    p.add_argument("--output-dir", required=True, help="DQN-Replay root to write {Game}/{run}/replay_logs into")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run", default="1")
+    p.add_argument("--capacity", type=int, default=1_000_000, help="rows per checkpoint (DQN-Replay: 1,000,000)")
+    a = p.parse_args(argv)
+    try:
+        paths = record_many(a.games, a.steps, a.output_dir, policy=_load_policy(a.policy), seed=a.seed,
+                            epsilon=a.epsilon, run=a.run, capacity=a.capacity)
+    except (RecordError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,365 @@
+"""Batch samplers over a :class:`~workbench.data.store.ReplayStore`, with background prefetch.
+
+* :class:`TransitionSampler` -- Q-learning batches: 4-frame stacks, n-step returns truncated at
+  terminals (Dopamine semantics), next stacks, game ids and valid-action masks; stratified
+  multi-game sampling (G games drawn with replacement, B/G transitions each) or proportional.
+* :class:`SequenceSampler` -- segments of L steps with padding masks for world/sequence models,
+  from frames or from an attached token memmap (uint16 (rows, 36)).
+
+Determinism: batch ``i`` is a pure function of ``(seed, rank, i)`` (its own
+``np.random.SeedSequence``), so results do not depend on prefetch depth, thread timing or how
+many batches were consumed before a resume (``state_dict``/``load_state_dict``). Distributed
+training passes ``rank``/``world_size``: each rank draws from its own stream.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from workbench.data import dqn_replay as dr
+from workbench.data.store import GameData, ReplayStore, StoreError
+
+STACK = dr.STACK_SIZE
+TOKENS_PER_FRAME = 36
+
+
+def _max_actions() -> int:
+    try:
+        from workbench.games import MAX_ACTIONS
+    except ImportError:
+        return 18
+    return int(MAX_ACTIONS)
+
+
+def _num_actions(store: ReplayStore, game: str) -> int:
+    """The registry's action count when ``workbench.games`` knows the game, else the manifest's."""
+    try:
+        from workbench.games import num_actions
+    except ImportError:
+        return store.num_actions(game)
+    try:
+        return int(num_actions(game))
+    except Exception:
+        return store.num_actions(game)
+
+
+def _plain(a: np.ndarray) -> np.ndarray:
+    # np.memmap subclass hooks cost microseconds per fancy index; the base ndarray view shares memory
+    return a.view(np.ndarray) if isinstance(a, np.memmap) else a
+
+
+def assemble_transitions(
+    gd: GameData, rows: np.ndarray, n_step: int, gamma: float, obs_out: np.ndarray | None = None,
+    next_out: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Transitions starting at store rows ``rows`` (which must be starts) of one game.
+
+    Stacks are rows ``p-3..p`` (oldest first, channels first); the n-step return sums
+    ``gamma^k r_{p+k}`` up to and including the first terminal; the next stack is at ``p+length``.
+    ``obs_out``/``next_out`` (len(rows), 4, 84, 84) receive the stacks without extra copies.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    win = rows[:, None] + np.arange(n_step)[None, :]
+    ret, length, is_term = dr.nstep_targets(_plain(gd.reward)[win], _plain(gd.terminal)[win], gamma)
+    offs = np.arange(-(STACK - 1), 1)
+    frames = _plain(gd.frames)
+    k = len(rows)
+    sidx = (rows[:, None] + offs).ravel()
+    nidx = ((rows + length)[:, None] + offs).ravel()
+    if obs_out is None:
+        obs_out = np.empty((k, STACK, 84, 84), dtype=np.uint8)
+    if next_out is None:
+        next_out = np.empty((k, STACK, 84, 84), dtype=np.uint8)
+    np.take(frames, sidx, axis=0, out=obs_out.reshape(k * STACK, 84, 84))
+    np.take(frames, nidx, axis=0, out=next_out.reshape(k * STACK, 84, 84))
+    return {
+        "state": obs_out, "next_state": next_out, "action": _plain(gd.action)[rows].astype(np.int64),
+        "reward": ret, "length": length, "terminal": is_term.astype(np.uint8),
+    }
+
+
+class _Prefetcher:
+    """Ordered background production of ``make(i)`` for i = start, start+1, ... (a few ahead)."""
+
+    def __init__(self, make, start: int, depth: int, workers: int) -> None:
+        self._make, self._next, self._depth = make, start, max(1, depth)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="sampler")
+        self._queue: deque[Future] = deque()
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        with self._lock:
+            while len(self._queue) < self._depth:
+                self._queue.append(self._pool.submit(self._make, self._next))
+                self._next += 1
+            fut = self._queue.popleft()
+            self._queue.append(self._pool.submit(self._make, self._next))
+            self._next += 1
+        return fut.result()
+
+    def close(self) -> None:
+        for f in self._queue:
+            f.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _BaseSampler:
+    def __init__(
+        self, store: ReplayStore | str | os.PathLike, games: Sequence[str] | None, batch_size: int, seed: int,
+        stratified: bool, games_per_batch: int | None, rank: int, world_size: int, prefetch: int, workers: int,
+        pin_memory: bool | None,
+    ) -> None:
+        self.store = store if isinstance(store, ReplayStore) else ReplayStore(store)
+        if games is None:
+            games = self.store.games
+        if isinstance(games, str) or not len(games):
+            raise StoreError(f"games must be a non-empty sequence of names from {list(self.store.games)}, got {games!r}")
+        self.games: tuple[str, ...] = tuple(self.store.check_game(g) for g in games)
+        if len(set(self.games)) != len(self.games):
+            raise StoreError(f"duplicate games in {list(games)}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise StoreError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if not isinstance(world_size, int) or world_size < 1 or not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise StoreError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, int(seed), rank, world_size
+        self.stratified = bool(stratified)
+        if self.stratified:
+            g = games_per_batch if games_per_batch is not None else (batch_size // 4 if batch_size % 4 == 0 else batch_size)
+            if not isinstance(g, int) or g < 1 or batch_size % g:
+                raise StoreError(f"games_per_batch must be an int >= 1 dividing batch_size={batch_size}, got {g!r}")
+            self.games_per_batch = g
+        else:
+            if games_per_batch is not None:
+                raise StoreError("games_per_batch applies to stratified sampling only (stratified=True)")
+            self.games_per_batch = None
+        self._data = [self.store.game(g) for g in self.games]
+        self._starts = [_plain(d.starts) for d in self._data]
+        self._counts = np.array([len(s) for s in self._starts], dtype=np.int64)
+        empty = [g for g, c in zip(self.games, self._counts) if c == 0]
+        if empty:
+            raise StoreError(f"games {empty} have no transition starts in {self.store.path}")
+        self._cum = np.concatenate([[0], np.cumsum(self._counts)])
+        mx = _max_actions()
+        self._valid = np.zeros((len(self.games), mx), dtype=bool)
+        for i, g in enumerate(self.games):
+            self._valid[i, : _num_actions(self.store, g)] = True
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
+        self.prefetch, self.workers = int(prefetch), int(workers)
+        self._batch_index = 0
+        self._prefetcher: _Prefetcher | None = None
+
+    # ---- draws
+    def _rng(self, batch_index: int) -> np.random.Generator:
+        return np.random.default_rng(np.random.SeedSequence([self.seed, self.rank, int(batch_index)]))
+
+    def _draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(game index per sample, sorted by game; start index within that game's starts)."""
+        B = self.batch_size
+        if self.stratified:
+            draws = np.sort(rng.integers(0, len(self.games), self.games_per_batch))
+            gid = np.repeat(draws, B // self.games_per_batch)
+            local = (rng.random(B) * self._counts[gid]).astype(np.int64)
+        else:  # proportional to each game's number of transitions: uniform over all of them
+            flat = np.sort(rng.integers(0, self._cum[-1], B))
+            gid = np.searchsorted(self._cum, flat, side="right") - 1
+            local = flat - self._cum[gid]
+        return gid.astype(np.int64), np.minimum(local, self._counts[gid] - 1)
+
+    def _empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        return torch.empty(shape, dtype=dtype, pin_memory=self.pin_memory)
+
+    # ---- iteration
+    def sample(self, batch_index: int) -> dict[str, torch.Tensor]:
+        """Batch number ``batch_index`` (synchronous; the same as the iterator's)."""
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        self.close()
+        self._prefetcher = _Prefetcher(self.sample, self._batch_index, self.prefetch, self.workers)
+        try:
+            while True:
+                batch = self._prefetcher.get()
+                self._batch_index += 1
+                yield batch
+        finally:
+            self.close()
+
+    def state_dict(self) -> dict[str, int]:
+        """Position of the iterator (the next batch index), for resuming a training run."""
+        return {"batch_index": self._batch_index, "seed": self.seed, "rank": self.rank}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        if int(state["seed"]) != self.seed:
+            raise StoreError(f"sampler state has seed {state['seed']} but this sampler uses seed {self.seed}")
+        self.close()
+        self._batch_index = int(state["batch_index"])
+
+    def close(self) -> None:
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+            self._prefetcher = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class TransitionSampler(_BaseSampler):
+    """Q-learning batches (docs/architecture.md "Transition batch") from a store.
+
+    ``stratified=True``: draw ``games_per_batch`` (default B/4: 128 x 4 for B = 512) game ids
+    uniformly with replacement, then B/G transitions uniformly from each drawn game.
+    ``stratified=False``: uniform over all transitions of the chosen games (proportional).
+    ``n_step`` must not exceed the store's (its starts guarantee that many rows after each start).
+    """
+
+    def __init__(
+        self, store: ReplayStore | str | os.PathLike, games: Sequence[str] | None = None, batch_size: int = 512,
+        n_step: int = 3, gamma: float = 0.99, stratified: bool = True, games_per_batch: int | None = None,
+        seed: int = 0, *, rank: int = 0, world_size: int = 1, prefetch: int = 3, workers: int = 2,
+        pin_memory: bool | None = None,
+    ) -> None:
+        super().__init__(store, games, batch_size, seed, stratified, games_per_batch, rank, world_size, prefetch, workers, pin_memory)
+        if not isinstance(n_step, int) or not 1 <= n_step <= self.store.n_step:
+            raise StoreError(f"n_step must be an int in [1, {self.store.n_step}] (the store was built for n_step={self.store.n_step}), got {n_step!r}")
+        if not 0.0 <= gamma <= 1.0:
+            raise StoreError(f"gamma must be in [0, 1], got {gamma!r}")
+        self.n_step, self.gamma = n_step, float(gamma)
+        self._discount_n = np.float32(dr.discount_vector(self.gamma, n_step + 1)[n_step])
+
+    def draw_rows(self, batch_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(game ids, store rows) of batch ``batch_index`` -- what :meth:`sample` assembles."""
+        gid, local = self._draw(self._rng(batch_index))
+        rows = np.empty(len(gid), dtype=np.int64)
+        for g in np.unique(gid):
+            sel = gid == g
+            rows[sel] = self._starts[g][local[sel]]
+        return gid, rows
+
+    def sample(self, batch_index: int) -> dict[str, torch.Tensor]:
+        gid, rows = self.draw_rows(batch_index)
+        B = self.batch_size
+        obs = self._empty((B, STACK, 84, 84), torch.uint8)
+        nxt = self._empty((B, STACK, 84, 84), torch.uint8)
+        obs_np, nxt_np = obs.numpy(), nxt.numpy()
+        action = np.empty(B, dtype=np.int64)
+        reward = np.empty(B, dtype=np.float32)
+        term = np.empty(B, dtype=np.float32)
+        bounds = np.flatnonzero(np.diff(gid)) + 1  # gid is sorted: one contiguous slice per game
+        for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, B]):
+            t = assemble_transitions(self._data[gid[lo]], rows[lo:hi], self.n_step, self.gamma, obs_np[lo:hi], nxt_np[lo:hi])
+            action[lo:hi], reward[lo:hi], term[lo:hi] = t["action"], t["reward"], t["terminal"]
+        discount = np.where(term > 0, np.float32(0), self._discount_n).astype(np.float32)
+        out = {
+            "obs": obs, "action": torch.from_numpy(action), "reward": torch.from_numpy(reward),
+            "discount": torch.from_numpy(discount), "next_obs": nxt, "terminal": torch.from_numpy(term),
+            "game_id": torch.from_numpy(gid), "valid_mask": torch.from_numpy(self._valid[gid]),
+        }
+        if self.pin_memory:
+            for k in ("action", "reward", "discount", "terminal", "game_id", "valid_mask"):
+                out[k] = out[k].pin_memory()
+        return out
+
+
+def _open_tokens(store: ReplayStore, games: Sequence[str], tokens: Any) -> list[np.ndarray] | None:
+    if tokens is None:
+        return None
+    out = []
+    for g in games:
+        if isinstance(tokens, Mapping):
+            if g not in tokens:
+                raise StoreError(f"tokens mapping lacks game {g!r}; it has {sorted(tokens)}")
+            t = tokens[g]
+            t = np.load(t, mmap_mode="r") if isinstance(t, (str, os.PathLike)) else np.asarray(t)
+        else:
+            base = store.path if tokens is True else Path(tokens)
+            cands = [base / g / "tokens.npy", base / f"{g}.npy"]
+            p = next((c for c in cands if c.exists()), None)
+            if p is None:
+                raise StoreError(f"no token file for {g}: looked for {[str(c) for c in cands]}")
+            t = np.load(p, mmap_mode="r")
+        rows = store.rows(g)
+        if t.dtype != np.uint16 or t.shape != (rows, TOKENS_PER_FRAME):
+            raise StoreError(f"tokens of {g} must be uint16 ({rows}, {TOKENS_PER_FRAME}) (one row per store frame), got {t.dtype} {t.shape}")
+        out.append(_plain(t))
+    return out
+
+
+class SequenceSampler(_BaseSampler):
+    """Segments of ``seq_len`` consecutive steps (docs/architecture.md "Sequence batch").
+
+    A segment starts at a uniformly drawn transition start of the store; ``mask[j]`` is False once
+    the episode has ended before step j (after a terminal) or the store's rows stop being
+    contiguous (end of a checkpoint or of a subsampled window); masked steps hold zeros.
+    ``tokens``: ``True`` (``{store}/{Game}/tokens.npy``), a directory holding ``{Game}/tokens.npy``
+    or ``{Game}.npy``, or a mapping game -> array/path; each uint16 (rows, 36). With tokens the
+    batch carries ``tokens`` (B, L, 36) instead of ``obs``.
+    """
+
+    def __init__(
+        self, store: ReplayStore | str | os.PathLike, games: Sequence[str] | None = None, batch_size: int = 32,
+        seq_len: int = 8, seed: int = 0, *, stratified: bool = False, games_per_batch: int | None = None,
+        tokens: Any = None, rank: int = 0, world_size: int = 1, prefetch: int = 3, workers: int = 2,
+        pin_memory: bool | None = None,
+    ) -> None:
+        super().__init__(store, games, batch_size, seed, stratified, games_per_batch, rank, world_size, prefetch, workers, pin_memory)
+        if not isinstance(seq_len, int) or seq_len < 1:
+            raise StoreError(f"seq_len must be an int >= 1, got {seq_len!r}")
+        self.seq_len = seq_len
+        self._seg_end = [_plain(d.start_seg_end) for d in self._data]
+        self._tokens = _open_tokens(self.store, self.games, tokens)
+
+    def sample(self, batch_index: int) -> dict[str, torch.Tensor]:
+        gid, local = self._draw(self._rng(batch_index))
+        B, L = self.batch_size, self.seq_len
+        steps = np.arange(L)
+        use_tokens = self._tokens is not None
+        if use_tokens:
+            obs = self._empty((B, L, TOKENS_PER_FRAME), torch.uint16)
+        else:
+            obs = self._empty((B, L, 84, 84), torch.uint8)
+        obs_np = obs.numpy()
+        action = np.zeros((B, L), dtype=np.int64)
+        reward = np.zeros((B, L), dtype=np.float32)
+        term = np.zeros((B, L), dtype=np.float32)
+        mask = np.zeros((B, L), dtype=bool)
+        bounds = np.flatnonzero(np.diff(gid)) + 1
+        for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, B]):
+            g = int(gid[lo])
+            d = self._data[g]
+            p = self._starts[g][local[lo:hi]]
+            end = self._seg_end[g][local[lo:hi]]
+            rows = p[:, None] + steps[None, :]
+            inside = rows < end[:, None]
+            rows = np.minimum(rows, end[:, None] - 1)
+            t = _plain(d.terminal)[rows].astype(bool) & inside
+            # a step is real while no terminal occurred strictly before it in the segment
+            ended_before = np.cumsum(t, axis=1) - t > 0
+            m = inside & ~ended_before
+            mask[lo:hi] = m
+            action[lo:hi] = np.where(m, _plain(d.action)[rows], 0)
+            reward[lo:hi] = np.where(m, _plain(d.reward)[rows], 0)
+            term[lo:hi] = np.where(m, t, 0)
+            src = self._tokens[g] if use_tokens else _plain(d.frames)  # type: ignore[index]
+            block = obs_np[lo:hi]
+            np.take(src, rows.ravel(), axis=0, out=block.reshape((-1,) + block.shape[2:]))
+            block[~m] = 0
+        out = {
+            ("tokens" if use_tokens else "obs"): obs, "action": torch.from_numpy(action), "reward": torch.from_numpy(reward),
+            "terminal": torch.from_numpy(term), "mask": torch.from_numpy(mask), "game_id": torch.from_numpy(gid),
+            "valid_mask": torch.from_numpy(self._valid[gid]),
+        }
+        if self.pin_memory:
+            for k in ("action", "reward", "terminal", "mask", "game_id", "valid_mask"):
+                out[k] = out[k].pin_memory()
+        return out

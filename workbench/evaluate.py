@@ -1,0 +1,245 @@
+"""The one evaluator for every method: vectorized eval-protocol episodes, batched inference.
+
+Protocol (both papers): no sticky actions, epsilon-greedy with epsilon 0.001 over the game's valid
+(minimal-set) actions, episodes capped at 27,000 agent steps (108,000 frames), a distinct seed per
+episode. Episode ``k`` of game ``g`` gets seed :func:`episode_seed` ``(seed, g, k)``; that seed
+resets the env *and* seeds the episode's own epsilon stream (``np.random.default_rng(seed)``: per
+step one ``random()`` draw, then one ``integers(num_actions)`` draw when it is below epsilon), so an
+episode's result does not depend on ``num_envs`` or on which other games run alongside it.
+
+Batching: every game gets ``min(num_envs, episodes_per_game)`` env slots; all slots of all games
+step in lock-step and the policy is called once per step with the stacks of *all* slots
+(``(S, 4, 84, 84)``, ``game_ids (S,)``), so row ``i`` is always slot ``i`` (policies with memory
+get ``policy.reset(slot_indices)`` when those slots start an episode). Actions of slots that are
+idle (no episode left) are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zlib
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from workbench import games as _games
+from workbench import metrics as _metrics
+from workbench.envs import FRAME_SKIP, MAX_AGENT_STEPS, AtariVector, FrameStacker
+
+__all__ = ["Policy", "episode_seed", "epsilon_greedy", "evaluate"]
+
+
+class Policy(Protocol):
+    def act(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray: ...
+
+
+def episode_seed(seed: int, game: str, episode: int) -> int:
+    """Deterministic 31-bit seed of episode ``episode`` of ``game`` in an evaluation with ``seed``."""
+    game = _games.canonical_game(game)
+    ss = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, zlib.crc32(game.encode()), int(episode)])
+    return int(ss.generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def epsilon_greedy(rng: np.random.Generator, greedy: int, num_actions: int, epsilon: float) -> int:
+    """One step of the episode's epsilon stream: a uniform valid action with prob. epsilon."""
+    if rng.random() < epsilon:
+        return int(rng.integers(num_actions))
+    return int(greedy)
+
+
+def _write_json_atomic(path: str, data: dict[str, Any]) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def evaluate(
+    policy: Any,
+    games: str | Sequence[str],
+    *,
+    game_ids: Sequence[int] | None = None,
+    episodes_per_game: int = 16,
+    num_envs: int = 8,
+    seed: int = 0,
+    epsilon: float = 0.001,
+    max_agent_steps: int = MAX_AGENT_STEPS,
+    mode: int | None = None,
+    difficulty: int | None = None,
+    out_path: str | None = None,
+    progress: bool = True,
+    backend: str = "auto",
+    reps: int = 1000,
+) -> dict[str, Any]:
+    """Evaluate ``policy`` on ``games`` under the eval protocol; returns (and writes) a results dict.
+
+    ``game_ids[i]`` is the id the policy knows ``games[i]`` by (default ``i``). Result keys:
+    ``per_game[game]`` with per-episode ``scores``, ``lengths``, ``truncated``, ``seeds`` and the
+    ``mean``; ``human_normalized[game]`` (mean score normalized, None without reference scores);
+    ``aggregates`` (IQM/median/mean/optimality gap over per-game means, as the papers report them)
+    and ``aggregates_by_episode`` (episodes as runs, stratified-bootstrap CIs), or None when a game
+    has no human reference score.
+    """
+    from tqdm.auto import tqdm
+
+    game_list = _games.resolve_games(games)
+    G = len(game_list)
+    ids = np.arange(G, dtype=np.int64) if game_ids is None else np.asarray(game_ids, np.int64)
+    if ids.shape != (G,):
+        raise ValueError(f"game_ids needs one id per game ({G}), got {list(np.atleast_1d(ids))}")
+    if episodes_per_game < 1 or num_envs < 1:
+        raise ValueError(
+            f"episodes_per_game and num_envs must be >= 1, got {episodes_per_game}, {num_envs}"
+        )
+    if not 0.0 <= epsilon <= 1.0:
+        raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
+    if not 1 <= max_agent_steps <= MAX_AGENT_STEPS:
+        raise ValueError(f"max_agent_steps must be in 1..{MAX_AGENT_STEPS}, got {max_agent_steps}")
+    if not callable(getattr(policy, "act", None)):
+        raise TypeError("policy needs an act(obs, game_ids) -> actions method")
+    has_reset = callable(getattr(policy, "reset", None))
+
+    E = int(episodes_per_game)
+    n_slots = min(int(num_envs), E)
+    seeds = {g: [episode_seed(seed, g, k) for k in range(E)] for g in game_list}
+    flat = [s for g in game_list for s in seeds[g]]
+    if len(set(flat)) != len(flat):  # 31-bit seeds: a collision is astronomically unlikely
+        raise RuntimeError(f"episode seed collision for seed={seed}; use another seed")
+
+    vecs = [
+        AtariVector(
+            g, n_slots, "eval", mode=mode, difficulty=difficulty, backend=backend,  # type: ignore[arg-type]
+            max_episode_frames=max_agent_steps * FRAME_SKIP,
+        )
+        for g in game_list
+    ]  # fmt: skip
+    S = G * n_slots
+    slot_game = np.repeat(np.arange(G), n_slots)
+    slot_ids = ids[slot_game]
+    n_act = np.array([_games.num_actions(g) for g in game_list])[slot_game]
+    stacker = FrameStacker(S)
+    episode = np.full(S, -1, np.int64)  # episode index each slot is running, -1 when idle
+    ret = np.zeros(S, np.float64)
+    length = np.zeros(S, np.int64)
+    rngs: list[np.random.Generator | None] = [None] * S
+    next_ep = [0] * G
+    res = {
+        g: {"scores": [0.0] * E, "lengths": [0] * E, "truncated": [False] * E, "seeds": seeds[g]}
+        for g in game_list
+    }
+
+    def start(gi: int, local: Sequence[int]) -> None:
+        """Start the next episodes of game gi in its local slots ``local``."""
+        local = list(local)[: E - next_ep[gi]]
+        if not local:
+            return
+        ks = list(range(next_ep[gi], next_ep[gi] + len(local)))
+        next_ep[gi] += len(local)
+        obs = vecs[gi].reset_envs(local, [seeds[game_list[gi]][k] for k in ks])
+        glob = [gi * n_slots + j for j in local]
+        stacker.reset(glob, obs)
+        for s, k in zip(glob, ks):
+            episode[s], ret[s], length[s] = k, 0.0, 0
+            rngs[s] = np.random.default_rng(seeds[game_list[gi]][k])
+        if has_reset:
+            policy.reset(np.asarray(glob, np.int64))
+
+    for gi in range(G):
+        start(gi, list(range(n_slots)))
+    bar = tqdm(total=G * E, desc="evaluate", unit="episode", disable=not progress)
+    try:
+        while (episode >= 0).any():
+            greedy = np.asarray(policy.act(stacker.stacks, slot_ids))
+            if greedy.shape != (S,) or not np.issubdtype(greedy.dtype, np.integer):
+                raise ValueError(
+                    f"policy.act must return int actions of shape ({S},), got {greedy.dtype} "
+                    f"{greedy.shape}"
+                )
+            active = episode >= 0
+            bad = active & ((greedy < 0) | (greedy >= n_act))
+            if bad.any():
+                s = int(np.flatnonzero(bad)[0])
+                raise ValueError(
+                    f"policy.act returned action {int(greedy[s])} for {game_list[slot_game[s]]}, "
+                    f"valid minimal-set indices are 0..{n_act[s] - 1}"
+                )
+            actions = np.zeros(S, np.int64)
+            for s in np.flatnonzero(active):
+                actions[s] = epsilon_greedy(rngs[s], int(greedy[s]), int(n_act[s]), epsilon)  # type: ignore[arg-type]
+            frames = np.zeros((S, 84, 84), np.uint8)
+            done = np.zeros(S, bool)
+            trunc_all = np.zeros(S, bool)
+            for gi, vec in enumerate(vecs):
+                sl = slice(gi * n_slots, (gi + 1) * n_slots)
+                obs, rew, term, trunc, _ = vec.step(actions[sl])
+                frames[sl] = obs
+                ret[sl] += np.where(active[sl], rew, 0.0)
+                done[sl] = (term | trunc) & active[sl]
+                trunc_all[sl] = trunc & active[sl]
+            length[active] += 1
+            stacker.push(frames)
+            for gi in range(G):
+                finished = [j for j in range(n_slots) if done[gi * n_slots + j]]
+                for j in finished:
+                    s = gi * n_slots + j
+                    r = res[game_list[gi]]
+                    k = int(episode[s])
+                    r["scores"][k] = float(ret[s])
+                    r["lengths"][k] = int(length[s])
+                    r["truncated"][k] = bool(trunc_all[s])
+                    episode[s] = -1
+                    bar.update(1)
+                if finished:
+                    start(gi, finished)
+    finally:
+        bar.close()
+        for v in vecs:
+            v.close()
+
+    per_game = {}
+    for g in game_list:
+        r = res[g]
+        per_game[g] = {**r, "mean": float(np.mean(r["scores"]))}
+    ref = _metrics.reference_scores()
+    hns: dict[str, float | None] = {}
+    for g in game_list:
+        rr = ref.get(g, {})
+        ok = "random" in rr and "human" in rr
+        hns[g] = (per_game[g]["mean"] - rr["random"]) / (rr["human"] - rr["random"]) if ok else None
+    aggregates = by_episode = None
+    if all(v is not None for v in hns.values()):
+        means = {"policy": {g: per_game[g]["mean"] for g in game_list}}
+        aggregates = _metrics.aggregate(means, "human", reps=1, seed=seed)["policy"]
+        for k in list(aggregates):
+            if k.endswith("_ci"):
+                del aggregates[k]  # one number per game: no interval
+        eps = {"policy": {g: per_game[g]["scores"] for g in game_list}}
+        by_episode = _metrics.aggregate(eps, "human", reps=reps, seed=seed)["policy"]
+    out = {
+        "games": list(game_list),
+        "game_ids": ids.tolist(),
+        "episodes_per_game": E,
+        "num_envs": n_slots,
+        "seed": int(seed),
+        "epsilon": float(epsilon),
+        "max_agent_steps": int(max_agent_steps),
+        "mode": mode,
+        "difficulty": difficulty,
+        "per_game": per_game,
+        "human_normalized": hns,
+        "aggregates": aggregates,
+        "aggregates_by_episode": by_episode,
+    }
+    if out_path is not None:
+        _write_json_atomic(out_path, out)
+    return out

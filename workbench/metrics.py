@@ -1,0 +1,332 @@
+"""Reference scores, normalization and rliable aggregates; ``python -m workbench.metrics``.
+
+Reference scores live in ``workbench/reference_scores.csv`` (package data): random and human
+scores of the standard 57-game table plus Carnival (JOWA Table 2: random 0, human 3800) and
+Pooyan, and DQN scores for JOWA's 5 held-out games (JOWA Table 17).
+
+Pooyan's random score (the one choice made here; the CSV's ``source`` column repeats it):
+Pooyan has no entry in the standard table. We use 472.0, the mean of 20 episodes of a uniform
+random agent under our eval protocol (s.e. 49.4). Scaled QL's printed IQMs are sensitive to it:
+they reproduce exactly only for a Pooyan random score between about 75 and 190 (see
+``tests/test_metrics.py``), so the paper used some other, unstated value.
+
+Aggregates follow Agarwal et al. (2021) via rliable: IQM (25% trimmed mean over all runs x games),
+median of per-game means, mean, optimality gap (gamma = 1), with stratified-bootstrap percentile
+CIs (resampling runs within each game; with one run per game the interval collapses to the
+point), performance profiles and probability of improvement. Bootstraps use a seeded
+``RandomState``, so results are reproducible.
+
+Score input: ``{game: [score per run, ...] or number}``; every game of a method must have the
+same number of runs (rliable's score matrix is ``(num_runs, num_games)``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import warnings
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Literal
+
+import numpy as np
+
+from workbench.games import canonical_game
+
+__all__ = [
+    "NORMALIZATIONS",
+    "reference_scores",
+    "normalize",
+    "score_matrix",
+    "aggregate_point",
+    "aggregate",
+    "performance_profile",
+    "probability_of_improvement",
+    "main",
+]
+
+Normalization = Literal["human", "dqn", "none"]
+NORMALIZATIONS = ("human", "dqn", "none")
+METRICS = ("iqm", "median", "mean", "optimality_gap")
+
+
+@lru_cache(maxsize=1)
+def reference_scores() -> dict[str, dict[str, float]]:
+    """``{game: {"random": x, "human": x, "dqn": x}}`` from the package CSV (absent: not there)."""
+    out: dict[str, dict[str, float]] = {}
+    text = resources.files("workbench").joinpath("reference_scores.csv").read_text()
+    for row in csv.DictReader(text.splitlines()):
+        out[row["game"]] = {k: float(row[k]) for k in ("random", "human", "dqn") if row[k]}
+    return out
+
+
+def _game_name(name: str) -> str:
+    """Canonical name; also accepts reference-table games outside DQN-Replay (Defender, Surround)."""
+    try:
+        return canonical_game(name)
+    except ValueError:
+        key = str(name).replace("_", "").replace("-", "").replace(" ", "").lower()
+        for g in reference_scores():
+            if g.lower() == key:
+                return g
+        raise
+
+
+def _runs(game: str, value: Any) -> np.ndarray:
+    arr = np.atleast_1d(np.asarray(value, dtype=np.float64))
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"scores of {game} must be a number or a non-empty list, got {value!r}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"scores of {game} contain non-finite values: {value!r}")
+    return arr
+
+
+def normalize(
+    scores: Mapping[str, Sequence[float] | float], kind: Normalization = "human"
+) -> dict[str, np.ndarray]:
+    """Normalize raw scores per game: ``(s - random) / (ref - random)`` with ref = human or dqn.
+
+    Returns ``{canonical game: float64 array of runs}``; ``kind="none"`` returns raw scores.
+    Unknown games and missing reference scores raise ValueError naming them.
+    """
+    if kind not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {kind!r}: valid are {list(NORMALIZATIONS)}")
+    if not scores:
+        raise ValueError("no scores given")
+    ref = reference_scores()
+    out: dict[str, np.ndarray] = {}
+    missing: list[str] = []
+    for name, value in scores.items():
+        game = _game_name(name)
+        if game in out:
+            raise ValueError(f"game {game} given twice (as {name!r})")
+        runs = _runs(game, value)
+        if kind == "none":
+            out[game] = runs
+            continue
+        r = ref.get(game, {})
+        if "random" not in r or kind not in r:
+            missing.append(game)
+            continue
+        out[game] = (runs - r["random"]) / (r[kind] - r["random"])
+    if missing:
+        have = sorted(g for g, r in ref.items() if kind in r and "random" in r)
+        raise ValueError(
+            f"no {kind} reference score for {', '.join(missing)}; games with one: {', '.join(have)}"
+        )
+    return out
+
+
+def score_matrix(normalized: Mapping[str, np.ndarray]) -> np.ndarray:
+    """``(num_runs, num_games)`` matrix of normalized scores, games in the mapping's order."""
+    counts = {g: len(v) for g, v in normalized.items()}
+    if len(set(counts.values())) != 1:
+        raise ValueError(f"every game needs the same number of runs, got {counts}")
+    return np.stack([np.asarray(v, np.float64) for v in normalized.values()], axis=1)
+
+
+def _metric_fns() -> dict[str, Any]:
+    from rliable import metrics as rm
+
+    return {
+        "iqm": rm.aggregate_iqm,
+        "median": rm.aggregate_median,
+        "mean": rm.aggregate_mean,
+        "optimality_gap": rm.aggregate_optimality_gap,
+    }
+
+
+def aggregate_point(matrix: np.ndarray) -> dict[str, float]:
+    """Point estimates of IQM, median, mean and optimality gap of a ``(runs, games)`` matrix."""
+    return {k: float(f(matrix)) for k, f in _metric_fns().items()}
+
+
+def _random_state(seed: int) -> np.random.RandomState:
+    return np.random.RandomState(int(seed) % (2**32))
+
+
+def aggregate(
+    scores: Mapping[str, Mapping[str, Sequence[float] | float]],
+    kind: Normalization = "human",
+    *,
+    reps: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, dict[str, Any]]:
+    """Aggregates per method with stratified-bootstrap CIs (rliable).
+
+    ``scores``: ``{method: {game: runs or number}}``. Returns ``{method: {"iqm", "median",
+    "mean", "optimality_gap", "<metric>_ci": [lo, hi], "num_games", "num_runs", "games"}}``.
+    """
+    from rliable import library as rly
+
+    if reps < 1:
+        raise ValueError(f"reps must be >= 1, got {reps}")
+    fns = _metric_fns()
+    order = list(fns)
+
+    def all_metrics(m: np.ndarray) -> np.ndarray:
+        return np.array([fns[k](m) for k in order])
+
+    out: dict[str, dict[str, Any]] = {}
+    for i, (method, per_game) in enumerate(scores.items()):
+        if not isinstance(per_game, Mapping):
+            raise ValueError(f"scores of method {method!r} must be {{game: scores}}")
+        norm = normalize(per_game, kind)
+        mat = score_matrix(norm)
+        with warnings.catch_warnings():  # arch deprecates RandomState; rliable still passes it
+            warnings.simplefilter("ignore", FutureWarning)
+            point, ci = rly.get_interval_estimates(
+                {method: mat},
+                all_metrics,
+                reps=reps,
+                confidence_interval_size=confidence,
+                random_state=_random_state(seed + i),
+            )
+        res: dict[str, Any] = {k: float(point[method][j]) for j, k in enumerate(order)}
+        for j, k in enumerate(order):
+            res[f"{k}_ci"] = [float(ci[method][0][j]), float(ci[method][1][j])]
+        res.update(num_games=mat.shape[1], num_runs=mat.shape[0], games=list(norm))
+        out[method] = res
+    return out
+
+
+def performance_profile(
+    scores: Mapping[str, Mapping[str, Sequence[float] | float]],
+    kind: Normalization = "human",
+    *,
+    taus: Sequence[float] | np.ndarray | None = None,
+    reps: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """Run-score performance profiles: fraction of runs with normalized score > tau.
+
+    Returns ``{"taus": [...], "methods": {method: {"profile": [...], "lo": [...], "hi": [...]}}}``
+    (rliable's ``run_score_deviation`` with its stratified bootstrap, seeded).
+    """
+    from rliable import library as rly
+
+    mats = {m: score_matrix(normalize(s, kind)) for m, s in scores.items()}
+    if taus is None:
+        hi = max(float(np.max(m)) for m in mats.values())
+        taus = np.linspace(min(0.0, min(float(np.min(m)) for m in mats.values())), hi, 81)
+    taus = np.asarray(taus, np.float64)
+    out: dict[str, Any] = {"taus": taus.tolist(), "methods": {}}
+    for i, (method, mat) in enumerate(mats.items()):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            point, ci = rly.get_interval_estimates(
+                {method: mat},
+                lambda m: rly.run_score_deviation(m, taus),
+                reps=reps,
+                confidence_interval_size=confidence,
+                random_state=_random_state(seed + i),
+            )
+        out["methods"][method] = {
+            "profile": np.asarray(point[method]).tolist(),
+            "lo": np.asarray(ci[method][0]).tolist(),
+            "hi": np.asarray(ci[method][1]).tolist(),
+        }
+    return out
+
+
+def probability_of_improvement(
+    scores: Mapping[str, Mapping[str, Sequence[float] | float]],
+    pairs: Sequence[tuple[str, str]] | None = None,
+    kind: Normalization = "human",
+    *,
+    reps: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, dict[str, Any]]:
+    """P(X > Y) for method pairs (default: every ordered pair of distinct methods), with CIs.
+
+    Both methods must cover the same games. Returns ``{"X vs Y": {"x", "y", "probability",
+    "ci": [lo, hi]}}``.
+    """
+    from rliable import library as rly
+    from rliable import metrics as rm
+
+    names = list(scores)
+    if pairs is None:
+        pairs = [(a, b) for a in names for b in names if a != b]
+    out: dict[str, dict[str, Any]] = {}
+    for i, (x, y) in enumerate(pairs):
+        for m in (x, y):
+            if m not in scores:
+                raise ValueError(f"unknown method {m!r}: methods are {names}")
+        nx, ny = normalize(scores[x], kind), normalize(scores[y], kind)
+        if set(nx) != set(ny):
+            raise ValueError(
+                f"{x} and {y} cover different games: {sorted(set(nx) ^ set(ny))} in only one"
+            )
+        mx = score_matrix(nx)
+        my = score_matrix({g: ny[g] for g in nx})
+        key = f"{x} vs {y}"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            point, ci = rly.get_interval_estimates(
+                {key: [mx, my]},
+                rm.probability_of_improvement,
+                reps=reps,
+                confidence_interval_size=confidence,
+                random_state=_random_state(seed + i),
+            )
+        out[key] = {
+            "x": x,
+            "y": y,
+            "probability": float(point[key]),
+            "ci": [float(ci[key][0]), float(ci[key][1])],
+        }
+    return out
+
+
+def _load_scores_json(path: str) -> dict[str, dict[str, Any]]:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise SystemExit(f"error: no such file: {path}") from None
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"error: {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict) or not data or not all(isinstance(v, dict) for v in data.values()):
+        raise SystemExit(
+            f'error: {path} must hold {{"method": {{"Game": [score, ...] or number}}}}'
+        )
+    return data
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: print aggregate JSON for ``SCORES.json`` = ``{"method": {"Game": [scores] | x}}``."""
+    p = argparse.ArgumentParser(
+        prog="python -m workbench.metrics",
+        description="Normalized-score aggregates (IQM, median, mean, optimality gap) with "
+        "stratified-bootstrap CIs (rliable).",
+    )
+    p.add_argument("scores", metavar="SCORES.json")
+    p.add_argument("--normalize", choices=NORMALIZATIONS, default="human")
+    p.add_argument("--reps", type=int, default=2000, help="bootstrap replications")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    data = _load_scores_json(args.scores)
+    try:
+        res = aggregate(data, args.normalize, reps=args.reps, seed=args.seed)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for r in res.values():
+        r.pop("games")
+        for k, v in list(r.items()):
+            if isinstance(v, float) and not math.isfinite(v):
+                r[k] = None
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,447 @@
+"""Batched beam search over JOWA's world model (paper Sec. 4.2, Eq. 12), and the planner policy.
+
+For every environment, starting from its current state s_0 (context + current frame's tokens):
+
+- expand each beam node with its top-K valid actions by Q;
+- roll the world model one step for every child: the action token gives the predicted reward
+  (expected value of the reward-sign head, in [-1, 1], the scale of the clipped training rewards)
+  and termination (probability > 0.5), then the 36 next-frame tokens are decoded greedily
+  (argmax, so planning is deterministic) and the last one gives Q at the new state;
+- score each child ``sum_{t<=d} gamma^t r_t + gamma^(d+1) max_a Q(s_{d+1}, a)``; a child whose
+  step is predicted terminal is scored ``sum_t gamma^t r_t`` with no bootstrap and is never
+  expanded again (its score is carried unchanged to later depths);
+- keep the K best children per environment; after H steps return the first action of the best
+  leaf. H = 0 or K = 1 is greedy in Q.
+
+Everything is batched: one forward call per token group (the action token, then each of the 36
+observation tokens) covers all environments x beams x children, and KV caches are gathered with
+one ``KVCache.index_select`` per depth. No frame is decoded to pixels. ``beam_search_sequential``
+runs the same search one environment and one child at a time with a copied cache per child (the
+public implementation's way), as a reference for tests and the benchmark.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from workbench.games import MAX_ACTIONS
+from workbench.losses import masked_argmax
+from workbench.models.gpt import KVCache
+from workbench.models.tokenizer import TOKENS_PER_FRAME, Tokenizer
+from workbench.models.world_action import TOKENS_PER_STEP, WorldActionModel
+
+__all__ = [
+    "SearchNode", "SearchTree", "PlanResult", "beam_search", "beam_search_sequential", "PlannerPolicy",
+    "max_context_steps",
+]
+
+_REWARD_VALUES = (-1.0, 0.0, 1.0)
+
+
+@dataclass
+class SearchNode:
+    """One node of a search tree (docs/architecture.md).
+
+    ``reward``: predicted reward of the edge into this node; ``q``: Q(parent state, action) (for
+    the root: max Q of s_0); ``score``: discounted predicted return to this node plus
+    gamma^depth max Q at it (no bootstrap when ``terminal``); ``kept``: the beam kept it.
+    """
+
+    id: int
+    parent: int
+    depth: int
+    action: int
+    reward: float
+    q: float
+    score: float
+    kept: bool
+    terminal: bool
+
+
+@dataclass
+class SearchTree:
+    nodes: list[SearchNode]
+    chosen_action: int
+
+
+@dataclass
+class PlanResult:
+    actions: Tensor
+    """(N,) int64 chosen minimal-set actions."""
+    root_q: Tensor
+    """(N, 18) expected Q at s_0 (invalid slots -inf)."""
+    trees: list[SearchTree] | None = None
+
+
+def max_context_steps(model: WorldActionModel, horizon: int) -> int:
+    """Most previous steps that fit in the context with the current frame and H imagined steps."""
+    return model.cfg.max_steps - 1 - horizon
+
+
+# ----------------------------------------------------------------------------- model steps
+
+def _reward_term(model: WorldActionModel, h: Tensor) -> tuple[Tensor, Tensor]:
+    values = torch.tensor(_REWARD_VALUES, device=h.device)
+    reward = (torch.softmax(model.reward_head(h).float(), -1) * values).sum(-1)
+    terminal = torch.softmax(model.term_head(h).float(), -1)[..., 1] > 0.5
+    return reward, terminal
+
+
+def _masked_q(model: WorldActionModel, h: Tensor, valid_mask: Tensor) -> Tensor:
+    return model.q_values(model.q_head(h), valid_mask)
+
+
+def _prefix(
+    model: WorldActionModel, obs_tokens: Tensor, game_id: Tensor, ctx_tokens: Tensor | None,
+    ctx_actions: Tensor | None, ctx_valid: Tensor | None, capacity: int,
+) -> tuple[KVCache, Tensor]:
+    """Run context + current frame into a fresh cache; returns (cache, hidden at the last token)."""
+    N = obs_tokens.shape[0]
+    dev = obs_tokens.device
+    parts, valid, is_act = [obs_tokens.long()], [torch.ones(N, TOKENS_PER_FRAME, dtype=torch.bool, device=dev)], []
+    is_act = [torch.zeros(TOKENS_PER_FRAME, dtype=torch.bool, device=dev)]
+    if ctx_tokens is not None and ctx_tokens.shape[1] > 0:
+        C = ctx_tokens.shape[1]
+        parts.insert(0, model.interleave(ctx_tokens, ctx_actions))
+        valid.insert(0, ctx_valid.bool().repeat_interleave(TOKENS_PER_STEP, dim=1))
+        is_act.insert(0, model.action_pattern[: C * TOKENS_PER_STEP])
+    tokens, valid_t, is_action = torch.cat(parts, 1), torch.cat(valid, 1), torch.cat(is_act)
+    if tokens.shape[1] > capacity:
+        raise ValueError(f"context of {tokens.shape[1]} tokens exceeds the cache capacity {capacity}")
+    cache = model.gpt.new_cache(N, capacity, device=dev)
+    h = model.forward_tokens(tokens, is_action, game_id, cache=cache, valid=valid_t)
+    return cache, h[:, -1]
+
+
+def _imagine_step(
+    model: WorldActionModel, cache: KVCache, actions: Tensor, game_id: Tensor, valid_mask: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Append one imagined step to ``cache`` (in place) for every row.
+
+    Feeds the action token, then the 36 greedily decoded observation tokens, one token group per
+    forward call. Returns (reward (M,), terminal (M,) bool, masked Q at the new state (M, 18)).
+    """
+    act_flag = torch.ones(1, dtype=torch.bool, device=actions.device)
+    obs_flag = torch.zeros(1, dtype=torch.bool, device=actions.device)
+    h = model.forward_tokens(actions.long()[:, None], act_flag, game_id, cache=cache)[:, -1]
+    reward, terminal = _reward_term(model, h)
+    for _ in range(TOKENS_PER_FRAME):
+        token = model.obs_head(h).argmax(-1)
+        h = model.forward_tokens(token[:, None], obs_flag, game_id, cache=cache)[:, -1]
+    return reward, terminal, _masked_q(model, h, valid_mask)
+
+
+def _expand(q: Tensor, alive: Tensor, beam_ok: Tensor, k_env: Tensor, k_max: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Top-k_max actions of each beam node: (actions, their Q, child_ok) each (N, B, k_max).
+
+    Ranks >= the env's K, invalid actions (-inf Q) and padding beams are not real children; a
+    terminated beam keeps one 'carry' child (rank 0) that holds its final score.
+    """
+    top_q, top_a = q.topk(k_max, dim=-1)
+    rank = torch.arange(k_max, device=q.device)
+    ok = beam_ok[..., None] & (rank < k_env[:, None, None]) & torch.isfinite(top_q)
+    ok = torch.where(alive[..., None], ok, beam_ok[..., None] & (rank == 0))
+    return top_a, top_q, ok
+
+
+def _score_children(
+    G: Tensor, alive: Tensor, reward: Tensor, terminal: Tensor, q_next: Tensor, depth: int, gamma: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(child return so far, child alive, child score) for parents with return G and status alive."""
+    G_child = torch.where(alive, G + gamma ** depth * reward, G)
+    alive_child = alive & ~terminal
+    boot = gamma ** (depth + 1) * q_next.max(-1).values
+    score = torch.where(alive_child, G_child + boot, G_child)
+    return G_child, alive_child, score
+
+
+# ----------------------------------------------------------------------------- batched search
+
+@torch.no_grad()
+def beam_search(
+    model: WorldActionModel,
+    obs_tokens: Tensor,
+    game_id: Tensor,
+    valid_mask: Tensor,
+    horizon: int,
+    beam_width: int | Tensor,
+    gamma: float = 0.99,
+    ctx_tokens: Tensor | None = None,
+    ctx_actions: Tensor | None = None,
+    ctx_valid: Tensor | None = None,
+    return_tree: bool = False,
+) -> PlanResult:
+    """Beam search for N environments at once.
+
+    ``obs_tokens`` (N, 36) current frames' tokens; ``game_id`` (N,); ``valid_mask`` (N, 18);
+    ``beam_width`` an int or (N,) per-env K; optional context ``ctx_tokens`` (N, C, 36),
+    ``ctx_actions`` (N, C), ``ctx_valid`` (N, C) bool (False = left padding of a short history).
+    Call with the model in eval mode.
+    """
+    N = obs_tokens.shape[0]
+    dev = obs_tokens.device
+    valid_mask = valid_mask.bool().to(dev)
+    game_id = game_id.long().to(dev)
+    k_env = torch.as_tensor(beam_width, device=dev).long().expand(N).clamp(min=1)
+    k_max = int(k_env.max()) if N else 1
+    if k_max > MAX_ACTIONS:
+        raise ValueError(f"beam_width must be <= {MAX_ACTIONS}, got {k_max}")
+    if horizon < 0:
+        raise ValueError(f"horizon must be >= 0, got {horizon}")
+    C = 0 if ctx_tokens is None else ctx_tokens.shape[1]
+    capacity = C * TOKENS_PER_STEP + TOKENS_PER_FRAME + horizon * TOKENS_PER_STEP
+    if capacity > model.gpt.cfg.max_tokens:
+        raise ValueError(
+            f"{C} context steps + current frame + horizon {horizon} need {capacity} tokens > "
+            f"{model.gpt.cfg.max_tokens}; use at most {max_context_steps(model, horizon)} context steps"
+        )
+    cache, h0 = _prefix(model, obs_tokens, game_id, ctx_tokens, ctx_actions, ctx_valid, capacity)
+    q0 = _masked_q(model, h0, valid_mask)  # (N, 18)
+    greedy = masked_argmax(q0, valid_mask)
+    if horizon == 0 or k_max == 1:
+        trees = _greedy_trees(q0, greedy) if return_tree else None
+        return PlanResult(greedy, q0, trees)
+
+    # Beam state, (N, B) with B = 1 at the root.
+    q_cur = q0[:, None]
+    G = torch.zeros(N, 1, device=dev)
+    alive = torch.ones(N, 1, dtype=torch.bool, device=dev)
+    beam_ok = torch.ones(N, 1, dtype=torch.bool, device=dev)
+    first = torch.zeros(N, 1, dtype=torch.long, device=dev)
+    log = [] if return_tree else None
+    for depth in range(horizon):
+        B = q_cur.shape[1]
+        acts, q_edge, ok = _expand(q_cur, alive, beam_ok, k_env, k_max)  # (N, B, k)
+        rows = cache.index_select(torch.arange(N * B, device=dev).repeat_interleave(k_max))
+        g_rows = game_id.repeat_interleave(B * k_max)
+        vm_rows = valid_mask.repeat_interleave(B * k_max, dim=0)
+        reward, terminal, q_next = _imagine_step(model, rows, acts.flatten(), g_rows, vm_rows)
+        reward, terminal = reward.view(N, B, k_max), terminal.view(N, B, k_max)
+        q_next = q_next.view(N, B, k_max, MAX_ACTIONS)
+        G_c, alive_c, score = _score_children(G[..., None], alive[..., None], reward, terminal, q_next, depth, gamma)
+        score = score.masked_fill(~ok, float("-inf"))
+        first_c = acts if depth == 0 else first[..., None].expand(N, B, k_max)
+        flat = lambda x: x.reshape(N, B * k_max, *x.shape[3:])  # noqa: E731
+        keep_n = min(k_max, B * k_max)
+        top_score, top_idx = flat(score).topk(keep_n, dim=-1)  # (N, keep)
+        new_ok = torch.isfinite(top_score) & (torch.arange(keep_n, device=dev) < k_env[:, None])
+        if log is not None:
+            kept = torch.zeros(N, B * k_max, dtype=torch.bool, device=dev)
+            kept.scatter_(1, top_idx, new_ok)
+            log.append({k: v.cpu() for k, v in dict(
+                acts=flat(acts), q_edge=flat(q_edge), ok=flat(ok), reward=flat(reward), score=flat(score),
+                terminal=flat(terminal & alive[..., None]), carry=flat(~alive[..., None].expand(N, B, k_max)),
+                kept=kept, top_idx=top_idx,
+            ).items()})
+        take = lambda x: flat(x).gather(1, top_idx)  # noqa: E731
+        if depth == horizon - 1:
+            best = flat(score).argmax(-1)
+            actions = flat(first_c).gather(1, best[:, None])[:, 0]
+            break
+        G, alive, first, beam_ok = take(G_c), take(alive_c), take(first_c), new_ok
+        q_cur = flat(q_next).gather(1, top_idx[..., None].expand(N, keep_n, MAX_ACTIONS))
+        cache = rows.index_select((torch.arange(N, device=dev)[:, None] * (B * k_max) + top_idx).flatten())
+    trees = _build_trees(q0, log, actions) if log is not None else None
+    return PlanResult(actions, q0, trees)
+
+
+def _greedy_trees(q0: Tensor, greedy: Tensor) -> list[SearchTree]:
+    trees = []
+    for i in range(q0.shape[0]):
+        a, q = int(greedy[i]), float(q0[i].max())
+        root = SearchNode(0, -1, 0, -1, 0.0, q, q, True, False)
+        child = SearchNode(1, 0, 1, a, 0.0, float(q0[i, a]), float(q0[i, a]), True, False)
+        trees.append(SearchTree([root, child], a))
+    return trees
+
+
+def _build_trees(q0: Tensor, log: list[dict[str, Tensor]], actions: Tensor) -> list[SearchTree]:
+    """Assemble per-env node lists from the per-depth logs (only when a tree is asked for)."""
+    trees = []
+    for i in range(q0.shape[0]):
+        qmax = float(q0[i].max())
+        nodes = [SearchNode(0, -1, 0, -1, 0.0, qmax, qmax, True, False)]
+        beam_nodes = [0]  # node id of each current beam
+        for depth, d in enumerate(log):
+            n_children = d["acts"].shape[1]
+            k = n_children // len(beam_nodes)
+            child_nodes = []
+            for c in range(n_children):
+                parent = beam_nodes[c // k] if c // k < len(beam_nodes) else -1
+                if not bool(d["ok"][i, c]) or parent < 0:
+                    child_nodes.append(-1)
+                elif bool(d["carry"][i, c]):
+                    child_nodes.append(parent)  # a terminated path carries its node unchanged
+                else:
+                    node = SearchNode(
+                        len(nodes), parent, depth + 1, int(d["acts"][i, c]), float(d["reward"][i, c]),
+                        float(d["q_edge"][i, c]), float(d["score"][i, c]), bool(d["kept"][i, c]),
+                        bool(d["terminal"][i, c]),
+                    )
+                    nodes.append(node)
+                    child_nodes.append(node.id)
+            beam_nodes = [child_nodes[int(j)] if bool(d["kept"][i, int(j)]) else -1 for j in d["top_idx"][i]]
+        trees.append(SearchTree(nodes, int(actions[i])))
+    return trees
+
+
+# ----------------------------------------------------------------------------- reference
+
+@torch.no_grad()
+def beam_search_sequential(
+    model: WorldActionModel,
+    obs_tokens: Tensor,
+    game_id: Tensor,
+    valid_mask: Tensor,
+    horizon: int,
+    beam_width: int | Tensor,
+    gamma: float = 0.99,
+    ctx_tokens: Tensor | None = None,
+    ctx_actions: Tensor | None = None,
+    ctx_valid: Tensor | None = None,
+) -> Tensor:
+    """The same search, one environment and one child at a time, copying the cache per child
+    (as the public implementation does). Reference for tests and the benchmark; returns (N,)."""
+    N = obs_tokens.shape[0]
+    dev = obs_tokens.device
+    k_env = torch.as_tensor(beam_width, device=dev).long().expand(N).clamp(min=1)
+    out = torch.empty(N, dtype=torch.long)
+    for i in range(N):
+        sl = slice(i, i + 1)
+        ctx = (None, None, None) if ctx_tokens is None else (ctx_tokens[sl], ctx_actions[sl], ctx_valid[sl])
+        C = 0 if ctx_tokens is None else ctx_tokens.shape[1]
+        capacity = C * TOKENS_PER_STEP + TOKENS_PER_FRAME + horizon * TOKENS_PER_STEP
+        g, vm, K = game_id[sl].long(), valid_mask[sl].bool(), int(k_env[i])
+        root_cache, h0 = _prefix(model, obs_tokens[sl], g, *ctx, capacity)
+        q0 = _masked_q(model, h0, vm)[0]
+        if horizon == 0 or K == 1:
+            out[i] = int(masked_argmax(q0[None], vm)[0])
+            continue
+        # beam: (cache, q, G, alive, first_action)
+        beams = [(root_cache, q0, 0.0, True, -1)]
+        for depth in range(horizon):
+            children = []
+            for cache, q, G, alive, first in beams:
+                top_q, top_a = q.topk(K)
+                if not alive:  # terminated path: carried, not expanded
+                    children.append((cache, q, G, False, first, G))
+                    continue
+                for a, qa in zip(top_a.tolist(), top_q.tolist()):
+                    if not np.isfinite(qa):
+                        continue
+                    child = cache.clone()
+                    r, term, q_next = _imagine_step(model, child, torch.tensor([a], device=dev), g, vm)
+                    G_c = G + gamma ** depth * float(r[0])
+                    alive_c = not bool(term[0])
+                    score = G_c + gamma ** (depth + 1) * float(q_next[0].max()) if alive_c else G_c
+                    children.append((child, q_next[0], G_c, alive_c, a if depth == 0 else first, score))
+            order = sorted(range(len(children)), key=lambda j: -children[j][5])
+            if depth == horizon - 1:
+                out[i] = children[order[0]][4]
+                break
+            beams = [children[j][:5] for j in order[:K]]
+    return out
+
+
+# ----------------------------------------------------------------------------- policy
+
+def _valid_mask_table(games: Sequence[str] | Sequence[int]) -> Tensor:
+    if all(isinstance(g, (int, np.integer)) for g in games):
+        n = torch.tensor([int(g) for g in games])
+        return torch.arange(MAX_ACTIONS)[None] < n[:, None]
+    from workbench.games import valid_action_mask
+
+    return torch.from_numpy(valid_action_mask(list(games)))
+
+
+class PlannerPolicy:
+    """Policy (docs/architecture.md) that plans with beam search over the world model.
+
+    Keeps, per environment, the last ``context_steps`` (tokens, action) steps of the current
+    episode as the model's context; ``reset(indices)`` clears them. ``act`` tokenizes the newest
+    frame of each stack, plans, records the chosen action and returns it. ``games`` is the run's
+    ordered game tuple (names) or the number of valid actions per game_id. ``beam_width`` may be
+    one int or one per game_id (Table 16). ``last_trees`` holds the trees of the last call when
+    ``return_tree`` is set.
+    """
+
+    def __init__(
+        self, model: WorldActionModel, tokenizer: Tokenizer, games: Sequence[str] | Sequence[int],
+        horizon: int = 2, beam_width: int | Sequence[int] = 2, context_steps: int | None = None,
+        gamma: float = 0.99, return_tree: bool = False,
+    ) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.valid_table = _valid_mask_table(games)
+        if len(self.valid_table) != model.cfg.num_games:
+            raise ValueError(f"{len(self.valid_table)} games but the model has {model.cfg.num_games} task embeddings")
+        if horizon < 0:
+            raise ValueError(f"horizon must be >= 0, got {horizon}")
+        limit = max_context_steps(model, horizon)
+        if limit < 0:
+            raise ValueError(f"horizon {horizon} does not fit in {model.cfg.max_steps} steps; max horizon {model.cfg.max_steps - 1}")
+        self.context_steps = limit if context_steps is None else context_steps
+        if not 0 <= self.context_steps <= limit:
+            raise ValueError(f"context_steps must be in [0, {limit}] for horizon {horizon}, got {context_steps}")
+        bw = torch.as_tensor(beam_width).long()
+        if bw.dim() == 1 and len(bw) != len(self.valid_table):
+            raise ValueError(f"beam_width per game needs {len(self.valid_table)} entries, got {len(bw)}")
+        if bool((bw < 1).any()):
+            raise ValueError(f"beam_width must be >= 1, got {beam_width}")
+        self.beam_width, self.horizon, self.gamma, self.return_tree = bw, horizon, gamma, return_tree
+        self.last_trees: list[SearchTree] | None = None
+        self._ctx: tuple[Tensor, Tensor, Tensor] | None = None  # tokens (N,C,36), actions (N,C), valid (N,C)
+
+    def reset(self, indices: Sequence[int] | np.ndarray | None = None) -> None:
+        """Forget the context of environments ``indices`` (all when None)."""
+        if self._ctx is None:
+            return
+        if indices is None:
+            self._ctx = None
+            return
+        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64)).to(self._ctx[2].device)
+        with torch.inference_mode():  # the context tensors are inference tensors
+            self._ctx[2][idx] = False
+
+    def act(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray:
+        if obs.dtype != np.uint8 or obs.ndim != 4:
+            raise TypeError(f"obs must be uint8 (N, 4, 84, 84), got {obs.dtype} {obs.shape}")
+        device = next(self.model.parameters()).device
+        was = (self.model.training, self.tokenizer.training)
+        self.model.eval(), self.tokenizer.eval()
+        try:
+            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                frames = torch.from_numpy(np.ascontiguousarray(obs[:, -1])).to(device)
+                g = torch.from_numpy(np.asarray(game_ids, dtype=np.int64)).to(device)
+                tokens = self.tokenizer.encode(frames)
+                N, C = tokens.shape[0], self.context_steps
+                if self._ctx is None or self._ctx[0].shape[0] != N or self._ctx[0].device != device:
+                    self._ctx = (
+                        torch.zeros(N, C, TOKENS_PER_FRAME, dtype=torch.long, device=device),
+                        torch.zeros(N, C, dtype=torch.long, device=device),
+                        torch.zeros(N, C, dtype=torch.bool, device=device),
+                    )
+                ctx_t, ctx_a, ctx_v = self._ctx
+                # Drop leading all-padding columns so short histories cost nothing.
+                first = int(ctx_v.any(0).float().argmax()) if bool(ctx_v.any()) else C
+                bw = self.beam_width.to(device)
+                result = beam_search(
+                    self.model, tokens, g, self.valid_table.to(device)[g], self.horizon,
+                    bw[g] if bw.dim() == 1 else bw, self.gamma,
+                    ctx_t[:, first:], ctx_a[:, first:], ctx_v[:, first:], return_tree=self.return_tree,
+                )
+                actions = result.actions
+                if C > 0:  # shift the new step in on the right (histories are left-padded)
+                    self._ctx = (
+                        torch.cat([ctx_t[:, 1:], tokens[:, None]], 1),
+                        torch.cat([ctx_a[:, 1:], actions[:, None].to(device)], 1),
+                        torch.cat([ctx_v[:, 1:], torch.ones(N, 1, dtype=torch.bool, device=device)], 1),
+                    )
+                self.last_trees = result.trees
+        finally:
+            self.model.train(was[0]), self.tokenizer.train(was[1])
+        return actions.cpu().numpy().astype(np.int64)

@@ -1,0 +1,188 @@
+"""ipywidgets inspectors over a :class:`~workbench.viz.rollout.Rollout`.
+
+Thin classes: a step slider (with a Play button), an HTML caption and ``go.FigureWidget``s.
+On every slider change the pure builders of :mod:`workbench.viz.figures` make the step's
+figure and its trace data is copied into the FigureWidgets inside ``batch_update()``, so the
+browser gets one message per figure and the inspectors draw exactly what the builders draw.
+
+Display an inspector by leaving it last in a cell (it forwards ``_repr_mimebundle_``) or with
+``display(inspector.widget)``. Headless (no kernel), setting ``inspector.step.value`` fires
+the update synchronously, which the tests use.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import ipywidgets as widgets
+import numpy as np
+import plotly.graph_objects as go
+
+from workbench.viz import figures as F
+from workbench.viz.rollout import Rollout
+
+__all__ = ["PlannerInspector", "QInspector", "explorer", "sync_figure"]
+
+# Trace properties never copied: the type is fixed and uids identify the widget's traces.
+_SKIP = {"type", "uid"}
+
+
+def sync_figure(target: go.FigureWidget, source: go.Figure) -> None:
+    """Copy ``source``'s trace data, title and annotations into ``target`` in one batch.
+
+    Both figures must come from the same builder (same trace count and types)."""
+    if len(target.data) != len(source.data):
+        raise ValueError(f"figure has {len(target.data)} traces, the new one {len(source.data)}")
+    with target.batch_update():
+        for tw, tn in zip(target.data, source.data):
+            tw.update({k: v for k, v in tn.to_plotly_json().items() if k not in _SKIP})
+        target.layout.title = source.layout.title
+        target.layout.annotations = source.layout.annotations
+
+
+def _step_slider(rollout: Rollout, step: widgets.IntSlider | None) -> widgets.IntSlider:
+    if step is not None:
+        if step.max != len(rollout) - 1:
+            raise ValueError(f"shared slider spans 0..{step.max}, the rollout 0..{len(rollout) - 1}")
+        return step
+    return widgets.IntSlider(value=0, min=0, max=max(len(rollout) - 1, 0), description="step",
+                             continuous_update=False, layout=widgets.Layout(width="60%"))
+
+
+def _play_for(step: widgets.IntSlider) -> widgets.Play:
+    play = widgets.Play(value=step.value, min=step.min, max=step.max, interval=300, description="play")
+    widgets.jslink((play, "value"), (step, "value"))  # runs in the browser, no kernel round trip
+    return play
+
+
+def _q_bar_figure(q: np.ndarray, names: list[str], chosen: int) -> go.Figure:
+    """Expected Q per action for models without distributions (MSE heads)."""
+    fig = go.Figure(go.Bar(
+        x=q, y=names, orientation="h", text=[f"{v:.2f}" for v in q], textposition="auto",
+        marker_color=[F.CHOSEN_COLOR if a == chosen else "#7f9fcf" for a in range(len(q))],
+    ))
+    fig.update_layout(title=f"Q values — chosen: {names[chosen]} (Q={q[chosen]:.3f})",
+                      template="plotly_white", height=420, yaxis_autorange="reversed")
+    return fig
+
+
+class QInspector:
+    """Step slider over a rollout: the frame, per-action C51 distributions with expected Q,
+    and the chosen action. Attributes: ``step`` (IntSlider), ``caption`` (HTML),
+    ``frame_fig`` and ``q_fig`` (FigureWidgets; ``q_fig`` is None without Q data), ``widget``."""
+
+    def __init__(self, rollout: Rollout, *, step: widgets.IntSlider | None = None) -> None:
+        if len(rollout) == 0:
+            raise ValueError("QInspector: the rollout has no steps")
+        self.rollout = rollout
+        self._scores = rollout.scores()
+        self.step = _step_slider(rollout, step)
+        self.caption = widgets.HTML()
+        self.frame_fig = go.FigureWidget(self._frame(0))
+        self.q_fig = go.FigureWidget(self._q(0)) if rollout.has_q else None
+        self.step.observe(self._on_step, names="value")
+        figs: list[widgets.Widget] = [self.frame_fig]
+        if self.q_fig is not None:
+            figs.append(self.q_fig)
+        controls = [self.step] if step is not None else [_play_for(self.step), self.step]
+        self.widget = widgets.VBox([widgets.HBox(controls), self.caption, widgets.HBox(figs)])
+        self._render(self.step.value)
+
+    def _frame(self, t: int) -> go.Figure:
+        return F.make_frame_figure(self.rollout.display_frame(t), title=f"step {t}", height=380)
+
+    def _q(self, t: int) -> go.Figure:
+        r, a = self.rollout, int(self.rollout.actions[t])
+        if r.q_probs is not None:
+            return F.make_return_distribution_figure(r.q_probs[t], r.support, r.action_names, a,
+                                                     title=f"step {t}")
+        return _q_bar_figure(r.q_values[t], r.action_names, a)
+
+    def _on_step(self, change: dict[str, Any]) -> None:
+        self._render(int(change["new"]))
+
+    def _render(self, t: int) -> None:
+        r = self.rollout
+        a = int(r.actions[t])
+        q = "" if r.q_values is None else f" · Q={float(r.q_values[t, a]):.3f}"
+        self.caption.value = (
+            f"<b>{html.escape(r.game)}</b> · step {t}/{len(r) - 1} · action "
+            f"<b>{html.escape(r.action_names[a])}</b>{q} · reward {float(r.rewards[t]):g} · "
+            f"score {float(self._scores[t]):g}"
+        )
+        sync_figure(self.frame_fig, self._frame(t))
+        if self.q_fig is not None:
+            sync_figure(self.q_fig, self._q(t))
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+class PlannerInspector:
+    """JOWA: the beam-search tree at a step (hover: action, predicted reward, Q, score; kept vs
+    pruned) and the world model's predicted next frames next to the real ones.
+    Attributes: ``step``, ``caption``, ``tree_fig``, ``frames_fig``, ``widget``."""
+
+    def __init__(self, rollout: Rollout, *, step: widgets.IntSlider | None = None) -> None:
+        if not rollout.has_planner:
+            raise ValueError(
+                "PlannerInspector needs a rollout with search trees (a JOWA checkpoint played "
+                "with the planner); this rollout has none — use QInspector"
+            )
+        self.rollout = rollout
+        self.horizon = 1 if rollout.predicted_frames is None else int(rollout.predicted_frames.shape[1])
+        self.step = _step_slider(rollout, step)
+        self.caption = widgets.HTML()
+        self.tree_fig = go.FigureWidget(self._tree(0))
+        self.frames_fig = go.FigureWidget(self._frames(0))
+        self.step.observe(self._on_step, names="value")
+        controls = [self.step] if step is not None else [_play_for(self.step), self.step]
+        self.widget = widgets.VBox([widgets.HBox(controls), self.caption,
+                                    widgets.HBox([self.tree_fig, self.frames_fig])])
+        self._render(self.step.value)
+
+    def _tree(self, t: int) -> go.Figure:
+        tree = self.rollout.trees[t] or {"nodes": [], "chosen_action": None}
+        title = f"step {t}" if self.rollout.trees[t] else f"step {t}: no search recorded"
+        return F.make_search_tree_figure(tree, self.rollout.action_names, title=title)
+
+    def _frames(self, t: int) -> go.Figure:
+        real = self.rollout.real_next_frames(t, self.horizon)
+        if self.rollout.predicted_frames is None:
+            pred = np.zeros_like(real)
+            title = f"step {t}: no predicted frames recorded"
+        else:
+            pred = self.rollout.predicted_frames[t]
+            title = f"step {t}: real vs predicted"
+        return F.make_frame_pair_figure(real, pred, title=title)
+
+    def _on_step(self, change: dict[str, Any]) -> None:
+        self._render(int(change["new"]))
+
+    def _render(self, t: int) -> None:
+        tree = self.rollout.trees[t]
+        if tree:
+            kept = sum(1 for n in tree["nodes"] if n["kept"])
+            depth = max(n["depth"] for n in tree["nodes"])
+            chosen = tree["chosen_action"]
+            name = self.rollout.action_names[chosen] if chosen is not None else "?"
+            self.caption.value = (
+                f"step {t}: {len(tree['nodes'])} nodes, {kept} kept, depth {depth}; "
+                f"planner chose <b>{html.escape(name)}</b>"
+            )
+        else:
+            self.caption.value = f"step {t}: no search tree"
+        sync_figure(self.tree_fig, self._tree(t))
+        sync_figure(self.frames_fig, self._frames(t))
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+def explorer(rollout: Rollout) -> tuple[widgets.VBox, QInspector, PlannerInspector | None]:
+    """Q inspector and, for planner rollouts, the planner inspector driven by one slider."""
+    q = QInspector(rollout)
+    p = PlannerInspector(rollout, step=q.step) if rollout.has_planner else None
+    box = widgets.VBox([q.widget] + ([p.caption, widgets.HBox([p.tree_fig, p.frames_fig])] if p else []))
+    return box, q, p
