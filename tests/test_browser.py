@@ -120,7 +120,8 @@ _Q_PLOT_JS = """
 """
 
 
-def test_explorer_notebook_slider_updates_plot_in_chromium(lab):
+def test_explorer_notebook_slider_updates_plot_in_chromium(lab, tmp_path):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     from workbench.viz.rollout import synthetic_rollout
@@ -128,10 +129,15 @@ def test_explorer_notebook_slider_updates_plot_in_chromium(lab):
     expected = synthetic_rollout(STEPS, game=GAME, seed=SEED)  # the notebook's rollout, rebuilt
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1200})
         try:
-            page = browser.new_page(viewport={"width": 1600, "height": 1200})
             page.goto(f"{lab}/lab/tree/explore.ipynb", timeout=90_000)
             page.wait_for_selector(".jp-Notebook", timeout=90_000)
+            # JupyterLab may ask which kernel to start: accept its proposal (Python 3).
+            try:
+                page.click(".jp-Dialog .jp-mod-accept", timeout=15_000)
+            except PlaywrightTimeout:
+                pass
             # Wait for the kernel before running everything.
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
             page.click(".lm-MenuBar-itemLabel:text-is('Run')")
@@ -152,5 +158,11 @@ def test_explorer_notebook_slider_updates_plot_in_chromium(lab):
             q3 = expected.q_probs[3].astype(np.float64) @ expected.support.astype(np.float64)
             np.testing.assert_allclose(after["bar"], q3, rtol=1e-5)
             assert "step 3/" in page.inner_text(".widget-html-content >> nth=0")
+        except Exception:
+            # Leave evidence for a failing CI run: a screenshot and the page's text.
+            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+            (tmp_path / "failure.txt").write_text(page.inner_text("body"))
+            print(f"browser test failed; screenshot and text in {tmp_path}", file=sys.stderr)
+            raise
         finally:
             browser.close()

@@ -24,7 +24,6 @@ KNOWN_BAD = {
     ("scaled_ql_c1", "Scaled QL (80M)", "iqm"): "Pooyan random (472) unknown in paper: 0.775",
     ("scaled_ql_c1", "DT (200M)", "iqm"): "computes 0.300-0.305 for any Pooyan random >= 0",
     ("scaled_ql_c2", "Scaled QL (80M)", "iqm"): "Pooyan random (472) unknown in paper: 1.139",
-    ("scaled_ql_c2", "DT (200M)", "iqm"): "computes 1.117-1.119 for any Pooyan random >= 0",
     ("scaled_ql_c2", "DT (200M)", "median"): "0.775 with Pooyan random 472 (0.7825 at 0)",
 }
 
@@ -122,7 +121,6 @@ def test_profiles_and_probability_of_improvement():
     assert poi["x vs y"]["probability"] == 1.0 and poi["y vs x"]["probability"] == 0.0
     prof = metrics.performance_profile({"x": x}, kind="none", taus=[0.5, 5.5, 100.0], reps=50)
     # fraction of the 6 runs with score > tau, by brute force
-    assert prof["methods"]["x"]["profile"] == pytest.approx([5 / 6, 2 / 6 * 1.0, 0.0], abs=1e-9) or True
     runs = np.array([[0.0, 5.0], [1.0, 6.0], [2.0, 7.0]])
     expect = [float(np.mean((runs > t).mean(axis=0))) for t in [0.5, 5.5, 100.0]]
     assert prof["methods"]["x"]["profile"] == pytest.approx(expect)

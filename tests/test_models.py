@@ -273,3 +273,32 @@ def test_policy_greedy_over_valid_actions(algo):
         vals = [float(L.expected_q(out[k, i], a.support)) if algo == "scaled_ql" else float(out[k, i]) for i in range(n)]
         assert acts[k] == int(np.argmax(vals))
     assert a.model.training  # mode restored
+
+
+def test_loss_under_bf16_autocast_close_to_fp32():
+    torch.manual_seed(0)
+    a = ScaledQL.build("resnet-tiny", SMALL)
+    batch = make_batch(4, SMALL)
+    ref, _ = a.loss(batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, metrics = a.loss(batch)
+    assert got.dtype == torch.float32 and all(torch.isfinite(v) for v in metrics.values())
+    assert got.item() == pytest.approx(ref.item(), rel=5e-2)
+
+
+def test_loss_goes_through_forward_model_wrapper():
+    a = ScaledQL.build("resnet-tiny", SMALL)
+    calls = []
+
+    class Wrapper(torch.nn.Module):  # stands in for DistributedDataParallel / torch.compile
+        def __init__(self, inner):
+            super().__init__()
+            self.module = inner
+
+        def forward(self, *args):
+            calls.append(torch.is_grad_enabled())
+            return self.module(*args)
+
+    a.forward_model = Wrapper(a.model)
+    a.loss(make_batch(2, SMALL))
+    assert calls == [True]  # exactly the one gradient-carrying online pass

@@ -152,6 +152,10 @@ def test_batched_equals_each_env_alone_and_sequential(model):
 
 @torch.no_grad()
 def test_tree_contract(model):
+    import copy
+
+    model = copy.deepcopy(model)
+    model.term_head[-1].bias.copy_(torch.tensor([20.0, -20.0]))  # no termination: full trees
     obs, game, vm, ct, ca, cv = _inputs(seed=4)
     res = beam_search(model, obs, game, vm, 2, 2, GAMMA, ct, ca, cv, return_tree=True)
     for i, tree in enumerate(res.trees):
@@ -162,7 +166,7 @@ def test_tree_contract(model):
         assert all(n.parent in ids for n in tree.nodes[1:])
         for depth in (1, 2):
             layer = [n for n in tree.nodes if n.depth == depth]
-            assert 0 < sum(n.kept for n in layer) <= 2
+            assert sum(n.kept for n in layer) == 2 and len(layer) == 2 * depth
             assert all(n.action < int(N_ACT[game[i]]) for n in layer)
         # depth-2 nodes hang only under kept depth-1 nodes
         kept1 = {n.id for n in tree.nodes if n.depth == 1 and n.kept}

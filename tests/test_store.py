@@ -201,7 +201,7 @@ def test_wrong_names_list_what_exists(tmp_path: Path, full_store: st.ReplayStore
         st.build_store(FIXTURES, tmp_path / "x", ["Pong"], [3], progress=False)
     with pytest.raises(st.StoreError, match="asks for 5 checkpoints but the run has 3"):
         st.build_store(FIXTURES, tmp_path / "x", ["Pong"], [1], st.Split("first", k=5), progress=False)
-    with pytest.raises(st.StoreError, match="unknown split 'tiny'.*expert"):
+    with pytest.raises(st.StoreError, match="invalid split 'tiny'.*first:K.*expert"):
         st.build_store(FIXTURES, tmp_path / "x", ["Pong"], [1], "tiny", progress=False)
     with pytest.raises(st.StoreError, match="select must be one of"):
         st.Split("middle")

@@ -23,7 +23,9 @@ same number of runs (rliable's score matrix is ``(num_runs, num_games)``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import difflib
 import json
 import math
 import sys
@@ -35,7 +37,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from workbench.games import canonical_game
+from workbench.games import DQN_REPLAY_GAMES, canonical_game
 
 __all__ = [
     "NORMALIZATIONS",
@@ -70,10 +72,12 @@ def _game_name(name: str) -> str:
         return canonical_game(name)
     except ValueError:
         key = str(name).replace("_", "").replace("-", "").replace(" ", "").lower()
-        for g in reference_scores():
-            if g.lower() == key:
-                return g
-        raise
+        known = {g.lower(): g for g in [*DQN_REPLAY_GAMES, *reference_scores()]}
+        if key in known:
+            return known[key]
+        close = difflib.get_close_matches(key, list(known), n=5, cutoff=0.5)
+        hint = ", ".join(known[c] for c in close) if close else ", ".join(sorted(known.values()))
+        raise ValueError(f"unknown game {name!r}: did you mean {hint}?") from None
 
 
 def _runs(game: str, value: Any) -> np.ndarray:
@@ -149,6 +153,23 @@ def _random_state(seed: int) -> np.random.RandomState:
     return np.random.RandomState(int(seed) % (2**32))
 
 
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """Seed numpy's legacy global RNG for the duration of a bootstrap, then restore it.
+
+    rliable 1.2's StratifiedBootstrap draws its resampling indices from ``np.random.choice`` (the
+    global RNG) and ignores ``random_state``; seeding the global RNG is what makes it reproducible.
+    """
+    state = np.random.get_state()
+    np.random.seed(int(seed) % (2**32))
+    try:
+        with warnings.catch_warnings():  # arch deprecates RandomState; rliable still passes it
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        np.random.set_state(state)
+
+
 def aggregate(
     scores: Mapping[str, Mapping[str, Sequence[float] | float]],
     kind: Normalization = "human",
@@ -178,8 +199,7 @@ def aggregate(
             raise ValueError(f"scores of method {method!r} must be {{game: scores}}")
         norm = normalize(per_game, kind)
         mat = score_matrix(norm)
-        with warnings.catch_warnings():  # arch deprecates RandomState; rliable still passes it
-            warnings.simplefilter("ignore", FutureWarning)
+        with _seeded(seed + i):
             point, ci = rly.get_interval_estimates(
                 {method: mat},
                 all_metrics,
@@ -207,7 +227,8 @@ def performance_profile(
     """Run-score performance profiles: fraction of runs with normalized score > tau.
 
     Returns ``{"taus": [...], "methods": {method: {"profile": [...], "lo": [...], "hi": [...]}}}``
-    (rliable's ``run_score_deviation`` with its stratified bootstrap, seeded).
+    (rliable's ``create_performance_profile``: score distributions over all runs x games, with
+    its stratified bootstrap, seeded).
     """
     from rliable import library as rly
 
@@ -218,14 +239,9 @@ def performance_profile(
     taus = np.asarray(taus, np.float64)
     out: dict[str, Any] = {"taus": taus.tolist(), "methods": {}}
     for i, (method, mat) in enumerate(mats.items()):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            point, ci = rly.get_interval_estimates(
-                {method: mat},
-                lambda m: rly.run_score_deviation(m, taus),
-                reps=reps,
-                confidence_interval_size=confidence,
-                random_state=_random_state(seed + i),
+        with _seeded(seed + i):
+            point, ci = rly.create_performance_profile(
+                {method: mat}, taus, reps=reps, confidence_interval_size=confidence
             )
         out["methods"][method] = {
             "profile": np.asarray(point[method]).tolist(),
@@ -268,8 +284,7 @@ def probability_of_improvement(
         mx = score_matrix(nx)
         my = score_matrix({g: ny[g] for g in nx})
         key = f"{x} vs {y}"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
+        with _seeded(seed + i):
             point, ci = rly.get_interval_estimates(
                 {key: [mx, my]},
                 rm.probability_of_improvement,
@@ -280,8 +295,8 @@ def probability_of_improvement(
         out[key] = {
             "x": x,
             "y": y,
-            "probability": float(point[key]),
-            "ci": [float(ci[key][0]), float(ci[key][1])],
+            "probability": float(np.ravel(point[key])[0]),
+            "ci": [float(np.ravel(ci[key][0])[0]), float(np.ravel(ci[key][1])[0])],
         }
     return out
 

@@ -367,7 +367,9 @@ class PlannerPolicy:
     frame of each stack, plans, records the chosen action and returns it. ``games`` is the run's
     ordered game tuple (names) or the number of valid actions per game_id. ``beam_width`` may be
     one int or one per game_id (Table 16). ``last_trees`` holds the trees of the last call when
-    ``return_tree`` is set.
+    ``return_tree`` is set. Environment i is row i of every ``act`` call; a call with a different
+    number of environments starts every context afresh. ``context_steps`` defaults to the most
+    that fit: ``max_steps - 1 - horizon`` (5 for H = 2).
     """
 
     def __init__(

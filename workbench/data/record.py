@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
@@ -192,6 +193,45 @@ def record(
     tmp.write_text(json.dumps(info, indent=1))
     os.replace(tmp, out / "record_info.json")
     return out
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """Parameters of ``notebooks/01_collect_data.ipynb`` (validated on construction)."""
+
+    games: str = "Pong"  # comma-separated game names or a game set
+    steps: int = 2000  # agent steps recorded per game
+    policy: str = "random"  # 'random' or 'package.module:factory' (a Policy, played epsilon-greedily)
+    output_dir: str = "data/recorded"  # DQN-Replay root to write {Game}/{run}/replay_logs into
+    seed: int = 0
+    epsilon: float = 0.01  # exploration of a Policy (unused by 'random')
+    capacity: int = 1_000_000  # rows per checkpoint (DQN-Replay: 1,000,000)
+
+    def __post_init__(self) -> None:
+        from workbench import games as G
+
+        object.__setattr__(self, "games", ",".join(G.resolve_games(self.games)))
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise RecordError(f"steps must be an int >= 1, got {self.steps!r}")
+        if self.policy != "random" and ":" not in self.policy:
+            raise RecordError(f"policy must be 'random' or 'package.module:factory', got {self.policy!r}")
+        if not self.output_dir:
+            raise RecordError("output_dir must be a non-empty path")
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise RecordError(f"epsilon must be in [0, 1], got {self.epsilon!r}")
+        if not isinstance(self.capacity, int) or self.capacity < STACK + 4:
+            raise RecordError(f"capacity must be an int >= {STACK + 4}, got {self.capacity!r}")
+
+    @classmethod
+    def from_params(cls, **params: Any) -> "CollectConfig":
+        """From papermill parameters: unknown names and ill-typed values are errors."""
+        from workbench.config import from_params
+
+        return from_params(cls, params)
+
+    def run(self, progress: bool = True) -> list[Path]:
+        return record_many(self.games.split(","), self.steps, self.output_dir, policy=_load_policy(self.policy),
+                           seed=self.seed, epsilon=self.epsilon, capacity=self.capacity, progress=progress)
 
 
 def _load_policy(spec: str) -> Any:

@@ -138,6 +138,31 @@ PRESETS: dict[str, Split] = {
 }
 
 
+def parse_split(spec: str | Split) -> Split:
+    """A preset name or ``all | first:K | last:F | fraction:F | n:N`` (the config grammar):
+    ``first:K`` first K checkpoints; ``last:F`` last fraction F of checkpoints; ``fraction:F`` a
+    uniform fraction F of all transitions; ``n:N`` N uniform transitions."""
+    if isinstance(spec, Split):
+        return spec
+    if spec in PRESETS:
+        return PRESETS[spec]
+    kind, _, value = str(spec).partition(":")
+    try:
+        if kind == "all" and not value:
+            return Split("all", name=spec)
+        if kind == "first":
+            return Split("first", k=int(value), name=spec)
+        if kind == "last":
+            return Split("last", ckpt_fraction=float(value), name=spec)
+        if kind == "fraction":
+            return Split("all", sample_fraction=float(value), name=spec)
+        if kind == "n":
+            return Split("all", sample_count=int(value), name=spec)
+    except ValueError as e:
+        raise StoreError(f"invalid split {spec!r}: {e}") from None
+    raise StoreError(f"invalid split {spec!r}; valid: all, first:K, last:F, fraction:F, n:N or a preset {sorted(PRESETS)}")
+
+
 def split_preset(name: str) -> Split:
     """A named split of the papers; unknown names list the presets."""
     if name not in PRESETS:
@@ -278,7 +303,7 @@ def build_store(
     from tqdm.auto import tqdm
 
     root, out = Path(root), Path(out)
-    split = split_preset(split) if isinstance(split, str) else split
+    split = parse_split(split) if isinstance(split, str) else split
     if not isinstance(split, Split):
         raise StoreError(f"split must be a Split or one of {sorted(PRESETS)}, got {split!r}")
     if not isinstance(n_step, int) or n_step < 1:

@@ -75,13 +75,14 @@ class KVCache:
     def index_select(self, batch_idx: torch.Tensor) -> KVCache:
         """A new cache whose row i is a copy of row ``batch_idx[i]`` of this one (beam gather).
 
-        Only the filled slots are copied; the rest of the new cache is preallocated zeros.
+        Only the filled slots are copied; the rest of the new cache is preallocated.
         """
         batch_idx = batch_idx.to(self.k.device, torch.long)
         out = KVCache.__new__(KVCache)
         n_layer, _, n_head, cap, hd = self.k.shape
-        out.k = self.k.new_zeros((n_layer, batch_idx.numel(), n_head, cap, hd))
-        out.v = torch.zeros_like(out.k)
+        # Slots past `length` are always written before they are read: no need to zero them.
+        out.k = self.k.new_empty((n_layer, batch_idx.numel(), n_head, cap, hd))
+        out.v = torch.empty_like(out.k)
         n = self.length
         out.k[:, :, :, :n] = self.k[:, batch_idx, :, :n]
         out.v[:, :, :, :n] = self.v[:, batch_idx, :, :n]
@@ -166,6 +167,7 @@ class GPT(nn.Module):
         self.register_buffer(
             "causal", torch.tril(torch.ones(cfg.max_tokens, cfg.max_tokens, dtype=torch.bool)), persistent=False
         )
+        self.register_buffer("eye", torch.eye(cfg.max_tokens, dtype=torch.bool), persistent=False)
         self.apply(self._init_weights)
         # GPT-2 scaling of residual projections keeps the residual stream's variance flat in depth.
         for name, p in self.named_parameters():
@@ -209,31 +211,28 @@ class GPT(nn.Module):
                 f"{'cache capacity' if cache is not None else 'max_tokens'} "
                 f"({cache.capacity if cache is not None else self.cfg.max_tokens})"
             )
-        if valid is None:
-            valid = torch.ones(B, T, dtype=torch.bool, device=x.device)
-        start_pos = cache.next_pos if cache is not None else torch.zeros(B, dtype=torch.long, device=x.device)
-        # Position of each real token = number of real tokens before it in its row.
-        pos = start_pos[:, None] + torch.cumsum(valid.long(), dim=1) - 1
-        if bool((pos[valid] >= self.cfg.max_tokens).any()):
-            raise ValueError(f"position ids exceed max_tokens={self.cfg.max_tokens}")
-        pos = pos.clamp(min=0)  # left pads get position 0 (their output is never used)
-        x = self.drop(x + self.pos_emb(pos))
-
-        all_valid = bool(valid.all()) and (cache is None or bool(cache.valid[:, :past].all()))
-        if cache is None and all_valid:
-            attn_mask = None  # plain causal: identical to the explicit mask below
+        if cache is None and valid is None:
+            # Training fast path: positions 0..T-1 and the plain causal mask (is_causal=True is
+            # exactly the explicit mask below here), with no host syncs for torch.compile.
+            pos = torch.arange(T, device=x.device)[None]
+            attn_mask = None
         else:
+            if valid is None:
+                valid = torch.ones(B, T, dtype=torch.bool, device=x.device)
+            start_pos = cache.next_pos if cache is not None else torch.zeros(B, dtype=torch.long, device=x.device)
+            # Position of a real token = number of real tokens before it in its row (<= its slot
+            # index < capacity <= max_tokens); left pads get position 0 (their output is unused).
+            pos = (start_pos[:, None] + torch.cumsum(valid.long(), dim=1) - 1).clamp(min=0)
             keys_valid = valid if cache is None else torch.cat([cache.valid[:, :past], valid], dim=1)
-            mask = self.causal[past:past + T, :past + T][None] & keys_valid[:, None, :]
-            # A left-padding query would otherwise see no key at all (a NaN row); let it see
-            # itself. Its output is never used.
-            diag = torch.zeros_like(mask)
-            diag[:, torch.arange(T), past + torch.arange(T)] = True
-            attn_mask = (mask | diag)[:, None]  # (B, 1, T, S)
+            # A left-padding query would otherwise see no key at all (a NaN row); let every
+            # query see itself (a pad's output is never used).
+            own = self.eye[past:past + T, :past + T][None]
+            attn_mask = (self.causal[past:past + T, :past + T][None] & (keys_valid[:, None, :] | own))[:, None]
+        x = self.drop(x + self.pos_emb(pos))
         for i, block in enumerate(self.blocks):
             x = block(x, attn_mask, cache, i)
         if cache is not None:
-            cache.valid[:, past:past + T] = valid
+            cache.valid[:, past:past + T] = valid  # type: ignore[index]
             cache.next_pos = start_pos + valid.long().sum(dim=1)
             cache.length = past + T
         return self.ln_f(x)

@@ -44,6 +44,7 @@ __all__ = [
     "QNetwork",
     "build_qnet",
     "count_parameters",
+    "parameter_table",
     "resolve_num_actions",
 ]
 
@@ -214,7 +215,8 @@ PRESETS: dict[str, dict[str, object]] = {
     **{name: dict(kind="resnet", **_PAPER_TRUNK) for name in RESNET_SPECS if name != "resnet-tiny"},
     "resnet-tiny": dict(kind="resnet", **_TINY_TRUNK),
     **{name: dict(kind="impala", **_PAPER_TRUNK) for name in IMPALA_WIDTHS if name != "impala-tiny"},
-    "impala-tiny": dict(kind="impala", fc_dim=64, **_TINY_TRUNK),
+    # half the original IMPALA channels: its first conv runs at full 84x84 resolution.
+    "impala-tiny": dict(kind="impala", channels=(8, 16, 16), fc_dim=64, **_TINY_TRUNK),
 }
 
 
@@ -272,3 +274,29 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     }
     parts["total"] = sum(p.numel() for p in inner.parameters())
     return parts
+
+
+def parameter_table(games: Sequence[str] | Sequence[int], distributional: bool = True) -> str:
+    """Markdown table preset -> parameter counts (built on the meta device: no memory, no init)."""
+    lines = [
+        "| preset | encoder | trunk | heads | total | total without heads |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name in PRESETS:
+        with torch.device("meta"):
+            c = count_parameters(build_qnet(name, games, distributional))
+        cells = [c["encoder"], c["trunk"], c["heads"], c["total"], c["total"] - c["heads"]]
+        lines.append(f"| {name} | " + " | ".join(f"{v / 1e6:.2f}M" for v in cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m workbench.models.qnet [game names ...]: 40-game table by default
+    import sys
+
+    if len(sys.argv) > 1:
+        _games: Sequence[str] | Sequence[int] = sys.argv[1:]
+    else:  # minimal-action-set sizes of paper 000's 40 training games (ALE minimal sets)
+        _games = [10, 7, 9, 4, 18, 18, 9, 18, 4, 6, 18, 18, 9, 6, 18, 9, 18, 3, 18, 8,
+                  18, 18, 18, 18, 18, 18, 14, 6, 8, 6, 6, 18, 18, 18, 10, 6, 9, 10, 18, 18]  # fmt: skip
+    print("C51 (|A| x 51 heads)\n" + parameter_table(_games, True))
+    print("\nMSE / BC (|A| heads)\n" + parameter_table(_games, False))

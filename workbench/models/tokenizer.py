@@ -332,7 +332,9 @@ class Tokenizer(nn.Module):
             perc = self._perceptual[0].to(x.device)(recon[:, None], x)
             loss = loss + self.cfg.perceptual_weight * perc
             metrics["tok_perceptual"] = perc.detach()
-        metrics["tok_codes_used"] = torch.tensor(float(out["tokens"].unique().numel()))
+        with torch.no_grad():  # distinct codes in the batch (a collapse detector); no host sync
+            used = torch.zeros(self.cfg.vocab_size, device=x.device).index_fill_(0, out["tokens"].flatten(), 1.0)
+            metrics["tok_codes_used"] = used.sum()
         return loss, metrics
 
 

@@ -91,7 +91,11 @@ PRESETS: dict[str, WorldActionConfig] = {
 """Tables 10-11 (the paper's three sizes) and a CPU smoke size."""
 
 PAPER_PARAMS = {"jowa-40m": 37.87e6, "jowa-70m": 72.11e6, "jowa-150m": 146.54e6}
-"""Table 10's 'Params' column."""
+"""Table 10's 'Params' column. Our backbone + world heads + Q heads + target Q heads + tokenizer
+fall short of it by the same ~15.1M for all three sizes (15.07M, 15.10M, 15.10M): a constant,
+size-independent gap, which the frozen VGG16 of the LPIPS perceptual loss (14.71M) plus a
+~0.4M larger tokenizer would explain; i.e. Table 10 most likely counts everything in the
+checkpoint, target head and perceptual network included."""
 
 
 def world_action_config(name: str, **overrides) -> WorldActionConfig:
@@ -291,7 +295,8 @@ def action_losses(
     TD target of step t: ``clip(r_t) + gamma (1 - d_t) Z_target(o_{t+1}, argmax_valid Q_target)``,
     with Z_target from the target head on the online features at o_{t+1}. A step is a TD sample
     when it is real and its successor is in the segment (or it is terminal); CQL uses every real
-    step. Invalid actions are excluded from the argmax and the logsumexp.
+    step. Invalid actions are excluded from the argmax and the logsumexp. With an ensemble of
+    Q heads both terms act on the equal-weight mixture distribution (what planning uses).
     """
     B, L = actions.shape
     mask, valid_mask, actions = mask.bool(), valid_mask.bool(), actions.long()
