@@ -127,3 +127,27 @@ def test_notebook_params_reject_unknown_and_invalid_values():
         ExplorerParams.from_params(source="synthetic", game="Pongg")
     with pytest.raises(ValueError, match="reps"):
         AnalysisParams.from_params(reps=5)
+
+
+@pytest.mark.parametrize("name, params_cls", [("07_explore_checkpoint", ExplorerParams),
+                                              ("06_analysis", AnalysisParams)])
+def test_notebooks_are_papermill_ready_and_match_their_params(name, params_cls):
+    import dataclasses
+    from pathlib import Path
+
+    import nbformat
+    import papermill
+
+    path = Path(__file__).resolve().parents[1] / "notebooks" / f"{name}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    assert nb.metadata.kernelspec.name == "python3"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", [])
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "strip outputs"
+    assert all("def " not in c.source and "class " not in c.source for c in code), "no helpers in notebooks"
+    inspected = papermill.inspect_notebook(str(path))
+    fields = {f.name: f for f in dataclasses.fields(params_cls)}
+    assert set(inspected) == set(fields)
+    for k, p in inspected.items():  # notebook defaults equal the dataclass defaults
+        assert eval(p["default"]) == fields[k].default, k
+    assert "from_params(**namespace_params(globals()))" in code[1].source

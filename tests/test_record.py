@@ -163,3 +163,28 @@ def test_cli(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "workbench.data.record", "--games", "Pong", "--steps", "5",
                         "--output-dir", str(tmp_path / "z"), "--policy", "greedy"], capture_output=True, text=True)
     assert r.returncode == 2 and "policy must be 'random' or 'package.module:factory'" in r.stderr
+
+
+def test_collect_notebook_parameters_and_config() -> None:
+    import dataclasses
+    import json
+
+    nb_path = Path(__file__).resolve().parents[1] / "notebooks/01_collect_data.ipynb"
+    nb = json.loads(nb_path.read_text())
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb["cells"] if c["cell_type"] == "code")
+    tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1
+    names = {line.split(":")[0].strip() for line in "".join(tagged[0]["source"]).splitlines() if ":" in line}
+    assert names == {"games", "steps", "policy", "output_dir", "seed"}
+    assert names <= {f.name for f in dataclasses.fields(rec.CollectConfig)}
+    cfg = rec.CollectConfig.from_params(games="pong,Breakout", steps=10, policy="random", output_dir="x", seed=1)
+    assert cfg.games == "Pong,Breakout"
+    with pytest.raises(ValueError, match="unknown parameter.*'gmes'"):
+        rec.CollectConfig.from_params(gmes="Pong")
+    with pytest.raises(ValueError, match="steps must be an int >= 1"):
+        rec.CollectConfig.from_params(steps=-5)
+    with pytest.raises(ValueError, match="policy must be 'random'"):
+        rec.CollectConfig.from_params(policy="greedy")
+    with pytest.raises(ValueError, match="unknown game"):
+        rec.CollectConfig.from_params(games="Pong,NotAGame")

@@ -226,3 +226,89 @@ def test_save_figures_writes_png(tmp_path):
         assert s.png is not None and s.png.is_file(), s.message
         with Image.open(s.png) as im:
             assert im.format == "PNG" and im.size[0] > 100
+
+
+# --------------------------------------------------------------------------- analysis pipeline
+
+
+def _fake_run(root, name, *, model, seed, means, hidden):
+    """A run folder as workbench.pipeline leaves it (config, metrics, checkpoint, eval scores)."""
+    import json
+
+    import torch
+
+    from workbench.checkpoint import save_checkpoint
+
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"model": model, "algo": "scaled_ql", "seed": seed,
+                                               "games": "Assault,Breakout", "output_dir": str(d)}))
+    lines = [json.dumps({"step": s, "loss": 1.0 / (s + 1), "loss/td": 0.5 / (s + 1)}) for s in range(0, 50, 10)]
+    (d / "metrics.jsonl").write_text("\n".join(lines + ['{"step": 60, "loss"']) + "\n")  # cut last line
+    save_checkpoint(d, 50, torch.nn.Sequential(torch.nn.Linear(4, hidden), torch.nn.Linear(hidden, 2)))
+    per_game = {g: {"scores": [m - 1.0, m + 1.0], "mean": m} for g, m in means.items()}
+    (d / "eval").mkdir()
+    (d / "eval" / "scores.json").write_text(json.dumps({"per_game": per_game}))
+    return d
+
+
+def test_build_figures_from_run_folders(tmp_path):
+    import json
+
+    from scipy.stats import trim_mean
+
+    from workbench.metrics import reference_scores
+    from workbench.viz.analysis import build_figures, read_run
+
+    runs = [
+        _fake_run(tmp_path, "small_s0", model="resnet-tiny", seed=0, means={"Assault": 300.0, "Breakout": 10.0}, hidden=3),
+        _fake_run(tmp_path, "small_s1", model="resnet-tiny", seed=1, means={"Assault": 340.0, "Breakout": 14.0}, hidden=3),
+        _fake_run(tmp_path, "big_s0", model="resnet18", seed=0, means={"Assault": 500.0, "Breakout": 30.0}, hidden=8),
+        _fake_run(tmp_path, "big_s1", model="resnet18", seed=1, means={"Assault": 600.0, "Breakout": 40.0}, hidden=8),
+    ]
+    info = read_run(runs[0])
+    assert len(info.metrics) == 5 and any("unreadable" in p for p in info.problems)
+    assert info.params == 4 * 3 + 3 + 3 * 2 + 2
+
+    out = tmp_path / "figures"
+    rep = build_figures(runs, out, include_paper_reference=True, png=False, reps=200)
+    for name in ("learning_curves", "aggregates", "performance_profiles", "probability_of_improvement",
+                 "scaling", "ablation_table"):
+        assert (out / f"{name}.html").is_file(), rep.skipped
+    readme = (out / "README.md").read_text()
+    assert "runs = seeds" in readme and "scaling" in readme and "small_s0" in readme
+
+    # IQM of each method computed here from the raw scores: 2 seeds x 2 games, trimmed 25%.
+    ref = reference_scores()
+
+    def hns(g, s):
+        return (s - ref[g]["random"]) / (ref[g]["human"] - ref[g]["random"])
+
+    want = {
+        "scaled_ql/resnet-tiny": trim_mean([hns("Assault", 300), hns("Assault", 340), hns("Breakout", 10), hns("Breakout", 14)], 0.25),
+        "scaled_ql/resnet18": trim_mean([hns("Assault", 500), hns("Assault", 600), hns("Breakout", 30), hns("Breakout", 40)], 0.25),
+    }
+    iqm_trace = rep.figures["aggregates"].data[1]  # subplots in order median, iqm, mean, gap
+    got = dict(zip(iqm_trace.x, iqm_trace.y))
+    for method, value in want.items():
+        assert got[method] == pytest.approx(value)
+    # Table C.1 covers Assault and Breakout; JOWA's Table 2 lacks Breakout, so no JOWA bar.
+    assert any(m.startswith("paper: Scaled QL (80M)") for m in got)
+    assert not any("JOWA" in m for m in got)
+    scaling = rep.figures["scaling"].data
+    assert sorted(scaling[0].x) == [4 * 3 + 3 + 3 * 2 + 2, 4 * 8 + 8 + 8 * 2 + 2]
+    assert scaling[-1].name == "paper (reported)" and 80e6 in list(scaling[-1].x)
+    summary = json.loads(json.dumps(rep.summary()))  # JSON-able
+    assert summary["bootstrap_runs_are"] == "seeds"
+
+
+def test_build_figures_reports_what_is_missing(tmp_path):
+    from workbench.viz.analysis import build_figures
+
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    rep = build_figures([empty], tmp_path / "figs", png=False, reps=200)
+    assert rep.figures == {}
+    assert "no run has evaluation scores" in rep.skipped["aggregates"]
+    readme = (tmp_path / "figs" / "README.md").read_text()
+    assert "no config.json" in readme and "Not drawn" in readme

@@ -276,3 +276,19 @@ def test_training_steps_reduce_losses():
     assert h2[-1]["loss"] < h2[0]["loss"]
     assert h2[-1]["world_loss"] < h2[0]["world_loss"]
     assert h2[-1]["action_loss"] < h2[0]["action_loss"]
+
+
+def test_checkpoint_round_trip_through_safetensors(tmp_path):
+    """The whole trained module (tokenizer, world model, target head) saves without shared tensors."""
+    from safetensors.torch import load_file, save_file
+
+    from workbench.algos.jowa import JOWAModel
+
+    a = JOWA.build("jowa-tiny", ["Pong", "Breakout"])
+    a.model.world.update_target()
+    save_file({k: v.contiguous() for k, v in a.model.state_dict().items()}, str(tmp_path / "m.safetensors"))
+    b = JOWAModel(a.model.cfg)
+    b.load_state_dict(load_file(str(tmp_path / "m.safetensors")))
+    for (k, v), (_, w) in zip(a.model.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(v, w), k
+    assert any(k.startswith("world.target_q_head.") for k in b.state_dict())

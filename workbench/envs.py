@@ -189,6 +189,7 @@ class AtariProtocolEnv(gymnasium.Env):
         self._buf = np.zeros((2, 0, 0), np.uint8)  # sized per ROM in _load (Pooyan is 220x160)
         self._frames = 0
         self._seed = seed
+        self._fresh_seed: int | None = None
         self._load(seed)
 
     @staticmethod
@@ -211,6 +212,7 @@ class AtariProtocolEnv(gymnasium.Env):
         if self._buf.shape != (2, h, w):
             self._buf = np.zeros((2, h, w), np.uint8)
         self._needs_reset = True
+        self._fresh_seed = seed  # loaded with this seed and not played yet: no reload needed
 
     def _obs(self) -> np.ndarray:
         pooled = np.maximum(self._buf[0], self._buf[1])
@@ -225,7 +227,9 @@ class AtariProtocolEnv(gymnasium.Env):
         super().reset(seed=seed)
         if seed is not None:
             self._seed = int(seed)
-            self._load(self._seed)
+            if self._fresh_seed is None or self._fresh_seed != self._seed:
+                self._load(self._seed)  # loadROM takes ~0.2 s: skip it when already fresh
+        self._fresh_seed = None
         self._ale.reset_game()
         self._frames = 0
         self._needs_reset = False

@@ -144,15 +144,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _to_device(batch: dict[str, torch.Tensor], device: torch.device, channels_last: bool) -> dict:
-    out = {}
-    for key, value in batch.items():
-        if torch.is_tensor(value):
-            value = value.to(device, non_blocking=True)
-            if channels_last and value.dim() == 4 and key in ("obs", "next_obs"):
-                value = value.contiguous(memory_format=torch.channels_last)
-        out[key] = value
-    return out
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def build_optimizer(algo: Any, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -213,8 +206,8 @@ def train(
         algo.model.to(device)
         if target is not None:
             target.to(device)
-    if channels_last:
-        algo.model.to(memory_format=torch.channels_last)
+    if channels_last and hasattr(algo, "to_channels_last"):
+        algo.to_channels_last()  # online and target nets, and inputs inside the model
     optimizer = build_optimizer(algo, cfg, device)
 
     start = 0
@@ -252,7 +245,7 @@ def train(
     last_metrics: dict[str, float] = {}
     algo.model.train()
     while step < cfg.steps:
-        batch = _to_device(next(it), device, channels_last)
+        batch = _to_device(next(it), device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             loss, metrics = step_fn(batch)
         optimizer.zero_grad(set_to_none=True)

@@ -38,6 +38,9 @@ long kept runs; sampling starts keeps the distribution exactly uniform over tran
 costs at most ``4 + context_after`` frames per start (about 69% of the rows for a 10% sample
 with the default context of 7, 11% for 1%).
 
+Splits: :class:`Split` (or a preset name from :data:`PRESETS`, or the config grammar
+``all | first:K | last:F | fraction:F | n:N`` via :func:`parse_split`).
+
 Memory: the builder streams each observation file chunk by chunk straight into the output
 file with positioned writes (no memmap writes, so dirty pages never inflate RSS); the largest
 resident objects are one checkpoint's small arrays (~14 bytes per row). Stale ring slots of a
@@ -54,7 +57,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -682,7 +685,9 @@ class ReplayStore:
         gd = self.game(game)
         n = self.n_step if n_step is None else n_step
         rows = np.asarray(rows, dtype=np.int64)
-        isstart = np.isin(rows, gd.starts)
+        starts = gd.starts  # sorted: binary search instead of loading it (400 MB at 50M rows)
+        pos = np.minimum(np.searchsorted(starts, rows), max(len(starts) - 1, 0))
+        isstart = (starts[pos] == rows) if len(starts) else np.zeros(len(rows), dtype=bool)
         if not isstart.all():
             raise StoreError(f"rows {rows[~isstart][:10].tolist()} of {game} are not transition starts of this store")
         return assemble_transitions(gd, rows, n, gamma)

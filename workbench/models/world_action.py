@@ -35,7 +35,7 @@ from torch import nn
 from workbench.games import MAX_ACTIONS
 from workbench.losses import c51_target, cql_loss, distributional_td_loss, expected_q
 from workbench.models.gpt import GPT, GPTConfig, KVCache
-from workbench.models.tokenizer import TOKENS_PER_FRAME, Tokenizer, TokenizerConfig
+from workbench.models.tokenizer import TOKENIZER_PRESETS, TOKENS_PER_FRAME, Tokenizer, TokenizerConfig
 
 TOKENS_PER_STEP = TOKENS_PER_FRAME + 1  # 36 observation tokens + 1 action token
 MAX_STEPS = 8  # 8 * 37 = 296 tokens (Table 9)
@@ -80,13 +80,11 @@ class WorldActionConfig:
         )
 
 
-_TINY_TOKENIZER = TokenizerConfig(channels=16, res_blocks=1, attn_resolutions=(6,), z_channels=32, embed_dim=32)
-
 PRESETS: dict[str, WorldActionConfig] = {
     "jowa-40m": WorldActionConfig(n_layer=4, n_embd=512, n_head=8, q_hidden=768, q_heads=1),
     "jowa-70m": WorldActionConfig(n_layer=6, n_embd=768, n_head=12, q_hidden=1024, q_heads=1),
     "jowa-150m": WorldActionConfig(n_layer=12, n_embd=768, n_head=12, q_hidden=1792, q_heads=3),
-    "jowa-tiny": WorldActionConfig(n_layer=2, n_embd=64, n_head=4, q_hidden=64, q_heads=1, tokenizer=_TINY_TOKENIZER),
+    "jowa-tiny": WorldActionConfig(n_layer=2, n_embd=64, n_head=4, q_hidden=64, q_heads=1, tokenizer=TOKENIZER_PRESETS["tiny"]),
 }
 """Tables 10-11 (the paper's three sizes) and a CPU smoke size."""
 

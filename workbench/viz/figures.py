@@ -39,6 +39,7 @@ __all__ = [
     "make_probability_of_improvement_figure",
     "make_return_distribution_figure",
     "make_scaling_figure",
+    "make_scores_figure",
     "make_search_tree_figure",
     "save_figure",
     "save_figures",
@@ -266,13 +267,17 @@ def make_probability_of_improvement_figure(
     """Horizontal bars of P(X > Y) with CI error bars, one row per pair.
 
     ``pairs`` maps ``"X,Y"`` or ``(X, Y)`` to ``{"p": value, "ci": [lo, hi]}`` or to
-    ``(value, [lo, hi])``. A dashed line marks 0.5 (no improvement).
+    ``(value, [lo, hi])``; ``metrics.probability_of_improvement``'s output
+    (``{"X vs Y": {"x", "y", "probability", "ci"}}``) works as is. A dashed line marks 0.5.
     """
     labels, vals, plus, minus, texts = [], [], [], [], []
     for key, entry in pairs.items():
-        x, y = _pair_names(key)
+        if isinstance(entry, Mapping) and "x" in entry and "y" in entry:
+            x, y = str(entry["x"]), str(entry["y"])
+        else:
+            x, y = _pair_names(key)
         if isinstance(entry, Mapping):
-            p = float(entry["p"] if "p" in entry else entry["probability_of_improvement"])
+            p = float(next(entry[k] for k in ("p", "probability", "probability_of_improvement") if k in entry))
             ci = entry.get("ci", entry.get("p_ci"))
         else:
             p, ci = float(entry[0]), entry[1]
@@ -295,6 +300,57 @@ def make_probability_of_improvement_figure(
         xaxis_range=[0, 1], xaxis_title="Probability of improvement",
         height=140 + 50 * max(1, len(labels)),
     )
+    return fig
+
+
+# --------------------------------------------------------------------------- per-game scores
+
+
+def make_scores_figure(scores: Mapping[str, Any], *, title: str | None = None) -> go.Figure:
+    """Per-game evaluation scores of one policy (``workbench.evaluate.evaluate``'s result).
+
+    Bars: each game's mean score, human-normalized when the game has reference scores (else raw,
+    marked "(raw)" in the game's label); markers: the individual episodes on the same scale.
+    Hover shows raw scores. Trace 0 = bars, trace 1 = episodes.
+    """
+    from workbench.metrics import reference_scores
+
+    per_game = scores.get("per_game")
+    if not per_game:
+        raise ValueError("make_scores_figure: scores has no 'per_game' entries (an evaluate() result?)")
+    ref = reference_scores()
+    labels, means, raw_means, ex, ey, etext = [], [], [], [], [], []
+    for game, r in per_game.items():
+        eps = np.asarray(r["scores"], dtype=float)
+        rr = ref.get(game, {})
+        if "random" in rr and "human" in rr:
+            def norm(v: np.ndarray | float, rr: Mapping[str, float] = rr) -> Any:
+                return (v - rr["random"]) / (rr["human"] - rr["random"])
+            label = game
+        else:
+            def norm(v: np.ndarray | float) -> Any:
+                return v
+            label = f"{game} (raw)"
+        mean = float(r.get("mean", eps.mean()))
+        labels.append(label)
+        means.append(float(norm(mean)))
+        raw_means.append(mean)
+        ex += [label] * len(eps)
+        ey += [float(v) for v in norm(eps)]
+        etext += [f"{game}: episode score {v:g}" for v in eps]
+    fig = go.Figure([
+        go.Bar(x=labels, y=means, name="mean", marker_color=_color(0),
+               text=[f"{m:g}" for m in raw_means], hovertemplate="%{x}<br>mean raw score %{text}<br>normalized %{y:.3f}<extra></extra>"),
+        go.Scatter(x=ex, y=ey, mode="markers", name="episodes", text=etext,
+                   marker=dict(color="black", size=7, symbol="circle-open"),
+                   hovertemplate="%{text}<br>normalized %{y:.3f}<extra></extra>"),
+    ])
+    agg = scores.get("aggregates") or {}
+    head = title or "Evaluation scores"
+    if "iqm" in agg:
+        head += f" — IQM {agg['iqm']:.3f} (human-normalized)"
+    fig.update_layout(title=head, template="plotly_white", yaxis_title="human-normalized score",
+                      height=420, barmode="overlay")
     return fig
 
 
@@ -341,9 +397,9 @@ def make_scaling_figure(
             go.Scatter(
                 x=[float(r["params"]) for r in reference],
                 y=[float(r[metric]) for r in reference],
-                mode="markers+text", name="paper (reported)",
+                mode="markers", name="paper (reported)",  # labels on hover: many overlap
                 marker=dict(symbol="diamond-open", size=11, color="black"),
-                text=[str(r.get("label", "")) for r in reference], textposition="top center",
+                text=[str(r.get("label", "")) for r in reference],
                 hovertemplate="%{text}<br>params=%{x:.3s}<br>" + metric + "=%{y:.3f}<extra>paper</extra>",
             )
         )

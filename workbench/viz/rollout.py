@@ -25,8 +25,9 @@ __all__ = [
     "ROLLOUT_FORMAT",
     "Rollout",
     "StepInsight",
-    "epsilon_greedy",
+    "QNetInspector",
     "inspect_policy_step",
+    "load_policy",
     "play_rollout",
     "rollout_from_params",
     "synthetic_rollout",
@@ -207,26 +208,6 @@ class Rollout:
 # ---------------------------------------------------------------------- playing
 
 
-def epsilon_greedy(greedy: np.ndarray, num_actions: int, epsilon: float, rng: np.random.Generator) -> np.ndarray:
-    """Replace each greedy action by a uniform valid action with probability ``epsilon``.
-
-    Used only when ``workbench.evaluate`` offers no helper of its own (see ``_evaluator_epsilon``).
-    """
-    greedy = np.asarray(greedy, dtype=np.int64)
-    explore = rng.random(greedy.shape) < epsilon
-    random_actions = rng.integers(0, num_actions, size=greedy.shape)
-    return np.where(explore, random_actions, greedy)
-
-
-def _evaluator_epsilon() -> Callable[..., np.ndarray]:
-    """The evaluator's epsilon-greedy helper when it has one, so both agree exactly."""
-    try:
-        from workbench import evaluate as _ev
-    except ImportError:
-        return epsilon_greedy
-    return getattr(_ev, "epsilon_greedy", epsilon_greedy)
-
-
 @dataclass
 class StepInsight:
     """What a policy reveals about one decision (all optional except the greedy action)."""
@@ -249,11 +230,11 @@ def inspect_policy_step(policy: Any, obs: np.ndarray, game_id: int, num_actions:
     """
     game_ids = np.asarray([game_id], dtype=np.int64)
     insight = StepInsight(greedy_action=-1)
-    if hasattr(policy, "q_distribution"):
+    if getattr(policy, "q_distribution", None) is not None:
         probs, support = policy.q_distribution(obs, game_ids)
         insight.q_probs = _np(probs)[0, :num_actions]
         insight.support = _np(support).reshape(-1)
-    elif hasattr(policy, "q_values"):
+    elif getattr(policy, "q_values", None) is not None:
         insight.q_values = _np(policy.q_values(obs, game_ids))[0, :num_actions]
     insight.greedy_action = int(_np(policy.act(obs, game_ids))[0])
     trees = getattr(policy, "last_trees", None)
@@ -286,13 +267,16 @@ def play_rollout(
 
     ``source`` is a Policy object (see ``inspect_policy_step`` for the optional hooks that fill
     Q distributions, trees and predicted frames) or a checkpoint path, loaded with
-    ``workbench.viz.rollout.load_policy``. ``game_id`` is the game's index in the run's games
-    (taken from the checkpoint's config when ``source`` is a path; 0 otherwise). Epsilon is drawn
-    from ``np.random.default_rng(seed)``, the evaluator's per-episode convention.
+    :func:`load_policy`. ``game_id`` is the game's index in the run's games
+    (taken from the checkpoint's config when ``source`` is a path; 0 otherwise). As in
+    ``workbench.evaluate``, the env is reset with ``seed`` and the epsilon stream is
+    ``default_rng(seed)`` through its ``epsilon_greedy``: with
+    ``seed=evaluate.episode_seed(eval_seed, game, k)`` this replays the evaluator's episode k.
     """
     from tqdm.auto import tqdm
 
     from workbench import envs, games
+    from workbench.evaluate import epsilon_greedy
 
     game = games.canonical_game(game)
     meta: dict[str, Any] = {"seed": int(seed), "epsilon": float(epsilon), "max_steps": int(max_steps)}
@@ -309,7 +293,6 @@ def play_rollout(
     env = envs.make_env(game, protocol="eval", seed=seed, render_rgb=render_rgb)
     stacker = envs.FrameStacker(1)
     rng = np.random.default_rng(seed)
-    pick = _evaluator_epsilon()
     obs, _ = env.reset(seed=seed)
     stacker.reset([0], obs[None])
     if hasattr(policy, "reset"):
@@ -322,7 +305,7 @@ def play_rollout(
             if render_rgb:
                 rgbs.append(env.render().copy())
             ins = inspect_policy_step(policy, stacker.stacks.copy(), game_id, n_act)
-            action = int(pick(np.array([ins.greedy_action]), n_act, epsilon, rng)[0])
+            action = epsilon_greedy(rng, ins.greedy_action, n_act, epsilon)
             obs, reward, terminated, truncated, _ = env.step(action)
             stacker.push(obs[None])
             actions.append(action)
@@ -367,71 +350,84 @@ def _rollout_from_steps(
     )
 
 
-def load_policy(checkpoint: str | os.PathLike[str], game: str) -> tuple[Any, dict[str, Any]]:
-    """Load a workbench checkpoint as a Policy for ``game``; returns (policy, info).
+class QNetInspector:
+    """Policy over a Scaled QL / CQL-MSE / BC algo that also exposes what the explorer shows.
 
-    Delegates to the training side's loader (``workbench.evaluate.load_policy`` or
-    ``workbench.checkpoint.load_policy``); refuses pickled files via
-    ``checkpoint.resolve_checkpoint``. ``info`` has ``checkpoint`` and ``game_id``.
+    ``act`` is the algo's own evaluation policy (``pipeline.algo_policy``); ``q_distribution``
+    returns the C51 probabilities (softmax of the head's logits) and the support, and
+    ``q_values`` the expected Q (MSE heads) or logits (BC), for the game's 18 slots.
+    """
+
+    def __init__(self, algo: Any, policy: Any) -> None:
+        self.algo, self.policy = algo, policy
+        self.distributional = bool(getattr(algo.model, "distributional", False))
+        if not self.distributional:
+            self.q_distribution = None  # type: ignore[assignment]  # hide the hook
+
+    def act(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray:
+        return self.policy.act(obs, game_ids)
+
+    def _forward(self, obs: np.ndarray, game_ids: np.ndarray) -> Any:
+        import torch
+
+        model = self.algo.model
+        device = next(model.parameters()).device
+        was = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                o = torch.from_numpy(np.ascontiguousarray(obs)).to(device)
+                g = torch.from_numpy(np.asarray(game_ids, dtype=np.int64)).to(device)
+                return model(o, g).float()
+        finally:
+            model.train(was)
+
+    def q_distribution(self, obs: np.ndarray, game_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probs = self._forward(obs, game_ids).softmax(-1)
+        return probs.cpu().numpy(), self.algo.support.float().cpu().numpy()
+
+    def q_values(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray:
+        return self._forward(obs, game_ids).cpu().numpy()
+
+    def reset(self, indices: np.ndarray) -> None:
+        if hasattr(self.policy, "reset"):
+            self.policy.reset(indices)
+
+
+def load_policy(
+    checkpoint: str | os.PathLike[str],
+    game: str,
+    *,
+    planning_horizon: int = 2,
+    beam_width: int = 2,
+    device: str = "auto",
+) -> tuple[Any, dict[str, Any]]:
+    """Load a workbench checkpoint (safetensors + JSON) as an inspectable Policy for ``game``.
+
+    Uses ``workbench.pipeline.load_algo`` (pickled files are refused by
+    ``checkpoint.resolve_checkpoint`` with a clear message). Q-networks are wrapped in
+    :class:`QNetInspector`; JOWA plans with beam search and records its search trees.
+    Returns (policy, info) with info ``checkpoint``, ``game_id``, ``algo``, ``model``.
     """
     from workbench import checkpoint as ckpt_io
     from workbench import games
+    from workbench.pipeline import algo_policy, load_algo
 
-    ckpt = ckpt_io.resolve_checkpoint(checkpoint)  # raises on .pt/.pkl with a clear message
-    loader = None
-    for mod_name in ("workbench.evaluate", "workbench.checkpoint", "workbench.pipeline"):
-        try:
-            mod = __import__(mod_name, fromlist=["load_policy"])
-        except ImportError:
-            continue
-        loader = getattr(mod, "load_policy", None)
-        if loader is not None:
-            break
-    if loader is None:
-        raise NotImplementedError(
-            "no checkpoint-to-policy loader exists yet (expected workbench.evaluate.load_policy or "
-            "workbench.checkpoint.load_policy); pass a Policy object to play_rollout instead"
-        )
-    policy = loader(ckpt)
-    info: dict[str, Any] = {"checkpoint": str(ckpt)}
-    run_games = _run_games(ckpt)
-    if run_games:
-        canon = games.canonical_game(game)
-        if canon not in run_games:
-            raise ValueError(f"{canon} was not trained by {ckpt}; its games are {', '.join(run_games)}")
-        info["game_id"] = run_games.index(canon)
-    return policy, info
-
-
-def _run_games(ckpt: Path) -> list[str]:
-    """Games of the run owning ``ckpt`` (from the nearest config.json), in game_id order."""
-    from workbench import games
-
-    for d in (ckpt, ckpt.parent, ckpt.parent.parent):
-        cfg = d / "config.json"
-        if cfg.is_file():
-            doc = json.loads(cfg.read_text())
-            spec = doc.get("games") or doc.get("config", {}).get("games")
-            if spec:
-                return list(games.resolve_games(spec))
-    return []
-
-
-def rollout_from_params(params: Any, *, save: bool = True, progress: bool = True) -> Rollout:
-    """The explorer notebook's rollout from its ``ExplorerParams``: play a checkpoint, load a
-    saved rollout, or make a synthetic one; played rollouts are saved under ``out_dir/rollout``."""
-    if params.source == "rollout":
-        return Rollout.load(params.rollout_path)
-    if params.source == "synthetic":
-        rollout = synthetic_rollout(min(params.max_steps, 200), game=params.game, seed=params.seed)
-    elif params.source == "checkpoint":
-        rollout = play_rollout(params.checkpoint, params.game, seed=params.seed,
-                               max_steps=params.max_steps, epsilon=params.epsilon, progress=progress)
+    ckpt_io.resolve_checkpoint(checkpoint)  # fail fast on pickles / missing checkpoints
+    algo, run_config, ckpt = load_algo(checkpoint, device=device)
+    trained = list((run_config.get("resolved") or {}).get("games") or games.resolve_games(run_config["games"]))
+    canon = games.canonical_game(game)
+    if canon not in trained:
+        raise ValueError(f"{canon} was not trained by {ckpt}; its games are {', '.join(trained)}")
+    policy = algo_policy(algo, planning_horizon=planning_horizon, beam_width=beam_width)
+    if hasattr(policy, "return_tree"):  # JOWA's planner: keep the trees for the inspector
+        policy.return_tree = True
     else:
-        raise ValueError(f"unknown source {params.source!r}: valid are 'checkpoint', 'rollout', 'synthetic'")
-    if save:
-        rollout.save(Path(params.out_dir) / "rollout")
-    return rollout
+        policy = QNetInspector(algo, policy)
+    info = {"checkpoint": str(ckpt), "game_id": trained.index(canon),
+            "algo": (run_config.get("resolved") or {}).get("algo", run_config.get("algo")),
+            "model": run_config.get("model")}
+    return policy, info
 
 
 # ---------------------------------------------------------------------- synthetic

@@ -1,0 +1,91 @@
+"""Every notebook runs through papermill with tiny parameters, and rejects bad parameters.
+
+The smoke runs share one pretraining run (module-scoped) so the evaluation and explorer
+notebooks can load the checkpoint it leaves.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import papermill as pm
+import pytest
+
+from workbench.config import EvaluateConfig, PretrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+NB = ROOT / "notebooks"
+TINY_PRETRAIN = dict(
+    model="resnet-tiny", games="Pong,Breakout", record_steps=300, steps=6, batch_size=8,
+    eval_episodes=1, eval_max_steps=50, num_envs=1,
+)
+
+
+def run(notebook: str, out_dir: Path, **params) -> Path:
+    out = out_dir / f"out_{notebook}"
+    pm.execute_notebook(
+        str(NB / notebook), str(out), parameters=params, kernel_name="python3",
+        cwd=str(out_dir), progress_bar=False, execution_timeout=600,
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("pretrain")
+    run("02_pretrain.ipynb", work, output_dir=str(work / "run"), **TINY_PRETRAIN)
+    return work / "run"
+
+
+@pytest.mark.parametrize(
+    "notebook, config", [("02_pretrain.ipynb", PretrainConfig), ("05_evaluate.ipynb", EvaluateConfig)]
+)
+def test_notebook_parameters_match_the_config(notebook, config):
+    params = pm.inspect_notebook(str(NB / notebook))
+    assert set(params) == {f.name for f in fields(config)}
+    defaults = config()
+    for name, spec in params.items():
+        assert eval(spec["default"]) == getattr(defaults, name), name  # noqa: S307 - our own literals
+
+
+def test_pretrain_notebook_leaves_checkpoint_metrics_figures_scores(pretrained):
+    assert (pretrained / "checkpoints" / "latest").is_file()
+    ckpt = pretrained / "checkpoints" / (pretrained / "checkpoints" / "latest").read_text().strip()
+    assert (ckpt / "model.safetensors").is_file() and (ckpt / "state.json").is_file()
+    lines = [json.loads(l) for l in (pretrained / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] == TINY_PRETRAIN["steps"]
+    assert (pretrained / "figures" / "learning_curve.html").is_file()
+    scores = json.loads((pretrained / "eval" / "scores.json").read_text())
+    assert set(scores["per_game"]) == {"Pong", "Breakout"}
+    assert all(len(v["scores"]) == 1 for v in scores["per_game"].values())
+    config = json.loads((pretrained / "config.json").read_text())
+    assert config["model"] == "resnet-tiny" and config["resolved"]["algo"] == "scaled_ql"
+
+
+def test_evaluate_notebook_on_the_pretrained_checkpoint(pretrained, tmp_path):
+    out = tmp_path / "scores.json"
+    run("05_evaluate.ipynb", tmp_path, checkpoint=str(pretrained), games="Pong", episodes=2,
+        num_envs=2, max_steps=30, output=str(out))
+    scores = json.loads(out.read_text())
+    assert list(scores["per_game"]) == ["Pong"]
+    assert len(set(scores["per_game"]["Pong"]["seeds"])) == 2
+
+
+@pytest.mark.parametrize(
+    "notebook, params, message",
+    [
+        ("02_pretrain.ipynb", {"modle": "resnet101"}, "unknown parameter"),
+        ("02_pretrain.ipynb", {"model": "resnet1000"}, "valid models"),
+        ("02_pretrain.ipynb", {"algo": "dqn"}, "valid algos"),
+        ("02_pretrain.ipynb", {"games": "Pongg"}, "Pong"),
+        ("05_evaluate.ipynb", {"episodes": 0}, "episodes must be >= 1"),
+    ],
+)
+def test_bad_parameters_stop_the_notebook_at_once(notebook, params, message, tmp_path):
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        run(notebook, tmp_path, **params)
+    assert message in str(err.value)
+    # Nothing was recorded or trained: the run stopped in the config cell.
+    assert not (tmp_path / "runs").exists()

@@ -1,0 +1,401 @@
+"""Run folders -> the papers' kinds of figures, written to ``figures/`` with a README.
+
+A run folder is what ``workbench.pipeline.pretrain`` leaves (``docs``: pipeline module)::
+
+    run_dir/config.json  metrics.jsonl  checkpoints/  eval/scores.json  summary.json
+
+:func:`read_run` is tolerant: every file is optional, and what it found, used or could not
+read is recorded on the :class:`RunInfo` (and in the README), never silently guessed.
+
+Aggregates, performance profiles and probability of improvement all come from
+:mod:`workbench.metrics` (rliable, stratified bootstrap); nothing is re-implemented here.
+Runs whose configs differ only in seed are runs of one *method*. A method's "runs" for rliable
+are its seeds (per-game mean score of each seed) when every method has at least two seeds;
+otherwise evaluation episodes stand in as runs (the README says which was used).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+from workbench.viz import figures as F
+
+__all__ = ["AnalysisReport", "RunInfo", "build_figures", "count_parameters", "method_scores",
+           "paper_reference_points", "read_run"]
+
+# Config keys that never distinguish methods (seeds are runs of one method).
+_RUN_ONLY_KEYS = {"seed", "output_dir", "resume", "device", "compile", "resolved", "num_envs",
+                  "eval_episodes", "eval_max_steps", "record_steps", "dataset"}
+# Paper methods drawn as reference points when they have scores for every game of our runs.
+_PAPER_METHODS = {
+    "scaled_ql_c1": ("Scaled QL (80M)", "BC (80M)", "DT (200M)"),
+    "jowa_t2": ("JOWA (150M)", "JOWA (40M)", "SQL (80M)", "MTBC (120M)"),
+}
+
+
+@dataclass
+class RunInfo:
+    """One run folder as read: its parts, and a record of what was found."""
+
+    path: Path
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    scores: dict[str, Any] | None = None
+    scores_file: Path | None = None
+    params: int | None = None
+    found: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def algo(self) -> str:
+        resolved = self.config.get("resolved") or {}
+        return str(resolved.get("algo") or self.config.get("algo") or "unknown")
+
+    @property
+    def model(self) -> str:
+        return str(self.config.get("model", "unknown"))
+
+
+def count_parameters(checkpoint_dir: str | os.PathLike[str]) -> int:
+    """Trainable parameters in a checkpoint's ``model.safetensors`` (target copies excluded),
+    read from the safetensors header: no weights are loaded, nothing is unpickled."""
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(Path(checkpoint_dir) / "model.safetensors"), framework="numpy") as f:
+        for key in f.keys():
+            if key.startswith("target."):
+                continue
+            total += int(np.prod(f.get_slice(key).get_shape()))
+    return total
+
+
+def read_run(run_dir: str | os.PathLike[str]) -> RunInfo:
+    """Read a run folder; missing or unreadable parts are listed in ``problems``."""
+    path = Path(run_dir)
+    info = RunInfo(path=path)
+    if not path.is_dir():
+        info.problems.append("not a directory")
+        return info
+    cfg = path / "config.json"
+    if cfg.is_file():
+        try:
+            info.config = json.loads(cfg.read_text())
+            info.found.append("config.json")
+        except json.JSONDecodeError as exc:
+            info.problems.append(f"config.json unreadable: {exc}")
+    else:
+        info.problems.append("no config.json (method label falls back to the folder name)")
+    met = path / "metrics.jsonl"
+    if met.is_file():
+        bad = 0
+        for line in met.read_text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                bad += 1  # a line cut by an interrupted write
+                continue
+            if isinstance(rec, dict) and "error" not in rec:
+                info.metrics.append(rec)
+        info.found.append(f"metrics.jsonl ({len(info.metrics)} records)")
+        if bad:
+            info.problems.append(f"metrics.jsonl: {bad} unreadable line(s) skipped")
+    else:
+        info.problems.append("no metrics.jsonl")
+    candidates = [path / "eval" / "scores.json"] + sorted(
+        (p for p in (path / "eval").glob("*.json") if p.name != "scores.json"),
+        key=lambda p: p.stat().st_mtime, reverse=True,
+    ) if (path / "eval").is_dir() else []
+    for cand in candidates:
+        if not cand.is_file():
+            continue
+        try:
+            doc = json.loads(cand.read_text())
+        except json.JSONDecodeError as exc:
+            info.problems.append(f"{cand.relative_to(path)} unreadable: {exc}")
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("per_game"), dict) and doc["per_game"]:
+            info.scores, info.scores_file = doc, cand
+            info.found.append(str(cand.relative_to(path)))
+            break
+    if info.scores is None:
+        info.problems.append("no evaluation scores (eval/scores.json with per_game)")
+    try:
+        from workbench.checkpoint import latest_checkpoint
+
+        ckpt = latest_checkpoint(path)
+        if ckpt is not None:
+            info.params = count_parameters(ckpt)
+            info.found.append(f"checkpoint {ckpt.relative_to(path)} ({info.params:,} parameters)")
+    except Exception as exc:  # a damaged checkpoint must not stop the analysis
+        info.problems.append(f"checkpoint unreadable: {type(exc).__name__}: {exc}")
+    return info
+
+
+def method_labels(runs: Sequence[RunInfo]) -> list[str]:
+    """A label per run: algo/model plus the config values that differ between runs."""
+    keys = sorted({k for r in runs for k in r.config} - _RUN_ONLY_KEYS - {"algo", "model"})
+    varying = [k for k in keys if len({json.dumps(r.config.get(k), sort_keys=True) for r in runs}) > 1]
+    labels = []
+    for r in runs:
+        if not r.config:
+            labels.append(r.name)
+            continue
+        extra = ", ".join(f"{k}={r.config.get(k)}" for k in varying)
+        labels.append(f"{r.algo}/{r.model}" + (f" ({extra})" if extra else ""))
+    return labels
+
+
+def method_scores(runs: Sequence[RunInfo], labels: Sequence[str]) -> tuple[dict[str, dict[str, list[float]]], str]:
+    """``{method: {game: [scores of runs]}}`` for ``workbench.metrics`` and what a run is.
+
+    With >= 2 seeds for every method, a run is a seed (its per-game mean); otherwise each
+    evaluation episode counts as a run (stratified bootstrap over episodes within a game).
+    """
+    groups: dict[str, list[RunInfo]] = {}
+    for r, lab in zip(runs, labels):
+        if r.scores is not None:
+            groups.setdefault(lab, []).append(r)
+    by_seed = bool(groups) and all(len(v) >= 2 for v in groups.values())
+    out: dict[str, dict[str, list[float]]] = {}
+    for lab, rs in groups.items():
+        games = [g for g in rs[0].scores["per_game"] if all(g in r.scores["per_game"] for r in rs)]
+        per: dict[str, list[float]] = {}
+        for g in games:
+            if by_seed:
+                per[g] = [float(r.scores["per_game"][g]["mean"]) for r in rs]
+            else:
+                per[g] = [float(s) for r in rs for s in r.scores["per_game"][g]["scores"]]
+        out[lab] = per
+    return out, ("seeds" if by_seed else "episodes")
+
+
+def paper_reference_points(games: Iterable[str]) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
+    """The papers' numbers for comparison.
+
+    Returns (per-game raw scores of selected paper methods restricted to ``games`` — only methods
+    with every game — as ``{"paper: <method> [<table>]": {game: score}}``, and the printed
+    aggregate IQMs of methods whose names give a parameter count, as scaling reference points).
+    """
+    from workbench.data import paper_tables as pt
+
+    games = list(games)
+    per_game: dict[str, dict[str, float]] = {}
+    for table, methods in _PAPER_METHODS.items():
+        for m in methods:
+            col = pt.TABLES[table].get(m, {})
+            if games and all(g in col for g in games):
+                per_game[f"paper: {m} [{table}]"] = {g: col[g] for g in games}
+    points = []
+    for table in ("scaled_ql_c1", "jowa_t2"):
+        if pt.NORMALIZATION.get(table) != "human":
+            continue
+        for m, agg in pt.AGGREGATES[table].items():
+            size = re.search(r"\((\d+(?:\.\d+)?)M\)", m)
+            # Only the Q-learning / world-model methods this workbench implements.
+            if size and "iqm" in agg and re.match(r"(Scaled QL|SQL|JOWA) \(", m):
+                points.append({"label": f"{m} [{table}]", "params": float(size.group(1)) * 1e6,
+                               "iqm": float(agg["iqm"])})
+    return per_game, points
+
+
+@dataclass
+class AnalysisReport:
+    """What :func:`build_figures` made: figures, files, skipped figures with reasons, runs."""
+
+    out_dir: Path
+    runs: list[RunInfo]
+    labels: list[str]
+    figures: dict[str, go.Figure] = field(default_factory=dict)
+    descriptions: dict[str, str] = field(default_factory=dict)
+    saved: dict[str, F.FigureSaveStatus] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    runs_are: str = "episodes"
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "out_dir": str(self.out_dir),
+            "runs": {r.name: {"method": lab, "found": r.found, "problems": r.problems}
+                     for r, lab in zip(self.runs, self.labels)},
+            "figures": {k: {"html": str(s.html), "png": str(s.png) if s.png else None, "note": s.message}
+                        for k, s in self.saved.items()},
+            "skipped": self.skipped,
+            "bootstrap_runs_are": self.runs_are,
+        }
+
+    def display(self) -> None:
+        """Show every figure (in a notebook)."""
+        from IPython.display import display
+
+        for fig in self.figures.values():
+            display(fig)
+
+
+def _learning_metrics(runs: Sequence[RunInfo]) -> list[str]:
+    keys = {k for r in runs for rec in r.metrics for k in rec}
+    names = sorted(k for k in keys if k.startswith("loss/") and k != "loss/total")
+    if not names and "loss" in keys:
+        names = ["loss"]
+    names += [k for k in ("q/data_mean", "eval/iqm") if k in keys]
+    return names
+
+
+def build_figures(
+    run_dirs: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str] = "figures/",
+    include_paper_reference: bool = True,
+    *,
+    png: bool = True,
+    reps: int = 2000,
+    seed: int = 0,
+) -> AnalysisReport:
+    """Read runs, draw every figure the data supports, write PNG + HTML and ``README.md``.
+
+    Figures: ``learning_curves``, ``aggregates`` (median / IQM / mean / optimality gap with
+    95% CIs), ``performance_profiles``, ``probability_of_improvement`` (needs >= 2 methods on
+    the same games), ``scaling`` (parameters vs IQM), ``ablation_table``. A figure the data
+    cannot support is skipped with its reason in the report and README.
+    """
+    from workbench import metrics as M
+
+    if not run_dirs:
+        raise ValueError("build_figures: no run directories given (check the glob pattern)")
+    runs = [read_run(d) for d in run_dirs]
+    labels = method_labels(runs)
+    rep = AnalysisReport(out_dir=Path(out_dir), runs=runs, labels=labels)
+    ours, rep.runs_are = method_scores(runs, labels)
+    run_note = ("runs = seeds (per-game mean of each seed)" if rep.runs_are == "seeds" else
+                "runs = evaluation episodes (fewer than 2 seeds for some method)")
+
+    def add(name: str, fig: go.Figure, text: str) -> None:
+        rep.figures[name], rep.descriptions[name] = fig, text
+
+    # Learning curves
+    names = _learning_metrics(runs)
+    curves = {f"{lab} [{r.name}]": r.metrics for r, lab in zip(runs, labels) if r.metrics}
+    if curves and names:
+        add("learning_curves", F.make_learning_curve_figure(curves, names),
+            f"Training metrics {', '.join(names)} against gradient step, from each run's metrics.jsonl.")
+    else:
+        rep.skipped["learning_curves"] = "no metrics.jsonl records with loss metrics"
+
+    # Aggregates with CIs (+ paper methods on the same games, one run per game: no CI)
+    games = sorted(set.intersection(*(set(v) for v in ours.values()))) if ours else []
+    agg: dict[str, dict[str, Any]] = {}
+    if ours:
+        try:
+            agg = M.aggregate(ours, "human", reps=reps, seed=seed)
+        except ValueError as exc:
+            rep.skipped["aggregates"] = f"metrics.aggregate failed: {exc}"
+    paper_scores: dict[str, dict[str, float]] = {}
+    paper_points: list[dict[str, Any]] = []
+    if include_paper_reference:
+        paper_scores, paper_points = paper_reference_points(games)
+    if agg:
+        shown = dict(agg)
+        if paper_scores:
+            shown.update(M.aggregate(paper_scores, "human", reps=reps, seed=seed))
+        add("aggregates", F.make_aggregate_figure(shown),
+            "Human-normalized median, IQM, mean and optimality gap per method with 95% stratified-"
+            f"bootstrap CIs (workbench.metrics.aggregate, {reps} reps, {run_note}). "
+            + ("Bars named 'paper: ...' are the papers' per-game raw scores (workbench.data.paper_tables) "
+               f"on the same games ({', '.join(games)}), one score per game, so no interval."
+               if paper_scores else "No paper reference bars (none covers these games or disabled)."))
+    elif "aggregates" not in rep.skipped:
+        rep.skipped["aggregates"] = "no run has evaluation scores"
+
+    # Performance profiles
+    if agg:
+        prof = M.performance_profile(ours, "human", reps=reps, seed=seed)
+        add("performance_profiles", F.make_performance_profile_figure(
+            prof["taus"], {m: v["profile"] for m, v in prof["methods"].items()},
+            {m: [v["lo"], v["hi"]] for m, v in prof["methods"].items()}),
+            f"Fraction of runs with human-normalized score above tau, with 95% CI bands "
+            f"(workbench.metrics.performance_profile, {run_note}).")
+    else:
+        rep.skipped["performance_profiles"] = "no aggregates"
+
+    # Probability of improvement: unordered pairs of methods on the same games
+    methods = list(ours)
+    if len(methods) >= 2:
+        common = [(a, b) for i, a in enumerate(methods) for b in methods[i + 1:]
+                  if set(ours[a]) == set(ours[b])]
+        if common:
+            poi = M.probability_of_improvement(ours, common, "human", reps=reps, seed=seed)
+            add("probability_of_improvement", F.make_probability_of_improvement_figure(poi),
+                f"P(X > Y) for each pair of methods on the same games with 95% CIs "
+                f"(workbench.metrics.probability_of_improvement, {run_note}).")
+        else:
+            rep.skipped["probability_of_improvement"] = "no two methods were evaluated on the same games"
+    else:
+        rep.skipped["probability_of_improvement"] = f"needs >= 2 methods with scores, found {len(methods)}"
+
+    # Scaling: parameters vs IQM, one line per algo
+    points = []
+    for lab in agg:
+        members = [r for r, l in zip(runs, labels) if l == lab and r.params]
+        if members:
+            points.append({"family": members[0].algo, "params": members[0].params, "iqm": agg[lab]["iqm"],
+                           "iqm_ci": agg[lab]["iqm_ci"], "label": lab})
+    if points:
+        add("scaling", F.make_scaling_figure(points, paper_points or None),
+            "Parameters (from each checkpoint's safetensors header) vs human-normalized IQM with 95% CIs, "
+            "one line per algorithm"
+            + ("; open diamonds are the papers' printed IQMs (workbench.data.paper_tables.AGGREGATES, "
+               "their own game sets, not ours)." if paper_points else "."))
+    else:
+        rep.skipped["scaling"] = "no run has both a checkpoint and evaluation scores"
+
+    # Ablation / summary table
+    if agg:
+        rows = []
+        for lab, a in agg.items():
+            members = [r for r, l in zip(runs, labels) if l == lab]
+            rows.append({"method": lab, "runs": len(members), "games": a["num_games"],
+                         "params": f"{members[0].params:,}" if members[0].params else "",
+                         "IQM": a["iqm"], "IQM 95% CI": a["iqm_ci"], "median": a["median"],
+                         "mean": a["mean"], "optimality gap": a["optimality_gap"]})
+        add("ablation_table", F.make_ablation_table_figure(rows, title="Methods and ablations"),
+            "One row per method (config values that differ between runs name it): human-normalized "
+            f"aggregates from workbench.metrics.aggregate ({run_note}).")
+    else:
+        rep.skipped["ablation_table"] = "no aggregates"
+
+    statuses = F.save_figures({rep.out_dir / n: f for n, f in rep.figures.items()}, png=png)
+    rep.saved = dict(zip(rep.figures, statuses))
+    _write_readme(rep)
+    return rep
+
+
+def _write_readme(rep: AnalysisReport) -> None:
+    lines = ["# Figures", "",
+             "Written by `workbench.viz.analysis.build_figures` (notebook `notebooks/06_analysis.ipynb`). "
+             "Do not edit by hand: re-run the notebook.", "", "## Runs", ""]
+    for r, lab in zip(rep.runs, rep.labels):
+        lines.append(f"- `{r.path}` → method **{lab}**; found: {', '.join(r.found) or 'nothing'}"
+                     + (f"; problems: {'; '.join(r.problems)}" if r.problems else ""))
+    lines += ["", "## Figures", ""]
+    for name, text in rep.descriptions.items():
+        s = rep.saved.get(name)
+        files = f"`{s.html.name}`" + (f", `{s.png.name}`" if s and s.png else "") if s else ""
+        note = f" ({s.message})" if s and not s.png else ""
+        lines.append(f"- **{name}** ({files}){note}: {text}")
+    if rep.skipped:
+        lines += ["", "## Not drawn", ""]
+        lines += [f"- **{k}**: {v}" for k, v in rep.skipped.items()]
+    rep.out_dir.mkdir(parents=True, exist_ok=True)
+    (rep.out_dir / "README.md").write_text("\n".join(lines) + "\n")
