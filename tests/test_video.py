@@ -93,3 +93,37 @@ def test_cli_reports_missing_checkpoint(tmp_path, capsys):
     pickled.write_bytes(b"\x80\x04")
     rc = video.main(["--checkpoint", str(pickled), "--game", "Pong"])
     assert rc == 2 and "never unpickles" in capsys.readouterr().err
+
+
+def test_checkpoint_rollout_distributions_and_cli(tmp_path):
+    """A tiny Scaled QL checkpoint in the pipeline's layout: the explorer's rollout and the CLI."""
+    import json
+
+    from workbench.checkpoint import atomic_write_json, save_checkpoint
+    from workbench.config import PretrainConfig
+    from workbench.pipeline import build_algo
+    from workbench.viz.rollout import play_rollout
+
+    run = tmp_path / "run"
+    cfg = PretrainConfig.from_params(model="resnet-tiny", games="Pong,Breakout", output_dir=str(run))
+    algo = build_algo(cfg, cfg.game_list)
+    run.mkdir()
+    atomic_write_json(run / "config.json", cfg.to_dict())
+    save_checkpoint(run, 1, algo.model, target=algo.target_model)
+
+    r = play_rollout(run, "breakout", seed=3, max_steps=6, epsilon=0.0, progress=False)
+    assert r.meta["game_id"] == 1 and len(r) == 6
+    assert r.q_probs.shape == (6, games.num_actions("Breakout"), 51)
+    np.testing.assert_allclose(r.q_probs.sum(-1), 1.0, rtol=1e-5)
+    # with epsilon 0 the played action is the argmax of the expected Q the inspector shows
+    q = r.q_probs.astype(np.float64) @ r.support.astype(np.float64)
+    np.testing.assert_array_equal(r.actions, q.argmax(1))
+
+    rc = video.main(["--checkpoint", str(run), "--game", "Pong", "--episodes", "2",
+                     "--out", str(tmp_path / "vids"), "--max-steps", "5", "--seed", "7"])
+    assert rc == 0
+    summary = json.loads((tmp_path / "vids" / "videos.json").read_text())
+    assert [e["seed"] for e in summary["episodes"]] == [7, 8]
+    assert all(len(_read(e["path"])) == 5 for e in summary["episodes"])
+    with pytest.raises(ValueError, match="was not trained"):
+        play_rollout(run, "Seaquest", max_steps=2, progress=False)

@@ -312,3 +312,22 @@ def test_build_figures_reports_what_is_missing(tmp_path):
     assert "no run has evaluation scores" in rep.skipped["aggregates"]
     readme = (tmp_path / "figs" / "README.md").read_text()
     assert "no config.json" in readme and "Not drawn" in readme
+
+
+def test_scores_figure_normalizes_with_reference_scores():
+    from workbench.metrics import reference_scores
+
+    scores = {"per_game": {"Breakout": {"scores": [10.0, 20.0], "mean": 15.0},
+                           "Pong": {"scores": [-21.0, -19.0], "mean": -20.0}},
+              "aggregates": {"iqm": 0.123}}
+    fig = F.make_scores_figure(scores)
+    bars, eps = fig.data
+    ref = reference_scores()
+
+    def hns(g, s):
+        return (s - ref[g]["random"]) / (ref[g]["human"] - ref[g]["random"])
+
+    assert list(bars.x) == ["Breakout", "Pong"]
+    assert list(bars.y) == pytest.approx([hns("Breakout", 15.0), hns("Pong", -20.0)])
+    assert list(eps.y) == pytest.approx([hns("Breakout", 10), hns("Breakout", 20), hns("Pong", -21), hns("Pong", -19)])
+    assert "IQM 0.123" in fig.layout.title.text
