@@ -194,6 +194,11 @@ def test_planner_policy_context_and_reset(model):
     ref = beam_search(model, t2, torch.tensor(games), vm, 1, 2, 0.99,
                       t1[:, None], torch.from_numpy(a1)[:, None], torch.ones(2, 1, dtype=torch.bool))
     assert a2.tolist() == ref.actions.tolist()
+    # q_distribution reads the same context and does not act.
+    probs, support = policy.q_distribution(obs2, games)
+    assert probs.shape == (2, 18, 51) and support.shape == (51,)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose((probs * support).sum(-1)[vm.numpy()], ref.root_q[vm].numpy(), atol=1e-4)
     # After reset(env 0), env 0 plans without context: same as a fresh policy on obs2.
     policy.reset([0])
     a3 = policy.act(obs2, games)

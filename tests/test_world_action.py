@@ -228,7 +228,8 @@ def test_algo_param_groups_and_stages():
     groups = {g["name"]: g for g in algo.param_groups()}
     assert set(groups) == {"tokenizer", "world_decay", "world_no_decay"}
     assert groups["tokenizer"]["lr"] == 1e-4 and groups["tokenizer"]["weight_decay"] == 0.0
-    assert groups["world_decay"]["lr"] == 1e-4 and groups["world_decay"]["weight_decay"] == 0.01
+    assert "lr" not in groups["world_decay"] and groups["world_decay"]["weight_decay"] == 0.01  # trainer's lr
+    assert algo.config.world_lr == 1e-4
     in_groups = {id(p) for g in groups.values() for p in g["params"]}
     assert not any(id(p) in in_groups for p in algo.model.world.target_q_head.parameters())
     assert not any(id(p) in in_groups for p in algo.model.world.q_head.parameters())  # no loss in stage 1
@@ -236,12 +237,25 @@ def test_algo_param_groups_and_stages():
     assert id(algo.model.world.obs_emb.weight) in no_decay and id(algo.model.world.gpt.ln_f.weight) in no_decay
     algo.set_stage(2)
     groups = {g["name"]: g for g in algo.param_groups()}
-    assert set(groups) == {"world_decay", "world_no_decay"} and groups["world_decay"]["lr"] == 5e-5
+    assert set(groups) == {"world_decay", "world_no_decay"} and algo.config.world_lr == 5e-5
+    assert JOWA.build("jowa-tiny", ["Pong"], JOWAConfig(lr=3e-4), stage=2).param_groups()[0]["lr"] == 3e-4
     assert all(not p.requires_grad for p in algo.model.tokenizer.parameters())
     with pytest.raises(ValueError, match="needs 'obs'"):
         JOWA.build("jowa-tiny", ["Pong", "Breakout"], JOWAConfig(stage=1)).loss(_batch(B=2))
     with pytest.raises(ValueError, match="stage must be 1 or 2"):
         JOWAConfig(stage=3)
+
+
+def test_stage_handover():
+    s1 = JOWA.build("jowa-tiny", ["Pong", "Breakout"], stage=1)
+    s2 = JOWA.build("jowa-tiny", ["Pong", "Breakout"], stage=2)
+    assert s1.stage == 1 and s2.stage == 2 and s2.seq_len == 8
+    with torch.no_grad():
+        s1.model.world.q_head.heads[0][0].weight.add_(1.0)
+    s2.load_stage1(s1)
+    for (k, v), w in zip(s1.model.world.q_head.state_dict().items(), s2.model.world.target_q_head.module.state_dict().values()):
+        assert torch.equal(v, w), k
+    assert all(not p.requires_grad for p in s2.model.tokenizer.parameters())
 
 
 def _train(algo: JOWA, batch, steps: int) -> list[dict[str, float]]:

@@ -290,9 +290,45 @@ def from_params(cls: type, params: dict[str, Any]):
     return cls(**{k: _coerce(k, v, hints[k]) for k, v in params.items()})
 
 
+def field_docs(cls: type) -> dict[str, str]:
+    """Each dataclass field's docstring (the string literal right after it in the class body)."""
+    import ast
+    import inspect
+    import textwrap
+
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+def parse_args(cls: type, argv: list[str] | None = None, prog: str | None = None):
+    """Command-line flags for every field of ``cls`` (``--batch-size 512``), validated by ``cls``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=prog, description=(cls.__doc__ or "").strip().splitlines()[0])
+    hints, docs = typing.get_type_hints(cls), field_docs(cls)
+    for f in fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        parser.add_argument(flag, dest=f.name, default=f.default, type=str,
+                            help=f"{docs.get(f.name, '')} (default: {f.default!r}; type {hints[f.name].__name__})")
+    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if isinstance(v, str)}
+    values = {}
+    for name, raw in given.items():
+        kind = hints[name]
+        try:
+            values[name] = kind(raw) if kind in (int, float) else raw  # bools: from_params reads 'true'/'false'
+        except ValueError:
+            parser.error(f"--{name.replace('_', '-')} expects {kind.__name__}, got {raw!r}")
+    return from_params(cls, values)
+
+
 __all__ = [
     "ALGOS", "TRAIN_PRESETS", "TrainPreset", "PretrainConfig", "paper_learning_rate",
-    "model_presets", "parse_split", "parse_runs", "from_params", "namespace_params",
+    "model_presets", "parse_split", "parse_runs", "from_params", "namespace_params", "field_docs", "parse_args",
 ]
 
 

@@ -312,3 +312,17 @@ def run_figures(run_dir: Path, scores: dict[str, Any]) -> dict[str, Any]:
     for name, fig in figures.items():
         save_figure(fig, run_dir / "figures" / name)
     return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m workbench.pipeline --model resnet101 ...`` (and under ``torchrun``)."""
+    from workbench.config import parse_args
+
+    config = parse_args(PretrainConfig, argv, prog="python -m workbench.pipeline")
+    result = pretrain(config)
+    print(json.dumps(result.summary, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -409,41 +409,64 @@ class PlannerPolicy:
         with torch.inference_mode():  # the context tensors are inference tensors
             self._ctx[2][idx] = False
 
-    def act(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray:
+    def _inputs(self, obs: np.ndarray, game_ids: np.ndarray, device: torch.device):
+        """(current tokens, game ids, context tokens, actions, valid) for ``obs``; call in inference mode."""
         if obs.dtype != np.uint8 or obs.ndim != 4:
             raise TypeError(f"obs must be uint8 (N, 4, 84, 84), got {obs.dtype} {obs.shape}")
+        frames = torch.from_numpy(np.ascontiguousarray(obs[:, -1])).to(device)
+        g = torch.from_numpy(np.asarray(game_ids, dtype=np.int64)).to(device)
+        tokens = self.tokenizer.encode(frames)
+        N, C = tokens.shape[0], self.context_steps
+        if self._ctx is None or self._ctx[0].shape[0] != N or self._ctx[0].device != device:
+            self._ctx = (
+                torch.zeros(N, C, TOKENS_PER_FRAME, dtype=torch.long, device=device),
+                torch.zeros(N, C, dtype=torch.long, device=device),
+                torch.zeros(N, C, dtype=torch.bool, device=device),
+            )
+        ctx_t, ctx_a, ctx_v = self._ctx
+        # Drop leading all-padding columns so short histories cost nothing.
+        first = int(ctx_v.any(0).float().argmax()) if bool(ctx_v.any()) else C
+        return tokens, g, ctx_t[:, first:], ctx_a[:, first:], ctx_v[:, first:]
+
+    def _run(self, fn):
         device = next(self.model.parameters()).device
         was = (self.model.training, self.tokenizer.training)
         self.model.eval(), self.tokenizer.eval()
         try:
             with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                frames = torch.from_numpy(np.ascontiguousarray(obs[:, -1])).to(device)
-                g = torch.from_numpy(np.asarray(game_ids, dtype=np.int64)).to(device)
-                tokens = self.tokenizer.encode(frames)
-                N, C = tokens.shape[0], self.context_steps
-                if self._ctx is None or self._ctx[0].shape[0] != N or self._ctx[0].device != device:
-                    self._ctx = (
-                        torch.zeros(N, C, TOKENS_PER_FRAME, dtype=torch.long, device=device),
-                        torch.zeros(N, C, dtype=torch.long, device=device),
-                        torch.zeros(N, C, dtype=torch.bool, device=device),
-                    )
-                ctx_t, ctx_a, ctx_v = self._ctx
-                # Drop leading all-padding columns so short histories cost nothing.
-                first = int(ctx_v.any(0).float().argmax()) if bool(ctx_v.any()) else C
-                bw = self.beam_width.to(device)
-                result = beam_search(
-                    self.model, tokens, g, self.valid_table.to(device)[g], self.horizon,
-                    bw[g] if bw.dim() == 1 else bw, self.gamma,
-                    ctx_t[:, first:], ctx_a[:, first:], ctx_v[:, first:], return_tree=self.return_tree,
-                )
-                actions = result.actions
-                if C > 0:  # shift the new step in on the right (histories are left-padded)
-                    self._ctx = (
-                        torch.cat([ctx_t[:, 1:], tokens[:, None]], 1),
-                        torch.cat([ctx_a[:, 1:], actions[:, None].to(device)], 1),
-                        torch.cat([ctx_v[:, 1:], torch.ones(N, 1, dtype=torch.bool, device=device)], 1),
-                    )
-                self.last_trees = result.trees
+                return fn(device)
         finally:
             self.model.train(was[0]), self.tokenizer.train(was[1])
-        return actions.cpu().numpy().astype(np.int64)
+
+    def act(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray:
+        def plan(device: torch.device) -> np.ndarray:
+            tokens, g, ctx_t, ctx_a, ctx_v = self._inputs(obs, game_ids, device)
+            bw = self.beam_width.to(device)
+            result = beam_search(
+                self.model, tokens, g, self.valid_table.to(device)[g], self.horizon,
+                bw[g] if bw.dim() == 1 else bw, self.gamma, ctx_t, ctx_a, ctx_v, return_tree=self.return_tree,
+            )
+            if self.context_steps > 0:  # shift the new step in on the right (histories are left-padded)
+                old_t, old_a, old_v = self._ctx
+                N = tokens.shape[0]
+                self._ctx = (
+                    torch.cat([old_t[:, 1:], tokens[:, None]], 1),
+                    torch.cat([old_a[:, 1:], result.actions[:, None]], 1),
+                    torch.cat([old_v[:, 1:], torch.ones(N, 1, dtype=torch.bool, device=device)], 1),
+                )
+            self.last_trees = result.trees
+            return result.actions.cpu().numpy().astype(np.int64)
+
+        return self._run(plan)
+
+    def q_distribution(self, obs: np.ndarray, game_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return distributions at the current states given each env's context, without acting
+        (for inspectors): (probs (N, 18, atoms), support (atoms,))."""
+        def dist(device: torch.device):
+            tokens, g, ctx_t, ctx_a, ctx_v = self._inputs(obs, game_ids, device)
+            capacity = ctx_t.shape[1] * TOKENS_PER_STEP + TOKENS_PER_FRAME
+            _, h = _prefix(self.model, tokens, g, ctx_t, ctx_a, ctx_v, capacity)
+            probs = self.model.q_head(h).float().exp()
+            return probs.cpu().numpy(), self.model.support.cpu().numpy()
+
+        return self._run(dist)

@@ -18,7 +18,7 @@ say, and decaying embedding rows of rare tokens toward zero would only hurt).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 import torch
@@ -88,10 +88,29 @@ class JOWA:
         self.set_stage(self.config.stage)
 
     @classmethod
-    def build(cls, preset: str, games: Sequence[str] | Sequence[int], config: JOWAConfig | None = None, **overrides) -> JOWA:
-        """Model preset ('jowa-40m', 'jowa-70m', 'jowa-150m', 'jowa-tiny') for ``games``."""
+    def build(
+        cls, preset: str, games: Sequence[str] | Sequence[int], config: JOWAConfig | None = None,
+        *, stage: int | None = None, **overrides,
+    ) -> JOWA:
+        """Model preset ('jowa-40m', 'jowa-70m', 'jowa-150m', 'jowa-tiny') for ``games``.
+
+        ``stage`` overrides ``config.stage``; ``overrides`` go to the model config.
+        """
         cfg = world_action_config(preset, num_games=len(games), **overrides)
+        config = config or JOWAConfig()
+        if stage is not None:
+            config = replace(config, stage=stage)
         return cls(JOWAModel(cfg), games, config)
+
+    @property
+    def seq_len(self) -> int:
+        """Steps per training segment (8: the 296-token context)."""
+        return self.model.cfg.max_steps
+
+    def load_stage1(self, stage1: JOWA) -> None:
+        """Start this (stage-2) algo from a trained stage-1 algo's weights; refreshes the target."""
+        self.model.load_state_dict(stage1.model.state_dict())
+        self.update_target()
 
     def to(self, device: torch.device | str) -> JOWA:
         self.model.to(device)
@@ -101,8 +120,6 @@ class JOWA:
         """Freeze what the stage does not train (build a new optimizer afterwards)."""
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {stage}")
-        from dataclasses import replace
-
         self.config = replace(self.config, stage=stage)
         self.model.tokenizer.requires_grad_(stage == 1)
         self.model.world.requires_grad_(True)
@@ -118,16 +135,24 @@ class JOWA:
         self.model.world.update_target()
 
     def param_groups(self) -> list[dict]:
-        """AdamW groups: tokenizer (stage 1, no decay), world weights (decay), world rest (no decay)."""
+        """AdamW groups: tokenizer (stage 1, no decay), world weights (decay), world rest (no decay).
+
+        The tokenizer group always carries Table 12's lr (1e-4). The world groups carry
+        ``config.lr`` only when it is set; otherwise they take the trainer's lr
+        (``TrainConfig.lr``, whose pipeline default is Table 12's 1e-4 in stage 1 and 5e-5 in
+        stage 2, see ``config.paper_learning_rate``), so a user's lr override reaches them.
+        ``config.world_lr`` gives the paper value for optimizers built by hand.
+        """
         cfg = self.config
         decay, no_decay = [], []
         for name, p in self.model.world.named_parameters():
             if not p.requires_grad:
                 continue
             (decay if p.dim() >= 2 and "emb" not in name else no_decay).append(p)
+        lr = {} if cfg.lr is None else {"lr": cfg.lr}
         groups = [
-            {"params": decay, "lr": cfg.world_lr, "weight_decay": cfg.weight_decay, "name": "world_decay"},
-            {"params": no_decay, "lr": cfg.world_lr, "weight_decay": 0.0, "name": "world_no_decay"},
+            {"params": decay, **lr, "weight_decay": cfg.weight_decay, "name": "world_decay"},
+            {"params": no_decay, **lr, "weight_decay": 0.0, "name": "world_no_decay"},
         ]
         if self.stage == 1:
             tok = [p for p in self.model.tokenizer.parameters() if p.requires_grad]
