@@ -17,7 +17,7 @@ a cache directory):
 Each method uses its own fresh rows (disjoint batch indices) so none profits from pages another
 just touched. ``--build-rss`` additionally writes a synthetic 1M-row checkpoint in the real
 DQN-Replay format and converts it with ``build_store`` in a child process, reporting the child's
-peak RSS (``ru_maxrss``).
+peak RSS (``VmHWM`` from ``/proc/self/status``, read by the child at the end of the build).
 
 Usage: ``python benchmarks/bench_sampler.py [--cache DIR] [--games 5] [--rows 1000000]
 [--batches 30] [--build-rss] [--cleanup]``
@@ -107,11 +107,14 @@ def build_rss(tmp: Path, rows: int = 1_000_000) -> dict:
         "from workbench.data import store as st\n"
         "t = time.perf_counter()\n"
         f"st.build_store({str(root)!r}, {str(tmp / 'store')!r}, ['Pong'], [1], 'near_optimal', progress=False)\n"
-        "print(json.dumps({'seconds': time.perf_counter() - t, 'maxrss_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))\n"
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+        "print(json.dumps({'seconds': time.perf_counter() - t, 'maxrss_kb': int(hwm)}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    base = subprocess.run([sys.executable, "-c", "import resource, workbench.data.store, tqdm.auto; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"],
+    # VmHWM (this process image's peak RSS): ru_maxrss would include the parent's peak, which
+    # Linux carries across fork + exec
+    base = subprocess.run([sys.executable, "-c", "import workbench.data.store, tqdm.auto; print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])"],
                           capture_output=True, text=True, check=True)
     obs_gz = root / "Pong/1/replay_logs" / dr.file_name("observation", 0)
     return {
@@ -131,6 +134,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--per-sample", type=int, default=2048, help="samples timed for (b)")
     p.add_argument("--build-rss", action="store_true")
+    p.add_argument("--rss-rows", type=int, default=1_000_000, help="rows of the checkpoint converted for --build-rss")
     p.add_argument("--cleanup", action="store_true", help="delete the cached store afterwards")
     a = p.parse_args()
     from workbench.data.sampler import TransitionSampler
@@ -196,7 +200,7 @@ def main() -> None:
     res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     if a.build_rss:
         with tempfile.TemporaryDirectory(dir=os.path.dirname(a.cache)) as tmp:
-            res["build_1m_checkpoint"] = build_rss(Path(tmp), a.rows)
+            res["build_1m_checkpoint"] = build_rss(Path(tmp), a.rss_rows)
     if a.cleanup:
         shutil.rmtree(a.cache, ignore_errors=True)
     print(json.dumps(res, indent=1))

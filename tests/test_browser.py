@@ -143,7 +143,10 @@ def test_explorer_notebook_slider_updates_plot_in_chromium(lab, tmp_path):
             page.click(".lm-MenuBar-itemLabel:text-is('Run')")
             page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
             slider = page.locator(".widget-slider .noUi-handle").first
-            slider.wait_for(timeout=120_000)
+            error = "[data-mime-type='application/vnd.jupyter.stderr'] >> text=Traceback"
+            page.wait_for_selector(f".widget-slider .noUi-handle, {error}", timeout=120_000)
+            if page.locator(error).count():
+                raise AssertionError("the notebook raised:\n" + page.locator(error).first.inner_text())
             page.wait_for_function(f"({_Q_PLOT_JS})() !== null", timeout=60_000)
             before = page.evaluate(_Q_PLOT_JS)
             assert before["title"].startswith("step 0")

@@ -151,3 +151,18 @@ def test_notebooks_are_papermill_ready_and_match_their_params(name, params_cls):
     for k, p in inspected.items():  # notebook defaults equal the dataclass defaults
         assert eval(p["default"]) == fields[k].default, k
     assert "from_params(**namespace_params(globals()))" in code[1].source
+
+
+def test_rollout_from_params_sources(tmp_path):
+    from workbench.viz.rollout import rollout_from_params
+
+    p = ExplorerParams.from_params(source="synthetic", game="Breakout", max_steps=6, seed=2,
+                                   out_dir=str(tmp_path / "explore"))
+    made = rollout_from_params(p)
+    assert len(made) == 6 and made.game == "Breakout"
+    assert (tmp_path / "explore" / "rollout" / "rollout.npz").is_file()
+    back = rollout_from_params(ExplorerParams.from_params(
+        source="rollout", rollout_path=str(tmp_path / "explore" / "rollout"), game="Breakout"))
+    np.testing.assert_array_equal(back.frames, made.frames)
+    with pytest.raises(FileNotFoundError, match="no workbench checkpoint"):
+        rollout_from_params(ExplorerParams.from_params(source="checkpoint", checkpoint=str(tmp_path / "none")))

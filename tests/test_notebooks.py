@@ -89,3 +89,16 @@ def test_bad_parameters_stop_the_notebook_at_once(notebook, params, message, tmp
     assert message in str(err.value)
     # Nothing was recorded or trained: the run stopped in the config cell.
     assert not (tmp_path / "runs").exists()
+
+
+def test_pretrain_notebook_runs_jowa_both_stages_and_plans(tmp_path):
+    run("02_pretrain.ipynb", tmp_path, model="jowa-tiny", games="Pong", record_steps=200, steps=3,
+        batch_size=2, eval_episodes=1, eval_max_steps=10, num_envs=1, planning_horizon=1, beam_width=2,
+        output_dir=str(tmp_path / "run"))
+    run_dir = tmp_path / "run"
+    for d in (run_dir / "stage1", run_dir):
+        assert (d / "checkpoints" / "latest").is_file()
+        assert json.loads((d / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["resolved"]["algo"] == "jowa"
+    assert (run_dir / "eval" / "scores.json").is_file()

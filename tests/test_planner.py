@@ -186,6 +186,7 @@ def test_planner_policy_context_and_reset(model):
     games = np.array([0, 1])
     a1 = policy.act(obs1, games)
     assert a1.dtype == np.int64 and a1.shape == (2,)
+    probs, support = policy.q_distribution(obs2, games)  # inspectors call this before act
     a2 = policy.act(obs2, games)
     # Second decision = beam search with the first step as context.
     t1 = tok.encode(torch.from_numpy(obs1[:, -1]))
@@ -194,8 +195,7 @@ def test_planner_policy_context_and_reset(model):
     ref = beam_search(model, t2, torch.tensor(games), vm, 1, 2, 0.99,
                       t1[:, None], torch.from_numpy(a1)[:, None], torch.ones(2, 1, dtype=torch.bool))
     assert a2.tolist() == ref.actions.tolist()
-    # q_distribution reads the same context and does not act.
-    probs, support = policy.q_distribution(obs2, games)
+    # q_distribution read the same context (and did not act).
     assert probs.shape == (2, 18, 51) and support.shape == (51,)
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
     np.testing.assert_allclose((probs * support).sum(-1)[vm.numpy()], ref.root_q[vm].numpy(), atol=1e-4)

@@ -208,18 +208,19 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> PretrainResult
         dist.broadcast_object_list(holder, src=0)
         store = Path(holder[0])
 
-    algo = build_algo(config, games)
-    if config.resolved_algo == "jowa":
-        stage1 = build_algo(config, games, stage=1)
-        s1_dir = run_dir / "stage1"
-        train(stage1, _batches(_sampler(config, store, stage1, rank, world)), _train_config(config, stage=1),
-              s1_dir, run_config=config.to_dict(), resume=config.resume, progress=progress,
+    jowa = config.resolved_algo == "jowa"
+    algo = build_algo(config, games, stage=1 if jowa else 2)
+    if jowa:
+        # Stage 1 (tokenizer + world model) in its own run dir; stage 2 continues the same weights.
+        train(algo, _batches(_sampler(config, store, algo, rank, world)), _train_config(config, stage=1),
+              run_dir / "stage1", run_config=config.to_dict(), resume=config.resume, progress=progress,
               find_unused_parameters=True)
-        algo.load_stage1(stage1)
+        algo.set_stage(2)
+        algo.update_target()  # the Q head starts stage 2 with its target equal to itself
     summary = train(
         algo, _batches(_sampler(config, store, algo, rank, world)), _train_config(config), run_dir,
         run_config=config.to_dict(), resume=config.resume, progress=progress,
-        find_unused_parameters=config.resolved_algo == "jowa",
+        find_unused_parameters=jowa,
     )
     checkpoint = ckpt_io.resolve_checkpoint(run_dir)
     if rank != 0:

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap as mmap_mod
 import os
 import shutil
 import time
@@ -657,6 +658,10 @@ class ReplayStore:
                 np.load(d / "starts.npy", mmap_mode="r"), np.load(d / "start_seg_end.npy", mmap_mode="r"),
                 np.load(d / "episodes.npy"), int(info["num_actions"]), info["blocks"],
             )
+            fr = self._data[g].frames
+            if isinstance(fr, np.memmap) and hasattr(mmap_mod, "MADV_RANDOM") and getattr(fr, "_mmap", None) is not None:
+                # samplers read scattered rows: kernel readahead would fetch 128 KB per 7 KB frame
+                fr._mmap.madvise(mmap_mod.MADV_RANDOM)
             if len(self._data[g].frames) != info["rows"] or len(self._data[g].starts) != info["starts"]:
                 raise StoreError(f"{d}: array sizes disagree with the manifest (store damaged)")
         return self._data[g]

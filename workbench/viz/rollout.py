@@ -430,6 +430,23 @@ def load_policy(
     return policy, info
 
 
+def rollout_from_params(params: Any, *, save: bool = True, progress: bool = True) -> Rollout:
+    """The explorer notebook's rollout from its ``ExplorerParams``: play a checkpoint, load a
+    saved rollout, or make a synthetic one; new rollouts are saved under ``out_dir/rollout``."""
+    if params.source == "rollout":
+        return Rollout.load(params.rollout_path)
+    if params.source == "synthetic":
+        rollout = synthetic_rollout(min(params.max_steps, 200), game=params.game, seed=params.seed)
+    elif params.source == "checkpoint":
+        rollout = play_rollout(params.checkpoint, params.game, seed=params.seed,
+                               max_steps=params.max_steps, epsilon=params.epsilon, progress=progress)
+    else:
+        raise ValueError(f"unknown source {params.source!r}: valid are 'checkpoint', 'rollout', 'synthetic'")
+    if save:
+        rollout.save(Path(params.out_dir) / "rollout")
+    return rollout
+
+
 # ---------------------------------------------------------------------- synthetic
 
 
