@@ -8,6 +8,7 @@ Skips (with the reason) when /usr/bin/chromium or the playwright package is miss
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -75,9 +76,18 @@ def lab(tmp_path):
                         out_dir=str(tmp_path / "explore")),
         prepare_only=True, kernel_name="python3", progress_bar=False,
     )
+    # User settings: render every cell (JupyterLab 4 virtualizes off-screen cells, which would
+    # leave the inspector's output unattached) and no news pop-up.
+    settings = tmp_path / "settings"
+    for ext, name, value in (("notebook-extension", "tracker", {"windowingMode": "none"}),
+                             ("apputils-extension", "notification", {"fetchNews": "false"})):
+        f = settings / f"@jupyterlab/{ext}/{name}.jupyterlab-settings"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps(value))
     port = _free_port()
     env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
-               JUPYTER_CONFIG_DIR=str(tmp_path / "config"), TQDM_DISABLE="1",
+               JUPYTER_CONFIG_DIR=str(tmp_path / "config"), JUPYTERLAB_SETTINGS_DIR=str(settings),
+               TQDM_DISABLE="1",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     log = open(tmp_path / "lab.log", "w")
     proc = subprocess.Popen(
@@ -143,6 +153,7 @@ def test_explorer_notebook_slider_updates_plot_in_chromium(lab, tmp_path):
             page.click(".lm-MenuBar-itemLabel:text-is('Run')")
             page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
             slider = page.locator(".widget-slider .noUi-handle").first
+            page.locator(".jp-Cell").last.scroll_into_view_if_needed()
             error = "[data-mime-type='application/vnd.jupyter.stderr'] >> text=Traceback"
             page.wait_for_selector(f".widget-slider .noUi-handle, {error}", timeout=120_000)
             if page.locator(error).count():
