@@ -283,13 +283,13 @@ def test_c51_target_matches_bruteforce(rng):
     d = rng.choice([0.0, 0.99**3], size=b)
     got = L.c51_target(logits, torch.tensor(r, dtype=torch.float32), torch.tensor(d, dtype=torch.float32), mask, SUPPORT)
     for k in range(b):
-        best, best_q, best_p = -1, -np.inf, None
+        best_q, best_p = -np.inf, None
         for a in range(A):
             if not mask[k, a]:
                 continue
             p = np.exp(ref_log_softmax(logits[k, a].numpy()))
             if p @ z > best_q:
-                best, best_q, best_p = a, p @ z, p
+                best_q, best_p = p @ z, p
         np.testing.assert_allclose(got[k].numpy(), ref_projection(best_p, r[k], d[k], z), atol=2e-6)
 
 

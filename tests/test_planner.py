@@ -14,15 +14,6 @@ GAMMA = 0.9
 N_ACT = torch.tensor([4, 6, 3])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small ops on a shared 2-core machine: one thread avoids OpenMP oversubscription stalls."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def model() -> WorldActionModel:
     torch.manual_seed(0)

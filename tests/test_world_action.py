@@ -14,15 +14,6 @@ from workbench.models.world_action import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small ops on a shared 2-core machine: one thread avoids OpenMP oversubscription stalls."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _model(seed: int = 0, **kw) -> WorldActionModel:
     torch.manual_seed(seed)
     return WorldActionModel(world_action_config("jowa-tiny", num_games=2, **kw))

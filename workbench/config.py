@@ -142,7 +142,9 @@ class PretrainConfig:
         from workbench.games import resolve_games
 
         resolve_games(self.games)  # raises with close matches
-        parse_split(self.split)
+        from workbench.data.store import parse_split
+
+        parse_split(self.split)  # raises listing the valid forms
         parse_runs(self.runs)
         for name in ("steps", "batch_size", "record_steps", "planning_horizon"):
             if getattr(self, name) < 0:
@@ -202,23 +204,6 @@ class PretrainConfig:
             "lr": self.effective_lr(),
         }
         return d
-
-
-def parse_split(spec: str) -> tuple[str, float | int | None]:
-    """'all' | 'first:K' | 'fraction:F' | 'last:F' | 'n:N' -> (kind, value)."""
-    kinds = {"all": None, "first": int, "fraction": float, "last": float, "n": int}
-    kind, _, value = spec.partition(":")
-    if kind not in kinds or (kinds[kind] is None) != (value == ""):
-        raise ValueError(f"invalid split {spec!r}; valid forms: all, first:K, fraction:F, last:F, n:N")
-    if kinds[kind] is None:
-        return kind, None
-    try:
-        parsed = kinds[kind](value)
-    except ValueError:
-        raise ValueError(f"invalid split {spec!r}: {value!r} is not a {kinds[kind].__name__}") from None
-    if parsed <= 0 or (kind in ("fraction", "last") and parsed > 1):
-        raise ValueError(f"invalid split {spec!r}: value out of range")
-    return kind, parsed
 
 
 def parse_runs(spec: str | int) -> tuple[int, ...]:
@@ -328,7 +313,7 @@ def parse_args(cls: type, argv: list[str] | None = None, prog: str | None = None
 
 __all__ = [
     "ALGOS", "TRAIN_PRESETS", "TrainPreset", "PretrainConfig", "paper_learning_rate",
-    "model_presets", "parse_split", "parse_runs", "from_params", "namespace_params", "field_docs", "parse_args",
+    "model_presets", "parse_runs", "from_params", "namespace_params", "field_docs", "parse_args",
 ]
 
 

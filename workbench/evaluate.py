@@ -16,9 +16,6 @@ idle (no episode left) are ignored.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import zlib
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -28,6 +25,7 @@ import numpy as np
 from workbench import games as _games
 from workbench import metrics as _metrics
 from workbench.envs import FRAME_SKIP, MAX_AGENT_STEPS, AtariVector, FrameStacker
+from workbench.fileio import atomic_write_json
 
 __all__ = ["Policy", "episode_seed", "epsilon_greedy", "evaluate"]
 
@@ -48,20 +46,6 @@ def epsilon_greedy(rng: np.random.Generator, greedy: int, num_actions: int, epsi
     if rng.random() < epsilon:
         return int(rng.integers(num_actions))
     return int(greedy)
-
-
-def _write_json_atomic(path: str, data: dict[str, Any]) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def evaluate(
@@ -241,5 +225,5 @@ def evaluate(
         "aggregates_by_episode": by_episode,
     }
     if out_path is not None:
-        _write_json_atomic(out_path, out)
+        atomic_write_json(out_path, out)
     return out

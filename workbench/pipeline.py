@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from workbench import checkpoint as ckpt_io
-from workbench.config import EvaluateConfig, PretrainConfig, parse_runs, parse_split
+from workbench.config import EvaluateConfig, PretrainConfig, parse_runs
 from workbench.train import TrainConfig, init_distributed, resolve_device, train
 
 
@@ -44,22 +44,6 @@ class PretrainResult:
 # ------------------------------------------------------------------------------------- data
 
 
-def store_split(spec: str):
-    """Translate the config's split string into the store's ``Split``."""
-    from workbench.data.store import Split
-
-    kind, value = parse_split(spec)
-    if kind == "all":
-        return Split("all", name="all")
-    if kind == "first":
-        return Split("first", k=int(value), name=spec)
-    if kind == "last":
-        return Split("last", ckpt_fraction=float(value), name=spec)
-    if kind == "fraction":
-        return Split("all", sample_fraction=float(value), name=spec)
-    return Split("all", sample_count=int(value), name=spec)
-
-
 def prepare_dataset(config: PretrainConfig, run_dir: Path, *, progress: bool = True) -> Path:
     """Return the path of a built store for the run, recording and building as needed.
 
@@ -68,7 +52,7 @@ def prepare_dataset(config: PretrainConfig, run_dir: Path, *, progress: bool = T
     interrupted run is discarded and recorded again.
     """
     from workbench.data.record import record_many
-    from workbench.data.store import ReplayStore, build_store
+    from workbench.data.store import ReplayStore, build_store, parse_split
 
     games = config.game_list
     dataset = Path(config.dataset) if config.dataset else None
@@ -93,9 +77,9 @@ def prepare_dataset(config: PretrainConfig, run_dir: Path, *, progress: bool = T
             capacity=max(config.record_steps + 100, 1000),
         )
         runs: tuple[int, ...] = (1,)
-        split = store_split("all")
+        split = parse_split("all")
     else:
-        replay_root, runs, split = dataset, parse_runs(config.runs), store_split(config.split)
+        replay_root, runs, split = dataset, parse_runs(config.runs), parse_split(config.split)
     return build_store(replay_root, store_dir, games, runs, split, seed=config.seed, progress=progress)
 
 

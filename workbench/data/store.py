@@ -63,6 +63,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from workbench.data import dqn_replay as dr
+from workbench.fileio import atomic_write_json
 
 FORMAT_VERSION = 1
 FRAME_BYTES = 84 * 84
@@ -176,15 +177,6 @@ def split_preset(name: str) -> Split:
 
 # ----------------------------------------------------------------------------------------------
 # Helpers
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _sha256_file(path: Path) -> str:
@@ -317,7 +309,6 @@ def build_store(
     if not games:
         raise StoreError(f"no games given; available: {dr.list_games(root)}")
     log_path = Path(log) if log is not None else None
-    rng_root = np.random.SeedSequence(seed)
 
     # ---- plan: resolve names (errors list what exists), read small arrays, size every block
     game_dirs = [dr.game_dir(root, g).name for g in games]
@@ -412,7 +403,7 @@ def build_store(
         for g in game_dirs:
             shutil.rmtree(out / g, ignore_errors=True)
         (build / "done").mkdir(parents=True)
-        _atomic_write_json(old_plan, plan_json)
+        atomic_write_json(old_plan, plan_json)
         _log(log_path, event="build_start", out=str(out), **{k: v for k, v in params.items() if k != "split"})
     else:
         _log(log_path, event="build_resume", out=str(out))
@@ -466,7 +457,7 @@ def build_store(
             np.save(build / "done" / f"{g}__{b.run}__{b.checkpoint}.episodes.npy", eps)
             files = dict(meta.sha256)
             files[dr.file_name("observation", b.checkpoint)] = obs_sha
-            _atomic_write_json(marker, {"files": files, "actions_max": int(meta.action[kept].max()) if b.rows else 0})
+            atomic_write_json(marker, {"files": files, "actions_max": int(meta.action[kept].max()) if b.rows else 0})
             _log(log_path, event="checkpoint_done", game=g, run=b.run, checkpoint=b.checkpoint, rows=b.rows, starts=b.starts)
         del arrays
         info = _finish_game(gdir, build, g, blocks)
@@ -477,7 +468,7 @@ def build_store(
         **params, "plan": plan_json, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "games_info": games_info,
     }
-    _atomic_write_json(manifest_path, manifest)  # LAST: marks the store complete
+    atomic_write_json(manifest_path, manifest)  # LAST: marks the store complete
     shutil.rmtree(build, ignore_errors=True)
     _log(log_path, event="build_done", out=str(out))
     return out
