@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import os
 import socket
-from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
+from shared_paths import DQN_FIXTURES
 
 from workbench.algos.scaled_ql import ScaledQL, ScaledQLConfig
 from workbench.data.sampler import TransitionSampler
 from workbench.data.store import build_store
 from workbench.train import TrainConfig, train
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "dqn_replay"  # ../shared beside the repo
+FIXTURES = DQN_FIXTURES
 GAMES = ("Breakout", "Pong")
 STEPS, HALF = 4, 4
 

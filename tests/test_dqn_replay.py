@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 import pickle
 import shutil
 from pathlib import Path
@@ -11,12 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shared_paths import DQN_FIXTURES
 from workbench.data import dqn_replay as dr
 
-FIXTURES = Path(os.environ.get("WORKBENCH_DQN_FIXTURES", Path(__file__).resolve().parents[2] / "shared/fixtures/dqn_replay"))
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures/dqn_replay")
-pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason="DQN-Replay fixtures not found")
+FIXTURES = DQN_FIXTURES
 CASES = [(g, c) for g in ("Pong", "Breakout") for c in range(3)]
 
 

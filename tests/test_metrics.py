@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_paths import REFERENCE_CSV
 
 from workbench import metrics
 from workbench.data import paper_tables as P
 
-SHARED_CSV = Path(__file__).resolve().parents[2] / "shared" / "reference" / "atari_random_human.csv"
+SHARED_CSV = REFERENCE_CSV
 
 # (table, method, metric) whose printed value does not follow from the printed raw scores.
 KNOWN_BAD = {

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from shared_paths import DQN_FIXTURES
 from workbench.data import dqn_replay as dr
 from workbench.data import store as st
 from workbench.data.sampler import TransitionSampler
 
-FIXTURES = Path("/work/shared/fixtures/dqn_replay")
-if "WORKBENCH_DQN_FIXTURES" in os.environ:
-    FIXTURES = Path(os.environ["WORKBENCH_DQN_FIXTURES"])
-pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason="DQN-Replay fixtures not found")
+FIXTURES = DQN_FIXTURES
 GAMES = ["Pong", "Breakout"]
 
 
