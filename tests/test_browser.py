@@ -130,6 +130,24 @@ _Q_PLOT_JS = """
 """
 
 
+def _press_until(page, handle, key: str, value: int, attempts: int = 4) -> None:
+    """Press ``key`` on the slider handle until it shows ``value``; on a busy machine a late
+    re-render can take the focus away, so re-focus and retry (the value check is exact)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for _ in range(attempts):
+        handle.focus()
+        page.keyboard.press(key)
+        try:
+            page.wait_for_function(
+                "v => Number(document.querySelector('.widget-slider .noUi-handle')"
+                ".getAttribute('aria-valuenow')) >= v", arg=value, timeout=10_000)
+            return
+        except PlaywrightTimeout:
+            continue
+    raise AssertionError(f"the slider did not reach {value} after {attempts} key presses")
+
+
 def test_explorer_notebook_slider_updates_plot_in_chromium(lab, tmp_path):
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
@@ -163,9 +181,8 @@ def test_explorer_notebook_slider_updates_plot_in_chromium(lab, tmp_path):
             assert before["title"].startswith("step 0")
             np.testing.assert_allclose(before["y0"], expected.q_probs[0, 0], rtol=1e-5)
 
-            slider.focus()
-            for _ in range(3):  # keyboard steps the noUiSlider by one each
-                page.keyboard.press("ArrowRight")
+            for target in (1, 2, 3):  # the keyboard steps the noUiSlider by one per press
+                _press_until(page, slider, "ArrowRight", target)
             page.wait_for_function(f"({_Q_PLOT_JS})().title.startsWith('step 3')", timeout=60_000)
             after = page.evaluate(_Q_PLOT_JS)
             np.testing.assert_allclose(after["y0"], expected.q_probs[3, 0], rtol=1e-5)

@@ -48,10 +48,20 @@ class TrainPreset:
 TRAIN_PRESETS: dict[str, TrainPreset] = {
     "paper": TrainPreset(steps=10_000_000, batch_size=512, target_update_period=2000,
                          log_every=100, checkpoint_every=10_000, games_per_batch=128),
-    "cpu": TrainPreset(steps=200, batch_size=32, target_update_period=50,
+    "cpu": TrainPreset(steps=300, batch_size=32, target_update_period=50,
                        log_every=5, checkpoint_every=100, games_per_batch=8),
 }
 JOWA_PAPER_STEPS = 1_750_000  # JOWA trains 1.75M steps per stage at batch 512 (Section 5.1)
+
+# The cpu preset must finish in minutes whatever the model: (steps, batch) per model family and
+# size. Tiny models really learn something in that time; paper-size models (one ResNet-101 step
+# at batch 8 takes seconds on 2 cores) run a few steps, enough to exercise the whole pipeline.
+CPU_SCALE: dict[tuple[str, bool], tuple[int, int]] = {
+    ("qnet", True): (300, 32),
+    ("qnet", False): (20, 8),
+    ("jowa", True): (100, 8),
+    ("jowa", False): (10, 2),
+}
 
 
 def paper_learning_rate(algo: str, batch_size: int, stage: int = 2) -> float:
@@ -79,7 +89,7 @@ def model_presets() -> dict[str, str]:
 class PretrainConfig:
     """Parameters of ``notebooks/02_pretrain.ipynb`` (and of ``workbench.pipeline.pretrain``)."""
 
-    model: str = "resnet18"
+    model: str = "resnet-tiny"
     """Model preset: resnet18/34/50/101/152, impala-*, *-tiny, jowa-40m/70m/150m, jowa-tiny."""
     algo: str = "auto"
     """scaled_ql (C51+CQL), cql_mse, bc, jowa; 'auto' picks jowa for jowa-* models else scaled_ql."""
@@ -94,7 +104,7 @@ class PretrainConfig:
     record_steps: int = 3000
     """Agent steps recorded per game when no dataset is given."""
     preset: str = "cpu"
-    """Training preset: 'cpu' (minutes on a laptop) or 'paper' (the papers' settings)."""
+    """Training preset: 'cpu' (minutes on 2 cores, steps/batch scaled to the model) or 'paper'."""
     steps: int = 0
     """Gradient steps; 0 takes the preset's (JOWA: per stage)."""
     batch_size: int = 0
@@ -109,7 +119,7 @@ class PretrainConfig:
     """Run directory: config.json, metrics.jsonl, checkpoints/, eval/, figures/."""
     eval_episodes: int = 2
     """Evaluation episodes per game after training (the papers use 16 per game)."""
-    eval_max_steps: int = 2000
+    eval_max_steps: int = 1000
     """Agent-step cap per evaluation episode (the protocol's is 27000; smaller values are flagged)."""
     num_envs: int = 4
     """Parallel evaluation environments."""
@@ -179,7 +189,11 @@ class PretrainConfig:
     @property
     def train_preset(self) -> TrainPreset:
         base = TRAIN_PRESETS[self.preset]
-        if self.resolved_algo == "jowa" and self.preset == "paper":
+        family = "jowa" if self.resolved_algo == "jowa" else "qnet"
+        if self.preset == "cpu":
+            steps, batch = CPU_SCALE[(family, self.model.endswith("-tiny"))]
+            return dataclasses.replace(base, steps=steps, batch_size=batch, games_per_batch=min(batch, base.games_per_batch))
+        if family == "jowa":
             return dataclasses.replace(base, steps=JOWA_PAPER_STEPS, target_update_period=1000)
         return base
 
