@@ -102,3 +102,14 @@ def test_pretrain_notebook_runs_jowa_both_stages_and_plans(tmp_path):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["resolved"]["algo"] == "jowa"
     assert (run_dir / "eval" / "scores.json").is_file()
+
+
+def test_collect_data_notebook_records_readable_dqn_replay_files(tmp_path):
+    from workbench.data import dqn_replay as dr
+
+    run("01_collect_data.ipynb", tmp_path, games="Pong", steps=150, output_dir=str(tmp_path / "rec"), seed=3)
+    logs = dr.run_dir(tmp_path / "rec", "Pong", 1)
+    meta = dr.load_checkpoint_meta(logs, 0)
+    assert int(meta.valid_mask().sum()) > 100
+    batch = dr.read_transitions(logs, 0, [10, 20], n_step=3)
+    assert batch["state"].shape == (2, 84, 84, 4)

@@ -234,6 +234,32 @@ class CollectConfig:
                            seed=self.seed, epsilon=self.epsilon, capacity=self.capacity, progress=progress)
 
 
+def summarize_recording(replay_logs_dirs: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
+    """Per recorded game: checkpoints, rows, episodes ended and valid transition starts."""
+    from workbench.data import dqn_replay as dr
+
+    summary = []
+    for path in map(Path, replay_logs_dirs):
+        ckpts = dr.list_checkpoints(path)
+        metas = [dr.load_checkpoint_meta(path, c) for c in ckpts]
+        summary.append({
+            "game": path.parent.parent.name, "checkpoints": ckpts,
+            "rows": sum(m.capacity for m in metas),
+            "episodes_ended": int(sum(m.terminal.sum() for m in metas)),
+            "valid_transitions": int(sum(m.valid_mask().sum() for m in metas)),
+        })
+    return summary
+
+
+def preview_strip(replay_logs: str | os.PathLike, frames: int = 6) -> np.ndarray:
+    """``frames`` evenly spaced recorded frames of checkpoint 0 side by side: uint8 (84, 84 * frames)."""
+    from workbench.data import dqn_replay as dr
+
+    ck = dr.load_checkpoint(replay_logs, 0)
+    rows = np.linspace(STACK - 1, len(ck["terminal"]) - 1, frames).astype(int)
+    return np.concatenate(ck["observation"][rows], axis=1)
+
+
 def _load_policy(spec: str) -> Any:
     """``"random"`` or ``"package.module:factory"`` (called with no arguments, returns a Policy)."""
     if spec == "random":
