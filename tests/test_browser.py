@@ -172,10 +172,10 @@ def test_explorer_notebook_slider_updates_plot_in_chromium(lab, tmp_path):
             page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
             slider = page.locator(".widget-slider .noUi-handle").first
             page.locator(".jp-Cell").last.scroll_into_view_if_needed()
-            error = "[data-mime-type='application/vnd.jupyter.stderr'] >> text=Traceback"
-            page.wait_for_selector(f".widget-slider .noUi-handle, {error}", timeout=120_000)
-            if page.locator(error).count():
-                raise AssertionError("the notebook raised:\n" + page.locator(error).first.inner_text())
+            error = page.locator("[data-mime-type='application/vnd.jupyter.stderr']", has_text="Traceback")
+            slider.or_(error).first.wait_for(timeout=120_000)  # fail fast on a notebook error
+            if error.count():
+                raise AssertionError("the notebook raised:\n" + error.first.inner_text())
             page.wait_for_function(f"({_Q_PLOT_JS})() !== null", timeout=60_000)
             before = page.evaluate(_Q_PLOT_JS)
             assert before["title"].startswith("step 0")

@@ -56,12 +56,14 @@ JOWA_PAPER_STEPS = 1_750_000  # JOWA trains 1.75M steps per stage at batch 512 (
 # The cpu preset must finish in minutes whatever the model: (steps, batch) per model family and
 # size. Tiny models really learn something in that time; paper-size models (one ResNet-101 step
 # at batch 8 takes seconds on 2 cores) run a few steps, enough to exercise the whole pipeline.
-CPU_SCALE: dict[tuple[str, bool], tuple[int, int]] = {
-    ("qnet", True): (300, 32),
-    ("qnet", False): (20, 8),
-    ("jowa", True): (100, 8),
-    ("jowa", False): (10, 2),
+# The third number caps evaluation episodes (agent steps; the protocol's 27,000 under 'paper').
+CPU_SCALE: dict[tuple[str, bool], tuple[int, int, int]] = {
+    ("qnet", True): (300, 32, 1000),
+    ("qnet", False): (20, 8, 250),
+    ("jowa", True): (100, 8, 300),
+    ("jowa", False): (10, 2, 100),
 }
+PAPER_EVAL_MAX_STEPS = 27_000  # 108,000 frames
 
 
 def paper_learning_rate(algo: str, batch_size: int, stage: int = 2) -> float:
@@ -119,8 +121,8 @@ class PretrainConfig:
     """Run directory: config.json, metrics.jsonl, checkpoints/, eval/, figures/."""
     eval_episodes: int = 2
     """Evaluation episodes per game after training (the papers use 16 per game)."""
-    eval_max_steps: int = 1000
-    """Agent-step cap per evaluation episode (the protocol's is 27000; smaller values are flagged)."""
+    eval_max_steps: int = 0
+    """Agent-step cap per evaluation episode; 0 takes the preset's (paper: 27000, the protocol's)."""
     num_envs: int = 4
     """Parallel evaluation environments."""
     planning_horizon: int = 2
@@ -156,10 +158,10 @@ class PretrainConfig:
 
         parse_split(self.split)  # raises listing the valid forms
         parse_runs(self.runs)
-        for name in ("steps", "batch_size", "record_steps", "planning_horizon"):
+        for name in ("steps", "batch_size", "record_steps", "planning_horizon", "eval_max_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("eval_episodes", "eval_max_steps", "num_envs", "beam_width"):
+        for name in ("eval_episodes", "num_envs", "beam_width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr < 0:
@@ -191,7 +193,7 @@ class PretrainConfig:
         base = TRAIN_PRESETS[self.preset]
         family = "jowa" if self.resolved_algo == "jowa" else "qnet"
         if self.preset == "cpu":
-            steps, batch = CPU_SCALE[(family, self.model.endswith("-tiny"))]
+            steps, batch, _ = CPU_SCALE[(family, self.model.endswith("-tiny"))]
             return dataclasses.replace(base, steps=steps, batch_size=batch, games_per_batch=min(batch, base.games_per_batch))
         if family == "jowa":
             return dataclasses.replace(base, steps=JOWA_PAPER_STEPS, target_update_period=1000)
@@ -205,6 +207,15 @@ class PretrainConfig:
     def effective_batch_size(self) -> int:
         return self.batch_size or self.train_preset.batch_size
 
+    @property
+    def effective_eval_max_steps(self) -> int:
+        if self.eval_max_steps:
+            return self.eval_max_steps
+        if self.preset == "paper":
+            return PAPER_EVAL_MAX_STEPS
+        family = "jowa" if self.resolved_algo == "jowa" else "qnet"
+        return CPU_SCALE[(family, self.model.endswith("-tiny"))][2]
+
     def effective_lr(self, stage: int = 2) -> float:
         return self.lr or paper_learning_rate(self.resolved_algo, self.effective_batch_size, stage)
 
@@ -216,6 +227,7 @@ class PretrainConfig:
             "steps": self.effective_steps,
             "batch_size": self.effective_batch_size,
             "lr": self.effective_lr(),
+            "eval_max_steps": self.effective_eval_max_steps,
         }
         return d
 

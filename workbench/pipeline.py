@@ -212,7 +212,7 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> PretrainResult
 
     scores = evaluate_algo(
         algo, games, run_dir / "eval" / "scores.json", episodes=config.eval_episodes,
-        num_envs=config.num_envs, max_steps=config.eval_max_steps, seed=config.seed,
+        num_envs=config.num_envs, max_steps=config.effective_eval_max_steps, seed=config.seed,
         planning_horizon=config.planning_horizon, beam_width=config.beam_width, progress=progress,
     )
     figures = run_figures(run_dir, scores)
