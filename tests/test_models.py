@@ -284,21 +284,3 @@ def test_loss_under_bf16_autocast_close_to_fp32():
         got, metrics = a.loss(batch)
     assert got.dtype == torch.float32 and all(torch.isfinite(v) for v in metrics.values())
     assert got.item() == pytest.approx(ref.item(), rel=5e-2)
-
-
-def test_loss_goes_through_forward_model_wrapper():
-    a = ScaledQL.build("resnet-tiny", SMALL)
-    calls = []
-
-    class Wrapper(torch.nn.Module):  # stands in for DistributedDataParallel / torch.compile
-        def __init__(self, inner):
-            super().__init__()
-            self.module = inner
-
-        def forward(self, *args):
-            calls.append(torch.is_grad_enabled())
-            return self.module(*args)
-
-    a.forward_model = Wrapper(a.model)
-    a.loss(make_batch(2, SMALL))
-    assert calls == [True]  # exactly the one gradient-carrying online pass

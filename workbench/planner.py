@@ -120,20 +120,23 @@ def _prefix(
 
 def _imagine_step(
     model: WorldActionModel, cache: KVCache, actions: Tensor, game_id: Tensor, valid_mask: Tensor,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Append one imagined step to ``cache`` (in place) for every row.
 
     Feeds the action token, then the 36 greedily decoded observation tokens, one token group per
-    forward call. Returns (reward (M,), terminal (M,) bool, masked Q at the new state (M, 18)).
+    forward call. Returns (reward (M,), terminal (M,) bool, masked Q at the new state (M, 18),
+    the imagined next frame's tokens (M, 36)).
     """
     act_flag = torch.ones(1, dtype=torch.bool, device=actions.device)
     obs_flag = torch.zeros(1, dtype=torch.bool, device=actions.device)
     h = model.forward_tokens(actions.long()[:, None], act_flag, game_id, cache=cache)[:, -1]
     reward, terminal = _reward_term(model, h)
+    tokens = []
     for _ in range(TOKENS_PER_FRAME):
         token = model.obs_head(h).argmax(-1)
+        tokens.append(token)
         h = model.forward_tokens(token[:, None], obs_flag, game_id, cache=cache)[:, -1]
-    return reward, terminal, _masked_q(model, h, valid_mask)
+    return reward, terminal, _masked_q(model, h, valid_mask), torch.stack(tokens, -1)
 
 
 def _expand(q: Tensor, alive: Tensor, beam_ok: Tensor, k_env: Tensor, k_max: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -335,7 +338,7 @@ def beam_search_sequential(
                     if not np.isfinite(qa):
                         continue
                     child = cache.clone()
-                    r, term, q_next = _imagine_step(model, child, torch.tensor([a], device=dev), g, vm)
+                    r, term, q_next, _ = _imagine_step(model, child, torch.tensor([a], device=dev), g, vm)
                     G_c = G + gamma ** depth * float(r[0])
                     alive_c = not bool(term[0])
                     score = G_c + gamma ** (depth + 1) * float(q_next[0].max()) if alive_c else G_c

@@ -6,9 +6,8 @@ How a transition batch becomes a loss. The trainer owns the loop::
     loss.backward(); clip; optimizer.step()            # optimizer over algo.model.parameters()
     every target_update_period gradient steps: algo.update_target()
 
-Distributed / compiled training: set ``algo.forward_model`` to the wrapped module
-(``DistributedDataParallel(algo.model)`` or ``torch.compile(algo.model)``). ``loss`` always calls
-``forward_model`` for the online pass, so DDP's gradient averaging is never bypassed.
+Distributed / compiled training needs nothing here: the trainer wraps a module whose forward is
+``algo.loss`` in DDP (or ``torch.compile``), so every parameter the loss touches is averaged.
 
 Loss per sample (alpha = 0 disables CQL)::
 
@@ -27,7 +26,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from workbench import losses as L
 from workbench.models.qnet import QNetwork, build_qnet
@@ -102,7 +101,6 @@ class ScaledQL:
             raise ValueError(f"reward_scale has {len(config.reward_scale)} entries for {model.num_games} games")
         self.config = config
         self.model = model
-        self.forward_model: nn.Module = model  # replace with DDP/compiled wrapper of `model`
         # BC has no bootstrap target; keep no copy (saves memory at ResNet-101 sizes).
         self.target_model: QNetwork | None = None
         if config.algo != "bc":
@@ -172,7 +170,7 @@ class ScaledQL:
             raise KeyError(f"batch is missing keys {missing}; expected {list(BATCH_KEYS)}")
         algo = self.config.algo
         obs, actions, game_id, valid = batch["obs"], batch["action"], batch["game_id"], batch["valid_mask"]
-        out = self.forward_model(obs, game_id)
+        out = self.model(obs, game_id)
         self._follow_device(out.device)
         metrics: dict[str, Tensor] = {}
 
