@@ -166,3 +166,155 @@ def test_rollout_from_params_sources(tmp_path):
     np.testing.assert_array_equal(back.frames, made.frames)
     with pytest.raises(FileNotFoundError, match="no workbench checkpoint"):
         rollout_from_params(ExplorerParams.from_params(source="checkpoint", checkpoint=str(tmp_path / "none")))
+
+
+# ----------------------------------------------------------------------------- JOWA checkpoints
+
+JOWA_GAMES = ("Pong", "Breakout")
+
+
+def _random_sequences(start: int, B: int = 2, L: int = 8):
+    """Endless sequence batches (docs/architecture.md layout) with a smooth random frame content."""
+    import torch
+
+    from workbench import games
+
+    vm = torch.from_numpy(games.valid_action_mask(list(JOWA_GAMES)))
+    step = start
+    while True:
+        g = torch.Generator().manual_seed(1000 + step)
+        obs = torch.randint(0, 256, (B, L, 12, 12), generator=g, dtype=torch.uint8)
+        obs = obs.repeat_interleave(7, -1).repeat_interleave(7, -2)  # 84 x 84 blocks
+        game_id = torch.arange(B) % len(JOWA_GAMES)
+        yield {"obs": obs, "action": torch.randint(0, 3, (B, L), generator=g),
+               "reward": torch.randint(-1, 2, (B, L), generator=g).float(),
+               "terminal": torch.zeros(B, L), "mask": torch.ones(B, L, dtype=torch.bool),
+               "game_id": game_id, "valid_mask": vm[game_id]}
+        step += 1
+
+
+@pytest.fixture(scope="module")
+def jowa_run(tmp_path_factory):
+    """A jowa-tiny run trained by the real trainer (stage 1 then stage 2), as the pipeline does."""
+    import torch
+
+    from workbench.algos.jowa import JOWA
+    from workbench.config import PretrainConfig
+    from workbench.train import TrainConfig, train
+
+    torch.manual_seed(0)
+    run_dir = tmp_path_factory.mktemp("jowa") / "run"
+    config = PretrainConfig.from_params(model="jowa-tiny", games=",".join(JOWA_GAMES), output_dir=str(run_dir))
+    algo = JOWA.build("jowa-tiny", JOWA_GAMES, stage=1)
+    init = {k: v.clone() for k, v in algo.model.state_dict().items()}
+    tc = TrainConfig(steps=3, lr=1e-3, log_every=1, checkpoint_every=3, device="cpu", seed=0)
+    train(algo, _random_sequences, tc, run_dir / "stage1", run_config=config.to_dict(), progress=False,
+          find_unused_parameters=True)
+    algo.set_stage(2)
+    algo.update_target()
+    train(algo, _random_sequences, tc, run_dir, run_config=config.to_dict(), progress=False,
+          find_unused_parameters=True)
+    algo.model.eval()
+    return run_dir, algo, init
+
+
+def test_load_algo_restores_every_jowa_tensor_tokenizer_included(jowa_run):
+    import torch
+
+    from workbench.pipeline import load_algo
+
+    run_dir, trained, init = jowa_run
+    loaded, run_config, ckpt = load_algo(run_dir, device="cpu")
+    assert ckpt.name == "step_00000003" and run_config["resolved"]["algo"] == "jowa"
+    want, got = trained.model.state_dict(), loaded.model.state_dict()
+    assert set(want) == set(got) and any(k.startswith("tokenizer.") for k in got)
+    for k, v in want.items():
+        assert torch.equal(got[k].cpu(), v.cpu()), k
+    # Training moved the tokenizer (stage 1) and the Q head (stage 2): equality above is not the init.
+    for prefix in ("tokenizer.encoder.", "tokenizer.codebook.", "world.q_head."):
+        assert any(not torch.equal(init[k], want[k]) for k in want if k.startswith(prefix)), prefix
+
+
+@pytest.fixture(scope="module")
+def jowa_rollout(jowa_run):
+    from workbench.viz.rollout import play_rollout
+
+    run_dir, _, _ = jowa_run
+    return play_rollout(str(run_dir), "Breakout", seed=1, max_steps=6, epsilon=0.0, render_rgb=False,
+                        progress=False, planning_horizon=2, beam_width=2)
+
+
+def test_jowa_rollout_holds_root_distributions_trees_and_predicted_frames(jowa_run, jowa_rollout):
+    """Each step's data against independent computations with the trained model: full-sequence
+    forwards over the rollout's own frames and actions, and greedy decoding without cache."""
+    import torch
+
+    from workbench.models.world_action import TOKENS_PER_STEP
+
+    _, algo, _ = jowa_run
+    r = jowa_rollout
+    world, tok = algo.model.world, algo.model.tokenizer
+    T, A = len(r), len(r.action_names)
+    assert r.summary()["search_trees"] and r.meta["game_id"] == 1 and r.meta["planning_horizon"] == 2
+    assert r.q_probs.shape == (T, A, 51) and r.predicted_frames.shape == (T, 2, 84, 84)
+    np.testing.assert_allclose(r.support, world.support.numpy(), atol=1e-6)
+    ctx = 8 - 1 - 2  # context steps that fit with H = 2
+    with torch.no_grad():
+        tokens = tok.encode(torch.from_numpy(r.frames))  # (T, 36)
+        game = torch.tensor([1])
+        for t in range(T):
+            lo = max(0, t - ctx)
+            steps = tokens[lo:t + 1][None]
+            acts = torch.from_numpy(r.actions[lo:t + 1])[None]  # epsilon 0: the planner's own actions
+            out = world(steps, acts, game)
+            probs = out["q_logits"][0, -1].exp()[:A]  # Q at the current frame's last token
+            np.testing.assert_allclose(r.q_probs[t], probs.numpy(), rtol=1e-4, atol=1e-6)
+            tree = r.trees[t]
+            assert tree["chosen_action"] == r.actions[t]
+            assert tree["nodes"][0]["q"] == pytest.approx(float(r.q_values[t].max()), abs=1e-4)
+            assert max(n["depth"] for n in tree["nodes"]) == 2
+        # Predicted frames of one step: decode the greedy uncached rollout of the tree's best path.
+        t = 3
+        leaf = max((n for n in r.trees[t]["nodes"] if n["depth"] == 2), key=lambda n: n["score"])
+        path = [leaf["action"], r.trees[t]["nodes"][leaf["parent"]]["action"]][::-1]
+        assert path[0] == r.actions[t]
+        lo = max(0, t - ctx)
+        seq = world.interleave(tokens[lo:t][None], torch.from_numpy(r.actions[lo:t])[None])[0].tolist()
+        seq += tokens[t].tolist()
+        flags = ([False] * 36 + [True]) * (t - lo) + [False] * 36
+        assert len(seq) == (t - lo) * TOKENS_PER_STEP + 36
+        predicted = []
+        for a in path:
+            seq, flags = seq + [a], flags + [True]
+            for _ in range(36):
+                h = world.forward_tokens(torch.tensor([seq]), torch.tensor([flags]), game)[:, -1]
+                seq, flags = seq + [int(world.obs_head(h).argmax(-1))], flags + [False]
+            predicted.append(seq[-36:])
+        want = (tok.decode(torch.tensor(predicted)) * 255).round().to(torch.uint8).numpy()
+        np.testing.assert_array_equal(r.predicted_frames[t], want)
+
+
+def test_jowa_rollout_saves_and_loads(jowa_rollout, tmp_path):
+    back = Rollout.load(jowa_rollout.save(tmp_path / "r"))
+    assert back.trees == jowa_rollout.trees
+    np.testing.assert_array_equal(back.predicted_frames, jowa_rollout.predicted_frames)
+    np.testing.assert_allclose(back.q_probs, jowa_rollout.q_probs)
+
+
+def test_jowa_inspectors_follow_the_slider(jowa_rollout):
+    r = jowa_rollout
+    box, q, p = explorer(r)
+    assert p is not None and p.step is q.step and p.horizon == 2
+    # Consecutive steps carry different data, so a stale figure would fail the checks below.
+    assert not np.array_equal(r.predicted_frames[2], r.predicted_frames[3])
+    assert r.trees[2] != r.trees[3]
+    for t in (3, 0, len(r) - 1, 2):
+        q.step.value = t
+        _assert_q_step(q, r, t)
+        tree = r.trees[t]
+        assert [int(row[0]) for row in p.tree_fig.data[1].customdata] == [n["id"] for n in tree["nodes"]]
+        assert [int(x) for x in p.tree_fig.data[1].x] == [n["depth"] for n in tree["nodes"]]
+        images = [_decode(d.source)[:, :, 0] for d in p.frames_fig.data]
+        np.testing.assert_array_equal(np.stack(images[:2]), r.real_next_frames(t, 2))
+        np.testing.assert_array_equal(np.stack(images[2:]), r.predicted_frames[t])
+        assert f"step {t}:" in p.caption.value and r.action_names[int(r.actions[t])] in p.caption.value

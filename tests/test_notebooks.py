@@ -102,6 +102,7 @@ def test_pretrain_notebook_runs_jowa_both_stages_and_plans(tmp_path):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["resolved"]["algo"] == "jowa"
     assert (run_dir / "eval" / "scores.json").is_file()
+    assert (run_dir / "data" / "tokens" / "manifest.json").is_file()  # stage 2 trained on the token copy
 
 
 def test_collect_data_notebook_records_readable_dqn_replay_files(tmp_path):

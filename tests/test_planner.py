@@ -207,3 +207,131 @@ def test_policy_validates_settings(model):
         PlannerPolicy(model, tok, [4, 6], horizon=1)
     with pytest.raises(TypeError, match="uint8"):
         PlannerPolicy(model, tok, [4, 6, 3], horizon=1).act(np.zeros((1, 4, 84, 84), np.float32), np.zeros(1, np.int64))
+
+
+# ----------------------------------------------------------------------------- what the inspector reads
+
+
+def _softmax_q_at(model, toks, flags, game):
+    """C51 probabilities (18, atoms) at the last token, by a full forward and the head's own MLP."""
+    h = _full(model, toks, flags, game)
+    head = model.q_head.heads[0]  # one head in jowa-tiny: the mixture is that head
+    return torch.softmax(head(h).float().view(18, -1), -1)
+
+
+def _no_termination(model):
+    import copy
+
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        m.term_head[-1].bias.copy_(torch.tensor([20.0, -20.0]))
+    return m
+
+
+def _best_path_from_tree(tree, horizon):
+    """Actions root -> best depth-H leaf, read off the tree's nodes."""
+    leaf = max((n for n in tree.nodes if n.depth == horizon), key=lambda n: n.score)
+    path, node = [], leaf
+    while node.parent != -1:
+        path.append(node.action)
+        node = tree.nodes[node.parent]
+    return path[::-1]
+
+
+@torch.no_grad()
+def _uncached_rollout_tokens(model, toks, flags, game, actions):
+    """Feed each action then greedily decode 36 tokens, every token by a full uncached forward."""
+    seq, fl, frames = list(toks), list(flags), []
+    for a in actions:
+        seq, fl = seq + [int(a)], fl + [True]
+        frame = []
+        for _ in range(36):
+            tok = int(model.obs_head(_full(model, seq, fl, game)).argmax(-1))
+            frame.append(tok)
+            seq, fl = seq + [tok], fl + [False]
+        frames.append(frame)
+    return torch.tensor(frames)
+
+
+@torch.no_grad()
+def test_root_probs_equal_full_forward_softmax(model):
+    obs, game, vm, ct, ca, cv = _inputs(seed=5)
+    for H, K in ((2, 2), (0, 3)):  # a real search and the greedy shortcut both report them
+        res = beam_search(model, obs, game, vm, H, K, GAMMA, ct, ca, cv)
+        assert res.root_probs.shape == (3, 18, 51)
+        for i in range(3):
+            toks, flags = _prefix_seq(ct[i], ca[i], cv[i], obs[i])
+            want = _softmax_q_at(model, toks, flags, int(game[i]))
+            torch.testing.assert_close(res.root_probs[i], want, rtol=1e-4, atol=1e-6)
+            # root_q is their expectation on the valid slots
+            q = (want * model.support).sum(-1)
+            torch.testing.assert_close(res.root_q[i][vm[i]], q[vm[i]], rtol=1e-4, atol=1e-4)
+
+
+@torch.no_grad()
+def test_predicted_tokens_of_chosen_path_equal_uncached_rollout(model):
+    m = _no_termination(model)
+    H = 3
+    obs, game, vm, ct, ca, cv = _inputs(seed=6)
+    res = beam_search(m, obs, game, vm, H, 2, GAMMA, ct, ca, cv, return_tree=True)
+    assert res.path_tokens.shape == (3, H, 36) and res.path_actions.shape == (3, H)
+    assert res.path_valid.all()
+    assert res.path_actions[:, 0].tolist() == res.actions.tolist()
+    for i in range(3):
+        path = _best_path_from_tree(res.trees[i], H)
+        assert res.path_actions[i].tolist() == path
+        toks, flags = _prefix_seq(ct[i], ca[i], cv[i], obs[i])
+        want = _uncached_rollout_tokens(m, toks, flags, int(game[i]), path)
+        assert torch.equal(res.path_tokens[i], want)
+    # Without a tree nothing of the path is kept (the search itself is unchanged).
+    plain = beam_search(m, obs, game, vm, H, 2, GAMMA, ct, ca, cv)
+    assert plain.path_tokens is None and plain.actions.tolist() == res.actions.tolist()
+
+
+@torch.no_grad()
+def test_predicted_path_ends_at_predicted_termination():
+    torch.manual_seed(1)
+    m = WorldActionModel(world_action_config("jowa-tiny", num_games=3)).eval()
+    m.term_head[-1].bias.copy_(torch.tensor([-20.0, 20.0]))  # every step ends the episode
+    obs, game, vm, ct, ca, cv = _inputs(seed=7)
+    res = beam_search(m, obs, game, vm, 2, 2, GAMMA, ct, ca, cv, return_tree=True)
+    assert not res.path_valid.any()  # the frame after a terminal step is no successor state
+    assert res.path_actions[:, 0].tolist() == res.actions.tolist()
+    assert (res.path_actions[:, 1] == -1).all()  # the carried (ended) path takes no second action
+
+
+@torch.no_grad()
+def test_planner_policy_keeps_root_probs_and_decodes_predicted_frames(model):
+    torch.manual_seed(0)
+    m = _no_termination(model)
+    tok = Tokenizer(world_action_config("jowa-tiny").tokenizer).eval()
+    policy = PlannerPolicy(m, tok, [4, 6, 3], horizon=2, beam_width=2, context_steps=2, return_tree=True)
+    assert policy.last_root_probs is None and policy.decode_predicted_frames() is None
+    rng = np.random.default_rng(1)
+    obs1, obs2 = (rng.integers(0, 256, (2, 4, 84, 84), dtype=np.uint8) for _ in range(2))
+    games = np.array([2, 1])
+    a1 = policy.act(obs1, games)
+    a2 = policy.act(obs2, games)  # plans with step 1 as context
+    t1 = tok.encode(torch.from_numpy(obs1[:, -1]))
+    t2 = tok.encode(torch.from_numpy(obs2[:, -1]))
+    np.testing.assert_allclose(policy.support, np.linspace(-10, 30, 51), atol=1e-5)
+    assert policy.last_root_probs.shape == (2, 18, 51) and policy.last_predicted_tokens.shape == (2, 2, 36)
+    for i in range(2):
+        toks = t1[i].tolist() + [int(a1[i])] + t2[i].tolist()
+        flags = [False] * 36 + [True] + [False] * 36
+        want = _softmax_q_at(m, toks, flags, int(games[i]))
+        np.testing.assert_allclose(policy.last_root_probs[i], want.numpy(), rtol=1e-4, atol=1e-6)
+        path = _best_path_from_tree(policy.last_trees[i], 2)
+        assert path[0] == a2[i] and policy.last_path_actions[i].tolist() == path
+        pred = _uncached_rollout_tokens(m, toks, flags, int(games[i]), path)
+        np.testing.assert_array_equal(policy.last_predicted_tokens[i], pred.numpy())
+    frames = policy.decode_predicted_frames()
+    assert frames.dtype == np.uint8 and frames.shape == (2, 2, 84, 84)
+    want = (tok.decode(torch.from_numpy(policy.last_predicted_tokens)) * 255).round().to(torch.uint8).numpy()
+    np.testing.assert_array_equal(frames, want)
+    assert len(np.unique(frames)) > 2  # a real decoded image, not a constant
+    # Without trees: root distributions still, no path and nothing to decode.
+    policy.return_tree = False
+    policy.act(obs2, games)
+    assert policy.last_root_probs.shape == (2, 18, 51)
+    assert policy.last_predicted_tokens is None and policy.decode_predicted_frames() is None

@@ -151,7 +151,7 @@ def _train_config(config: PretrainConfig, *, stage: int = 2) -> TrainConfig:
     )
 
 
-def _sampler(config: PretrainConfig, store: Path, algo: Any, rank: int, world: int):
+def _sampler(config: PretrainConfig, store: Path, algo: Any, rank: int, world: int, tokens: Path | None = None):
     from workbench.data.sampler import SequenceSampler, TransitionSampler
 
     batch = config.effective_batch_size
@@ -160,7 +160,8 @@ def _sampler(config: PretrainConfig, store: Path, algo: Any, rank: int, world: i
     per_rank = batch // world
     games = config.game_list
     if config.resolved_algo == "jowa":
-        return SequenceSampler(store, games, per_rank, seq_len=algo.seq_len, seed=config.seed, rank=rank, world_size=world)
+        return SequenceSampler(store, games, per_rank, seq_len=algo.seq_len, seed=config.seed, tokens=tokens,
+                               rank=rank, world_size=world)
     gpb = min(config.train_preset.games_per_batch, per_rank)
     while per_rank % gpb:
         gpb -= 1
@@ -178,6 +179,21 @@ def _batches(sampler):
     return from_step
 
 
+def _pretokenize(algo: Any, store: Path, run_dir: Path, config: PretrainConfig, rank: int, world: int,
+                 progress: bool) -> Path:
+    """Stage 2 freezes the tokenizer: encode the store once (rank 0) and train on the tokens."""
+    from workbench.data.tokens import tokenize_store
+
+    out = run_dir / "data" / "tokens"
+    if rank == 0:
+        tokenize_store(store, algo.model.tokenizer, out, device=resolve_device(config.device), progress=progress)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return out
+
+
 def pretrain(config: PretrainConfig, *, progress: bool = True) -> PretrainResult:
     """Record/build data, train, evaluate and draw figures for one pretraining run."""
     rank, world = init_distributed()
@@ -193,6 +209,7 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> PretrainResult
         store = Path(holder[0])
 
     jowa = config.resolved_algo == "jowa"
+    tokens = None
     algo = build_algo(config, games, stage=1 if jowa else 2)
     if jowa:
         # Stage 1 (tokenizer + world model) in its own run dir; stage 2 continues the same weights.
@@ -201,8 +218,9 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> PretrainResult
               find_unused_parameters=True)
         algo.set_stage(2)
         algo.update_target()  # the Q head starts stage 2 with its target equal to itself
+        tokens = _pretokenize(algo, store, run_dir, config, rank, world, progress)
     summary = train(
-        algo, _batches(_sampler(config, store, algo, rank, world)), _train_config(config), run_dir,
+        algo, _batches(_sampler(config, store, algo, rank, world, tokens)), _train_config(config), run_dir,
         run_config=config.to_dict(), resume=config.resume, progress=progress,
         find_unused_parameters=jowa,
     )

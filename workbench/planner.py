@@ -15,7 +15,9 @@ For every environment, starting from its current state s_0 (context + current fr
 
 Everything is batched: one forward call per token group (the action token, then each of the 36
 observation tokens) covers all environments x beams x children, and KV caches are gathered with
-one ``KVCache.index_select`` per depth. No frame is decoded to pixels. ``beam_search_sequential``
+one ``KVCache.index_select`` per depth. No frame is decoded to pixels: with ``return_tree`` the
+best path's imagined tokens are returned, and ``PlannerPolicy.decode_predicted_frames`` decodes
+them only when an inspector asks. ``beam_search_sequential``
 runs the same search one environment and one child at a time with a copied cache per child (the
 public implementation's way), as a reference for tests and the benchmark.
 """
@@ -32,7 +34,7 @@ from torch import Tensor
 from workbench.games import MAX_ACTIONS
 from workbench.losses import masked_argmax
 from workbench.models.gpt import KVCache
-from workbench.models.tokenizer import TOKENS_PER_FRAME, Tokenizer
+from workbench.models.tokenizer import FRAME_SIZE, TOKENS_PER_FRAME, Tokenizer
 from workbench.models.world_action import TOKENS_PER_STEP, WorldActionModel
 
 __all__ = [
@@ -76,6 +78,17 @@ class PlanResult:
     root_q: Tensor
     """(N, 18) expected Q at s_0 (invalid slots -inf)."""
     trees: list[SearchTree] | None = None
+    root_probs: Tensor | None = None
+    """(N, 18, atoms) C51 probabilities at s_0 (all 18 slots; invalid ones are not masked)."""
+    path_actions: Tensor | None = None
+    """(N, H) actions of the best path (the one whose first action is chosen), with
+    ``return_tree`` and a real search (H >= 1, K >= 2); -1 after the path's predicted end."""
+    path_tokens: Tensor | None = None
+    """(N, H, 36) the world model's greedily decoded next-frame tokens along the best path
+    (step d: the frame after ``path_actions[:, d]``), same condition as ``path_actions``."""
+    path_valid: Tensor | None = None
+    """(N, H) bool: step d of the best path is a real imagined transition (False on and after a
+    predicted termination, where the next frame is not a successor state)."""
 
 
 def max_context_steps(model: WorldActionModel, horizon: int) -> int:
@@ -204,11 +217,13 @@ def beam_search(
             f"{model.gpt.cfg.max_tokens}; use at most {max_context_steps(model, horizon)} context steps"
         )
     cache, h0 = _prefix(model, obs_tokens, game_id, ctx_tokens, ctx_actions, ctx_valid, capacity)
-    q0 = _masked_q(model, h0, valid_mask)  # (N, 18)
+    logp0 = model.q_head(h0)  # (N, 18, atoms) log-probabilities
+    q0 = model.q_values(logp0, valid_mask)  # (N, 18)
+    probs0 = logp0.float().exp()
     greedy = masked_argmax(q0, valid_mask)
     if horizon == 0 or k_max == 1:
         trees = _greedy_trees(q0, greedy) if return_tree else None
-        return PlanResult(greedy, q0, trees)
+        return PlanResult(greedy, q0, trees, probs0)
 
     # Beam state, (N, B) with B = 1 at the root.
     q_cur = q0[:, None]
@@ -217,19 +232,29 @@ def beam_search(
     beam_ok = torch.ones(N, 1, dtype=torch.bool, device=dev)
     first = torch.zeros(N, 1, dtype=torch.long, device=dev)
     log = [] if return_tree else None
+    # The path of each beam (only with return_tree): actions, imagined tokens, validity per depth.
+    p_act = torch.zeros(N, 1, 0, dtype=torch.long, device=dev)
+    p_tok = torch.zeros(N, 1, 0, TOKENS_PER_FRAME, dtype=torch.long, device=dev)
+    p_ok = torch.zeros(N, 1, 0, dtype=torch.bool, device=dev)
     for depth in range(horizon):
         B = q_cur.shape[1]
         acts, q_edge, ok = _expand(q_cur, alive, beam_ok, k_env, k_max)  # (N, B, k)
         rows = cache.index_select(torch.arange(N * B, device=dev).repeat_interleave(k_max))
         g_rows = game_id.repeat_interleave(B * k_max)
         vm_rows = valid_mask.repeat_interleave(B * k_max, dim=0)
-        reward, terminal, q_next = _imagine_step(model, rows, acts.flatten(), g_rows, vm_rows)
+        reward, terminal, q_next, tok = _imagine_step(model, rows, acts.flatten(), g_rows, vm_rows)
         reward, terminal = reward.view(N, B, k_max), terminal.view(N, B, k_max)
         q_next = q_next.view(N, B, k_max, MAX_ACTIONS)
         G_c, alive_c, score = _score_children(G[..., None], alive[..., None], reward, terminal, q_next, depth, gamma)
         score = score.masked_fill(~ok, float("-inf"))
         first_c = acts if depth == 0 else first[..., None].expand(N, B, k_max)
         flat = lambda x: x.reshape(N, B * k_max, *x.shape[3:])  # noqa: E731
+        if log is not None:  # extend every beam's path by its children's step
+            grow = lambda x: x[:, :, None].expand(N, B, k_max, *x.shape[2:])  # noqa: E731
+            live = alive[..., None].expand(N, B, k_max)
+            p_act_c = flat(torch.cat([grow(p_act), torch.where(live, acts, -1)[..., None]], -1))
+            p_tok_c = flat(torch.cat([grow(p_tok), tok.view(N, B, k_max, 1, TOKENS_PER_FRAME)], -2))
+            p_ok_c = flat(torch.cat([grow(p_ok), alive_c[..., None]], -1))
         keep_n = min(k_max, B * k_max)
         top_score, top_idx = flat(score).topk(keep_n, dim=-1)  # (N, keep)
         new_ok = torch.isfinite(top_score) & (torch.arange(keep_n, device=dev) < k_env[:, None])
@@ -245,12 +270,19 @@ def beam_search(
         if depth == horizon - 1:
             best = flat(score).argmax(-1)
             actions = flat(first_c).gather(1, best[:, None])[:, 0]
+            if log is not None:
+                pick = lambda x: x[torch.arange(N, device=dev), best]  # noqa: E731
+                p_act, p_tok, p_ok = pick(p_act_c), pick(p_tok_c), pick(p_ok_c)
             break
+        if log is not None:
+            path_take = lambda x: x.gather(1, top_idx.view(N, keep_n, *[1] * (x.dim() - 2)).expand(N, keep_n, *x.shape[2:]))  # noqa: E731
+            p_act, p_tok, p_ok = path_take(p_act_c), path_take(p_tok_c), path_take(p_ok_c)
         G, alive, first, beam_ok = take(G_c), take(alive_c), take(first_c), new_ok
         q_cur = flat(q_next).gather(1, top_idx[..., None].expand(N, keep_n, MAX_ACTIONS))
         cache = rows.index_select((torch.arange(N, device=dev)[:, None] * (B * k_max) + top_idx).flatten())
-    trees = _build_trees(q0, log, actions) if log is not None else None
-    return PlanResult(actions, q0, trees)
+    if log is None:
+        return PlanResult(actions, q0, None, probs0)
+    return PlanResult(actions, q0, _build_trees(q0, log, actions), probs0, p_act, p_tok, p_ok)
 
 
 def _greedy_trees(q0: Tensor, greedy: Tensor) -> list[SearchTree]:
@@ -373,6 +405,16 @@ class PlannerPolicy:
     ``return_tree`` is set. Environment i is row i of every ``act`` call; a call with a different
     number of environments starts every context afresh. ``context_steps`` defaults to the most
     that fit: ``max_steps - 1 - horizon`` (5 for H = 2).
+
+    What the last ``act`` saw and imagined (for inspectors; nothing here costs a forward pass):
+
+    - ``last_root_probs``: float32 numpy (N, 18, atoms), the C51 probabilities at each root
+      (the distributions ``root_q`` is the expectation of), on the atoms ``support`` (atoms,);
+    - with ``return_tree`` and a real search (H >= 1, K >= 2): ``last_trees``,
+      ``last_path_actions`` int64 (N, H) (-1 after a predicted end), ``last_predicted_tokens``
+      int64 (N, H, 36), the greedily decoded next-frame tokens along the chosen (best) path, and
+      ``last_predicted_valid`` bool (N, H); otherwise these are None. Frames are decoded only on
+      request, by :meth:`decode_predicted_frames`.
     """
 
     def __init__(
@@ -399,6 +441,10 @@ class PlannerPolicy:
             raise ValueError(f"beam_width must be >= 1, got {beam_width}")
         self.beam_width, self.horizon, self.gamma, self.return_tree = bw, horizon, gamma, return_tree
         self.last_trees: list[SearchTree] | None = None
+        self.last_root_probs: np.ndarray | None = None
+        self.last_path_actions: np.ndarray | None = None
+        self.last_predicted_tokens: np.ndarray | None = None
+        self.last_predicted_valid: np.ndarray | None = None
         self._ctx: tuple[Tensor, Tensor, Tensor] | None = None  # tokens (N,C,36), actions (N,C), valid (N,C)
 
     def reset(self, indices: Sequence[int] | np.ndarray | None = None) -> None:
@@ -458,9 +504,36 @@ class PlannerPolicy:
                     torch.cat([old_v[:, 1:], torch.ones(N, 1, dtype=torch.bool, device=device)], 1),
                 )
             self.last_trees = result.trees
+            self.last_root_probs = result.root_probs.float().cpu().numpy()
+            has_path = result.path_tokens is not None
+            self.last_path_actions = result.path_actions.cpu().numpy() if has_path else None
+            self.last_predicted_tokens = result.path_tokens.cpu().numpy() if has_path else None
+            self.last_predicted_valid = result.path_valid.cpu().numpy() if has_path else None
             return result.actions.cpu().numpy().astype(np.int64)
 
         return self._run(plan)
+
+    @property
+    def support(self) -> np.ndarray:
+        """float32 (atoms,): the C51 atom values of ``last_root_probs`` and ``q_distribution``."""
+        return self.model.support.float().cpu().numpy()
+
+    def decode_predicted_frames(self) -> np.ndarray | None:
+        """The last ``act``'s imagined frames along the chosen path, decoded by the tokenizer:
+        uint8 (N, H, 84, 84) (black where ``last_predicted_valid`` is False), or None when that
+        call recorded no path (``return_tree`` off, or H = 0 or K = 1)."""
+        if self.last_predicted_tokens is None:
+            return None
+        tokens, valid = self.last_predicted_tokens, self.last_predicted_valid
+
+        def decode(device: torch.device) -> np.ndarray:
+            out = np.zeros(tokens.shape[:2] + (FRAME_SIZE, FRAME_SIZE), np.uint8)
+            if valid.any():
+                frames = self.tokenizer.decode(torch.from_numpy(tokens[valid]).to(device)).float()
+                out[valid] = (frames * 255.0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+            return out
+
+        return self._run(decode)
 
     def q_distribution(self, obs: np.ndarray, game_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Return distributions at the current states given each env's context, without acting

@@ -10,13 +10,24 @@ Determinism: batch ``i`` is a pure function of ``(seed, rank, i)`` (its own
 ``np.random.SeedSequence``), so results do not depend on prefetch depth, thread timing or how
 many batches were consumed before a resume (``state_dict``/``load_state_dict``). Distributed
 training passes ``rank``/``world_size``: each rank draws from its own stream.
+
+Stores larger than RAM (``io_hints``): gathering frames through the memmap page-faults one page at
+a time (numpy's gather runs in one thread, and a fault blocks it), so the disk sees one request at
+a time. Before gathering batch ``i`` the sampler therefore tells the kernel every byte range the
+batch will read (``posix_fadvise(POSIX_FADV_WILLNEED)`` on the file: one page-aligned range per
+sample, the contiguous rows ``p-3 .. p+n_step`` of a transition or ``p .. p+L-1`` of a segment), so
+the reads are queued at once and served concurrently; a background thread does the same for the
+``hint_ahead`` following batches while batch ``i`` is assembled. Hints only warm the page cache:
+the bytes read, and so every batch, are unchanged.
 """
 
 from __future__ import annotations
 
+import mmap as mmap_mod
 import os
 import sys
 import threading
+import weakref
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +41,9 @@ from workbench.data.store import GameData, ReplayStore, StoreError
 
 STACK = dr.STACK_SIZE
 TOKENS_PER_FRAME = 36
+_WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)  # None where the OS has no posix_fadvise
+_PAGE = mmap_mod.PAGESIZE
+MAX_HINT_AHEAD = 16
 
 
 def _max_actions() -> int:
@@ -85,6 +99,114 @@ def assemble_transitions(
         "state": obs_out, "next_state": next_out, "action": _plain(gd.action)[rows].astype(np.int64),
         "reward": ret, "length": length, "terminal": is_term.astype(np.uint8),
     }
+
+
+def _file_region(a: Any) -> tuple[str, int] | None:
+    """(path, byte offset of row 0) when ``a`` is a C-contiguous memmap opened on a file (not a view)."""
+    if not isinstance(a, np.memmap) or getattr(a, "filename", None) is None or not isinstance(a.base, mmap_mod.mmap):
+        return None
+    if not a.flags.c_contiguous or a.ndim < 1:
+        return None
+    return str(a.filename), int(a.offset)
+
+
+_HINT_POOL: ThreadPoolExecutor | None = None
+_HINT_POOL_LOCK = threading.Lock()
+
+
+def _hint_pool() -> ThreadPoolExecutor:
+    """One background thread per process issues the look-ahead hints of every sampler."""
+    global _HINT_POOL
+    with _HINT_POOL_LOCK:
+        if _HINT_POOL is None:
+            _HINT_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sampler-hints")
+        return _HINT_POOL
+
+
+def _close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+class _ReadHints:
+    """Asks the kernel to start reading row ranges of memory-mapped arrays (one array per game).
+
+    Each array that is a memmap of a file gets its own read-only descriptor, on which
+    ``posix_fadvise(WILLNEED)`` queues asynchronous reads of whole pages (it releases the GIL and
+    does not wait for the data). Arrays in memory, or an OS without ``posix_fadvise``, get no hints.
+    Advisory only: any ``OSError`` turns hints off for good, it never fails a batch.
+    """
+
+    def __init__(self, arrays: Sequence[Any]) -> None:
+        self._fd: list[int | None] = []
+        self._off: list[int] = []
+        self._row_bytes: list[int] = []
+        self._rows: list[int] = []
+        fds: list[int] = []
+        for a in arrays:
+            region = _file_region(a) if _WILLNEED is not None else None
+            fd = None
+            if region is not None:
+                try:
+                    fd = os.open(region[0], os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                    fds.append(fd)
+                except OSError:
+                    fd = None
+            self._fd.append(fd)
+            self._off.append(region[1] if region else 0)
+            self._row_bytes.append(int(a.strides[0]) if region else 0)
+            self._rows.append(int(a.shape[0]) if region else 0)
+        self.active = bool(fds)
+        self._claimed: set[int] = set()
+        self._order: deque[int] = deque()
+        self._lock = threading.Lock()
+        self.ranges_issued = 0  # number of posix_fadvise calls (for tests and benchmarks)
+        self._finalizer = weakref.finalize(self, _close_fds, fds)
+
+    def claim(self, batch_index: int) -> bool:
+        """True the first time a batch index is claimed (its hints are then issued by the caller)."""
+        with self._lock:
+            if batch_index in self._claimed:
+                return False
+            self._claimed.add(batch_index)
+            self._order.append(batch_index)
+            while len(self._order) > 4 * MAX_HINT_AHEAD + 64:
+                self._claimed.discard(self._order.popleft())
+            return True
+
+    def issue(self, spans: Sequence[tuple[int, np.ndarray, np.ndarray]]) -> None:
+        """Hint rows ``[lo[k], hi[k])`` of array ``g`` for every ``(g, lo, hi)`` in ``spans``."""
+        for g, lo, hi in spans:
+            fd = self._fd[g]
+            if fd is None or not self.active or not len(lo):
+                continue
+            rb, off, n = self._row_bytes[g], self._off[g], self._rows[g]
+            lo = np.clip(np.asarray(lo, dtype=np.int64), 0, n)
+            hi = np.clip(np.asarray(hi, dtype=np.int64), 0, n)
+            b0 = (off + lo * rb) // _PAGE * _PAGE
+            b1 = off + hi * rb
+            order = np.argsort(b0, kind="stable")
+            b0, b1 = b0[order], b1[order]
+            # merge overlapping or touching ranges: one request each
+            reach = np.maximum.accumulate(b1)
+            new = np.ones(len(b0), dtype=bool)
+            new[1:] = b0[1:] > reach[:-1]
+            first = np.flatnonzero(new)
+            ends = reach[np.r_[first[1:] - 1, len(b0) - 1]]
+            try:
+                for s, e in zip(b0[first].tolist(), ends.tolist()):
+                    if e > s:
+                        os.posix_fadvise(fd, s, e - s, _WILLNEED)  # type: ignore[arg-type]
+            except OSError:
+                self.active = False
+                return
+            self.ranges_issued += len(first)
+
+    def issue_later(self, spans: Sequence[tuple[int, np.ndarray, np.ndarray]]) -> None:
+        _hint_pool().submit(self.issue, spans)
 
 
 class _Prefetcher:
@@ -144,7 +266,7 @@ class _BaseSampler:
     def __init__(
         self, store: ReplayStore | str | os.PathLike, games: Sequence[str] | None, batch_size: int, seed: int,
         stratified: bool, games_per_batch: int | None, rank: int, world_size: int, prefetch: int, workers: int,
-        pin_memory: bool | None,
+        pin_memory: bool | None, io_hints: bool = True, hint_ahead: int = 1,
     ) -> None:
         self.store = store if isinstance(store, ReplayStore) else ReplayStore(store)
         if games is None:
@@ -185,6 +307,37 @@ class _BaseSampler:
         self._batch_index = 0
         self._prefetcher: _Prefetcher | None = None
         self._pool = _BufferPool(cap=2 * (self.prefetch + self.workers) + 8)
+        if not isinstance(io_hints, (bool, np.bool_)):
+            raise StoreError(f"io_hints must be True or False, got {io_hints!r}")
+        if isinstance(hint_ahead, bool) or not isinstance(hint_ahead, (int, np.integer)) or not 0 <= hint_ahead <= MAX_HINT_AHEAD:
+            raise StoreError(f"hint_ahead must be an int in [0, {MAX_HINT_AHEAD}] (batches hinted ahead of the one being assembled), got {hint_ahead!r}")
+        self.io_hints, self.hint_ahead = bool(io_hints), int(hint_ahead)
+        self._hints: _ReadHints | None = None  # set by the subclass once it knows which arrays it gathers
+
+    # ---- read-ahead hints (stores larger than RAM)
+    def _init_hints(self, arrays: Sequence[Any]) -> None:
+        hints = _ReadHints(arrays) if self.io_hints else None
+        self._hints = hints if hints is not None and hints.active else None
+
+    def _hint_spans(self, batch_index: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """(game index, first rows, end rows) the batch will gather from its hinted arrays."""
+        raise NotImplementedError
+
+    def _hint(self, batch_index: int, spans: list[tuple[int, np.ndarray, np.ndarray]] | None = None) -> None:
+        """Queue the reads of batch ``batch_index`` now and those of the next ``hint_ahead`` in the background."""
+        h = self._hints
+        if h is None:
+            return
+        if h.claim(batch_index):
+            h.issue(spans if spans is not None else self._hint_spans(batch_index))
+        for k in range(1, self.hint_ahead + 1):
+            if h.claim(batch_index + k):
+                h.issue_later(self._hint_spans(batch_index + k))
+
+    @property
+    def hint_ranges_issued(self) -> int:
+        """How many byte ranges were hinted so far (0 when hints are off or not applicable)."""
+        return 0 if self._hints is None else self._hints.ranges_issued
 
     # ---- draws
     def _rng(self, batch_index: int) -> np.random.Generator:
@@ -254,21 +407,36 @@ class TransitionSampler(_BaseSampler):
     uniformly with replacement, then B/G transitions uniformly from each drawn game.
     ``stratified=False``: uniform over all transitions of the chosen games (proportional).
     ``n_step`` must not exceed the store's (its starts guarantee that many rows after each start).
+    ``io_hints`` (default True): before gathering, queue the reads of each sample's rows
+    ``p-3 .. p+n_step`` with ``posix_fadvise(WILLNEED)``, and those of the next ``hint_ahead``
+    batches from a background thread -- many reads in flight instead of one page fault at a time
+    on stores larger than RAM (module docstring). Batches are bit-identical either way.
     """
 
     def __init__(
         self, store: ReplayStore | str | os.PathLike, games: Sequence[str] | None = None, batch_size: int = 512,
         n_step: int = 3, gamma: float = 0.99, stratified: bool = True, games_per_batch: int | None = None,
         seed: int = 0, *, rank: int = 0, world_size: int = 1, prefetch: int = 3, workers: int = 2,
-        pin_memory: bool | None = None,
+        pin_memory: bool | None = None, io_hints: bool = True, hint_ahead: int = 1,
     ) -> None:
-        super().__init__(store, games, batch_size, seed, stratified, games_per_batch, rank, world_size, prefetch, workers, pin_memory)
+        super().__init__(store, games, batch_size, seed, stratified, games_per_batch, rank, world_size, prefetch, workers, pin_memory,
+                         io_hints, hint_ahead)
         if not isinstance(n_step, int) or not 1 <= n_step <= self.store.n_step:
             raise StoreError(f"n_step must be an int in [1, {self.store.n_step}] (the store was built for n_step={self.store.n_step}), got {n_step!r}")
         if not 0.0 <= gamma <= 1.0:
             raise StoreError(f"gamma must be in [0, 1], got {gamma!r}")
         self.n_step, self.gamma = n_step, float(gamma)
         self._discount_n = np.float32(dr.discount_vector(self.gamma, n_step + 1)[n_step])
+        self._init_hints([d.frames for d in self._data])
+
+    def _spans_of(self, gid: np.ndarray, rows: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        # state stack, n-step window and next stack: rows p-3 .. p+n_step, contiguous
+        bounds = np.flatnonzero(np.diff(gid)) + 1
+        return [(int(gid[lo]), rows[lo:hi] - (STACK - 1), rows[lo:hi] + self.n_step + 1)
+                for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(gid)])]
+
+    def _hint_spans(self, batch_index: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        return self._spans_of(*self.draw_rows(batch_index))
 
     def draw_rows(self, batch_index: int) -> tuple[np.ndarray, np.ndarray]:
         """(game ids, store rows) of batch ``batch_index`` -- what :meth:`sample` assembles."""
@@ -281,6 +449,8 @@ class TransitionSampler(_BaseSampler):
 
     def sample(self, batch_index: int) -> dict[str, torch.Tensor]:
         gid, rows = self.draw_rows(batch_index)
+        if self._hints is not None:
+            self._hint(batch_index, self._spans_of(gid, rows))
         B = self.batch_size
         obs = self._empty((B, STACK, 84, 84), torch.uint8)
         nxt = self._empty((B, STACK, 84, 84), torch.uint8)
@@ -313,7 +483,7 @@ def _open_tokens(store: ReplayStore, games: Sequence[str], tokens: Any) -> list[
             if g not in tokens:
                 raise StoreError(f"tokens mapping lacks game {g!r}; it has {sorted(tokens)}")
             t = tokens[g]
-            t = np.load(t, mmap_mode="r") if isinstance(t, (str, os.PathLike)) else np.asarray(t)
+            t = np.load(t, mmap_mode="r") if isinstance(t, (str, os.PathLike)) else t if isinstance(t, np.memmap) else np.asarray(t)
         else:
             base = store.path if tokens is True else Path(tokens)
             cands = [base / g / "tokens.npy", base / f"{g}.npy"]
@@ -324,7 +494,7 @@ def _open_tokens(store: ReplayStore, games: Sequence[str], tokens: Any) -> list[
         rows = store.rows(g)
         if t.dtype != np.uint16 or t.shape != (rows, TOKENS_PER_FRAME):
             raise StoreError(f"tokens of {g} must be uint16 ({rows}, {TOKENS_PER_FRAME}) (one row per store frame), got {t.dtype} {t.shape}")
-        out.append(_plain(t))
+        out.append(t)  # memmaps stay memmaps here: read-ahead hints need their file
     return out
 
 
@@ -337,23 +507,42 @@ class SequenceSampler(_BaseSampler):
     ``tokens``: ``True`` (``{store}/{Game}/tokens.npy``), a directory holding ``{Game}/tokens.npy``
     or ``{Game}.npy``, or a mapping game -> array/path; each uint16 (rows, 36). With tokens the
     batch carries ``tokens`` (B, L, 36) instead of ``obs``.
+    ``io_hints``/``hint_ahead``: as for :class:`TransitionSampler`, on the rows ``p .. p+L-1`` (clipped
+    at the segment's end) of whichever array is gathered (frames or a token memmap).
     """
 
     def __init__(
         self, store: ReplayStore | str | os.PathLike, games: Sequence[str] | None = None, batch_size: int = 32,
         seq_len: int = 8, seed: int = 0, *, stratified: bool = False, games_per_batch: int | None = None,
         tokens: Any = None, rank: int = 0, world_size: int = 1, prefetch: int = 3, workers: int = 2,
-        pin_memory: bool | None = None,
+        pin_memory: bool | None = None, io_hints: bool = True, hint_ahead: int = 1,
     ) -> None:
-        super().__init__(store, games, batch_size, seed, stratified, games_per_batch, rank, world_size, prefetch, workers, pin_memory)
+        super().__init__(store, games, batch_size, seed, stratified, games_per_batch, rank, world_size, prefetch, workers, pin_memory,
+                         io_hints, hint_ahead)
         if not isinstance(seq_len, int) or seq_len < 1:
             raise StoreError(f"seq_len must be an int >= 1, got {seq_len!r}")
         self.seq_len = seq_len
         self._seg_end = [_plain(d.start_seg_end) for d in self._data]
-        self._tokens = _open_tokens(self.store, self.games, tokens)
+        opened = _open_tokens(self.store, self.games, tokens)
+        self._tokens = None if opened is None else [_plain(t) for t in opened]
+        self._init_hints(opened if opened is not None else [d.frames for d in self._data])
+
+    def _spans_of(self, gid: np.ndarray, local: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        bounds = np.flatnonzero(np.diff(gid)) + 1
+        out = []
+        for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(gid)]):
+            g = int(gid[lo])
+            p = self._starts[g][local[lo:hi]]
+            out.append((g, p, np.minimum(p + self.seq_len, self._seg_end[g][local[lo:hi]])))
+        return out
+
+    def _hint_spans(self, batch_index: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        return self._spans_of(*self._draw(self._rng(batch_index)))
 
     def sample(self, batch_index: int) -> dict[str, torch.Tensor]:
         gid, local = self._draw(self._rng(batch_index))
+        if self._hints is not None:
+            self._hint(batch_index, self._spans_of(gid, local))
         B, L = self.batch_size, self.seq_len
         steps = np.arange(L)
         use_tokens = self._tokens is not None

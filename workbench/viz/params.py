@@ -46,6 +46,10 @@ class ExplorerParams:
     """Agent steps to play (the rollout keeps every frame in memory)."""
     epsilon: float = 0.001
     """Evaluation epsilon (papers: 0.001)."""
+    planning_horizon: int = 2
+    """JOWA checkpoints: beam-search horizon H (0 = greedy in Q, no tree)."""
+    beam_width: int = 2
+    """JOWA checkpoints: beam width K (1 = greedy in Q, no tree)."""
     video: bool = True
     """Render the rollout to an mp4 with score/action/Q overlay and show it inline."""
     out_dir: str = "runs/explore"
@@ -59,6 +63,10 @@ class ExplorerParams:
             raise ValueError("source='rollout' needs rollout_path=<saved rollout dir>")
         if self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.planning_horizon < 0:
+            raise ValueError(f"planning_horizon must be >= 0, got {self.planning_horizon}")
+        if not 1 <= self.beam_width <= 18:
+            raise ValueError(f"beam_width must be in [1, 18], got {self.beam_width}")
         if not 0.0 <= self.epsilon <= 1.0:
             raise ValueError(f"epsilon must be in [0, 1], got {self.epsilon}")
         from workbench import games

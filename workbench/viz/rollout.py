@@ -157,7 +157,9 @@ class Rollout:
             "game": self.game, "steps": len(self), "score": float(self.rewards.sum()),
             "q_distributions": self.has_distributions, "q_values": self.has_q,
             "search_trees": self.has_planner, "predicted_frames": self.predicted_frames is not None,
-            **{k: v for k, v in self.meta.items() if k in ("checkpoint", "seed", "episode_end", "synthetic")},
+            **{k: v for k, v in self.meta.items()
+               if k in ("checkpoint", "algo", "model", "seed", "episode_end", "synthetic", "planning_horizon",
+                        "beam_width")},
         }
 
     def display_frame(self, t: int) -> np.ndarray:
@@ -224,23 +226,33 @@ def inspect_policy_step(policy: Any, obs: np.ndarray, game_id: int, num_actions:
     """Ask a policy for its action and whatever it exposes about it, for one state ``(1,4,84,84)``.
 
     Optional hooks (duck-typed; a policy without them still plays, its rollout just has no Q):
-    ``q_distribution(obs, game_ids) -> (probs (N, 18, atoms), support (atoms,))``,
-    ``q_values(obs, game_ids) -> (N, 18)``, and after ``act`` the attributes
-    ``last_trees`` (list of ``SearchTree``) and ``last_predicted_frames`` ((N, K, 84, 84) uint8).
+
+    - before ``act``: ``q_distribution(obs, game_ids) -> (probs (N, 18, atoms), support (atoms,))``
+      or ``q_values(obs, game_ids) -> (N, 18)``;
+    - after ``act`` (what the decision itself computed, no extra forward; the JOWA planner's
+      ``PlannerPolicy``): ``last_root_probs`` ((N, 18, atoms)) with ``support`` (atoms,) (when a
+      policy has ``last_root_probs`` its ``q_distribution`` is not called), ``last_trees`` (list
+      of ``SearchTree``), and predicted frames ``decode_predicted_frames() -> (N, K, 84, 84)``
+      uint8 (or None), else the attribute ``last_predicted_frames``.
     """
     game_ids = np.asarray([game_id], dtype=np.int64)
     insight = StepInsight(greedy_action=-1)
-    if getattr(policy, "q_distribution", None) is not None:
+    after_act = hasattr(policy, "last_root_probs")
+    if not after_act and getattr(policy, "q_distribution", None) is not None:
         probs, support = policy.q_distribution(obs, game_ids)
         insight.q_probs = _np(probs)[0, :num_actions]
         insight.support = _np(support).reshape(-1)
-    elif getattr(policy, "q_values", None) is not None:
+    elif not after_act and getattr(policy, "q_values", None) is not None:
         insight.q_values = _np(policy.q_values(obs, game_ids))[0, :num_actions]
     insight.greedy_action = int(_np(policy.act(obs, game_ids))[0])
+    if after_act and policy.last_root_probs is not None:
+        insight.q_probs = _np(policy.last_root_probs)[0, :num_actions]
+        insight.support = _np(policy.support).reshape(-1)
     trees = getattr(policy, "last_trees", None)
     if trees:
         insight.tree = tree_to_dict(trees[0])
-    pred = getattr(policy, "last_predicted_frames", None)
+    decode = getattr(policy, "decode_predicted_frames", None)
+    pred = decode() if callable(decode) else getattr(policy, "last_predicted_frames", None)
     if pred is not None:
         insight.predicted_frames = _np(pred)[0].astype(np.uint8)
     return insight
@@ -262,6 +274,8 @@ def play_rollout(
     game_id: int | None = None,
     render_rgb: bool = True,
     progress: bool = True,
+    planning_horizon: int = 2,
+    beam_width: int = 2,
 ) -> Rollout:
     """Play one eval-protocol episode (at most ``max_steps`` agent steps) and record a Rollout.
 
@@ -272,6 +286,7 @@ def play_rollout(
     ``workbench.evaluate``, the env is reset with ``seed`` and the epsilon stream is
     ``default_rng(seed)`` through its ``epsilon_greedy``: with
     ``seed=evaluate.episode_seed(eval_seed, game, k)`` this replays the evaluator's episode k.
+    ``planning_horizon`` and ``beam_width`` set a JOWA checkpoint's planner (H, K).
     """
     from tqdm.auto import tqdm
 
@@ -281,7 +296,7 @@ def play_rollout(
     game = games.canonical_game(game)
     meta: dict[str, Any] = {"seed": int(seed), "epsilon": float(epsilon), "max_steps": int(max_steps)}
     if isinstance(source, (str, os.PathLike)):
-        policy, info = load_policy(source, game)
+        policy, info = load_policy(source, game, planning_horizon=planning_horizon, beam_width=beam_width)
         meta.update(info)
         if game_id is None:
             game_id = int(info.get("game_id", 0))
@@ -420,13 +435,14 @@ def load_policy(
     if canon not in trained:
         raise ValueError(f"{canon} was not trained by {ckpt}; its games are {', '.join(trained)}")
     policy = algo_policy(algo, planning_horizon=planning_horizon, beam_width=beam_width)
-    if hasattr(policy, "return_tree"):  # JOWA's planner: keep the trees for the inspector
-        policy.return_tree = True
-    else:
-        policy = QNetInspector(algo, policy)
     info = {"checkpoint": str(ckpt), "game_id": trained.index(canon),
             "algo": (run_config.get("resolved") or {}).get("algo", run_config.get("algo")),
             "model": run_config.get("model")}
+    if hasattr(policy, "return_tree"):  # JOWA's planner: keep trees and the imagined path
+        policy.return_tree = True
+        info.update(planning_horizon=int(planning_horizon), beam_width=int(beam_width))
+    else:
+        policy = QNetInspector(algo, policy)
     return policy, info
 
 
@@ -439,7 +455,8 @@ def rollout_from_params(params: Any, *, save: bool = True, progress: bool = True
         rollout = synthetic_rollout(min(params.max_steps, 200), game=params.game, seed=params.seed)
     elif params.source == "checkpoint":
         rollout = play_rollout(params.checkpoint, params.game, seed=params.seed,
-                               max_steps=params.max_steps, epsilon=params.epsilon, progress=progress)
+                               max_steps=params.max_steps, epsilon=params.epsilon, progress=progress,
+                               planning_horizon=params.planning_horizon, beam_width=params.beam_width)
     else:
         raise ValueError(f"unknown source {params.source!r}: valid are 'checkpoint', 'rollout', 'synthetic'")
     if save:
