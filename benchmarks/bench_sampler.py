@@ -79,7 +79,7 @@ def make_bench_store(path: Path, games: list[str], rows: int, seed: int = 0) -> 
                                "capacity": rows, "add_count": rows, "fresh_rows": rows, "source_files_sha256": {}}]}
     manifest = {"format_version": st.FORMAT_VERSION, "games": games, "runs": ["1"], "seed": seed, "n_step": 3,
                 "stack_size": 4, "context_after": 7, "split": {"name": "bench"}, "games_info": info, "source_root": "synthetic"}
-    st._atomic_write_json(path / "manifest.json", manifest)
+    st.atomic_write_json(path / "manifest.json", manifest)
     return st.ReplayStore(path)
 
 

@@ -194,3 +194,51 @@ def test_sequence_tokens_rows(synth) -> None:
     assert (d[m[:, 1:]] == 1).all()
     with pytest.raises(st.StoreError, match="uint16"):
         SequenceSampler(s, tokens={g: np.zeros((3, 36), np.uint16) for g in s.games})
+
+
+def _same(x: dict, y: dict) -> bool:
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_io_hints_do_not_change_batches(synth, tmp_path: Path) -> None:
+    _, s = synth
+    kw = dict(batch_size=64, seed=5, pin_memory=False)
+    on = TransitionSampler(s, io_hints=True, hint_ahead=2, **kw)
+    off = TransitionSampler(s, io_hints=False, **kw)
+    assert on.hint_ranges_issued == 0 and off.hint_ranges_issued == 0
+    for i in (0, 1, 7, 3):  # out of order too: the look-ahead hints must not matter
+        assert _same(on.sample(i), off.sample(i))
+    assert on.hint_ranges_issued > 0 and off.hint_ranges_issued == 0  # hints were really issued
+    # through the prefetching iterator, against synchronous batches without hints
+    it = iter(TransitionSampler(s, io_hints=True, prefetch=4, workers=2, **kw))
+    for i in range(6):
+        assert _same(next(it), off.sample(i))
+    it.close()
+    # sequences: frames, and tokens from a memmapped file (hinted too)
+    tok_dir = tmp_path / "tok"
+    for g in s.games:
+        (tok_dir / g).mkdir(parents=True)
+        np.save(tok_dir / g / "tokens.npy", (np.arange(s.rows(g) * 36) % 65521).astype(np.uint16).reshape(-1, 36))
+    for tokens in (None, tok_dir):
+        skw = dict(batch_size=24, seq_len=8, seed=4, tokens=tokens, pin_memory=False)
+        q_on, q_off = SequenceSampler(s, io_hints=True, **skw), SequenceSampler(s, io_hints=False, **skw)
+        for i in range(3):
+            assert _same(q_on.sample(i), q_off.sample(i))
+        assert q_on.hint_ranges_issued > 0
+    # arrays in memory: nothing to hint, still the same batches
+    mem = {g: np.load(tok_dir / g / "tokens.npy") for g in s.games}
+    q_mem = SequenceSampler(s, batch_size=24, seq_len=8, seed=4, tokens=mem, pin_memory=False)
+    assert _same(q_mem.sample(0), SequenceSampler(s, batch_size=24, seq_len=8, seed=4, tokens=tok_dir, io_hints=False, pin_memory=False).sample(0))
+    assert q_mem.hint_ranges_issued == 0
+
+
+def test_io_hint_options_validated(synth) -> None:
+    _, s = synth
+    with pytest.raises(st.StoreError, match="io_hints must be True or False"):
+        TransitionSampler(s, io_hints="yes")
+    with pytest.raises(st.StoreError, match="io_hints must be True or False"):
+        SequenceSampler(s, io_hints=1)
+    for bad in (-1, 17, 1.5, True, "1"):
+        with pytest.raises(st.StoreError, match=r"hint_ahead must be an int in \[0, 16\]"):
+            TransitionSampler(s, hint_ahead=bad)
+    assert TransitionSampler(s, hint_ahead=0, pin_memory=False).sample(0)["obs"].shape == (512, 4, 84, 84)
