@@ -309,7 +309,8 @@ def run_figures(run_dir: Path, scores: dict[str, Any]) -> dict[str, Any]:
     metric_names = sorted(k for k in keys if k.startswith("loss/") and k != "loss/total") or ["loss"]
     metric_names += [k for k in ("q/data_mean", "dist/edge_mass", "grad_norm", "samples_per_s") if k in keys]
     figures = {
-        "learning_curve": make_learning_curve_figure({run_dir.name: records}, metric_names, title="Training"),
+        "learning_curve": make_learning_curve_figure({run_dir.name: records}, metric_names, title="Training")
+        .update_layout(height=180 * len(metric_names) + 120),
         "scores": make_scores_figure(scores),
     }
     for name, fig in figures.items():
