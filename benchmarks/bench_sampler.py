@@ -5,22 +5,30 @@ a cache directory):
 
 * ``sampler``: :class:`TransitionSampler` assembling batches of 512 (stratified 128 x 4, stacked
   4 frames, 3-step returns, next stacks, masks) -- synchronously (``sample(i)``) and through the
-  background prefetch iterator;
+  background prefetch iterator; with read-ahead hints (the default) and, as ``*_no_hints``, with
+  ``io_hints=False`` (the behaviour before hints existed);
 * ``(a) raw_gather``: the same number of bytes (8 frames per transition: state + next state)
   gathered with one numpy fancy index per game (``frames[idx]``) on the same memmaps, rows drawn
-  the same way -- the floor for any sampler built on these files;
+  the same way -- what gathering costs without any help for the disk;
 * ``(b) per_sample_reader``: a reader that, for every sample, opens the game's uncompressed
   ``frames.npy`` source file (``np.load(mmap_mode="r")``, i.e. open + header parse + mmap), plus
   the reward/terminal files, and reads that sample's 4-frame stack, 3-step window and next stack --
-  what readers that reopen an HDF5/npy file per sample do.
+  what readers that reopen an HDF5/npy file per sample do;
+* ``(b2) per_sample_source_reader``: for every sample, opens the *DQN-Replay checkpoint* files as
+  DQN-Replay ships them (gzipped npy; a synthetic 1M-row checkpoint written once next to the cache)
+  and decompresses the observation file up to the sample's last frame. Very slow: only
+  ``--source-samples`` samples are timed.
 
 Each method uses its own fresh rows (disjoint batch indices) so none profits from pages another
-just touched. ``--build-rss`` additionally writes a synthetic 1M-row checkpoint in the real
+just touched. Page cache (``--page-cache``): ``cold`` drops it before every measurement (root
+only; the JSON says whether it worked), ``warm`` reads the store once first; ``auto`` picks cold
+when the store's frames exceed half of RAM (the regime of real DQN-Replay stores), else warm.
+``--build-rss`` additionally writes a synthetic 1M-row checkpoint in the real
 DQN-Replay format and converts it with ``build_store`` in a child process, reporting the child's
 peak RSS (``VmHWM`` from ``/proc/self/status``, read by the child at the end of the build).
 
 Usage: ``python benchmarks/bench_sampler.py [--cache DIR] [--games 5] [--rows 1000000]
-[--batches 30] [--build-rss] [--cleanup]``
+[--batches 30] [--reps 2] [--page-cache auto] [--source-samples 3] [--build-rss] [--cleanup]``
 """
 
 from __future__ import annotations
@@ -125,84 +133,217 @@ def build_rss(tmp: Path, rows: int = 1_000_000) -> dict:
     }
 
 
+def _store_bytes(path: Path, games: list[str]) -> int:
+    return sum((path / g / "frames.npy").stat().st_size for g in games)
+
+
+def _mem_kb(key: str) -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def drop_page_cache() -> bool:
+    """Drop the kernel's clean page cache (needs root and a writable /proc/sys/vm/drop_caches)."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def warm_page_cache(path: Path, games: list[str]) -> None:
+    """Read every frames file once so the store sits in the page cache (when it fits)."""
+    buf = bytearray(1 << 24)
+    for g in games:
+        with open(path / g / "frames.npy", "rb", buffering=0) as f:
+            while f.readinto(buf):
+                pass
+
+
+def _read_ahead_kb(path: Path) -> int | None:
+    """The block device's read_ahead_kb under ``path`` (what a fresh, unadvised mmap reads around a fault)."""
+    try:
+        dev = os.stat(path).st_dev
+        sysdir = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
+        for q in (sysdir / "queue", sysdir.resolve().parent / "queue"):
+            if (q / "read_ahead_kb").exists():
+                return int((q / "read_ahead_kb").read_text())
+    except OSError:
+        pass
+    return None
+
+
+def per_sample_source_reader(replay_logs: Path, checkpoint: int, index: int, n_step: int = 3, gamma: float = 0.99) -> tuple:
+    """(b2): open the DQN-Replay checkpoint's own files (gzipped npy, as DQN-Replay ships them) for
+    one sample: load the small arrays, then decompress the observation file from its start until the
+    sample's last frame (a gzip stream cannot seek; stops early, so on average half the file)."""
+    meta = dr.load_checkpoint_meta(replay_logs, checkpoint)
+    n = meta.capacity
+    win = (index + np.arange(n_step)) % n
+    ret, length, is_term = dr.nstep_targets(meta.reward[win][None], meta.terminal[win][None], gamma)
+    offs = np.arange(-3, 1)
+    rows = np.concatenate([(index + offs) % n, (index + int(length[0]) + offs) % n])
+    need, last = set(rows.tolist()), int(rows.max())
+    got: dict[int, np.ndarray] = {}
+    with dr.stream_observations(replay_logs, checkpoint) as s:
+        for start, arr in s.chunks():
+            for r in need:
+                if start <= r < start + len(arr):
+                    got[r] = arr[r - start].copy()
+            if start + len(arr) > last:
+                break
+    frames = np.stack([got[int(r)] for r in rows])
+    return frames[:4], frames[4:], ret[0], is_term[0]
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--cache", default=os.path.expanduser("~/.cache/workbench/bench_store"))
     p.add_argument("--games", type=int, default=5)
     p.add_argument("--rows", type=int, default=1_000_000)
-    p.add_argument("--batches", type=int, default=30)
+    p.add_argument("--batches", type=int, default=30, help="batches per method and repetition")
+    p.add_argument("--reps", type=int, default=2, help="repetitions, methods interleaved within each")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--per-sample", type=int, default=2048, help="samples timed for (b)")
+    p.add_argument("--source-samples", type=int, default=3, help="samples timed for (b2) (0: skip; each decompresses ~half a checkpoint)")
+    p.add_argument("--page-cache", choices=["auto", "cold", "warm", "asis"], default="auto",
+                   help="cold: drop the page cache before every measurement; warm: read the store once first; "
+                        "auto: cold when the store's frames exceed half of RAM, else warm")
     p.add_argument("--build-rss", action="store_true")
     p.add_argument("--rss-rows", type=int, default=1_000_000, help="rows of the checkpoint converted for --build-rss")
-    p.add_argument("--cleanup", action="store_true", help="delete the cached store afterwards")
+    p.add_argument("--cleanup", action="store_true", help="delete the cached store (and (b2)'s source checkpoint) afterwards")
     a = p.parse_args()
     from workbench.data.sampler import TransitionSampler
 
     games = GAMES[: a.games]
+    cache = Path(a.cache)
     t0 = time.perf_counter()
-    s = make_bench_store(Path(a.cache), games, a.rows)
+    s = make_bench_store(cache, games, a.rows)
     t_store = time.perf_counter() - t0
     B, K = a.batch_size, a.batches
-    ts = TransitionSampler(s, batch_size=B, n_step=3, gamma=0.99, seed=0, pin_memory=False)
-    frames = {g: s.game(g).frames.view(np.ndarray) for g in ts.games}
+    mode = a.page_cache
+    store_bytes = _store_bytes(cache, games)
+    if mode == "auto":
+        mode = "cold" if store_bytes > _mem_kb("MemTotal") * 1024 // 2 else "warm"
+    new = TransitionSampler(s, batch_size=B, n_step=3, gamma=0.99, seed=0, pin_memory=False)
+    old = TransitionSampler(s, batch_size=B, n_step=3, gamma=0.99, seed=0, pin_memory=False, io_hints=False)
+    frames = {g: s.game(g).frames.view(np.ndarray) for g in new.games}
     offs = np.arange(-3, 1)
 
     def raw_gather(i: int) -> None:
-        gid, rows = ts.draw_rows(i)
+        gid, rows = new.draw_rows(i)
         for g in np.unique(gid):
             r = rows[gid == g]
             idx = np.concatenate([r[:, None] + offs, (r + 3)[:, None] + offs], axis=1).ravel()
-            frames[ts.games[g]][idx]  # one fancy index: the same 8 frames per transition
+            frames[new.games[g]][idx]  # one fancy index: the same 8 frames per transition
 
-    res: dict = {"store": {"games": len(games), "rows_per_game": a.rows, "path": a.cache, "prepare_s": round(t_store, 1)},
-                 "batch_size": B, "stratified": "128 x 4", "n_step": 3, "cpu_count": os.cpu_count()}
-    ts.sample(10_000)  # warm code paths (not data)
-    # alternate (a) and the sampler over disjoint batch indices so neither reuses the other's pages
-    t_s = t_a = 0.0
-    for rep in range(2):
-        base = 1000 * rep
-        t = time.perf_counter()
+    res: dict = {"store": {"games": len(games), "rows_per_game": a.rows, "frames_gb": round(store_bytes / 1e9, 1),
+                           "ram_gb": round(_mem_kb("MemTotal") / 1e6, 1), "path": a.cache, "prepare_s": round(t_store, 1)},
+                 "batch_size": B, "stratified": "128 x 4", "n_step": 3, "cpu_count": os.cpu_count(),
+                 "torch_threads": __import__("torch").get_num_threads(), "page_cache": mode,
+                 "read_ahead_kb": _read_ahead_kb(cache / games[0] / "frames.npy")}
+    for ts in (new, old):
+        ts.sample(10_000_000)  # warm code paths (not data)
+    if mode == "warm":
+        warm_page_cache(cache, games)
+        res["store_fits_in_page_cache"] = store_bytes < _mem_kb("MemAvailable") * 1024
+
+    dropped: list[bool] = []
+
+    def prepare() -> None:
+        if mode == "cold":
+            dropped.append(drop_page_cache())
+
+    def sync(ts):
+        def run(base: int) -> int:
+            for i in range(K):
+                ts.sample(base + i)
+            return K * B
+        return run
+
+    def prefetch(ts):
+        def run(base: int) -> int:
+            ts.load_state_dict({"batch_index": base, "seed": 0})
+            it = iter(ts)
+            for _ in range(K):
+                next(it)
+            it.close()
+            return K * B
+        return run
+
+    def raw(base: int) -> int:
         for i in range(K):
-            raw_gather(base + 100_000 + i)
-        t_a += time.perf_counter() - t
-        t = time.perf_counter()
-        for i in range(K):
-            ts.sample(base + i)
-        t_s += time.perf_counter() - t
-    n = 2 * K * B
-    res["sampler_sync_transitions_per_s"] = round(n / t_s)
-    res["a_raw_fancy_index_transitions_per_s"] = round(n / t_a)
-    # prefetching iterator (2 worker threads, 3 batches ahead), fresh indices
-    ts.load_state_dict({"batch_index": 50_000, "seed": 0})
-    it = iter(ts)
-    next(it)
-    t = time.perf_counter()
-    for _ in range(2 * K):
-        next(it)
-    res["sampler_prefetch_transitions_per_s"] = round(2 * K * B / (time.perf_counter() - t))
-    ts.close()
+            raw_gather(base + i)
+        return K * B
+
+    # every method and repetition gets its own batch indices: nobody reuses another's pages
+    methods = {"sampler_sync": sync(new), "sampler_sync_no_hints": sync(old), "a_raw_fancy_index": raw,
+               "sampler_prefetch": prefetch(new), "sampler_prefetch_no_hints": prefetch(old)}
+    spent = {m: 0.0 for m in methods}
+    done = {m: 0 for m in methods}
+    for rep in range(a.reps):
+        for mi, (m, fn) in enumerate(methods.items()):
+            prepare()
+            t = time.perf_counter()
+            done[m] += fn(100_000 * (mi + 1) + 1000 * rep)
+            spent[m] += time.perf_counter() - t
+    for m in methods:
+        res[f"{m}_transitions_per_s"] = round(done[m] / spent[m])
+    res["a_raw_fancy_index_transitions_per_s"] = res.pop("a_raw_fancy_index_transitions_per_s")
     # (b) per-sample reader, fresh rows
-    gid, rows = ts.draw_rows(200_000)
-    samples = [(ts.games[g], r) for g, r in zip(gid, rows)]
+    gid, rows = new.draw_rows(900_000)
+    samples = [(new.games[g], r) for g, r in zip(gid, rows)]
     while len(samples) < a.per_sample:
-        g2, r2 = ts.draw_rows(200_000 + len(samples))
-        samples += [(ts.games[g], r) for g, r in zip(g2, r2)]
+        g2, r2 = new.draw_rows(900_000 + len(samples))
+        samples += [(new.games[g], r) for g, r in zip(g2, r2)]
     samples = samples[: a.per_sample]
+    prepare()
     t = time.perf_counter()
     for g, r in samples:
-        per_sample_reader(Path(a.cache), g, int(r))
+        per_sample_reader(cache, g, int(r))
     res["b_per_sample_reader_transitions_per_s"] = round(len(samples) / (time.perf_counter() - t))
-    best = max(res["sampler_sync_transitions_per_s"], res["sampler_prefetch_transitions_per_s"])
-    res["sampler_vs_a"] = round(best / res["a_raw_fancy_index_transitions_per_s"], 3)
-    res["sampler_vs_b"] = round(best / res["b_per_sample_reader_transitions_per_s"], 1)
+    # (b2) per-sample reader on the source DQN-Replay checkpoint (gzipped npy): a handful of samples
+    if a.source_samples > 0:
+        src = Path(str(cache) + "_dqn_replay") / "Pong/1/replay_logs"
+        if not (src / dr.file_name("observation", 0)).exists():
+            shutil.rmtree(src, ignore_errors=True)
+            dr.write_synthetic_run(src, 1, a.rows, seed=0, num_actions=6)
+        meta = dr.load_checkpoint_meta(src, 0)
+        idx = np.flatnonzero(meta.valid_mask())
+        pick = np.random.default_rng(1).choice(idx, a.source_samples, replace=False)
+        prepare()
+        t = time.perf_counter()
+        for i in pick:
+            per_sample_source_reader(src, 0, int(i))
+        dt = time.perf_counter() - t
+        res["b2_source_checkpoint_reader_transitions_per_s"] = round(len(pick) / dt, 3)
+        res["b2_detail"] = {"samples": len(pick), "seconds": round(dt, 1), "rows_in_checkpoint": a.rows,
+                            "compressed_observation_mb": round((src / dr.file_name("observation", 0)).stat().st_size / 2**20, 1),
+                            "note": "synthetic frames compress far better than Atari screens: real files decompress slower"}
+    if mode == "cold":
+        res["page_cache_dropped_before_each"] = all(dropped)
+    best_new = max(res["sampler_sync_transitions_per_s"], res["sampler_prefetch_transitions_per_s"])
+    best_old = max(res["sampler_sync_no_hints_transitions_per_s"], res["sampler_prefetch_no_hints_transitions_per_s"])
+    res["hints_speedup"] = round(best_new / best_old, 2)
+    res["sampler_vs_a"] = round(best_new / res["a_raw_fancy_index_transitions_per_s"], 3)
+    res["sampler_vs_b"] = round(best_new / res["b_per_sample_reader_transitions_per_s"], 1)
+    if "b2_source_checkpoint_reader_transitions_per_s" in res:
+        res["sampler_vs_b2"] = round(best_new / res["b2_source_checkpoint_reader_transitions_per_s"])
     res["targets_met"] = {"ge_50pct_of_a": res["sampler_vs_a"] >= 0.5, "ge_10x_b": res["sampler_vs_b"] >= 10}
     res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    new.close()
+    old.close()
     if a.build_rss:
         with tempfile.TemporaryDirectory(dir=os.path.dirname(a.cache)) as tmp:
             res["build_1m_checkpoint"] = build_rss(Path(tmp), a.rss_rows)
     if a.cleanup:
         shutil.rmtree(a.cache, ignore_errors=True)
+        shutil.rmtree(str(cache) + "_dqn_replay", ignore_errors=True)
     print(json.dumps(res, indent=1))
 
 

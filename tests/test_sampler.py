@@ -200,15 +200,24 @@ def _same(x: dict, y: dict) -> bool:
     return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
 
 
-def test_io_hints_do_not_change_batches(synth, tmp_path: Path) -> None:
+@pytest.mark.parametrize("look_ahead", [False, True])
+def test_io_hints_do_not_change_batches(synth, tmp_path: Path, monkeypatch, look_ahead: bool) -> None:
     _, s = synth
-    kw = dict(batch_size=64, seed=5, pin_memory=False)
+    kw = {"batch_size": 64, "seed": 5, "pin_memory": False}
     on = TransitionSampler(s, io_hints=True, hint_ahead=2, **kw)
     off = TransitionSampler(s, io_hints=False, **kw)
+    assert on._hints is not None
+    if look_ahead:  # pretend the store is not in RAM (the tiny store is): hints go on, look-ahead thread too
+        monkeypatch.setattr(type(on._hints), "needed", lambda self, spans: True)
     assert on.hint_ranges_issued == 0 and off.hint_ranges_issued == 0
     for i in (0, 1, 7, 3):  # out of order too: the look-ahead hints must not matter
         assert _same(on.sample(i), off.sample(i))
     assert on.hint_ranges_issued > 0 and off.hint_ranges_issued == 0  # hints were really issued
+    if look_ahead:
+        from workbench.data.sampler import _hint_pool
+
+        _hint_pool().submit(lambda: None).result()  # let queued look-ahead hints finish
+        assert on._hints.claim(2) is False and on._hints.claim(9) is False  # batches hinted ahead of 1 and 7
     # through the prefetching iterator, against synchronous batches without hints
     it = iter(TransitionSampler(s, io_hints=True, prefetch=4, workers=2, **kw))
     for i in range(6):
@@ -220,7 +229,7 @@ def test_io_hints_do_not_change_batches(synth, tmp_path: Path) -> None:
         (tok_dir / g).mkdir(parents=True)
         np.save(tok_dir / g / "tokens.npy", (np.arange(s.rows(g) * 36) % 65521).astype(np.uint16).reshape(-1, 36))
     for tokens in (None, tok_dir):
-        skw = dict(batch_size=24, seq_len=8, seed=4, tokens=tokens, pin_memory=False)
+        skw = {"batch_size": 24, "seq_len": 8, "seed": 4, "tokens": tokens, "pin_memory": False}
         q_on, q_off = SequenceSampler(s, io_hints=True, **skw), SequenceSampler(s, io_hints=False, **skw)
         for i in range(3):
             assert _same(q_on.sample(i), q_off.sample(i))
@@ -242,3 +251,31 @@ def test_io_hint_options_validated(synth) -> None:
         with pytest.raises(st.StoreError, match=r"hint_ahead must be an int in \[0, 16\]"):
             TransitionSampler(s, hint_ahead=bad)
     assert TransitionSampler(s, hint_ahead=0, pin_memory=False).sample(0)["obs"].shape == (512, 4, 84, 84)
+
+
+def test_io_hints_pause_while_store_in_ram(synth, monkeypatch) -> None:
+    _, s = synth
+    from workbench.data import sampler as sm
+
+    ts = TransitionSampler(s, batch_size=64, seed=1, hint_ahead=1, pin_memory=False)
+    assert ts._hints is not None
+    resident = {"value": True}
+    monkeypatch.setattr(sm._ReadHints, "_resident", lambda self, g, lo, hi: resident["value"])
+    monkeypatch.setattr(sm, "SKIP_AFTER", 4 * sm.PROBES)
+    for i in range(3):  # fewer than SKIP_AFTER probes: still hinting
+        ts.sample(i)
+    n = ts.hint_ranges_issued
+    assert n > 0
+    for i in range(3, 10):  # then paused: nothing more is hinted
+        ts.sample(i)
+    sm._hint_pool().submit(lambda: None).result()
+    paused = ts.hint_ranges_issued
+    assert paused <= n + 2 * 64
+    for i in range(10, 14):
+        ts.sample(i)
+    assert ts.hint_ranges_issued == paused
+    resident["value"] = False  # pages evicted: the very next batch is hinted again
+    ts.sample(14)
+    assert ts.hint_ranges_issued > paused
+    ref = TransitionSampler(s, batch_size=64, seed=1, io_hints=False, pin_memory=False)
+    assert _same(ts.sample(15), ref.sample(15))

@@ -331,3 +331,15 @@ def test_scores_figure_normalizes_with_reference_scores():
     assert list(bars.y) == pytest.approx([hns("Breakout", 15.0), hns("Pong", -20.0)])
     assert list(eps.y) == pytest.approx([hns("Breakout", 10), hns("Breakout", 20), hns("Pong", -21), hns("Pong", -19)])
     assert "IQM 0.123" in fig.layout.title.text
+
+
+def test_count_parameters_skips_target_copies(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from workbench.viz.analysis import count_parameters
+
+    save_file({"world.q_head.w": torch.zeros(3, 4), "world.target_q_head.module.w": torch.zeros(3, 4),
+               "tokenizer.codebook.weight": torch.zeros(5, 2), "encoder.w": torch.zeros(7),
+               "target.encoder.w": torch.zeros(7)}, str(tmp_path / "model.safetensors"))
+    assert count_parameters(tmp_path) == 12 + 10 + 7

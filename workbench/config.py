@@ -60,7 +60,7 @@ JOWA_PAPER_STEPS = 1_750_000  # JOWA trains 1.75M steps per stage at batch 512 (
 CPU_SCALE: dict[tuple[str, bool], tuple[int, int, int]] = {
     ("qnet", True): (300, 32, 1000),
     ("qnet", False): (20, 8, 250),
-    ("jowa", True): (100, 8, 300),
+    ("jowa", True): (60, 8, 100),
     ("jowa", False): (10, 2, 100),
 }
 PAPER_EVAL_MAX_STEPS = 27_000  # 108,000 frames

@@ -69,14 +69,15 @@ class RunInfo:
 
 
 def count_parameters(checkpoint_dir: str | os.PathLike[str]) -> int:
-    """Trainable parameters in a checkpoint's ``model.safetensors`` (target copies excluded),
-    read from the safetensors header: no weights are loaded, nothing is unpickled."""
+    """Trainable parameters in a checkpoint's ``model.safetensors`` (target copies excluded: a
+    Q-network's ``target.*`` and JOWA's ``world.target_q_head.*``), read from the safetensors
+    header: no weights are loaded, nothing is unpickled."""
     from safetensors import safe_open
 
     total = 0
     with safe_open(str(Path(checkpoint_dir) / "model.safetensors"), framework="numpy") as f:
         for key in f.keys():
-            if key.startswith("target."):
+            if key.startswith("target.") or ".target_q_head." in f".{key}":
                 continue
             total += int(np.prod(f.get_slice(key).get_shape()))
     return total
@@ -397,5 +398,12 @@ def _write_readme(rep: AnalysisReport) -> None:
     if rep.skipped:
         lines += ["", "## Not drawn", ""]
         lines += [f"- **{k}**: {v}" for k, v in rep.skipped.items()]
+    js = rep.out_dir / "plotly.min.js"
+    lines += ["", "## Files", "",
+              "Each figure is an interactive `<name>.html` (hover, zoom) and, when Chromium was available, "
+              "a static `<name>.png`."]
+    if js.is_file():
+        lines.append(f"The HTML files load the one shared `plotly.min.js` beside them "
+                     f"({js.stat().st_size / 1e6:.1f} MB, written by plotly): keep it with them; they work offline.")
     rep.out_dir.mkdir(parents=True, exist_ok=True)
     (rep.out_dir / "README.md").write_text("\n".join(lines) + "\n")
