@@ -104,7 +104,9 @@ def build_algo(config: PretrainConfig, games: tuple[str, ...], *, stage: int = 2
 
 def algo_policy(algo: Any, *, planning_horizon: int = 2, beam_width: int = 2) -> Any:
     """The evaluation policy of an algo: greedy Q for Q-networks, beam search for JOWA."""
-    if type(algo).__name__ == "JOWA":
+    from workbench.algos.jowa import JOWA
+
+    if isinstance(algo, JOWA):
         return algo.policy(horizon=planning_horizon, beam_width=beam_width)
     return algo.policy()
 
