@@ -206,6 +206,11 @@ def test_frame_pair_images_roundtrip():
         np.testing.assert_array_equal(img[:, :, 0], want)
     rgb = rng.integers(0, 255, size=(210, 160, 3), dtype=np.uint8)
     np.testing.assert_array_equal(_decode(F.make_frame_figure(rgb).data[0].source), rgb)
+    # Square pixels in every subplot: each image's y axis is anchored to its own x axis.
+    for tr in fig.data:
+        yname = "yaxis" + tr.yaxis[1:]
+        assert fig.layout[yname].scaleanchor == tr.xaxis
+    assert F.make_frame_figure(rgb).layout.yaxis.scaleanchor == "x"
 
 
 def test_save_figure_reports_missing_browser(tmp_path, monkeypatch):
@@ -219,13 +224,16 @@ def test_save_figure_reports_missing_browser(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(F.find_chromium() is None, reason="no Chrome/Chromium for kaleido (apt-get install chromium)")
 def test_save_figures_writes_png(tmp_path):
+    tall = F.make_learning_curve_figure({"r": [{"step": 1, "a": 1.0, "b": 2.0, "c": 3.0}]}, ["a", "b", "c"])
     figs = {tmp_path / "a": F.make_probability_of_improvement_figure({"a,b": (0.6, [0.5, 0.7])}),
-            tmp_path / "b": F.make_ablation_table_figure([{"x": 1.0}])}
+            tmp_path / "b": F.make_ablation_table_figure([{"x": 1.0}]), tmp_path / "c": tall}
     statuses = F.save_figures(figs)
     for s in statuses:
         assert s.png is not None and s.png.is_file(), s.message
         with Image.open(s.png) as im:
             assert im.format == "PNG" and im.size[0] > 100
+    with Image.open(statuses[2].png) as im:  # the figure's own layout height, not kaleido's 500
+        assert im.size == (700, tall.layout.height)
 
 
 # --------------------------------------------------------------------------- analysis pipeline
@@ -343,3 +351,35 @@ def test_count_parameters_skips_target_copies(tmp_path):
                "tokenizer.codebook.weight": torch.zeros(5, 2), "encoder.w": torch.zeros(7),
                "target.encoder.w": torch.zeros(7)}, str(tmp_path / "model.safetensors"))
     assert count_parameters(tmp_path) == 12 + 10 + 7
+
+
+def test_learning_curves_draw_scaled_ql_and_jowa_runs_together(tmp_path):
+    import json
+
+    from workbench.viz.analysis import build_figures
+
+    recs = {
+        "sql": [{"step": s, "loss": 4.0 - s / 10, "loss/td": 3.0, "loss/cql": 1.0 - s / 10, "q/data_mean": 0.1 * s}
+                for s in (5, 10)],
+        "jowa": [{"step": s, "loss": 6.0 - s / 10, "world_loss": 5.0, "action_loss": 1.0 + s, "q_data": 9.0, "td": 1.0}
+                 for s in (5, 10, 15)],
+    }
+    dirs = []
+    for name, model in (("sql", "resnet-tiny"), ("jowa", "jowa-tiny")):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"model": model, "resolved": {"algo": "jowa" if name == "jowa" else "scaled_ql"}}))
+        (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs[name]) + "\n")
+        dirs.append(d)
+    rep = build_figures(dirs, tmp_path / "figs", png=False, reps=200)
+    fig = rep.figures["learning_curves"]
+    rows = [a.text for a in fig.layout.annotations]
+    assert rows == ["loss", "loss/cql", "loss/td", "q/data_mean", "world_loss", "action_loss", "q_data"]
+    # Each trace sits on its metric's row (y axis n = row n) and carries that run's values.
+    for tr in fig.data:
+        metric = rows[int(tr.yaxis[1:] or 1) - 1]
+        run = "jowa" if tr.name.startswith("jowa") else "sql"
+        assert list(tr.y) == [r[metric] for r in recs[run]], (run, metric)
+    drawn = {(tr.name.split("/")[0], rows[int(tr.yaxis[1:] or 1) - 1]) for tr in fig.data}
+    assert ("jowa", "loss") in drawn and ("jowa", "world_loss") in drawn and ("scaled_ql", "loss/td") in drawn
+    assert not any(m == "world_loss" for r, m in drawn if r == "scaled_ql")

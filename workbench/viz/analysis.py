@@ -246,12 +246,22 @@ class AnalysisReport:
             display(fig)
 
 
+# JOWA's stage-2 metrics.jsonl (workbench.algos.jowa): the world and action parts of its loss and
+# the expected Q of the data's actions.
+_JOWA_CURVES = ("world_loss", "action_loss", "q_data")
+
+
 def _learning_metrics(runs: Sequence[RunInfo]) -> list[str]:
+    """Rows of the learning-curve figure: the total ``loss`` when runs of different families are
+    drawn together (it is the one key they share), Scaled QL's ``loss/*`` parts and
+    ``q/data_mean``, JOWA's world/action losses and ``q_data``, each only when some run logs it."""
     keys = {k for r in runs for rec in r.metrics for k in rec}
     names = sorted(k for k in keys if k.startswith("loss/") and k != "loss/total")
-    if not names and "loss" in keys:
-        names = ["loss"]
-    names += [k for k in ("q/data_mean", "eval/iqm") if k in keys]
+    jowa = [k for k in _JOWA_CURVES if k in keys]
+    if "loss" in keys and (not names or jowa):
+        names = ["loss"] + names
+    names += [k for k in ("q/data_mean",) if k in keys] + jowa
+    names += [k for k in ("eval/iqm",) if k in keys]
     return names
 
 
@@ -290,7 +300,9 @@ def build_figures(
     curves = {f"{lab} [{r.name}]": r.metrics for r, lab in zip(runs, labels) if r.metrics}
     if curves and names:
         add("learning_curves", F.make_learning_curve_figure(curves, names),
-            f"Training metrics {', '.join(names)} against gradient step, from each run's metrics.jsonl.")
+            f"Training metrics {', '.join(names)} against gradient step, from each run's metrics.jsonl "
+            "(a run appears in the rows of the metrics it logs: `loss/*` and `q/data_mean` are Scaled QL's, "
+            "`world_loss`, `action_loss` and `q_data` JOWA's stage 2; `loss` is each run's total).")
     else:
         rep.skipped["learning_curves"] = "no metrics.jsonl records with loss metrics"
 

@@ -436,9 +436,13 @@ def make_ablation_table_figure(
         go.Table(
             header=dict(values=[f"<b>{c}</b>" for c in columns], fill_color="#e8ecf4", align="left"),
             cells=dict(values=cells, align="left"),
+            # relative widths: as wide as each column's longest entry (method labels are long)
+            columnwidth=[max(7, 1 + max(len(str(v)) for v in [c, *col])) for c, col in zip(columns, cells)],
         )
     )
-    fig.update_layout(title=title or "Ablations", height=120 + 30 * max(1, len(rows)))
+    # Small margins: with plotly's default ones (180 px) a short table got no room at all.
+    fig.update_layout(title=title or "Ablations", height=80 + 45 * (max(1, len(rows)) + 1),
+                      margin=dict(l=10, r=10, t=50, b=10))
     return fig
 
 
@@ -662,8 +666,13 @@ def image_data_uri(frame: np.ndarray) -> str:
 
 
 def _image_axes(fig: go.Figure) -> None:
+    """Hide the axes and keep every image's pixels square: each subplot's y axis is anchored to
+    its own x axis (anchoring all of them to the first one stretches the other subplots)."""
     fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False, scaleanchor="x")
+    fig.update_yaxes(visible=False)
+    names = [k for k in fig.layout.to_plotly_json() if k.startswith("yaxis")] or ["yaxis"]
+    for name in names:
+        fig.layout[name].scaleanchor = "x" + name[len("yaxis"):]
 
 
 def make_frame_figure(frame: np.ndarray, *, title: str | None = None, height: int = 360) -> go.Figure:
@@ -790,7 +799,11 @@ def save_figures(
 
     pngs = [Path(str(s.html)[: -len(".html")] + ".png") for s in statuses]
     try:
-        pio.write_images([f for _, f in items], pngs)
+        # kaleido renders at 700 x 500 unless told: pass each figure's own layout size (a
+        # learning-curve figure grows with its rows) so the PNG shows what the HTML shows.
+        figs = [f for _, f in items]
+        pio.write_images(figs, pngs, width=[f.layout.width or 700 for f in figs],
+                         height=[f.layout.height or 500 for f in figs])
     except Exception as exc:  # kaleido surfaces browser problems as many exception types
         for s in statuses:
             s.message = f"PNG failed ({type(exc).__name__}: {exc}); the HTML was written."
