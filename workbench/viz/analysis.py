@@ -394,13 +394,24 @@ def build_figures(
     return rep
 
 
+def _truncation_note(scores: dict[str, Any] | None) -> str:
+    """Flag evaluations cut short by a step cap: their scores are partial episodes."""
+    per_game = (scores or {}).get("per_game", {})
+    flags = [t for g in per_game.values() for t in g.get("truncated", [])]
+    if not any(flags):
+        return ""
+    return (f"; **{sum(flags)} of {len(flags)} evaluation episodes were truncated at the step cap**, "
+            "so their scores are partial-episode returns, not comparable to full episodes")
+
+
 def _write_readme(rep: AnalysisReport) -> None:
     lines = ["# Figures", "",
              "Written by `workbench.viz.analysis.build_figures` (notebook `notebooks/06_analysis.ipynb`). "
              "Do not edit by hand: re-run the notebook.", "", "## Runs", ""]
     for r, lab in zip(rep.runs, rep.labels):
         lines.append(f"- `{r.path}` → method **{lab}**; found: {', '.join(r.found) or 'nothing'}"
-                     + (f"; problems: {'; '.join(r.problems)}" if r.problems else ""))
+                     + (f"; problems: {'; '.join(r.problems)}" if r.problems else "")
+                     + _truncation_note(r.scores))
     lines += ["", "## Figures", ""]
     for name, text in rep.descriptions.items():
         s = rep.saved.get(name)
