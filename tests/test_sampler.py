@@ -207,8 +207,10 @@ def test_io_hints_do_not_change_batches(synth, tmp_path: Path, monkeypatch, look
     on = TransitionSampler(s, io_hints=True, hint_ahead=2, **kw)
     off = TransitionSampler(s, io_hints=False, **kw)
     assert on._hints is not None
-    if look_ahead:  # pretend the store is not in RAM (the tiny store is): hints go on, look-ahead thread too
-        monkeypatch.setattr(type(on._hints), "needed", lambda self, spans: True)
+    if look_ahead:  # the tiny store is in RAM: keep hints from pausing, so the look-ahead thread runs too
+        from workbench.data import sampler as sm
+
+        monkeypatch.setattr(sm, "SKIP_AFTER", 10**9)
     assert on.hint_ranges_issued == 0 and off.hint_ranges_issued == 0
     for i in (0, 1, 7, 3):  # out of order too: the look-ahead hints must not matter
         assert _same(on.sample(i), off.sample(i))
@@ -257,25 +259,34 @@ def test_io_hints_pause_while_store_in_ram(synth, monkeypatch) -> None:
     _, s = synth
     from workbench.data import sampler as sm
 
-    ts = TransitionSampler(s, batch_size=64, seed=1, hint_ahead=1, pin_memory=False)
-    assert ts._hints is not None
-    resident = {"value": True}
-    monkeypatch.setattr(sm._ReadHints, "_resident", lambda self, g, lo, hi: resident["value"])
-    monkeypatch.setattr(sm, "SKIP_AFTER", 4 * sm.PROBES)
-    for i in range(3):  # fewer than SKIP_AFTER probes: still hinting
-        ts.sample(i)
-    n = ts.hint_ranges_issued
-    assert n > 0
-    for i in range(3, 10):  # then paused: nothing more is hinted
-        ts.sample(i)
-    sm._hint_pool().submit(lambda: None).result()
-    paused = ts.hint_ranges_issued
-    assert paused <= n + 2 * 64
-    for i in range(10, 14):
-        ts.sample(i)
-    assert ts.hint_ranges_issued == paused
-    resident["value"] = False  # pages evicted: the very next batch is hinted again
-    ts.sample(14)
-    assert ts.hint_ranges_issued > paused
+    # simulated per-thread counters (512-byte blocks read, major faults) advancing by `step` a call
+    state = {"step": 0, "inblock": 0, "majflt": 0}
+
+    def fake_io():
+        state["inblock"] += state["step"]
+        state["majflt"] += state["step"]
+        return state["inblock"], state["majflt"]
+
+    monkeypatch.setattr(sm, "_thread_io", fake_io)
+    monkeypatch.setattr(sm, "SKIP_AFTER", 200)
+    ts = TransitionSampler(s, batch_size=64, seed=1, hint_ahead=0, pin_memory=False)
     ref = TransitionSampler(s, batch_size=64, seed=1, io_hints=False, pin_memory=False)
-    assert _same(ts.sample(15), ref.sample(15))
+    h = ts._hints
+    assert h is not None
+    state["step"] = 1  # a trickle of reads (far below MISS_FRACTION of the pages hinted): still "in RAM"
+    i = 0
+    while not h.paused:  # hinting until a window of 200 hinted ranges read (almost) nothing
+        ts.sample(i)
+        i += 1
+        assert i < 20
+    assert i >= 3 and h.ranges_issued >= 200 and h.pauses == 1  # <= 64 ranges a batch
+    n = h.ranges_issued
+    for i in range(20, 26):
+        assert _same(ts.sample(i), ref.sample(i))
+    assert h.ranges_issued == n and h.paused  # nothing hinted while paused; the trickle does not resume
+    state["step"] = 10**6  # pages evicted: the gather of the next batch takes many major faults...
+    ts.sample(26)
+    assert not h.paused and h.resumes == 1 and h.ranges_issued == n
+    for i in range(27, 40):  # ... hints resume from the batch after it, and stay on while they read
+        assert _same(ts.sample(i), ref.sample(i))
+    assert h.ranges_issued > n + 10 * 50 and not h.paused and h.pauses == 1

@@ -18,13 +18,12 @@ batch will read (``posix_fadvise(POSIX_FADV_WILLNEED)`` on the file: one page-al
 sample, the contiguous rows ``p-3 .. p+n_step`` of a transition or ``p .. p+L-1`` of a segment), so
 the reads are queued at once and served concurrently; a background thread does the same for the
 ``hint_ahead`` following batches while batch ``i`` is assembled. Hints only warm the page cache:
-the bytes read, and so every batch, are unchanged.
+the bytes read, and so every batch, are unchanged. When the hints stop causing any disk reads
+(the store is in RAM) they pause, and resume at the first major page fault (``_ReadHints``).
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import mmap as mmap_mod
 import os
 import sys
@@ -34,6 +33,11 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
+
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None  # type: ignore[assignment]
 
 import numpy as np
 import torch
@@ -112,22 +116,17 @@ def _file_region(a: Any) -> tuple[str, int] | None:
     return str(a.filename), int(a.offset)
 
 
-def _load_mincore() -> Any:
-    """libc's ``mincore`` (page residency of a mapping) through ctypes, or None where unavailable."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        fn = libc.mincore
-    except (OSError, AttributeError):
+_RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", None) if resource is not None else None
+SKIP_AFTER = 1024  # hinted ranges per verdict on whether hints still make the kernel read anything
+MISS_FRACTION = 0.005  # hints pause below this fraction of hinted pages read from disk, resume above it
+
+
+def _thread_io() -> tuple[int, int] | None:
+    """(block input operations, major faults) of the calling thread so far; None where unknown."""
+    if _RUSAGE_THREAD is None:
         return None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_MINCORE = _load_mincore() if _WILLNEED is not None else None
-PROBES = 64  # spans probed (mincore) per batch while hinting; PROBES // 4 while paused
-SKIP_AFTER = 1024  # consecutive resident probed spans after which hints pause (the store is in RAM)
-_VEC = ctypes.c_ubyte * 64  # mincore's output for spans of up to 64 pages (a transition: 14)
+    r = resource.getrusage(_RUSAGE_THREAD)
+    return r.ru_inblock, r.ru_majflt
 
 
 _HINT_POOL: ThreadPoolExecutor | None = None
@@ -141,6 +140,15 @@ def _hint_pool() -> ThreadPoolExecutor:
         if _HINT_POOL is None:
             _HINT_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sampler-hints")
         return _HINT_POOL
+
+
+def _forget_hint_pool() -> None:
+    global _HINT_POOL
+    _HINT_POOL = None  # a forked child has none of the parent's threads: start its own
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_hint_pool)
 
 
 def _close_fds(fds: list[int]) -> None:
@@ -159,17 +167,16 @@ class _ReadHints:
     does not wait for the data). Arrays in memory, or an OS without ``posix_fadvise``, get no hints.
     Advisory only: any ``OSError`` turns hints off for good, it never fails a batch.
 
-    Hints on cached pages still cost ~4 us of CPU per range, ~15% of a batch assembled from RAM.
-    So :meth:`needed` probes some spans of each batch with ``mincore`` before hinting it (~3 us
-    each): after ``SKIP_AFTER`` consecutive probed spans were all resident (the store is in RAM:
-    16 batches of 512), hints pause; the first probed span that is not resident resumes them,
-    from that batch on.
+    A store in RAM needs no hints, and they still cost ~4 us of CPU per range (~10-15% of a batch
+    assembled from RAM). The thread's block-input counter tells how much a batch's hints made the
+    kernel read: when, over ``SKIP_AFTER`` hinted ranges, less than ``MISS_FRACTION`` of the hinted
+    pages came from disk, hints pause; while paused, a gather whose major page faults (pages read
+    from disk) exceed ``MISS_FRACTION`` of the pages it touched resumes them from the next batch on.
+    Where per-thread counters do not exist, hints never pause.
     """
 
     def __init__(self, arrays: Sequence[Any]) -> None:
         self._fd: list[int | None] = []
-        self._arrays = list(arrays)  # keeps the mappings alive while their addresses are probed
-        self._addr: list[int] = []
         self._off: list[int] = []
         self._row_bytes: list[int] = []
         self._rows: list[int] = []
@@ -184,7 +191,6 @@ class _ReadHints:
                 except OSError:
                     fd = None
             self._fd.append(fd)
-            self._addr.append(int(a.ctypes.data) if fd is not None else 0)
             self._off.append(region[1] if region else 0)
             self._row_bytes.append(int(a.strides[0]) if region else 0)
             self._rows.append(int(a.shape[0]) if region else 0)
@@ -193,8 +199,14 @@ class _ReadHints:
         self._order: deque[int] = deque()
         self._lock = threading.Lock()
         self.ranges_issued = 0  # number of posix_fadvise calls (for tests and benchmarks)
-        self._clean = 0  # consecutive probed spans found resident
+        self._paused = False
+        self._win = [0, 0, 0]  # this verdict's window: ranges hinted, pages hinted, pages read
+        self.pauses = self.resumes = 0
         self._finalizer = weakref.finalize(self, _close_fds, fds)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
 
     def claim(self, batch_index: int) -> bool:
         """True the first time a batch index is claimed (its hints are then issued by the caller)."""
@@ -209,13 +221,14 @@ class _ReadHints:
 
     def issue(self, spans: Sequence[tuple[int, np.ndarray, np.ndarray]]) -> None:
         """Hint rows ``[lo[k], hi[k])`` of array ``g`` for every ``(g, lo, hi)`` in ``spans``."""
+        io0, n, nbytes = _thread_io(), 0, 0
         for g, lo, hi in spans:
             fd = self._fd[g]
             if fd is None or not self.active or not len(lo):
                 continue
-            rb, off, n = self._row_bytes[g], self._off[g], self._rows[g]
-            lo = np.clip(np.asarray(lo, dtype=np.int64), 0, n)
-            hi = np.clip(np.asarray(hi, dtype=np.int64), 0, n)
+            rb, off, rows = self._row_bytes[g], self._off[g], self._rows[g]
+            lo = np.clip(np.asarray(lo, dtype=np.int64), 0, rows)
+            hi = np.clip(np.asarray(hi, dtype=np.int64), 0, rows)
             b0 = (off + lo * rb) // _PAGE * _PAGE
             b1 = off + hi * rb
             order = np.argsort(b0, kind="stable")
@@ -233,44 +246,38 @@ class _ReadHints:
             except OSError:
                 self.active = False
                 return
-            self.ranges_issued += len(first)
+            n += len(first)
+            nbytes += int((ends - b0[first]).sum())
+        self.ranges_issued += n
+        io1 = _thread_io()
+        if io0 is not None and io1 is not None and n:
+            w = self._win
+            w[0] += n
+            w[1] += nbytes // _PAGE + n
+            w[2] += (io1[0] - io0[0]) * 512 // _PAGE  # ru_inblock counts 512-byte blocks
+            if w[0] >= SKIP_AFTER:
+                if w[2] < MISS_FRACTION * w[1] and not self._paused:
+                    self._paused = True  # the store is (practically) in RAM
+                    self.pauses += 1
+                self._win = [0, 0, 0]
 
     def issue_later(self, spans: Sequence[tuple[int, np.ndarray, np.ndarray]]) -> None:
         _hint_pool().submit(self.issue, spans)
 
-    @property
-    def paused(self) -> bool:
-        return self._clean >= SKIP_AFTER
+    def watch(self) -> tuple[int, int] | None:
+        """While paused: the thread's counters before a gather, for :meth:`check`."""
+        return _thread_io() if self._paused else None
 
-    def needed(self, spans: Sequence[tuple[int, np.ndarray, np.ndarray]]) -> bool:
-        """Probe spans spread over a batch not hinted yet (``PROBES``, a quarter of that while
-        paused); whether to hint it."""
-        if _MINCORE is None:
-            return True
-        total = sum(len(sp[1]) for sp in spans)
-        step, seen, probed = max(1, total // (PROBES // 4 if self.paused else PROBES)), 0, 0
-        for g, lo, hi in spans:
-            if self._fd[g] is not None:
-                first = (-seen) % step
-                for a, b in zip(lo[first::step].tolist(), hi[first::step].tolist()):
-                    probed += 1
-                    if not self._resident(g, a, b):
-                        self._clean = 0
-                        return True
-            seen += len(lo)
-        self._clean += probed
-        return self._clean < SKIP_AFTER
-
-    def _resident(self, g: int, lo: int, hi: int) -> bool:
-        """Whether every page of rows ``[lo, hi)`` of array ``g`` is in the page cache (mincore)."""
-        n, rb = self._rows[g], self._row_bytes[g]
-        lo, hi = min(max(lo, 0), n), min(max(hi, 0), n)
-        if hi <= lo:
-            return True
-        start = (self._addr[g] + lo * rb) // _PAGE * _PAGE
-        pages = (self._addr[g] + hi * rb - start + _PAGE - 1) // _PAGE
-        vec = _VEC() if pages <= 64 else (ctypes.c_ubyte * pages)()
-        return _MINCORE(start, pages * _PAGE, vec) == 0 and all(v & 1 for v in vec[:pages])
+    def check(self, before: tuple[int, int] | None, pages: int) -> None:
+        """After a gather of about ``pages`` pages started while paused: resume hints when more
+        than ``MISS_FRACTION`` of them were major faults (read from disk)."""
+        if before is None:
+            return
+        now = _thread_io()
+        if now is not None and now[1] - before[1] > MISS_FRACTION * pages and self._paused:
+            self._paused = False
+            self._win = [0, 0, 0]
+            self.resumes += 1
 
 
 class _Prefetcher:
@@ -387,25 +394,21 @@ class _BaseSampler:
         """(game index, first rows, end rows) the batch will gather from its hinted arrays."""
         raise NotImplementedError
 
-    def _hint(self, batch_index: int, spans: list[tuple[int, np.ndarray, np.ndarray]] | None = None) -> None:
-        """Queue the reads of batch ``batch_index`` now and those of the next ``hint_ahead`` in the background."""
+    def _hint(self, batch_index: int, spans: Any = None) -> tuple[int, int] | None:
+        """Queue the reads of batch ``batch_index`` now and those of the next ``hint_ahead`` in the
+        background; while hints are paused (store in RAM) only note the thread's counters, for
+        ``self._hints.check`` after the gather. ``spans``: the batch's spans or a function making them."""
         h = self._hints
         if h is None:
-            return
-        if spans is None:
-            spans = self._hint_spans(batch_index)
-        # a batch is probed once, when first claimed: before any hint makes its pages "in flight"
+            return None
+        if h.paused:
+            return h.watch()
         if h.claim(batch_index):
-            if not h.needed(spans):
-                return  # the store is in RAM: no hints, no look-ahead
-            h.issue(spans)
-        elif h.paused:
-            return
+            h.issue(spans() if callable(spans) else spans if spans is not None else self._hint_spans(batch_index))
         for k in range(1, self.hint_ahead + 1):
             if h.claim(batch_index + k):
-                ahead = self._hint_spans(batch_index + k)
-                if h.needed(ahead):
-                    h.issue_later(ahead)
+                h.issue_later(self._hint_spans(batch_index + k))
+        return None
 
     @property
     def hint_ranges_issued(self) -> int:
@@ -522,8 +525,7 @@ class TransitionSampler(_BaseSampler):
 
     def sample(self, batch_index: int) -> dict[str, torch.Tensor]:
         gid, rows = self.draw_rows(batch_index)
-        if self._hints is not None:
-            self._hint(batch_index, self._spans_of(gid, rows))
+        watch = self._hint(batch_index, lambda: self._spans_of(gid, rows)) if self._hints is not None else None
         B = self.batch_size
         obs = self._empty((B, STACK, 84, 84), torch.uint8)
         nxt = self._empty((B, STACK, 84, 84), torch.uint8)
@@ -535,6 +537,8 @@ class TransitionSampler(_BaseSampler):
         for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, B]):
             t = assemble_transitions(self._data[gid[lo]], rows[lo:hi], self.n_step, self.gamma, obs_np[lo:hi], nxt_np[lo:hi])
             action[lo:hi], reward[lo:hi], term[lo:hi] = t["action"], t["reward"], t["terminal"]
+        if watch is not None:  # ~14 pages a transition (7 rows of 6.9 KB)
+            self._hints.check(watch, B * ((STACK + self.n_step) * 84 * 84 // _PAGE + 1))  # type: ignore[union-attr]
         discount = np.where(term > 0, np.float32(0), self._discount_n).astype(np.float32)
         out = {
             "obs": obs, "action": torch.from_numpy(action), "reward": torch.from_numpy(reward),
@@ -614,8 +618,7 @@ class SequenceSampler(_BaseSampler):
 
     def sample(self, batch_index: int) -> dict[str, torch.Tensor]:
         gid, local = self._draw(self._rng(batch_index))
-        if self._hints is not None:
-            self._hint(batch_index, self._spans_of(gid, local))
+        watch = self._hint(batch_index, lambda: self._spans_of(gid, local)) if self._hints is not None else None
         B, L = self.batch_size, self.seq_len
         steps = np.arange(L)
         use_tokens = self._tokens is not None
@@ -649,6 +652,8 @@ class SequenceSampler(_BaseSampler):
             block = obs_np[lo:hi]
             np.take(src, rows.ravel(), axis=0, out=block.reshape((-1,) + block.shape[2:]), mode="clip")
             block[~m] = 0
+        if watch is not None:
+            self._hints.check(watch, max(1, int(mask.sum()) * obs_np[0, 0].nbytes // _PAGE))  # type: ignore[union-attr]
         out = {
             ("tokens" if use_tokens else "obs"): obs, "action": torch.from_numpy(action), "reward": torch.from_numpy(reward),
             "terminal": torch.from_numpy(term), "mask": torch.from_numpy(mask), "game_id": torch.from_numpy(gid),
