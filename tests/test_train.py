@@ -166,3 +166,18 @@ def test_ddp_two_processes_average_gradients(tmp_path):
     train(single, toy_batches(5, 8), cfg(6, seed=0, checkpoint_every=100), tmp_path / "single", progress=False)
     for k, v in weights(single.model).items():
         torch.testing.assert_close(r0[k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_between_checkpoints_keeps_one_metrics_line_per_step(tmp_path):
+    algo = ToyAlgo()
+    train(algo, toy_batches(1, 8), cfg(7), tmp_path, progress=False)  # checkpoints at 5 and 7
+    # Simulate a kill after step 7's metrics but before its checkpoint: drop the step-7 checkpoint.
+    import shutil
+
+    shutil.rmtree(tmp_path / "checkpoints" / "step_00000007")
+    (tmp_path / "checkpoints" / "latest").write_text("step_00000005\n")
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 8, "lo')  # a line cut short by the kill
+    train(ToyAlgo(), toy_batches(1, 8), cfg(10), tmp_path, progress=False)
+    steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 11))

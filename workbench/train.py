@@ -148,6 +148,23 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+def _truncate_metrics(path: Path, start: int) -> None:
+    """Drop metric lines of steps after ``start`` (redone after a resume); keep error records."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    keep = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+        if "error" in record or record.get("step", 0) <= start:
+            keep.append(line)
+    if len(keep) != len(lines):
+        ckpt_io.atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
 def build_optimizer(algo: Any, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     groups = algo.param_groups() if hasattr(algo, "param_groups") else [{"params": list(algo.model.parameters())}]
     groups = [dict(g, params=[p for p in g["params"] if p.requires_grad]) for g in groups]
@@ -218,10 +235,12 @@ def train(
             # RNG streams are per rank; only rank 0's was saved, so re-derive the others.
             seed_everything(cfg.seed + rank + 1_000_003 * start)
 
+    metrics_path = run_dir / "metrics.jsonl"
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         if run_config is not None:
             ckpt_io.atomic_write_json(run_dir / "config.json", run_config)
+        _truncate_metrics(metrics_path, start)
 
     loss_module: nn.Module = _LossModule(algo)
     if world > 1:
@@ -237,7 +256,6 @@ def train(
     step_fn = torch.compile(loss_module) if cfg.compile else loss_module
     params = [p for g in optimizer.param_groups for p in g["params"]]
 
-    metrics_path = run_dir / "metrics.jsonl"
     bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=not progress or rank != 0)
     it = batches(start)
     t_last, n_last = time.perf_counter(), 0
