@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from workbench.algos.scaled_ql import ScaledQL, ScaledQLConfig
+from workbench.algos.scaled_ql import CQLMSEConfig, ScaledQL, ScaledQLConfig
 from workbench.models.qnet import QNetwork
 from workbench.train import TrainConfig, train
 
@@ -80,7 +80,9 @@ def test_offline_training_converges_to_value_iteration(tmp_path, algo):
     distributional = algo == "scaled_ql"
     model = QNetwork(PixelStateEncoder(), 2, ACTIONS, distributional, feature_norm=True,
                      trunk_dim=64, hidden_dim=64, num_hidden=2)
-    agent = ScaledQL(model, ScaledQLConfig(algo=algo, alpha=0.0, gamma=GAMMA, n_step=1, vmin=-10, vmax=10))
+    config = (ScaledQLConfig(alpha=0.0, gamma=GAMMA, n_step=1, vmin=-10, vmax=10) if distributional
+              else CQLMSEConfig(alpha=0.0, gamma=GAMMA, n_step=1))
+    agent = ScaledQL(model, config)
     data = dataset()
 
     def batches(start):

@@ -83,6 +83,9 @@ def test_epsilon_applied_and_cap(monkeypatch):
     monkeypatch.setattr(envs.AtariVector, "step", spy)
 
     class Noop:
+        def reset(self, indices):
+            pass
+
         def act(self, obs, game_ids):
             return np.zeros(len(obs), np.int64)
 
@@ -103,6 +106,9 @@ def test_epsilon_applied_and_cap(monkeypatch):
 
 def test_output_file_normalization_and_errors(tmp_path):
     class Noop:
+        def reset(self, indices):
+            pass
+
         def act(self, obs, game_ids):
             return np.zeros(len(obs), np.int64)
 
@@ -118,6 +124,9 @@ def test_output_file_normalization_and_errors(tmp_path):
     assert res["aggregates"]["iqm"] == pytest.approx(res["human_normalized"]["Pong"])
 
     class Bad:
+        def reset(self, indices):
+            pass
+
         def act(self, obs, game_ids):
             return np.full(len(obs), 6, np.int64)
 

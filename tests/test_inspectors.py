@@ -200,19 +200,21 @@ def jowa_run(tmp_path_factory):
 
     from workbench.algos.jowa import JOWA
     from workbench.config import PretrainConfig
+    from workbench.run import Run
     from workbench.train import TrainConfig, train
 
     torch.manual_seed(0)
     run_dir = tmp_path_factory.mktemp("jowa") / "run"
     config = PretrainConfig.from_params(model="jowa-tiny", games=",".join(JOWA_GAMES), output_dir=str(run_dir))
+    Run(run_dir).create("pretrain", config.params(), config.resolve())
     algo = JOWA.build("jowa-tiny", JOWA_GAMES, stage=1)
     init = {k: v.clone() for k, v in algo.model.state_dict().items()}
     tc = TrainConfig(steps=3, lr=1e-3, log_every=1, checkpoint_every=3, device="cpu", seed=0)
-    train(algo, _random_sequences, tc, run_dir / "stage1", run_config=config.to_dict(), progress=False,
+    train(algo, _random_sequences, tc, run_dir / "stage1", progress=False,
           find_unused_parameters=True)
     algo.set_stage(2)
     algo.update_target()
-    train(algo, _random_sequences, tc, run_dir, run_config=config.to_dict(), progress=False,
+    train(algo, _random_sequences, tc, run_dir, progress=False,
           find_unused_parameters=True)
     algo.model.eval()
     return run_dir, algo, init
@@ -224,8 +226,8 @@ def test_load_algo_restores_every_jowa_tensor_tokenizer_included(jowa_run):
     from workbench.pipeline import load_algo
 
     run_dir, trained, init = jowa_run
-    loaded, run_config, ckpt = load_algo(run_dir, device="cpu")
-    assert ckpt.name == "step_00000003" and run_config["resolved"]["algo"] == "jowa"
+    loaded, run, ckpt = load_algo(run_dir, device="cpu")
+    assert ckpt.name == "step_00000003" and run.algo_name == "jowa" and ckpt.parent.parent == run.path
     want, got = trained.model.state_dict(), loaded.model.state_dict()
     assert set(want) == set(got) and any(k.startswith("tokenizer.") for k in got)
     for k, v in want.items():

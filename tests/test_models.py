@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from workbench import losses as L
-from workbench.algos.scaled_ql import ScaledQL, ScaledQLConfig
+from workbench.algos.scaled_ql import BCConfig, CQLMSEConfig, ScaledQL, ScaledQLConfig
+
+CONFIGS = {"scaled_ql": ScaledQLConfig, "cql_mse": CQLMSEConfig, "bc": BCConfig}
 from workbench.models.qnet import INVALID_FILL, MAX_ACTIONS, PRESETS, build_qnet, count_parameters
 
 # Minimal-action-set sizes of the 40 training games of paper 000 (ALE 0.12 minimal sets).
@@ -193,7 +195,7 @@ def make_batch(b: int, n_actions: list[int], seed: int = 0) -> dict[str, torch.T
 @pytest.mark.parametrize("algo", ["scaled_ql", "cql_mse", "bc"])
 def test_algo_loss_composition(algo):
     torch.manual_seed(0)
-    cfg = ScaledQLConfig(algo=algo)
+    cfg = CONFIGS[algo]()
     a = ScaledQL.build("resnet-tiny", SMALL, cfg)
     batch = make_batch(6, SMALL)
     loss, metrics = a.loss(batch)
@@ -227,9 +229,9 @@ def test_algo_loss_composition(algo):
 
 
 def test_algo_config_defaults_and_errors():
-    assert ScaledQLConfig().alpha == 0.05 and ScaledQLConfig(algo="cql_mse").alpha == 0.1
-    with pytest.raises(ValueError, match="scaled_ql"):
-        ScaledQLConfig(algo="dqn")
+    assert ScaledQLConfig().alpha == 0.05 and CQLMSEConfig().alpha == 0.1  # paper 000, Table B.1
+    with pytest.raises(ValueError, match="alpha"):
+        ScaledQLConfig(alpha=float("nan"))
     with pytest.raises(ValueError, match="distributional"):
         ScaledQL(build_qnet("resnet-tiny", SMALL, False), ScaledQLConfig())
 
@@ -246,7 +248,7 @@ def test_update_target_copies_weights():
 
 def test_reward_scale_divides_q_targets():
     base = make_batch(4, SMALL)
-    cfg = ScaledQLConfig(algo="cql_mse", alpha=0.0, reward_scale=(2.0, 2.0, 2.0))
+    cfg = CQLMSEConfig(alpha=0.0, reward_scale=(2.0, 2.0, 2.0))
     torch.manual_seed(0)
     a = ScaledQL.build("resnet-tiny", SMALL, cfg)
     _, m = a.loss(base)
@@ -259,7 +261,7 @@ def test_reward_scale_divides_q_targets():
 @pytest.mark.parametrize("algo", ["scaled_ql", "cql_mse", "bc"])
 def test_policy_greedy_over_valid_actions(algo):
     torch.manual_seed(0)
-    a = ScaledQL.build("resnet-tiny", SMALL, ScaledQLConfig(algo=algo))
+    a = ScaledQL.build("resnet-tiny", SMALL, CONFIGS[algo]())
     with torch.no_grad():
         a.model.heads.bias.normal_(0, 5.0)  # make actions distinguishable
     obs = obs_batch(5).numpy()

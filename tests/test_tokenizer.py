@@ -72,7 +72,7 @@ def test_straight_through_and_vq_gradients():
     assert grads("commitment") == (True, False)  # only encodings move toward codes
     # The packaged loss is their sum and is finite.
     loss, metrics = tok.loss(frames)
-    assert torch.isfinite(loss) and {"tok_l1", "tok_codebook", "tok_commitment"} <= set(metrics)
+    assert torch.isfinite(loss) and {"tokenizer/l1", "tokenizer/codebook", "tokenizer/commitment"} <= set(metrics)
 
 
 def test_training_reduces_reconstruction_loss():
@@ -126,7 +126,7 @@ def test_perceptual_with_user_weights(tmp_path):
     save_file(state, str(path))
     tok = Tokenizer(tokenizer_config("tiny", perceptual=True, perceptual_weights=str(path)))
     loss, metrics = tok.loss(_frames(2))
-    assert torch.isfinite(loss) and "tok_perceptual" in metrics
+    assert torch.isfinite(loss) and "tokenizer/perceptual" in metrics
     assert not any("features" in k for k in tok.state_dict())  # frozen VGG is not checkpointed
 
 

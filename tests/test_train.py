@@ -36,6 +36,17 @@ class ToyAlgo:
     def update_target(self):
         self.target_model.load_state_dict(self.model.state_dict())
 
+    def param_groups(self):
+        return [{"params": list(self.model.parameters())}]
+
+    def to(self, device):
+        self.model.to(device)
+        self.target_model.to(device)
+        return self
+
+    def to_channels_last(self):
+        return self
+
 
 def toy_batches(seed: int, batch: int, rank: int = 0, world: int = 1):
     """Batch for step s is a pure function of (seed, s): rows [rank*B/world, (rank+1)*B/world)."""

@@ -12,22 +12,23 @@ from workbench.viz.rollout import synthetic_rollout
 
 
 class RandomPolicy:
-    """A Policy (architecture contract) that also exposes Q values, so the overlay draws bars."""
+    """An InspectablePolicy (workbench.algos.base) that explains with Q values, so the overlay draws bars."""
 
     def __init__(self, num_actions: int, seed: int) -> None:
         self.num_actions = num_actions
         self.rng = np.random.default_rng(seed)
         self.resets = 0
 
-    def q_values(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray:
+    def act_explained(self, obs: np.ndarray, game_ids: np.ndarray):
+        from workbench.algos.base import Explanation
+
         assert obs.shape[1:] == (4, 84, 84) and obs.dtype == np.uint8
         q = np.full((len(obs), games.MAX_ACTIONS), -1e9, np.float32)
         q[:, : self.num_actions] = self.rng.normal(size=(len(obs), self.num_actions))
-        self._last = q
-        return q
+        return q[:, : self.num_actions].argmax(1), [Explanation(q_values=row) for row in q]
 
     def act(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray:
-        return self._last[:, : self.num_actions].argmax(1)
+        return self.act_explained(obs, game_ids)[0]
 
     def reset(self, indices: np.ndarray) -> None:
         self.resets += 1
@@ -99,16 +100,16 @@ def test_checkpoint_rollout_distributions_and_cli(tmp_path):
     """A tiny Scaled QL checkpoint in the pipeline's layout: the explorer's rollout and the CLI."""
     import json
 
-    from workbench.checkpoint import atomic_write_json, save_checkpoint
+    from workbench.checkpoint import save_checkpoint
     from workbench.config import PretrainConfig
     from workbench.pipeline import build_algo
+    from workbench.run import Run
     from workbench.viz.rollout import play_rollout
 
     run = tmp_path / "run"
     cfg = PretrainConfig.from_params(model="resnet-tiny", games="Pong,Breakout", output_dir=str(run))
-    algo = build_algo(cfg, cfg.game_list)
-    run.mkdir()
-    atomic_write_json(run / "config.json", cfg.to_dict())
+    algo = build_algo(cfg)
+    Run(run).create("pretrain", cfg.params(), cfg.resolve())
     save_checkpoint(run, 1, algo.model, target=algo.target_model)
 
     r = play_rollout(run, "breakout", seed=3, max_steps=6, epsilon=0.0, progress=False)

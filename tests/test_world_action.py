@@ -215,12 +215,11 @@ def test_action_loss_matches_brute_force_and_masks_invalid(monkeypatch):
 
 
 def test_algo_param_groups_and_stages():
-    algo = JOWA.build("jowa-tiny", ["Pong", "Breakout"], JOWAConfig(stage=1))
+    algo = JOWA.build("jowa-tiny", ["Pong", "Breakout"], stage=1)
     groups = {g["name"]: g for g in algo.param_groups()}
     assert set(groups) == {"tokenizer", "world_decay", "world_no_decay"}
     assert groups["tokenizer"]["lr"] == 1e-4 and groups["tokenizer"]["weight_decay"] == 0.0
     assert "lr" not in groups["world_decay"] and groups["world_decay"]["weight_decay"] == 0.01  # trainer's lr
-    assert algo.config.world_lr == 1e-4
     in_groups = {id(p) for g in groups.values() for p in g["params"]}
     assert not any(id(p) in in_groups for p in algo.model.world.target_q_head.parameters())
     assert not any(id(p) in in_groups for p in algo.model.world.q_head.parameters())  # no loss in stage 1
@@ -228,13 +227,13 @@ def test_algo_param_groups_and_stages():
     assert id(algo.model.world.obs_emb.weight) in no_decay and id(algo.model.world.gpt.ln_f.weight) in no_decay
     algo.set_stage(2)
     groups = {g["name"]: g for g in algo.param_groups()}
-    assert set(groups) == {"world_decay", "world_no_decay"} and algo.config.world_lr == 5e-5
-    assert JOWA.build("jowa-tiny", ["Pong"], JOWAConfig(lr=3e-4), stage=2).param_groups()[0]["lr"] == 3e-4
+    assert set(groups) == {"world_decay", "world_no_decay"}
+    assert JOWA.build("jowa-tiny", ["Pong"], JOWAConfig(tokenizer_lr=3e-4)).param_groups()[0]["lr"] == 3e-4
     assert all(not p.requires_grad for p in algo.model.tokenizer.parameters())
     with pytest.raises(ValueError, match="needs 'obs'"):
-        JOWA.build("jowa-tiny", ["Pong", "Breakout"], JOWAConfig(stage=1)).loss(_batch(B=2))
+        JOWA.build("jowa-tiny", ["Pong", "Breakout"], stage=1).loss(_batch(B=2))
     with pytest.raises(ValueError, match="stage must be 1 or 2"):
-        JOWAConfig(stage=3)
+        JOWA.build("jowa-tiny", ["Pong"], stage=3)
 
 
 def test_stage_handover():
@@ -269,18 +268,18 @@ def _train(algo: JOWA, batch, steps: int) -> list[dict[str, float]]:
 
 def test_training_steps_reduce_losses():
     torch.manual_seed(0)
-    algo = JOWA.build("jowa-tiny", ["Pong", "Breakout"], JOWAConfig(stage=1))
+    algo = JOWA.build("jowa-tiny", ["Pong", "Breakout"], stage=1)
     b = _batch(B=2, L=3, obs=True)
     del b["tokens"]
     h1 = _train(algo, b, 6)
-    assert h1[-1]["tokenizer_loss"] < h1[0]["tokenizer_loss"]
-    assert h1[-1]["world_loss"] < h1[0]["world_loss"]
+    assert h1[-1]["loss/tokenizer"] < h1[0]["loss/tokenizer"]
+    assert h1[-1]["loss/world"] < h1[0]["loss/world"]
     algo.set_stage(2)
     b2 = _batch(B=2, L=3)  # pre-tokenized batch
     h2 = _train(algo, b2, 8)
     assert h2[-1]["loss"] < h2[0]["loss"]
-    assert h2[-1]["world_loss"] < h2[0]["world_loss"]
-    assert h2[-1]["action_loss"] < h2[0]["action_loss"]
+    assert h2[-1]["loss/world"] < h2[0]["loss/world"]
+    assert h2[-1]["loss/action"] < h2[0]["loss/action"]
 
 
 def test_checkpoint_round_trip_through_safetensors(tmp_path):

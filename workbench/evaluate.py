@@ -18,20 +18,17 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from workbench import games as _games
 from workbench import metrics as _metrics
+from workbench.algos.base import Policy
 from workbench.envs import FRAME_SKIP, MAX_AGENT_STEPS, AtariVector, FrameStacker
 from workbench.fileio import atomic_write_json
 
 __all__ = ["Policy", "episode_seed", "epsilon_greedy", "evaluate"]
-
-
-class Policy(Protocol):
-    def act(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray: ...
 
 
 def episode_seed(seed: int, game: str, episode: int) -> int:
@@ -89,9 +86,6 @@ def evaluate(
         raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
     if not 1 <= max_agent_steps <= MAX_AGENT_STEPS:
         raise ValueError(f"max_agent_steps must be in 1..{MAX_AGENT_STEPS}, got {max_agent_steps}")
-    if not callable(getattr(policy, "act", None)):
-        raise TypeError("policy needs an act(obs, game_ids) -> actions method")
-    has_reset = callable(getattr(policy, "reset", None))
 
     E = int(episodes_per_game)
     n_slots = min(int(num_envs), E)
@@ -135,8 +129,7 @@ def evaluate(
         for s, k in zip(glob, ks):
             episode[s], ret[s], length[s] = k, 0.0, 0
             rngs[s] = np.random.default_rng(seeds[game_list[gi]][k])
-        if has_reset:
-            policy.reset(np.asarray(glob, np.int64))
+        policy.reset(np.asarray(glob, np.int64))
 
     for gi in range(G):
         start(gi, list(range(n_slots)))
@@ -194,12 +187,10 @@ def evaluate(
     for g in game_list:
         r = res[g]
         per_game[g] = {**r, "mean": float(np.mean(r["scores"]))}
-    ref = _metrics.reference_scores()
-    hns: dict[str, float | None] = {}
-    for g in game_list:
-        rr = ref.get(g, {})
-        ok = "random" in rr and "human" in rr
-        hns[g] = (per_game[g]["mean"] - rr["random"]) / (rr["human"] - rr["random"]) if ok else None
+    hns: dict[str, float | None] = {
+        g: _metrics.normalize_score(g, per_game[g]["mean"]) if _metrics.has_reference(g) else None
+        for g in game_list
+    }
     aggregates = by_episode = None
     if all(v is not None for v in hns.values()):
         means = {"policy": {g: per_game[g]["mean"] for g in game_list}}

@@ -6,13 +6,10 @@ else: device placement, bf16 autocast, channels_last, optional ``torch.compile``
 counted in gradient steps, JSONL metrics, atomic checkpoints, bit-identical resume, NaN/Inf
 guards, and multi-process training through ``torchrun`` + DistributedDataParallel.
 
-The algo protocol:
-
-- ``algo.model``: the ``nn.Module`` whose parameters are trained;
-- ``algo.target_model`` (optional): a module checkpointed with the model, never trained;
-- ``algo.loss(batch) -> (loss, metrics)``: a scalar tensor and a dict of scalar tensors;
-- ``algo.update_target()``: called every ``target_update_period`` gradient steps;
-- ``algo.param_groups()`` (optional): optimizer groups (dicts with ``params`` and overrides).
+The algo is anything that meets ``workbench.algos.base.Algo``: ``model`` (trained),
+``target_model`` (checkpointed, never trained, or None), ``loss(batch) -> (loss, metrics)``,
+``update_target()`` (every ``target_update_period`` gradient steps), ``param_groups()``
+(optimizer groups: dicts with ``params`` and overrides), ``to(device)`` and ``to_channels_last()``.
 
 DDP wraps a small module whose ``forward`` *is* ``algo.loss``. Every parameter that
 contributes to the loss gets its gradient averaged by DDP's hooks, however the algo reaches it
@@ -35,6 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from workbench import checkpoint as ckpt_io
+from workbench.algos.base import Algo
 
 
 class NonFiniteLossError(RuntimeError):
@@ -58,7 +56,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     """Max global gradient L2 norm (0 disables clipping). Both papers clip at 1.0."""
     target_update_period: int = 2000
-    """Copy the online network into the target every this many gradient steps."""
+    """Copy the online network into the target every this many gradient steps (0: no target)."""
     log_every: int = 10
     """Write a metrics line every this many steps."""
     checkpoint_every: int = 1000
@@ -83,15 +81,17 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be one of 'auto', 'bf16', 'fp32', got {self.precision!r}")
-        for name in ("target_update_period", "log_every", "checkpoint_every"):
+        for name in ("log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.target_update_period < 0:
+            raise ValueError(f"target_update_period must be >= 0 (0: no target network), got {self.target_update_period}")
 
 
 class _LossModule(nn.Module):
     """``forward(batch) = algo.loss(batch)``, so DDP sees (and averages) every used parameter."""
 
-    def __init__(self, algo: Any):
+    def __init__(self, algo: Algo):
         super().__init__()
         self.model = algo.model
         self._algo = [algo]  # a list keeps the algo (and its target net) out of the module tree
@@ -165,11 +165,11 @@ def _truncate_metrics(path: Path, start: int) -> None:
         ckpt_io.atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
-def build_optimizer(algo: Any, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    groups = algo.param_groups() if hasattr(algo, "param_groups") else [{"params": list(algo.model.parameters())}]
+def build_optimizer(algo: Algo, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    groups = algo.param_groups()
     groups = [dict(g, params=[p for p in g["params"] if p.requires_grad]) for g in groups]
     groups = [g for g in groups if g["params"]]
-    kwargs = dict(lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    kwargs: dict[str, Any] = dict(lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
     if device.type == "cuda":
         kwargs["fused"] = True
     return torch.optim.AdamW(groups, **kwargs)
@@ -193,12 +193,11 @@ def _diagnose(metrics: dict[str, torch.Tensor], loss: torch.Tensor, grad_norm: t
 
 
 def train(
-    algo: Any,
+    algo: Algo,
     batches: Callable[[int], Iterator[dict[str, torch.Tensor]]],
     cfg: TrainConfig,
     run_dir: str | os.PathLike,
     *,
-    run_config: dict | None = None,
     resume: bool = True,
     progress: bool = True,
     find_unused_parameters: bool = False,
@@ -207,7 +206,8 @@ def train(
 
     ``batches(start_step)`` returns an iterator of batches beginning with the batch that step
     ``start_step`` consumes; samplers derive each batch from (seed, rank, step) so a resumed run
-    sees exactly the batches an uninterrupted one would. Returns a summary dict.
+    sees exactly the batches an uninterrupted one would. The run's ``config.json`` is the
+    caller's (``workbench.run.Run``). Returns a summary dict.
     """
     run_dir = Path(run_dir)
     rank, world = _rank_world()
@@ -216,14 +216,9 @@ def train(
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
 
     seed_everything(cfg.seed + rank)
-    target = getattr(algo, "target_model", None)
-    if hasattr(algo, "to"):
-        algo.to(device)  # moves the algo's own constants (C51 support, scales) as well
-    else:
-        algo.model.to(device)
-        if target is not None:
-            target.to(device)
-    if channels_last and hasattr(algo, "to_channels_last"):
+    target = algo.target_model
+    algo.to(device)  # moves the target and the algo's own constants (C51 support, scales) as well
+    if channels_last:
         algo.to_channels_last()  # online and target nets, and inputs inside the model
     optimizer = build_optimizer(algo, cfg, device)
 
@@ -238,8 +233,6 @@ def train(
     metrics_path = run_dir / "metrics.jsonl"
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if run_config is not None:
-            ckpt_io.atomic_write_json(run_dir / "config.json", run_config)
         _truncate_metrics(metrics_path, start)
 
     loss_module: nn.Module = _LossModule(algo)
@@ -282,7 +275,7 @@ def train(
         optimizer.step()
         step += 1
         n_last += len(batch["game_id"]) * world
-        if step % cfg.target_update_period == 0 and hasattr(algo, "update_target"):
+        if cfg.target_update_period and step % cfg.target_update_period == 0:
             algo.update_target()
         bar.update(1)
 

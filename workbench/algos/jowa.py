@@ -18,52 +18,58 @@ say, and decaying embedding rows of rare tokens toward zero would only hurt).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
+
+from workbench.algos.base import (
+    Algo, EvalOptions, Explanation, Scale, Stage, StageContext, register, stage_iterator,
+)
 
 from workbench.models.tokenizer import Tokenizer
 from workbench.models.world_action import (
     WorldActionConfig, WorldActionModel, action_losses, count_parameters, world_action_config, world_losses,
 )
 
-__all__ = ["JOWAConfig", "JOWAModel", "JOWA"]
+__all__ = ["JOWAConfig", "JOWAModel", "JOWA", "JOWASpec", "PlannerInspector"]
 
 SEQUENCE_KEYS = ("action", "reward", "terminal", "mask", "game_id", "valid_mask")
 
 
 @dataclass(frozen=True)
 class JOWAConfig:
-    """Method hyperparameters (Table 12)."""
+    """JOWA's method settings (paper 003, Table 12). Learning rates belong to the training stages
+    (``JOWASpec.stages``): 1e-4 in stage 1, 5e-5 in stage 2."""
 
-    stage: int = 1
     gamma: float = 0.99
+    """Discount of the Q head's TD target and of the planner's predicted rewards."""
     beta: float = 0.1
-    """Weight of L_world in stage 2."""
+    """Weight of L_world in stage 2 (Eq. 10)."""
     cql_alpha: float = 0.1
-    lr: float | None = None
-    """World-action model learning rate; None = the paper's 1e-4 (stage 1) / 5e-5 (stage 2)."""
+    """CQL weight of L_action."""
     tokenizer_lr: float = 1e-4
+    """Learning rate of the VQ-VAE tokenizer (stage 1)."""
     weight_decay: float = 0.01
-    tokenizer_max_frames: int | None = None
-    """Cap on frames per step for the tokenizer loss (the paper uses 2048 frames per batch)."""
+    """AdamW weight decay on the world-action model's weight matrices."""
+    tokenizer_max_frames: int = 0
+    """Cap on frames per step for the tokenizer loss (0 = every real frame of the batch)."""
     target_update_period: int = 1000
+    """Gradient steps between target Q-head copies (Table 12: 1000)."""
 
     def __post_init__(self) -> None:
-        if self.stage not in (1, 2):
-            raise ValueError(f"stage must be 1 or 2, got {self.stage}")
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
         for name in ("beta", "cql_alpha", "weight_decay", "tokenizer_lr"):
             v = getattr(self, name)
             if v < 0 or not math.isfinite(v):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v}")
-
-    @property
-    def world_lr(self) -> float:
-        return self.lr if self.lr is not None else (1e-4 if self.stage == 1 else 5e-5)
+        if self.tokenizer_max_frames < 0:
+            raise ValueError(f"tokenizer_max_frames must be >= 0 (0 = no cap), got {self.tokenizer_max_frames}")
+        if self.target_update_period < 1:
+            raise ValueError(f"target_update_period must be >= 1, got {self.target_update_period}")
 
 
 class JOWAModel(nn.Module):
@@ -79,28 +85,30 @@ class JOWAModel(nn.Module):
 class JOWA:
     """Loss, target update, optimizer groups and planner policy of JOWA; see module docstring."""
 
-    def __init__(self, model: JOWAModel, games: Sequence[str] | Sequence[int], config: JOWAConfig | None = None) -> None:
+    target_model: nn.Module | None = None  # the target Q head lives inside the model
+
+    def __init__(self, model: JOWAModel, games: Sequence[str] | Sequence[int], config: JOWAConfig | None = None,
+                 *, stage: int = 1) -> None:
         self.model = model
         self.games = tuple(games)
         if len(self.games) != model.cfg.num_games:
             raise ValueError(f"{len(self.games)} games but the model has {model.cfg.num_games} task embeddings")
         self.config = config or JOWAConfig()
-        self.set_stage(self.config.stage)
+        self.stage = 1
+        self.set_stage(stage)
 
     @classmethod
     def build(
         cls, preset: str, games: Sequence[str] | Sequence[int], config: JOWAConfig | None = None,
-        *, stage: int | None = None, **overrides,
+        *, stage: int = 1, seed: int = 0, **overrides: Any,
     ) -> JOWA:
-        """Model preset ('jowa-40m', 'jowa-70m', 'jowa-150m', 'jowa-tiny') for ``games``.
-
-        ``stage`` overrides ``config.stage``; ``overrides`` go to the model config.
-        """
+        """Model preset ('jowa-40m', 'jowa-70m', 'jowa-150m', 'jowa-tiny') for ``games``, its
+        weights initialised from ``seed``; ``overrides`` go to the model config."""
         cfg = world_action_config(preset, num_games=len(games), **overrides)
-        config = config or JOWAConfig()
-        if stage is not None:
-            config = replace(config, stage=stage)
-        return cls(JOWAModel(cfg), games, config)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = JOWAModel(cfg)
+        return cls(model, games, config, stage=stage)
 
     @property
     def seq_len(self) -> int:
@@ -116,19 +124,19 @@ class JOWA:
         self.model.to(device)
         return self
 
+    def to_channels_last(self) -> JOWA:
+        """Nothing to do: the tokenizer's convolutions are a small part of JOWA's cost."""
+        return self
+
     def set_stage(self, stage: int) -> None:
         """Freeze what the stage does not train (build a new optimizer afterwards)."""
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {stage}")
-        self.config = replace(self.config, stage=stage)
+        self.stage = stage
         self.model.tokenizer.requires_grad_(stage == 1)
         self.model.world.requires_grad_(True)
         self.model.world.q_head.requires_grad_(stage == 2)
         self.model.world.target_q_head.requires_grad_(False)
-
-    @property
-    def stage(self) -> int:
-        return self.config.stage
 
     @torch.no_grad()
     def update_target(self) -> None:
@@ -137,11 +145,9 @@ class JOWA:
     def param_groups(self) -> list[dict]:
         """AdamW groups: tokenizer (stage 1, no decay), world weights (decay), world rest (no decay).
 
-        The tokenizer group always carries Table 12's lr (1e-4). The world groups carry
-        ``config.lr`` only when it is set; otherwise they take the trainer's lr
-        (``TrainConfig.lr``, whose pipeline default is Table 12's 1e-4 in stage 1 and 5e-5 in
-        stage 2, see ``config.paper_learning_rate``), so a user's lr override reaches them.
-        ``config.world_lr`` gives the paper value for optimizers built by hand.
+        The tokenizer group carries ``config.tokenizer_lr`` (Table 12: 1e-4). The world groups
+        take the trainer's lr (the stage's: Table 12's 1e-4 in stage 1 and 5e-5 in stage 2, see
+        ``JOWASpec.stages``), so a user's lr override reaches them.
         """
         cfg = self.config
         decay, no_decay = [], []
@@ -149,10 +155,9 @@ class JOWA:
             if not p.requires_grad:
                 continue
             (decay if p.dim() >= 2 and "emb" not in name else no_decay).append(p)
-        lr = {} if cfg.lr is None else {"lr": cfg.lr}
         groups = [
-            {"params": decay, **lr, "weight_decay": cfg.weight_decay, "name": "world_decay"},
-            {"params": no_decay, **lr, "weight_decay": 0.0, "name": "world_no_decay"},
+            {"params": decay, "weight_decay": cfg.weight_decay, "name": "world_decay"},
+            {"params": no_decay, "weight_decay": 0.0, "name": "world_no_decay"},
         ]
         if self.stage == 1:
             tok = [p for p in self.model.tokenizer.parameters() if p.requires_grad]
@@ -185,12 +190,12 @@ class JOWA:
             if "obs" not in batch:
                 raise ValueError("stage 1 trains the tokenizer and needs 'obs' frames, not only 'tokens'")
             frames = batch["obs"][mask]  # (M, 84, 84): real frames only
-            if cfg.tokenizer_max_frames is not None and frames.shape[0] > cfg.tokenizer_max_frames:
+            if cfg.tokenizer_max_frames and frames.shape[0] > cfg.tokenizer_max_frames:
                 frames = frames[torch.randperm(frames.shape[0], device=frames.device)[: cfg.tokenizer_max_frames]]
             tok_loss, tok_metrics = self.model.tokenizer.loss(frames)
             loss = loss + tok_loss
             metrics.update(tok_metrics)
-            metrics["tokenizer_loss"] = tok_loss.detach()
+            metrics["loss/tokenizer"] = tok_loss.detach()
         tokens = self._tokens(batch)
         out = self.model.world(tokens, batch["action"], batch["game_id"])
         w_loss, w_metrics = world_losses(out, tokens, batch["action"], batch["reward"], batch["terminal"], mask)
@@ -204,18 +209,129 @@ class JOWA:
             )
             metrics.update(a_metrics)
             loss = loss + cfg.beta * w_loss + a_loss
+        metrics["loss/total"] = loss.detach()
         return loss, metrics
 
     # ------------------------------------------------------------------ acting
 
-    def policy(
-        self, horizon: int = 2, beam_width: int | Sequence[int] = 2, context_steps: int | None = None,
-        gamma: float | None = None,
-    ):
-        """A `planner.PlannerPolicy` over this model (H = 0 or K = 1: greedy in Q)."""
+    def policy(self, options: EvalOptions | None = None, *, return_tree: bool = False) -> Any:
+        """The planner (`planner.PlannerPolicy`) over this model with the options' H and K
+        (H = 0 or K = 1: greedy in Q)."""
         from workbench.planner import PlannerPolicy
 
+        options = options or EvalOptions()
         return PlannerPolicy(
-            self.model.world, self.model.tokenizer, self.games, horizon=horizon, beam_width=beam_width,
-            context_steps=context_steps, gamma=self.config.gamma if gamma is None else gamma,
+            self.model.world, self.model.tokenizer, self.games, horizon=options.planning_horizon,
+            beam_width=options.beam_width, gamma=self.config.gamma, return_tree=return_tree,
         )
+
+    def inspectable_policy(self, options: EvalOptions | None = None) -> PlannerInspector:
+        """The planner, also returning its root distributions, search trees and imagined frames."""
+        return PlannerInspector(self.policy(options, return_tree=True))
+
+
+class PlannerInspector:
+    """Explains each decision of a JOWA planner: the root's return distributions, the search tree
+    and the frames the world model imagined along the chosen path (what ``act`` itself computed,
+    no extra forward)."""
+
+    def __init__(self, planner: Any) -> None:
+        self.planner = planner
+
+    def reset(self, indices: np.ndarray) -> None:
+        self.planner.reset(indices)
+
+    def act(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray:
+        return self.planner.act(obs, game_ids)
+
+    def act_explained(self, obs: np.ndarray, game_ids: np.ndarray) -> tuple[np.ndarray, list[Explanation]]:
+        actions = np.asarray(self.planner.act(obs, game_ids))
+        probs, trees = self.planner.last_root_probs, self.planner.last_trees
+        frames = self.planner.decode_predicted_frames()
+        support = self.planner.support
+        out = []
+        for i in range(len(actions)):
+            out.append(Explanation(
+                q_probs=None if probs is None else probs[i], support=support,
+                tree=trees[i] if trees else None,
+                predicted_frames=None if frames is None else frames[i].astype(np.uint8),
+            ))
+        return actions, out
+
+
+# ------------------------------------------------------------------------------- registry
+
+
+class JOWASpec:
+    """JOWA in two stages: stage 1 trains the tokenizer and the world model on frames, stage 2
+    the world model and the Q head on pre-tokenized segments (paper 003, Section 5.1)."""
+
+    name = "jowa"
+    description = "JOWA: VQ-VAE + GPT world model with a C51 Q head, beam-search planning (paper 003)"
+    settings_class = JOWAConfig
+    metric_prefixes: tuple[str, ...] = ("loss/", "world/", "tokenizer/", "q/")
+    curves: tuple[str, ...] = ("loss/tokenizer", "loss/world", "loss/action", "loss/td", "loss/cql", "q/data_mean")
+
+    def model_presets(self) -> tuple[str, ...]:
+        from workbench.models.world_action import PRESETS
+
+        return tuple(PRESETS)
+
+    def default_model(self) -> str:
+        return "jowa-tiny"
+
+    def scale(self, preset: str, model: str) -> Scale:
+        if preset == "paper":
+            # Section 5.1: 250k steps of stage 1, then 1.5M of stage 2 (1.75M in all), batch 512.
+            return Scale(steps=1_500_000, batch_size=512, eval_max_steps=27_000,
+                         stage_steps={"stage1": 250_000, "stage2": 1_500_000})
+        # cpu: planning evaluation dominates on CPU, so training stays short.
+        steps, batch = (60, 8) if model.endswith("-tiny") else (10, 2)
+        return Scale(steps=steps, batch_size=batch, eval_max_steps=100, log_every=5, checkpoint_every=100,
+                     games_per_batch=min(8, batch), settings={"target_update_period": 50})
+
+    def stages(self, settings: Any, scale: Scale, batch_size: int, lr: float) -> list[Stage]:
+        # Table 12: 1e-4 in stage 1, 5e-5 in stage 2, AdamW weight decay 0.01 (on weight matrices).
+        return [
+            Stage(name, subdir, scale.stage_steps.get(name, scale.steps), lr or paper_lr, settings.weight_decay,
+                  settings.target_update_period, find_unused_parameters=True)
+            for name, subdir, paper_lr in (("stage1", "stage1", 1e-4), ("stage2", "", 5e-5))
+        ]
+
+    def build(self, model: str, games: Sequence[str], settings: Any, seed: int) -> Algo:
+        return JOWA.build(model, games, settings, stage=1, seed=seed)
+
+    def enter_stage(self, algo: Algo, stage: str, context: StageContext) -> None:
+        assert isinstance(algo, JOWA)
+        if stage == "stage1":
+            algo.set_stage(1)
+            return
+        algo.set_stage(2)
+        algo.update_target()  # the Q head starts stage 2 with its target equal to itself
+        # Stage 2 freezes the tokenizer: encode the store once (rank 0) and train on the tokens.
+        from workbench.data.tokens import tokenize_store
+
+        if context.rank == 0:
+            tokenize_store(context.store, algo.model.tokenizer, self._tokens(context), device=context.device,
+                           progress=context.progress)
+        if context.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    @staticmethod
+    def _tokens(context: StageContext) -> Any:
+        return context.run_dir / "data" / "tokens"
+
+    def batches(self, algo: Algo, stage: str, context: StageContext) -> Any:
+        from workbench.data.sampler import SequenceSampler
+
+        assert isinstance(algo, JOWA)
+        tokens = self._tokens(context) if stage == "stage2" else None
+        return stage_iterator(SequenceSampler(
+            context.store, context.games, context.batch_size // context.world_size, seq_len=algo.seq_len,
+            seed=context.seed, tokens=tokens, rank=context.rank, world_size=context.world_size,
+        ))
+
+
+register(JOWASpec())

@@ -21,107 +21,148 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from workbench import losses as L
+from workbench.algos.base import (
+    Algo, EvalOptions, Explanation, Scale, Stage, StageContext, register, stage_iterator,
+)
+from workbench.models.qnet import PRESETS as QNET_PRESETS
 from workbench.models.qnet import QNetwork, build_qnet
+from workbench.settings import check_finite
 
-__all__ = ["ALGOS", "ScaledQLConfig", "ScaledQL", "GreedyPolicy"]
+__all__ = ["ALGOS", "BCConfig", "CQLMSEConfig", "GreedyPolicy", "QNetInspector", "ScaledQL", "ScaledQLConfig",
+           "QLearningSpec"]
 
 ALGOS: tuple[str, ...] = ("scaled_ql", "cql_mse", "bc")
-_DEFAULT_ALPHA = {"scaled_ql": 0.05, "cql_mse": 0.1, "bc": 0.0}  # paper 000, Table B.1
 BATCH_KEYS = ("obs", "action", "reward", "discount", "next_obs", "terminal", "game_id", "valid_mask")
 BC_KEYS = ("obs", "action", "game_id", "valid_mask")
 
 
+def _check_q_settings(cfg: Any) -> None:
+    check_finite(cfg, "alpha", minimum=0.0)
+    if not 0.0 <= cfg.gamma <= 1.0:
+        raise ValueError(f"gamma must be in [0, 1], got {cfg.gamma}")
+    if cfg.n_step < 1:
+        raise ValueError(f"n_step must be >= 1, got {cfg.n_step}")
+    if cfg.target_update_period < 1:
+        raise ValueError(f"target_update_period must be >= 1, got {cfg.target_update_period}")
+
+
 @dataclass(frozen=True)
 class ScaledQLConfig:
-    """Hyper-parameters of the method (defaults: paper 000 Table B.1 / App. B.2).
+    """Scaled QL: C51 + CQL (paper 000, Table B.1 and Appendix B.2)."""
 
-    ``gamma`` and ``n_step`` are recorded for provenance; the loss uses the batch's ``discount``
-    (= gamma^n, 0 after a terminal), which the sampler computes with the same values.
-    ``alpha=None`` picks the paper's value for the algo (0.05 C51, 0.1 MSE).
-    ``reward_scale`` (MSE only): per-game scales s_g (see ``losses.return_scale``); None = 1.
-    ``double_q``: select the next action with the online network (not the paper's setting).
-    """
-
-    algo: str = "scaled_ql"
-    alpha: float | None = None
+    alpha: float = 0.05
+    """CQL weight (the paper's 0.05 for C51; 0 disables the conservative term)."""
     gamma: float = 0.99
+    """Discount. The loss uses the batch's ``discount`` (gamma^n, 0 after a terminal), which the
+    sampler computes from this value and ``n_step``."""
     n_step: int = 3
+    """n-step return length (the paper: 3)."""
     vmin: float = -20.0
+    """Lowest atom of the C51 support."""
     vmax: float = 20.0
+    """Highest atom of the C51 support."""
     num_atoms: int = 51
+    """Atoms of the C51 support."""
     target_update_period: int = 2000
+    """Gradient steps between target-network copies (paper: 2000)."""
     double_q: bool = False
-    reward_scale: tuple[float, ...] | None = field(default=None)
+    """Select the next action with the online network (not the paper's setting)."""
+    feature_norm: bool = True
+    """Divide the encoder's features by their L2 norm (the paper's; False for the ablation)."""
+
+    loss: ClassVar[str] = "c51"
 
     def __post_init__(self) -> None:
-        if self.algo not in ALGOS:
-            raise ValueError(f"unknown algo {self.algo!r}; valid: {list(ALGOS)}")
-        if self.alpha is None:
-            object.__setattr__(self, "alpha", _DEFAULT_ALPHA[self.algo])
-        if self.alpha < 0 or not math.isfinite(self.alpha):  # type: ignore[operator]
-            raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha}")
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
-        if self.n_step < 1:
-            raise ValueError(f"n_step must be >= 1, got {self.n_step}")
-        if self.target_update_period < 1:
-            raise ValueError(f"target_update_period must be >= 1, got {self.target_update_period}")
-        if self.algo == "scaled_ql":
-            L.make_support(self.vmin, self.vmax, self.num_atoms)  # validates the support
-        if self.reward_scale is not None:
-            if self.algo != "cql_mse":
-                raise ValueError("reward_scale applies to algo='cql_mse' only")
-            if any(not (s > 0 and math.isfinite(s)) for s in self.reward_scale):
-                raise ValueError(f"reward_scale entries must be finite and > 0, got {self.reward_scale}")
+        _check_q_settings(self)
+        L.make_support(self.vmin, self.vmax, self.num_atoms)  # validates the support
 
-    @property
-    def distributional(self) -> bool:
-        return self.algo == "scaled_ql"
+
+@dataclass(frozen=True)
+class CQLMSEConfig:
+    """CQL with a mean-squared TD error (paper 000's MSE ablation, Table B.1)."""
+
+    alpha: float = 0.1
+    """CQL weight (the paper's 0.1 for MSE)."""
+    gamma: float = 0.99
+    """Discount (see ``ScaledQLConfig.gamma``)."""
+    n_step: int = 3
+    """n-step return length."""
+    target_update_period: int = 2000
+    """Gradient steps between target-network copies."""
+    double_q: bool = False
+    """Select the next action with the online network (not the paper's setting)."""
+    feature_norm: bool = True
+    """Divide the encoder's features by their L2 norm."""
+    reward_scale: tuple[float, ...] | None = None
+    """Per-game reward scales s_g (``losses.return_scale``); None = 1 for every game."""
+
+    loss: ClassVar[str] = "mse"
+
+    def __post_init__(self) -> None:
+        _check_q_settings(self)
+        if self.reward_scale is not None and any(not (s > 0 and math.isfinite(s)) for s in self.reward_scale):
+            raise ValueError(f"reward_scale entries must be finite and > 0, got {self.reward_scale}")
+
+
+@dataclass(frozen=True)
+class BCConfig:
+    """Multi-task behaviour cloning with the Scaled QL network (the papers' MTBC baseline)."""
+
+    feature_norm: bool = True
+    """Divide the encoder's features by their L2 norm."""
+
+    loss: ClassVar[str] = "bc"
+
+
+QConfig = ScaledQLConfig | CQLMSEConfig | BCConfig
 
 
 class ScaledQL:
     """Online + target Q-network and the loss of one of ``ALGOS``."""
 
-    def __init__(self, model: QNetwork, config: ScaledQLConfig):
-        if model.distributional != config.distributional:
-            raise ValueError(
-                f"algo {config.algo!r} needs a QNetwork with distributional={config.distributional}"
-            )
-        if config.distributional and model.num_atoms != config.num_atoms:
+    def __init__(self, model: QNetwork, config: QConfig):
+        distributional = config.loss == "c51"
+        if model.distributional != distributional:
+            raise ValueError(f"a {config.loss} loss needs a QNetwork with distributional={distributional}")
+        if isinstance(config, ScaledQLConfig) and model.num_atoms != config.num_atoms:
             raise ValueError(f"model has {model.num_atoms} atoms, config says {config.num_atoms}")
-        if config.reward_scale is not None and len(config.reward_scale) != model.num_games:
-            raise ValueError(f"reward_scale has {len(config.reward_scale)} entries for {model.num_games} games")
+        scale: tuple[float, ...] = (1.0,) * model.num_games
+        if isinstance(config, CQLMSEConfig) and config.reward_scale is not None:
+            if len(config.reward_scale) != model.num_games:
+                raise ValueError(f"reward_scale has {len(config.reward_scale)} entries for {model.num_games} games")
+            scale = config.reward_scale
         self.config = config
         self.model = model
         # BC has no bootstrap target; keep no copy (saves memory at ResNet-101 sizes).
         self.target_model: QNetwork | None = None
-        if config.algo != "bc":
+        if config.loss != "bc":
             self.target_model = copy.deepcopy(model)
             self.target_model.requires_grad_(False)
         device = next(model.parameters()).device
-        self.support = L.make_support(config.vmin, config.vmax, config.num_atoms, device=device)
-        scale = config.reward_scale or (1.0,) * model.num_games
+        # The support is C51's; the other losses keep a 1-atom placeholder that nothing reads.
+        self.support = (L.make_support(config.vmin, config.vmax, config.num_atoms, device=device)
+                        if isinstance(config, ScaledQLConfig) else torch.zeros(1, device=device))
         self.reward_scale = torch.tensor(scale, dtype=torch.float32, device=device)
 
     @classmethod
     def build(
-        cls,
-        preset: str,
-        games: Sequence[str] | Sequence[int],
-        config: ScaledQLConfig | None = None,
-        feature_norm: bool = True,
+        cls, preset: str, games: Sequence[str] | Sequence[int], config: QConfig | None = None, *, seed: int = 0,
     ) -> "ScaledQL":
-        """Build the network preset for ``games`` and wrap it (``config`` defaults to scaled_ql)."""
+        """Build the network preset for ``games`` with weights initialised from ``seed``, and wrap
+        it (``config`` defaults to Scaled QL's C51 + CQL)."""
         config = config or ScaledQLConfig()
-        model = build_qnet(preset, games, config.distributional, feature_norm, config.num_atoms)
+        atoms = config.num_atoms if isinstance(config, ScaledQLConfig) else 51
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_qnet(preset, games, config.loss == "c51", config.feature_norm, atoms)
         return cls(model, config)
 
     # ------------------------------------------------------------------ device / target
@@ -164,17 +205,17 @@ class ScaledQL:
 
     def loss(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """Mean loss over the batch and detached scalar metrics (no host sync)."""
-        needed = BC_KEYS if self.config.algo == "bc" else BATCH_KEYS
+        needed = BC_KEYS if self.config.loss == "bc" else BATCH_KEYS
         missing = [k for k in needed if k not in batch]
         if missing:
-            raise KeyError(f"batch is missing keys {missing}; expected {list(BATCH_KEYS)}")
-        algo = self.config.algo
+            raise KeyError(f"batch is missing keys {missing}; expected {list(needed)}")
+        cfg = self.config
         obs, actions, game_id, valid = batch["obs"], batch["action"], batch["game_id"], batch["valid_mask"]
         out = self.model(obs, game_id)
         self._follow_device(out.device)
         metrics: dict[str, Tensor] = {}
 
-        if algo == "bc":
+        if isinstance(cfg, BCConfig):
             per = L.bc_loss(out, actions, valid)
             total = per.mean()
             with torch.no_grad():
@@ -185,13 +226,14 @@ class ScaledQL:
 
         assert self.target_model is not None
         rewards, discounts = batch["reward"], batch["discount"]
-        alpha = float(self.config.alpha)  # type: ignore[arg-type]
+        alpha = float(cfg.alpha)
         with torch.no_grad():
             target_next = self.target_model(batch["next_obs"], game_id)
             # The unwrapped module: a no-grad pass needs no DDP gradient hooks.
-            online_next = self.model(batch["next_obs"], game_id) if self.config.double_q else None
+            online_next = self.model(batch["next_obs"], game_id) if cfg.double_q else None
 
-        if algo == "scaled_ql":
+        target_probs = y = None
+        if isinstance(cfg, ScaledQLConfig):
             target_probs = L.c51_target(target_next, rewards, discounts, valid, self.support, online_next)
             td = L.distributional_td_loss(out, actions, target_probs)
             q = L.expected_q(out, self.support)  # (B, 18)
@@ -213,21 +255,29 @@ class ScaledQL:
             metrics["q/max_mean"] = L.masked_max(q, valid).mean()
             metrics["q/greedy_is_data"] = (L.masked_argmax(q, valid) == actions).float().mean()
             metrics["batch/terminal_frac"] = batch["terminal"].float().mean()
-            if algo == "scaled_ql":
+            if target_probs is not None:
                 idx = torch.arange(actions.shape[0], device=actions.device)
                 p_data = torch.softmax(out.float()[idx, actions], dim=-1)
                 metrics["dist/edge_mass"] = (p_data[:, 0] + p_data[:, -1]).mean()
                 metrics["dist/target_edge_mass"] = (target_probs[:, 0] + target_probs[:, -1]).mean()
                 metrics["q/target_mean"] = (target_probs * self.support).sum(-1).mean()
-            else:
+            elif y is not None:
                 metrics["q/target_mean"] = y.mean()
         return total, metrics
 
     # ------------------------------------------------------------------ acting
 
-    def policy(self, batch_size: int = 256) -> "GreedyPolicy":
+    def param_groups(self) -> list[dict[str, Any]]:
+        """One Adam group over the online network (the paper's optimizer, no weight decay)."""
+        return [{"params": list(self.model.parameters())}]
+
+    def policy(self, options: EvalOptions | None = None, batch_size: int = 256) -> "GreedyPolicy":
         """Greedy policy over valid actions using the online network (for the evaluator)."""
         return GreedyPolicy(self.model, self.support, batch_size=batch_size)
+
+    def inspectable_policy(self, options: EvalOptions | None = None) -> "QNetInspector":
+        """The greedy policy, also returning the Q distributions (C51) or values behind each act."""
+        return QNetInspector(self)
 
     def state_dict(self) -> dict[str, Tensor]:
         """Online and target weights, flat, for safetensors checkpoints."""
@@ -259,6 +309,9 @@ class GreedyPolicy:
         self.support = support
         self.batch_size = batch_size
 
+    def reset(self, indices: np.ndarray) -> None:
+        """Memoryless: nothing to reset."""
+
     def act(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray:
         if obs.dtype != np.uint8 or obs.ndim != 4:
             raise TypeError(f"obs must be uint8 (N, 4, 84, 84), got {obs.dtype} {obs.shape}")
@@ -278,3 +331,104 @@ class GreedyPolicy:
         finally:
             self.model.train(was_training)
         return out
+
+
+class QNetInspector:
+    """The greedy policy of a Scaled QL / CQL-MSE / BC algo that explains each decision.
+
+    ``act_explained`` returns the actions of ``GreedyPolicy`` and, per environment, the C51
+    probabilities over the support (softmax of the head's logits) or the MSE head's Q values (BC:
+    logits), for all 18 slots.
+    """
+
+    def __init__(self, algo: ScaledQL) -> None:
+        self.algo = algo
+        self.greedy = algo.policy()
+
+    def reset(self, indices: np.ndarray) -> None:
+        self.greedy.reset(indices)
+
+    def act(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray:
+        return self.greedy.act(obs, game_ids)
+
+    def act_explained(self, obs: np.ndarray, game_ids: np.ndarray) -> tuple[np.ndarray, list[Explanation]]:
+        model = self.algo.model
+        device = next(model.parameters()).device
+        was = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                o = torch.from_numpy(np.ascontiguousarray(obs)).to(device)
+                g = torch.from_numpy(np.asarray(game_ids, dtype=np.int64)).to(device)
+                out = model(o, g).float()
+        finally:
+            model.train(was)
+        actions = self.greedy.act(obs, game_ids)
+        if model.distributional:
+            probs = out.softmax(-1).cpu().numpy()
+            support = self.algo.support.float().cpu().numpy()
+            return actions, [Explanation(q_probs=p, support=support) for p in probs]
+        return actions, [Explanation(q_values=q) for q in out.cpu().numpy()]
+
+
+# ------------------------------------------------------------------------------- registry
+
+
+class QLearningSpec:
+    """Scaled QL (``scaled_ql``), CQL-MSE (``cql_mse``) and MTBC (``bc``): one network family,
+    three losses, one training stage."""
+
+    metric_prefixes: tuple[str, ...] = ("loss/", "q/", "dist/", "bc/", "batch/")
+
+    def __init__(self, name: str, settings_class: type, description: str, curves: tuple[str, ...]) -> None:
+        self.name, self.settings_class, self.description, self.curves = name, settings_class, description, curves
+
+    def model_presets(self) -> tuple[str, ...]:
+        return tuple(QNET_PRESETS)
+
+    def default_model(self) -> str:
+        return "resnet-tiny"
+
+    def scale(self, preset: str, model: str) -> Scale:
+        if preset == "paper":  # Table B.1: 10M steps at batch 512 (128 games x 4)
+            return Scale(steps=10_000_000, batch_size=512, eval_max_steps=27_000)
+        # cpu: minutes on 2 cores. Tiny models learn something in that time; paper-size models
+        # (one ResNet-101 step at batch 8 takes seconds) run a few steps through the whole pipeline.
+        steps, batch, cap = (300, 32, 1000) if model.endswith("-tiny") else (20, 8, 250)
+        return Scale(steps=steps, batch_size=batch, eval_max_steps=cap, log_every=5, checkpoint_every=100,
+                     games_per_batch=min(8, batch), settings={"target_update_period": 50})
+
+    def stages(self, settings: Any, scale: Scale, batch_size: int, lr: float) -> list[Stage]:
+        # 5e-5 at batch 32 and 2e-4 at batch 512 (Appendix B.3): square-root scaling in the
+        # batch size reproduces both points, and we use it in between.
+        rate = lr or 5e-5 * math.sqrt(batch_size / 32)
+        period = getattr(settings, "target_update_period", 0)  # BC has no target network
+        return [Stage("train", "", scale.steps, rate, weight_decay=0.0, target_update_period=period)]
+
+    def build(self, model: str, games: Sequence[str], settings: Any, seed: int) -> Algo:
+        return ScaledQL.build(model, games, settings, seed=seed)
+
+    def enter_stage(self, algo: Algo, stage: str, context: StageContext) -> None:
+        """One stage, nothing to prepare."""
+
+    def batches(self, algo: Algo, stage: str, context: StageContext) -> Any:
+        from workbench.data.sampler import TransitionSampler
+
+        settings = algo.config  # type: ignore[attr-defined]
+        # BC reads only (obs, action); any horizon gives it the same samples.
+        n_step, gamma = (1, 0.99) if isinstance(settings, BCConfig) else (settings.n_step, settings.gamma)
+        per_rank = context.batch_size // context.world_size
+        gpb = min(context.games_per_batch, per_rank)
+        while per_rank % gpb:
+            gpb -= 1
+        return stage_iterator(TransitionSampler(
+            context.store, context.games, per_rank, n_step=n_step, gamma=gamma, stratified=True,
+            games_per_batch=gpb, seed=context.seed, rank=context.rank, world_size=context.world_size,
+        ))
+
+
+_TD_CURVES = ("loss/td", "loss/cql", "q/data_mean")
+register(QLearningSpec("scaled_ql", ScaledQLConfig, "Scaled Q-learning: C51 + CQL (paper 000)", _TD_CURVES))
+register(QLearningSpec("cql_mse", CQLMSEConfig, "CQL with an MSE TD loss (paper 000's ablation)", _TD_CURVES))
+register(QLearningSpec("bc", BCConfig, "Multi-task behaviour cloning on the same network (MTBC)",
+                       ("loss/bc", "bc/accuracy")))

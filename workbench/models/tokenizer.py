@@ -327,14 +327,15 @@ class Tokenizer(nn.Module):
         codebook = F.mse_loss(out["e"], out["z"].detach())  # moves codes toward encodings
         commitment = F.mse_loss(out["z"], out["e"].detach())  # keeps encodings near their codes
         loss = l1 + codebook + self.cfg.commitment_weight * commitment
-        metrics = {"tok_l1": l1.detach(), "tok_codebook": codebook.detach(), "tok_commitment": commitment.detach()}
+        metrics = {"tokenizer/l1": l1.detach(), "tokenizer/codebook": codebook.detach(),
+                   "tokenizer/commitment": commitment.detach()}
         if self._perceptual:
             perc = self._perceptual[0].to(x.device)(recon[:, None], x)
             loss = loss + self.cfg.perceptual_weight * perc
-            metrics["tok_perceptual"] = perc.detach()
+            metrics["tokenizer/perceptual"] = perc.detach()
         with torch.no_grad():  # distinct codes in the batch (a collapse detector); no host sync
             used = torch.zeros(self.cfg.vocab_size, device=x.device).index_fill_(0, out["tokens"].flatten(), 1.0)
-            metrics["tok_codes_used"] = used.sum()
+            metrics["tokenizer/codes_used"] = used.sum()
         return loss, metrics
 
 

@@ -277,8 +277,8 @@ def world_losses(
         acc = _masked_mean((out["obs_logits"].argmax(-1) == target).float(), w_obs)
     loss = obs_loss + reward_loss + term_loss
     metrics = {
-        "world_loss": loss.detach(), "obs_ce": obs_loss.detach(), "reward_ce": reward_loss.detach(),
-        "term_ce": term_loss.detach(), "obs_token_acc": acc,
+        "loss/world": loss.detach(), "world/obs_ce": obs_loss.detach(), "world/reward_ce": reward_loss.detach(),
+        "world/term_ce": term_loss.detach(), "world/obs_token_acc": acc,
     }
     return loss, metrics
 
@@ -320,7 +320,8 @@ def action_losses(
     loss = td_term + cql_alpha * cql_term
     with torch.no_grad():
         q_data = _masked_mean(q.gather(-1, actions[..., None].long()).squeeze(-1), mask)
-    metrics = {"action_loss": loss.detach(), "td": td_term.detach(), "cql": cql_term.detach(), "q_data": q_data}
+    metrics = {"loss/action": loss.detach(), "loss/td": td_term.detach(), "loss/cql": cql_term.detach(),
+               "q/data_mean": q_data}
     return loss, metrics
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench.config import from_params as _from_params
-from workbench.config import namespace_params
+from workbench.settings import from_params as _from_params
+from workbench.settings import namespace_params
 
 __all__ = ["AnalysisParams", "ExplorerParams", "EXPLORER_SOURCES", "namespace_params"]
 
@@ -34,7 +34,7 @@ class ExplorerParams:
     source: str = "checkpoint"
     """'checkpoint' plays the game with a checkpoint's model, 'rollout' loads a saved rollout,
     'synthetic' makes a random rollout without env or model (a smoke test of the widgets)."""
-    checkpoint: str = "runs/pretrain"
+    checkpoint: str = "runs/pretrain-resnet-tiny"
     """Run dir, its checkpoints/ dir, or one checkpoint dir (source='checkpoint')."""
     rollout_path: str = ""
     """Directory of a saved rollout (source='rollout')."""

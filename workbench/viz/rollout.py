@@ -21,11 +21,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from workbench.algos.base import InspectablePolicy, Policy
+
 __all__ = [
     "ROLLOUT_FORMAT",
     "Rollout",
     "StepInsight",
-    "QNetInspector",
     "inspect_policy_step",
     "load_policy",
     "play_rollout",
@@ -222,40 +223,23 @@ class StepInsight:
     predicted_frames: np.ndarray | None = None  # (K, 84, 84)
 
 
-def inspect_policy_step(policy: Any, obs: np.ndarray, game_id: int, num_actions: int) -> StepInsight:
-    """Ask a policy for its action and whatever it exposes about it, for one state ``(1,4,84,84)``.
-
-    Optional hooks (duck-typed; a policy without them still plays, its rollout just has no Q):
-
-    - before ``act``: ``q_distribution(obs, game_ids) -> (probs (N, 18, atoms), support (atoms,))``
-      or ``q_values(obs, game_ids) -> (N, 18)``;
-    - after ``act`` (what the decision itself computed, no extra forward; the JOWA planner's
-      ``PlannerPolicy``): ``last_root_probs`` ((N, 18, atoms)) with ``support`` (atoms,) (when a
-      policy has ``last_root_probs`` its ``q_distribution`` is not called), ``last_trees`` (list
-      of ``SearchTree``), and predicted frames ``decode_predicted_frames() -> (N, K, 84, 84)``
-      uint8 (or None), else the attribute ``last_predicted_frames``.
-    """
+def inspect_policy_step(policy: Policy, obs: np.ndarray, game_id: int, num_actions: int) -> StepInsight:
+    """Ask a policy for its action and, when it is an ``InspectablePolicy``, its explanation of
+    it (``workbench.algos.base.Explanation``), for one state ``(1,4,84,84)``; the game's
+    ``num_actions`` valid slots are kept. A plain policy still plays; its rollout has no Q."""
     game_ids = np.asarray([game_id], dtype=np.int64)
-    insight = StepInsight(greedy_action=-1)
-    after_act = hasattr(policy, "last_root_probs")
-    if not after_act and getattr(policy, "q_distribution", None) is not None:
-        probs, support = policy.q_distribution(obs, game_ids)
-        insight.q_probs = _np(probs)[0, :num_actions]
-        insight.support = _np(support).reshape(-1)
-    elif not after_act and getattr(policy, "q_values", None) is not None:
-        insight.q_values = _np(policy.q_values(obs, game_ids))[0, :num_actions]
-    insight.greedy_action = int(_np(policy.act(obs, game_ids))[0])
-    if after_act and policy.last_root_probs is not None:
-        insight.q_probs = _np(policy.last_root_probs)[0, :num_actions]
-        insight.support = _np(policy.support).reshape(-1)
-    trees = getattr(policy, "last_trees", None)
-    if trees:
-        insight.tree = tree_to_dict(trees[0])
-    decode = getattr(policy, "decode_predicted_frames", None)
-    pred = decode() if callable(decode) else getattr(policy, "last_predicted_frames", None)
-    if pred is not None:
-        insight.predicted_frames = _np(pred)[0].astype(np.uint8)
-    return insight
+    if not isinstance(policy, InspectablePolicy):
+        return StepInsight(greedy_action=int(_np(policy.act(obs, game_ids))[0]))
+    actions, explanations = policy.act_explained(obs, game_ids)
+    e = explanations[0]
+    return StepInsight(
+        greedy_action=int(_np(actions)[0]),
+        q_probs=None if e.q_probs is None else _np(e.q_probs)[:num_actions],
+        support=None if e.support is None else _np(e.support).reshape(-1),
+        q_values=None if e.q_values is None else _np(e.q_values)[:num_actions],
+        tree=tree_to_dict(e.tree) if e.tree is not None else None,
+        predicted_frames=None if e.predicted_frames is None else _np(e.predicted_frames).astype(np.uint8),
+    )
 
 
 def _np(x: Any) -> np.ndarray:
@@ -310,8 +294,7 @@ def play_rollout(
     rng = np.random.default_rng(seed)
     obs, _ = env.reset(seed=seed)
     stacker.reset([0], obs[None])
-    if hasattr(policy, "reset"):
-        policy.reset(np.array([0]))
+    policy.reset(np.array([0]))
     frames, rgbs, actions, rewards, insights = [], [], [], [], []
     bar = tqdm(total=max_steps, desc=f"{game} rollout", disable=not progress)
     try:
@@ -365,50 +348,6 @@ def _rollout_from_steps(
     )
 
 
-class QNetInspector:
-    """Policy over a Scaled QL / CQL-MSE / BC algo that also exposes what the explorer shows.
-
-    ``act`` is the algo's own evaluation policy (``pipeline.algo_policy``); ``q_distribution``
-    returns the C51 probabilities (softmax of the head's logits) and the support, and
-    ``q_values`` the expected Q (MSE heads) or logits (BC), for the game's 18 slots.
-    """
-
-    def __init__(self, algo: Any, policy: Any) -> None:
-        self.algo, self.policy = algo, policy
-        self.distributional = bool(getattr(algo.model, "distributional", False))
-        if not self.distributional:
-            self.q_distribution = None  # type: ignore[assignment]  # hide the hook
-
-    def act(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray:
-        return self.policy.act(obs, game_ids)
-
-    def _forward(self, obs: np.ndarray, game_ids: np.ndarray) -> Any:
-        import torch
-
-        model = self.algo.model
-        device = next(model.parameters()).device
-        was = model.training
-        model.eval()
-        try:
-            with torch.inference_mode():
-                o = torch.from_numpy(np.ascontiguousarray(obs)).to(device)
-                g = torch.from_numpy(np.asarray(game_ids, dtype=np.int64)).to(device)
-                return model(o, g).float()
-        finally:
-            model.train(was)
-
-    def q_distribution(self, obs: np.ndarray, game_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        probs = self._forward(obs, game_ids).softmax(-1)
-        return probs.cpu().numpy(), self.algo.support.float().cpu().numpy()
-
-    def q_values(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray:
-        return self._forward(obs, game_ids).cpu().numpy()
-
-    def reset(self, indices: np.ndarray) -> None:
-        if hasattr(self.policy, "reset"):
-            self.policy.reset(indices)
-
-
 def load_policy(
     checkpoint: str | os.PathLike[str],
     game: str,
@@ -416,33 +355,26 @@ def load_policy(
     planning_horizon: int = 2,
     beam_width: int = 2,
     device: str = "auto",
-) -> tuple[Any, dict[str, Any]]:
-    """Load a workbench checkpoint (safetensors + JSON) as an inspectable Policy for ``game``.
+) -> tuple[InspectablePolicy, dict[str, Any]]:
+    """Load a workbench checkpoint (safetensors + JSON) as its algorithm's inspectable policy for
+    ``game`` (pickled files are refused by ``checkpoint.resolve_checkpoint``).
 
-    Uses ``workbench.pipeline.load_algo`` (pickled files are refused by
-    ``checkpoint.resolve_checkpoint`` with a clear message). Q-networks are wrapped in
-    :class:`QNetInspector`; JOWA plans with beam search and records its search trees.
-    Returns (policy, info) with info ``checkpoint``, ``game_id``, ``algo``, ``model``.
+    Returns (policy, info) with info ``checkpoint``, ``game_id``, ``algo``, ``model`` and the
+    evaluation options.
     """
-    from workbench import checkpoint as ckpt_io
     from workbench import games
-    from workbench.pipeline import algo_policy, load_algo
+    from workbench.algos.base import EvalOptions
+    from workbench.pipeline import load_algo
 
-    ckpt_io.resolve_checkpoint(checkpoint)  # fail fast on pickles / missing checkpoints
-    algo, run_config, ckpt = load_algo(checkpoint, device=device)
-    trained = list((run_config.get("resolved") or {}).get("games") or games.resolve_games(run_config["games"]))
+    algo, run, ckpt = load_algo(checkpoint, device=device)
+    trained = list(run.games)
     canon = games.canonical_game(game)
     if canon not in trained:
         raise ValueError(f"{canon} was not trained by {ckpt}; its games are {', '.join(trained)}")
-    policy = algo_policy(algo, planning_horizon=planning_horizon, beam_width=beam_width)
-    info = {"checkpoint": str(ckpt), "game_id": trained.index(canon),
-            "algo": (run_config.get("resolved") or {}).get("algo", run_config.get("algo")),
-            "model": run_config.get("model")}
-    if hasattr(policy, "return_tree"):  # JOWA's planner: keep trees and the imagined path
-        policy.return_tree = True
-        info.update(planning_horizon=int(planning_horizon), beam_width=int(beam_width))
-    else:
-        policy = QNetInspector(algo, policy)
+    options = EvalOptions(planning_horizon=int(planning_horizon), beam_width=int(beam_width))
+    policy = algo.inspectable_policy(options)
+    info = {"checkpoint": str(ckpt), "game_id": trained.index(canon), "algo": run.algo_name, "model": run.model,
+            "planning_horizon": options.planning_horizon, "beam_width": options.beam_width}
     return policy, info
 
 

@@ -1,0 +1,265 @@
+"""The contracts every algorithm meets, and the registry that names them.
+
+An algorithm is chosen by name (``get_algo("scaled_ql")``). Its :class:`AlgoSpec` says, in one
+place, everything the rest of the workbench needs to know about it:
+
+- its model presets and its own settings dataclass (alpha, n-step, support, beta, ...);
+- its training stages, learning-rate rule and batch/step scale per preset (``cpu``, ``paper``);
+- its sampler for each stage;
+- its metric prefixes (what the learning-curve figures draw);
+- how to build the trained object (an :class:`Algo`), whose ``policy`` is what the evaluator,
+  the recorder and the explorer run.
+
+Callers depend on the :class:`Algo`, :class:`Policy` and :class:`AlgoSpec` protocols below, never
+on a concrete class. Adding an algorithm is one module that calls :func:`register`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+from torch import Tensor, nn
+
+__all__ = [
+    "Algo", "AlgoSpec", "Batches", "EvalOptions", "Explanation", "InspectablePolicy", "Policy",
+    "Scale", "Stage", "StageContext", "algo_names", "get_algo", "model_owner", "register",
+]
+
+PRESETS = ("cpu", "paper")
+"""Training presets: ``cpu`` finishes in minutes on 2 cores, ``paper`` is the papers' scale."""
+
+
+# ------------------------------------------------------------------------------- acting
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """Evaluation-time options of a policy; each algorithm reads the ones it has."""
+
+    planning_horizon: int = 2
+    """Planning algorithms (JOWA): beam-search horizon H (0 = greedy in Q)."""
+    beam_width: int | tuple[int, ...] = 2
+    """Planning algorithms (JOWA): beam width K, or one width per depth (1 = greedy in Q)."""
+
+
+@dataclass
+class Explanation:
+    """What a policy reveals about one decision of one environment (all optional)."""
+
+    q_probs: np.ndarray | None = None
+    """(18, atoms) return distributions per action slot."""
+    support: np.ndarray | None = None
+    """(atoms,) the distributions' support."""
+    q_values: np.ndarray | None = None
+    """(18,) Q values (or logits) per action slot."""
+    tree: Any = None
+    """A ``planner.SearchTree`` (planning algorithms)."""
+    predicted_frames: np.ndarray | None = None
+    """(K, 84, 84) uint8 frames the model imagined for the chosen path."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Anything else an algorithm wants the explorer to show (name -> scalar or array)."""
+
+
+class Policy(Protocol):
+    """What the evaluator, the recorder and the explorer run.
+
+    ``act`` returns greedy minimal-set actions for a batch of stacks ``(N, 4, 84, 84)`` uint8 of
+    the games ``game_ids`` (indices into the run's games). Exploration (epsilon) is applied by the
+    caller. ``reset(indices)`` is called when those environments start a new episode.
+    """
+
+    def act(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray: ...
+
+    def reset(self, indices: np.ndarray) -> None: ...
+
+
+@runtime_checkable
+class InspectablePolicy(Policy, Protocol):
+    """A policy that can also explain its decisions (the explorer's view)."""
+
+    def act_explained(self, obs: np.ndarray, game_ids: np.ndarray) -> tuple[np.ndarray, list[Explanation]]: ...
+
+
+# ------------------------------------------------------------------------------- training
+
+
+class Algo(Protocol):
+    """The object the trainer drives: a model, its loss, and its policies.
+
+    The trainer owns the loop: ``loss, metrics = algo.loss(batch)``; backward; clip; optimizer
+    over ``param_groups()``; ``update_target()`` every target period. ``target_model`` (or None)
+    is checkpointed with ``model`` and never trained.
+    """
+
+    model: nn.Module
+    target_model: nn.Module | None
+
+    def loss(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]: ...
+
+    def update_target(self) -> None: ...
+
+    def param_groups(self) -> list[dict[str, Any]]: ...
+
+    def to(self, device: Any) -> Any: ...
+
+    def to_channels_last(self) -> Any: ...
+
+    def policy(self, options: EvalOptions) -> Policy: ...
+
+    def inspectable_policy(self, options: EvalOptions) -> InspectablePolicy: ...
+
+
+Batches = Any  # a callable: start step -> iterator of batches (see workbench.train.train)
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Steps, batch and evaluation cap of one preset for one model."""
+
+    steps: int
+    """Gradient steps of each stage."""
+    batch_size: int
+    """Global batch (all ranks together)."""
+    eval_max_steps: int
+    """Agent-step cap per evaluation episode (the protocol's 27,000 at paper scale)."""
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    """Algorithm settings this preset changes (e.g. a shorter target period on CPU)."""
+    stage_steps: Mapping[str, int] = field(default_factory=dict)
+    """Per-stage step counts that differ from ``steps`` (stage name -> steps)."""
+    log_every: int = 100
+    checkpoint_every: int = 10_000
+    games_per_batch: int = 128
+    """Stratified sampling: game draws per global batch (the papers: 128 draws x 4)."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage as the pipeline runs it (``pipeline.pretrain`` loops over these)."""
+
+    name: str
+    """'train' for single-stage algorithms; e.g. 'stage1', 'stage2' for JOWA."""
+    subdir: str
+    """Run sub-folder of this stage's checkpoints and metrics ('' = the run folder itself)."""
+    steps: int
+    lr: float
+    weight_decay: float
+    target_update_period: int
+    find_unused_parameters: bool = False
+    """DDP: parameters that get no gradient in this stage (frozen heads) are expected."""
+
+
+@dataclass
+class StageContext:
+    """What a stage's sampler needs: the data and the process layout."""
+
+    store: Path
+    games: tuple[str, ...]
+    batch_size: int
+    """Global batch size."""
+    games_per_batch: int
+    """Global game draws per batch (stratified sampling)."""
+    seed: int
+    rank: int
+    world_size: int
+    run_dir: Path
+    device: Any
+    progress: bool = True
+
+
+class AlgoSpec(Protocol):
+    """Everything the workbench knows about one algorithm, in one place."""
+
+    name: str
+    """Registry name (``algo=...``)."""
+    description: str
+    settings_class: type
+    """The algorithm's own settings dataclass (validated; ``algo_args`` fill it)."""
+    metric_prefixes: tuple[str, ...]
+    """Prefixes of the metrics its loss logs (``loss/``, ``q/``, ``world/`` ...)."""
+    curves: tuple[str, ...]
+    """The metrics its learning-curve figures draw, in order."""
+
+    def model_presets(self) -> Sequence[str]: ...
+
+    def default_model(self) -> str: ...
+
+    def scale(self, preset: str, model: str) -> Scale: ...
+
+    def stages(self, settings: Any, scale: Scale, batch_size: int, lr: float) -> list[Stage]:
+        """The training stages, resolved: steps, learning rate (``lr`` > 0 overrides the paper's
+        rule at ``batch_size``), weight decay and target period of each."""
+        ...
+
+    def build(self, model: str, games: Sequence[str], settings: Any, seed: int) -> Algo:
+        """A freshly initialised algo (weights from ``seed``) in its first stage."""
+        ...
+
+    def enter_stage(self, algo: Algo, stage: str, context: StageContext) -> None:
+        """Prepare ``algo`` for ``stage`` (freeze parts, refresh targets, pre-tokenize ...)."""
+        ...
+
+    def batches(self, algo: Algo, stage: str, context: StageContext) -> Batches:
+        """``start_step -> iterator of batches`` for this stage, deterministic in the seed."""
+        ...
+
+
+# ------------------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, AlgoSpec] = {}
+
+
+def register(spec: AlgoSpec, *, replace: bool = False) -> AlgoSpec:
+    """Add an algorithm to the registry (``replace=True`` to redefine one, e.g. in a notebook)."""
+    if spec.name in _REGISTRY and not replace:
+        raise ValueError(f"algorithm {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def unregister(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def _load_builtin() -> None:
+    # The built-in algorithms register themselves on import.
+    from workbench.algos import jowa, scaled_ql  # noqa: F401
+
+
+def algo_names() -> tuple[str, ...]:
+    _load_builtin()
+    return tuple(_REGISTRY)
+
+
+def get_algo(name: str) -> AlgoSpec:
+    """The registered algorithm ``name``; an unknown name lists the valid ones."""
+    _load_builtin()
+    if name not in _REGISTRY:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(_REGISTRY), 1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown algo {name!r}{hint}; valid algos: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def model_owner(model: str) -> AlgoSpec:
+    """The first registered algorithm whose presets include ``model`` (its default algorithm)."""
+    _load_builtin()
+    for spec in _REGISTRY.values():
+        if model in spec.model_presets():
+            return spec
+    valid = sorted({m for s in _REGISTRY.values() for m in s.model_presets()})
+    raise ValueError(f"unknown model {model!r}; valid models: {', '.join(valid)}")
+
+
+def stage_iterator(sampler: Any) -> Batches:
+    """``start_step -> iterator``: a resumable sampler positioned at a step's batch."""
+
+    def from_step(start: int) -> Iterator[dict[str, Tensor]]:
+        sampler.load_state_dict({"batch_index": start, "seed": sampler.seed, "rank": sampler.rank})
+        return iter(sampler)
+
+    return from_step

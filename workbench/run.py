@@ -1,0 +1,258 @@
+"""Run folders as one object: the one reader (and writer of the shared parts) of a run.
+
+A run folder is what one workbench job leaves behind::
+
+    run_dir/.workbench-run     marker: this folder belongs to the workbench
+    run_dir/config.json        {"kind", "format", "params", "resolved"}
+    run_dir/metrics.jsonl      training metrics of the last stage (earlier stages: <stage>/metrics.jsonl)
+    run_dir/checkpoints/       safetensors + JSON checkpoints (workbench.checkpoint)
+    run_dir/eval/*.json        evaluation scores (workbench.evaluate)
+    run_dir/figures/  summary.json  data/
+
+``kind`` says which job wrote it (``pretrain``, ``evaluate``, later ``finetune``, ``online``,
+``sweep``); ``params`` are the job's parameters as given, ``resolved`` what they resolved to
+(algorithm, model, games, the algorithm's settings, and each stage's steps, batch and lr).
+The pipeline, the trainer, the analysis, the explorer and the video CLI read runs through
+:class:`Run`. Its policy for missing or bad files: the reader methods never guess. A missing
+optional part is ``None``/empty; an unreadable ``config.json`` or checkpoint is an error naming
+the file; unreadable metric lines (cut by a kill) are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from workbench import checkpoint as ckpt_io
+from workbench.fileio import atomic_write_json, atomic_write_text
+
+__all__ = ["CONFIG_FORMAT", "KINDS", "MARKER", "ResumeMismatch", "Run", "find_run_dir"]
+
+MARKER = ".workbench-run"
+CONFIG_FORMAT = 2
+KINDS = ("pretrain", "evaluate", "finetune", "online", "sweep")
+
+
+class ResumeMismatch(ValueError):
+    """Resuming into a run whose configuration differs in a field that may not change."""
+
+
+def find_run_dir(path: str | os.PathLike[str]) -> Path:
+    """The run folder holding ``path`` (a run, its checkpoints/ folder, one checkpoint, or a
+    stage's sub-folder): the nearest folder upwards with a ``config.json``."""
+    p = Path(path).resolve()
+    for cand in [p, *p.parents][:5]:  # a stage's checkpoint is 4 levels below its run
+        if (cand / "config.json").is_file():
+            return cand
+    raise FileNotFoundError(f"{path} is not inside a workbench run folder: no config.json in it or above it")
+
+
+@dataclass
+class Run:
+    """One run folder. ``Run(path)`` only names it; nothing is read until asked."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> "Run":
+        """The run holding ``path`` (run folder, checkpoints folder or a checkpoint)."""
+        run = cls(find_run_dir(path))
+        run.config  # noqa: B018  (fail now, naming the file, if it is unreadable)
+        return run
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def config(self) -> dict[str, Any]:
+        try:
+            doc = json.loads(self.config_path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.config_path} is missing: {self.path} is not a workbench run") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{self.config_path} is not valid JSON ({exc})") from None
+        if not isinstance(doc, dict) or doc.get("format") != CONFIG_FORMAT or doc.get("kind") not in KINDS:
+            raise ValueError(
+                f"{self.config_path} is not a workbench run config of format {CONFIG_FORMAT} (it needs 'kind' in "
+                f"{KINDS}, 'params' and 'resolved'); it was written by another tool or an older workbench"
+            )
+        return doc
+
+    @property
+    def kind(self) -> str:
+        return str(self.config["kind"])
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.config.get("params") or {})
+
+    @property
+    def resolved(self) -> dict[str, Any]:
+        return dict(self.config.get("resolved") or {})
+
+    @property
+    def algo_name(self) -> str:
+        return str(self.resolved.get("algo", "unknown"))
+
+    @property
+    def model(self) -> str:
+        return str(self.resolved.get("model", "unknown"))
+
+    @property
+    def games(self) -> tuple[str, ...]:
+        return tuple(self.resolved.get("games", ()))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    # ------------------------------------------------------------------ parts
+
+    def stage_dirs(self) -> list[tuple[str, Path]]:
+        """(stage name, folder) of each training stage, in order."""
+        stages = self.resolved.get("stages") or [{"name": "train", "subdir": ""}]
+        return [(s["name"], self.path / s["subdir"]) for s in stages]
+
+    def metrics(self, stage: str | None = None) -> tuple[list[dict[str, Any]], int]:
+        """Metric records of one stage (default: the last) and the number of unreadable lines."""
+        stages = dict(self.stage_dirs())
+        folder = stages[stage] if stage is not None else self.stage_dirs()[-1][1]
+        return read_jsonl(folder / "metrics.jsonl")
+
+    def all_metrics(self) -> tuple[list[dict[str, Any]], int]:
+        """Every stage's records, each tagged ``stage``, with steps continued across stages."""
+        out: list[dict[str, Any]] = []
+        bad, offset = 0, 0
+        for name, folder in self.stage_dirs():
+            records, b = read_jsonl(folder / "metrics.jsonl")
+            bad += b
+            for r in records:
+                out.append({**r, "stage": name, "step": r.get("step", 0) + offset})
+            offset += max((r.get("step", 0) for r in records), default=0)
+        return out, bad
+
+    def checkpoint(self) -> Path | None:
+        """The newest complete checkpoint of the last stage, or None."""
+        return ckpt_io.latest_checkpoint(self.stage_dirs()[-1][1])
+
+    def score_files(self) -> list[Path]:
+        """Evaluation files, the pretraining one (eval/scores.json) first, then newest first."""
+        folder = self.path / "eval"
+        if not folder.is_dir():
+            return []
+        rest = sorted((p for p in folder.glob("*.json") if p.name != "scores.json"),
+                      key=lambda p: p.stat().st_mtime, reverse=True)
+        return [p for p in [folder / "scores.json", *rest] if p.is_file()]
+
+    # ------------------------------------------------------------------ the algorithm
+
+    def build_algo(self, *, device: str = "auto", checkpoint: str | os.PathLike[str] | None = None) -> tuple[Any, Path]:
+        """Rebuild the run's algorithm from the registry and load a checkpoint (default: the
+        latest); returns (algo in eval mode on ``device``, checkpoint folder)."""
+        from workbench.algos.base import get_algo
+        from workbench.settings import from_params
+        from workbench.train import resolve_device
+
+        ckpt = ckpt_io.resolve_checkpoint(checkpoint if checkpoint is not None else self.path)
+        resolved = self.resolved
+        spec = get_algo(self.algo_name)
+        settings = from_params(spec.settings_class, resolved.get("settings", {}), what=f"{spec.name} setting")
+        algo = spec.build(self.model, self.games, settings, 0)  # every weight comes from the checkpoint
+        ckpt_io.load_checkpoint(ckpt, algo.model, target=algo.target_model)
+        algo.to(resolve_device(device))
+        algo.model.eval()
+        return algo, ckpt
+
+    # ------------------------------------------------------------------ writing
+
+    def is_marked(self) -> bool:
+        return (self.path / MARKER).is_file()
+
+    def create(self, kind: str, params: dict[str, Any], resolved: dict[str, Any]) -> None:
+        """Mark the folder and write ``config.json`` (atomically)."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown run kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path / MARKER, "This folder is a workbench run; the workbench may rewrite it.\n")
+        atomic_write_json(self.config_path, {"kind": kind, "format": CONFIG_FORMAT, "params": params,
+                                             "resolved": resolved})
+
+    def check_resume(self, kind: str, params: dict[str, Any], resolved: dict[str, Any],
+                     may_change: Iterable[str]) -> list[str]:
+        """Compare a new job's configuration with this run's, before any weight is loaded.
+
+        Returns the names of changed fields that may change (they are applied); raises
+        :class:`ResumeMismatch` naming every other differing field and the two ways out.
+        """
+        old = self.config
+        may = set(may_change)
+        changed: list[str] = []
+        if old["kind"] != kind:
+            changed.append("kind")
+        old_params, old_resolved = old.get("params", {}), old.get("resolved", {})
+        for key in sorted(set(old_params) | set(params)):
+            if old_params.get(key) != params.get(key):
+                changed.append(key)
+        for key in ("algo", "model", "games", "settings"):
+            if old_resolved.get(key) != resolved.get(key) and f"resolved.{key}" not in changed:
+                changed.append(f"resolved.{key}")
+        blocking = [k for k in changed if k not in may and not (k.startswith("resolved.") and k[9:] in may)]
+        if blocking:
+            def show(key: str) -> str:
+                src_old, src_new = (old_resolved, resolved) if key.startswith("resolved.") else (old_params, params)
+                name = key.split(".", 1)[-1] if key.startswith("resolved.") else key
+                if key == "kind":
+                    return f"kind: {old['kind']!r} -> {kind!r}"
+                return f"{key}: {src_old.get(name)!r} -> {src_new.get(name)!r}"
+
+            raise ResumeMismatch(
+                f"{self.path} holds a run with a different configuration; resuming it would mix two "
+                f"experiments. Differing fields: {'; '.join(show(k) for k in blocking)}. Either choose another "
+                f"output_dir, or pass resume=False to start this run afresh in {self.path} (its checkpoints, "
+                "metrics and evaluations are replaced)."
+            )
+        return [k for k in changed if k in may]
+
+    def record_history(self, entry: dict[str, Any]) -> None:
+        """Append one line to ``history.jsonl`` (changes applied on resume)."""
+        with open(self.path / "history.jsonl", "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def clear(self, entries: Iterable[str]) -> None:
+        """Delete the named workbench-made entries of a marked run (for ``resume=False``)."""
+        if not self.is_marked():
+            raise ValueError(f"{self.path} is not marked as a workbench run ({MARKER} missing): refusing to delete")
+        for name in entries:
+            target = self.path / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+
+
+def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """Records of a JSONL metrics file (error records left out) and the count of unreadable lines."""
+    if not path.is_file():
+        return [], 0
+    records, bad = [], 0
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1  # a line cut by an interrupted write
+            continue
+        if isinstance(rec, dict) and "error" not in rec:
+            records.append(rec)
+    return records, bad
