@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workbench.viz import figures as F
+from workbench.viz import agent_figures as A
+from workbench.viz import export as E
+from workbench.viz import results_figures as R
 
 
 def _decode(source: str) -> np.ndarray:
@@ -42,7 +44,7 @@ EXPECTED_XY = {0: (0, 0), 2: (1, 0), 5: (1, 1), 1: (1, 2), 3: (2, 0), 4: (2, 1),
 
 
 def test_search_tree_coordinates_edges_and_hover_data():
-    fig = F.make_search_tree_figure(TREE, ["NOOP", "FIRE", "UP", "RIGHT", "LEFT"])
+    fig = A.make_search_tree_figure(TREE, ["NOOP", "FIRE", "UP", "RIGHT", "LEFT"])
     edges, nodes = fig.data
     ids = [n["id"] for n in TREE["nodes"]]
     assert [(x, y) for x, y in zip(nodes.x, nodes.y)] == [EXPECTED_XY[i] for i in ids]
@@ -60,7 +62,7 @@ def test_search_tree_coordinates_edges_and_hover_data():
                              n["score"], n["kept"], n["terminal"]]
     colors = list(nodes.marker.color)
     for c, n in zip(colors, TREE["nodes"]):
-        want_c = F.ROOT_COLOR if n["parent"] == -1 else F.KEPT_COLOR if n["kept"] else F.PRUNED_COLOR
+        want_c = A.ROOT_COLOR if n["parent"] == -1 else A.KEPT_COLOR if n["kept"] else A.PRUNED_COLOR
         assert c == want_c
     assert list(nodes.marker.symbol) == ["x" if n["terminal"] else "circle" for n in TREE["nodes"]]
     hover = nodes.hovertext[[n["id"] for n in TREE["nodes"]].index(2)]
@@ -72,12 +74,12 @@ def test_search_tree_accepts_objects_and_rejects_dangling_parent():
     from types import SimpleNamespace
 
     obj = SimpleNamespace(chosen_action=3, nodes=[SimpleNamespace(**n) for n in TREE["nodes"]])
-    a = F.make_search_tree_figure(obj)
-    b = F.make_search_tree_figure(TREE)
+    a = A.make_search_tree_figure(obj)
+    b = A.make_search_tree_figure(TREE)
     assert list(a.data[1].x) == list(b.data[1].x) and list(a.data[1].y) == list(b.data[1].y)
     bad = {"chosen_action": 0, "nodes": [_node(0, -1, 0, -1, 0, 0, 0, True), _node(1, 9, 1, 0, 0, 0, 0, True)]}
     with pytest.raises(ValueError, match="parent 9"):
-        F.make_search_tree_figure(bad)
+        A.make_search_tree_figure(bad)
 
 
 def test_return_distributions_and_expected_q():
@@ -85,7 +87,7 @@ def test_return_distributions_and_expected_q():
     atoms, names = 11, ["NOOP", "FIRE", "UP", "DOWN"]
     probs = rng.dirichlet(np.ones(atoms), size=len(names))
     support = np.linspace(-5, 5, atoms)
-    fig = F.make_return_distribution_figure(probs, support, names, chosen=2)
+    fig = A.make_return_distribution_figure(probs, support, names, chosen=2)
     lines, bars = fig.data[:4], fig.data[4]
     for a, tr in enumerate(lines):
         np.testing.assert_allclose(tr.y, probs[a])
@@ -95,12 +97,12 @@ def test_return_distributions_and_expected_q():
     np.testing.assert_allclose(bars.x, q)
     assert list(bars.y) == names
     assert lines[2].line.width > max(lines[a].line.width for a in (0, 1, 3))
-    assert bars.marker.color[2] == F.CHOSEN_COLOR
+    assert bars.marker.color[2] == A.CHOSEN_COLOR
     assert f"UP (Q={q[2]:.3f})" in fig.layout.title.text
     with pytest.raises(ValueError, match="action names"):
-        F.make_return_distribution_figure(probs, support, names[:3])
+        A.make_return_distribution_figure(probs, support, names[:3])
     with pytest.raises(ValueError, match="atoms"):
-        F.make_return_distribution_figure(probs[:, :5], support, names)
+        A.make_return_distribution_figure(probs[:, :5], support, names)
 
 
 def test_aggregate_bars_error_bars_span_the_given_cis():
@@ -110,26 +112,26 @@ def test_aggregate_bars_error_bars_span_the_given_cis():
         "bc": {"median": 0.2, "median_ci": [0.1, 0.3], "iqm": 0.25, "iqm_ci": [0.2, 0.33],
                "mean": 0.4, "mean_ci": [0.3, 0.5], "optimality_gap": 0.7, "optimality_gap_ci": [0.65, 0.75]},
     }
-    fig = F.make_aggregate_figure(agg)
+    fig = R.make_aggregate_figure(agg)
     assert len(fig.data) == 4
-    for tr, metric in zip(fig.data, F.AGGREGATE_METRICS):
+    for tr, metric in zip(fig.data, R.AGGREGATE_METRICS):
         assert list(tr.x) == ["scaled_ql", "bc"]
         for i, m in enumerate(tr.x):
             lo, hi = agg[m][f"{metric}_ci"]
             assert tr.y[i] == agg[m][metric]
             assert tr.y[i] + tr.error_y.array[i] == pytest.approx(hi)
             assert tr.y[i] - tr.error_y.arrayminus[i] == pytest.approx(lo)
-    only_iqm = F.make_aggregate_figure(agg, metrics=("iqm", "nonexistent"))
+    only_iqm = R.make_aggregate_figure(agg, metrics=("iqm", "nonexistent"))
     assert len(only_iqm.data) == 1
     with pytest.raises(ValueError, match="available keys"):
-        F.make_aggregate_figure(agg, metrics=("nope",))
+        R.make_aggregate_figure(agg, metrics=("nope",))
 
 
 def test_performance_profile_band_and_curve():
     taus = np.linspace(0, 2, 5)
     curves = {"a": [1.0, 0.8, 0.5, 0.2, 0.0], "b": [1.0, 0.6, 0.3, 0.1, 0.0]}
     cis = {"a": [[0.9, 0.7, 0.4, 0.1, 0.0], [1.0, 0.9, 0.6, 0.3, 0.1]]}
-    fig = F.make_performance_profile_figure(taus, curves, cis)
+    fig = R.make_performance_profile_figure(taus, curves, cis)
     band, line_a, line_b = fig.data
     assert band.fill == "toself"
     np.testing.assert_allclose(band.x, list(taus) + list(taus[::-1]))
@@ -137,12 +139,12 @@ def test_performance_profile_band_and_curve():
     np.testing.assert_allclose(line_a.y, curves["a"])
     np.testing.assert_allclose(line_b.y, curves["b"])
     with pytest.raises(ValueError, match="shape"):
-        F.make_performance_profile_figure(taus, {"a": [1, 2]})
+        R.make_performance_profile_figure(taus, {"a": [1, 2]})
 
 
 def test_probability_of_improvement_bars():
     pairs = {"scaled_ql,bc": {"p": 0.8, "ci": [0.7, 0.9]}, ("jowa", "bc"): (0.6, [0.5, 0.75])}
-    fig = F.make_probability_of_improvement_figure(pairs)
+    fig = R.make_probability_of_improvement_figure(pairs)
     (bar,) = [d for d in fig.data if d.type == "bar"]
     assert list(bar.y) == ["P(scaled_ql > bc)", "P(jowa > bc)"]
     assert list(bar.x) == [0.8, 0.6]
@@ -157,7 +159,7 @@ def test_scaling_curve_sorted_by_params_with_reference():
         {"family": "impala", "params": 2e6, "iqm": 0.4},
     ]
     ref = [{"label": "paper ResNet-101", "params": 80e6, "iqm": 1.3}]
-    fig = F.make_scaling_figure(pts, ref)
+    fig = R.make_scaling_figure(pts, ref)
     resnet, impala, paper = fig.data
     assert list(resnet.x) == [20e6, 80e6] and list(resnet.y) == [0.8, 1.2]
     assert list(resnet.error_y.array) == pytest.approx([0.1, 0.2])
@@ -173,20 +175,20 @@ def test_learning_curves_skip_missing_keys_and_sort_steps():
                  {"step": 12, "loss": float("nan")}],
         "run2": [{"step": 1, "loss": 5.0, "eval": 0.5}],
     }
-    fig = F.make_learning_curve_figure(runs, ["loss", "eval"])
+    fig = R.make_learning_curve_figure(runs, ["loss", "eval"])
     by = {(d.name, d.yaxis): d for d in fig.data}
     assert list(by[("run1", "y")].x) == [5.0, 10.0] and list(by[("run1", "y")].y) == [2.0, 1.0]
     assert list(by[("run1", "y2")].y) == [3.0]
     assert list(by[("run2", "y2")].y) == [0.5]
     assert len(fig.data) == 4
     with pytest.raises(ValueError, match="available keys"):
-        F.make_learning_curve_figure(runs, "nope")
+        R.make_learning_curve_figure(runs, "nope")
 
 
 def test_ablation_table_cells():
     rows = [{"ablation": "no feature norm", "iqm": 0.51234, "iqm_ci": [0.4, 0.6]},
             {"ablation": "full", "iqm": 0.9}]
-    fig = F.make_ablation_table_figure(rows)
+    fig = R.make_ablation_table_figure(rows)
     table = fig.data[0]
     assert [v for v in table.header.values] == ["<b>ablation</b>", "<b>iqm</b>", "<b>iqm_ci</b>"]
     assert list(table.cells.values[0]) == ["no feature norm", "full"]
@@ -198,36 +200,36 @@ def test_frame_pair_images_roundtrip():
     rng = np.random.default_rng(0)
     real = rng.integers(0, 255, size=(2, 84, 84), dtype=np.uint8)
     pred = rng.integers(0, 255, size=(2, 84, 84), dtype=np.uint8)
-    fig = F.make_frame_pair_figure(real, pred)
+    fig = A.make_frame_pair_figure(real, pred)
     assert len(fig.data) == 4
     for tr, want in zip(fig.data, [real[0], real[1], pred[0], pred[1]]):
         img = _decode(tr.source)
         assert img.shape == (84, 84, 3)
         np.testing.assert_array_equal(img[:, :, 0], want)
     rgb = rng.integers(0, 255, size=(210, 160, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(_decode(F.make_frame_figure(rgb).data[0].source), rgb)
+    np.testing.assert_array_equal(_decode(A.make_frame_figure(rgb).data[0].source), rgb)
     # Square pixels in every subplot: each image's y axis is anchored to its own x axis.
     for tr in fig.data:
         yname = "yaxis" + tr.yaxis[1:]
         assert fig.layout[yname].scaleanchor == tr.xaxis
-    assert F.make_frame_figure(rgb).layout.yaxis.scaleanchor == "x"
+    assert A.make_frame_figure(rgb).layout.yaxis.scaleanchor == "x"
 
 
 def test_save_figure_reports_missing_browser(tmp_path, monkeypatch):
-    fig = F.make_probability_of_improvement_figure({"a,b": (0.6, [0.5, 0.7])})
+    fig = R.make_probability_of_improvement_figure({"a,b": (0.6, [0.5, 0.7])})
     monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-such-chrome"))
-    status = F.save_figure(fig, tmp_path / "sub" / "poi")
+    status = E.save_figure(fig, tmp_path / "sub" / "poi")
     assert status.html.is_file() and status.html.suffix == ".html"
     assert status.png is None and "Chromium" in status.message
     assert not (tmp_path / "sub" / "poi.png").exists()
 
 
-@pytest.mark.skipif(F.find_chromium() is None, reason="no Chrome/Chromium for kaleido (apt-get install chromium)")
+@pytest.mark.skipif(E.find_chromium() is None, reason="no Chrome/Chromium for kaleido (apt-get install chromium)")
 def test_save_figures_writes_png(tmp_path):
-    tall = F.make_learning_curve_figure({"r": [{"step": 1, "a": 1.0, "b": 2.0, "c": 3.0}]}, ["a", "b", "c"])
-    figs = {tmp_path / "a": F.make_probability_of_improvement_figure({"a,b": (0.6, [0.5, 0.7])}),
-            tmp_path / "b": F.make_ablation_table_figure([{"x": 1.0}]), tmp_path / "c": tall}
-    statuses = F.save_figures(figs)
+    tall = R.make_learning_curve_figure({"r": [{"step": 1, "a": 1.0, "b": 2.0, "c": 3.0}]}, ["a", "b", "c"])
+    figs = {tmp_path / "a": R.make_probability_of_improvement_figure({"a,b": (0.6, [0.5, 0.7])}),
+            tmp_path / "b": R.make_ablation_table_figure([{"x": 1.0}]), tmp_path / "c": tall}
+    statuses = E.save_figures(figs)
     for s in statuses:
         assert s.png is not None and s.png.is_file(), s.message
         with Image.open(s.png) as im:
@@ -246,11 +248,12 @@ def _fake_run(root, name, *, model, seed, means, hidden):
     import torch
 
     from workbench.checkpoint import save_checkpoint
+    from workbench.run import Run
 
     d = root / name
-    d.mkdir(parents=True)
-    (d / "config.json").write_text(json.dumps({"model": model, "algo": "scaled_ql", "seed": seed,
-                                               "games": "Assault,Breakout", "output_dir": str(d)}))
+    Run(d).create("pretrain", {"model": model, "algo": "scaled_ql", "seed": seed, "games": "Assault,Breakout",
+                               "output_dir": str(d)},
+                  {"algo": "scaled_ql", "model": model, "games": ["Assault", "Breakout"]})
     lines = [json.dumps({"step": s, "loss": 1.0 / (s + 1), "loss/td": 0.5 / (s + 1)}) for s in range(0, 50, 10)]
     (d / "metrics.jsonl").write_text("\n".join(lines + ['{"step": 60, "loss"']) + "\n")  # cut last line
     save_checkpoint(d, 50, torch.nn.Sequential(torch.nn.Linear(4, hidden), torch.nn.Linear(hidden, 2)))
@@ -319,7 +322,7 @@ def test_build_figures_reports_what_is_missing(tmp_path):
     assert rep.figures == {}
     assert "no run has evaluation scores" in rep.skipped["aggregates"]
     readme = (tmp_path / "figs" / "README.md").read_text()
-    assert "no config.json" in readme and "Not drawn" in readme
+    assert "config.json is missing" in readme and "Not drawn" in readme
 
 
 def test_scores_figure_normalizes_with_reference_scores():
@@ -328,7 +331,7 @@ def test_scores_figure_normalizes_with_reference_scores():
     scores = {"per_game": {"Breakout": {"scores": [10.0, 20.0], "mean": 15.0},
                            "Pong": {"scores": [-21.0, -19.0], "mean": -20.0}},
               "aggregates": {"iqm": 0.123}}
-    fig = F.make_scores_figure(scores)
+    fig = R.make_scores_figure(scores)
     bars, eps = fig.data
     ref = reference_scores()
 
@@ -339,6 +342,17 @@ def test_scores_figure_normalizes_with_reference_scores():
     assert list(bars.y) == pytest.approx([hns("Breakout", 15.0), hns("Pong", -20.0)])
     assert list(eps.y) == pytest.approx([hns("Breakout", 10), hns("Breakout", 20), hns("Pong", -21), hns("Pong", -19)])
     assert "IQM 0.123" in fig.layout.title.text
+
+
+def test_scores_figure_draws_games_without_reference_scores_raw():
+    # AirRaid has no reference scores; Breakout's human score is 30.5 (normalized: 1.0).
+    scores = {"per_game": {"AirRaid": {"scores": [400.0, 600.0], "mean": 500.0},
+                           "Breakout": {"scores": [30.5], "mean": 30.5}}}
+    bars, eps = R.make_scores_figure(scores).data
+    assert list(bars.x) == ["AirRaid (raw)", "Breakout"]
+    assert list(bars.y) == pytest.approx([500.0, 1.0])
+    assert list(eps.x) == ["AirRaid (raw)", "AirRaid (raw)", "Breakout"]
+    assert list(eps.y) == pytest.approx([400.0, 600.0, 1.0])
 
 
 def test_count_parameters_skips_target_copies(tmp_path):
@@ -356,30 +370,32 @@ def test_count_parameters_skips_target_copies(tmp_path):
 def test_learning_curves_draw_scaled_ql_and_jowa_runs_together(tmp_path):
     import json
 
+    from workbench.run import Run
     from workbench.viz.analysis import build_figures
 
     recs = {
         "sql": [{"step": s, "loss": 4.0 - s / 10, "loss/td": 3.0, "loss/cql": 1.0 - s / 10, "q/data_mean": 0.1 * s}
                 for s in (5, 10)],
-        "jowa": [{"step": s, "loss": 6.0 - s / 10, "world_loss": 5.0, "action_loss": 1.0 + s, "q_data": 9.0, "td": 1.0}
-                 for s in (5, 10, 15)],
+        "jowa": [{"step": s, "loss": 6.0 - s / 10, "loss/world": 5.0, "loss/action": 1.0 + s, "q/data_mean": 9.0,
+                  "loss/td": 1.0} for s in (5, 10, 15)],
     }
     dirs = []
     for name, model in (("sql", "resnet-tiny"), ("jowa", "jowa-tiny")):
         d = tmp_path / name
-        d.mkdir()
-        (d / "config.json").write_text(json.dumps({"model": model, "resolved": {"algo": "jowa" if name == "jowa" else "scaled_ql"}}))
+        Run(d).create("pretrain", {"model": model}, {"model": model, "algo": "jowa" if name == "jowa" else "scaled_ql"})
         (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs[name]) + "\n")
         dirs.append(d)
     rep = build_figures(dirs, tmp_path / "figs", png=False, reps=200)
     fig = rep.figures["learning_curves"]
     rows = [a.text for a in fig.layout.annotations]
-    assert rows == ["loss", "loss/cql", "loss/td", "q/data_mean", "world_loss", "action_loss", "q_data"]
+    # Each algorithm's own curves (its registry entry), in order, shared names once; the total first.
+    assert rows == ["loss", "loss/td", "loss/cql", "q/data_mean", "loss/world", "loss/action"]
     # Each trace sits on its metric's row (y axis n = row n) and carries that run's values.
     for tr in fig.data:
         metric = rows[int(tr.yaxis[1:] or 1) - 1]
         run = "jowa" if tr.name.startswith("jowa") else "sql"
         assert list(tr.y) == [r[metric] for r in recs[run]], (run, metric)
     drawn = {(tr.name.split("/")[0], rows[int(tr.yaxis[1:] or 1) - 1]) for tr in fig.data}
-    assert ("jowa", "loss") in drawn and ("jowa", "world_loss") in drawn and ("scaled_ql", "loss/td") in drawn
-    assert not any(m == "world_loss" for r, m in drawn if r == "scaled_ql")
+    assert ("jowa", "loss") in drawn and ("jowa", "loss/world") in drawn and ("scaled_ql", "loss/td") in drawn
+    assert ("jowa", "loss/td") in drawn  # one namespace: both methods' TD terms share a row
+    assert not any(m == "loss/world" for r, m in drawn if r == "scaled_ql")

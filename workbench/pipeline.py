@@ -227,7 +227,7 @@ def evaluate_algo(
 def evaluate_run(config: EvaluateConfig, *, progress: bool = True) -> dict[str, Any]:
     """Evaluate a checkpoint (notebook 05): scores JSON, aggregates and a figure."""
     from workbench.games import resolve_games
-    from workbench.viz.figures import make_scores_figure
+    from workbench.viz.results_figures import make_scores_figure
 
     algo, run, ckpt = load_algo(config.checkpoint, device=config.device)
     trained = run.games

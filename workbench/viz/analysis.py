@@ -26,7 +26,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from workbench.viz import figures as F
+from workbench.viz import results_figures as F
+from workbench.viz.export import FigureSaveStatus, save_figures
 
 __all__ = ["AnalysisReport", "RunInfo", "build_figures", "count_parameters", "method_scores",
            "paper_reference_points", "read_run"]
@@ -84,46 +85,29 @@ def count_parameters(checkpoint_dir: str | os.PathLike[str]) -> int:
 
 
 def read_run(run_dir: str | os.PathLike[str]) -> RunInfo:
-    """Read a run folder; missing or unreadable parts are listed in ``problems``."""
+    """Read a run folder through ``workbench.run.Run``; missing or unreadable parts are listed in
+    ``problems`` (an analysis of many runs must not stop at one damaged folder)."""
+    from workbench.run import Run
+
     path = Path(run_dir)
     info = RunInfo(path=path)
     if not path.is_dir():
         info.problems.append("not a directory")
         return info
-    cfg = path / "config.json"
-    if cfg.is_file():
-        try:
-            info.config = json.loads(cfg.read_text())
-            info.found.append("config.json")
-        except json.JSONDecodeError as exc:
-            info.problems.append(f"config.json unreadable: {exc}")
-    else:
-        info.problems.append("no config.json (method label falls back to the folder name)")
-    met = path / "metrics.jsonl"
-    if met.is_file():
-        bad = 0
-        for line in met.read_text().splitlines():
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1  # a line cut by an interrupted write
-                continue
-            if isinstance(rec, dict) and "error" not in rec:
-                info.metrics.append(rec)
-        info.found.append(f"metrics.jsonl ({len(info.metrics)} records)")
-        if bad:
-            info.problems.append(f"metrics.jsonl: {bad} unreadable line(s) skipped")
-    else:
-        info.problems.append("no metrics.jsonl")
-    candidates = [path / "eval" / "scores.json"] + sorted(
-        (p for p in (path / "eval").glob("*.json") if p.name != "scores.json"),
-        key=lambda p: p.stat().st_mtime, reverse=True,
-    ) if (path / "eval").is_dir() else []
-    for cand in candidates:
-        if not cand.is_file():
-            continue
+    run = Run(path)
+    try:
+        info.config = {**run.params, "resolved": run.resolved}
+        info.found.append("config.json")
+    except (FileNotFoundError, ValueError) as exc:
+        info.problems.append(f"{exc} (method label falls back to the folder name)")
+        return info
+    info.metrics, bad = run.all_metrics()
+    info.found.append(f"metrics ({len(info.metrics)} records)")
+    if bad:
+        info.problems.append(f"metrics.jsonl: {bad} unreadable line(s) skipped")
+    if not info.metrics:
+        info.problems.append("no metrics records")
+    for cand in run.score_files():
         try:
             doc = json.loads(cand.read_text())
         except json.JSONDecodeError as exc:
@@ -134,11 +118,9 @@ def read_run(run_dir: str | os.PathLike[str]) -> RunInfo:
             info.found.append(str(cand.relative_to(path)))
             break
     if info.scores is None:
-        info.problems.append("no evaluation scores (eval/scores.json with per_game)")
+        info.problems.append("no evaluation scores (eval/*.json with per_game)")
     try:
-        from workbench.checkpoint import latest_checkpoint
-
-        ckpt = latest_checkpoint(path)
+        ckpt = run.checkpoint()
         if ckpt is not None:
             info.params = count_parameters(ckpt)
             info.found.append(f"checkpoint {ckpt.relative_to(path)} ({info.params:,} parameters)")
@@ -192,7 +174,7 @@ def paper_reference_points(games: Iterable[str]) -> tuple[dict[str, dict[str, fl
     with every game — as ``{"paper: <method> [<table>]": {game: score}}``, and the printed
     aggregate IQMs of methods whose names give a parameter count, as scaling reference points).
     """
-    from workbench.data import paper_tables as pt
+    from workbench.reference import paper_tables as pt
 
     games = list(games)
     per_game: dict[str, dict[str, float]] = {}
@@ -223,7 +205,7 @@ class AnalysisReport:
     labels: list[str]
     figures: dict[str, go.Figure] = field(default_factory=dict)
     descriptions: dict[str, str] = field(default_factory=dict)
-    saved: dict[str, F.FigureSaveStatus] = field(default_factory=dict)
+    saved: dict[str, FigureSaveStatus] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     runs_are: str = "episodes"
 
@@ -246,21 +228,21 @@ class AnalysisReport:
             display(fig)
 
 
-# JOWA's stage-2 metrics.jsonl (workbench.algos.jowa): the world and action parts of its loss and
-# the expected Q of the data's actions.
-_JOWA_CURVES = ("world_loss", "action_loss", "q_data")
-
-
 def _learning_metrics(runs: Sequence[RunInfo]) -> list[str]:
-    """Rows of the learning-curve figure: the total ``loss`` when runs of different families are
-    drawn together (it is the one key they share), Scaled QL's ``loss/*`` parts and
-    ``q/data_mean``, JOWA's world/action losses and ``q_data``, each only when some run logs it."""
+    """Rows of the learning-curve figure: each run's algorithm's own curves (its registry
+    entry's ``curves``), in order, each only when some run logs it; the total ``loss`` first when
+    runs of different algorithms are drawn together (the one key every run shares)."""
+    from workbench.algos.base import algo_names, get_algo
+
     keys = {k for r in runs for rec in r.metrics for k in rec}
-    names = sorted(k for k in keys if k.startswith("loss/") and k != "loss/total")
-    jowa = [k for k in _JOWA_CURVES if k in keys]
-    if "loss" in keys and (not names or jowa):
+    known = set(algo_names())
+    algos = list(dict.fromkeys(r.algo for r in runs if r.metrics))
+    names: list[str] = []
+    for algo in algos:
+        curves = get_algo(algo).curves if algo in known else tuple(sorted(k for k in keys if k.startswith("loss/")))
+        names += [k for k in curves if k in keys and k not in names]
+    if "loss" in keys and (len(algos) > 1 or not names):
         names = ["loss"] + names
-    names += [k for k in ("q/data_mean",) if k in keys] + jowa
     names += [k for k in ("eval/iqm",) if k in keys]
     return names
 
@@ -301,8 +283,8 @@ def build_figures(
     if curves and names:
         add("learning_curves", F.make_learning_curve_figure(curves, names),
             f"Training metrics {', '.join(names)} against gradient step, from each run's metrics.jsonl "
-            "(a run appears in the rows of the metrics it logs: `loss/*` and `q/data_mean` are Scaled QL's, "
-            "`world_loss`, `action_loss` and `q_data` JOWA's stage 2; `loss` is each run's total).")
+            "(each algorithm draws the curves its registry entry names; a run appears in the rows of the metrics "
+            "it logs; `loss` is each run's total; JOWA's stage 1 comes before its stage 2 on the step axis).")
     else:
         rep.skipped["learning_curves"] = "no metrics.jsonl records with loss metrics"
 
@@ -325,7 +307,7 @@ def build_figures(
         add("aggregates", F.make_aggregate_figure(shown),
             "Human-normalized median, IQM, mean and optimality gap per method with 95% stratified-"
             f"bootstrap CIs (workbench.metrics.aggregate, {reps} reps, {run_note}). "
-            + ("Bars named 'paper: ...' are the papers' per-game raw scores (workbench.data.paper_tables) "
+            + ("Bars named 'paper: ...' are the papers' per-game raw scores (workbench.reference.paper_tables) "
                f"on the same games ({', '.join(games)}), one score per game, so no interval."
                if paper_scores else "No paper reference bars (none covers these games or disabled)."))
     elif "aggregates" not in rep.skipped:
@@ -368,7 +350,7 @@ def build_figures(
         add("scaling", F.make_scaling_figure(points, paper_points or None),
             "Parameters (from each checkpoint's safetensors header) vs human-normalized IQM with 95% CIs, "
             "one line per algorithm"
-            + ("; open diamonds are the papers' printed IQMs (workbench.data.paper_tables.AGGREGATES, "
+            + ("; open diamonds are the papers' printed IQMs (workbench.reference.paper_tables.AGGREGATES, "
                "their own game sets, not ours)." if paper_points else "."))
     else:
         rep.skipped["scaling"] = "no run has both a checkpoint and evaluation scores"
@@ -388,7 +370,7 @@ def build_figures(
     else:
         rep.skipped["ablation_table"] = "no aggregates"
 
-    statuses = F.save_figures({rep.out_dir / n: f for n, f in rep.figures.items()}, png=png)
+    statuses = save_figures({rep.out_dir / n: f for n, f in rep.figures.items()}, png=png)
     rep.saved = dict(zip(rep.figures, statuses))
     _write_readme(rep)
     return rep
