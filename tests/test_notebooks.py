@@ -14,6 +14,8 @@ import papermill as pm
 import pytest
 
 from workbench.config import EvaluateConfig, PretrainConfig
+from workbench.data.record import CollectConfig
+from workbench.viz.params import AnalysisParams, ExplorerParams
 
 ROOT = Path(__file__).resolve().parents[1]
 NB = ROOT / "notebooks"
@@ -40,9 +42,13 @@ def pretrained(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize(
-    "notebook, config", [("02_pretrain.ipynb", PretrainConfig), ("05_evaluate.ipynb", EvaluateConfig)]
+    "notebook, config",
+    [("01_collect_data.ipynb", CollectConfig), ("02_pretrain.ipynb", PretrainConfig),
+     ("05_evaluate.ipynb", EvaluateConfig), ("06_analysis.ipynb", AnalysisParams),
+     ("07_explore_checkpoint.ipynb", ExplorerParams)],
 )
 def test_notebook_parameters_match_the_config(notebook, config):
+    """Every notebook's parameters cell is exactly its config class: same names, same defaults."""
     params = pm.inspect_notebook(str(NB / notebook))
     assert set(params) == {f.name for f in fields(config)}
     defaults = config()
@@ -61,7 +67,8 @@ def test_pretrain_notebook_leaves_checkpoint_metrics_figures_scores(pretrained):
     assert set(scores["per_game"]) == {"Pong", "Breakout"}
     assert all(len(v["scores"]) == 1 for v in scores["per_game"].values())
     config = json.loads((pretrained / "config.json").read_text())
-    assert config["model"] == "resnet-tiny" and config["resolved"]["algo"] == "scaled_ql"
+    assert config["kind"] == "pretrain" and config["params"]["model"] == "resnet-tiny"
+    assert config["resolved"]["algo"] == "scaled_ql"
 
 
 def test_evaluate_notebook_on_the_pretrained_checkpoint(pretrained, tmp_path):
@@ -79,6 +86,7 @@ def test_evaluate_notebook_on_the_pretrained_checkpoint(pretrained, tmp_path):
         ("02_pretrain.ipynb", {"modle": "resnet101"}, "unknown parameter"),
         ("02_pretrain.ipynb", {"model": "resnet1000"}, "valid models"),
         ("02_pretrain.ipynb", {"algo": "dqn"}, "valid algos"),
+        ("02_pretrain.ipynb", {"algo_args": "{alpah: 0.1}"}, "did you mean 'alpha'"),
         ("02_pretrain.ipynb", {"games": "Pongg"}, "Pong"),
         ("05_evaluate.ipynb", {"episodes": 0}, "episodes must be >= 1"),
     ],
