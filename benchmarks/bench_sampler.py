@@ -50,12 +50,13 @@ import numpy as np
 
 from workbench.data import dqn_replay as dr
 from workbench.data import store as st
+from workbench.fileio import atomic_write_json
 
 GAMES = ["Pong", "Breakout", "Seaquest", "Qbert", "Asterix", "Alien", "Boxing", "Freeway"]
 
 
 def make_bench_store(path: Path, games: list[str], rows: int, seed: int = 0) -> st.ReplayStore:
-    """A format-1 store of synthetic rows written directly (no gzip round trip), Dopamine starts."""
+    """A store of synthetic rows written directly (no gzip round trip), Dopamine starts."""
     if (path / "manifest.json").exists():
         s = st.ReplayStore(path)
         if list(s.games) == games and all(s.rows(g) == rows for g in games):
@@ -88,8 +89,9 @@ def make_bench_store(path: Path, games: list[str], rows: int, seed: int = 0) -> 
                    "blocks": [{"run": "1", "checkpoint": 0, "row_start": 0, "rows": rows, "starts": len(starts),
                                "capacity": rows, "add_count": rows, "fresh_rows": rows, "source_files_sha256": {}}]}
     manifest = {"format_version": st.FORMAT_VERSION, "games": games, "runs": ["1"], "seed": seed, "n_step": 3,
-                "stack_size": 4, "context_after": 7, "split": {"name": "bench"}, "games_info": info, "source_root": "synthetic"}
-    st.atomic_write_json(path / "manifest.json", manifest)
+                "stack_size": 4, "context_after": 7, "split": {"name": "bench"}, "games_info": info,
+                "source_root": "synthetic"}
+    atomic_write_json(path / "manifest.json", manifest)
     return st.ReplayStore(path)
 
 
@@ -139,9 +141,9 @@ def build_rss(tmp: Path, rows: int = 1_000_000) -> dict:
     t_write = time.perf_counter() - t0
     code = (
         "import resource, time, json, sys\n"
-        "from workbench.data import store as st\n"
+        "from workbench.data import build as bd\n"
         "t = time.perf_counter()\n"
-        f"st.build_store({str(root)!r}, {str(tmp / 'store')!r}, ['Pong'], [1], 'near_optimal', progress=False)\n"
+        f"bd.build_store({str(root)!r}, {str(tmp / 'store')!r}, ['Pong'], [1], 'near_optimal', progress=False)\n"
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
         "print(json.dumps({'seconds': time.perf_counter() - t, 'maxrss_kb': int(hwm)}))\n"
     )
@@ -149,11 +151,13 @@ def build_rss(tmp: Path, rows: int = 1_000_000) -> dict:
     res = json.loads(out.stdout.strip().splitlines()[-1])
     # VmHWM (this process image's peak RSS): ru_maxrss would include the parent's peak, which
     # Linux carries across fork + exec
-    base = subprocess.run([sys.executable, "-c", "import workbench.data.store, tqdm.auto; print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])"],
-                          capture_output=True, text=True, check=True)
+    peak_of_imports = ("import workbench.data.build, tqdm.auto; "
+                       "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])")
+    base = subprocess.run([sys.executable, "-c", peak_of_imports], capture_output=True, text=True, check=True)
     obs_gz = root / "Pong/1/replay_logs" / dr.file_name("observation", 0)
     return {
-        "rows": rows, "uncompressed_observation_mb": rows * 84 * 84 / 2**20, "compressed_observation_mb": obs_gz.stat().st_size / 2**20,
+        "rows": rows, "uncompressed_observation_mb": rows * 84 * 84 / 2**20,
+        "compressed_observation_mb": obs_gz.stat().st_size / 2**20,
         "write_synthetic_s": round(t_write, 1), "build_s": round(res["seconds"], 1),
         "build_rows_per_s": round(rows / res["seconds"]), "peak_rss_mb": round(res["maxrss_kb"] / 1024, 1),
         "import_only_rss_mb": round(int(base.stdout.strip()) / 1024, 1),
@@ -205,7 +209,9 @@ def _read_ahead_kb(path: Path) -> int | None:
     return None
 
 
-def per_sample_source_reader(replay_logs: Path, checkpoint: int, index: int, n_step: int = 3, gamma: float = 0.99) -> tuple:
+def per_sample_source_reader(
+    replay_logs: Path, checkpoint: int, index: int, n_step: int = 3, gamma: float = 0.99
+) -> tuple:
     """(b2): open the DQN-Replay checkpoint's own files (gzipped npy, as DQN-Replay ships them) for
     one sample: load the small arrays, then decompress the observation file from its start until the
     sample's last frame (a gzip stream cannot seek; stops early, so on average half the file)."""
@@ -237,13 +243,15 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=2, help="repetitions, methods interleaved within each")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--per-sample", type=int, default=2048, help="samples timed for (b)")
-    p.add_argument("--source-samples", type=int, default=3, help="samples timed for (b2) (0: skip; each decompresses ~half a checkpoint)")
+    p.add_argument("--source-samples", type=int, default=3,
+                   help="samples timed for (b2) (0: skip; each decompresses ~half a checkpoint)")
     p.add_argument("--page-cache", choices=["auto", "cold", "warm", "asis"], default="auto",
                    help="cold: drop the page cache before every measurement; warm: read the store once first; "
                         "auto: cold when the store's frames exceed half of RAM, else warm")
     p.add_argument("--build-rss", action="store_true")
     p.add_argument("--rss-rows", type=int, default=1_000_000, help="rows of the checkpoint converted for --build-rss")
-    p.add_argument("--cleanup", action="store_true", help="delete the cached store (and (b2)'s source checkpoint) afterwards")
+    p.add_argument("--cleanup", action="store_true",
+                   help="delete the cached store (and (b2)'s source checkpoint) afterwards")
     a = p.parse_args()
     from workbench.data.sampler import TransitionSampler
 
@@ -270,7 +278,8 @@ def main() -> None:
             frames[new.games[g]][idx]  # one fancy index: the same 8 frames per transition
 
     res: dict = {"store": {"games": len(games), "rows_per_game": a.rows, "frames_gb": round(store_bytes / 1e9, 1),
-                           "ram_gb": round(_mem_kb("MemTotal") / 1e6, 1), "path": a.cache, "prepare_s": round(t_store, 1)},
+                           "ram_gb": round(_mem_kb("MemTotal") / 1e6, 1), "path": a.cache,
+                           "prepare_s": round(t_store, 1)},
                  "batch_size": B, "stratified": "128 x 4", "n_step": 3, "cpu_count": os.cpu_count(),
                  "torch_threads": __import__("torch").get_num_threads(), "page_cache": mode,
                  "read_ahead_kb": _read_ahead_kb(cache / games[0] / "frames.npy")}
@@ -367,13 +376,16 @@ def main() -> None:
             per_sample_source_reader(src, 0, int(i))
         dt = time.perf_counter() - t
         res["b2_source_checkpoint_reader_transitions_per_s"] = round(len(pick) / dt, 3)
+        observation_file = src / dr.file_name("observation", 0)
         res["b2_detail"] = {"samples": len(pick), "seconds": round(dt, 1), "rows_in_checkpoint": a.rows,
-                            "compressed_observation_mb": round((src / dr.file_name("observation", 0)).stat().st_size / 2**20, 1),
-                            "note": "synthetic frames compress far better than Atari screens: real files decompress slower"}
+                            "compressed_observation_mb": round(observation_file.stat().st_size / 2**20, 1),
+                            "note": "synthetic frames compress far better than Atari screens: "
+                                    "real files decompress slower"}
     if mode == "cold":
         res["page_cache_dropped_before_each"] = all(dropped)
     h = new._hints
-    res["hints"] = {"ranges_issued": h.ranges_issued, "paused_at_end": h.paused, "pauses": h.pauses, "resumes": h.resumes}
+    res["hints"] = {"ranges_issued": h.ranges_issued, "paused_at_end": h.paused, "pauses": h.pauses,
+                    "resumes": h.resumes}
     best_new = max(res["sampler_sync_transitions_per_s"], res["sampler_prefetch_transitions_per_s"])
     best_old = max(res["sampler_sync_no_hints_transitions_per_s"], res["sampler_prefetch_no_hints_transitions_per_s"])
     res["hints_speedup"] = round(best_new / best_old, 2)

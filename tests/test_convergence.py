@@ -54,10 +54,18 @@ def dataset() -> dict[str, torch.Tensor]:
     obs, nxt, act, rew, disc, term, gid, mask = [], [], [], [], [], [], [], []
     for g, s, a in rows:
         s2, r, done = step(s, a)
-        obs.append(frame(s)); nxt.append(frame(None if done else s2))
-        act.append(a); rew.append(r); disc.append(0.0 if done else GAMMA); term.append(float(done))
-        gid.append(g); mask.append(np.arange(18) < ACTIONS[g])
-    t = lambda x, dt: torch.as_tensor(np.array(x), dtype=dt)
+        obs.append(frame(s))
+        nxt.append(frame(None if done else s2))
+        act.append(a)
+        rew.append(r)
+        disc.append(0.0 if done else GAMMA)
+        term.append(float(done))
+        gid.append(g)
+        mask.append(np.arange(18) < ACTIONS[g])
+
+    def t(x, dt):
+        return torch.as_tensor(np.array(x), dtype=dt)
+
     return {
         "obs": t(obs, torch.uint8), "next_obs": t(nxt, torch.uint8), "action": t(act, torch.int64),
         "reward": t(rew, torch.float32), "discount": t(disc, torch.float32),

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from shared_paths import DQN_FIXTURES
+
 from workbench.data import dqn_replay as dr
 
 FIXTURES = DQN_FIXTURES
@@ -158,3 +158,27 @@ def test_load_checkpoint_and_writer_roundtrip(tmp_path: Path) -> None:
     got = dr.read_transitions(out.parent, 0, exp["indices"])
     np.testing.assert_array_equal(got["state"], exp["state"])
     np.testing.assert_array_equal(got["reward"], exp["reward"])
+
+
+LOGGED = DQN_FIXTURES.parent / "dqn_replay_logged"
+
+
+@pytest.mark.parametrize("ckpt", range(5))
+def test_logged_layout_reader_horizon(ckpt: int) -> None:
+    """Public-data layout (one ring written with update horizon 1, dumped at cursor capacity-1):
+    a 3-step reader agrees with Dopamine wherever Dopamine is right, and refuses the starts whose
+    window crosses the cursor into the stale slot (where Dopamine is wrong)."""
+    d = LOGGED / "Breakout/1"
+    exp = np.load(LOGGED / "Breakout_dopamine_n3.npz")
+    idx, agrees = exp[f"ckpt{ckpt}_indices"], exp[f"ckpt{ckpt}_agrees"].astype(bool)
+    got = dr.read_transitions(d, ckpt, idx[agrees], n_step=3, gamma=0.99)
+    for key in ("state", "action", "reward", "terminal"):
+        np.testing.assert_array_equal(got[key], exp[f"ckpt{ckpt}_{key}"][agrees], err_msg=key)
+    live = exp[f"ckpt{ckpt}_terminal"][agrees] == 0
+    np.testing.assert_array_equal(got["next_state"][live], exp[f"ckpt{ckpt}_next_state"][agrees][live])
+    meta = dr.load_checkpoint_meta(d / "replay_logs", ckpt)
+    assert set(np.flatnonzero(meta.valid_mask(update_horizon=3)).tolist()) == set(idx[agrees].tolist())
+    for bad in idx[~agrees]:  # 2 per full checkpoint: slots capacity-4 and capacity-3
+        with pytest.raises(dr.DQNReplayError, match="invalid transition indices"):
+            dr.read_transitions(d, ckpt, np.array([bad]))
+    assert (~agrees).sum() == (2 if meta.is_full else 0)

@@ -8,7 +8,7 @@ import pytest
 from ale_py import roms
 
 from workbench import games
-from workbench.data import paper_tables
+from workbench.reference import paper_tables
 
 
 def test_minimal_action_sets_match_ale_for_every_registry_game():

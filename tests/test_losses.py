@@ -281,7 +281,8 @@ def test_c51_target_matches_bruteforce(rng):
     mask = random_mask(b, rng)
     r = rng.uniform(-2, 2, size=b)
     d = rng.choice([0.0, 0.99**3], size=b)
-    got = L.c51_target(logits, torch.tensor(r, dtype=torch.float32), torch.tensor(d, dtype=torch.float32), mask, SUPPORT)
+    r_t, d_t = torch.tensor(r, dtype=torch.float32), torch.tensor(d, dtype=torch.float32)
+    got = L.c51_target(logits, r_t, d_t, mask, SUPPORT)
     for k in range(b):
         best_q, best_p = -np.inf, None
         for a in range(A):

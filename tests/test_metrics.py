@@ -10,7 +10,7 @@ import pytest
 from shared_paths import REFERENCE_CSV
 
 from workbench import metrics
-from workbench.data import paper_tables as P
+from workbench.reference import paper_tables as P
 
 SHARED_CSV = REFERENCE_CSV
 
@@ -97,6 +97,46 @@ def test_normalize_by_hand_and_errors():
         metrics.normalize({"Pong": 1.0}, "expert")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="same number of runs"):
         metrics.aggregate({"m": {"Pong": [1, 2], "Breakout": [1]}})
+
+
+def test_normalize_score_by_hand_and_errors():
+    # Breakout: random 1.7, human 30.5 (standard table); Pong: random -20.7, DQN 19.5 (Table 17).
+    assert metrics.normalize_score("Breakout", 30.5) == pytest.approx(1.0)
+    assert metrics.normalize_score("Breakout", 1.7) == 0.0
+    assert metrics.normalize_score("Breakout", 16.1) == pytest.approx(0.5)
+    got = metrics.normalize_score("Pong", np.array([-20.7, -0.6, 19.5]), "dqn")
+    np.testing.assert_allclose(got, [0.0, 0.5, 1.0], atol=1e-12)
+    assert metrics.normalize_score("AirRaid", 7.0, "none") == 7.0
+    assert metrics.has_reference("Breakout") and not metrics.has_reference("Breakout", "dqn")
+    assert not metrics.has_reference("AirRaid") and metrics.has_reference("AirRaid", "none")
+    with pytest.raises(ValueError, match="no dqn reference score for Breakout; games with one: "
+                       "Gravitar, MsPacman, Pong, Robotank, YarsRevenge$"):
+        metrics.normalize_score("Breakout", 1.0, "dqn")
+    with pytest.raises(ValueError, match="unknown normalization 'expert': valid are"):
+        metrics.has_reference("Pong", "expert")  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_reference_scores_ship_in_the_wheel(tmp_path):
+    """The CSV is package data of workbench.reference: a built wheel must contain it."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"  # build a copy: setuptools leaves build/ beside the sources
+    shutil.copytree(root / "workbench", src / "workbench",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps",
+                    "-q", "-w", str(tmp_path / "dist"), str(src)], check=True)
+    (wheel,) = (tmp_path / "dist").glob("workbench-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "workbench/reference/scores.csv" in names
+    assert "workbench/reference/paper_tables.py" in names
 
 
 def test_bootstrap_ci_seeded_and_brackets_point():

@@ -10,9 +10,9 @@ import torch
 
 from workbench import losses as L
 from workbench.algos.scaled_ql import BCConfig, CQLMSEConfig, ScaledQL, ScaledQLConfig
+from workbench.models.qnet import INVALID_FILL, MAX_ACTIONS, PRESETS, build_qnet, count_parameters
 
 CONFIGS = {"scaled_ql": ScaledQLConfig, "cql_mse": CQLMSEConfig, "bc": BCConfig}
-from workbench.models.qnet import INVALID_FILL, MAX_ACTIONS, PRESETS, build_qnet, count_parameters
 
 # Minimal-action-set sizes of the 40 training games of paper 000 (ALE 0.12 minimal sets).
 ACTIONS_40 = [10, 7, 9, 4, 18, 18, 9, 18, 4, 6, 18, 18, 9, 6, 18, 9, 18, 3, 18, 8,
@@ -216,7 +216,9 @@ def test_algo_loss_composition(algo):
                 if algo == "scaled_ql":
                     qn = [float(L.expected_q(nxt[k, i], a.support)) for i in valid]
                     p = torch.softmax(nxt[k, valid[int(np.argmax(qn))]], -1)
-                    m = L.categorical_projection(p[None], batch["reward"][k : k + 1], batch["discount"][k : k + 1], a.support)[0]
+                    m = L.categorical_projection(
+                        p[None], batch["reward"][k : k + 1], batch["discount"][k : k + 1], a.support
+                    )[0]
                     td.append(-(m * torch.log_softmax(out[k, act[k]], -1)).sum())
                     q = [float(L.expected_q(out[k, i], a.support)) for i in valid]
                 else:
@@ -272,7 +274,8 @@ def test_policy_greedy_over_valid_actions(algo):
         out = a.model(torch.from_numpy(obs), torch.from_numpy(gids))
     for k in range(5):
         n = SMALL[gids[k]]
-        vals = [float(L.expected_q(out[k, i], a.support)) if algo == "scaled_ql" else float(out[k, i]) for i in range(n)]
+        vals = [float(L.expected_q(out[k, i], a.support)) if algo == "scaled_ql" else float(out[k, i])
+                for i in range(n)]
         assert acts[k] == int(np.argmax(vals))
     assert a.model.training  # mode restored
 

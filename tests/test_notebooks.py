@@ -60,7 +60,7 @@ def test_pretrain_notebook_leaves_checkpoint_metrics_figures_scores(pretrained):
     assert (pretrained / "checkpoints" / "latest").is_file()
     ckpt = pretrained / "checkpoints" / (pretrained / "checkpoints" / "latest").read_text().strip()
     assert (ckpt / "model.safetensors").is_file() and (ckpt / "state.json").is_file()
-    lines = [json.loads(l) for l in (pretrained / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (pretrained / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["step"] == TINY_PRETRAIN["steps"]
     assert (pretrained / "figures" / "learning_curve.html").is_file()
     scores = json.loads((pretrained / "eval" / "scores.json").read_text())

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from workbench.data import build as bd
 from workbench.data import dqn_replay as dr
+from workbench.data import readahead as ra
 from workbench.data import store as st
 from workbench.data.sampler import SequenceSampler, TransitionSampler
 from workbench.games import num_actions
@@ -24,7 +27,7 @@ def synth(tmp_path_factory) -> tuple[Path, st.ReplayStore]:
         for r in range(1, runs + 1):
             dr.write_synthetic_run(root / g / str(r) / "replay_logs", CKPTS, ROWS, seed=10 * gi + r, num_actions=num_actions(g),
                                    mean_episode=30, salt=100 * gi + r)
-    out = st.build_store(root, tmp_path_factory.mktemp("store") / "s", list(SIZES), [1], "near_optimal", progress=False)
+    out = bd.build_store(root, tmp_path_factory.mktemp("store") / "s", list(SIZES), [1], "near_optimal", progress=False)
     return root, st.ReplayStore(out)
 
 
@@ -46,7 +49,7 @@ def _reference(ck: dict[str, np.ndarray], slot: int, n_step: int, gamma: float) 
         if t[(slot + k) % n]:
             term = True
             break
-    stack = lambda s: np.stack([obs[(s - 3 + k) % n] for k in range(4)])  # noqa: E731
+    stack = lambda s: np.stack([obs[(s - 3 + k) % n] for k in range(4)])
     return {"obs": stack(slot), "next": stack(slot + length), "reward": ret, "term": term, "action": int(ck["action"][slot]),
             "discount": 0.0 if term else np.float32(gamma**n_step)}
 
@@ -100,7 +103,7 @@ def test_proportional_sampling(tmp_path: Path) -> None:
     root = tmp_path / "dqn"
     dr.write_synthetic_run(root / "Breakout/1/replay_logs", 1, 300, seed=1, num_actions=4, mean_episode=30)
     dr.write_synthetic_run(root / "Pong/1/replay_logs", 1, 1200, seed=2, num_actions=6, mean_episode=30)
-    s = st.ReplayStore(st.build_store(root, tmp_path / "s", ["Breakout", "Pong"], [1], "near_optimal", progress=False))
+    s = st.ReplayStore(bd.build_store(root, tmp_path / "s", ["Breakout", "Pong"], [1], "near_optimal", progress=False))
     ts = TransitionSampler(s, batch_size=128, stratified=False, seed=0, pin_memory=False)
     n = np.array([len(s.game(g).starts) for g in ts.games], dtype=float)
     assert n[1] > 3 * n[0]
@@ -134,15 +137,67 @@ def test_determinism_prefetch_and_resume(synth) -> None:
     assert not torch.equal(d.sample(0)["obs"], batches[0]["obs"])
 
 
-def test_rank_separation(synth) -> None:
+def test_ranks_split_the_global_batch(synth) -> None:
+    """DDP: batch_size and games_per_batch are global; every rank takes G/W whole game draws of
+    B/G transitions, so the ranks' batches, in rank order, are exactly the single-process batch."""
     _, s = synth
-    r0 = TransitionSampler(s, batch_size=64, seed=3, rank=0, world_size=2, pin_memory=False)
-    r1 = TransitionSampler(s, batch_size=64, seed=3, rank=1, world_size=2, pin_memory=False)
-    rows0 = {(int(g), int(r)) for i in range(5) for g, r in zip(*r0.draw_rows(i))}
-    rows1 = {(int(g), int(r)) for i in range(5) for g, r in zip(*r1.draw_rows(i))}
-    assert len(rows0 & rows1) < 0.2 * len(rows0)
+    kw = {"seed": 3, "pin_memory": False, "prefetch": 0}
+    single = TransitionSampler(s, batch_size=64, games_per_batch=16, **kw)
+    for world in (2, 4):
+        ranks = [TransitionSampler(s, batch_size=64, games_per_batch=16, rank=r, world_size=world, **kw) for r in range(world)]
+        for i in range(3):
+            parts = [r.sample(i) for r in ranks]
+            assert all(len(p["obs"]) == 64 // world for p in parts)
+            for p in parts:  # G/W groups of B/G = 4 transitions of one game each
+                groups = p["game_id"].numpy().reshape(16 // world, 4)
+                assert (groups == groups[:, :1]).all()
+            whole = single.sample(i)
+            assert _same({k: torch.cat([p[k] for p in parts]) for k in whole}, whole)
+    # proportional sampling and sequences split the same way
+    for cls, extra in ((TransitionSampler, {"stratified": False}), (SequenceSampler, {"seq_len": 4})):
+        one = cls(s, batch_size=24, **extra, **kw).sample(5)
+        two = [cls(s, batch_size=24, rank=r, world_size=2, **extra, **kw).sample(5) for r in range(2)]
+        assert _same({k: torch.cat([t[k] for t in two]) for k in one}, one)
     with pytest.raises(st.StoreError, match="0 <= rank < world_size"):
         TransitionSampler(s, batch_size=8, rank=2, world_size=2)
+    with pytest.raises(st.StoreError, match=r"games_per_batch=6 \(global\) must be divisible by world_size=4"):
+        TransitionSampler(s, batch_size=24, games_per_batch=6, world_size=4)
+    with pytest.raises(st.StoreError, match=r"batch_size=10 \(global\) must be divisible by world_size=4"):
+        SequenceSampler(s, batch_size=10, world_size=4)
+
+
+def _gloo_rank(rank: int, port: int, store: str, out: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    ts = TransitionSampler(store, batch_size=64, games_per_batch=16, seed=9, rank=rank, world_size=2, pin_memory=False, prefetch=0)
+    b = ts.sample(2)
+    got = [torch.zeros_like(b["obs"]) for _ in range(2)], [torch.zeros_like(b["game_id"]) for _ in range(2)]
+    dist.all_gather(got[0], b["obs"])
+    dist.all_gather(got[1], b["game_id"])
+    if rank == 0:
+        torch.save({"obs": torch.cat(got[0]), "game_id": torch.cat(got[1])}, os.path.join(out, "gathered.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_gather_the_papers_global_batch(synth, tmp_path: Path) -> None:
+    """Two real processes (gloo): the gathered batch is the single-process one -- 16 game draws x 4."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    _, s = synth
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_gloo_rank, args=(port, str(s.path), str(tmp_path)), nprocs=2, join=True)
+    got = torch.load(tmp_path / "gathered.pt")
+    whole = TransitionSampler(s, batch_size=64, games_per_batch=16, seed=9, pin_memory=False, prefetch=0).sample(2)
+    assert torch.equal(got["obs"], whole["obs"]) and torch.equal(got["game_id"], whole["game_id"])
+    groups = got["game_id"].numpy().reshape(16, 4)
+    assert (groups == groups[:, :1]).all()
 
 
 def test_sequence_masks_match_bruteforce(synth, raw) -> None:
@@ -208,17 +263,13 @@ def test_io_hints_do_not_change_batches(synth, tmp_path: Path, monkeypatch, look
     off = TransitionSampler(s, io_hints=False, **kw)
     assert on._hints is not None
     if look_ahead:  # the tiny store is in RAM: keep hints from pausing, so the look-ahead thread runs too
-        from workbench.data import sampler as sm
-
-        monkeypatch.setattr(sm, "SKIP_AFTER", 10**9)
+        monkeypatch.setattr(ra, "SKIP_AFTER", 10**9)
     assert on.hint_ranges_issued == 0 and off.hint_ranges_issued == 0
     for i in (0, 1, 7, 3):  # out of order too: the look-ahead hints must not matter
         assert _same(on.sample(i), off.sample(i))
     assert on.hint_ranges_issued > 0 and off.hint_ranges_issued == 0  # hints were really issued
     if look_ahead:
-        from workbench.data.sampler import _hint_pool
-
-        _hint_pool().submit(lambda: None).result()  # let queued look-ahead hints finish
+        ra.hint_pool().submit(lambda: None).result()  # let queued look-ahead hints finish
         assert on._hints.claim(2) is False and on._hints.claim(9) is False  # batches hinted ahead of 1 and 7
     # through the prefetching iterator, against synchronous batches without hints
     it = iter(TransitionSampler(s, io_hints=True, prefetch=4, workers=2, **kw))
@@ -257,8 +308,6 @@ def test_io_hint_options_validated(synth) -> None:
 
 def test_io_hints_pause_while_store_in_ram(synth, monkeypatch) -> None:
     _, s = synth
-    from workbench.data import sampler as sm
-
     # simulated per-thread counters (512-byte blocks read, major faults) advancing by `step` a call
     state = {"step": 0, "inblock": 0, "majflt": 0}
 
@@ -267,8 +316,8 @@ def test_io_hints_pause_while_store_in_ram(synth, monkeypatch) -> None:
         state["majflt"] += state["step"]
         return state["inblock"], state["majflt"]
 
-    monkeypatch.setattr(sm, "_thread_io", fake_io)
-    monkeypatch.setattr(sm, "SKIP_AFTER", 200)
+    monkeypatch.setattr(ra, "thread_io", fake_io)
+    monkeypatch.setattr(ra, "SKIP_AFTER", 200)
     ts = TransitionSampler(s, batch_size=64, seed=1, hint_ahead=0, pin_memory=False)
     ref = TransitionSampler(s, batch_size=64, seed=1, io_hints=False, pin_memory=False)
     h = ts._hints

@@ -8,7 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from workbench.models.tokenizer import (
-    Tokenizer, TokenizerConfig, tokenizer_config, tokens_from_storage, tokens_to_storage,
+    Tokenizer,
+    TokenizerConfig,
+    tokenizer_config,
+    tokens_from_storage,
+    tokens_to_storage,
 )
 
 

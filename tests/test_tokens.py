@@ -7,8 +7,8 @@ import pytest
 import torch
 from shared_paths import DQN_FIXTURES
 
+from workbench.data.build import build_store
 from workbench.data.sampler import SequenceSampler
-from workbench.data.store import build_store
 from workbench.data.tokens import tokenize_store
 from workbench.models.tokenizer import Tokenizer, tokenizer_config
 

@@ -87,8 +87,8 @@ def test_resume_is_bit_identical(tmp_path):
         assert torch.equal(a, b), k
     for a, b in zip(weights(full.target_model).values(), weights(resumed.target_model).values()):
         assert torch.equal(a, b)
-    full_log = [json.loads(l) for l in open(tmp_path / "full" / "metrics.jsonl")]
-    split_log = [json.loads(l) for l in open(tmp_path / "split" / "metrics.jsonl")]
+    full_log = [json.loads(line) for line in open(tmp_path / "full" / "metrics.jsonl")]
+    split_log = [json.loads(line) for line in open(tmp_path / "split" / "metrics.jsonl")]
     assert [r["loss"] for r in full_log] == [r["loss"] for r in split_log]
 
 
@@ -190,5 +190,5 @@ def test_resume_between_checkpoints_keeps_one_metrics_line_per_step(tmp_path):
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"step": 8, "lo')  # a line cut short by the kill
     train(ToyAlgo(), toy_batches(1, 8), cfg(10), tmp_path, progress=False)
-    steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 11))

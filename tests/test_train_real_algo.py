@@ -1,8 +1,9 @@
 """The trainer with the real Scaled QL algo and sampler: bit-identical resume, and DDP.
 
-DDP: 2 gloo processes vs 1 process. Each rank draws its own half of the global batch from the real TransitionSampler (rank-seeded);
-the single-process run trains on the concatenation of both halves. Averaged gradients make
-the two runs agree (up to float summation order), and both ranks end with identical weights.
+DDP: 2 gloo processes vs 1 process. Each rank draws its own half of the global batch from the real
+TransitionSampler (rank-seeded); the single-process run trains on the concatenation of both halves.
+Averaged gradients make the two runs agree (up to float summation order), and both ranks end with
+identical weights.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from safetensors.torch import load_file, save_file
 from shared_paths import DQN_FIXTURES
 
 from workbench.algos.scaled_ql import ScaledQL, ScaledQLConfig
+from workbench.data.build import build_store
 from workbench.data.sampler import TransitionSampler
-from workbench.data.store import build_store
 from workbench.train import TrainConfig, train
 
 FIXTURES = DQN_FIXTURES
@@ -37,7 +38,7 @@ def cfg() -> TrainConfig:
 
 
 def sampler(store: str, rank: int) -> TransitionSampler:
-    return TransitionSampler(store, GAMES, HALF, games_per_batch=2, seed=11, rank=rank, world_size=2, prefetch=0)
+    return TransitionSampler(store, GAMES, 2 * HALF, games_per_batch=4, seed=11, rank=rank, world_size=2, prefetch=0)
 
 
 def _worker(rank: int, port: int, store: str, out: str) -> None:
@@ -46,8 +47,10 @@ def _worker(rank: int, port: int, store: str, out: str) -> None:
     torch.set_num_threads(1)
     algo = make_algo()
     s = sampler(store, rank)
-    train(algo, lambda start: (s.sample(i) for i in range(start, STEPS)), cfg(), os.path.join(out, "run"), progress=False)
-    save_file({k: v.contiguous() for k, v in algo.model.state_dict().items()}, os.path.join(out, f"rank{rank}.safetensors"))
+    train(algo, lambda start: (s.sample(i) for i in range(start, STEPS)), cfg(), os.path.join(out, "run"),
+          progress=False)
+    weights = {k: v.contiguous() for k, v in algo.model.state_dict().items()}
+    save_file(weights, os.path.join(out, f"rank{rank}.safetensors"))
     torch.distributed.destroy_process_group()
 
 
@@ -79,7 +82,7 @@ def test_ddp_matches_single_process_at_the_same_global_batch(tmp_path):
     moved = 0
     initial = make_algo().model.state_dict()
     for k, v in single.model.state_dict().items():
-        torch.testing.assert_close(r0[k], v, rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")
+        torch.testing.assert_close(r0[k], v, rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
         moved += int(not torch.equal(v, initial[k]))
     assert moved > 0, "training changed nothing: the comparison would be vacuous"
 
@@ -107,5 +110,7 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path):
         assert torch.equal(a, b), k
     for (k, a), b in zip(full.target_model.state_dict().items(), resumed.target_model.state_dict().values()):
         assert torch.equal(a, b), k
-    log = lambda d: [json.loads(l)["loss"] for l in (d / "metrics.jsonl").read_text().splitlines()]
+    def log(d):
+        return [json.loads(line)["loss"] for line in (d / "metrics.jsonl").read_text().splitlines()]
+
     assert log(tmp_path / "full") == log(tmp_path / "split")

@@ -272,8 +272,10 @@ def test_build_figures_from_run_folders(tmp_path):
     from workbench.viz.analysis import build_figures, read_run
 
     runs = [
-        _fake_run(tmp_path, "small_s0", model="resnet-tiny", seed=0, means={"Assault": 300.0, "Breakout": 10.0}, hidden=3),
-        _fake_run(tmp_path, "small_s1", model="resnet-tiny", seed=1, means={"Assault": 340.0, "Breakout": 14.0}, hidden=3),
+        _fake_run(tmp_path, "small_s0", model="resnet-tiny", seed=0, means={"Assault": 300.0, "Breakout": 10.0},
+                  hidden=3),
+        _fake_run(tmp_path, "small_s1", model="resnet-tiny", seed=1, means={"Assault": 340.0, "Breakout": 14.0},
+                  hidden=3),
         _fake_run(tmp_path, "big_s0", model="resnet18", seed=0, means={"Assault": 500.0, "Breakout": 30.0}, hidden=8),
         _fake_run(tmp_path, "big_s1", model="resnet18", seed=1, means={"Assault": 600.0, "Breakout": 40.0}, hidden=8),
     ]
@@ -296,8 +298,12 @@ def test_build_figures_from_run_folders(tmp_path):
         return (s - ref[g]["random"]) / (ref[g]["human"] - ref[g]["random"])
 
     want = {
-        "scaled_ql/resnet-tiny": trim_mean([hns("Assault", 300), hns("Assault", 340), hns("Breakout", 10), hns("Breakout", 14)], 0.25),
-        "scaled_ql/resnet18": trim_mean([hns("Assault", 500), hns("Assault", 600), hns("Breakout", 30), hns("Breakout", 40)], 0.25),
+        "scaled_ql/resnet-tiny": trim_mean(
+            [hns("Assault", 300), hns("Assault", 340), hns("Breakout", 10), hns("Breakout", 14)], 0.25
+        ),
+        "scaled_ql/resnet18": trim_mean(
+            [hns("Assault", 500), hns("Assault", 600), hns("Breakout", 30), hns("Breakout", 40)], 0.25
+        ),
     }
     iqm_trace = rep.figures["aggregates"].data[1]  # subplots in order median, iqm, mean, gap
     got = dict(zip(iqm_trace.x, iqm_trace.y))

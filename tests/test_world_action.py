@@ -10,7 +10,12 @@ import torch.nn.functional as F
 
 from workbench.algos.jowa import JOWA, JOWAConfig
 from workbench.models.world_action import (
-    PRESETS, WorldActionModel, action_losses, count_parameters, world_action_config, world_losses,
+    PRESETS,
+    WorldActionModel,
+    action_losses,
+    count_parameters,
+    world_action_config,
+    world_losses,
 )
 
 
@@ -93,7 +98,8 @@ def test_parameter_counts_add_up():
         cfg = world_action_config(name, num_games=15)
         m = WorldActionModel(cfg)
         c = count_parameters(m)
-        assert c["backbone"] + c["world_heads"] + c["q_heads"] + c["target_q_heads"] == sum(p.numel() for p in m.parameters())
+        parts = c["backbone"] + c["world_heads"] + c["q_heads"] + c["target_q_heads"]
+        assert parts == sum(p.numel() for p in m.parameters())
         assert c["q_heads"] == c["target_q_heads"]
     # Backbone formula for jowa-40m: per layer 12 D^2 + 13 D; embeddings; final LayerNorm.
     D, n_layer = 512, 4
@@ -124,7 +130,8 @@ def _brute_world_loss(out, tokens, actions, rewards, terminals, mask):
             obs_terms.append(-F.log_softmax(out["obs_logits"][b, p].double(), -1)[tok])
         for t in range(L):
             if mask[b, t]:
-                r_terms.append(-F.log_softmax(out["reward_logits"][b, t].double(), -1)[int(torch.sign(rewards[b, t])) + 1])
+                reward_class = int(torch.sign(rewards[b, t])) + 1
+                r_terms.append(-F.log_softmax(out["reward_logits"][b, t].double(), -1)[reward_class])
                 d_terms.append(-F.log_softmax(out["term_logits"][b, t].double(), -1)[int(terminals[b, t] > 0)])
     mean = lambda xs: torch.stack(xs).mean()  # noqa: E731
     return mean(obs_terms) + mean(r_terms) + mean(d_terms)
@@ -173,7 +180,9 @@ def test_action_loss_matches_brute_force_and_masks_invalid(monkeypatch):
     out = {"q_logits": q_logits, "features": torch.zeros(B, L, m.cfg.n_embd)}
     monkeypatch.setattr(m, "target_q_logits", lambda feats: target_logits)
     gamma, alpha = 0.9, 0.1
-    loss, metrics = action_losses(m, out, b["action"], b["reward"], b["terminal"], b["mask"], b["valid_mask"], gamma, alpha)
+    loss, metrics = action_losses(
+        m, out, b["action"], b["reward"], b["terminal"], b["mask"], b["valid_mask"], gamma, alpha
+    )
 
     support = m.support.double()
     td_terms, cql_terms = [], []
@@ -243,7 +252,8 @@ def test_stage_handover():
     with torch.no_grad():
         s1.model.world.q_head.heads[0][0].weight.add_(1.0)
     s2.load_stage1(s1)
-    for (k, v), w in zip(s1.model.world.q_head.state_dict().items(), s2.model.world.target_q_head.module.state_dict().values()):
+    target_weights = s2.model.world.target_q_head.module.state_dict().values()
+    for (k, v), w in zip(s1.model.world.q_head.state_dict().items(), target_weights):
         assert torch.equal(v, w), k
     assert all(not p.requires_grad for p in s2.model.tokenizer.parameters())
 

@@ -89,7 +89,7 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
             tensors[f"torch_cuda_{i}"] = s
     py = random.getstate()
     np_state = np.random.get_state()
-    meta = {
+    meta: dict[str, Any] = {
         "python": [py[0], list(py[1]), py[2]],
         "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
     }

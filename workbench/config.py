@@ -109,7 +109,7 @@ class PretrainConfig:
                              "folder, or '' for the default")
 
     @classmethod
-    def from_params(cls, **params: Any) -> "PretrainConfig":
+    def from_params(cls, **params: Any) -> PretrainConfig:
         """Build from notebook parameters, rejecting unknown names and ill-typed values."""
         return from_params(cls, params)
 
@@ -146,6 +146,16 @@ class PretrainConfig:
         return self.batch_size or self.scale.batch_size
 
     @property
+    def games_per_batch(self) -> int:
+        """Game draws per global batch: the preset's, or the largest count below it that divides
+        the batch (every draw takes the same number of transitions)."""
+        batch = self.effective_batch_size
+        draws = min(self.scale.games_per_batch, batch)
+        while batch % draws:
+            draws -= 1
+        return draws
+
+    @property
     def effective_eval_max_steps(self) -> int:
         return self.eval_max_steps or self.scale.eval_max_steps
 
@@ -180,7 +190,7 @@ class PretrainConfig:
             "settings": dataclasses.asdict(self.settings),
             "preset": self.preset,
             "batch_size": self.effective_batch_size,
-            "games_per_batch": min(scale.games_per_batch, self.effective_batch_size),
+            "games_per_batch": self.games_per_batch,
             "log_every": scale.log_every,
             "checkpoint_every": scale.checkpoint_every,
             "stages": [dataclasses.asdict(s) for s in self.stages()],
@@ -236,7 +246,7 @@ class EvaluateConfig:
             raise ValueError(f"epsilon must be in [0, 1], got {self.epsilon}")
 
     @classmethod
-    def from_params(cls, **params: Any) -> "EvaluateConfig":
+    def from_params(cls, **params: Any) -> EvaluateConfig:
         return from_params(cls, params)
 
     @property

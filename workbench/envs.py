@@ -267,7 +267,7 @@ class AtariProtocolEnv(gymnasium.Env):
         return self._ale.getScreenRGB()
 
     def close(self) -> None:
-        self._ale = None  # type: ignore[assignment]
+        self._ale = None
 
 
 def make_env(
@@ -372,7 +372,7 @@ class AtariVector:
 
     def reset(self, seeds: Sequence[int]) -> np.ndarray:
         """Reset every env, env i with ``seeds[i]``; returns obs ``(N, 84, 84)`` uint8."""
-        self.reset_envs(np.arange(self.num_envs), seeds)
+        self.reset_envs(range(self.num_envs), seeds)
         return self._obs.copy()
 
     def reset_envs(self, indices: Sequence[int], seeds: Sequence[int]) -> np.ndarray:

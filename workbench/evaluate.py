@@ -111,7 +111,7 @@ def evaluate(
     length = np.zeros(S, np.int64)
     rngs: list[np.random.Generator | None] = [None] * S
     next_ep = [0] * G
-    res = {
+    res: dict[str, dict[str, Any]] = {
         g: {"scores": [0.0] * E, "lengths": [0] * E, "truncated": [False] * E, "seeds": seeds[g]}
         for g in game_list
     }
@@ -151,8 +151,8 @@ def evaluate(
                     f"valid minimal-set indices are 0..{n_act[s] - 1}"
                 )
             actions = np.zeros(S, np.int64)
-            for s in np.flatnonzero(active):
-                actions[s] = epsilon_greedy(rngs[s], int(greedy[s]), int(n_act[s]), epsilon)  # type: ignore[arg-type]
+            for s in np.flatnonzero(active).tolist():
+                actions[s] = epsilon_greedy(rngs[s], int(greedy[s]), int(n_act[s]), epsilon)
             frames = np.zeros((S, 84, 84), np.uint8)
             done = np.zeros(S, bool)
             trunc_all = np.zeros(S, bool)
@@ -195,9 +195,9 @@ def evaluate(
     if all(v is not None for v in hns.values()):
         means = {"policy": {g: per_game[g]["mean"] for g in game_list}}
         aggregates = _metrics.aggregate(means, "human", reps=1, seed=seed)["policy"]
-        for k in list(aggregates):
-            if k.endswith("_ci"):
-                del aggregates[k]  # one number per game: no interval
+        for name in list(aggregates):
+            if name.endswith("_ci"):
+                del aggregates[name]  # one number per game: no interval
         eps = {"policy": {g: per_game[g]["scores"] for g in game_list}}
         by_episode = _metrics.aggregate(eps, "human", reps=reps, seed=seed)["policy"]
     out = {

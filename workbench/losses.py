@@ -170,7 +170,8 @@ def return_scale(returns: Tensor, game_ids: Tensor, num_games: int, min_scale: f
     returns = returns.float().flatten()
     game_ids = game_ids.long().flatten()
     sq = torch.zeros(num_games, dtype=torch.float64).index_add_(0, game_ids, returns.double().square())
-    cnt = torch.zeros(num_games, dtype=torch.float64).index_add_(0, game_ids, torch.ones_like(returns, dtype=torch.float64))
+    ones = torch.ones_like(returns, dtype=torch.float64)
+    cnt = torch.zeros(num_games, dtype=torch.float64).index_add_(0, game_ids, ones)
     rms = torch.where(cnt > 0, (sq / cnt.clamp_min(1)).sqrt(), torch.ones_like(sq))
     return rms.clamp_min(min_scale).float()
 

@@ -1,6 +1,6 @@
 """Reference scores, normalization and rliable aggregates; ``python -m workbench.metrics``.
 
-Reference scores live in ``workbench/reference_scores.csv`` (package data): random and human
+Reference scores live in ``workbench/reference/scores.csv`` (package data): random and human
 scores of the standard 57-game table plus Carnival (JOWA Table 2: random 0, human 3800) and
 Pooyan, and DQN scores for JOWA's 5 held-out games (JOWA Table 17).
 
@@ -42,6 +42,8 @@ from workbench.games import DQN_REPLAY_GAMES, canonical_game
 __all__ = [
     "NORMALIZATIONS",
     "reference_scores",
+    "has_reference",
+    "normalize_score",
     "normalize",
     "score_matrix",
     "aggregate_point",
@@ -60,10 +62,48 @@ METRICS = ("iqm", "median", "mean", "optimality_gap")
 def reference_scores() -> dict[str, dict[str, float]]:
     """``{game: {"random": x, "human": x, "dqn": x}}`` from the package CSV (absent: not there)."""
     out: dict[str, dict[str, float]] = {}
-    text = resources.files("workbench").joinpath("reference_scores.csv").read_text()
+    text = resources.files("workbench.reference").joinpath("scores.csv").read_text()
     for row in csv.DictReader(text.splitlines()):
         out[row["game"]] = {k: float(row[k]) for k in ("random", "human", "dqn") if row[k]}
     return out
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {kind!r}: valid are {list(NORMALIZATIONS)}")
+
+
+def _games_with_reference(kind: Normalization) -> list[str]:
+    return sorted(g for g, r in reference_scores().items() if kind in r and "random" in r)
+
+
+def has_reference(game: str, kind: Normalization = "human") -> bool:
+    """Whether ``game`` (canonical name, looked up as given) has what ``kind`` normalization needs:
+    its random score and its ``kind`` score. Always true for ``kind="none"``."""
+    _check_kind(kind)
+    if kind == "none":
+        return True
+    r = reference_scores().get(game, {})
+    return "random" in r and kind in r
+
+
+def normalize_score(game: str, score: Any, kind: Normalization = "human") -> Any:
+    """``(score - random) / (ref - random)`` of one game, ref = its human or DQN score.
+
+    The one place this formula is written: every normalized score in the workbench comes from
+    here. ``game`` is a canonical name (looked up as given); ``score`` a number or a numpy array
+    (normalized elementwise, same type back). ``kind="none"`` returns ``score`` unchanged. A game
+    without the reference scores ``kind`` needs raises ValueError naming the games that have them.
+    """
+    if not has_reference(game, kind):
+        raise ValueError(
+            f"no {kind} reference score for {game}; games with one: "
+            f"{', '.join(_games_with_reference(kind))}"
+        )
+    if kind == "none":
+        return score
+    r = reference_scores()[game]
+    return (score - r["random"]) / (r[kind] - r["random"])
 
 
 def _game_name(name: str) -> str:
@@ -97,11 +137,9 @@ def normalize(
     Returns ``{canonical game: float64 array of runs}``; ``kind="none"`` returns raw scores.
     Unknown games and missing reference scores raise ValueError naming them.
     """
-    if kind not in NORMALIZATIONS:
-        raise ValueError(f"unknown normalization {kind!r}: valid are {list(NORMALIZATIONS)}")
+    _check_kind(kind)
     if not scores:
         raise ValueError("no scores given")
-    ref = reference_scores()
     out: dict[str, np.ndarray] = {}
     missing: list[str] = []
     for name, value in scores.items():
@@ -109,18 +147,14 @@ def normalize(
         if game in out:
             raise ValueError(f"game {game} given twice (as {name!r})")
         runs = _runs(game, value)
-        if kind == "none":
-            out[game] = runs
+        if not has_reference(game, kind):
+            missing.append(game)  # reported all together below
             continue
-        r = ref.get(game, {})
-        if "random" not in r or kind not in r:
-            missing.append(game)
-            continue
-        out[game] = (runs - r["random"]) / (r[kind] - r["random"])
+        out[game] = normalize_score(game, runs, kind)
     if missing:
-        have = sorted(g for g, r in ref.items() if kind in r and "random" in r)
         raise ValueError(
-            f"no {kind} reference score for {', '.join(missing)}; games with one: {', '.join(have)}"
+            f"no {kind} reference score for {', '.join(missing)}; "
+            f"games with one: {', '.join(_games_with_reference(kind))}"
         )
     return out
 

@@ -17,6 +17,7 @@ Run folder layout: see ``workbench.run``; ``data/replay`` (recorded DQN-Replay f
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -131,7 +132,7 @@ def build_algo(config: PretrainConfig) -> Algo:
     return config.spec.build(config.model, config.game_list, config.settings, config.seed)
 
 
-def load_algo(checkpoint: str | Path, *, device: str = "auto") -> tuple[Algo, Run, Path]:
+def load_algo(checkpoint: str | os.PathLike[str], *, device: str = "auto") -> tuple[Algo, Run, Path]:
     """Rebuild a run's algo from its ``config.json`` and load a checkpoint's weights.
 
     Returns (algo in eval mode, the run, the checkpoint directory).
@@ -241,7 +242,8 @@ def evaluate_run(config: EvaluateConfig, *, progress: bool = True) -> dict[str, 
     out = Path(config.output) if config.output else run.path / "eval" / f"scores_{'-'.join(games)}.json"
     scores = evaluate_algo(
         algo, games, out, episodes=config.episodes, num_envs=config.num_envs, max_steps=config.max_steps,
-        seed=config.seed, options=config.eval_options, epsilon=config.epsilon, game_ids=[trained.index(g) for g in games],
+        seed=config.seed, options=config.eval_options, epsilon=config.epsilon,
+        game_ids=[trained.index(g) for g in games],
         mode=None if config.mode < 0 else config.mode,
         difficulty=None if config.difficulty < 0 else config.difficulty, progress=progress,
     )

@@ -14,16 +14,23 @@ For every environment, starting from its current state s_0 (context + current fr
   leaf. H = 0 or K = 1 is greedy in Q.
 
 Everything is batched: one forward call per token group (the action token, then each of the 36
-observation tokens) covers all environments x beams x children, and KV caches are gathered with
-one ``KVCache.index_select`` per depth. No frame is decoded to pixels: with ``return_tree`` the
-best path's imagined tokens are returned, and ``PlannerPolicy.decode_predicted_frames`` decodes
-them only when an inspector asks. ``beam_search_sequential``
-runs the same search one environment and one child at a time with a copied cache per child (the
-public implementation's way), as a reference for tests and the benchmark.
+observation tokens) covers all environments x beams x children. The context (previous steps and
+the current frame, ~221 tokens for H = 2) is run once per environment and its keys and values
+are shared by all that environment's beams and children: each row keeps only its own imagined
+suffix (at most H x 37 tokens), gathered with one ``KVCache.index_select`` per depth, and a new
+token attends to its environment's prefix and its row's suffix under one softmax
+(`_SharedContext`). ``shared_prefix=False`` runs the previous layout, a full copy of the context
+per row (`_CopiedContext`); both give the same actions and trees. No frame is decoded to
+pixels: with ``return_tree`` the best path's imagined tokens are returned, and
+``PlannerPolicy.decode_predicted_frames`` decodes them only when an inspector asks.
+``beam_search_sequential`` runs the same search one environment and one child at a time, as an
+independent reference for tests.
 """
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -38,8 +45,8 @@ from workbench.models.tokenizer import FRAME_SIZE, TOKENS_PER_FRAME, Tokenizer
 from workbench.models.world_action import TOKENS_PER_STEP, WorldActionModel
 
 __all__ = [
-    "SearchNode", "SearchTree", "PlanResult", "beam_search", "beam_search_sequential", "PlannerPolicy",
-    "max_context_steps",
+    "SearchNode", "SearchTree", "PlanResult", "SearchProfile", "beam_search", "beam_search_sequential",
+    "PlannerPolicy", "max_context_steps",
 ]
 
 _REWARD_VALUES = (-1.0, 0.0, 1.0)
@@ -111,12 +118,14 @@ def _masked_q(model: WorldActionModel, h: Tensor, valid_mask: Tensor) -> Tensor:
 
 def _prefix(
     model: WorldActionModel, obs_tokens: Tensor, game_id: Tensor, ctx_tokens: Tensor | None,
-    ctx_actions: Tensor | None, ctx_valid: Tensor | None, capacity: int,
+    ctx_actions: Tensor | None, ctx_valid: Tensor | None, capacity: int | None = None,
 ) -> tuple[KVCache, Tensor]:
-    """Run context + current frame into a fresh cache; returns (cache, hidden at the last token)."""
+    """Run context + current frame into a fresh cache; returns (cache, hidden at the last token).
+
+    ``capacity`` defaults to the prefix's own length (a cache that is only read afterwards)."""
     N = obs_tokens.shape[0]
     dev = obs_tokens.device
-    parts, valid, is_act = [obs_tokens.long()], [torch.ones(N, TOKENS_PER_FRAME, dtype=torch.bool, device=dev)], []
+    parts, valid = [obs_tokens.long()], [torch.ones(N, TOKENS_PER_FRAME, dtype=torch.bool, device=dev)]
     is_act = [torch.zeros(TOKENS_PER_FRAME, dtype=torch.bool, device=dev)]
     if ctx_tokens is not None and ctx_tokens.shape[1] > 0:
         C = ctx_tokens.shape[1]
@@ -124,6 +133,7 @@ def _prefix(
         valid.insert(0, ctx_valid.bool().repeat_interleave(TOKENS_PER_STEP, dim=1))
         is_act.insert(0, model.action_pattern[: C * TOKENS_PER_STEP])
     tokens, valid_t, is_action = torch.cat(parts, 1), torch.cat(valid, 1), torch.cat(is_act)
+    capacity = tokens.shape[1] if capacity is None else capacity
     if tokens.shape[1] > capacity:
         raise ValueError(f"context of {tokens.shape[1]} tokens exceeds the cache capacity {capacity}")
     cache = model.gpt.new_cache(N, capacity, device=dev)
@@ -131,25 +141,182 @@ def _prefix(
     return cache, h[:, -1]
 
 
+class _CopiedContext:
+    """Rows that each hold a full copy of their environment's context in one `KVCache`.
+
+    The previous planner's layout (and the public implementation's): gathering beams copies the
+    whole context per row, and every new token attends over its own copy. Kept as the reference
+    the shared-prefix path is tested against, and for ``beam_search_sequential``.
+    """
+
+    def __init__(self, model: WorldActionModel, cache: KVCache) -> None:
+        self.model, self.cache = model, cache
+
+    def select(self, rows: Tensor) -> _CopiedContext:
+        return _CopiedContext(self.model, self.cache.index_select(rows))
+
+    def forward(self, tokens: Tensor, is_action: bool, game_id: Tensor) -> Tensor:
+        """Append one token per row; returns the final hidden states (M, D)."""
+        flag = torch.full((1,), is_action, dtype=torch.bool, device=tokens.device)
+        return self.model.forward_tokens(tokens.long()[:, None], flag, game_id, cache=self.cache)[:, -1]
+
+
+class _SharedContext:
+    """One context prefix per environment, shared by all its rows, plus each row's own suffix.
+
+    The context's keys and values are computed once per environment (``prefix``, N rows). Rows
+    are environment-major, R = M / N per environment, so row r belongs to environment r // R;
+    each row's ``suffix`` cache holds only the tokens imagined on its path (at most H steps).
+    A new token's query scores its environment's prefix keys (left padding masked) and its own
+    suffix keys, and one softmax runs over both parts together: the result is attention over
+    the concatenated sequence, exactly what a per-row copy of the context would give (up to
+    fp32 rounding), without copying the context or reading it once per row.
+
+    The transformer is run here token group by token group with the model's own layers (the
+    same operations as `GPT.forward` in eval mode, where dropout is the identity).
+    """
+
+    def __init__(self, model: WorldActionModel, prefix: KVCache, suffix: KVCache) -> None:
+        self.model, self.prefix, self.suffix = model, prefix, suffix
+        # Additive mask of the prefix keys: 0 for real tokens, -inf for left padding.
+        self.prefix_bias = torch.zeros(prefix.valid.shape, device=prefix.k.device).masked_fill(
+            ~prefix.valid, float("-inf"))[:, None, None, :]
+
+    @classmethod
+    def start(cls, model: WorldActionModel, prefix: KVCache, horizon: int) -> _SharedContext:
+        """One row per environment, an empty suffix with room for ``horizon`` steps."""
+        suffix = model.gpt.new_cache(prefix.batch_size, horizon * TOKENS_PER_STEP, device=prefix.k.device)
+        suffix.next_pos = prefix.next_pos.clone()  # positions continue after each context
+        return cls(model, prefix, suffix)
+
+    def select(self, rows: Tensor) -> _SharedContext:
+        """Rows ``rows`` of this one (environment-major, the same count per environment)."""
+        out = _SharedContext.__new__(_SharedContext)
+        out.model, out.prefix, out.prefix_bias = self.model, self.prefix, self.prefix_bias
+        out.suffix = self.suffix.index_select(rows)
+        return out
+
+    def forward(self, tokens: Tensor, is_action: bool, game_id: Tensor) -> Tensor:
+        """Append one token per row; returns the final hidden states (M, D)."""
+        model, gpt, suffix = self.model, self.model.gpt, self.suffix
+        tokens, game_id = tokens.long(), game_id.long()
+        if is_action:
+            x = model.act_emb(tokens) + model.task_act_emb(game_id)
+        else:
+            x = model.obs_emb(tokens) + model.task_obs_emb(game_id)
+        x = x + gpt.pos_emb(suffix.next_pos)
+        M, D = x.shape
+        slot = suffix.length
+        for i, block in enumerate(gpt.blocks):
+            attn = block.attn
+            q, k, v = attn.qkv(block.ln_1(x)).view(M, 3, attn.n_head, attn.head_dim).unbind(1)
+            suffix.k[i, :, :, slot] = k.to(suffix.k.dtype)
+            suffix.v[i, :, :, slot] = v.to(suffix.v.dtype)
+            x = x + attn.proj(self._attend(i, q, slot + 1).reshape(M, D))
+            x = x + block.mlp(block.ln_2(x))
+        suffix.valid[:, slot] = True
+        suffix.next_pos = suffix.next_pos + 1
+        suffix.length = slot + 1
+        return gpt.ln_f(x)
+
+    def _attend(self, layer: int, q: Tensor, S: int) -> Tensor:
+        """Attention of one query per row (M, heads, hd) over prefix + the row's first S suffix slots."""
+        M, n_head, hd = q.shape
+        N = self.prefix.batch_size
+        R = M // N
+        kp, vp = self.prefix.k[layer].to(q.dtype), self.prefix.v[layer].to(q.dtype)  # (N, heads, P, hd)
+        ks = self.suffix.k[layer, :, :, :S].to(q.dtype)  # (M, heads, S, hd)
+        vs = self.suffix.v[layer, :, :, :S].to(q.dtype)
+        scale = hd ** -0.5
+        q_env = q.view(N, R, n_head, hd).transpose(1, 2)  # (N, heads, R, hd): each prefix read once
+        s_pre = (q_env @ kp.transpose(-1, -2)) * scale + self.prefix_bias  # (N, heads, R, P)
+        s_suf = (q[:, :, None] @ ks.transpose(-1, -2)) * scale  # (M, heads, 1, S)
+        s_suf = s_suf.view(N, R, n_head, S).transpose(1, 2)  # (N, heads, R, S)
+        p = torch.softmax(torch.cat([s_pre, s_suf], -1).float(), -1).to(q.dtype)
+        P = kp.shape[2]
+        y_pre = (p[..., :P] @ vp).transpose(1, 2).reshape(M, n_head, hd)
+        p_suf = p[..., P:].transpose(1, 2).reshape(M, n_head, 1, S)
+        return y_pre + (p_suf @ vs)[:, :, 0]
+
+
+class _NoClock:
+    """Stand-in for `SearchProfile` when nothing is timed."""
+
+    @contextmanager
+    def phase(self, name: str):
+        yield
+
+
+class SearchProfile:
+    """Wall-clock seconds per phase, summed over the `beam_search` calls it is passed to.
+
+    Phases: ``prefix`` (context + current frame through the transformer, Q at the root),
+    ``action_token`` (the action token of every child, reward and termination heads),
+    ``obs_tokens`` (the 36 greedily decoded observation tokens), ``q_readout`` (Q head at each
+    child's new state) and ``bookkeeping`` (the rest: expansion, scoring, beam selection,
+    cache gathers, trees). ``shares()`` gives each phase's fraction of the total.
+    """
+
+    PHASES = ("prefix", "action_token", "obs_tokens", "q_readout", "bookkeeping")
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(self.PHASES, 0.0)
+        self.total = 0.0
+        self._sync = lambda: None
+
+    @contextmanager
+    def phase(self, name: str):
+        if name not in self.PHASES:
+            raise ValueError(f"unknown search phase {name!r}; valid: {', '.join(self.PHASES)}")
+        self._sync()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.seconds[name] += time.perf_counter() - t0
+
+    @contextmanager
+    def _search(self, device: torch.device):
+        """Time one whole search; what no phase claims is bookkeeping."""
+        self._sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        named = sum(v for k, v in self.seconds.items() if k != "bookkeeping")
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            elapsed = time.perf_counter() - t0
+            self.total += elapsed
+            now = sum(v for k, v in self.seconds.items() if k != "bookkeeping")
+            self.seconds["bookkeeping"] += elapsed - (now - named)
+
+    def shares(self) -> dict[str, float]:
+        return {k: (v / self.total if self.total else 0.0) for k, v in self.seconds.items()}
+
+
 def _imagine_step(
-    model: WorldActionModel, cache: KVCache, actions: Tensor, game_id: Tensor, valid_mask: Tensor,
+    model: WorldActionModel, ctx: _SharedContext | _CopiedContext, actions: Tensor, game_id: Tensor,
+    valid_mask: Tensor, clock: SearchProfile | _NoClock = _NoClock(),
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Append one imagined step to ``cache`` (in place) for every row.
+    """Append one imagined step to every row of ``ctx`` (in place).
 
     Feeds the action token, then the 36 greedily decoded observation tokens, one token group per
     forward call. Returns (reward (M,), terminal (M,) bool, masked Q at the new state (M, 18),
     the imagined next frame's tokens (M, 36)).
     """
-    act_flag = torch.ones(1, dtype=torch.bool, device=actions.device)
-    obs_flag = torch.zeros(1, dtype=torch.bool, device=actions.device)
-    h = model.forward_tokens(actions.long()[:, None], act_flag, game_id, cache=cache)[:, -1]
-    reward, terminal = _reward_term(model, h)
-    tokens = []
-    for _ in range(TOKENS_PER_FRAME):
-        token = model.obs_head(h).argmax(-1)
-        tokens.append(token)
-        h = model.forward_tokens(token[:, None], obs_flag, game_id, cache=cache)[:, -1]
-    return reward, terminal, _masked_q(model, h, valid_mask), torch.stack(tokens, -1)
+    with clock.phase("action_token"):
+        h = ctx.forward(actions, True, game_id)
+        reward, terminal = _reward_term(model, h)
+    with clock.phase("obs_tokens"):
+        tokens = []
+        for _ in range(TOKENS_PER_FRAME):
+            token = model.obs_head(h).argmax(-1)
+            tokens.append(token)
+            h = ctx.forward(token, False, game_id)
+    with clock.phase("q_readout"):
+        q = _masked_q(model, h, valid_mask)
+    return reward, terminal, q, torch.stack(tokens, -1)
 
 
 def _expand(q: Tensor, alive: Tensor, beam_ok: Tensor, k_env: Tensor, k_max: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -191,6 +358,8 @@ def beam_search(
     ctx_actions: Tensor | None = None,
     ctx_valid: Tensor | None = None,
     return_tree: bool = False,
+    shared_prefix: bool = True,
+    profile: SearchProfile | None = None,
 ) -> PlanResult:
     """Beam search for N environments at once.
 
@@ -198,7 +367,28 @@ def beam_search(
     ``beam_width`` an int or (N,) per-env K; optional context ``ctx_tokens`` (N, C, 36),
     ``ctx_actions`` (N, C), ``ctx_valid`` (N, C) bool (False = left padding of a short history).
     Call with the model in eval mode.
+
+    ``shared_prefix`` (default): every environment's context is run once and shared by all its
+    beams and children (`_SharedContext`); False copies the context into every row
+    (`_CopiedContext`, the previous planner: same actions and trees, scores equal up to fp32
+    rounding; kept as a reference). ``profile``: a `SearchProfile` that accumulates the time of
+    each phase of this call.
     """
+    if model.training:
+        raise ValueError("beam_search needs the model in eval mode (model.eval()): the search applies no dropout")
+    if profile is None:
+        return _beam_search(model, obs_tokens, game_id, valid_mask, horizon, beam_width, gamma, ctx_tokens,
+                            ctx_actions, ctx_valid, return_tree, shared_prefix, _NoClock())
+    with profile._search(obs_tokens.device):
+        return _beam_search(model, obs_tokens, game_id, valid_mask, horizon, beam_width, gamma, ctx_tokens,
+                            ctx_actions, ctx_valid, return_tree, shared_prefix, profile)
+
+
+def _beam_search(
+    model: WorldActionModel, obs_tokens: Tensor, game_id: Tensor, valid_mask: Tensor, horizon: int,
+    beam_width: int | Tensor, gamma: float, ctx_tokens: Tensor | None, ctx_actions: Tensor | None,
+    ctx_valid: Tensor | None, return_tree: bool, shared_prefix: bool, clock: SearchProfile | _NoClock,
+) -> PlanResult:
     N = obs_tokens.shape[0]
     dev = obs_tokens.device
     valid_mask = valid_mask.bool().to(dev)
@@ -216,14 +406,18 @@ def beam_search(
             f"{C} context steps + current frame + horizon {horizon} need {capacity} tokens > "
             f"{model.gpt.cfg.max_tokens}; use at most {max_context_steps(model, horizon)} context steps"
         )
-    cache, h0 = _prefix(model, obs_tokens, game_id, ctx_tokens, ctx_actions, ctx_valid, capacity)
-    logp0 = model.q_head(h0)  # (N, 18, atoms) log-probabilities
-    q0 = model.q_values(logp0, valid_mask)  # (N, 18)
-    probs0 = logp0.float().exp()
-    greedy = masked_argmax(q0, valid_mask)
+    with clock.phase("prefix"):
+        # The shared prefix needs no room after the context; the copied one carries the search.
+        cache, h0 = _prefix(model, obs_tokens, game_id, ctx_tokens, ctx_actions, ctx_valid,
+                            None if shared_prefix else capacity)
+        logp0 = model.q_head(h0)  # (N, 18, atoms) log-probabilities
+        q0 = model.q_values(logp0, valid_mask)  # (N, 18)
+        probs0 = logp0.float().exp()
+        greedy = masked_argmax(q0, valid_mask)
     if horizon == 0 or k_max == 1:
         trees = _greedy_trees(q0, greedy) if return_tree else None
         return PlanResult(greedy, q0, trees, probs0)
+    ctx = _SharedContext.start(model, cache, horizon) if shared_prefix else _CopiedContext(model, cache)
 
     # Beam state, (N, B) with B = 1 at the root.
     q_cur = q0[:, None]
@@ -239,10 +433,10 @@ def beam_search(
     for depth in range(horizon):
         B = q_cur.shape[1]
         acts, q_edge, ok = _expand(q_cur, alive, beam_ok, k_env, k_max)  # (N, B, k)
-        rows = cache.index_select(torch.arange(N * B, device=dev).repeat_interleave(k_max))
+        rows = ctx.select(torch.arange(N * B, device=dev).repeat_interleave(k_max))
         g_rows = game_id.repeat_interleave(B * k_max)
         vm_rows = valid_mask.repeat_interleave(B * k_max, dim=0)
-        reward, terminal, q_next, tok = _imagine_step(model, rows, acts.flatten(), g_rows, vm_rows)
+        reward, terminal, q_next, tok = _imagine_step(model, rows, acts.flatten(), g_rows, vm_rows, clock)
         reward, terminal = reward.view(N, B, k_max), terminal.view(N, B, k_max)
         q_next = q_next.view(N, B, k_max, MAX_ACTIONS)
         G_c, alive_c, score = _score_children(G[..., None], alive[..., None], reward, terminal, q_next, depth, gamma)
@@ -279,7 +473,7 @@ def beam_search(
             p_act, p_tok, p_ok = path_take(p_act_c), path_take(p_tok_c), path_take(p_ok_c)
         G, alive, first, beam_ok = take(G_c), take(alive_c), take(first_c), new_ok
         q_cur = flat(q_next).gather(1, top_idx[..., None].expand(N, keep_n, MAX_ACTIONS))
-        cache = rows.index_select((torch.arange(N, device=dev)[:, None] * (B * k_max) + top_idx).flatten())
+        ctx = rows.select((torch.arange(N, device=dev)[:, None] * (B * k_max) + top_idx).flatten())
     if log is None:
         return PlanResult(actions, q0, None, probs0)
     return PlanResult(actions, q0, _build_trees(q0, log, actions), probs0, p_act, p_tok, p_ok)
@@ -340,8 +534,11 @@ def beam_search_sequential(
     ctx_actions: Tensor | None = None,
     ctx_valid: Tensor | None = None,
 ) -> Tensor:
-    """The same search, one environment and one child at a time, copying the cache per child
-    (as the public implementation does). Reference for tests and the benchmark; returns (N,)."""
+    """The same search written plainly: one environment and one child at a time, each child on
+    its own copy of the cache, in Python lists. An independent reference for tests; returns (N,).
+
+    (Not a model of the public implementation's speed, which batches the children of a depth:
+    `benchmarks/bench_planner.py` has that baseline.)"""
     N = obs_tokens.shape[0]
     dev = obs_tokens.device
     k_env = torch.as_tensor(beam_width, device=dev).long().expand(N).clamp(min=1)
@@ -352,13 +549,13 @@ def beam_search_sequential(
         C = 0 if ctx_tokens is None else ctx_tokens.shape[1]
         capacity = C * TOKENS_PER_STEP + TOKENS_PER_FRAME + horizon * TOKENS_PER_STEP
         g, vm, K = game_id[sl].long(), valid_mask[sl].bool(), int(k_env[i])
-        root_cache, h0 = _prefix(model, obs_tokens[sl], g, *ctx, capacity)
+        root, h0 = _prefix(model, obs_tokens[sl], g, *ctx, capacity)
         q0 = _masked_q(model, h0, vm)[0]
         if horizon == 0 or K == 1:
             out[i] = int(masked_argmax(q0[None], vm)[0])
             continue
         # beam: (cache, q, G, alive, first_action)
-        beams = [(root_cache, q0, 0.0, True, -1)]
+        beams = [(root, q0, 0.0, True, -1)]
         for depth in range(horizon):
             children = []
             for cache, q, G, alive, first in beams:
@@ -370,7 +567,8 @@ def beam_search_sequential(
                     if not np.isfinite(qa):
                         continue
                     child = cache.clone()
-                    r, term, q_next, _ = _imagine_step(model, child, torch.tensor([a], device=dev), g, vm)
+                    r, term, q_next, _ = _imagine_step(
+                        model, _CopiedContext(model, child), torch.tensor([a], device=dev), g, vm)
                     G_c = G + gamma ** depth * float(r[0])
                     alive_c = not bool(term[0])
                     score = G_c + gamma ** (depth + 1) * float(q_next[0].max()) if alive_c else G_c

@@ -23,9 +23,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from workbench import checkpoint as ckpt_io
 from workbench.fileio import atomic_write_json, atomic_write_text
@@ -63,7 +64,7 @@ class Run:
     # ------------------------------------------------------------------ opening
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> "Run":
+    def open(cls, path: str | os.PathLike[str]) -> Run:
         """The run holding ``path`` (run folder, checkpoints folder or a checkpoint)."""
         run = cls(find_run_dir(path))
         run.config  # noqa: B018  (fail now, naming the file, if it is unreadable)
@@ -166,7 +167,7 @@ class Run:
         ckpt = ckpt_io.resolve_checkpoint(checkpoint if checkpoint is not None else self.path)
         resolved = self.resolved
         spec = get_algo(self.algo_name)
-        settings = from_params(spec.settings_class, resolved.get("settings", {}), what=f"{spec.name} setting")
+        settings: Any = from_params(spec.settings_class, resolved.get("settings", {}), what=f"{spec.name} setting")
         algo = spec.build(self.model, self.games, settings, 0)  # every weight comes from the checkpoint
         ckpt_io.load_checkpoint(ckpt, algo.model, target=algo.target_model)
         algo.to(resolve_device(device))

@@ -181,7 +181,7 @@ def parse_args(cls: type[T], argv: list[str] | None = None, prog: str | None = N
     hints, docs = typing.get_type_hints(cls), field_docs(cls)
     for f in fields(cls):  # type: ignore[arg-type]
         flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]  # MISSING: no default at all
         parser.add_argument(flag, dest=f.name, default=None, type=str,
                             help=f"{docs.get(f.name, '')} (default: {default!r}; type {_type_name(hints[f.name])})")
     for name, text in (extra_flags or {}).items():

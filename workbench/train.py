@@ -22,9 +22,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -85,7 +86,9 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.target_update_period < 0:
-            raise ValueError(f"target_update_period must be >= 0 (0: no target network), got {self.target_update_period}")
+            raise ValueError(
+                f"target_update_period must be >= 0 (0: no target network), got {self.target_update_period}"
+            )
 
 
 class _LossModule(nn.Module):

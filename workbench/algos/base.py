@@ -16,9 +16,10 @@ on a concrete class. Adding an algorithm is one module that calls :func:`registe
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from torch import Tensor, nn
@@ -94,8 +95,12 @@ class Algo(Protocol):
     is checkpointed with ``model`` and never trained.
     """
 
-    model: nn.Module
-    target_model: nn.Module | None
+    # Read-only here, so an algo may declare its own subclass (``ScaledQL.model: QNetwork``).
+    @property
+    def model(self) -> nn.Module: ...
+
+    @property
+    def target_model(self) -> nn.Module | None: ...
 
     def loss(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]: ...
 
@@ -158,9 +163,9 @@ class StageContext:
     store: Path
     games: tuple[str, ...]
     batch_size: int
-    """Global batch size."""
+    """Global batch size (the samplers give each rank its share)."""
     games_per_batch: int
-    """Global game draws per batch (stratified sampling)."""
+    """Global game draws per batch (stratified sampling; the paper: 128 draws x 4 transitions)."""
     seed: int
     rank: int
     world_size: int

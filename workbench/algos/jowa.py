@@ -18,20 +18,32 @@ say, and decaying embedding rows of rare tokens toward zero would only hurt).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from workbench.algos.base import (
-    Algo, EvalOptions, Explanation, Scale, Stage, StageContext, register, stage_iterator,
+    Algo,
+    EvalOptions,
+    Explanation,
+    Scale,
+    Stage,
+    StageContext,
+    register,
+    stage_iterator,
 )
-
 from workbench.models.tokenizer import Tokenizer
 from workbench.models.world_action import (
-    WorldActionConfig, WorldActionModel, action_losses, count_parameters, world_action_config, world_losses,
+    WorldActionConfig,
+    WorldActionModel,
+    action_losses,
+    count_parameters,
+    world_action_config,
+    world_losses,
 )
 
 __all__ = ["JOWAConfig", "JOWAModel", "JOWA", "JOWASpec", "PlannerInspector"]
@@ -150,7 +162,8 @@ class JOWA:
         ``JOWASpec.stages``), so a user's lr override reaches them.
         """
         cfg = self.config
-        decay, no_decay = [], []
+        decay: list[torch.Tensor] = []
+        no_decay: list[torch.Tensor] = []
         for name, p in self.model.world.named_parameters():
             if not p.requires_grad:
                 continue
@@ -268,7 +281,7 @@ class JOWASpec:
 
     name = "jowa"
     description = "JOWA: VQ-VAE + GPT world model with a C51 Q head, beam-search planning (paper 003)"
-    settings_class = JOWAConfig
+    settings_class: type = JOWAConfig
     metric_prefixes: tuple[str, ...] = ("loss/", "world/", "tokenizer/", "q/")
     curves: tuple[str, ...] = ("loss/tokenizer", "loss/world", "loss/action", "loss/td", "loss/cql", "q/data_mean")
 
@@ -329,7 +342,7 @@ class JOWASpec:
         assert isinstance(algo, JOWA)
         tokens = self._tokens(context) if stage == "stage2" else None
         return stage_iterator(SequenceSampler(
-            context.store, context.games, context.batch_size // context.world_size, seq_len=algo.seq_len,
+            context.store, context.games, context.batch_size, seq_len=algo.seq_len,
             seed=context.seed, tokens=tokens, rank=context.rank, world_size=context.world_size,
         ))
 

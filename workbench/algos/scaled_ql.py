@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -30,7 +31,14 @@ from torch import Tensor
 
 from workbench import losses as L
 from workbench.algos.base import (
-    Algo, EvalOptions, Explanation, Scale, Stage, StageContext, register, stage_iterator,
+    Algo,
+    EvalOptions,
+    Explanation,
+    Scale,
+    Stage,
+    StageContext,
+    register,
+    stage_iterator,
 )
 from workbench.models.qnet import PRESETS as QNET_PRESETS
 from workbench.models.qnet import QNetwork, build_qnet
@@ -155,7 +163,7 @@ class ScaledQL:
     @classmethod
     def build(
         cls, preset: str, games: Sequence[str] | Sequence[int], config: QConfig | None = None, *, seed: int = 0,
-    ) -> "ScaledQL":
+    ) -> ScaledQL:
         """Build the network preset for ``games`` with weights initialised from ``seed``, and wrap
         it (``config`` defaults to Scaled QL's C51 + CQL)."""
         config = config or ScaledQLConfig()
@@ -167,7 +175,7 @@ class ScaledQL:
 
     # ------------------------------------------------------------------ device / target
 
-    def to(self, device: torch.device | str) -> "ScaledQL":
+    def to(self, device: torch.device | str) -> ScaledQL:
         """Move networks and constants to ``device`` (call before building the optimizer)."""
         self.model.to(device)
         if self.target_model is not None:
@@ -176,7 +184,7 @@ class ScaledQL:
         self.reward_scale = self.reward_scale.to(device)
         return self
 
-    def to_channels_last(self) -> "ScaledQL":
+    def to_channels_last(self) -> ScaledQL:
         """NHWC convolutions for the online and target networks (GPU speed; same results)."""
         self.model.to_channels_last()
         if self.target_model is not None:
@@ -198,8 +206,8 @@ class ScaledQL:
             return
         for t, s in zip(self.target_model.parameters(), self.model.parameters()):
             t.copy_(s)
-        for t, s in zip(self.target_model.buffers(), self.model.buffers()):
-            t.copy_(s)
+        for tb, sb in zip(self.target_model.buffers(), self.model.buffers()):
+            tb.copy_(sb)
 
     # ------------------------------------------------------------------ loss
 
@@ -271,11 +279,11 @@ class ScaledQL:
         """One Adam group over the online network (the paper's optimizer, no weight decay)."""
         return [{"params": list(self.model.parameters())}]
 
-    def policy(self, options: EvalOptions | None = None, batch_size: int = 256) -> "GreedyPolicy":
+    def policy(self, options: EvalOptions | None = None, batch_size: int = 256) -> GreedyPolicy:
         """Greedy policy over valid actions using the online network (for the evaluator)."""
         return GreedyPolicy(self.model, self.support, batch_size=batch_size)
 
-    def inspectable_policy(self, options: EvalOptions | None = None) -> "QNetInspector":
+    def inspectable_policy(self, options: EvalOptions | None = None) -> QNetInspector:
         """The greedy policy, also returning the Q distributions (C51) or values behind each act."""
         return QNetInspector(self)
 
@@ -417,13 +425,10 @@ class QLearningSpec:
         settings = algo.config  # type: ignore[attr-defined]
         # BC reads only (obs, action); any horizon gives it the same samples.
         n_step, gamma = (1, 0.99) if isinstance(settings, BCConfig) else (settings.n_step, settings.gamma)
-        per_rank = context.batch_size // context.world_size
-        gpb = min(context.games_per_batch, per_rank)
-        while per_rank % gpb:
-            gpb -= 1
         return stage_iterator(TransitionSampler(
-            context.store, context.games, per_rank, n_step=n_step, gamma=gamma, stratified=True,
-            games_per_batch=gpb, seed=context.seed, rank=context.rank, world_size=context.world_size,
+            context.store, context.games, context.batch_size, n_step=n_step, gamma=gamma, stratified=True,
+            games_per_batch=context.games_per_batch, seed=context.seed, rank=context.rank,
+            world_size=context.world_size,
         ))
 
 

@@ -20,11 +20,14 @@ import io
 import os
 import re
 import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Sequence
+from typing import BinaryIO
 
 import numpy as np
+
+from workbench.games import canonical_game
 
 STACK_SIZE = 4
 FRAME_SHAPE = (84, 84)
@@ -62,14 +65,10 @@ def file_name(key: str, checkpoint: int) -> str:
 
 
 def _canonical(game: str) -> str:
-    """Canonical CamelCase name via ``workbench.games`` when it exists (else unchanged)."""
-    try:
-        from workbench.games import canonical_game  # written by another module owner
-    except ImportError:
-        return game
+    """Canonical CamelCase name from the game registry (unchanged when the registry lacks it)."""
     try:
         return canonical_game(game)
-    except Exception:  # unknown to the registry: let directory matching report what exists
+    except (ValueError, TypeError):  # unknown to the registry: let directory matching report what exists
         return game
 
 
@@ -140,7 +139,7 @@ def check_checkpoint(replay_logs: str | os.PathLike, checkpoint: int) -> None:
 class _HashingReader(io.RawIOBase):
     """File wrapper that feeds every byte read into a sha256 (checksum without a second pass)."""
 
-    def __init__(self, f: BinaryIO, h: "hashlib._Hash | None") -> None:
+    def __init__(self, f: BinaryIO, h: hashlib._Hash | None) -> None:
         self._f, self._h = f, h
 
     def readable(self) -> bool:
@@ -191,7 +190,7 @@ class NpyStream:
     shape: tuple[int, ...]
     _gz: gzip.GzipFile
     _raw: BinaryIO
-    _hash: "hashlib._Hash | None"
+    _hash: hashlib._Hash | None
 
     @property
     def rows(self) -> int:
@@ -233,7 +232,7 @@ class NpyStream:
         self._gz.close()
         self._raw.close()
 
-    def __enter__(self) -> "NpyStream":
+    def __enter__(self) -> NpyStream:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -386,11 +385,18 @@ def valid_transition_mask(
     terminal: np.ndarray, add_count: int, invalid_range: np.ndarray, stack_size: int = STACK_SIZE,
     update_horizon: int = 3,
 ) -> np.ndarray:
-    """Vectorized Dopamine ``is_valid_transition`` for every slot of a checkpoint.
+    """Vectorized Dopamine ``is_valid_transition`` for every slot of a checkpoint, for a reader
+    with ``update_horizon`` (which may exceed the writer's).
 
     A slot t is a valid transition start when (not full) ``stack_size-1 <= t < cursor-update_horizon``;
-    t is not in ``invalid_range``; and no terminal is among the ``stack_size-1`` slots before t
-    (ring-indexed), i.e. its state stack does not cross an earlier episode end.
+    t is not in ``invalid_range``; (full) t is not in the reader's invalid range around the cursor;
+    and no terminal is among the ``stack_size-1`` slots before t (ring-indexed), i.e. its state
+    stack does not cross an earlier episode end.
+
+    Why the reader's range too: the file's ``invalid_range`` is the *writer's*. The public data was
+    written by a DQN agent (update horizon 1), so a full checkpoint's range is ``[c-1 .. c+2]``
+    around its cursor ``c``; a 3-step reader starting at ``c-3`` or ``c-2`` would read slot ``c``,
+    which holds a row from the ring's previous lap (Dopamine itself returns those wrong).
     """
     n = len(terminal)
     t = np.asarray(terminal).astype(bool)
@@ -399,6 +405,8 @@ def valid_transition_mask(
         cursor = add_count
         valid[: min(stack_size - 1, n)] = False
         valid[max(cursor - update_horizon, 0) :] = False
+    elif n:
+        valid[dopamine_invalid_range(add_count % n, n, stack_size, update_horizon)] = False
     inv = np.asarray(invalid_range, dtype=np.int64)
     inv = inv[(inv >= 0) & (inv < n)]
     valid[inv] = False
@@ -455,7 +463,7 @@ def read_transitions(
     frames the requested stacks need.
     """
     d = Path(run_dir)
-    if not d.name == "replay_logs" and (d / "replay_logs").is_dir():
+    if d.name != "replay_logs" and (d / "replay_logs").is_dir():
         d = d / "replay_logs"
     if not isinstance(n_step, (int, np.integer)) or n_step < 1:
         raise DQNReplayError(f"n_step must be a positive int, got {n_step!r}")
@@ -489,7 +497,7 @@ def read_transitions(
         for start, arr in s.chunks():
             lo, hi = np.searchsorted(need, [start, start + len(arr)])
             frames[lo:hi] = arr[need[lo:hi] - start]
-    pos = lambda rows: np.searchsorted(need, rows)  # noqa: E731
+    pos = lambda rows: np.searchsorted(need, rows)
     state = np.moveaxis(frames[pos(s_rows)], 1, -1)  # (B, 4, 84, 84) -> (B, 84, 84, 4)
     next_state = np.moveaxis(frames[pos(ns_rows)], 1, -1)
     return {

@@ -25,9 +25,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -131,7 +132,7 @@ def record(
     if env_factory is None:
         from workbench.envs import make_env
 
-        env_factory = lambda g, s: make_env(g, protocol="data", seed=s)  # noqa: E731
+        env_factory = lambda g, s: make_env(g, protocol="data", seed=s)
     env = env_factory(canonical, seed)
     n_actions = G.num_actions(canonical)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
@@ -223,9 +224,9 @@ class CollectConfig:
             raise RecordError(f"capacity must be an int >= {STACK + 4}, got {self.capacity!r}")
 
     @classmethod
-    def from_params(cls, **params: Any) -> "CollectConfig":
+    def from_params(cls, **params: Any) -> CollectConfig:
         """From papermill parameters: unknown names and ill-typed values are errors."""
-        from workbench.config import from_params
+        from workbench.settings import from_params
 
         return from_params(cls, params)
 

@@ -6,278 +6,49 @@
 * :class:`SequenceSampler` -- segments of L steps with padding masks for world/sequence models,
   from frames or from an attached token memmap (uint16 (rows, 36)).
 
-Determinism: batch ``i`` is a pure function of ``(seed, rank, i)`` (its own
-``np.random.SeedSequence``), so results do not depend on prefetch depth, thread timing or how
-many batches were consumed before a resume (``state_dict``/``load_state_dict``). Distributed
-training passes ``rank``/``world_size``: each rank draws from its own stream.
+Determinism: batch ``i`` is a pure function of ``(seed, i)`` (its own ``np.random.SeedSequence``),
+and a rank's share of it of ``(rank, world_size)``, so results do not depend on prefetch depth, thread timing or how
+many batches were consumed before a resume (``state_dict``/``load_state_dict``).
 
-Stores larger than RAM (``io_hints``): gathering frames through the memmap page-faults one page at
-a time (numpy's gather runs in one thread, and a fault blocks it), so the disk sees one request at
-a time. Before gathering batch ``i`` the sampler therefore tells the kernel every byte range the
-batch will read (``posix_fadvise(POSIX_FADV_WILLNEED)`` on the file: one page-aligned range per
-sample, the contiguous rows ``p-3 .. p+n_step`` of a transition or ``p .. p+L-1`` of a segment), so
-the reads are queued at once and served concurrently; a background thread does the same for the
-``hint_ahead`` following batches while batch ``i`` is assembled. Hints only warm the page cache:
-the bytes read, and so every batch, are unchanged. When the hints stop causing any disk reads
-(the store is in RAM) they pause, and resume at the first major page fault (``_ReadHints``).
+Distributed training: ``batch_size`` and ``games_per_batch`` are always the GLOBAL batch's (the
+paper's 512 transitions = 128 game draws x 4). Every rank makes the same global draw for batch
+``i`` and keeps its share: ``games_per_batch / world_size`` whole game draws (B/G transitions
+each), or ``batch_size / world_size`` transitions when sampling proportionally. The union over
+ranks is exactly the single-process batch, whatever the number of processes.
+
+Stores larger than RAM: ``io_hints`` queue each batch's reads ahead of the gather
+(:mod:`workbench.data.readahead`).
 """
 
 from __future__ import annotations
 
-import mmap as mmap_mod
 import os
 import sys
 import threading
-import weakref
 from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
-
-try:
-    import resource
-except ImportError:  # not on Windows
-    resource = None  # type: ignore[assignment]
+from typing import Any
 
 import numpy as np
 import torch
 
 from workbench.data import dqn_replay as dr
-from workbench.data.store import GameData, ReplayStore, StoreError
+from workbench.data.readahead import MAX_HINT_AHEAD, PAGE, ReadHints
+from workbench.data.store import ReplayStore, StoreError, assemble_transitions, plain
+from workbench.games import MAX_ACTIONS, num_actions
+from workbench.models.tokenizer import TOKENS_PER_FRAME
 
 STACK = dr.STACK_SIZE
-TOKENS_PER_FRAME = 36
-_WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)  # None where the OS has no posix_fadvise
-_PAGE = mmap_mod.PAGESIZE
-MAX_HINT_AHEAD = 16
-
-
-def _max_actions() -> int:
-    try:
-        from workbench.games import MAX_ACTIONS
-    except ImportError:
-        return 18
-    return int(MAX_ACTIONS)
 
 
 def _num_actions(store: ReplayStore, game: str) -> int:
     """The registry's action count when ``workbench.games`` knows the game, else the manifest's."""
     try:
-        from workbench.games import num_actions
-    except ImportError:
-        return store.num_actions(game)
-    try:
         return int(num_actions(game))
-    except Exception:
+    except ValueError:  # a game outside the registry (synthetic test data): the data's count
         return store.num_actions(game)
-
-
-def _plain(a: np.ndarray) -> np.ndarray:
-    # np.memmap subclass hooks cost microseconds per fancy index; the base ndarray view shares memory
-    return a.view(np.ndarray) if isinstance(a, np.memmap) else a
-
-
-def assemble_transitions(
-    gd: GameData, rows: np.ndarray, n_step: int, gamma: float, obs_out: np.ndarray | None = None,
-    next_out: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
-    """Transitions starting at store rows ``rows`` (which must be starts) of one game.
-
-    Stacks are rows ``p-3..p`` (oldest first, channels first); the n-step return sums
-    ``gamma^k r_{p+k}`` up to and including the first terminal; the next stack is at ``p+length``.
-    ``obs_out``/``next_out`` (len(rows), 4, 84, 84) receive the stacks without extra copies.
-    """
-    rows = np.asarray(rows, dtype=np.int64)
-    win = rows[:, None] + np.arange(n_step)[None, :]
-    ret, length, is_term = dr.nstep_targets(_plain(gd.reward)[win], _plain(gd.terminal)[win], gamma)
-    offs = np.arange(-(STACK - 1), 1)
-    frames = _plain(gd.frames)
-    k = len(rows)
-    sidx = (rows[:, None] + offs).ravel()
-    nidx = ((rows + length)[:, None] + offs).ravel()
-    if obs_out is None:
-        obs_out = np.empty((k, STACK, 84, 84), dtype=np.uint8)
-    if next_out is None:
-        next_out = np.empty((k, STACK, 84, 84), dtype=np.uint8)
-    np.take(frames, sidx, axis=0, out=obs_out.reshape(k * STACK, 84, 84), mode="clip")  # "raise" buffers `out`: extra copy
-    np.take(frames, nidx, axis=0, out=next_out.reshape(k * STACK, 84, 84), mode="clip")
-    return {
-        "state": obs_out, "next_state": next_out, "action": _plain(gd.action)[rows].astype(np.int64),
-        "reward": ret, "length": length, "terminal": is_term.astype(np.uint8),
-    }
-
-
-def _file_region(a: Any) -> tuple[str, int] | None:
-    """(path, byte offset of row 0) when ``a`` is a C-contiguous memmap opened on a file (not a view)."""
-    if not isinstance(a, np.memmap) or getattr(a, "filename", None) is None or not isinstance(a.base, mmap_mod.mmap):
-        return None
-    if not a.flags.c_contiguous or a.ndim < 1:
-        return None
-    return str(a.filename), int(a.offset)
-
-
-_RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", None) if resource is not None else None
-SKIP_AFTER = 1024  # hinted ranges per verdict on whether hints still make the kernel read anything
-MISS_FRACTION = 0.005  # hints pause below this fraction of hinted pages read from disk, resume above it
-
-
-def _thread_io() -> tuple[int, int] | None:
-    """(block input operations, major faults) of the calling thread so far; None where unknown."""
-    if _RUSAGE_THREAD is None:
-        return None
-    r = resource.getrusage(_RUSAGE_THREAD)
-    return r.ru_inblock, r.ru_majflt
-
-
-_HINT_POOL: ThreadPoolExecutor | None = None
-_HINT_POOL_LOCK = threading.Lock()
-
-
-def _hint_pool() -> ThreadPoolExecutor:
-    """One background thread per process issues the look-ahead hints of every sampler."""
-    global _HINT_POOL
-    with _HINT_POOL_LOCK:
-        if _HINT_POOL is None:
-            _HINT_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sampler-hints")
-        return _HINT_POOL
-
-
-def _forget_hint_pool() -> None:
-    global _HINT_POOL
-    _HINT_POOL = None  # a forked child has none of the parent's threads: start its own
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_hint_pool)
-
-
-def _close_fds(fds: list[int]) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-
-
-class _ReadHints:
-    """Asks the kernel to start reading row ranges of memory-mapped arrays (one array per game).
-
-    Each array that is a memmap of a file gets its own read-only descriptor, on which
-    ``posix_fadvise(WILLNEED)`` queues asynchronous reads of whole pages (it releases the GIL and
-    does not wait for the data). Arrays in memory, or an OS without ``posix_fadvise``, get no hints.
-    Advisory only: any ``OSError`` turns hints off for good, it never fails a batch.
-
-    A store in RAM needs no hints, and they still cost ~4 us of CPU per range (~10-15% of a batch
-    assembled from RAM). The thread's block-input counter tells how much a batch's hints made the
-    kernel read: when, over ``SKIP_AFTER`` hinted ranges, less than ``MISS_FRACTION`` of the hinted
-    pages came from disk, hints pause; while paused, a gather whose major page faults (pages read
-    from disk) exceed ``MISS_FRACTION`` of the pages it touched resumes them from the next batch on.
-    Where per-thread counters do not exist, hints never pause.
-    """
-
-    def __init__(self, arrays: Sequence[Any]) -> None:
-        self._fd: list[int | None] = []
-        self._off: list[int] = []
-        self._row_bytes: list[int] = []
-        self._rows: list[int] = []
-        fds: list[int] = []
-        for a in arrays:
-            region = _file_region(a) if _WILLNEED is not None else None
-            fd = None
-            if region is not None:
-                try:
-                    fd = os.open(region[0], os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-                    fds.append(fd)
-                except OSError:
-                    fd = None
-            self._fd.append(fd)
-            self._off.append(region[1] if region else 0)
-            self._row_bytes.append(int(a.strides[0]) if region else 0)
-            self._rows.append(int(a.shape[0]) if region else 0)
-        self.active = bool(fds)
-        self._claimed: set[int] = set()
-        self._order: deque[int] = deque()
-        self._lock = threading.Lock()
-        self.ranges_issued = 0  # number of posix_fadvise calls (for tests and benchmarks)
-        self._paused = False
-        self._win = [0, 0, 0]  # this verdict's window: ranges hinted, pages hinted, pages read
-        self.pauses = self.resumes = 0
-        self._finalizer = weakref.finalize(self, _close_fds, fds)
-
-    @property
-    def paused(self) -> bool:
-        return self._paused
-
-    def claim(self, batch_index: int) -> bool:
-        """True the first time a batch index is claimed (its hints are then issued by the caller)."""
-        with self._lock:
-            if batch_index in self._claimed:
-                return False
-            self._claimed.add(batch_index)
-            self._order.append(batch_index)
-            while len(self._order) > 4 * MAX_HINT_AHEAD + 64:
-                self._claimed.discard(self._order.popleft())
-            return True
-
-    def issue(self, spans: Sequence[tuple[int, np.ndarray, np.ndarray]]) -> None:
-        """Hint rows ``[lo[k], hi[k])`` of array ``g`` for every ``(g, lo, hi)`` in ``spans``."""
-        io0, n, nbytes = _thread_io(), 0, 0
-        for g, lo, hi in spans:
-            fd = self._fd[g]
-            if fd is None or not self.active or not len(lo):
-                continue
-            rb, off, rows = self._row_bytes[g], self._off[g], self._rows[g]
-            lo = np.clip(np.asarray(lo, dtype=np.int64), 0, rows)
-            hi = np.clip(np.asarray(hi, dtype=np.int64), 0, rows)
-            b0 = (off + lo * rb) // _PAGE * _PAGE
-            b1 = off + hi * rb
-            order = np.argsort(b0, kind="stable")
-            b0, b1 = b0[order], b1[order]
-            # merge overlapping or touching ranges: one request each
-            reach = np.maximum.accumulate(b1)
-            new = np.ones(len(b0), dtype=bool)
-            new[1:] = b0[1:] > reach[:-1]
-            first = np.flatnonzero(new)
-            ends = reach[np.r_[first[1:] - 1, len(b0) - 1]]
-            try:
-                for s, e in zip(b0[first].tolist(), ends.tolist()):
-                    if e > s:
-                        os.posix_fadvise(fd, s, e - s, _WILLNEED)  # type: ignore[arg-type]
-            except OSError:
-                self.active = False
-                return
-            n += len(first)
-            nbytes += int((ends - b0[first]).sum())
-        self.ranges_issued += n
-        io1 = _thread_io()
-        if io0 is not None and io1 is not None and n:
-            w = self._win
-            w[0] += n
-            w[1] += nbytes // _PAGE + n
-            w[2] += (io1[0] - io0[0]) * 512 // _PAGE  # ru_inblock counts 512-byte blocks
-            if w[0] >= SKIP_AFTER:
-                if w[2] < MISS_FRACTION * w[1] and not self._paused:
-                    self._paused = True  # the store is (practically) in RAM
-                    self.pauses += 1
-                self._win = [0, 0, 0]
-
-    def issue_later(self, spans: Sequence[tuple[int, np.ndarray, np.ndarray]]) -> None:
-        _hint_pool().submit(self.issue, spans)
-
-    def watch(self) -> tuple[int, int] | None:
-        """While paused: the thread's counters before a gather, for :meth:`check`."""
-        return _thread_io() if self._paused else None
-
-    def check(self, before: tuple[int, int] | None, pages: int) -> None:
-        """After a gather of about ``pages`` pages started while paused: resume hints when more
-        than ``MISS_FRACTION`` of them were major faults (read from disk)."""
-        if before is None:
-            return
-        now = _thread_io()
-        if now is not None and now[1] - before[1] > MISS_FRACTION * pages and self._paused:
-            self._paused = False
-            self._win = [0, 0, 0]
-            self.resumes += 1
 
 
 class _Prefetcher:
@@ -334,6 +105,12 @@ class _BufferPool:
 
 
 class _BaseSampler:
+    """Shared draw rule, determinism, prefetch and read-ahead of both samplers.
+
+    ``batch_size`` and ``games_per_batch`` are global (all ranks together); rank ``rank`` of
+    ``world_size`` returns ``batch_size // world_size`` samples of every batch (module docstring).
+    """
+
     def __init__(
         self, store: ReplayStore | str | os.PathLike, games: Sequence[str] | None, batch_size: int, seed: int,
         stratified: bool, games_per_batch: int | None, rank: int, world_size: int, prefetch: int, workers: int,
@@ -357,20 +134,29 @@ class _BaseSampler:
             g = games_per_batch if games_per_batch is not None else (batch_size // 4 if batch_size % 4 == 0 else batch_size)
             if not isinstance(g, int) or g < 1 or batch_size % g:
                 raise StoreError(f"games_per_batch must be an int >= 1 dividing batch_size={batch_size}, got {g!r}")
-            self.games_per_batch = g
+            if g % world_size:
+                raise StoreError(
+                    f"games_per_batch={g} (global) must be divisible by world_size={world_size}: every rank takes "
+                    f"games_per_batch / world_size whole game draws of batch_size / games_per_batch transitions"
+                )
+            self.games_per_batch: int | None = g
         else:
             if games_per_batch is not None:
                 raise StoreError("games_per_batch applies to stratified sampling only (stratified=True)")
+            if batch_size % world_size:
+                raise StoreError(f"batch_size={batch_size} (global) must be divisible by world_size={world_size}")
             self.games_per_batch = None
+        #: this rank's share of every global batch (what :meth:`sample` returns)
+        self.local_batch_size = batch_size // world_size
         self._data = [self.store.game(g) for g in self.games]
-        self._starts = [_plain(d.starts) for d in self._data]
+        self._starts = [plain(d.starts) for d in self._data]
+        self._seg_end = [plain(d.start_seg_end) for d in self._data]
         self._counts = np.array([len(s) for s in self._starts], dtype=np.int64)
         empty = [g for g, c in zip(self.games, self._counts) if c == 0]
         if empty:
             raise StoreError(f"games {empty} have no transition starts in {self.store.path}")
         self._cum = np.concatenate([[0], np.cumsum(self._counts)])
-        mx = _max_actions()
-        self._valid = np.zeros((len(self.games), mx), dtype=bool)
+        self._valid = np.zeros((len(self.games), MAX_ACTIONS), dtype=bool)
         for i, g in enumerate(self.games):
             self._valid[i, : _num_actions(self.store, g)] = True
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
@@ -383,11 +169,11 @@ class _BaseSampler:
         if isinstance(hint_ahead, bool) or not isinstance(hint_ahead, (int, np.integer)) or not 0 <= hint_ahead <= MAX_HINT_AHEAD:
             raise StoreError(f"hint_ahead must be an int in [0, {MAX_HINT_AHEAD}] (batches hinted ahead of the one being assembled), got {hint_ahead!r}")
         self.io_hints, self.hint_ahead = bool(io_hints), int(hint_ahead)
-        self._hints: _ReadHints | None = None  # set by the subclass once it knows which arrays it gathers
+        self._hints: ReadHints | None = None  # set by the subclass once it knows which arrays it gathers
 
     # ---- read-ahead hints (stores larger than RAM)
     def _init_hints(self, arrays: Sequence[Any]) -> None:
-        hints = _ReadHints(arrays) if self.io_hints else None
+        hints = ReadHints(arrays) if self.io_hints else None
         self._hints = hints if hints is not None and hints.active else None
 
     def _hint_spans(self, batch_index: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
@@ -417,19 +203,24 @@ class _BaseSampler:
 
     # ---- draws
     def _rng(self, batch_index: int) -> np.random.Generator:
-        return np.random.default_rng(np.random.SeedSequence([self.seed, self.rank, int(batch_index)]))
+        # one stream per batch, the same on every rank: ranks split one global draw
+        return np.random.default_rng(np.random.SeedSequence([self.seed, 0, int(batch_index)]))
 
     def _draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """(game index per sample, sorted by game; start index within that game's starts)."""
+        """This rank's share of the global draw: (game index per sample, sorted by game; start
+        index within that game's starts)."""
         B = self.batch_size
         if self.stratified:
             draws = np.sort(rng.integers(0, len(self.games), self.games_per_batch))
-            gid = np.repeat(draws, B // self.games_per_batch)
+            gid = np.repeat(draws, B // self.games_per_batch)  # type: ignore[operator]
             local = (rng.random(B) * self._counts[gid]).astype(np.int64)
         else:  # proportional to each game's number of transitions: uniform over all of them
             flat = np.sort(rng.integers(0, self._cum[-1], B))
             gid = np.searchsorted(self._cum, flat, side="right") - 1
             local = flat - self._cum[gid]
+        # rank r keeps samples [r*B/W, (r+1)*B/W): whole game draws, since W divides G
+        lo, hi = self.rank * self.local_batch_size, (self.rank + 1) * self.local_batch_size
+        gid, local = gid[lo:hi], local[lo:hi]
         return gid.astype(np.int64), np.minimum(local, self._counts[gid] - 1)
 
     def _empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -482,6 +273,9 @@ class TransitionSampler(_BaseSampler):
     ``stratified=True``: draw ``games_per_batch`` (default B/4: 128 x 4 for B = 512) game ids
     uniformly with replacement, then B/G transitions uniformly from each drawn game.
     ``stratified=False``: uniform over all transitions of the chosen games (proportional).
+    ``batch_size``/``games_per_batch`` are global: under DDP pass the whole batch (512, 128) with
+    ``rank``/``world_size``; each rank returns its ``batch_size // world_size`` samples, G/W
+    whole game draws (``world_size`` must divide ``games_per_batch``).
     ``n_step`` must not exceed the store's (its starts guarantee that many rows after each start).
     ``io_hints`` (default True): before gathering, queue the reads of each sample's rows
     ``p-3 .. p+n_step`` with ``posix_fadvise(WILLNEED)``, and those of the next ``hint_ahead``
@@ -515,18 +309,26 @@ class TransitionSampler(_BaseSampler):
         return self._spans_of(*self.draw_rows(batch_index))
 
     def draw_rows(self, batch_index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(game ids, store rows) of batch ``batch_index`` -- what :meth:`sample` assembles."""
+        """(game ids, store rows) of this rank's share of batch ``batch_index`` -- what
+        :meth:`sample` assembles."""
+        gid, rows, _ = self._draw_rows(batch_index)
+        return gid, rows
+
+    def _draw_rows(self, batch_index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(game ids, store rows, end of each start's contiguous rows)."""
         gid, local = self._draw(self._rng(batch_index))
         rows = np.empty(len(gid), dtype=np.int64)
+        seg_end = np.empty(len(gid), dtype=np.int64)
         for g in np.unique(gid):
             sel = gid == g
             rows[sel] = self._starts[g][local[sel]]
-        return gid, rows
+            seg_end[sel] = self._seg_end[g][local[sel]]
+        return gid, rows, seg_end
 
     def sample(self, batch_index: int) -> dict[str, torch.Tensor]:
-        gid, rows = self.draw_rows(batch_index)
+        gid, rows, seg_end = self._draw_rows(batch_index)
         watch = self._hint(batch_index, lambda: self._spans_of(gid, rows)) if self._hints is not None else None
-        B = self.batch_size
+        B = self.local_batch_size
         obs = self._empty((B, STACK, 84, 84), torch.uint8)
         nxt = self._empty((B, STACK, 84, 84), torch.uint8)
         obs_np, nxt_np = obs.numpy(), nxt.numpy()
@@ -535,10 +337,11 @@ class TransitionSampler(_BaseSampler):
         term = np.empty(B, dtype=np.float32)
         bounds = np.flatnonzero(np.diff(gid)) + 1  # gid is sorted: one contiguous slice per game
         for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, B]):
-            t = assemble_transitions(self._data[gid[lo]], rows[lo:hi], self.n_step, self.gamma, obs_np[lo:hi], nxt_np[lo:hi])
+            t = assemble_transitions(self._data[gid[lo]], rows[lo:hi], seg_end[lo:hi], self.n_step, self.gamma,
+                                     obs_np[lo:hi], nxt_np[lo:hi])
             action[lo:hi], reward[lo:hi], term[lo:hi] = t["action"], t["reward"], t["terminal"]
         if watch is not None:  # ~14 pages a transition (7 rows of 6.9 KB)
-            self._hints.check(watch, B * ((STACK + self.n_step) * 84 * 84 // _PAGE + 1))  # type: ignore[union-attr]
+            self._hints.check(watch, B * ((STACK + self.n_step) * 84 * 84 // PAGE + 1))  # type: ignore[union-attr]
         discount = np.where(term > 0, np.float32(0), self._discount_n).astype(np.float32)
         out = {
             "obs": obs, "action": torch.from_numpy(action), "reward": torch.from_numpy(reward),
@@ -599,9 +402,8 @@ class SequenceSampler(_BaseSampler):
         if not isinstance(seq_len, int) or seq_len < 1:
             raise StoreError(f"seq_len must be an int >= 1, got {seq_len!r}")
         self.seq_len = seq_len
-        self._seg_end = [_plain(d.start_seg_end) for d in self._data]
         opened = _open_tokens(self.store, self.games, tokens)
-        self._tokens = None if opened is None else [_plain(t) for t in opened]
+        self._tokens = None if opened is None else [plain(t) for t in opened]
         self._init_hints(opened if opened is not None else [d.frames for d in self._data])
 
     def _spans_of(self, gid: np.ndarray, local: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
@@ -619,7 +421,7 @@ class SequenceSampler(_BaseSampler):
     def sample(self, batch_index: int) -> dict[str, torch.Tensor]:
         gid, local = self._draw(self._rng(batch_index))
         watch = self._hint(batch_index, lambda: self._spans_of(gid, local)) if self._hints is not None else None
-        B, L = self.batch_size, self.seq_len
+        B, L = self.local_batch_size, self.seq_len
         steps = np.arange(L)
         use_tokens = self._tokens is not None
         if use_tokens:
@@ -637,23 +439,26 @@ class SequenceSampler(_BaseSampler):
             d = self._data[g]
             p = self._starts[g][local[lo:hi]]
             end = self._seg_end[g][local[lo:hi]]
+            if (p < 0).any() or (p >= end).any() or (end > len(d.frames)).any():
+                raise StoreError(f"{d.name}: segment starts {p[:10].tolist()} / ends {end[:10].tolist()} fall outside the "
+                                 f"store's {len(d.frames)} rows: the store is damaged")
             rows = p[:, None] + steps[None, :]
             inside = rows < end[:, None]
             rows = np.minimum(rows, end[:, None] - 1)
-            t = _plain(d.terminal)[rows].astype(bool) & inside
+            t = plain(d.terminal)[rows].astype(bool) & inside
             # a step is real while no terminal occurred strictly before it in the segment
             ended_before = np.cumsum(t, axis=1) - t > 0
             m = inside & ~ended_before
             mask[lo:hi] = m
-            action[lo:hi] = np.where(m, _plain(d.action)[rows], 0)
-            reward[lo:hi] = np.where(m, _plain(d.reward)[rows], 0)
+            action[lo:hi] = np.where(m, plain(d.action)[rows], 0)
+            reward[lo:hi] = np.where(m, plain(d.reward)[rows], 0)
             term[lo:hi] = np.where(m, t, 0)
-            src = self._tokens[g] if use_tokens else _plain(d.frames)  # type: ignore[index]
+            src = self._tokens[g] if use_tokens else plain(d.frames)  # type: ignore[index]
             block = obs_np[lo:hi]
             np.take(src, rows.ravel(), axis=0, out=block.reshape((-1,) + block.shape[2:]), mode="clip")
             block[~m] = 0
         if watch is not None:
-            self._hints.check(watch, max(1, int(mask.sum()) * obs_np[0, 0].nbytes // _PAGE))  # type: ignore[union-attr]
+            self._hints.check(watch, max(1, int(mask.sum()) * obs_np[0, 0].nbytes // PAGE))  # type: ignore[union-attr]
         out = {
             ("tokens" if use_tokens else "obs"): obs, "action": torch.from_numpy(action), "reward": torch.from_numpy(reward),
             "terminal": torch.from_numpy(term), "mask": torch.from_numpy(mask), "game_id": torch.from_numpy(gid),

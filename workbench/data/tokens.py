@@ -23,8 +23,8 @@ import torch
 
 from workbench.data.store import ReplayStore
 from workbench.fileio import atomic_write_json
+from workbench.models.tokenizer import TOKENS_PER_FRAME
 
-TOKENS_PER_FRAME = 36
 FORMAT_VERSION = 1
 
 

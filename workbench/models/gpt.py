@@ -144,7 +144,9 @@ class Block(nn.Module):
             nn.Dropout(cfg.dropout),
         )
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, cache: KVCache | None, layer: int) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None, cache: KVCache | None, layer: int
+    ) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), attn_mask, cache, layer)
         return x + self.mlp(self.ln_2(x))
 
@@ -155,6 +157,9 @@ class GPT(nn.Module):
     Token (and task) embeddings belong to the caller (`WorldActionModel`), which knows the token
     types; this module owns positions, attention and the KV cache.
     """
+
+    causal: torch.Tensor  # buffers, registered in __init__
+    eye: torch.Tensor
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
@@ -183,7 +188,9 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def new_cache(self, batch: int, capacity: int | None = None, device=None, dtype: torch.dtype | None = None) -> KVCache:
+    def new_cache(
+        self, batch: int, capacity: int | None = None, device=None, dtype: torch.dtype | None = None
+    ) -> KVCache:
         """An empty cache for ``batch`` rows and ``capacity`` slots (default: ``max_tokens``)."""
         capacity = self.cfg.max_tokens if capacity is None else capacity
         if not 1 <= capacity <= self.cfg.max_tokens:
@@ -232,7 +239,8 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, attn_mask, cache, i)
         if cache is not None:
-            cache.valid[:, past:past + T] = valid  # type: ignore[index]
+            assert valid is not None  # set above whenever there is a cache
+            cache.valid[:, past:past + T] = valid
             cache.next_pos = start_pos + valid.long().sum(dim=1)
             cache.length = past + T
         return self.ln_f(x)

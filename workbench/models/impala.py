@@ -14,7 +14,7 @@ No normalization layers, as in the original. Input: float in [0, 1], (B, 4, 84, 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 

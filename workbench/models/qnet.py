@@ -21,19 +21,15 @@ MSE) that has no gradient path to any parameter; every consumer masks them with 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from workbench.games import MAX_ACTIONS, num_actions
 from workbench.models.impala import IMPALA_WIDTHS, impala_encoder
 from workbench.models.resnet import RESNET_SPECS, resnet_encoder
-
-try:  # single source of truth once the game registry exists
-    from workbench.games import MAX_ACTIONS
-except ImportError:  # pragma: no cover - the registry is written in a parallel issue
-    MAX_ACTIONS = 18
 
 __all__ = [
     "MAX_ACTIONS",
@@ -83,6 +79,9 @@ class Trunk(nn.Module):
 
 class PerGameHeads(nn.Module):
     """One linear head per game, evaluated jointly and gathered into MAX_ACTIONS slots."""
+
+    index: Tensor  # buffers, registered in __init__
+    valid_mask_table: Tensor
 
     def __init__(self, in_dim: int, num_actions_per_game: Sequence[int], outputs_per_action: int):
         super().__init__()
@@ -166,9 +165,9 @@ class QNetwork(nn.Module):
         self.num_games = num_games
         self.channels_last = False
 
-    def to_channels_last(self) -> "QNetwork":
+    def to_channels_last(self) -> QNetwork:
         """Store conv weights and feed inputs as NHWC (faster convolutions on GPU, esp. bf16)."""
-        self.to(memory_format=torch.channels_last)
+        self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # accepted; not in torch's stubs
         self.channels_last = True
         return self
 
@@ -229,10 +228,7 @@ def resolve_num_actions(games: Sequence[str] | Sequence[int]) -> list[int]:
             continue
         if not isinstance(g, str):
             raise TypeError(f"games must be names or action counts, got {g!r}")
-        from workbench import games as registry  # lazy: the registry pulls in ale-py
-
-        fn = getattr(registry, "num_actions", None)
-        out.append(int(fn(g)) if fn is not None else len(registry.minimal_action_set(g)))
+        out.append(int(num_actions(g)))
     return out
 
 

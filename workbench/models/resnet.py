@@ -25,8 +25,9 @@ does the uint8 -> float / 255 conversion (one place for the contract).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn

@@ -63,7 +63,9 @@ class TokenizerConfig:
 
     def __post_init__(self) -> None:
         if self.num_layers != 3:
-            raise ValueError(f"num_layers must be 3 (resolutions 24, 12, 6 give 6x6 = 36 tokens), got {self.num_layers}")
+            raise ValueError(
+                f"num_layers must be 3 (resolutions 24, 12, 6 give 6x6 = 36 tokens), got {self.num_layers}"
+            )
         if (FRAME_SIZE + 2 * self.pad) != 96:
             raise ValueError(f"pad must be 6 (84 + 2*pad = 96 = 4 * 24), got {self.pad}")
         if self.vocab_size > 65536:
@@ -188,6 +190,9 @@ class VGGPerceptualLoss(nn.Module):
     _TAPS = (3, 8, 15, 22, 29)  # indices of relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 in `features`
     _CHANNELS = (64, 128, 256, 512, 512)
 
+    shift: torch.Tensor  # buffers, registered in __init__
+    scale: torch.Tensor
+
     def __init__(self, weights_path: str | Path) -> None:
         super().__init__()
         from safetensors.torch import load_file
@@ -214,7 +219,9 @@ class VGGPerceptualLoss(nn.Module):
         feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
         missing = set(self.features.state_dict()) - set(feats)
         if missing:
-            raise ValueError(f"{path} lacks VGG16 weights {sorted(missing)[:4]}... (need torchvision's 'features.N.*' keys)")
+            raise ValueError(
+                f"{path} lacks VGG16 weights {sorted(missing)[:4]}... (need torchvision's 'features.N.*' keys)"
+            )
         self.features.load_state_dict({k: feats[k] for k in self.features.state_dict()})
         for i in range(len(self._CHANNELS)):
             if f"lin{i}.weight" in state:
@@ -258,6 +265,7 @@ class Tokenizer(nn.Module):
         # Kept in a list so its frozen VGG weights stay out of state_dict / checkpoints.
         self._perceptual: list[VGGPerceptualLoss] = []
         if cfg.perceptual:
+            assert cfg.perceptual_weights is not None  # TokenizerConfig refuses perceptual without weights
             self._perceptual.append(VGGPerceptualLoss(cfg.perceptual_weights))
 
     # -- building blocks ------------------------------------------------------------------

@@ -84,7 +84,9 @@ PRESETS: dict[str, WorldActionConfig] = {
     "jowa-40m": WorldActionConfig(n_layer=4, n_embd=512, n_head=8, q_hidden=768, q_heads=1),
     "jowa-70m": WorldActionConfig(n_layer=6, n_embd=768, n_head=12, q_hidden=1024, q_heads=1),
     "jowa-150m": WorldActionConfig(n_layer=12, n_embd=768, n_head=12, q_hidden=1792, q_heads=3),
-    "jowa-tiny": WorldActionConfig(n_layer=2, n_embd=64, n_head=4, q_hidden=64, q_heads=1, tokenizer=TOKENIZER_PRESETS["tiny"]),
+    "jowa-tiny": WorldActionConfig(
+        n_layer=2, n_embd=64, n_head=4, q_hidden=64, q_heads=1, tokenizer=TOKENIZER_PRESETS["tiny"]
+    ),
 }
 """Tables 10-11 (the paper's three sizes) and a CPU smoke size."""
 
@@ -157,6 +159,9 @@ class _FrozenCopy(nn.Module):
 class WorldActionModel(nn.Module):
     """Transformer backbone + world heads + Q head(s) + target Q head(s). See module docstring."""
 
+    support: torch.Tensor  # buffers, registered in __init__
+    action_pattern: torch.Tensor
+
     def __init__(self, cfg: WorldActionConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -201,7 +206,9 @@ class WorldActionModel(nn.Module):
         B, L, _ = obs_tokens.shape
         return torch.cat([obs_tokens.long(), actions.long()[..., None]], dim=-1).view(B, L * TOKENS_PER_STEP)
 
-    def forward(self, obs_tokens: torch.Tensor, actions: torch.Tensor, game_id: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, obs_tokens: torch.Tensor, actions: torch.Tensor, game_id: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """Full-sequence pass (training). Returns:
 
         ``obs_logits`` (B, L*37 - 1, vocab): position p's prediction of token p + 1;
@@ -270,8 +277,10 @@ def world_losses(
     obs_loss = _masked_mean(ce_obs, w_obs)
 
     reward_cls = (torch.sign(rewards.float()) + 1).long()  # -1, 0, +1 -> 0, 1, 2
-    ce_r = F.cross_entropy(out["reward_logits"].float().flatten(0, 1), reward_cls.flatten(), reduction="none").view(B, L)
-    ce_d = F.cross_entropy(out["term_logits"].float().flatten(0, 1), (terminals > 0).long().flatten(), reduction="none").view(B, L)
+    term_cls = (terminals > 0).long()
+    ce_r = F.cross_entropy(out["reward_logits"].float().flatten(0, 1), reward_cls.flatten(), reduction="none")
+    ce_d = F.cross_entropy(out["term_logits"].float().flatten(0, 1), term_cls.flatten(), reduction="none")
+    ce_r, ce_d = ce_r.view(B, L), ce_d.view(B, L)
     reward_loss, term_loss = _masked_mean(ce_r, mask), _masked_mean(ce_d, mask)
     with torch.no_grad():
         acc = _masked_mean((out["obs_logits"].argmax(-1) == target).float(), w_obs)
@@ -312,7 +321,8 @@ def action_losses(
             target_next.flatten(0, 1), r.flatten(), (gamma * (1.0 - done)).flatten(),
             vm[:, 1:].flatten(0, 1), model.support,
         )
-        td = distributional_td_loss(q_logits[:, :-1].flatten(0, 1), actions[:, :-1].flatten(), target_probs).view(B, L - 1)
+        td = distributional_td_loss(q_logits[:, :-1].flatten(0, 1), actions[:, :-1].flatten(), target_probs)
+        td = td.view(B, L - 1)
         w_td = mask[:, :-1] & ((done > 0) | mask[:, 1:])
         td_term = _masked_mean(td, w_td)
     else:

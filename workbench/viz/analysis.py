@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -149,20 +150,20 @@ def method_scores(runs: Sequence[RunInfo], labels: Sequence[str]) -> tuple[dict[
     With >= 2 seeds for every method, a run is a seed (its per-game mean); otherwise each
     evaluation episode counts as a run (stratified bootstrap over episodes within a game).
     """
-    groups: dict[str, list[RunInfo]] = {}
+    groups: dict[str, list[dict[str, Any]]] = {}  # label -> the scores.json of each of its runs
     for r, lab in zip(runs, labels):
         if r.scores is not None:
-            groups.setdefault(lab, []).append(r)
+            groups.setdefault(lab, []).append(r.scores)
     by_seed = bool(groups) and all(len(v) >= 2 for v in groups.values())
     out: dict[str, dict[str, list[float]]] = {}
     for lab, rs in groups.items():
-        games = [g for g in rs[0].scores["per_game"] if all(g in r.scores["per_game"] for r in rs)]
+        games = [g for g in rs[0]["per_game"] if all(g in sc["per_game"] for sc in rs)]
         per: dict[str, list[float]] = {}
         for g in games:
             if by_seed:
-                per[g] = [float(r.scores["per_game"][g]["mean"]) for r in rs]
+                per[g] = [float(sc["per_game"][g]["mean"]) for sc in rs]
             else:
-                per[g] = [float(s) for r in rs for s in r.scores["per_game"][g]["scores"]]
+                per[g] = [float(s) for sc in rs for s in sc["per_game"][g]["scores"]]
         out[lab] = per
     return out, ("seeds" if by_seed else "episodes")
 
@@ -342,7 +343,7 @@ def build_figures(
     # Scaling: parameters vs IQM, one line per algo
     points = []
     for lab in agg:
-        members = [r for r, l in zip(runs, labels) if l == lab and r.params]
+        members = [r for r, label in zip(runs, labels) if label == lab and r.params]
         if members:
             points.append({"family": members[0].algo, "params": members[0].params, "iqm": agg[lab]["iqm"],
                            "iqm_ci": agg[lab]["iqm_ci"], "label": lab})
@@ -359,7 +360,7 @@ def build_figures(
     if agg:
         rows = []
         for lab, a in agg.items():
-            members = [r for r, l in zip(runs, labels) if l == lab]
+            members = [r for r, label in zip(runs, labels) if label == lab]
             rows.append({"method": lab, "runs": len(members), "games": a["num_games"],
                          "params": f"{members[0].params:,}" if members[0].params else "",
                          "IQM": a["iqm"], "IQM 95% CI": a["iqm_ci"], "median": a["median"],
@@ -370,7 +371,8 @@ def build_figures(
     else:
         rep.skipped["ablation_table"] = "no aggregates"
 
-    statuses = save_figures({rep.out_dir / n: f for n, f in rep.figures.items()}, png=png)
+    paths: dict[str | os.PathLike[str], Any] = {rep.out_dir / n: f for n, f in rep.figures.items()}
+    statuses = save_figures(paths, png=png)
     rep.saved = dict(zip(rep.figures, statuses))
     _write_readme(rep)
     return rep

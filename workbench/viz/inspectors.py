@@ -1,7 +1,7 @@
 """ipywidgets inspectors over a :class:`~workbench.viz.rollout.Rollout`.
 
 Thin classes: a step slider (with a Play button), an HTML caption and ``go.FigureWidget``s.
-On every slider change the pure builders of :mod:`workbench.viz.figures` make the step's
+On every slider change the pure builders of :mod:`workbench.viz.agent_figures` make the step's
 figure and its trace data is copied into the FigureWidgets inside ``batch_update()``, so the
 browser gets one message per figure and the inspectors draw exactly what the builders draw.
 
@@ -19,7 +19,7 @@ import ipywidgets as widgets
 import numpy as np
 import plotly.graph_objects as go
 
-from workbench.viz import figures as F
+from workbench.viz import agent_figures as F
 from workbench.viz.rollout import Rollout
 
 __all__ = ["PlannerInspector", "QInspector", "explorer", "sync_figure"]
@@ -95,8 +95,10 @@ class QInspector:
     def _q(self, t: int) -> go.Figure:
         r, a = self.rollout, int(self.rollout.actions[t])
         if r.q_probs is not None:
+            assert r.support is not None  # a rollout records the support with its distributions
             return F.make_return_distribution_figure(r.q_probs[t], r.support, r.action_names, a,
                                                      title=f"step {t}")
+        assert r.q_values is not None  # q_fig exists only for rollouts with Q data
         return _q_bar_figure(r.q_values[t], r.action_names, a)
 
     def _on_step(self, change: dict[str, Any]) -> None:
@@ -125,12 +127,14 @@ class PlannerInspector:
     Attributes: ``step``, ``caption``, ``tree_fig``, ``frames_fig``, ``widget``."""
 
     def __init__(self, rollout: Rollout, *, step: widgets.IntSlider | None = None) -> None:
-        if not rollout.has_planner:
+        trees = rollout.trees
+        if trees is None or not rollout.has_planner:
             raise ValueError(
                 "PlannerInspector needs a rollout with search trees (a JOWA checkpoint played "
                 "with the planner); this rollout has none — use QInspector"
             )
         self.rollout = rollout
+        self._trees = trees
         self.horizon = 1 if rollout.predicted_frames is None else int(rollout.predicted_frames.shape[1])
         self.step = _step_slider(rollout, step)
         self.caption = widgets.HTML()
@@ -143,8 +147,8 @@ class PlannerInspector:
         self._render(self.step.value)
 
     def _tree(self, t: int) -> go.Figure:
-        tree = self.rollout.trees[t] or {"nodes": [], "chosen_action": None}
-        title = f"step {t}" if self.rollout.trees[t] else f"step {t}: no search recorded"
+        tree = self._trees[t] or {"nodes": [], "chosen_action": None}
+        title = f"step {t}" if self._trees[t] else f"step {t}: no search recorded"
         return F.make_search_tree_figure(tree, self.rollout.action_names, title=title)
 
     def _frames(self, t: int) -> go.Figure:
@@ -161,7 +165,7 @@ class PlannerInspector:
         self._render(int(change["new"]))
 
     def _render(self, t: int) -> None:
-        tree = self.rollout.trees[t]
+        tree = self._trees[t]
         if tree:
             kept = sum(1 for n in tree["nodes"] if n["kept"])
             depth = max(n["depth"] for n in tree["nodes"])

@@ -74,7 +74,7 @@ class ExplorerParams:
         games.canonical_game(self.game)  # raises with the valid names
 
     @classmethod
-    def from_params(cls, **params: Any) -> "ExplorerParams":
+    def from_params(cls, **params: Any) -> ExplorerParams:
         return _from_params(cls, params)
 
 
@@ -116,7 +116,7 @@ class AnalysisParams:
         return list(dict.fromkeys(out))
 
     @classmethod
-    def from_params(cls, **params: Any) -> "AnalysisParams":
+    def from_params(cls, **params: Any) -> AnalysisParams:
         return _from_params(cls, params)
 
 

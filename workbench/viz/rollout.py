@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, cast
 
 import numpy as np
 
@@ -193,7 +194,7 @@ class Rollout:
         return d
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str]) -> "Rollout":
+    def load(cls, directory: str | os.PathLike[str]) -> Rollout:
         """Read a rollout written by :meth:`save` (arrays with ``allow_pickle=False``)."""
         d = Path(directory)
         npz, js = d / "rollout.npz", d / "rollout.json"
@@ -295,19 +296,23 @@ def play_rollout(
     obs, _ = env.reset(seed=seed)
     stacker.reset([0], obs[None])
     policy.reset(np.array([0]))
-    frames, rgbs, actions, rewards, insights = [], [], [], [], []
+    frames: list[np.ndarray] = []
+    rgbs: list[np.ndarray] = []
+    actions: list[int] = []
+    rewards: list[float] = []
+    insights: list[StepInsight] = []
     bar = tqdm(total=max_steps, desc=f"{game} rollout", disable=not progress)
     try:
         for _ in range(max_steps):
             frames.append(obs.copy())
             if render_rgb:
-                rgbs.append(env.render().copy())
+                rgbs.append(cast(np.ndarray, env.render()).copy())  # render_mode="rgb_array": one frame
             ins = inspect_policy_step(policy, stacker.stacks.copy(), game_id, n_act)
             action = epsilon_greedy(rng, ins.greedy_action, n_act, epsilon)
             obs, reward, terminated, truncated, _ = env.step(action)
             stacker.push(obs[None])
             actions.append(action)
-            rewards.append(reward)
+            rewards.append(float(reward))
             insights.append(ins)
             bar.update(1)
             if terminated or truncated:
@@ -332,14 +337,14 @@ def _rollout_from_steps(
 
     q_probs = support = q_values = trees = pred = None
     if insights and all(i.q_probs is not None for i in insights):
-        q_probs = np.stack([i.q_probs for i in insights])
+        q_probs = np.stack([i.q_probs for i in insights if i.q_probs is not None])
         support = insights[0].support
     elif insights and all(i.q_values is not None for i in insights):
-        q_values = np.stack([i.q_values for i in insights])
+        q_values = np.stack([i.q_values for i in insights if i.q_values is not None])
     if any(i.tree is not None for i in insights):
         trees = [i.tree for i in insights]
     if insights and all(i.predicted_frames is not None for i in insights):
-        pred = np.stack([i.predicted_frames for i in insights])
+        pred = np.stack([i.predicted_frames for i in insights if i.predicted_frames is not None])
     return Rollout(
         game=game, action_names=list(games.action_names(game)), frames=np.stack(frames),
         actions=np.asarray(actions), rewards=np.asarray(rewards),
@@ -431,7 +436,8 @@ def synthetic_rollout(
     q = probs @ support
     actions = q.argmax(1)
     rewards = np.where(rng.random(steps) < 0.15, rng.choice([-1.0, 1.0], size=steps), 0.0)
-    trees = pred = None
+    trees: list[dict[str, Any] | None] | None = None
+    pred = None
     if planner:
         trees = [_synthetic_tree(rng, a, horizon, beam, int(actions[t])) for t in range(steps)]
         noise = rng.integers(0, 30, size=(steps, horizon, 84, 84))

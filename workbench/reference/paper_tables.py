@@ -15,7 +15,7 @@ from __future__ import annotations
 # Scaled QL (paper 000), Table C.1: sub-optimal data (initial 20% of one DQN run), 40 games.
 # Columns: DT (200M), DT (40M), Scaled QL (80M), BC (80M), MT Impala-DQN*, Human.
 # No OCR defects found: every Human entry equals the standard human score in the reference CSV
-# (Pooyan has none; the table's 4000.0 is carried into reference_scores.csv).
+# (Pooyan has none; the table's 4000.0 is carried into workbench/reference/scores.csv).
 _C1_COLUMNS = ("DT (200M)", "DT (40M)", "Scaled QL (80M)", "BC (80M)", "MT Impala-DQN*", "Human")
 _C1_ROWS = """
 Amidar 72.9 82.2 33.1 14.5 629.8 1719.5

@@ -1,0 +1,504 @@
+"""Builds a replay store (layout: :mod:`workbench.data.store`) from a DQN-Replay root.
+
+``build_store`` runs in steps that each read on their own:
+
+1. :func:`_plan_game` -- per source checkpoint (a *block*), which rows are new and which of them
+   are valid transition starts (:func:`_valid_positions`, the rule that makes every returned
+   transition exact);
+2. :func:`_assign_samples` -- for subsampled splits, how many starts each block contributes, and
+   where each block's rows go in the game's arrays;
+3. :func:`_start_or_resume` -- the ``.build`` directory: resume an interrupted build of the same
+   plan, restart anything else;
+4. :func:`_convert_block` -- one checkpoint (one observation file) into the store, then a marker;
+5. :func:`_finish_game` and the manifest, written last.
+
+Valid starts. Rows of a checkpoint are put in chronological order (the ring unrolled from its
+write cursor). A chronological position ``i`` is a start when Dopamine's rule holds for the
+*reader's* horizon ``n_step`` (no terminal among the 3 rows before it; not in the file's
+``invalid_range``, nor in the n-step range around the cursor -- the public files' range is the
+1-step one of the DQN agent that wrote them) AND every row it reads, ``i-3 .. i+n_step``, is a row
+of this checkpoint. So a transition never reads across a checkpoint, a run or the stale slot at
+the cursor, whatever the file's ``invalid_range`` says. Rows a checkpoint shares with the previous
+one of its run (``add_count`` grew by less than the capacity, e.g. a recorder's final partial dump)
+are not starts again.
+
+Uniform subsampling (JOWA's 10%, fine-tuning's 1% or N transitions) selects *transition starts*
+uniformly without replacement among all valid starts of the chosen checkpoints (exact simple
+random sample: per-checkpoint counts are drawn from the multivariate hypergeometric
+distribution, then starts within each checkpoint), and stores only the rows their stacks,
+n-step windows and sequence segments need (``[p-3, p+context_after]``, union over starts).
+Why starts and not whole rows: a kept row is useless unless its 3 predecessors and n successors
+are kept too, so sampling rows and flagging "valid" ones would silently bias the sample toward
+long kept runs; sampling starts keeps the distribution exactly uniform over transitions and
+costs at most ``4 + context_after`` frames per start (about 69% of the rows for a 10% sample
+with the default context of 7, 11% for 1%).
+
+Memory: each observation file is streamed chunk by chunk straight into the output file with
+positioned writes (no memmap writes, so dirty pages never inflate RSS); the largest resident
+objects are one checkpoint's small arrays (~14 bytes per row).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workbench.data import dqn_replay as dr
+from workbench.data.splits import PRESETS, Split, StoreError, parse_split
+from workbench.data.store import EP_BEGINS, EP_ENDS, FORMAT_VERSION, FRAME_BYTES, STACK
+from workbench.fileio import atomic_write_json
+from workbench.games import num_actions
+
+__all__ = ["build_store"]
+
+# Small arrays of planned checkpoints are kept for the conversion pass while they fit this budget
+# (test-sized data); real 1M-row checkpoints are re-read (a few MB each, cheap).
+META_CACHE_BYTES = 64 << 20
+_SMALL = {"action": np.uint8, "reward": np.float32, "terminal": np.uint8, "block": np.int32, "slot": np.int32}
+
+
+@dataclass
+class _Block:
+    """The plan for one source checkpoint (one block of consecutive store rows)."""
+
+    game: str
+    run: str
+    checkpoint: int
+    capacity: int
+    add_count: int
+    fresh: int  # newest rows not already in the previous checkpoint
+    run_start: bool  # the ring began empty here: its first rows are the run's initial padding
+    row_start: int = 0
+    rows: int = 0
+    starts: int = 0
+    files: dict[str, str] = field(default_factory=dict)
+
+
+class _Sources:
+    """Reads checkpoint metadata of a DQN-Replay root, caching small checkpoints between passes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._cache: dict[tuple[str, str, int], dr.CheckpointMeta] = {}
+        self._budget = META_CACHE_BYTES
+
+    def replay_logs(self, game: str, run: str) -> Path:
+        return self.root / game / run / "replay_logs"
+
+    def meta(self, game: str, run: str, checkpoint: int) -> dr.CheckpointMeta:
+        key = (game, run, checkpoint)
+        if key in self._cache:
+            return self._cache[key]
+        meta = dr.load_checkpoint_meta(self.replay_logs(game, run), checkpoint, hash=True)
+        if 10 * meta.capacity <= self._budget:
+            self._budget -= 10 * meta.capacity
+            self._cache[key] = meta
+        return meta
+
+    def pop(self, game: str, run: str, checkpoint: int) -> dr.CheckpointMeta:
+        """The metadata for the conversion pass (dropped from the cache: it is needed once more)."""
+        meta = self._cache.pop((game, run, checkpoint), None)
+        return meta if meta is not None else dr.load_checkpoint_meta(self.replay_logs(game, run), checkpoint, hash=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Which rows and starts of one checkpoint
+
+
+def _valid_positions(meta: dr.CheckpointMeta, fresh: int, n_step: int) -> np.ndarray:
+    """Chronological positions of one checkpoint that are exact ``n_step`` transition starts."""
+    order = meta.time_order()
+    n = len(order)
+    valid = meta.valid_mask(STACK, n_step)[order]  # Dopamine's rule, with the reader's horizon
+    pos = np.arange(n)
+    # every row read -- stack p-3..p, n-step window and next stack up to p+n_step -- is in this checkpoint
+    valid &= (pos >= STACK - 1) & (pos + n_step < n)
+    valid[: n - min(fresh, n)] = False  # stale rows: starts of the previous checkpoint
+    return np.flatnonzero(valid)
+
+
+def _block_selection(
+    meta: dr.CheckpointMeta, fresh: int, n_step: int, context_after: int, n_sample: int | None,
+    rng: np.random.Generator | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(kept chronological positions, start indices into the kept positions)."""
+    n = len(meta.time_order())
+    cand = _valid_positions(meta, fresh, n_step)
+    if n_sample is None:  # all rows from the first stack on
+        keep_lo = max(n - min(fresh, n) - (STACK - 1), 0)
+        return np.arange(keep_lo, n), cand - keep_lo
+    chosen = np.sort(rng.choice(cand, size=n_sample, replace=False)) if n_sample else cand[:0]  # type: ignore[union-attr]
+    mark = np.zeros(n + 1, dtype=np.int32)  # difference array: union of the windows [p-3, p+context_after]
+    np.add.at(mark, np.maximum(chosen - (STACK - 1), 0), 1)
+    np.add.at(mark, np.minimum(chosen + context_after + 1, n), -1)
+    keep = np.flatnonzero(np.cumsum(mark[:-1]) > 0)
+    return keep, np.searchsorted(keep, chosen)
+
+
+def _padding_mask(terminal_chrono: np.ndarray, run_start: bool) -> np.ndarray:
+    """Padding rows of one checkpoint in chronological order: the 3 rows after each terminal,
+    and the first 3 rows when the ring started empty (Dopamine pads before every episode)."""
+    n = len(terminal_chrono)
+    pad = np.zeros(n, dtype=bool)
+    t = np.flatnonzero(terminal_chrono)
+    for k in range(1, STACK):
+        i = t + k
+        pad[i[i < n]] = True
+    if run_start:
+        pad[: STACK - 1] = True
+    return pad
+
+
+def _episodes(terminal: np.ndarray, brk: np.ndarray, pad: np.ndarray, pred_pad: np.ndarray) -> np.ndarray:
+    """Episodes among one block's kept rows: (E, 3) [first, end, flags], block-local rows.
+
+    Pieces are cut where the source is not contiguous (``brk``) and after terminals; leading
+    padding rows are dropped. ``flags & EP_BEGINS`` when the row before the first real row is a
+    padding row in the source (a true episode start), ``flags & EP_ENDS`` when the piece ends
+    with a terminal. ``pred_pad[i]``: the source row before kept row i is padding.
+    """
+    n = len(terminal)
+    cuts = np.union1d(np.flatnonzero(brk), np.flatnonzero(terminal) + 1)
+    cuts = np.union1d(cuts[(cuts > 0) & (cuts < n)], [0, n]).astype(np.int64)
+    out = []
+    for s, e in itertools.pairwise(cuts):
+        real = np.flatnonzero(~pad[s:e])
+        if not len(real):
+            continue
+        f = int(s + real[0])
+        flags = (EP_BEGINS if pred_pad[f] else 0) | (EP_ENDS if terminal[e - 1] else 0)
+        out.append((f, int(e), flags))
+    return np.array(out, dtype=np.int64).reshape(-1, 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Steps of the build
+
+
+def _check_args(root: Path, games: Sequence[str], split: Split | str, n_step: int, context_after: int) -> Split:
+    split = parse_split(split)
+    if not isinstance(split, Split):
+        raise StoreError(f"split must be a Split or one of {sorted(PRESETS)}, got {split!r}")
+    if not isinstance(n_step, int) or n_step < 1:
+        raise StoreError(f"n_step must be an int >= 1, got {n_step!r}")
+    if not isinstance(context_after, int) or context_after < n_step:
+        raise StoreError(f"context_after must be an int >= n_step ({n_step}), got {context_after!r}")
+    if not games:
+        raise StoreError(f"no games given; available: {dr.list_games(root)}")
+    return split
+
+
+def _stable_id(s: str) -> int:
+    return int.from_bytes(hashlib.sha256(s.encode()).digest()[:4], "little")
+
+
+def _block_rng(seed: int, b: _Block) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, 1, _stable_id(b.game), _stable_id(b.run), b.checkpoint]))
+
+
+def _plan_game(sources: _Sources, game: str, runs: Sequence[str | int], split: Split, n_step: int) -> list[_Block]:
+    """One block per chosen checkpoint of each run, sized for keeping all its valid starts."""
+    blocks = []
+    for r in runs:
+        rdir = dr.run_dir(sources.root, game, r)  # an unknown run lists those that exist
+        run = rdir.parent.name
+        ckpts = dr.list_checkpoints(rdir)
+        for c in split.choose(ckpts):
+            meta = sources.meta(game, run, c)
+            fresh, run_start = meta.add_count, meta.add_count <= meta.capacity
+            if c - 1 in ckpts:
+                prev_add = int(dr.load_npy_gz(rdir / dr.file_name("add_count", c - 1)))
+                grew = meta.add_count - prev_add
+                # One growing ring dumped twice: only the newest `grew` slots are new. A count that
+                # did not grow means independently written buffers (as in ../shared/fixtures/dqn_replay).
+                if 0 < grew < meta.capacity:
+                    fresh = grew
+                # A count that fell is a logged run's final partial dump (add_count reset to the
+                # cursor): its ring did not start empty.
+                run_start = run_start and prev_add <= meta.add_count
+            b = _Block(game, run, c, meta.capacity, meta.add_count, min(fresh, meta.capacity), run_start, files=dict(meta.sha256))
+            kept, starts = _block_selection(meta, b.fresh, n_step, 0, None, None)
+            b.rows, b.starts = len(kept), len(starts)
+            blocks.append(b)
+    return blocks
+
+
+def _assign_samples(
+    sources: _Sources, plan: dict[str, list[_Block]], split: Split, seed: int, n_step: int, context_after: int,
+) -> dict[tuple[str, str, int], int | None]:
+    """Per-block sample sizes (None: all starts) -- an exact uniform sample without replacement
+    over all starts of a game -- and each block's first row in its game's arrays."""
+    samples: dict[tuple[str, str, int], int | None] = {}
+    for g, blocks in plan.items():
+        counts = [b.starts for b in blocks]  # all valid starts of each block
+        total = int(sum(counts))
+        want = split.sample_size(total)
+        if want is None:
+            per: list[int | None] = [None] * len(blocks)
+        else:
+            if want > total:
+                raise StoreError(f"{g}: split asks for {want} transitions but the chosen checkpoints hold {total} valid starts")
+            rng = np.random.default_rng(np.random.SeedSequence([seed, 0, _stable_id(g)]))
+            per = [int(k) for k in rng.multivariate_hypergeometric(np.array(counts, dtype=np.int64), want)] if counts else []
+        row = 0
+        for b, n in zip(blocks, per):
+            samples[(g, b.run, b.checkpoint)] = n
+            if n is not None:  # sizes depend on the sampled starts: redo the selection
+                meta = sources.meta(g, b.run, b.checkpoint)
+                kept, starts = _block_selection(meta, b.fresh, n_step, context_after, n, _block_rng(seed, b))
+                b.rows, b.starts = len(kept), len(starts)
+            b.row_start = row
+            row += b.rows
+    return samples
+
+
+def _log(log_path: Path | None, **event: Any) -> None:
+    if log_path is None:
+        return
+    with open(log_path, "a") as f:
+        f.write(json.dumps({"time": time.time(), **event}) + "\n")
+
+
+def _start_or_resume(out: Path, plan_json: dict, game_dirs: list[str], params: dict, log_path: Path | None) -> Path:
+    """The ``.build`` directory: kept when it holds the same plan (resume), else started afresh."""
+    build = out / ".build"
+    old_plan = build / "plan.json"
+    if old_plan.exists() and json.loads(old_plan.read_text()) == plan_json:
+        _log(log_path, event="build_resume", out=str(out))
+        return build
+    shutil.rmtree(build, ignore_errors=True)
+    for g in game_dirs:
+        shutil.rmtree(out / g, ignore_errors=True)
+    (build / "done").mkdir(parents=True)
+    atomic_write_json(old_plan, plan_json)
+    _log(log_path, event="build_start", out=str(out), **{k: v for k, v in params.items() if k != "split"})
+    return build
+
+
+def _open_game_arrays(gdir: Path, rows: int) -> dict[str, np.memmap]:
+    """Create (or reopen, when resuming) a game's arrays; frames are written by positioned writes."""
+    arrays = {}
+    for name, dt in list(_SMALL.items()) + [("frames", np.uint8)]:
+        p = gdir / f"{name}.npy"
+        shape = (rows, 84, 84) if name == "frames" else (rows,)
+        if p.exists():
+            try:
+                a = np.lib.format.open_memmap(p, mode="r+")
+                ok = a.shape == shape and a.dtype == np.dtype(dt)
+            except (ValueError, OSError):  # a file cut short by a kill: recreate it
+                ok = False
+            if not ok:
+                p.unlink()
+        if not p.exists():
+            if rows == 0:  # open_memmap refuses empty arrays
+                np.save(p, np.zeros(shape, dtype=dt))
+            else:
+                np.lib.format.open_memmap(p, mode="w+", dtype=dt, shape=shape)  # sparse until written
+        if name != "frames":
+            arrays[name] = np.lib.format.open_memmap(p, mode="r+") if rows else np.load(p)
+    return arrays
+
+
+def _data_offset(path: Path) -> int:
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            np.lib.format.read_array_header_1_0(f)
+        else:
+            np.lib.format.read_array_header_2_0(f)
+        return f.tell()
+
+
+def _copy_frames(rdir: Path, checkpoint: int, kept: np.ndarray, frames_path: Path, row_start: int, bar) -> str:
+    """Stream one observation file into rows ``row_start + i`` <- slot ``kept[i]``; returns its sha256."""
+    with dr.stream_observations(rdir, checkpoint, hash=True) as s:
+        dest = np.full(s.rows, -1, dtype=np.int64)
+        dest[kept] = np.arange(len(kept)) + row_start
+        base = _data_offset(frames_path)
+        fd = os.open(frames_path, os.O_WRONLY)
+        try:
+            for a, chunk in s.chunks():
+                d = dest[a : a + len(chunk)]
+                idx = np.flatnonzero(d >= 0)
+                if len(idx):
+                    # contiguous runs: consecutive slots going to consecutive rows -> one write each
+                    cut = np.flatnonzero((np.diff(idx) != 1) | (np.diff(d[idx]) != 1)) + 1
+                    for lo, hi in zip(np.r_[0, cut], np.r_[cut, len(idx)]):
+                        i0, i1 = idx[lo], idx[hi - 1] + 1
+                        os.pwrite(fd, chunk[i0:i1].data, base + int(d[i0]) * FRAME_BYTES)
+                    bar.update(len(idx))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return s.sha256()  # type: ignore[return-value]
+
+
+def _convert_block(
+    sources: _Sources, b: _Block, bi: int, n_sample: int | None, seed: int, n_step: int, context_after: int,
+    arrays: dict[str, np.memmap], gdir: Path, build: Path, bar,
+) -> None:
+    """Write one checkpoint's rows into the game's arrays, then its starts, segment ends,
+    episodes and a completion marker under ``build/done``."""
+    g = b.game
+    rdir = sources.replay_logs(g, b.run)
+    meta = sources.pop(g, b.run, b.checkpoint)
+    if meta.sha256 != b.files:
+        raise StoreError(f"source files of {g} run {b.run} checkpoint {b.checkpoint} changed during the build")
+    keep, starts = _block_selection(meta, b.fresh, n_step, context_after, n_sample, _block_rng(seed, b))
+    assert len(keep) == b.rows
+    order = meta.time_order()
+    kept = order[keep]  # ring slots, chronological
+    sl = slice(b.row_start, b.row_start + b.rows)
+    if b.rows and int(meta.action[kept].max()) > 255:
+        raise StoreError(f"{rdir}: action index {int(meta.action.max())} does not fit a minimal action set")
+    arrays["action"][sl] = meta.action[kept].astype(np.uint8)
+    arrays["reward"][sl] = meta.reward[kept]
+    arrays["terminal"][sl] = meta.terminal[kept]
+    arrays["block"][sl] = bi
+    arrays["slot"][sl] = kept.astype(np.int32)
+    obs_sha = _copy_frames(rdir, b.checkpoint, kept, gdir / "frames.npy", b.row_start, bar)
+    for a in arrays.values():
+        a.flush()
+    # segments: kept rows that are consecutive in the source (positions differ by one)
+    brk = np.ones(len(keep), dtype=bool)
+    brk[1:] = keep[1:] != keep[:-1] + 1
+    seg_id = np.cumsum(brk) - 1
+    seg_end = np.append(np.flatnonzero(brk)[1:], len(keep))
+    pad = _padding_mask(meta.terminal[order], run_start=b.run_start)
+    pred_pad = np.where(keep > 0, pad[np.maximum(keep - 1, 0)], False)
+    eps = _episodes(meta.terminal[kept], brk, pad[keep], pred_pad)
+    stem = build / "done" / f"{g}__{b.run}__{b.checkpoint}"
+    np.save(f"{stem}.starts.npy", starts + b.row_start)
+    np.save(f"{stem}.segend.npy", seg_end[seg_id[starts]] + b.row_start)
+    eps[:, :2] += b.row_start
+    np.save(f"{stem}.episodes.npy", eps)
+    files = dict(meta.sha256)
+    files[dr.file_name("observation", b.checkpoint)] = obs_sha
+    atomic_write_json(Path(f"{stem}.json"), {"files": files, "actions_max": int(meta.action[kept].max()) if b.rows else 0})
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(1 << 22):
+            h.update(b)
+    return h.hexdigest()
+
+
+def _num_actions(game: str, actions_seen_max: int) -> tuple[int, str]:
+    """(action count, where it came from): the game registry, else the largest action seen + 1."""
+    try:
+        return num_actions(game), "games"
+    except ValueError:  # not a registry game (synthetic data)
+        return actions_seen_max + 1, "data"
+
+
+def _finish_game(gdir: Path, build: Path, g: str, blocks: list[_Block]) -> dict[str, Any]:
+    """Concatenate per-block starts/segment ends/episodes; summarize the game for the manifest."""
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("starts", "segend", "episodes")}
+    actions_max = 0
+    files: dict[str, dict[str, str]] = {}
+    for b in blocks:
+        stem = build / "done" / f"{g}__{b.run}__{b.checkpoint}"
+        for k, part in parts.items():
+            part.append(np.load(f"{stem}.{k}.npy"))
+        m = json.loads(Path(f"{stem}.json").read_text())
+        actions_max = max(actions_max, m["actions_max"])
+        files[f"{b.run}/{b.checkpoint}"] = m["files"]
+    starts = np.concatenate(parts["starts"]).astype(np.int64) if blocks else np.zeros(0, np.int64)
+    segend = np.concatenate(parts["segend"]).astype(np.int64) if blocks else np.zeros(0, np.int64)
+    eps = np.concatenate(parts["episodes"]) if blocks else np.zeros((0, 3), np.int64)
+    for name, arr in (("starts", starts), ("start_seg_end", segend), ("episodes", eps)):
+        tmp = gdir / f"{name}.tmp.npy"
+        np.save(tmp, arr)
+        os.replace(tmp, gdir / f"{name}.npy")
+    na, source = _num_actions(g, actions_max)
+    return {
+        "rows": int(sum(b.rows for b in blocks)), "starts": len(starts), "episodes": len(eps),
+        "num_actions": na, "num_actions_source": source,
+        "blocks": [
+            {"run": b.run, "checkpoint": b.checkpoint, "row_start": b.row_start, "rows": b.rows, "starts": b.starts,
+             "capacity": b.capacity, "add_count": b.add_count, "fresh_rows": b.fresh,
+             "source_files_sha256": files[f"{b.run}/{b.checkpoint}"]}
+            for b in blocks
+        ],
+        "starts_sha256": _sha256_file(gdir / "starts.npy"),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# The builder
+
+
+def build_store(
+    root: str | os.PathLike, out: str | os.PathLike, games: Sequence[str], runs: Sequence[str | int] = (1,),
+    split: Split | str = "near_optimal", *, seed: int = 0, n_step: int = 3, context_after: int = 7,
+    progress: bool = True, log: str | os.PathLike | None = None,
+) -> Path:
+    """Build a store from a DQN-Replay root for ``games`` x ``runs`` with ``split``.
+
+    Resumable: completed checkpoints are recorded under ``out/.build``; a rerun with the same
+    arguments and unchanged sources resumes, different arguments restart from scratch. The
+    manifest is written last (atomically); an existing complete store with the same plan is
+    returned as is. ``n_step``: the largest horizon readers will use (every start has its
+    ``n_step`` rows after it in the same checkpoint). ``context_after`` (>= n_step) rows after each
+    start are guaranteed present, so sequence segments of ``context_after + 1`` steps fit (JOWA: 8).
+    """
+    from tqdm.auto import tqdm
+
+    root, out = Path(root), Path(out)
+    split = _check_args(root, games, split, n_step, context_after)
+    log_path = Path(log) if log is not None else None
+    game_dirs = [dr.game_dir(root, g).name for g in games]  # unknown games list those that exist
+    if len(set(game_dirs)) != len(game_dirs):
+        raise StoreError(f"duplicate games in {list(games)}")
+
+    sources = _Sources(root)
+    plan = {g: _plan_game(sources, g, runs, split, n_step) for g in game_dirs}
+    samples = _assign_samples(sources, plan, split, seed, n_step, context_after)
+    params = {
+        "format_version": FORMAT_VERSION, "source_root": str(root.resolve()), "games": game_dirs,
+        "runs": [str(r) for r in runs], "split": asdict(split), "seed": seed, "n_step": n_step,
+        "stack_size": STACK, "context_after": context_after,
+    }
+    plan_json = {"params": params, "blocks": {g: [asdict(b) for b in bl] for g, bl in plan.items()}}
+
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / "manifest.json"
+    if manifest_path.exists():
+        if json.loads(manifest_path.read_text()).get("plan") == plan_json:
+            return out
+        raise StoreError(f"{out} already holds a different complete store; choose another directory or delete it")
+    build = _start_or_resume(out, plan_json, game_dirs, params, log_path)
+
+    bar = tqdm(total=sum(b.rows for bl in plan.values() for b in bl), unit="row", desc="build store", disable=not progress)
+    games_info = {}
+    for g, blocks in plan.items():
+        gdir = out / g
+        gdir.mkdir(exist_ok=True)
+        arrays = _open_game_arrays(gdir, sum(b.rows for b in blocks))
+        for bi, b in enumerate(blocks):
+            if (build / "done" / f"{g}__{b.run}__{b.checkpoint}.json").exists():
+                bar.update(b.rows)
+                continue
+            _convert_block(sources, b, bi, samples[(g, b.run, b.checkpoint)], seed, n_step, context_after, arrays, gdir, build, bar)
+            _log(log_path, event="checkpoint_done", game=g, run=b.run, checkpoint=b.checkpoint, rows=b.rows, starts=b.starts)
+        del arrays
+        games_info[g] = _finish_game(gdir, build, g, blocks)
+    bar.close()
+
+    manifest = {**params, "plan": plan_json, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "games_info": games_info}
+    atomic_write_json(manifest_path, manifest)  # LAST: marks the store complete
+    shutil.rmtree(build, ignore_errors=True)
+    _log(log_path, event="build_done", out=str(out))
+    return out

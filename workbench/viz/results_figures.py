@@ -1,0 +1,405 @@
+"""Results figures: learning curves, aggregates, performance profiles, probability of
+improvement, per-game scores, scaling and ablation tables.
+
+Pure builders ``make_*_figure(data) -> go.Figure``: each takes plain data (lists, dicts, numpy
+arrays, the metrics module's outputs) and returns a new figure; nothing here reads files or keeps
+state, so notebooks and the analysis pipeline share one code path. Saving lives in
+:mod:`workbench.viz.export`; figures of one agent's decisions in :mod:`workbench.viz.agent_figures`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from workbench.metrics import Normalization, has_reference, normalize_score
+from workbench.viz.style import method_color, rgba
+
+__all__ = [
+    "AGGREGATE_METRICS",
+    "make_ablation_table_figure",
+    "make_aggregate_figure",
+    "make_learning_curve_figure",
+    "make_performance_profile_figure",
+    "make_probability_of_improvement_figure",
+    "make_scaling_figure",
+    "make_scores_figure",
+]
+
+#: Aggregate metrics drawn by ``make_aggregate_figure``, in rliable's usual order.
+AGGREGATE_METRICS: tuple[str, ...] = ("median", "iqm", "mean", "optimality_gap")
+_METRIC_TITLES = {
+    "median": "Median",
+    "iqm": "IQM",
+    "mean": "Mean",
+    "optimality_gap": "Optimality gap",
+}
+
+
+# --------------------------------------------------------------------------- learning curves
+
+
+def make_learning_curve_figure(
+    runs: Mapping[str, Sequence[Mapping[str, Any]]],
+    metrics: str | Sequence[str],
+    *,
+    x: str = "step",
+    title: str | None = None,
+) -> go.Figure:
+    """Overlay learning curves of several runs, one subplot row per metric.
+
+    ``runs`` maps a run label to its JSONL metric records (dicts with ``x`` and metric keys).
+    Records lacking a metric (e.g. eval lines among train lines) are skipped for that metric;
+    points are sorted by ``x``. Raises ``ValueError`` when no run has any of the metrics.
+    """
+    metric_list = [metrics] if isinstance(metrics, str) else list(metrics)
+    if not metric_list:
+        raise ValueError("make_learning_curve_figure: give at least one metric name")
+    fig = make_subplots(
+        rows=len(metric_list), cols=1, shared_xaxes=True, subplot_titles=metric_list,
+        vertical_spacing=0.08 if len(metric_list) > 1 else 0.0,
+    )
+    drawn = 0
+    for run_idx, (label, records) in enumerate(runs.items()):
+        for row, metric in enumerate(metric_list, start=1):
+            pts = [
+                (float(r[x]), float(r[metric]))
+                for r in records
+                if x in r and metric in r and r[metric] is not None and _is_number(r[metric])
+            ]
+            if not pts:
+                continue
+            pts.sort(key=lambda p: p[0])
+            fig.add_trace(
+                go.Scatter(
+                    x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines",
+                    name=label, legendgroup=label, showlegend=row == 1 or drawn == 0,
+                    line=dict(color=method_color(run_idx)),
+                    hovertemplate=f"{label}<br>{x}=%{{x}}<br>{metric}=%{{y:.4g}}<extra></extra>",
+                ),
+                row=row, col=1,
+            )
+            drawn += 1
+    if drawn == 0:
+        available = sorted({k for recs in runs.values() for r in recs for k in r})
+        raise ValueError(
+            f"none of the metrics {metric_list} appear in the records; available keys: {available}"
+        )
+    fig.update_xaxes(title_text=x, row=len(metric_list), col=1)
+    fig.update_layout(
+        title=title or "Learning curves", height=260 * len(metric_list) + 80,
+        template="plotly_white", hovermode="x unified",
+    )
+    return fig
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------- aggregates
+
+
+def _ci_pair(ci: Any, name: str) -> tuple[float, float]:
+    arr = np.asarray(ci, dtype=float).reshape(-1)
+    if arr.shape != (2,):
+        raise ValueError(f"{name}: a confidence interval must be [lo, hi], got {ci!r}")
+    return float(arr[0]), float(arr[1])
+
+
+def make_aggregate_figure(
+    aggregates: Mapping[str, Mapping[str, Any]],
+    metrics: Sequence[str] = AGGREGATE_METRICS,
+    *,
+    title: str | None = None,
+) -> go.Figure:
+    """Bars of aggregate scores with CI error bars, one subplot per metric.
+
+    ``aggregates`` is the metrics module's dict ``{method: {"iqm": x, "iqm_ci": [lo, hi], ...}}``.
+    Each bar's error bar spans exactly ``[lo, hi]`` (asymmetric ``error_y``). Metrics absent
+    from every method are dropped; a missing ``*_ci`` draws the bar without an error bar.
+    """
+    methods = list(aggregates)
+    if not methods:
+        raise ValueError("make_aggregate_figure: aggregates is empty")
+    present = [m for m in metrics if any(m in aggregates[k] for k in methods)]
+    if not present:
+        keys = sorted({k for v in aggregates.values() for k in v})
+        raise ValueError(f"none of the metrics {list(metrics)} found; available keys: {keys}")
+    fig = make_subplots(
+        rows=1, cols=len(present), subplot_titles=[_METRIC_TITLES.get(m, m) for m in present],
+        horizontal_spacing=0.06,
+    )
+    for col, metric in enumerate(present, start=1):
+        xs, ys, plus, minus, colors, texts = [], [], [], [], [], []
+        for i, method in enumerate(methods):
+            entry = aggregates[method]
+            if metric not in entry:
+                continue
+            value = float(entry[metric])
+            ci = entry.get(f"{metric}_ci")
+            lo, hi = _ci_pair(ci, f"{method}.{metric}_ci") if ci is not None else (value, value)
+            xs.append(method)
+            ys.append(value)
+            plus.append(hi - value)
+            minus.append(value - lo)
+            colors.append(method_color(i))
+            texts.append(f"{method}<br>{metric} = {value:.3f}<br>95% CI [{lo:.3f}, {hi:.3f}]")
+        fig.add_trace(
+            go.Bar(
+                x=xs, y=ys, marker_color=colors, name=metric, showlegend=False,
+                error_y=dict(type="data", symmetric=False, array=plus, arrayminus=minus),
+                hovertext=texts, hoverinfo="text",
+            ),
+            row=1, col=col,
+        )
+    fig.update_layout(
+        title=title or "Aggregate human-normalized scores (95% bootstrap CIs)",
+        template="plotly_white", height=420, width=max(600, 260 * len(present)),
+    )
+    return fig
+
+
+def make_performance_profile_figure(
+    taus: Sequence[float] | np.ndarray,
+    curves: Mapping[str, Sequence[float] | np.ndarray],
+    cis: Mapping[str, Sequence[Sequence[float]] | np.ndarray] | None = None,
+    *,
+    title: str | None = None,
+    xlabel: str = "Human-normalized score (τ)",
+) -> go.Figure:
+    """Score-distribution performance profiles: fraction of runs with score > τ.
+
+    ``curves[method]`` has one value per τ; ``cis[method]`` is ``(2, len(taus))``
+    (lower row, upper row), drawn as a filled band under the curve.
+    """
+    tau = np.asarray(taus, dtype=float)
+    fig = go.Figure()
+    for i, (method, curve) in enumerate(curves.items()):
+        y = np.asarray(curve, dtype=float)
+        if y.shape != tau.shape:
+            raise ValueError(f"curve of {method!r} has shape {y.shape}, taus have {tau.shape}")
+        color = method_color(i)
+        if cis is not None and method in cis:
+            band = np.asarray(cis[method], dtype=float)
+            if band.shape != (2,) + tau.shape:
+                raise ValueError(
+                    f"CI of {method!r} must have shape (2, {tau.size}), got {band.shape}"
+                )
+            # Closed polygon: upper edge left to right, lower edge right to left.
+            fig.add_trace(
+                go.Scatter(
+                    x=np.concatenate([tau, tau[::-1]]),
+                    y=np.concatenate([band[1], band[0][::-1]]),
+                    fill="toself", fillcolor=rgba(color, 0.2), line=dict(width=0),
+                    hoverinfo="skip", showlegend=False, legendgroup=method,
+                    name=f"{method} CI",
+                )
+            )
+        fig.add_trace(
+            go.Scatter(x=tau, y=y, mode="lines", name=method, legendgroup=method,
+                       line=dict(color=color, width=2))
+        )
+    fig.update_layout(
+        title=title or "Performance profiles", template="plotly_white",
+        xaxis_title=xlabel, yaxis_title="Fraction of runs with score > τ",
+        yaxis_range=[0, 1.02], height=420,
+    )
+    return fig
+
+
+def _pair_names(key: Any) -> tuple[str, str]:
+    if isinstance(key, str):
+        parts = [p.strip() for p in key.split(",")]
+        if len(parts) != 2:
+            raise ValueError(f"pair key {key!r} must be 'X,Y' or a (X, Y) tuple")
+        return parts[0], parts[1]
+    x, y = key
+    return str(x), str(y)
+
+
+def make_probability_of_improvement_figure(
+    pairs: Mapping[Any, Mapping[str, Any] | Sequence[Any]],
+    *,
+    title: str | None = None,
+) -> go.Figure:
+    """Horizontal bars of P(X > Y) with CI error bars, one row per pair.
+
+    ``pairs`` maps ``"X,Y"`` or ``(X, Y)`` to ``{"p": value, "ci": [lo, hi]}`` or to
+    ``(value, [lo, hi])``; ``metrics.probability_of_improvement``'s output
+    (``{"X vs Y": {"x", "y", "probability", "ci"}}``) works as is. A dashed line marks 0.5.
+    """
+    labels, vals, plus, minus, texts = [], [], [], [], []
+    for key, entry in pairs.items():
+        if isinstance(entry, Mapping) and "x" in entry and "y" in entry:
+            x, y = str(entry["x"]), str(entry["y"])
+        else:
+            x, y = _pair_names(key)
+        if isinstance(entry, Mapping):
+            p = float(next(entry[k] for k in ("p", "probability", "probability_of_improvement") if k in entry))
+            ci = entry.get("ci", entry.get("p_ci"))
+        else:
+            p, ci = float(entry[0]), entry[1]
+        lo, hi = _ci_pair(ci, f"{x},{y}") if ci is not None else (p, p)
+        labels.append(f"P({x} > {y})")
+        vals.append(p)
+        plus.append(hi - p)
+        minus.append(p - lo)
+        texts.append(f"P({x} > {y}) = {p:.3f}<br>95% CI [{lo:.3f}, {hi:.3f}]")
+    fig = go.Figure(
+        go.Bar(
+            x=vals, y=labels, orientation="h", marker_color=method_color(0),
+            error_x=dict(type="data", symmetric=False, array=plus, arrayminus=minus),
+            hovertext=texts, hoverinfo="text",
+        )
+    )
+    fig.add_vline(x=0.5, line_dash="dash", line_color="gray")
+    fig.update_layout(
+        title=title or "Probability of improvement", template="plotly_white",
+        xaxis_range=[0, 1], xaxis_title="Probability of improvement",
+        height=140 + 50 * max(1, len(labels)),
+    )
+    return fig
+
+
+# --------------------------------------------------------------------------- per-game scores
+
+
+def make_scores_figure(scores: Mapping[str, Any], *, title: str | None = None) -> go.Figure:
+    """Per-game evaluation scores of one policy (``workbench.evaluate.evaluate``'s result).
+
+    Bars: each game's mean score, human-normalized when the game has reference scores (else raw,
+    marked "(raw)" in the game's label); markers: the individual episodes on the same scale.
+    Hover shows raw scores. Trace 0 = bars, trace 1 = episodes.
+    """
+    per_game = scores.get("per_game")
+    if not per_game:
+        raise ValueError("make_scores_figure: scores has no 'per_game' entries (an evaluate() result?)")
+    labels, means, raw_means, ex, ey, etext = [], [], [], [], [], []
+    for game, r in per_game.items():
+        eps = np.asarray(r["scores"], dtype=float)
+        kind: Normalization = "human" if has_reference(game, "human") else "none"  # "none": raw scores
+        label = game if kind == "human" else f"{game} (raw)"
+        mean = float(r.get("mean", eps.mean()))
+        labels.append(label)
+        means.append(float(normalize_score(game, mean, kind)))
+        raw_means.append(mean)
+        ex += [label] * len(eps)
+        ey += [float(v) for v in normalize_score(game, eps, kind)]
+        etext += [f"{game}: episode score {v:g}" for v in eps]
+    fig = go.Figure([
+        go.Bar(x=labels, y=means, name="mean", marker_color=method_color(0),
+               text=[f"{m:g}" for m in raw_means],
+               hovertemplate="%{x}<br>mean raw score %{text}<br>normalized %{y:.3f}<extra></extra>"),
+        go.Scatter(x=ex, y=ey, mode="markers", name="episodes", text=etext,
+                   marker=dict(color="black", size=7, symbol="circle-open"),
+                   hovertemplate="%{text}<br>normalized %{y:.3f}<extra></extra>"),
+    ])
+    agg = scores.get("aggregates") or {}
+    head = title or "Evaluation scores"
+    if "iqm" in agg:
+        head += f" — IQM {agg['iqm']:.3f} (human-normalized)"
+    fig.update_layout(title=head, template="plotly_white", yaxis_title="human-normalized score",
+                      height=420, barmode="overlay")
+    return fig
+
+
+# --------------------------------------------------------------------------- scaling
+
+
+def make_scaling_figure(
+    points: Sequence[Mapping[str, Any]],
+    reference: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    metric: str = "iqm",
+    title: str | None = None,
+) -> go.Figure:
+    """Parameters (log x) vs an aggregate score with CI error bars, one line per family.
+
+    ``points``: dicts with ``family``, ``params``, ``metric`` and optional ``f"{metric}_ci"``
+    and ``label``. ``reference``: optional paper numbers, dicts with ``label``, ``params``,
+    ``metric`` (and optional ``family``), drawn as open diamonds without CIs.
+    """
+    fig = go.Figure()
+    families: dict[str, list[Mapping[str, Any]]] = {}
+    for p in points:
+        families.setdefault(str(p.get("family", "runs")), []).append(p)
+    for i, (family, pts) in enumerate(families.items()):
+        pts = sorted(pts, key=lambda p: float(p["params"]))
+        xs = [float(p["params"]) for p in pts]
+        ys = [float(p[metric]) for p in pts]
+        plus, minus = [], []
+        for p, yv in zip(pts, ys):
+            ci = p.get(f"{metric}_ci")
+            lo, hi = _ci_pair(ci, f"{family}.{metric}_ci") if ci is not None else (yv, yv)
+            plus.append(hi - yv)
+            minus.append(yv - lo)
+        fig.add_trace(
+            go.Scatter(
+                x=xs, y=ys, mode="lines+markers", name=family, line=dict(color=method_color(i)),
+                error_y=dict(type="data", symmetric=False, array=plus, arrayminus=minus),
+                text=[str(p.get("label", "")) for p in pts],
+                hovertemplate="%{text}<br>params=%{x:.3s}<br>" + metric + "=%{y:.3f}<extra></extra>",
+            )
+        )
+    if reference:
+        fig.add_trace(
+            go.Scatter(
+                x=[float(r["params"]) for r in reference],
+                y=[float(r[metric]) for r in reference],
+                mode="markers", name="paper (reported)",  # labels on hover: many overlap
+                marker=dict(symbol="diamond-open", size=11, color="black"),
+                text=[str(r.get("label", "")) for r in reference],
+                hovertemplate="%{text}<br>params=%{x:.3s}<br>" + metric + "=%{y:.3f}<extra>paper</extra>",
+            )
+        )
+    fig.update_layout(
+        title=title or f"Scaling: parameters vs {_METRIC_TITLES.get(metric, metric)}",
+        template="plotly_white", xaxis_type="log", xaxis_title="Parameters",
+        yaxis_title=_METRIC_TITLES.get(metric, metric), height=440,
+    )
+    return fig
+
+
+def make_ablation_table_figure(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str] | None = None,
+    *,
+    title: str | None = None,
+    float_format: str = "{:.3f}",
+) -> go.Figure:
+    """A plotly Table of ablation rows (dicts); columns default to keys in first-seen order."""
+    if columns is None:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+    cells = []
+    for c in columns:
+        col = []
+        for r in rows:
+            v = r.get(c, "")
+            if isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_number(e) for e in v):
+                v = "[" + ", ".join(float_format.format(float(e)) for e in v) + "]"
+            elif isinstance(v, float) or isinstance(v, np.floating):
+                v = float_format.format(float(v))
+            col.append(v)
+        cells.append(col)
+    fig = go.Figure(
+        go.Table(
+            header=dict(values=[f"<b>{c}</b>" for c in columns], fill_color="#e8ecf4", align="left"),
+            cells=dict(values=cells, align="left"),
+            # relative widths: as wide as each column's longest entry (method labels are long)
+            columnwidth=[max(7, 1 + max(len(str(v)) for v in [c, *col])) for c, col in zip(columns, cells)],
+        )
+    )
+    # Small margins: with plotly's default ones (180 px) a short table got no room at all.
+    fig.update_layout(title=title or "Ablations", height=80 + 45 * (max(1, len(rows)) + 1),
+                      margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
