@@ -8,7 +8,7 @@ import torch
 
 from workbench.models.tokenizer import Tokenizer
 from workbench.models.world_action import WorldActionModel, world_action_config
-from workbench.planner import PlannerPolicy, beam_search, beam_search_sequential
+from workbench.planner import PlannerPolicy, SearchProfile, _prefix, _SharedContext, beam_search, beam_search_sequential
 
 GAMMA = 0.9
 N_ACT = torch.tensor([4, 6, 3])
@@ -60,21 +60,47 @@ def _q(model, h, valid):
 
 
 @torch.no_grad()
+def _uncached_step(model, toks, flags, game, a, valid):
+    """One imagined step, every token by a full forward: (reward, terminal, max Q at the new
+    state, the sequence and flags extended by the action and the 36 greedily decoded tokens)."""
+    seq, fl = toks + [a], flags + [True]
+    h = _full(model, seq, fl, game)
+    probs = torch.softmax(model.reward_head(h).float(), -1)[0]
+    r = float(probs @ torch.tensor([-1.0, 0.0, 1.0]))
+    term = float(torch.softmax(model.term_head(h).float(), -1)[0, 1]) > 0.5
+    for _ in range(36):  # greedy decoding of the next frame, each token by a full forward
+        seq, fl = seq + [int(model.obs_head(h).argmax(-1))], fl + [False]
+        h = _full(model, seq, fl, game)
+    return r, term, float(_q(model, h, valid).max()), seq, fl
+
+
+@torch.no_grad()
 def _brute_one_step(model, ct, ca, cv, obs, game, valid):
     """Enumerate every valid action: predicted reward + gamma * max Q (0 if predicted terminal)."""
     toks, flags = _prefix_seq(ct, ca, cv, obs)
     values = {}
     for a in range(int(valid.sum())):
-        seq, fl = toks + [a], flags + [True]
-        h = _full(model, seq, fl, game)
-        probs = torch.softmax(model.reward_head(h).float(), -1)[0]
-        r = float(probs @ torch.tensor([-1.0, 0.0, 1.0]))
-        term = float(torch.softmax(model.term_head(h).float(), -1)[0, 1]) > 0.5
-        for _ in range(36):  # greedy decoding of the next frame, each token by a full forward
-            seq, fl = seq + [int(model.obs_head(h).argmax(-1))], fl + [False]
-            h = _full(model, seq, fl, game)
-        values[a] = r if term else r + GAMMA * float(_q(model, h, valid).max())
+        r, term, q, _, _ = _uncached_step(model, toks, flags, game, a, valid)
+        values[a] = r if term else r + GAMMA * q
     return max(values, key=values.get), values
+
+
+@torch.no_grad()
+def _brute_two_steps(model, ct, ca, cv, obs, game, valid):
+    """Every valid action sequence of length 2, by uncached forwards: {(a0, a1): (value, r1)} with
+    value ``r0 + gamma r1 + gamma^2 max Q(s2)`` (no bootstrap after a predicted end), and
+    {(a0,): (r0, 0.0)} for a first step predicted terminal (its episode ends: no a1)."""
+    toks, flags = _prefix_seq(ct, ca, cv, obs)
+    leaves = {}
+    for a0 in range(int(valid.sum())):
+        r0, term0, _, seq, fl = _uncached_step(model, toks, flags, game, a0, valid)
+        if term0:
+            leaves[(a0,)] = (r0, 0.0)
+            continue
+        for a1 in range(int(valid.sum())):
+            r1, term1, q2, _, _ = _uncached_step(model, seq, fl, game, a1, valid)
+            leaves[(a0, a1)] = (r0 + GAMMA * r1 + (0.0 if term1 else GAMMA ** 2 * q2), r1)
+    return leaves
 
 
 @torch.no_grad()
@@ -103,6 +129,38 @@ def test_full_width_one_step_equals_brute_force(model):
             assert children[a] == pytest.approx(v, abs=1e-4)
     # The brute force is not trivially greedy here (otherwise the test would prove little).
     assert res.actions.tolist() != beam_search(model, obs, game, vm, 0, 1, GAMMA, ct, ca, cv).actions.tolist()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("shared_prefix", [True, False])
+def test_full_width_two_steps_equals_brute_force_enumeration(model, shared_prefix):
+    """Catches: the planner dropping the discount on predicted rewards (scoring a depth-1 child
+    ``r0 + r1 + ...`` instead of ``r0 + gamma r1 + ...``), and any other error in two-step scores.
+
+    With K >= the number of valid actions and H = 2 the beam search is exhaustive, so every leaf
+    of its tree must carry the value of an independent brute-force enumeration of all action
+    sequences with uncached forwards, and the chosen action must start the best sequence. Run on
+    both context layouts (shared prefix and per-row copies)."""
+    obs, game, vm, ct, ca, cv = _inputs(seed=8)
+    res = beam_search(model, obs, game, vm, 2, 18, GAMMA, ct, ca, cv, return_tree=True, shared_prefix=shared_prefix)
+    undiscounted_differs = False
+    for i in range(3):
+        leaves = _brute_two_steps(model, ct[i], ca[i], cv[i], obs[i], int(game[i]), vm[i])
+        nodes = res.trees[i].nodes
+        got = {}
+        for n in nodes:
+            if n.depth == 2:
+                got[(nodes[n.parent].action, n.action)] = n.score
+            elif n.depth == 1 and n.terminal:
+                got[(n.action,)] = n.score
+        assert set(got) == set(leaves)
+        for key, (value, _) in leaves.items():
+            assert got[key] == pytest.approx(value, abs=1e-4), key
+        best = max(leaves, key=lambda k: leaves[k][0])
+        assert int(res.actions[i]) == best[0]
+        # The test can see the mutation: some second-step reward moves a value by (1 - gamma) r1.
+        undiscounted_differs |= any(abs((1 - GAMMA) * r1) > 1e-2 for _, r1 in leaves.values())
+    assert undiscounted_differs
 
 
 @torch.no_grad()

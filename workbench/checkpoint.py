@@ -26,7 +26,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -88,7 +88,8 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"torch_cuda_{i}"] = s
     py = random.getstate()
-    np_state = np.random.get_state()
+    # legacy=True (the default) gives MT19937's tuple; numpy's stubs type the default call as a dict.
+    np_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     meta: dict[str, Any] = {
         "python": [py[0], list(py[1]), py[2]],
         "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],

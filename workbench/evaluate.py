@@ -152,7 +152,7 @@ def evaluate(
                 )
             actions = np.zeros(S, np.int64)
             for s in np.flatnonzero(active).tolist():
-                actions[s] = epsilon_greedy(rngs[s], int(greedy[s]), int(n_act[s]), epsilon)
+                actions[s] = epsilon_greedy(rngs[s], int(greedy[s]), int(n_act[s]), epsilon)  # type: ignore[arg-type]
             frames = np.zeros((S, 84, 84), np.uint8)
             done = np.zeros(S, bool)
             trunc_all = np.zeros(S, bool)

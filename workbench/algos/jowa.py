@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -102,7 +102,8 @@ class JOWA:
     def __init__(self, model: JOWAModel, games: Sequence[str] | Sequence[int], config: JOWAConfig | None = None,
                  *, stage: int = 1) -> None:
         self.model = model
-        self.games = tuple(games)
+        # tuple() keeps the one element type of a Sequence[str] | Sequence[int]; mypy widens it to object.
+        self.games = cast("tuple[str, ...] | tuple[int, ...]", tuple(games))
         if len(self.games) != model.cfg.num_games:
             raise ValueError(f"{len(self.games)} games but the model has {model.cfg.num_games} task embeddings")
         self.config = config or JOWAConfig()

@@ -59,9 +59,8 @@ def file_name(key: str, checkpoint: int) -> str:
         return f"$store$_{key}_ckpt.{checkpoint}.gz"
     if key in ("add_count", "invalid_range", "episode_end_indices"):
         return f"{key}_ckpt.{checkpoint}.gz"
-    raise DQNReplayError(
-        f"unknown DQN-Replay array {key!r}; valid: {list(STORE_KEYS) + ['add_count', 'invalid_range', 'episode_end_indices']}"
-    )
+    valid = list(STORE_KEYS) + ["add_count", "invalid_range", "episode_end_indices"]
+    raise DQNReplayError(f"unknown DQN-Replay array {key!r}; valid: {valid}")
 
 
 def _canonical(game: str) -> str:
@@ -78,7 +77,9 @@ def list_games(root: str | os.PathLike) -> list[str]:
     if not root.is_dir():
         raise DQNReplayError(f"DQN-Replay root {str(root)!r} does not exist or is not a directory")
     return sorted(
-        p.name for p in root.iterdir() if p.is_dir() and any((r / "replay_logs").is_dir() for r in p.iterdir() if r.is_dir())
+        p.name
+        for p in root.iterdir()
+        if p.is_dir() and any((r / "replay_logs").is_dir() for r in p.iterdir() if r.is_dir())
     )
 
 
@@ -139,27 +140,27 @@ def check_checkpoint(replay_logs: str | os.PathLike, checkpoint: int) -> None:
 class _HashingReader(io.RawIOBase):
     """File wrapper that feeds every byte read into a sha256 (checksum without a second pass)."""
 
-    def __init__(self, f: BinaryIO, h: hashlib._Hash | None) -> None:
+    def __init__(self, f: io.BufferedReader, h: hashlib._Hash | None) -> None:
         self._f, self._h = f, h
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b) -> int:  # type: ignore[override]
+    def readinto(self, b) -> int:
         n = self._f.readinto(b)
         if self._h is not None and n:
             self._h.update(memoryview(b)[:n])
         return n
 
 
-def _read_exact(f: BinaryIO, n: int, path: Path, what: str) -> bytes:
+def _read_exact(f: io.BufferedIOBase, n: int, path: Path, what: str) -> bytes:
     data = f.read(n)
     if len(data) != n:
         raise DQNReplayError(f"{path}: truncated file ({what}: expected {n} bytes, got {len(data)})")
     return data
 
 
-def _read_npy_header(f: BinaryIO, path: Path) -> tuple[np.dtype, tuple[int, ...]]:
+def _read_npy_header(f: io.BufferedIOBase, path: Path) -> tuple[np.dtype, tuple[int, ...]]:
     magic = _read_exact(f, 8, path, "npy magic")
     if magic[:6] != b"\x93NUMPY":
         raise DQNReplayError(f"{path}: not an np.save file (bad magic {magic[:6]!r})")
@@ -438,7 +439,7 @@ def nstep_targets(
     """
     n = rewards.shape[1]
     term = terminals.astype(bool)
-    is_term = term.any(axis=1)
+    is_term = np.asarray(term.any(axis=1))  # (asarray only narrows the stub's "scalar or array" type)
     length = np.where(is_term, term.argmax(axis=1) + 1, n).astype(np.int64)
     disc = discount_vector(gamma, n)
     inside = np.arange(n)[None, :] < length[:, None]
@@ -475,7 +476,9 @@ def read_transitions(
     idx = idx.astype(np.int64)
     out_of_range = (idx < 0) | (idx >= n)
     if out_of_range.any():
-        raise DQNReplayError(f"indices {idx[out_of_range][:10].tolist()} out of range [0, {n}) of checkpoint {checkpoint}")
+        raise DQNReplayError(
+            f"indices {idx[out_of_range][:10].tolist()} out of range [0, {n}) of checkpoint {checkpoint}"
+        )
     valid = meta.valid_mask(STACK_SIZE, n_step)
     if not valid[idx].all():
         bad = idx[~valid[idx]]
@@ -497,7 +500,10 @@ def read_transitions(
         for start, arr in s.chunks():
             lo, hi = np.searchsorted(need, [start, start + len(arr)])
             frames[lo:hi] = arr[need[lo:hi] - start]
-    pos = lambda rows: np.searchsorted(need, rows)
+    def pos(rows: np.ndarray) -> np.ndarray:
+        """Positions of ring rows among the streamed frames (``need`` is sorted and unique)."""
+        return np.searchsorted(need, rows)
+
     state = np.moveaxis(frames[pos(s_rows)], 1, -1)  # (B, 4, 84, 84) -> (B, 84, 84, 4)
     next_state = np.moveaxis(frames[pos(ns_rows)], 1, -1)
     return {
@@ -515,7 +521,8 @@ def read_transitions(
 
 def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
     buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buf, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(buf, header)
     return buf.getvalue()
 
 
@@ -538,12 +545,13 @@ def write_npy_gz(
     with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=compresslevel, mtime=0) as gz:
         gz.write(_npy_header(np.dtype(dtype), tuple(shape)))
         if array is not None:
-            gz.write(array.tobytes() if array.ndim == 0 else memoryview(array.reshape(-1)).cast("B"))
+            # .data is the array's own buffer as a memoryview: written without a copy
+            gz.write(array.tobytes() if array.ndim == 0 else array.reshape(-1).data.cast("B"))
         else:
             written = 0
             for c in chunks():  # type: ignore[misc]
                 c = np.ascontiguousarray(c, dtype=dtype)
-                gz.write(memoryview(c.reshape(-1)).cast("B"))
+                gz.write(c.reshape(-1).data.cast("B"))
                 written += c.nbytes
             expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
             if written != expected:
