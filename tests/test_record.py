@@ -122,7 +122,9 @@ def test_epsilon_greedy_policy_and_errors(tmp_path: Path) -> None:
 
     pol = Greedy()
     env = FakeEnv([6])
-    rec.record("Breakout", 30, tmp_path, policy=pol, epsilon=0.0, capacity=64, env_factory=lambda g, s: env, progress=False)
+    rec.record(
+        "Breakout", 30, tmp_path, policy=pol, epsilon=0.0, capacity=64, env_factory=lambda g, s: env, progress=False
+    )
     assert {a for _, _, a in env.log} == {2}
     # the policy saw oldest-first stacks, zero-padded at episode start
     assert (pol.seen[0][0, :3] == 0).all() and pol.seen[1][0, 2, 0, 0] == pol.seen[0][0, 3, 0, 0]
@@ -148,7 +150,8 @@ def test_real_env_roundtrip(tmp_path: Path) -> None:
     assert ck["action"].max() < 4
     meta = dr.load_checkpoint_meta(out, 1)
     tr = dr.read_transitions(out, 1, np.flatnonzero(meta.valid_mask())[:50])
-    np.testing.assert_array_equal(tr["state"][:, :, :, 3], ck_obs := dr.load_checkpoint(out, 1)["observation"][np.flatnonzero(meta.valid_mask())[:50]])
+    ck_obs = dr.load_checkpoint(out, 1)["observation"][np.flatnonzero(meta.valid_mask())[:50]]
+    np.testing.assert_array_equal(tr["state"][:, :, :, 3], ck_obs)
     assert ck_obs.shape == (50, 84, 84)
 
 
@@ -173,7 +176,8 @@ def test_collect_notebook_parameters_and_config() -> None:
     nb_path = Path(__file__).resolve().parents[1] / "notebooks/01_collect_data.ipynb"
     nb = json.loads(nb_path.read_text())
     assert nb["metadata"]["kernelspec"]["name"] == "python3"
-    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb["cells"] if c["cell_type"] == "code")
+    code_cells = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code_cells)
     tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(tagged) == 1
     names = {line.split(":")[0].strip() for line in "".join(tagged[0]["source"]).splitlines() if ":" in line}

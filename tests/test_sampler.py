@@ -25,8 +25,10 @@ def synth(tmp_path_factory) -> tuple[Path, st.ReplayStore]:
     root = tmp_path_factory.mktemp("dqn")
     for gi, (g, runs) in enumerate(SIZES.items()):
         for r in range(1, runs + 1):
-            dr.write_synthetic_run(root / g / str(r) / "replay_logs", CKPTS, ROWS, seed=10 * gi + r, num_actions=num_actions(g),
-                                   mean_episode=30, salt=100 * gi + r)
+            dr.write_synthetic_run(
+                root / g / str(r) / "replay_logs", CKPTS, ROWS, seed=10 * gi + r, num_actions=num_actions(g),
+                mean_episode=30, salt=100 * gi + r,
+            )
     out = bd.build_store(root, tmp_path_factory.mktemp("store") / "s", list(SIZES), [1], "near_optimal", progress=False)
     return root, st.ReplayStore(out)
 
@@ -49,9 +51,15 @@ def _reference(ck: dict[str, np.ndarray], slot: int, n_step: int, gamma: float) 
         if t[(slot + k) % n]:
             term = True
             break
-    stack = lambda s: np.stack([obs[(s - 3 + k) % n] for k in range(4)])
-    return {"obs": stack(slot), "next": stack(slot + length), "reward": ret, "term": term, "action": int(ck["action"][slot]),
-            "discount": 0.0 if term else np.float32(gamma**n_step)}
+
+    def stack(s: int) -> np.ndarray:
+        return np.stack([obs[(s - 3 + k) % n] for k in range(4)])
+
+    return {
+        "obs": stack(slot), "next": stack(slot + length), "reward": ret, "term": term,
+        "action": int(ck["action"][slot]),
+        "discount": 0.0 if term else np.float32(gamma**n_step),
+    }
 
 
 @pytest.mark.parametrize("n_step,gamma", [(3, 0.99), (1, 0.9)])
@@ -65,7 +73,8 @@ def test_transitions_match_bruteforce(synth, raw, n_step: int, gamma: float) -> 
         assert b["obs"].shape == (96, 4, 84, 84) and b["obs"].dtype == torch.uint8
         assert b["action"].dtype == torch.int64 and b["reward"].dtype == torch.float32
         assert b["discount"].dtype == torch.float32 and b["terminal"].dtype == torch.float32
-        assert b["game_id"].dtype == torch.int64 and b["valid_mask"].shape == (96, 18) and b["valid_mask"].dtype == torch.bool
+        assert b["game_id"].dtype == torch.int64
+        assert b["valid_mask"].shape == (96, 18) and b["valid_mask"].dtype == torch.bool
         for j in range(96):
             game = ts.games[int(gid[j])]
             (_, ckpt, slot), = s.source_of(game, rows[j : j + 1])
@@ -144,7 +153,10 @@ def test_ranks_split_the_global_batch(synth) -> None:
     kw = {"seed": 3, "pin_memory": False, "prefetch": 0}
     single = TransitionSampler(s, batch_size=64, games_per_batch=16, **kw)
     for world in (2, 4):
-        ranks = [TransitionSampler(s, batch_size=64, games_per_batch=16, rank=r, world_size=world, **kw) for r in range(world)]
+        ranks = [
+            TransitionSampler(s, batch_size=64, games_per_batch=16, rank=r, world_size=world, **kw)
+            for r in range(world)
+        ]
         for i in range(3):
             parts = [r.sample(i) for r in ranks]
             assert all(len(p["obs"]) == 64 // world for p in parts)
@@ -171,7 +183,9 @@ def _gloo_rank(rank: int, port: int, store: str, out: str) -> None:
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
-    ts = TransitionSampler(store, batch_size=64, games_per_batch=16, seed=9, rank=rank, world_size=2, pin_memory=False, prefetch=0)
+    ts = TransitionSampler(
+        store, batch_size=64, games_per_batch=16, seed=9, rank=rank, world_size=2, pin_memory=False, prefetch=0
+    )
     b = ts.sample(2)
     got = [torch.zeros_like(b["obs"]) for _ in range(2)], [torch.zeros_like(b["game_id"]) for _ in range(2)]
     dist.all_gather(got[0], b["obs"])
@@ -290,7 +304,8 @@ def test_io_hints_do_not_change_batches(synth, tmp_path: Path, monkeypatch, look
     # arrays in memory: nothing to hint, still the same batches
     mem = {g: np.load(tok_dir / g / "tokens.npy") for g in s.games}
     q_mem = SequenceSampler(s, batch_size=24, seq_len=8, seed=4, tokens=mem, pin_memory=False)
-    assert _same(q_mem.sample(0), SequenceSampler(s, batch_size=24, seq_len=8, seed=4, tokens=tok_dir, io_hints=False, pin_memory=False).sample(0))
+    q_dir = SequenceSampler(s, batch_size=24, seq_len=8, seed=4, tokens=tok_dir, io_hints=False, pin_memory=False)
+    assert _same(q_mem.sample(0), q_dir.sample(0))
     assert q_mem.hint_ranges_issued == 0
 
 

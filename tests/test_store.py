@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from shared_paths import DQN_FIXTURES
+from shared_paths import DQN_FIXTURES, SHARED
 
 from workbench.data import build as bd
 from workbench.data import dqn_replay as dr
 from workbench.data import splits as sp
 from workbench.data import store as st
-from workbench.data.sampler import TransitionSampler
+from workbench.data.sampler import SequenceSampler, TransitionSampler
 
 FIXTURES = DQN_FIXTURES
 GAMES = ["Pong", "Breakout"]
@@ -105,7 +105,9 @@ def test_checkpoint_splits(tmp_path: Path, split: sp.Split, ckpts: list[int]) ->
     assert [b["checkpoint"] for b in s.game("Breakout").blocks] == ckpts
 
 
-@pytest.mark.parametrize("split,games", [(sp.Split("all", sample_fraction=0.1), GAMES), (sp.Split("last", k=1, sample_count=150), ["Pong"])])
+@pytest.mark.parametrize(
+    "split,games", [(sp.Split("all", sample_fraction=0.1), GAMES), (sp.Split("last", k=1, sample_count=150), ["Pong"])]
+)
 def test_uniform_subsample(tmp_path: Path, split: sp.Split, games: list[str]) -> None:
     out = bd.build_store(FIXTURES, tmp_path / "a", games, [1], split, seed=3, progress=False)
     s = st.ReplayStore(out)
@@ -190,7 +192,8 @@ def test_killed_subprocess_build(tmp_path: Path) -> None:
     assert not (out / "manifest.json").exists()
     bd.build_store(FIXTURES, out, GAMES, [1], "near_optimal", progress=False)
     s = st.ReplayStore(out)
-    assert s.rows("Pong") == 4500 and len(s.game("Breakout").starts) == sum(len(_valid_slots("Breakout", c)) for c in range(3))
+    assert s.rows("Pong") == 4500
+    assert len(s.game("Breakout").starts) == sum(len(_valid_slots("Breakout", c)) for c in range(3))
 
 
 def test_wrong_names_list_what_exists(tmp_path: Path, full_store: st.ReplayStore) -> None:
@@ -228,17 +231,15 @@ def test_sampler_agrees_with_reader(full_store: st.ReplayStore) -> None:
                 np.testing.assert_array_equal(batch["terminal"][b].numpy(), ref["terminal"].astype(np.float32))
                 np.testing.assert_array_equal(batch["action"][b].numpy(), ref["action"])
                 live = ref["terminal"] == 0
-                np.testing.assert_array_equal(batch["next_obs"][b][live].numpy(), np.moveaxis(ref["next_state"], -1, 1)[live])
+                np.testing.assert_array_equal(
+                    batch["next_obs"][b][live].numpy(), np.moveaxis(ref["next_state"], -1, 1)[live]
+                )
 
 
 # ----------------------------------------------------------------------------------------------
 # The public dataset's layout: one logged ring (update horizon 1) dumped at cursor capacity - 1.
 # The truth comes from ../shared/fixtures/dqn_replay_logged only: the stream of every row Dopamine
 # added, and the stream row embedded in every real frame -- never from the code under test.
-
-from shared_paths import SHARED
-
-from workbench.data.sampler import SequenceSampler
 
 LOGGED = SHARED / "fixtures" / "dqn_replay_logged"
 LOGGED_CKPTS = 5
@@ -248,7 +249,8 @@ def _raw(ckpt: int, key: str) -> np.ndarray:
     """One array of a logged checkpoint, read with nothing but gzip and numpy."""
     import gzip
 
-    name = f"$store$_{key}_ckpt.{ckpt}.gz" if key in ("observation", "action", "reward", "terminal") else f"{key}_ckpt.{ckpt}.gz"
+    store_key = key in ("observation", "action", "reward", "terminal")
+    name = f"$store$_{key}_ckpt.{ckpt}.gz" if store_key else f"{key}_ckpt.{ckpt}.gz"
     with gzip.open(LOGGED / "Breakout/1/replay_logs" / name) as f:
         return np.load(f, allow_pickle=False)
 
@@ -284,8 +286,11 @@ def _truth() -> dict:
         idx, agrees = dop[f"ckpt{c}_indices"], dop[f"ckpt{c}_agrees"].astype(bool)
         dopamine_ok[c] = set((_frame_ids(obs[idx[agrees]]) - 1).tolist())
     assert (seen | s["padding"].astype(bool)).sum() >= rows - 1  # every row but row 1999 (see README) is in a file
-    return {"action": s["action"].astype(np.int64), "reward": s["reward"].astype(np.float64), "terminal": s["terminal"].astype(bool),
-            "padding": s["padding"].astype(bool), "frames": frames, "span": span, "dopamine_ok": dopamine_ok, "rows": rows}
+    return {
+        "action": s["action"].astype(np.int64), "reward": s["reward"].astype(np.float64),
+        "terminal": s["terminal"].astype(bool), "padding": s["padding"].astype(bool), "frames": frames, "span": span,
+        "dopamine_ok": dopamine_ok, "rows": rows,
+    }
 
 
 def _ckpt_end(g: np.ndarray) -> np.ndarray:
@@ -309,8 +314,12 @@ def _check_transition_batch(b: dict, n: int, gamma: float) -> tuple[np.ndarray, 
     term = T["terminal"][win]
     is_term = term.any(axis=1)
     length = np.where(is_term, term.argmax(axis=1) + 1, n)
-    ret = (np.where(np.arange(n)[None, :] < length[:, None], gamma ** np.arange(n)[None, :] * T["reward"][win], 0)).sum(axis=1)
-    stack = lambda last: T["frames"][last[:, None] + np.arange(-3, 1)[None, :]]
+    inside = np.arange(n)[None, :] < length[:, None]
+    ret = np.where(inside, gamma ** np.arange(n)[None, :] * T["reward"][win], 0).sum(axis=1)
+
+    def stack(last: np.ndarray) -> np.ndarray:
+        return T["frames"][last[:, None] + np.arange(-3, 1)[None, :]]
+
     ok = (obs == stack(g)).all(axis=(1, 2, 3))
     ok &= (nxt == stack(g + length)).all(axis=(1, 2, 3))
     ok &= b["action"].numpy() == T["action"][g]
@@ -359,20 +368,27 @@ LOGGED_SPLITS = [
 ]
 
 
-def logged_split_report(split, ckpts: list[int], out: Path, n_build: int = 3, n_read: int = 3, gamma: float = 0.99) -> dict:
+def logged_split_report(
+    split, ckpts: list[int], out: Path, n_build: int = 3, n_read: int = 3, gamma: float = 0.99
+) -> dict:
     """Build the logged fixture with ``split``; draw transition and sequence batches until every
     start was drawn; count samples that differ from the stream's truth, and Dopamine's correct
     starts (of the chosen checkpoints) the store keeps."""
     s = st.ReplayStore(bd.build_store(LOGGED, out, ["Breakout"], [1], split, n_step=n_build, progress=False))
     n_starts = len(s.game("Breakout").starts)
-    ts = TransitionSampler(s, batch_size=256, n_step=n_read, gamma=gamma, games_per_batch=64, seed=1, pin_memory=False, prefetch=0)
+    ts = TransitionSampler(
+        s, batch_size=256, n_step=n_read, gamma=gamma, games_per_batch=64, seed=1, pin_memory=False, prefetch=0
+    )
     tr = _draw_until_every_start(ts, n_starts, lambda b: _check_transition_batch(b, n_read, gamma))
     sq = SequenceSampler(s, batch_size=128, seq_len=8, seed=2, pin_memory=False, prefetch=0)
     seq = _draw_until_every_start(sq, n_starts, lambda b: _check_sequence_batch(b, 8))
     dop = set().union(*(_truth()["dopamine_ok"][c] for c in ckpts))
-    return {"split": str(split), "store_starts": n_starts, "transition_checked": tr["checked"], "transition_wrong": tr["wrong"],
-            "sequence_checked": seq["checked"], "sequence_wrong": seq["wrong"], "starts": tr["starts"],
-            "dopamine_correct": len(dop), "dopamine_correct_kept": len(tr["starts"] & dop), "seq_starts": seq["starts"]}
+    return {
+        "split": str(split), "store_starts": n_starts, "transition_checked": tr["checked"],
+        "transition_wrong": tr["wrong"], "sequence_checked": seq["checked"], "sequence_wrong": seq["wrong"],
+        "starts": tr["starts"], "dopamine_correct": len(dop), "dopamine_correct_kept": len(tr["starts"] & dop),
+        "seq_starts": seq["starts"],
+    }
 
 
 @pytest.mark.parametrize("split,ckpts", LOGGED_SPLITS, ids=[str(s) for s, _ in LOGGED_SPLITS])
@@ -388,7 +404,8 @@ def test_logged_layout_every_sample_is_exact(tmp_path: Path, split, ckpts: list[
     else:  # a uniform sample of the starts the same checkpoints give unsampled (checked exact by the cases above)
         whole = sp.Split(parsed.select, k=parsed.k, ckpt_fraction=parsed.ckpt_fraction)
         ps = st.ReplayStore(bd.build_store(LOGGED, tmp_path / "pool", ["Breakout"], [1], whole, progress=False))
-        pool = set((_frame_ids(np.asarray(ps.game("Breakout").frames)[np.asarray(ps.game("Breakout").starts)]) - 1).tolist())
+        pool_gd = ps.game("Breakout")
+        pool = set((_frame_ids(np.asarray(pool_gd.frames)[np.asarray(pool_gd.starts)]) - 1).tolist())
         assert r["starts"] <= pool
         assert r["store_starts"] == (parsed.sample_count or round(parsed.sample_fraction * len(pool)))
 
@@ -397,7 +414,9 @@ def test_logged_layout_every_sample_is_exact(tmp_path: Path, split, ckpts: list[
 @pytest.mark.parametrize("n_build,n_read", [(3, 1), (5, 5), (1, 1)])
 def test_logged_layout_other_horizons(tmp_path: Path, n_build: int, n_read: int) -> None:
     """The reader's horizon, not the writer's (1): longer windows must not reach the stale slot."""
-    r = logged_split_report("near_optimal", list(range(LOGGED_CKPTS)), tmp_path / "s", n_build=n_build, n_read=n_read, gamma=0.9)
+    r = logged_split_report(
+        "near_optimal", list(range(LOGGED_CKPTS)), tmp_path / "s", n_build=n_build, n_read=n_read, gamma=0.9
+    )
     assert r["transition_wrong"] == 0 and r["sequence_wrong"] == 0
     if n_build <= 3:  # a shorter horizon keeps at least every start a 3-step reader gets right
         assert r["dopamine_correct_kept"] == r["dopamine_correct"]

@@ -226,7 +226,10 @@ def _plan_game(sources: _Sources, game: str, runs: Sequence[str | int], split: S
                 # A count that fell is a logged run's final partial dump (add_count reset to the
                 # cursor): its ring did not start empty.
                 run_start = run_start and prev_add <= meta.add_count
-            b = _Block(game, run, c, meta.capacity, meta.add_count, min(fresh, meta.capacity), run_start, files=dict(meta.sha256))
+            b = _Block(
+                game, run, c, meta.capacity, meta.add_count, min(fresh, meta.capacity), run_start,
+                files=dict(meta.sha256),
+            )
             kept, starts = _block_selection(meta, b.fresh, n_step, 0, None, None)
             b.rows, b.starts = len(kept), len(starts)
             blocks.append(b)
@@ -247,9 +250,13 @@ def _assign_samples(
             per: list[int | None] = [None] * len(blocks)
         else:
             if want > total:
-                raise StoreError(f"{g}: split asks for {want} transitions but the chosen checkpoints hold {total} valid starts")
+                raise StoreError(
+                    f"{g}: split asks for {want} transitions but the chosen checkpoints hold {total} valid starts"
+                )
             rng = np.random.default_rng(np.random.SeedSequence([seed, 0, _stable_id(g)]))
-            per = [int(k) for k in rng.multivariate_hypergeometric(np.array(counts, dtype=np.int64), want)] if counts else []
+            per = []
+            if counts:
+                per = [int(k) for k in rng.multivariate_hypergeometric(np.array(counts, dtype=np.int64), want)]
         row = 0
         for b, n in zip(blocks, per):
             samples[(g, b.run, b.checkpoint)] = n
@@ -384,7 +391,8 @@ def _convert_block(
     np.save(f"{stem}.episodes.npy", eps)
     files = dict(meta.sha256)
     files[dr.file_name("observation", b.checkpoint)] = obs_sha
-    atomic_write_json(Path(f"{stem}.json"), {"files": files, "actions_max": int(meta.action[kept].max()) if b.rows else 0})
+    actions_max = int(meta.action[kept].max()) if b.rows else 0
+    atomic_write_json(Path(f"{stem}.json"), {"files": files, "actions_max": actions_max})
 
 
 def _sha256_file(path: Path) -> str:
@@ -481,7 +489,8 @@ def build_store(
         raise StoreError(f"{out} already holds a different complete store; choose another directory or delete it")
     build = _start_or_resume(out, plan_json, game_dirs, params, log_path)
 
-    bar = tqdm(total=sum(b.rows for bl in plan.values() for b in bl), unit="row", desc="build store", disable=not progress)
+    total_rows = sum(b.rows for bl in plan.values() for b in bl)
+    bar = tqdm(total=total_rows, unit="row", desc="build store", disable=not progress)
     games_info = {}
     for g, blocks in plan.items():
         gdir = out / g
@@ -491,8 +500,14 @@ def build_store(
             if (build / "done" / f"{g}__{b.run}__{b.checkpoint}.json").exists():
                 bar.update(b.rows)
                 continue
-            _convert_block(sources, b, bi, samples[(g, b.run, b.checkpoint)], seed, n_step, context_after, arrays, gdir, build, bar)
-            _log(log_path, event="checkpoint_done", game=g, run=b.run, checkpoint=b.checkpoint, rows=b.rows, starts=b.starts)
+            _convert_block(
+                sources, b, bi, samples[(g, b.run, b.checkpoint)], seed, n_step, context_after, arrays, gdir, build,
+                bar,
+            )
+            _log(
+                log_path, event="checkpoint_done", game=g, run=b.run, checkpoint=b.checkpoint, rows=b.rows,
+                starts=b.starts,
+            )
         del arrays
         games_info[g] = _finish_game(gdir, build, g, blocks)
     bar.close()

@@ -416,7 +416,9 @@ def valid_transition_mask(
     return valid
 
 
-def dopamine_invalid_range(cursor: int, capacity: int, stack_size: int = STACK_SIZE, update_horizon: int = 3) -> np.ndarray:
+def dopamine_invalid_range(
+    cursor: int, capacity: int, stack_size: int = STACK_SIZE, update_horizon: int = 3
+) -> np.ndarray:
     """Dopamine's ``invalid_range``: slots around the write cursor that are not transition starts."""
     return np.array(
         [(cursor - update_horizon + i) % capacity for i in range(stack_size + update_horizon)], dtype=np.int64

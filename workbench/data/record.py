@@ -132,7 +132,10 @@ def record(
     if env_factory is None:
         from workbench.envs import make_env
 
-        env_factory = lambda g, s: make_env(g, protocol="data", seed=s)
+        def make_data_env(g: str, s: int) -> Any:
+            return make_env(g, protocol="data", seed=s)
+
+        env_factory = make_data_env
     env = env_factory(canonical, seed)
     n_actions = G.num_actions(canonical)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
@@ -156,18 +159,23 @@ def record(
             else:
                 a = int(np.asarray(greedy.act(stack, gids))[0])
                 if not 0 <= a < n_actions:
-                    raise RecordError(f"policy returned action {a}, outside {canonical}'s minimal set 0..{n_actions - 1}")
+                    raise RecordError(
+                        f"policy returned action {a}, outside {canonical}'s minimal set 0..{n_actions - 1}"
+                    )
             nobs, r, term, trunc, _ = env.step(a)
-            ep_return += float(r)
+            reward = float(r)
+            ep_return += reward
             done = bool(term or trunc)
-            ring.add(obs, a, float(np.clip(r, -1.0, 1.0)), done)
+            ring.add(obs, a, float(np.clip(reward, -1.0, 1.0)), done)
             bar.update(1)
             if done:
                 episodes += 1
                 returns.append(ep_return)
                 if log_path:
                     with open(log_path, "a") as f:
-                        f.write(json.dumps({"time": time.time(), "event": "episode", "game": canonical, "return": ep_return, "step": t + 1}) + "\n")
+                        event = {"time": time.time(), "event": "episode", "game": canonical, "return": ep_return,
+                                 "step": t + 1}
+                        f.write(json.dumps(event) + "\n")
                 ep_return = 0.0
                 if t + 1 < steps:
                     obs, _ = env.reset()

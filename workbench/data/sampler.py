@@ -120,7 +120,9 @@ class _BaseSampler:
         if games is None:
             games = self.store.games
         if isinstance(games, str) or not len(games):
-            raise StoreError(f"games must be a non-empty sequence of names from {list(self.store.games)}, got {games!r}")
+            raise StoreError(
+                f"games must be a non-empty sequence of names from {list(self.store.games)}, got {games!r}"
+            )
         self.games: tuple[str, ...] = tuple(self.store.check_game(g) for g in games)
         if len(set(self.games)) != len(self.games):
             raise StoreError(f"duplicate games in {list(games)}")
@@ -131,7 +133,10 @@ class _BaseSampler:
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, int(seed), rank, world_size
         self.stratified = bool(stratified)
         if self.stratified:
-            g = games_per_batch if games_per_batch is not None else (batch_size // 4 if batch_size % 4 == 0 else batch_size)
+            if games_per_batch is not None:
+                g = games_per_batch
+            else:
+                g = batch_size // 4 if batch_size % 4 == 0 else batch_size
             if not isinstance(g, int) or g < 1 or batch_size % g:
                 raise StoreError(f"games_per_batch must be an int >= 1 dividing batch_size={batch_size}, got {g!r}")
             if g % world_size:
@@ -157,8 +162,8 @@ class _BaseSampler:
             raise StoreError(f"games {empty} have no transition starts in {self.store.path}")
         self._cum = np.concatenate([[0], np.cumsum(self._counts)])
         self._valid = np.zeros((len(self.games), MAX_ACTIONS), dtype=bool)
-        for i, g in enumerate(self.games):
-            self._valid[i, : _num_actions(self.store, g)] = True
+        for i, game in enumerate(self.games):
+            self._valid[i, : _num_actions(self.store, game)] = True
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.prefetch, self.workers = int(prefetch), int(workers)
         self._batch_index = 0
@@ -166,8 +171,12 @@ class _BaseSampler:
         self._pool = _BufferPool(cap=2 * (self.prefetch + self.workers) + 8)
         if not isinstance(io_hints, (bool, np.bool_)):
             raise StoreError(f"io_hints must be True or False, got {io_hints!r}")
-        if isinstance(hint_ahead, bool) or not isinstance(hint_ahead, (int, np.integer)) or not 0 <= hint_ahead <= MAX_HINT_AHEAD:
-            raise StoreError(f"hint_ahead must be an int in [0, {MAX_HINT_AHEAD}] (batches hinted ahead of the one being assembled), got {hint_ahead!r}")
+        hint_ahead_is_int = isinstance(hint_ahead, (int, np.integer)) and not isinstance(hint_ahead, bool)
+        if not hint_ahead_is_int or not 0 <= hint_ahead <= MAX_HINT_AHEAD:
+            raise StoreError(
+                f"hint_ahead must be an int in [0, {MAX_HINT_AHEAD}] (batches hinted ahead of the one being "
+                f"assembled), got {hint_ahead!r}"
+            )
         self.io_hints, self.hint_ahead = bool(io_hints), int(hint_ahead)
         self._hints: ReadHints | None = None  # set by the subclass once it knows which arrays it gathers
 
@@ -289,10 +298,15 @@ class TransitionSampler(_BaseSampler):
         seed: int = 0, *, rank: int = 0, world_size: int = 1, prefetch: int = 3, workers: int = 2,
         pin_memory: bool | None = None, io_hints: bool = True, hint_ahead: int = 1,
     ) -> None:
-        super().__init__(store, games, batch_size, seed, stratified, games_per_batch, rank, world_size, prefetch, workers, pin_memory,
-                         io_hints, hint_ahead)
+        super().__init__(
+            store, games, batch_size, seed, stratified, games_per_batch, rank, world_size, prefetch, workers,
+            pin_memory, io_hints, hint_ahead,
+        )
         if not isinstance(n_step, int) or not 1 <= n_step <= self.store.n_step:
-            raise StoreError(f"n_step must be an int in [1, {self.store.n_step}] (the store was built for n_step={self.store.n_step}), got {n_step!r}")
+            raise StoreError(
+                f"n_step must be an int in [1, {self.store.n_step}] (the store was built for "
+                f"n_step={self.store.n_step}), got {n_step!r}"
+            )
         if not 0.0 <= gamma <= 1.0:
             raise StoreError(f"gamma must be in [0, 1], got {gamma!r}")
         self.n_step, self.gamma = n_step, float(gamma)
@@ -363,7 +377,10 @@ def _open_tokens(store: ReplayStore, games: Sequence[str], tokens: Any) -> list[
             if g not in tokens:
                 raise StoreError(f"tokens mapping lacks game {g!r}; it has {sorted(tokens)}")
             t = tokens[g]
-            t = np.load(t, mmap_mode="r") if isinstance(t, (str, os.PathLike)) else t if isinstance(t, np.memmap) else np.asarray(t)
+            if isinstance(t, (str, os.PathLike)):
+                t = np.load(t, mmap_mode="r")
+            elif not isinstance(t, np.memmap):
+                t = np.asarray(t)
         else:
             base = store.path if tokens is True else Path(tokens)
             cands = [base / g / "tokens.npy", base / f"{g}.npy"]
@@ -373,7 +390,10 @@ def _open_tokens(store: ReplayStore, games: Sequence[str], tokens: Any) -> list[
             t = np.load(p, mmap_mode="r")
         rows = store.rows(g)
         if t.dtype != np.uint16 or t.shape != (rows, TOKENS_PER_FRAME):
-            raise StoreError(f"tokens of {g} must be uint16 ({rows}, {TOKENS_PER_FRAME}) (one row per store frame), got {t.dtype} {t.shape}")
+            raise StoreError(
+                f"tokens of {g} must be uint16 ({rows}, {TOKENS_PER_FRAME}) (one row per store frame), "
+                f"got {t.dtype} {t.shape}"
+            )
         out.append(t)  # memmaps stay memmaps here: read-ahead hints need their file
     return out
 
@@ -397,8 +417,10 @@ class SequenceSampler(_BaseSampler):
         tokens: Any = None, rank: int = 0, world_size: int = 1, prefetch: int = 3, workers: int = 2,
         pin_memory: bool | None = None, io_hints: bool = True, hint_ahead: int = 1,
     ) -> None:
-        super().__init__(store, games, batch_size, seed, stratified, games_per_batch, rank, world_size, prefetch, workers, pin_memory,
-                         io_hints, hint_ahead)
+        super().__init__(
+            store, games, batch_size, seed, stratified, games_per_batch, rank, world_size, prefetch, workers,
+            pin_memory, io_hints, hint_ahead,
+        )
         if not isinstance(seq_len, int) or seq_len < 1:
             raise StoreError(f"seq_len must be an int >= 1, got {seq_len!r}")
         self.seq_len = seq_len
@@ -440,8 +462,10 @@ class SequenceSampler(_BaseSampler):
             p = self._starts[g][local[lo:hi]]
             end = self._seg_end[g][local[lo:hi]]
             if (p < 0).any() or (p >= end).any() or (end > len(d.frames)).any():
-                raise StoreError(f"{d.name}: segment starts {p[:10].tolist()} / ends {end[:10].tolist()} fall outside the "
-                                 f"store's {len(d.frames)} rows: the store is damaged")
+                raise StoreError(
+                    f"{d.name}: segment starts {p[:10].tolist()} / ends {end[:10].tolist()} fall outside the "
+                    f"store's {len(d.frames)} rows: the store is damaged"
+                )
             rows = p[:, None] + steps[None, :]
             inside = rows < end[:, None]
             rows = np.minimum(rows, end[:, None] - 1)
@@ -460,7 +484,8 @@ class SequenceSampler(_BaseSampler):
         if watch is not None:
             self._hints.check(watch, max(1, int(mask.sum()) * obs_np[0, 0].nbytes // PAGE))  # type: ignore[union-attr]
         out = {
-            ("tokens" if use_tokens else "obs"): obs, "action": torch.from_numpy(action), "reward": torch.from_numpy(reward),
+            ("tokens" if use_tokens else "obs"): obs, "action": torch.from_numpy(action),
+            "reward": torch.from_numpy(reward),
             "terminal": torch.from_numpy(term), "mask": torch.from_numpy(mask), "game_id": torch.from_numpy(gid),
             "valid_mask": torch.from_numpy(self._valid[gid]),
         }

@@ -45,7 +45,9 @@ import numpy as np
 from workbench.data import dqn_replay as dr
 from workbench.data.splits import StoreError
 
-__all__ = ["EP_BEGINS", "EP_ENDS", "FORMAT_VERSION", "GameData", "ReplayStore", "StoreError", "assemble_transitions", "plain"]
+__all__ = [
+    "EP_BEGINS", "EP_ENDS", "FORMAT_VERSION", "GameData", "ReplayStore", "StoreError", "assemble_transitions", "plain",
+]
 
 FORMAT_VERSION = 2
 FRAME_BYTES = 84 * 84
@@ -80,7 +82,12 @@ class ReplayStore:
         if not self.path.is_dir():
             raise StoreError(f"store directory {str(self.path)!r} does not exist")
         if not mp.exists():
-            hint = " (a .build directory is present: the build was interrupted; rerun build_store with the same arguments to resume)" if (self.path / ".build").exists() else ""
+            hint = ""
+            if (self.path / ".build").exists():
+                hint = (
+                    " (a .build directory is present: the build was interrupted; rerun build_store with the same"
+                    " arguments to resume)"
+                )
             raise StoreError(f"{self.path} has no manifest.json: not a complete store{hint}")
         try:
             self.manifest: dict[str, Any] = json.loads(mp.read_text())
@@ -88,7 +95,12 @@ class ReplayStore:
             raise StoreError(f"{mp}: corrupt manifest ({e})") from None
         v = self.manifest.get("format_version")
         if v != FORMAT_VERSION:
-            hint = " (format-1 stores may hold transitions that cross a checkpoint's write cursor: rebuild with build_store)" if v == 1 else ""
+            hint = ""
+            if v == 1:
+                hint = (
+                    " (format-1 stores may hold transitions that cross a checkpoint's write cursor:"
+                    " rebuild with build_store)"
+                )
             raise StoreError(f"{mp}: format_version {v!r}, this reader supports {FORMAT_VERSION}{hint}")
         self.games: tuple[str, ...] = tuple(self.manifest["games"])
         self.n_step: int = int(self.manifest["n_step"])
@@ -126,9 +138,11 @@ class ReplayStore:
                 np.load(d / "episodes.npy"), int(info["num_actions"]), info["blocks"],
             )
             fr = self._data[g].frames
-            if isinstance(fr, np.memmap) and hasattr(mmap_mod, "MADV_RANDOM") and getattr(fr, "_mmap", None) is not None:
+            # np.memmap keeps its mmap.mmap in the private `_mmap` attribute (which may be None)
+            fr_mmap = getattr(fr, "_mmap", None) if isinstance(fr, np.memmap) else None
+            if fr_mmap is not None and hasattr(mmap_mod, "MADV_RANDOM"):
                 # samplers read scattered rows: kernel readahead would fetch 128 KB per 7 KB frame
-                fr._mmap.madvise(mmap_mod.MADV_RANDOM)
+                fr_mmap.madvise(mmap_mod.MADV_RANDOM)
             if len(self._data[g].frames) != info["rows"] or len(self._data[g].starts) != info["starts"]:
                 raise StoreError(f"{d}: array sizes disagree with the manifest (store damaged)")
         return self._data[g]
@@ -143,9 +157,14 @@ class ReplayStore:
         """(run, checkpoint, slot) in the DQN-Replay source for store rows of a game."""
         gd = self.game(game)
         rows = np.asarray(rows)
-        return [(gd.blocks[int(b)]["run"], int(gd.blocks[int(b)]["checkpoint"]), int(s)) for b, s in zip(gd.block[rows], gd.slot[rows])]
+        return [
+            (gd.blocks[int(b)]["run"], int(gd.blocks[int(b)]["checkpoint"]), int(s))
+            for b, s in zip(gd.block[rows], gd.slot[rows])
+        ]
 
-    def transitions(self, game: str, rows: np.ndarray, n_step: int | None = None, gamma: float = 0.99) -> dict[str, np.ndarray]:
+    def transitions(
+        self, game: str, rows: np.ndarray, n_step: int | None = None, gamma: float = 0.99
+    ) -> dict[str, np.ndarray]:
         """Dopamine-style transitions at store rows (which must be starts), channels first.
 
         Returns ``state``/``next_state`` uint8 (B,4,84,84), ``action`` int64, ``reward`` float32
@@ -159,7 +178,9 @@ class ReplayStore:
         pos = np.minimum(np.searchsorted(starts, rows), max(len(starts) - 1, 0))
         isstart = (starts[pos] == rows) if len(starts) else np.zeros(len(rows), dtype=bool)
         if not isstart.all():
-            raise StoreError(f"rows {rows[~isstart][:10].tolist()} of {game} are not transition starts of this store")
+            raise StoreError(
+                f"rows {rows[~isstart][:10].tolist()} of {game} are not transition starts of this store"
+            )
         return assemble_transitions(gd, rows, np.asarray(gd.start_seg_end)[pos], n, gamma)
 
 
@@ -201,7 +222,8 @@ def assemble_transitions(
         obs_out = np.empty((k, STACK, 84, 84), dtype=np.uint8)
     if next_out is None:
         next_out = np.empty((k, STACK, 84, 84), dtype=np.uint8)
-    np.take(frames, sidx, axis=0, out=obs_out.reshape(k * STACK, 84, 84), mode="clip")  # bounds checked above; "raise" buffers `out`
+    # mode="clip": bounds are checked above, and mode="raise" would make numpy buffer `out`
+    np.take(frames, sidx, axis=0, out=obs_out.reshape(k * STACK, 84, 84), mode="clip")
     np.take(frames, nidx, axis=0, out=next_out.reshape(k * STACK, 84, 84), mode="clip")
     return {
         "state": obs_out, "next_state": next_out, "action": plain(gd.action)[rows].astype(np.int64),

@@ -23,7 +23,7 @@ import torch
 
 from workbench.data.store import ReplayStore
 from workbench.fileio import atomic_write_json
-from workbench.models.tokenizer import TOKENS_PER_FRAME
+from workbench.models.tokenizer import TOKENS_PER_FRAME, Tokenizer
 
 FORMAT_VERSION = 1
 
@@ -46,7 +46,7 @@ def _manifest(store: ReplayStore, tokenizer_sha: str) -> dict:
 
 @torch.no_grad()
 def tokenize_store(
-    store: ReplayStore | str | os.PathLike, tokenizer: torch.nn.Module, out: str | os.PathLike, *,
+    store: ReplayStore | str | os.PathLike, tokenizer: Tokenizer, out: str | os.PathLike, *,
     batch_size: int = 256, device: str | torch.device = "cpu", progress: bool = True,
 ) -> Path:
     """Encode every frame of ``store`` with ``tokenizer.encode`` into ``out``; return ``out``."""
