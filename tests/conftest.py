@@ -12,3 +12,17 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def dopamine_store(tmp_path_factory):
+    """One store of the Dopamine fixtures (Pong and Breakout, run 1, every checkpoint), built once
+    per test process and shared read-only by the store, trainer and DDP tests."""
+    from shared_paths import DQN_FIXTURES
+
+    from workbench.data.build import build_store
+
+    return build_store(DQN_FIXTURES, tmp_path_factory.mktemp("dopamine") / "store", ["Pong", "Breakout"], [1],
+                       "near_optimal", progress=False)

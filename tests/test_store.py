@@ -48,10 +48,8 @@ def _check_frames_match_source(s: st.ReplayStore, game: str, rows: np.ndarray) -
 
 
 @pytest.fixture(scope="module")
-def full_store(tmp_path_factory) -> st.ReplayStore:
-    out = tmp_path_factory.mktemp("full") / "store"
-    bd.build_store(FIXTURES, out, GAMES, [1], "near_optimal", progress=False)
-    return st.ReplayStore(out)
+def full_store(dopamine_store) -> st.ReplayStore:
+    return st.ReplayStore(dopamine_store)
 
 
 def test_full_split_matches_dopamine_fixtures(full_store: st.ReplayStore) -> None:

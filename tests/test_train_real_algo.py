@@ -19,7 +19,6 @@ from safetensors.torch import load_file, save_file
 from shared_paths import DQN_FIXTURES
 
 from workbench.algos.scaled_ql import ScaledQL, ScaledQLConfig
-from workbench.data.build import build_store
 from workbench.data.sampler import TransitionSampler
 from workbench.train import TrainConfig, train
 
@@ -61,8 +60,8 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_ddp_matches_single_process_at_the_same_global_batch(tmp_path):
-    store = str(build_store(FIXTURES, tmp_path / "store", list(GAMES), [1], "near_optimal", progress=False))
+def test_ddp_matches_single_process_at_the_same_global_batch(tmp_path, dopamine_store):
+    store = str(dopamine_store)
     mp.spawn(_worker, args=(_free_port(), store, str(tmp_path)), nprocs=2, join=True)
     r0 = load_file(str(tmp_path / "rank0.safetensors"))
     r1 = load_file(str(tmp_path / "rank1.safetensors"))
@@ -87,8 +86,8 @@ def test_ddp_matches_single_process_at_the_same_global_batch(tmp_path):
     assert moved > 0, "training changed nothing: the comparison would be vacuous"
 
 
-def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path):
-    store = str(build_store(FIXTURES, tmp_path / "store", list(GAMES), [1], "near_optimal", progress=False))
+def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, dopamine_store):
+    store = str(dopamine_store)
 
     def run(run_dir, steps):
         algo = make_algo()
