@@ -195,8 +195,16 @@ def make_batch(b: int, n_actions: list[int], seed: int = 0) -> dict[str, torch.T
 @pytest.mark.parametrize("algo", ["scaled_ql", "cql_mse", "bc"])
 def test_algo_loss_composition(algo):
     torch.manual_seed(0)
+    """The loss equals a per-sample brute force. Mutation caught: the bootstrap target is taken
+    from the online network instead of the target network (the online net is moved away from its
+    target copy first, so the two disagree)."""
     cfg = CONFIGS[algo]()
     a = ScaledQL.build("resnet-tiny", SMALL, cfg)
+    with torch.no_grad():
+        for p in a.model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    if a.target_model is not None:
+        assert any(not torch.equal(p, t) for p, t in zip(a.model.parameters(), a.target_model.parameters()))
     batch = make_batch(6, SMALL)
     loss, metrics = a.loss(batch)
     loss.backward()

@@ -306,3 +306,35 @@ def test_checkpoint_round_trip_through_safetensors(tmp_path):
     for (k, v), (_, w) in zip(a.model.state_dict().items(), b.state_dict().items()):
         assert torch.equal(v, w), k
     assert any(k.startswith("world.target_q_head.") for k in b.state_dict())
+
+
+def test_td_target_bootstraps_from_the_next_steps_features():
+    """Mutation caught: JOWA bootstraps from the same step's features instead of the next step's.
+
+    Features differ per step, and the real target head reads them; the reference evaluates the
+    target head on step t+1's features alone, one sample at a time."""
+    m = _model().eval()
+    b = _batch(seed=2)
+    B, L = 3, 4
+    b["mask"] = torch.ones(B, L, dtype=torch.bool)
+    b["terminal"] = torch.zeros(B, L)
+    g = torch.Generator().manual_seed(7)
+    q_logits = torch.randn(B, L, 18, 51, generator=g)
+    feats = torch.randn(B, L, m.cfg.n_embd, generator=g) * 3
+    with torch.no_grad():
+        for p in m.target_q_head.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.5)  # a target head that tells steps apart
+    gamma = 0.9
+    loss, _ = action_losses(m, {"q_logits": q_logits, "features": feats}, b["action"], b["reward"], b["terminal"],
+                            b["mask"], b["valid_mask"], gamma, 0.0)
+    support = m.support.double()
+    terms = []
+    with torch.no_grad():
+        for i in range(B):
+            valid = b["valid_mask"][i]
+            for t in range(L - 1):
+                tp = F.softmax(m.target_q_logits(feats[i, t + 1][None])[0].double(), -1)  # (18, 51)
+                a_star = int((tp * support).sum(-1).masked_fill(~valid, -float("inf")).argmax())
+                target = _project(tp[a_star], float(b["reward"][i, t].clamp(-1, 1)), gamma, support)
+                terms.append(-(target * F.log_softmax(q_logits[i, t, b["action"][i, t]].double(), -1)).sum())
+    torch.testing.assert_close(loss.double(), torch.stack(terms).mean(), atol=1e-5, rtol=1e-5)
