@@ -103,6 +103,9 @@ class ProbeSpec:
     def stages(self, settings: Any, scale: Scale, batch_size: int, lr: float) -> list[Stage]:
         return [Stage("train", "", scale.steps, lr or 1e-3, weight_decay=0.0, target_update_period=0)]
 
+    def settings_from_data(self, settings, store, games):
+        return {}
+
     def build(self, model, games, settings, seed):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

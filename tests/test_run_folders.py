@@ -124,3 +124,44 @@ def test_initialisation_is_seeded(model):
     sa, sb, sc = (x.model.state_dict() for x in (a, b, c))
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert any(not torch.equal(sa[k], sc[k]) for k in sa if sa[k].is_floating_point())
+
+
+def test_mse_reward_scales_come_from_the_store(dopamine_store):
+    """Paper 000's MSE variant standardizes reward scales across games: s_g is the RMS of game g's
+    discounted returns, here checked against a direct loop over the store's raw arrays (a return
+    stops after a terminal row or where the stored checkpoint block ends)."""
+    import numpy as np
+
+    from workbench.algos.base import get_algo
+    from workbench.algos.scaled_ql import CQLMSEConfig, ScaledQLConfig
+
+    gamma, games = 0.97, ["Breakout", "Pong"]
+    got = get_algo("cql_mse").settings_from_data(CQLMSEConfig(gamma=gamma), dopamine_store, games)
+    want = []
+    for g in games:
+        arr = {k: np.load(dopamine_store / g / f"{k}.npy") for k in ("reward", "terminal", "block", "starts")}
+        sq = []
+        for p in arr["starts"]:
+            ret, k = 0.0, 0
+            while True:
+                ret += gamma**k * float(arr["reward"][p + k])
+                if arr["terminal"][p + k] or p + k + 1 == len(arr["block"]) or arr["block"][p + k + 1] != arr["block"][p]:
+                    break
+                k += 1
+            sq.append(ret * ret)
+        want.append(max(np.sqrt(np.mean(sq)), 1e-2))
+    assert got["reward_scale"] == pytest.approx(want, rel=1e-5)
+    assert got["reward_scale"][0] != pytest.approx(got["reward_scale"][1], rel=0.05)  # the games differ
+    assert get_algo("scaled_ql").settings_from_data(ScaledQLConfig(), dopamine_store, games) == {}
+
+
+def test_mse_run_records_and_uses_its_reward_scales(tmp_path):
+    from workbench.pipeline import pretrain
+
+    config = _config(tmp_path, algo="cql_mse", games="Pong", record_steps=100, steps=2, batch_size=4,
+                     eval_episodes=1, num_envs=1, eval_max_steps=5)
+    pretrain(config, progress=False)
+    run = Run(config.run_dir)
+    (scale,) = run.resolved["data_settings"]["reward_scale"]
+    algo, _ = run.build_algo(device="cpu")
+    assert scale > 0 and algo.reward_scale.tolist() == pytest.approx([scale])  # type: ignore[attr-defined]

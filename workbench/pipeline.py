@@ -16,6 +16,7 @@ Run folder layout: see ``workbench.run``; ``data/replay`` (recorded DQN-Replay f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -28,7 +29,8 @@ import torch
 from workbench import checkpoint as ckpt_io
 from workbench.algos.base import Algo, EvalOptions, StageContext
 from workbench.config import RESUMABLE_FIELDS, EvaluateConfig, PretrainConfig
-from workbench.run import MARKER, Run
+from workbench.paths import resolve_path
+from workbench.run import MARKER, Run, RunLock, check_writable
 from workbench.train import TrainConfig, init_distributed, resolve_device, train
 
 
@@ -60,14 +62,7 @@ def open_run(config: PretrainConfig) -> Run:
     """
     run = Run(Path(config.run_dir))
     params, resolved = config.params(), config.resolve()
-    if run.path.exists() and not run.path.is_dir():
-        raise NotADirectoryError(f"output_dir {run.path} is a file, not a run folder")
-    if run.path.is_dir() and any(run.path.iterdir()) and not run.is_marked():
-        listing = ", ".join(sorted(p.name for p in run.path.iterdir())[:8])
-        raise FileExistsError(
-            f"output_dir {run.path} is not empty and is not a workbench run (no {MARKER}); it holds: {listing}. "
-            "Choose a new or empty folder."
-        )
+    check_writable(run.path)  # a file, or a non-empty folder without the marker: refused, listing it
     if run.is_marked() and run.config_path.is_file():
         if config.resume:
             applied = run.check_resume("pretrain", params, resolved, RESUMABLE_FIELDS)
@@ -96,7 +91,7 @@ def prepare_dataset(config: PretrainConfig, run_dir: Path, *, progress: bool = T
     from workbench.data.store import ReplayStore
 
     games = config.game_list
-    dataset = Path(config.dataset) if config.dataset else None
+    dataset = resolve_path(config.dataset) if config.dataset else None
     if dataset is not None and not dataset.exists():
         raise FileNotFoundError(f"dataset {dataset} does not exist: give a built store, a DQN-Replay root, or ''")
     if dataset is not None and (dataset / "manifest.json").is_file():
@@ -111,7 +106,13 @@ def prepare_dataset(config: PretrainConfig, run_dir: Path, *, progress: bool = T
         replay_root = run_dir / "data" / "replay"
         if (store_dir / "manifest.json").is_file():
             return store_dir
-        if replay_root.exists():
+        if replay_root.exists() or replay_root.is_symlink():
+            # Only a recording this workbench left in its own marked run folder is deleted.
+            if not (run_dir / MARKER).is_file() or replay_root.is_symlink() or not replay_root.is_dir():
+                raise FileExistsError(
+                    f"{replay_root} exists but is not a recording of a workbench run ({run_dir / MARKER} missing, or "
+                    "it is a link or a file); refusing to delete it. Give it as dataset=, or choose another output_dir"
+                )
             shutil.rmtree(replay_root)
         record_many(
             games, config.record_steps, replay_root, seed=config.seed, progress=progress,
@@ -127,9 +128,11 @@ def prepare_dataset(config: PretrainConfig, run_dir: Path, *, progress: bool = T
 # ------------------------------------------------------------------------------------- algos
 
 
-def build_algo(config: PretrainConfig) -> Algo:
-    """A freshly initialised algo (weights from the config's seed) for the config's games."""
-    return config.spec.build(config.model, config.game_list, config.settings, config.seed)
+def build_algo(config: PretrainConfig, data_settings: dict[str, Any] | None = None) -> Algo:
+    """A freshly initialised algo (weights from the config's seed) for the config's games, with
+    the settings its algorithm computed from the data (``AlgoSpec.settings_from_data``)."""
+    settings = dataclasses.replace(config.settings, **(data_settings or {}))
+    return config.spec.build(config.model, config.game_list, settings, config.seed)
 
 
 def load_algo(checkpoint: str | os.PathLike[str], *, device: str = "auto") -> tuple[Algo, Run, Path]:
@@ -147,12 +150,23 @@ def load_algo(checkpoint: str | os.PathLike[str], *, device: str = "auto") -> tu
 
 
 def pretrain(config: PretrainConfig, *, progress: bool = True) -> PretrainResult:
-    """Record/build data, train every stage, evaluate and draw figures for one pretraining run."""
+    """Record/build data, train every stage, evaluate and draw figures for one pretraining run.
+
+    The run folder is locked for the whole job (:class:`workbench.run.RunLock`): a second job on
+    the same folder fails at once, naming the holder."""
     rank, world = init_distributed()
+    if rank != 0:
+        return _pretrain(config, rank, world, progress)
+    with RunLock(config.run_dir):
+        return _pretrain(config, rank, world, progress)
+
+
+def _pretrain(config: PretrainConfig, rank: int, world: int, progress: bool) -> PretrainResult:
     batch = config.effective_batch_size
     if batch % world:
         raise ValueError(f"batch_size {batch} must be divisible by the number of processes {world}")
     resolved = config.resolve()
+    config.check_hardware(resolve_device(config.device).type)  # paper scale on a CPU: stop with the estimate
     if rank == 0:
         run = open_run(config)
         store = prepare_dataset(config, run.path, progress=progress)
@@ -167,7 +181,11 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> PretrainResult
     assert store is not None
 
     spec, games = config.spec, config.game_list
-    algo = build_algo(config)
+    # Every rank derives these from the same store; rank 0 records them with the run.
+    data_settings = spec.settings_from_data(config.settings, store, games)
+    if rank == 0 and data_settings:
+        run.update_resolved({"data_settings": data_settings})
+    algo = build_algo(config, data_settings)
     context = StageContext(
         store=store, games=games, batch_size=batch, games_per_batch=resolved["games_per_batch"], seed=config.seed,
         rank=rank, world_size=world, run_dir=run.path, device=resolve_device(config.device), progress=progress,
@@ -198,6 +216,9 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> PretrainResult
         "resumed_from": summary["resumed_from"], "final_loss": summary["last_metrics"].get("loss"),
         "mean_scores": {g: scores["per_game"][g]["mean"] for g in games},
         "iqm_human_normalized": (scores.get("aggregates") or {}).get("iqm"),
+        # Scores of episodes cut at a step cap below the protocol's are partial returns.
+        "eval_max_steps": scores["max_agent_steps"], "truncated_episodes": scores["truncated_episodes"],
+        "comparable_to_papers": scores["comparable_to_papers"], "note": scores["note"],
     }
     ckpt_io.atomic_write_json(run.path / "summary.json", summary)
     return PretrainResult(run.path, checkpoint, scores, figures, summary)
@@ -230,7 +251,7 @@ def evaluate_run(config: EvaluateConfig, *, progress: bool = True) -> dict[str, 
     from workbench.games import resolve_games
     from workbench.viz.results_figures import make_scores_figure
 
-    algo, run, ckpt = load_algo(config.checkpoint, device=config.device)
+    algo, run, ckpt = load_algo(resolve_path(config.checkpoint), device=config.device)
     trained = run.games
     games = resolve_games(config.games) if config.games else trained
     unknown = [g for g in games if g not in trained]
@@ -239,7 +260,7 @@ def evaluate_run(config: EvaluateConfig, *, progress: bool = True) -> dict[str, 
             f"games {unknown} have no head in this checkpoint; it was trained on {list(trained)} "
             "(fine-tune it on a new game first)"
         )
-    out = Path(config.output) if config.output else run.path / "eval" / f"scores_{'-'.join(games)}.json"
+    out = resolve_path(config.output) if config.output else run.path / "eval" / f"scores_{'-'.join(games)}.json"
     scores = evaluate_algo(
         algo, games, out, episodes=config.episodes, num_envs=config.num_envs, max_steps=config.max_steps,
         seed=config.seed, options=config.eval_options, epsilon=config.epsilon,
@@ -250,6 +271,8 @@ def evaluate_run(config: EvaluateConfig, *, progress: bool = True) -> dict[str, 
     return {
         "scores_path": str(out), "checkpoint": str(ckpt), "per_game": scores["per_game"],
         "aggregate": scores.get("aggregates"), "figure": make_scores_figure(scores),
+        "truncated_episodes": scores["truncated_episodes"], "comparable_to_papers": scores["comparable_to_papers"],
+        "note": scores["note"],
         "config": asdict(config),
     }
 
@@ -259,13 +282,13 @@ def evaluate_run(config: EvaluateConfig, *, progress: bool = True) -> dict[str, 
 
 def run_figures(run: Run, scores: dict[str, Any]) -> dict[str, Any]:
     """Learning curves (every stage) and per-game scores of one run, saved under ``figures/``."""
-    from workbench.algos.base import get_algo
+    from workbench.viz.analysis import curve_names
     from workbench.viz.export import save_figure
     from workbench.viz.results_figures import make_learning_curve_figure, make_scores_figure
 
     records, _ = run.all_metrics()
     keys = {k for r in records for k in r}
-    names = [k for k in get_algo(run.algo_name).curves if k in keys] or ["loss"]
+    names = curve_names(run.algo_name, keys) or ["loss"]
     names += [k for k in ("grad_norm", "samples_per_s") if k in keys]
     figures = {
         "learning_curve": make_learning_curve_figure({run.name: records}, names, title="Training")

@@ -3,6 +3,7 @@
 A run folder is what one workbench job leaves behind::
 
     run_dir/.workbench-run     marker: this folder belongs to the workbench
+    run_dir/.workbench-lock    the one writer's lock (pid, host, start time); see :class:`RunLock`
     run_dir/config.json        {"kind", "format", "params", "resolved"}
     run_dir/metrics.jsonl      training metrics of the last stage (earlier stages: <stage>/metrics.jsonl)
     run_dir/checkpoints/       safetensors + JSON checkpoints (workbench.checkpoint)
@@ -20,9 +21,12 @@ the file; unreadable metric lines (cut by a kill) are skipped and counted.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import socket
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,15 +35,89 @@ from typing import Any
 from workbench import checkpoint as ckpt_io
 from workbench.fileio import atomic_write_json, atomic_write_text
 
-__all__ = ["CONFIG_FORMAT", "KINDS", "MARKER", "ResumeMismatch", "Run", "find_run_dir"]
+__all__ = ["CONFIG_FORMAT", "KINDS", "LOCK", "MARKER", "ResumeMismatch", "Run", "RunLock", "RunLocked",
+           "find_run_dir"]
 
 MARKER = ".workbench-run"
+LOCK = ".workbench-lock"
 CONFIG_FORMAT = 2
 KINDS = ("pretrain", "evaluate", "finetune", "online", "sweep")
 
 
 class ResumeMismatch(ValueError):
     """Resuming into a run whose configuration differs in a field that may not change."""
+
+
+class RunLocked(RuntimeError):
+    """Another process is writing this run folder."""
+
+
+def check_writable(path: Path) -> None:
+    """Refuse a folder the workbench may not write into: anything but a new or empty folder (the
+    lock file aside) or one it marked. The message lists what is there."""
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"output_dir {path} is a file, not a run folder")
+    if path.resolve() == Path.cwd().resolve() and path.is_dir() and any(path.iterdir()):
+        raise FileExistsError(f"output_dir {str(path)!r} is the current directory; give a run folder of its own")
+    if path.is_dir() and not (path / MARKER).is_file():
+        entries = sorted(p.name for p in path.iterdir() if p.name != LOCK)
+        if entries:
+            listing = ", ".join(entries[:8]) + (f" and {len(entries) - 8} more" if len(entries) > 8 else "")
+            raise FileExistsError(
+                f"output_dir {path} is not empty and is not a workbench run (no {MARKER}); it holds: {listing}. "
+                "Choose a new or empty folder."
+            )
+
+
+class RunLock:
+    """The one-writer lock of a run folder: an OS lock (``flock``) on ``<run>/.workbench-lock``.
+
+    The OS drops the lock when its process dies, however it dies, so a lock file left by a killed
+    run is stale by construction and simply taken over. The file holds the holder's pid, host and
+    start time, which a refused second writer reports. (flock is per host: on a network file
+    system shared by several hosts, two hosts' runs are not kept apart.)
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    @property
+    def file(self) -> Path:
+        return self.path / LOCK
+
+    def acquire(self) -> RunLock:
+        check_writable(self.path)  # never put a lock file into a folder that is not ours
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self.file.read_text().strip() or "unknown process"
+            os.close(fd)
+            raise RunLocked(
+                f"{self.path} is being written by another workbench run ({holder}); wait for it to finish, stop it, "
+                "or choose another output_dir"
+            ) from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def find_run_dir(path: str | os.PathLike[str]) -> Path:
@@ -159,7 +237,10 @@ class Run:
 
     def build_algo(self, *, device: str = "auto", checkpoint: str | os.PathLike[str] | None = None) -> tuple[Any, Path]:
         """Rebuild the run's algorithm from the registry and load a checkpoint (default: the
-        latest); returns (algo in eval mode on ``device``, checkpoint folder)."""
+        latest); returns (algo in eval mode on ``device``, checkpoint folder).
+
+        The checkpoint is verified first (checksums, tensor names, shapes and dtypes): non-finite
+        weights are refused here, so the evaluator, the explorer and the video CLI never play them."""
         from workbench.algos.base import get_algo
         from workbench.settings import from_params
         from workbench.train import resolve_device
@@ -167,7 +248,9 @@ class Run:
         ckpt = ckpt_io.resolve_checkpoint(checkpoint if checkpoint is not None else self.path)
         resolved = self.resolved
         spec = get_algo(self.algo_name)
-        settings: Any = from_params(spec.settings_class, resolved.get("settings", {}), what=f"{spec.name} setting")
+        # The algorithm's settings, with those it computed from the data (e.g. reward scales).
+        values = {**resolved.get("settings", {}), **resolved.get("data_settings", {})}
+        settings: Any = from_params(spec.settings_class, values, what=f"{spec.name} setting")
         algo = spec.build(self.model, self.games, settings, 0)  # every weight comes from the checkpoint
         ckpt_io.load_checkpoint(ckpt, algo.model, target=algo.target_model)
         algo.to(resolve_device(device))
@@ -187,6 +270,13 @@ class Run:
         atomic_write_text(self.path / MARKER, "This folder is a workbench run; the workbench may rewrite it.\n")
         atomic_write_json(self.config_path, {"kind": kind, "format": CONFIG_FORMAT, "params": params,
                                              "resolved": resolved})
+
+    def update_resolved(self, values: dict[str, Any]) -> None:
+        """Add values resolved during the job (e.g. ``data_settings`` computed from the built
+        store) to ``config.json`` (atomically)."""
+        doc = self.config
+        doc["resolved"] = {**doc.get("resolved", {}), **values}
+        atomic_write_json(self.config_path, doc)
 
     def check_resume(self, kind: str, params: dict[str, Any], resolved: dict[str, Any],
                      may_change: Iterable[str]) -> list[str]:
@@ -231,7 +321,7 @@ class Run:
 
     def clear(self, entries: Iterable[str]) -> None:
         """Delete the named workbench-made entries of a marked run (for ``resume=False``)."""
-        if not self.is_marked():
+        if not self.is_marked() or self.path.is_symlink():
             raise ValueError(f"{self.path} is not marked as a workbench run ({MARKER} missing): refusing to delete")
         for name in entries:
             target = self.path / name

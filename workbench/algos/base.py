@@ -198,6 +198,11 @@ class AlgoSpec(Protocol):
         rule at ``batch_size``), weight decay and target period of each."""
         ...
 
+    def settings_from_data(self, settings: Any, store: Path, games: Sequence[str]) -> dict[str, Any]:
+        """Settings computed from the built store (e.g. per-game reward scales), recorded in the
+        run's ``resolved.data_settings``; {} when the algorithm has none."""
+        ...
+
     def build(self, model: str, games: Sequence[str], settings: Any, seed: int) -> Algo:
         """A freshly initialised algo (weights from ``seed``) in its first stage."""
         ...

@@ -284,7 +284,10 @@ class JOWASpec:
     description = "JOWA: VQ-VAE + GPT world model with a C51 Q head, beam-search planning (paper 003)"
     settings_class: type = JOWAConfig
     metric_prefixes: tuple[str, ...] = ("loss/", "world/", "tokenizer/", "q/")
-    curves: tuple[str, ...] = ("loss/tokenizer", "loss/world", "loss/action", "loss/td", "loss/cql", "q/data_mean")
+    curves: tuple[str, ...] = (  # every loss term of both stages (stage 1: tokenizer + world model)
+        "loss/total", "loss/tokenizer", "tokenizer/l1", "tokenizer/codebook", "tokenizer/commitment",
+        "tokenizer/perceptual", "loss/world", "world/obs_ce", "world/reward_ce", "world/term_ce", "loss/action",
+        "loss/td", "loss/cql", "q/data_mean")
 
     def model_presets(self) -> tuple[str, ...]:
         from workbench.models.world_action import PRESETS
@@ -311,6 +314,10 @@ class JOWASpec:
                   settings.target_update_period, find_unused_parameters=True)
             for name, subdir, paper_lr in (("stage1", "stage1", 1e-4), ("stage2", "", 5e-5))
         ]
+
+    def settings_from_data(self, settings: Any, store: Any, games: Sequence[str]) -> dict[str, Any]:
+        """None: JOWA's C51 support covers clipped rewards of every game alike."""
+        return {}
 
     def build(self, model: str, games: Sequence[str], settings: Any, seed: int) -> Algo:
         return JOWA.build(model, games, settings, stage=1, seed=seed)

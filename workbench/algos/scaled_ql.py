@@ -23,6 +23,7 @@ import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -412,6 +413,19 @@ class QLearningSpec:
         rate = lr or 5e-5 * math.sqrt(batch_size / 32)
         period = getattr(settings, "target_update_period", 0)  # BC has no target network
         return [Stage("train", "", scale.steps, rate, weight_decay=0.0, target_update_period=period)]
+
+    def settings_from_data(self, settings: Any, store: Path, games: Sequence[str]) -> dict[str, Any]:
+        """The MSE variant standardizes reward scales across games (paper 000, Section 5.4): s_g is
+        the RMS of game g's discounted dataset returns (``losses.return_scale``)."""
+        if not isinstance(settings, CQLMSEConfig) or settings.reward_scale is not None:
+            return {}
+        from workbench.data.store import ReplayStore
+
+        data = ReplayStore(store)
+        returns = [torch.from_numpy(data.discounted_returns(g, settings.gamma)) for g in games]
+        ids = torch.cat([torch.full((len(r),), i, dtype=torch.long) for i, r in enumerate(returns)])
+        scale = L.return_scale(torch.cat(returns), ids, len(games))
+        return {"reward_scale": [float(v) for v in scale]}
 
     def build(self, model: str, games: Sequence[str], settings: Any, seed: int) -> Algo:
         return ScaledQL.build(model, games, settings, seed=seed)

@@ -150,6 +150,24 @@ class ReplayStore:
     def num_actions(self, game: str) -> int:
         return self.game(game).num_actions
 
+    def discounted_returns(self, game: str, gamma: float) -> np.ndarray:
+        """Monte-Carlo discounted return of every selected start of ``game``: (S,) float64.
+
+        Rewards (clipped, as stored) are summed with ``gamma`` from the start to its episode's last
+        row in the store: the terminal, or the end of the stored piece of the episode (a
+        checkpoint or subsample boundary), where the return is truncated.
+        """
+        from scipy.signal import lfilter
+
+        gd = self.game(game)
+        reward = np.asarray(gd.reward, dtype=np.float64)
+        out = np.zeros(len(reward), dtype=np.float64)
+        for first, end, _ in np.asarray(gd.episodes):
+            piece = reward[first:end]
+            # G_t = r_t + gamma G_{t+1}, run backwards over the piece
+            out[first:end] = lfilter([1.0], [1.0, -gamma], piece[::-1])[::-1]
+        return out[np.asarray(gd.starts)]
+
     def rows(self, game: str) -> int:
         return int(self.manifest["games_info"][self.check_game(game)]["rows"])
 
