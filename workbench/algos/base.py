@@ -16,7 +16,7 @@ on a concrete class. Adding an algorithm is one module that calls :func:`registe
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -43,7 +43,8 @@ class EvalOptions:
     planning_horizon: int = 2
     """Planning algorithms (JOWA): beam-search horizon H (0 = greedy in Q)."""
     beam_width: int | tuple[int, ...] = 2
-    """Planning algorithms (JOWA): beam width K, or one width per depth (1 = greedy in Q)."""
+    """Planning algorithms (JOWA): beam width K, or one width per game of the run (JOWA Table 16
+    tunes it per game); 1 = greedy in Q."""
 
 
 @dataclass
@@ -117,7 +118,8 @@ class Algo(Protocol):
     def inspectable_policy(self, options: EvalOptions) -> InspectablePolicy: ...
 
 
-Batches = Any  # a callable: start step -> iterator of batches (see workbench.train.train)
+Batches = Callable[[int], Iterator[dict[str, Tensor]]]
+"""``start_step -> iterator of batches`` beginning with the batch of that step (``workbench.train``)."""
 
 
 @dataclass(frozen=True)
