@@ -10,19 +10,26 @@ Layout of one run directory::
         step_00000100/
           model.safetensors    trainable weights (+ "target." prefixed target weights)
           optimizer.safetensors optimizer tensors, keyed "state.<param index>.<name>"
-          state.json           step, optimizer scalars and hyperparameters, RNG states, extra
+          rng.safetensors      RNG states of torch (CPU, CUDA)
+          state.json           step, optimizer scalars and hyperparameters, RNG states, extra,
+                               and the sha256 of every other file of the checkpoint
 
-A checkpoint directory is built under a temporary name and renamed into place, and ``latest``
-is replaced atomically after it, so an interrupted write never leaves a half checkpoint behind
-``latest``. Nothing here ever unpickles: a ``.pt``/``.pkl`` file handed to ``load_*`` is
-refused with a clear message.
+A checkpoint directory is built under a temporary name (``.step_*``) and renamed into place,
+and ``latest`` is replaced atomically after it, so an interrupted write never leaves a half
+checkpoint behind ``latest``; temporary folders left by a kill are removed by the next save.
+Loading verifies every file against its recorded sha256 and every tensor against the model
+(names, shapes, dtypes, finiteness), naming the file and tensor at fault. Pruning deletes only
+checkpoints this code wrote (their ``state.json`` says so). Nothing here ever unpickles: a
+``.pt``/``.pkl`` file handed to ``load_*`` is refused with a clear message.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -30,11 +37,19 @@ from typing import Any, cast
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from workbench.fileio import atomic_write_json, atomic_write_text
+from workbench.fileio import atomic_write_json, atomic_write_text, disk_full, is_disk_full, read_json
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
+WRITER = "workbench"
+STEP_DIR = re.compile(r"step_(\d{8,})")  # a complete checkpoint folder
+TMP_DIR = re.compile(r"\.step_\d{8,}\.[A-Za-z0-9_]+")  # one save_checkpoint is building (or a kill left)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is not what its writer left: the message names the file (and tensor)."""
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -108,6 +123,37 @@ def restore_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
     np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(1 << 22):
+            h.update(b)
+    return h.hexdigest()
+
+
+def clean_partial(ckpt_root: str | os.PathLike) -> list[Path]:
+    """Remove temporary ``.step_*`` folders a killed save left in a ``checkpoints`` folder."""
+    root = Path(ckpt_root)
+    if not root.is_dir():
+        return []
+    removed = [p for p in root.iterdir() if TMP_DIR.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+    for p in removed:
+        shutil.rmtree(p)
+    return removed
+
+
+def is_own_checkpoint(path: Path) -> bool:
+    """True for a ``step_*`` folder this module wrote (its ``state.json`` names the writer and step)."""
+    m = STEP_DIR.fullmatch(path.name)
+    if not m or path.is_symlink() or not path.is_dir():
+        return False
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and state.get("writer") == WRITER and state.get("step") == int(m.group(1))
+
+
 def save_checkpoint(
     run_dir: str | os.PathLike,
     step: int,
@@ -118,30 +164,41 @@ def save_checkpoint(
     extra: dict | None = None,
     keep: int = 2,
 ) -> Path:
-    """Write checkpoint ``step`` atomically and point ``latest`` at it; keep the newest ``keep``."""
+    """Write checkpoint ``step`` atomically and point ``latest`` at it; keep the newest ``keep``
+    of the checkpoints this module wrote (anything else in ``checkpoints/`` is left alone)."""
     ckpt_root = Path(run_dir) / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
+    clean_partial(ckpt_root)
     final = ckpt_root / f"step_{step:08d}"
+    if final.exists() and not is_own_checkpoint(final):
+        raise FileExistsError(f"{final} exists and was not written by the workbench: refusing to replace it")
     tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:08d}.", dir=ckpt_root))
+    weights = model_state(model, target)
+    needed = sum(t.numel() * t.element_size() for t in weights.values())
     try:
-        save_file(model_state(model, target), str(tmp / "model.safetensors"))
-        state: dict[str, Any] = {"step": int(step), "extra": extra or {}}
+        save_file(weights, str(tmp / "model.safetensors"))
+        state: dict[str, Any] = {"writer": WRITER, "step": int(step), "extra": extra or {}}
         if optimizer is not None:
             opt_tensors, opt_meta = optimizer_state(optimizer)
+            needed += sum(t.numel() * t.element_size() for t in opt_tensors.values())
             save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
             state["optimizer"] = opt_meta
         rng_tensors, rng_meta = rng_state()
         save_file(_contiguous(rng_tensors), str(tmp / "rng.safetensors"))
         state["rng"] = rng_meta
+        state["files"] = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
         atomic_write_json(tmp / "state.json", state)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        # safetensors reports a full disk as its own error type, with the OS message inside
+        if is_disk_full(exc) or (isinstance(exc, SafetensorError) and "os error 28" in str(exc)):
+            raise disk_full(ckpt_root, needed + (1 << 20), f"checkpoint step {step}") from None
         raise
     atomic_write_text(ckpt_root / "latest", final.name + "\n")
-    complete = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())
+    complete = sorted(p for p in ckpt_root.glob("step_*") if is_own_checkpoint(p))
     for old in complete[:-keep] if keep > 0 else []:
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
@@ -161,7 +218,14 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     for root in (path / "checkpoints", path):
         latest = root / "latest"
         if latest.is_file():
-            ckpt = root / latest.read_text().strip()
+            name = latest.read_text().strip()
+            ckpt = root / name
+            # `latest` names one step_* folder of its own checkpoints folder, never a path elsewhere.
+            if not STEP_DIR.fullmatch(name) or ckpt.resolve().parent != root.resolve():
+                raise CheckpointError(
+                    f"{latest} points to {name!r}, which is not a checkpoint folder inside {root} (expected "
+                    "step_NNNNNNNN); refusing to follow it"
+                )
             if (ckpt / "model.safetensors").is_file():
                 return ckpt
     raise FileNotFoundError(
@@ -178,6 +242,70 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
         return None
 
 
+def read_state(ckpt: Path) -> dict[str, Any]:
+    """``state.json`` of a checkpoint, validated (a hand-edited or foreign one is an error)."""
+    path = ckpt / "state.json"
+    state = read_json(path)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(state).__name__}")
+    step = state.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{path}: 'step' must be an integer >= 0, got {step!r}")
+    m = STEP_DIR.fullmatch(ckpt.name)
+    if m and int(m.group(1)) != step:
+        raise CheckpointError(f"{path}: 'step' is {step} but the folder is {ckpt.name}")
+    files = state.get("files")
+    if not isinstance(files, dict) or "model.safetensors" not in files:
+        raise CheckpointError(
+            f"{path} lists no sha256 checksums ('files'): it was not written by this workbench (or was edited); "
+            "the checkpoint cannot be verified"
+        )
+    return state
+
+
+def verify_files(ckpt: Path, state: dict[str, Any]) -> None:
+    """Every file listed in ``state.json`` exists and has its recorded sha256."""
+    for name, digest in state["files"].items():
+        path = ckpt / name
+        if Path(name).name != name:
+            raise CheckpointError(f"{ckpt / 'state.json'} lists {name!r}, which is not a file of the checkpoint")
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing (listed in {ckpt / 'state.json'})")
+        if _sha256(path) != digest:
+            raise CheckpointError(
+                f"{path} does not match the sha256 recorded when it was written: the file is corrupt, truncated "
+                "or was replaced"
+            )
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
+
+
+def check_tensors(path: Path, tensors: dict[str, torch.Tensor], module: torch.nn.Module, what: str) -> None:
+    """``tensors`` fit ``module`` exactly (names, shapes, dtypes) and are finite."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise CheckpointError(
+            f"{path} does not fit the {what}: missing tensors {missing[:8]}{' ...' if len(missing) > 8 else ''}, "
+            f"unexpected tensors {extra[:8]}{' ...' if len(extra) > 8 else ''} (a different model or algorithm?)"
+        )
+    for key, value in tensors.items():
+        want = expected[key]
+        if value.shape != want.shape or value.dtype != want.dtype:
+            raise CheckpointError(
+                f"{path}: tensor {key!r} is {value.dtype} {tuple(value.shape)} but the {what} needs "
+                f"{want.dtype} {tuple(want.shape)}"
+            )
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{path}: tensor {key!r} holds NaN or Inf values; refusing non-finite weights")
+
+
 def load_checkpoint(
     ckpt_dir: str | os.PathLike,
     model: torch.nn.Module,
@@ -186,19 +314,31 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     restore_rng: bool = False,
 ) -> dict:
-    """Load weights (and optionally optimizer and RNG state) in place; return ``state.json``."""
+    """Verify a checkpoint and load weights (and optionally optimizer and RNG state) in place;
+    return ``state.json``. Nothing is loaded into ``model`` unless every check passes."""
     ckpt = resolve_checkpoint(ckpt_dir)
-    weights, target_weights = split_model_state(load_file(str(ckpt / "model.safetensors")))
-    model.load_state_dict(weights)
+    state = read_state(ckpt)
+    verify_files(ckpt, state)
+    weights, target_weights = split_model_state(_load_tensors(ckpt / "model.safetensors"))
+    check_tensors(ckpt / "model.safetensors", weights, model, "model")
     if target is not None:
         if not target_weights:
-            raise ValueError(f"{ckpt} holds no target-network weights")
-        target.load_state_dict(target_weights)
-    state = json.loads((ckpt / "state.json").read_text())
+            raise CheckpointError(f"{ckpt / 'model.safetensors'} holds no target-network weights")
+        check_tensors(ckpt / "model.safetensors", target_weights, target, "target network")
+    opt_tensors = None
     if optimizer is not None:
-        if "optimizer" not in state:
-            raise ValueError(f"{ckpt} holds no optimizer state")
-        load_optimizer_state(optimizer, load_file(str(ckpt / "optimizer.safetensors")), state["optimizer"])
+        if "optimizer" not in state or "optimizer.safetensors" not in state["files"]:
+            raise CheckpointError(f"{ckpt} holds no optimizer state")
+        opt_tensors = _load_tensors(ckpt / "optimizer.safetensors")
+    model.load_state_dict(weights)
+    if target is not None:
+        target.load_state_dict(target_weights)
+    if optimizer is not None and opt_tensors is not None:
+        try:
+            load_optimizer_state(optimizer, opt_tensors, state["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"{ckpt / 'optimizer.safetensors'} does not fit the optimizer ({exc})") from None
     if restore_rng:
-        restore_rng_state(load_file(str(ckpt / "rng.safetensors")), state["rng"])
+        restore_rng_state(_load_tensors(ckpt / "rng.safetensors"), state["rng"])
     return state
+

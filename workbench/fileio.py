@@ -1,12 +1,68 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic file writes and full-disk errors: a reader sees the old file or the new one, never half
+of one, and a full disk is a message naming the folder and the space needed, not a raw errno."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+
+class DiskFullError(OSError):
+    """Not enough free space in a folder for what the workbench is about to write."""
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def disk_full(folder: str | os.PathLike, needed: int | None, what: str) -> DiskFullError:
+    """The error for a write to ``folder`` that ran out of space."""
+    folder = Path(folder)
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = -1
+    need = f"about {_human(needed)}" if needed else "more space"
+    have = f"{_human(free)} free" if free >= 0 else "free space unknown"
+    return DiskFullError(errno.ENOSPC, f"no space left in {folder} for {what}: it needs {need}, {have}. "
+                                       "Free space there or choose another folder; nothing complete was replaced")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def check_free_space(folder: str | os.PathLike, needed: int, what: str) -> None:
+    """Refuse before the work starts when ``folder`` has less than ``needed`` bytes free."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if shutil.disk_usage(probe).free < needed:
+        raise disk_full(folder if folder.exists() else probe, needed, what)
+
+
+def preallocate(fd: int, size: int, path: str | os.PathLike, what: str) -> None:
+    """Reserve ``size`` bytes for an open file, so a memory-mapped write can never hit a full disk
+    (that would be SIGBUS, not an error)."""
+    if size <= 0:
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(Path(path).parent, size, what) from None
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -20,11 +76,24 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if is_disk_full(exc):
+            raise disk_full(path.parent, len(text.encode()), path.name) from None
         raise
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file; a missing or malformed file is an error naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc})") from None

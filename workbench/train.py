@@ -20,7 +20,9 @@ its loss through ``model.module``.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -78,8 +80,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        for name in ("weight_decay", "eps", "grad_clip"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be one of 'auto', 'bf16', 'fp32', got {self.precision!r}")
         for name in ("log_every", "checkpoint_every"):
@@ -89,6 +96,30 @@ class TrainConfig:
             raise ValueError(
                 f"target_update_period must be >= 0 (0: no target network), got {self.target_update_period}"
             )
+
+
+# TrainConfig fields a resumed run may change; any other difference would silently mix two runs
+# (the optimizer state restored from the checkpoint carries the old lr, betas, eps and decay).
+RESUMABLE_TRAIN_FIELDS = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "device", "precision",
+                          "compile", "channels_last")
+
+
+def check_resume_config(state: dict[str, Any], cfg: TrainConfig, ckpt: Path) -> None:
+    """Stop a resume whose optimization settings differ from the checkpoint's, before loading."""
+    from workbench.run import ResumeMismatch
+
+    old = (state.get("extra") or {}).get("train")
+    if not isinstance(old, dict):
+        return  # written by another caller of save_checkpoint: nothing recorded to compare
+    new = json.loads(json.dumps(asdict(cfg)))  # tuples as lists, as in state.json
+    diff = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in new
+            if k not in RESUMABLE_TRAIN_FIELDS and k in old and old[k] != new[k]]
+    if diff:
+        raise ResumeMismatch(
+            f"{ckpt} was trained with different settings; resuming would silently keep the old ones in the "
+            f"optimizer. Differing fields: {'; '.join(diff)}. Either train into another folder, or start afresh "
+            "(resume=False)."
+        )
 
 
 class _LossModule(nn.Module):
@@ -104,14 +135,20 @@ class _LossModule(nn.Module):
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """'auto', 'cpu', 'cuda' or 'cuda:N' as a torch device; anything else, or an accelerator this
+    machine lacks, is an error listing the devices that are valid here."""
     if name == "auto":
         if dist.is_available() and dist.is_initialized() and torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; valid: 'auto', 'cpu'")
-    return dev
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    valid = ["auto", "cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(count)] if count else [])
+    m = re.fullmatch(r"(cpu|cuda)(?::(\d+))?", name)
+    if not m or (m.group(1) == "cpu" and m.group(2) is not None):
+        raise ValueError(f"unknown device {name!r}; valid here: {', '.join(valid)}")
+    if m.group(1) == "cuda" and (not count or int(m.group(2) or 0) >= count):
+        raise ValueError(f"device {name!r} is not available on this machine; valid here: {', '.join(valid)}")
+    return torch.device(name)
 
 
 def init_distributed() -> tuple[int, int]:
@@ -226,7 +263,10 @@ def train(
     optimizer = build_optimizer(algo, cfg, device)
 
     start = 0
+    if rank == 0:
+        ckpt_io.clean_partial(run_dir / "checkpoints")  # temporary folders of a killed save
     if resume and (last := ckpt_io.latest_checkpoint(run_dir)) is not None:
+        check_resume_config(ckpt_io.read_state(last), cfg, last)
         state = ckpt_io.load_checkpoint(last, algo.model, target=target, optimizer=optimizer, restore_rng=True)
         start = state["step"]
         if world > 1:

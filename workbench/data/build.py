@@ -56,7 +56,7 @@ import numpy as np
 from workbench.data import dqn_replay as dr
 from workbench.data.splits import PRESETS, Split, StoreError, parse_split
 from workbench.data.store import EP_BEGINS, EP_ENDS, FORMAT_VERSION, FRAME_BYTES, STACK
-from workbench.fileio import atomic_write_json
+from workbench.fileio import atomic_write_json, check_free_space, disk_full, is_disk_full, preallocate, read_json
 from workbench.games import num_actions
 
 __all__ = ["build_store"]
@@ -212,9 +212,15 @@ def _plan_game(sources: _Sources, game: str, runs: Sequence[str | int], split: S
     for r in runs:
         rdir = dr.run_dir(sources.root, game, r)  # an unknown run lists those that exist
         run = rdir.parent.name
-        ckpts = dr.list_checkpoints(rdir)
+        ckpts = dr.list_checkpoints(rdir)  # every checkpoint complete, no gaps: splits count right
+        try:
+            n_actions: int | None = num_actions(game)
+        except ValueError:  # not a registry game (synthetic data): only the 0..255 bound applies
+            n_actions = None
         for c in split.choose(ckpts):
             meta = sources.meta(game, run, c)
+            if n_actions is not None:
+                dr.check_rows(rdir, c, meta.action, meta.reward, meta.terminal, n_actions)
             fresh, run_start = meta.add_count, meta.add_count <= meta.capacity
             if c - 1 in ckpts:
                 prev_add = int(dr.load_npy_gz(rdir / dr.file_name("add_count", c - 1)))
@@ -310,7 +316,17 @@ def _open_game_arrays(gdir: Path, rows: int) -> dict[str, np.memmap]:
             if rows == 0:  # open_memmap refuses empty arrays
                 np.save(p, np.zeros(shape, dtype=dt))
             else:
-                np.lib.format.open_memmap(p, mode="w+", dtype=dt, shape=shape)  # sparse until written
+                np.lib.format.open_memmap(p, mode="w+", dtype=dt, shape=shape)
+                # Reserve the blocks now: a memory-mapped write into a sparse file on a full disk is
+                # SIGBUS, not an error; this way a full disk stops here, naming the folder and size.
+                fd = os.open(p, os.O_RDWR)
+                try:
+                    preallocate(fd, os.fstat(fd).st_size, p, f"the store's {name} array")
+                except BaseException:
+                    p.unlink(missing_ok=True)
+                    raise
+                finally:
+                    os.close(fd)
         if name != "frames":
             arrays[name] = np.lib.format.open_memmap(p, mode="r+") if rows else np.load(p)
     return arrays
@@ -342,7 +358,12 @@ def _copy_frames(rdir: Path, checkpoint: int, kept: np.ndarray, frames_path: Pat
                     cut = np.flatnonzero((np.diff(idx) != 1) | (np.diff(d[idx]) != 1)) + 1
                     for lo, hi in zip(np.r_[0, cut], np.r_[cut, len(idx)]):
                         i0, i1 = idx[lo], idx[hi - 1] + 1
-                        os.pwrite(fd, chunk[i0:i1].data, base + int(d[i0]) * FRAME_BYTES)
+                        try:
+                            os.pwrite(fd, chunk[i0:i1].data, base + int(d[i0]) * FRAME_BYTES)
+                        except OSError as exc:
+                            if is_disk_full(exc):
+                                raise disk_full(frames_path.parent, (i1 - i0) * FRAME_BYTES, "store frames") from None
+                            raise
                     bar.update(len(idx))
             os.fsync(fd)
         finally:
@@ -393,6 +414,9 @@ def _convert_block(
     files[dr.file_name("observation", b.checkpoint)] = obs_sha
     actions_max = int(meta.action[kept].max()) if b.rows else 0
     atomic_write_json(Path(f"{stem}.json"), {"files": files, "actions_max": actions_max})
+
+
+STORE_MARKER = ".workbench-store"  # written first: the builder deletes and rewrites only in marked folders
 
 
 def _sha256_file(path: Path) -> str:
@@ -481,15 +505,23 @@ def build_store(
     }
     plan_json = {"params": params, "blocks": {g: [asdict(b) for b in bl] for g, bl in plan.items()}}
 
-    out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.json"
+    if out.is_dir() and any(out.iterdir()) and not (out / STORE_MARKER).is_file() and not manifest_path.is_file():
+        # building deletes and rewrites game folders: never in a folder the builder did not make
+        listing = ", ".join(sorted(p.name for p in out.iterdir())[:8])
+        raise StoreError(f"{out} is not empty and is not a store (no {STORE_MARKER}); it holds: {listing}. "
+                         "Choose a new or empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / STORE_MARKER).write_text("This folder is a workbench replay store; the store builder may rewrite it.\n")
     if manifest_path.exists():
-        if json.loads(manifest_path.read_text()).get("plan") == plan_json:
+        if read_json(manifest_path).get("plan") == plan_json:
             return out
         raise StoreError(f"{out} already holds a different complete store; choose another directory or delete it")
-    build = _start_or_resume(out, plan_json, game_dirs, params, log_path)
 
     total_rows = sum(b.rows for bl in plan.values() for b in bl)
+    if not (out / ".build").is_dir():  # a resumed build has its space already
+        check_free_space(out, total_rows * (FRAME_BYTES + 32) + (1 << 20), f"a store of {total_rows} rows")
+    build = _start_or_resume(out, plan_json, game_dirs, params, log_path)
     bar = tqdm(total=total_rows, unit="row", desc="build store", disable=not progress)
     games_info = {}
     for g, blocks in plan.items():

@@ -27,6 +27,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from workbench.fileio import disk_full, is_disk_full
 from workbench.games import canonical_game
 
 STACK_SIZE = 4
@@ -43,6 +44,12 @@ FILE_DTYPES = {
 }
 _CHUNK_BYTES = 1 << 24  # 16 MiB of decompressed payload per read: bounded memory, few calls
 _CKPT_RE = re.compile(r"^(?:\$store\$_)?([a-z_]+)_ckpt\.(\d+)\.gz$")
+# what an interrupted download (gsutil, wget, curl) or an interrupted write leaves next to a file
+_PARTIAL_RE = re.compile(r"^(?:\$store\$_)?[a-z_]+_ckpt\.\d+\.gz(?:\.tmp|\.part|\.gstmp|\.download|_\.gstmp)$")
+# np.lib.format refuses headers above this length unless told otherwise (max_header_size)
+MAX_HEADER_BYTES = 10_000
+# deflate cannot compress better than about 1032:1; a header claiming more is lying
+_MAX_DEFLATE_RATIO = 1032
 
 
 class DQNReplayError(ValueError):
@@ -113,24 +120,56 @@ def run_dir(root: str | os.PathLike, game: str, run: str | int) -> Path:
     return g / _match_name(str(run), runs, "run", str(g)) / "replay_logs"
 
 
-def list_checkpoints(replay_logs: str | os.PathLike) -> list[int]:
-    """Checkpoint numbers that have an observation file in a ``replay_logs`` directory."""
-    d = Path(replay_logs)
+def _scan(d: Path) -> tuple[dict[int, set[str]], list[str]]:
+    """(checkpoint -> the array files present, names of partial downloads/writes) of a replay_logs dir."""
     if not d.is_dir():
         raise DQNReplayError(f"replay_logs directory {str(d)!r} does not exist")
-    found = set()
+    present: dict[int, set[str]] = {}
+    partial: list[str] = []
     for p in d.iterdir():
         m = _CKPT_RE.match(p.name)
-        if m and m.group(1) == "observation":
-            found.add(int(m.group(2)))
-    return sorted(found)
+        if m and m.group(1) in FILE_DTYPES:
+            present.setdefault(int(m.group(2)), set()).add(m.group(1))
+        elif _PARTIAL_RE.match(p.name):
+            partial.append(p.name)
+    return present, partial
+
+
+def _check_complete(d: Path, c: int, files: set[str], partial: list[str]) -> None:
+    missing = [file_name(k, c) for k in FILE_DTYPES if k not in files]
+    if missing:
+        raise DQNReplayError(f"missing DQN-Replay file: {d / missing[0]} (checkpoint {c} is incomplete; "
+                             f"missing {missing})")
+    mine = sorted(n for n in partial if f"_ckpt.{c}.gz" in n)
+    if mine:
+        raise DQNReplayError(f"checkpoint {c} in {d} has incomplete downloads or writes {mine}: finish or remove them")
+
+
+def list_checkpoints(replay_logs: str | os.PathLike) -> list[int]:
+    """Checkpoint numbers of a ``replay_logs`` directory, each verified complete.
+
+    A checkpoint is complete when all six of its files are there (and no partial download of
+    one lies next to them). A checkpoint with a file absent, or a number missing between the
+    first and the last, is an error naming it: dropping it would silently shift every split
+    counted from the end (``last:``)."""
+    d = Path(replay_logs)
+    present, partial = _scan(d)
+    for c in sorted(present):
+        _check_complete(d, c, present[c], partial)
+    found = sorted(present)
+    gaps = sorted(set(range(found[0], found[-1] + 1)) - set(found)) if found else []
+    if gaps:
+        raise DQNReplayError(f"{d} lacks checkpoints {gaps[:10]} between {found[0]} and {found[-1]} (all files absent)")
+    return found
 
 
 def check_checkpoint(replay_logs: str | os.PathLike, checkpoint: int) -> None:
-    """Raise if ``checkpoint`` is not one of the run's checkpoints (listing those that are)."""
-    ckpts = list_checkpoints(replay_logs)
-    if not isinstance(checkpoint, (int, np.integer)) or int(checkpoint) not in ckpts:
-        raise DQNReplayError(f"unknown checkpoint {checkpoint!r} in {str(replay_logs)!r}; available: {ckpts}")
+    """Raise if ``checkpoint`` is not a complete checkpoint of the run (listing those there are)."""
+    d = Path(replay_logs)
+    present, partial = _scan(d)
+    if not isinstance(checkpoint, (int, np.integer)) or int(checkpoint) not in present:
+        raise DQNReplayError(f"unknown checkpoint {checkpoint!r} in {str(replay_logs)!r}; available: {sorted(present)}")
+    _check_complete(d, int(checkpoint), present[int(checkpoint)], partial)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -167,14 +206,18 @@ def _read_npy_header(f: io.BufferedIOBase, path: Path) -> tuple[np.dtype, tuple[
     major = magic[6]
     hlen_size = 2 if major == 1 else 4
     hlen = int.from_bytes(_read_exact(f, hlen_size, path, "npy header length"), "little")
+    if hlen > MAX_HEADER_BYTES:  # refused before reading (a 4 GB "header" would be allocated)
+        raise DQNReplayError(f"{path}: npy header of {hlen} bytes is longer than numpy's cap of {MAX_HEADER_BYTES}")
     header = _read_exact(f, hlen, path, "npy header").decode("latin1")
     try:
         d = ast.literal_eval(header)  # a dict literal of str/bool/tuple: never executes code
         dtype = np.dtype(d["descr"])
         shape = tuple(int(s) for s in d["shape"])
         fortran = bool(d["fortran_order"])
+        if any(n < 0 for n in shape):
+            raise ValueError("negative dimension")
     except Exception as e:
-        raise DQNReplayError(f"{path}: corrupt npy header {header!r} ({e})") from None
+        raise DQNReplayError(f"{path}: corrupt npy header {header[:200]!r} ({e})") from None
     if dtype.hasobject:
         raise DQNReplayError(f"{path}: object arrays are refused (allow_pickle=False)")
     if fortran and len(shape) > 1:
@@ -251,6 +294,12 @@ def open_npy_gz(path: str | os.PathLike, *, hash: bool = False) -> NpyStream:
     gz = gzip.GzipFile(fileobj=reader, mode="rb")
     try:
         dtype, shape = _read_npy_header(gz, path)
+        claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize  # python ints: no overflow
+        if claimed > _MAX_DEFLATE_RATIO * path.stat().st_size + (1 << 16):
+            raise DQNReplayError(
+                f"{path}: header claims shape {shape} ({claimed} bytes), more than a gzip file of "
+                f"{path.stat().st_size} bytes can hold; refused before allocating"
+            )
     except (EOFError, OSError, zlib.error, gzip.BadGzipFile) as e:
         gz.close()
         raw.close()
@@ -348,10 +397,31 @@ def load_checkpoint_meta(replay_logs: str | os.PathLike, checkpoint: int, *, has
     add_count = int(arrays["add_count"])
     if add_count < 0:
         raise DQNReplayError(f"{d / file_name('add_count', checkpoint)}: negative add_count {add_count}")
+    if rows == 0:
+        raise DQNReplayError(f"checkpoint {checkpoint} in {d} is empty (0 rows in {file_name('terminal', checkpoint)})")
+    check_rows(d, checkpoint, arrays["action"], arrays["reward"], arrays["terminal"])
     return CheckpointMeta(
         d, int(checkpoint), arrays["action"], arrays["reward"], arrays["terminal"], add_count,
         arrays["invalid_range"].astype(np.int64), sums,
     )
+
+
+def check_rows(d: Path, checkpoint: int, action: np.ndarray, reward: np.ndarray, terminal: np.ndarray,
+               num_actions: int | None = None) -> None:
+    """Values DQN-Replay can hold: clipped finite rewards, actions in the minimal set, 0/1 terminals."""
+    bad = ~np.isfinite(reward) | (reward < -1.0) | (reward > 1.0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DQNReplayError(f"{d / file_name('reward', checkpoint)}: reward {float(reward[i])} at row {i} is not a "
+                             f"clipped reward in [-1, 1] ({int(bad.sum())} such rows)")
+    top = num_actions if num_actions is not None else 256
+    bad = (action < 0) | (action >= top)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DQNReplayError(f"{d / file_name('action', checkpoint)}: action {int(action[i])} at row {i} is outside "
+                             f"the minimal action set 0..{top - 1} ({int(bad.sum())} such rows)")
+    if (terminal > 1).any():
+        raise DQNReplayError(f"{d / file_name('terminal', checkpoint)}: terminal flags must be 0 or 1")
 
 
 def load_checkpoint(replay_logs: str | os.PathLike, checkpoint: int) -> dict[str, np.ndarray]:
@@ -544,8 +614,23 @@ def write_npy_gz(
         array = np.require(array, requirements="C")  # (ascontiguousarray would make 0-d arrays 1-d)
         dtype, shape = array.dtype, array.shape
     assert dtype is not None and shape is not None
+    try:
+        _write_npy_gz(tmp, path, array, np.dtype(dtype), tuple(shape), chunks, compresslevel)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)  # never leave a partial file behind
+        if is_disk_full(exc):
+            need = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            raise disk_full(path.parent, need, path.name) from None
+        raise
+    os.replace(tmp, path)
+
+
+def _write_npy_gz(
+    tmp: Path, path: Path, array: np.ndarray | None, dtype: np.dtype, shape: tuple[int, ...],
+    chunks: Callable[[], Iterator[np.ndarray]] | None, compresslevel: int,
+) -> None:
     with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=compresslevel, mtime=0) as gz:
-        gz.write(_npy_header(np.dtype(dtype), tuple(shape)))
+        gz.write(_npy_header(dtype, shape))
         if array is not None:
             # .data is the array's own buffer as a memoryview: written without a copy
             gz.write(array.tobytes() if array.ndim == 0 else array.reshape(-1).data.cast("B"))
@@ -558,7 +643,9 @@ def write_npy_gz(
             expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
             if written != expected:
                 raise ValueError(f"{path}: chunks gave {written} bytes, header promises {expected}")
-    os.replace(tmp, path)
+        gz.flush()
+        raw.flush()
+        os.fsync(raw.fileno())
 
 
 def write_checkpoint(
@@ -573,16 +660,23 @@ def write_checkpoint(
     n = len(terminal)
     if invalid_range is None:
         invalid_range = dopamine_invalid_range(add_count % n, n, STACK_SIZE, update_horizon)
-    write_npy_gz(d / file_name("action", checkpoint), np.asarray(action, dtype=np.int32))
-    write_npy_gz(d / file_name("reward", checkpoint), np.asarray(reward, dtype=np.float32))
-    write_npy_gz(d / file_name("terminal", checkpoint), np.asarray(terminal, dtype=np.uint8))
-    write_npy_gz(d / file_name("add_count", checkpoint), np.array(add_count, dtype=np.int64))
-    write_npy_gz(d / file_name("invalid_range", checkpoint), np.asarray(invalid_range, dtype=np.int64))
-    opath = d / file_name("observation", checkpoint)
-    if observation is not None:
-        write_npy_gz(opath, np.asarray(observation, dtype=np.uint8))
-    else:
-        write_npy_gz(opath, dtype=np.dtype(np.uint8), shape=(n,) + FRAME_SHAPE, chunks=observation_chunks)
+    try:
+        # observation first: by far the largest, so a full disk stops the write before the rest
+        opath = d / file_name("observation", checkpoint)
+        if observation is not None:
+            write_npy_gz(opath, np.asarray(observation, dtype=np.uint8))
+        else:
+            write_npy_gz(opath, dtype=np.dtype(np.uint8), shape=(n,) + FRAME_SHAPE, chunks=observation_chunks)
+        write_npy_gz(d / file_name("action", checkpoint), np.asarray(action, dtype=np.int32))
+        write_npy_gz(d / file_name("reward", checkpoint), np.asarray(reward, dtype=np.float32))
+        write_npy_gz(d / file_name("terminal", checkpoint), np.asarray(terminal, dtype=np.uint8))
+        write_npy_gz(d / file_name("add_count", checkpoint), np.array(add_count, dtype=np.int64))
+        write_npy_gz(d / file_name("invalid_range", checkpoint), np.asarray(invalid_range, dtype=np.int64))
+    except BaseException:
+        # all six files or none: a half-written checkpoint would be read as an incomplete one
+        for key in FILE_DTYPES:
+            (d / file_name(key, checkpoint)).unlink(missing_ok=True)
+        raise
 
 
 def synthetic_episode_rows(

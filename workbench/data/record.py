@@ -23,6 +23,7 @@ import argparse
 import importlib
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -33,8 +34,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from workbench.data import dqn_replay as dr
+from workbench.fileio import atomic_write_json, preallocate
 
 STACK = dr.STACK_SIZE
+_RUN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 POLICIES = ("random", "epsilon_greedy")
 
 
@@ -54,6 +57,17 @@ class _Ring:
         out.mkdir(parents=True, exist_ok=True)
         self._obs_path = out / ".ring_observation.npy"
         self.obs = np.lib.format.open_memmap(self._obs_path, mode="w+", dtype=np.uint8, shape=(capacity, 84, 84))
+        # The ring is a sparse file; a page first touched on a full disk kills the process with
+        # SIGBUS. Reserving its blocks now turns that into an error naming the folder and size.
+        fd = os.open(self._obs_path, os.O_RDWR)
+        try:
+            preallocate(fd, os.fstat(fd).st_size, self._obs_path,
+                        f"the recorder's ring buffer ({capacity} rows of 84x84 frames; lower capacity= to need less)")
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            os.close(fd)
         self.action = np.zeros(capacity, np.int32)
         self.reward = np.zeros(capacity, np.float32)
         self.terminal = np.zeros(capacity, np.uint8)
@@ -91,7 +105,8 @@ class _Ring:
         self._since_dump = 0
 
     def close(self) -> None:
-        del self.obs
+        if hasattr(self, "obs"):
+            del self.obs
         self._obs_path.unlink(missing_ok=True)
 
 
@@ -126,6 +141,11 @@ def record(
         greedy = policy
     else:
         raise RecordError(f"policy must be 'random' or an object with act(obs, game_ids), got {type(policy).__name__}")
+    if not isinstance(seed, int) or seed < 0:
+        raise RecordError(f"seed must be an int >= 0, got {seed!r}")
+    if not _RUN_NAME.fullmatch(str(run)) or str(run) in (".", ".."):
+        raise RecordError(f"run must be a plain name such as 1 or 2 (letters, digits, '_', '-', '.'), got {run!r}: "
+                          "it is a folder inside output_dir and may not lead out of it")
     out = Path(output_dir) / canonical / str(run) / "replay_logs"
     if out.exists() and any(out.glob("*_ckpt.*.gz")):
         raise RecordError(f"{out} already holds checkpoints; choose another output_dir or run")
@@ -198,9 +218,7 @@ def record(
     info = {"game": canonical, "steps": steps, "episodes": episodes, "episode_returns": returns, "seed": seed,
             "policy": policy if isinstance(policy, str) else type(policy).__name__, "epsilon": epsilon,
             "capacity": capacity, "checkpoints": ring.checkpoints, "add_count": ring.add_count}
-    tmp = out / "record_info.json.tmp"
-    tmp.write_text(json.dumps(info, indent=1))
-    os.replace(tmp, out / "record_info.json")
+    atomic_write_json(out / "record_info.json", info, indent=1)
     return out
 
 
@@ -226,6 +244,8 @@ class CollectConfig:
             raise RecordError(f"policy must be 'random' or 'package.module:factory', got {self.policy!r}")
         if not self.output_dir:
             raise RecordError("output_dir must be a non-empty path")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise RecordError(f"seed must be an int >= 0, got {self.seed!r}")
         if not 0.0 <= self.epsilon <= 1.0:
             raise RecordError(f"epsilon must be in [0, 1], got {self.epsilon!r}")
         if not isinstance(self.capacity, int) or self.capacity < STACK + 4:
@@ -239,7 +259,10 @@ class CollectConfig:
         return from_params(cls, params)
 
     def run(self, progress: bool = True) -> list[Path]:
-        return record_many(self.games.split(","), self.steps, self.output_dir, policy=_load_policy(self.policy),
+        from workbench.paths import resolve_path  # relative to the project root, as in every notebook
+
+        return record_many(self.games.split(","), self.steps, resolve_path(self.output_dir),
+                           policy=_load_policy(self.policy),
                            seed=self.seed, epsilon=self.epsilon, capacity=self.capacity, progress=progress)
 
 
@@ -295,7 +318,9 @@ def record_many(
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m workbench.data.record", description=__doc__.split("\n")[0])
-    p.add_argument("--games", nargs="+", required=True, help="game names (e.g. Pong Breakout)")
+    p.add_argument("--games", nargs="+", required=True,
+                   help="game names, comma- or space-separated, or a game-set name, as in the notebooks "
+                        "(e.g. Pong Breakout, Pong,Breakout, scaled_ql_heldout)")
     p.add_argument("--steps", type=int, required=True, help="agent steps per game")
     p.add_argument("--policy", default="random", help="'random' or 'package.module:factory' returning a Policy")
     p.add_argument("--epsilon", type=float, default=0.01, help="exploration for a Policy (ignored for random)")
@@ -305,9 +330,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--capacity", type=int, default=1_000_000, help="rows per checkpoint (DQN-Replay: 1,000,000)")
     a = p.parse_args(argv)
     try:
-        paths = record_many(a.games, a.steps, a.output_dir, policy=_load_policy(a.policy), seed=a.seed,
+        from workbench.games import resolve_games  # the notebooks' parser: commas and game-set names
+
+        games = [g for part in a.games for g in resolve_games(part)]
+        paths = record_many(games, a.steps, a.output_dir, policy=_load_policy(a.policy), seed=a.seed,
                             epsilon=a.epsilon, run=a.run, capacity=a.capacity)
-    except (RecordError, ValueError, KeyError) as e:
+    except (RecordError, ValueError, KeyError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for path in paths:

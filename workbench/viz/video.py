@@ -15,7 +15,6 @@ Command line (batch recording from a checkpoint)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from workbench.fileio import atomic_write_json
 from workbench.viz.rollout import Rollout, play_rollout
 
 __all__ = [
@@ -121,17 +121,54 @@ def write_mp4(frames: Sequence[np.ndarray], path: str | os.PathLike[str], *, fps
     shape = np.asarray(frames[0]).shape
     if len(shape) != 3 or shape[2] != 3:
         raise ValueError(f"frames must be (H, W, 3) uint8 RGB, got {shape}")
+    _check_fps(fps)
     padded = [_pad_even(np.asarray(f, dtype=np.uint8)) for f in frames]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # moviepy takes a 4-D array for a folder name: it must be a list of frames.
     clip = ImageSequenceClip(list(padded), fps=fps)
     try:
-        clip.write_videofile(str(path), codec="libx264", audio=False, logger=None,
-                             ffmpeg_params=["-pix_fmt", "yuv420p"])
+        return _write_verified(clip, Path(path), fps, len(padded))
     finally:
         clip.close()
+
+
+def _check_fps(fps: int) -> None:
+    if isinstance(fps, bool) or not isinstance(fps, int) or fps < 1:
+        raise ValueError(f"fps must be an integer >= 1, got {fps!r}")
+
+
+def _write_verified(clip: Any, path: Path, fps: int, frames: int) -> Path:
+    """Write ``clip`` to a temporary mp4 next to ``path``, check that it decodes to ``frames``
+    frames, and only then move it into place: ffmpeg can exit 0 on a full disk leaving an mp4
+    without its index, and an existing video at ``path`` must survive a failed write."""
+    import imageio_ffmpeg
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix or '.mp4'}")
+    try:
+        try:
+            clip.write_videofile(str(tmp), fps=fps, codec="libx264", audio=False, logger=None,
+                                 ffmpeg_params=["-pix_fmt", "yuv420p"])
+            decoded, _ = imageio_ffmpeg.count_frames_and_secs(str(tmp))
+        except (OSError, RuntimeError) as exc:
+            raise _video_error(path, frames, exc) from None
+        if decoded != frames:
+            raise _video_error(path, frames, RuntimeError(f"it decodes to {decoded} of {frames} frames"))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def _video_error(path: Path, frames: int, exc: BaseException) -> OSError:
+    import shutil
+
+    from workbench.fileio import disk_full
+
+    free = shutil.disk_usage(path.parent).free
+    if free < (8 << 20) or "No space left" in str(exc):
+        return disk_full(path.parent, frames * 20_000, f"the video {path.name}")
+    return OSError(f"writing {path} failed: the mp4 ffmpeg wrote is unplayable ({exc}); nothing was written there")
 
 
 def _pad_even(f: np.ndarray) -> np.ndarray:
@@ -163,6 +200,7 @@ def rollout_to_mp4(
     on demand, so memory stays at one frame. The score shown at step t includes its reward."""
     from moviepy import VideoClip
 
+    _check_fps(fps)
     n = len(rollout) if max_frames is None else min(len(rollout), int(max_frames))
     if n == 0:
         raise ValueError("rollout_to_mp4: the rollout has no steps")
@@ -172,15 +210,11 @@ def rollout_to_mp4(
         i = min(int(round(t * fps)), n - 1)
         return first if i == 0 else _rollout_overlay(rollout, i, scale)
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     clip = VideoClip(frame_function=frame_at, duration=n / fps)
     try:
-        clip.write_videofile(str(path), fps=fps, codec="libx264", audio=False, logger=None,
-                             ffmpeg_params=["-pix_fmt", "yuv420p"])
+        return _write_verified(clip, Path(path), fps, n)
     finally:
         clip.close()
-    return path
 
 
 def inline_video(
@@ -254,8 +288,15 @@ def record_checkpoint(
     from workbench import games
     from workbench.viz.rollout import load_policy
 
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    # Every argument is checked before the checkpoint is loaded or an episode is played.
+    for name, value in (("episodes", episodes), ("max_steps", max_steps), ("scale", scale)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if not 0.0 <= epsilon <= 1.0:  # also refuses NaN
+        raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
+    _check_fps(fps)
     game = games.canonical_game(game)
     policy, info = load_policy(checkpoint, game)  # load once for all episodes
     out = Path(out_dir)
@@ -267,7 +308,7 @@ def record_checkpoint(
                                       game_id=info.get("game_id", 0), fps=fps, scale=scale,
                                       progress=False))
     summary = {"checkpoint": info.get("checkpoint", str(checkpoint)), "episodes": [asdict(r) for r in results]}
-    (out / "videos.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(out / "videos.json", summary)
     return results
 
 
@@ -288,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = record_checkpoint(a.checkpoint, a.game, episodes=a.episodes, out_dir=a.out,
                                     seed=a.seed, max_steps=a.max_steps, epsilon=a.epsilon,
                                     fps=a.fps, scale=a.scale)
-    except (ValueError, FileNotFoundError, NotImplementedError) as exc:
+    except (ValueError, OSError, NotImplementedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for r in results:
