@@ -1,5 +1,14 @@
-"""Real-browser check: JupyterLab + Playwright + Debian's Chromium run the explorer notebook,
-the inspector renders, and moving its step slider updates the plotted Q distributions.
+"""Real-browser checks: JupyterLab + Playwright + Debian's Chromium.
+
+1. The explorer notebook (a synthetic JOWA-style rollout: Q distributions, search tree, predicted
+   frames) renders, moving its step slider updates the plotted Q distributions, and nothing
+   overflows the notebook panel horizontally (a 1280-px panel, and a narrower one).
+2. A user's first use: in a project with a trained ``runs/pretrain-resnet-tiny``, open
+   ``notebooks/07_explore_checkpoint.ipynb`` from JupyterLab's file browser (so its kernel runs
+   in ``notebooks/``) and run all cells with the defaults: no error, the Q-net explorer fits.
+
+Screenshots of both explorers are written under the test's tmp folder, and copied to
+``$WORKBENCH_SCREENSHOT_DIR`` when set (how ``docs/img/`` was made).
 
 Skips (with the reason) when /usr/bin/chromium or the playwright package is missing;
 `.ci/run` installs both (`apt-get install chromium`, `pip install playwright`; never
@@ -10,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -76,6 +86,31 @@ def lab(tmp_path):
                         out_dir=str(tmp_path / "explore")),
         prepare_only=True, kernel_name="python3", progress_bar=False,
     )
+    yield from _serve(work, tmp_path)
+
+
+@pytest.fixture()
+def lab_project(tmp_path):
+    """A project as a clone has it (pyproject.toml, the unmodified notebooks/) with a trained
+    ``runs/pretrain-resnet-tiny`` (tiny sizes), served by JupyterLab from the project root."""
+    reason = _requirements()
+    if reason:
+        pytest.skip(reason)
+    from workbench.config import PretrainConfig
+    from workbench.pipeline import pretrain
+
+    root = tmp_path / "project"
+    root.mkdir()
+    shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
+    shutil.copytree(ROOT / "notebooks", root / "notebooks")
+    pretrain(PretrainConfig(output_dir=str(root / "runs" / "pretrain-resnet-tiny"), record_steps=300, steps=4,
+                            batch_size=8, eval_episodes=1, eval_max_steps=20, num_envs=1, device="cpu"),
+             progress=False)
+    yield from _serve(root, tmp_path)
+
+
+def _serve(work: Path, tmp_path: Path):
+    """Run JupyterLab on ``work`` (its own settings, runtime and process group) and yield its URL."""
     # User settings: render every cell (JupyterLab 4 virtualizes off-screen cells, which would
     # leave the inspector's output unattached) and no news pop-up.
     settings = tmp_path / "settings"
@@ -85,7 +120,8 @@ def lab(tmp_path):
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text(json.dumps(value))
     port = _free_port()
-    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+    env = {k: v for k, v in os.environ.items() if k != "WORKBENCH_ROOT"}  # the kernel finds the root itself
+    env = dict(env, JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
                JUPYTER_CONFIG_DIR=str(tmp_path / "config"), JUPYTERLAB_SETTINGS_DIR=str(settings),
                TQDM_DISABLE="1",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -130,6 +166,73 @@ _Q_PLOT_JS = """
 """
 
 
+# Everything wider than its notebook output area (or a panel that scrolls sideways) is a problem.
+_OVERFLOW_JS = """
+() => {
+  const problems = [];
+  const outer = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-WindowedPanel-outer')
+             || document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook');
+  if (outer && outer.scrollWidth > outer.clientWidth + 1)
+    problems.push(`notebook scrolls sideways: ${outer.scrollWidth} > ${outer.clientWidth}`);
+  for (const area of document.querySelectorAll('.jp-OutputArea-output')) {
+    const limit = area.getBoundingClientRect().right;
+    if (area.scrollWidth > area.clientWidth + 1)
+      problems.push(`output area scrolls: ${area.scrollWidth} > ${area.clientWidth}`);
+    for (const el of area.querySelectorAll('.js-plotly-plot, .widget-box, .widget-html, .widget-slider')) {
+      const r = el.getBoundingClientRect();
+      if (r.width > 0 && r.right > limit + 1)
+        problems.push(`${el.className.split(' ')[0]} ends at ${Math.round(r.right)} px, `
+                      + `the output at ${Math.round(limit)}`);
+    }
+  }
+  const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
+  return {panel: panel ? Math.round(panel.getBoundingClientRect().width) : null, problems};
+}
+"""
+
+
+def _check_no_overflow(page, where: str) -> int:
+    """Assert nothing overflows horizontally; returns the notebook panel's width in px."""
+    page.wait_for_timeout(500)  # let plotly finish its relayout after a resize
+    found = page.evaluate(_OVERFLOW_JS)
+    assert not found["problems"], f"{where} (panel {found['panel']} px): " + "; ".join(found["problems"])
+    return int(found["panel"])
+
+
+def _screenshot(page, tmp_path: Path, name: str) -> None:
+    """The explorer's output (slider to last figure) as a PNG, kept with the test's files and
+    copied to $WORKBENCH_SCREENSHOT_DIR when that is set."""
+    out = page.locator(".jp-OutputArea-output", has=page.locator(".widget-slider")).first
+    out.scroll_into_view_if_needed()
+    path = tmp_path / f"{name}.png"
+    out.screenshot(path=str(path))
+    target = os.environ.get("WORKBENCH_SCREENSHOT_DIR")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(target) / path.name)
+
+
+def _run_all(page) -> None:
+    """Accept a kernel proposal if JupyterLab asks, wait for the kernel, then Run All Cells;
+    returns once the explorer's slider is shown (or fails at once with the notebook's error)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page.wait_for_selector(".jp-Notebook", timeout=90_000)
+    try:
+        page.click(".jp-Dialog .jp-mod-accept", timeout=15_000)
+    except PlaywrightTimeout:
+        pass
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+    page.click(".lm-MenuBar-itemLabel:text-is('Run')")
+    page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+    slider = page.locator(".widget-slider .noUi-handle").first
+    page.locator(".jp-Cell").last.scroll_into_view_if_needed()
+    error = page.locator("[data-mime-type='application/vnd.jupyter.stderr']", has_text="Traceback")
+    slider.or_(error).first.wait_for(timeout=240_000)  # fail fast on a notebook error
+    if error.count():
+        raise AssertionError("the notebook raised:\n" + error.first.inner_text())
+
+
 def _press_until(page, handle, key: str, value: int, attempts: int = 4) -> None:
     """Press ``key`` on the slider handle until it shows ``value``; on a busy machine a late
     re-render can take the focus away, so re-focus and retry (the value check is exact)."""
@@ -149,7 +252,6 @@ def _press_until(page, handle, key: str, value: int, attempts: int = 4) -> None:
 
 
 def test_explorer_notebook_slider_updates_plot_in_chromium(lab, tmp_path):
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     from workbench.viz.rollout import synthetic_rollout
@@ -157,25 +259,14 @@ def test_explorer_notebook_slider_updates_plot_in_chromium(lab, tmp_path):
     expected = synthetic_rollout(STEPS, game=GAME, seed=SEED)  # the notebook's rollout, rebuilt
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        # 1600 px with the file browser open leaves the notebook panel about 1,280 px wide.
         page = browser.new_page(viewport={"width": 1600, "height": 1200})
+        console: list[str] = []
+        page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
         try:
             page.goto(f"{lab}/lab/tree/explore.ipynb", timeout=90_000)
-            page.wait_for_selector(".jp-Notebook", timeout=90_000)
-            # JupyterLab may ask which kernel to start: accept its proposal (Python 3).
-            try:
-                page.click(".jp-Dialog .jp-mod-accept", timeout=15_000)
-            except PlaywrightTimeout:
-                pass
-            # Wait for the kernel before running everything.
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
-            page.click(".lm-MenuBar-itemLabel:text-is('Run')")
-            page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+            _run_all(page)
             slider = page.locator(".widget-slider .noUi-handle").first
-            page.locator(".jp-Cell").last.scroll_into_view_if_needed()
-            error = page.locator("[data-mime-type='application/vnd.jupyter.stderr']", has_text="Traceback")
-            slider.or_(error).first.wait_for(timeout=120_000)  # fail fast on a notebook error
-            if error.count():
-                raise AssertionError("the notebook raised:\n" + error.first.inner_text())
             page.wait_for_function(f"({_Q_PLOT_JS})() !== null", timeout=60_000)
             before = page.evaluate(_Q_PLOT_JS)
             assert before["title"].startswith("step 0")
@@ -189,8 +280,50 @@ def test_explorer_notebook_slider_updates_plot_in_chromium(lab, tmp_path):
             q3 = expected.q_probs[3].astype(np.float64) @ expected.support.astype(np.float64)
             np.testing.assert_allclose(after["bar"], q3, rtol=1e-5)
             assert "step 3/" in page.inner_text(".widget-html-content >> nth=0")
+            # Tree nodes carry visible labels (action and score), not only hover text.
+            labels = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot .textpoint text')]"
+                                   ".map(t => t.textContent)")
+            assert "root" in labels and any(len(t.split()) == 2 for t in labels), labels
+            panel = _check_no_overflow(page, "JOWA explorer, 1600-px window with the file browser")
+            assert panel >= 1200, f"the notebook panel is {panel} px, not the ~1,280 px this check is about"
+            _screenshot(page, tmp_path, "explorer_jowa_1280")
+            page.set_viewport_size({"width": 1280, "height": 1200})  # a narrower panel: rows wrap
+            _check_no_overflow(page, "JOWA explorer, 1280-px window with the file browser")
         except Exception:
             # Leave evidence for a failing CI run: a screenshot and the page's text.
+            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+            (tmp_path / "failure.txt").write_text(page.inner_text("body") + "\n--- console\n" + "\n".join(console))
+            print(f"browser test failed; screenshot and text in {tmp_path}", file=sys.stderr)
+            raise
+        finally:
+            browser.close()
+
+
+def test_explorer_opened_from_the_file_browser_runs_with_defaults(lab_project, tmp_path):
+    """JupyterLab starts the kernel in notebooks/: the default checkpoint runs/pretrain-resnet-tiny
+    must still be found (it lives at the project root), and the Q-net explorer must fit."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1200})
+        try:
+            page.goto(f"{lab_project}/lab", timeout=90_000)
+            page.locator(".jp-DirListing-itemText", has_text="notebooks").first.dblclick(timeout=60_000)
+            page.locator(".jp-DirListing-itemText", has_text="07_explore_checkpoint.ipynb").first.dblclick(
+                timeout=60_000)
+            _run_all(page)
+            page.wait_for_function(f"({_Q_PLOT_JS})() !== null", timeout=60_000)
+            caption = page.locator(".widget-html-content", has_text="step 0/").first.inner_text()
+            assert "Pong" in caption and "action" in caption
+            video = page.locator("video")
+            video.first.wait_for(timeout=240_000)  # the last cell: the rollout's mp4, inline
+            panel = _check_no_overflow(page, "Q-net explorer, 1600-px window with the file browser")
+            assert panel >= 1200, f"the notebook panel is {panel} px"
+            _screenshot(page, tmp_path, "explorer_qnet_1280")
+            page.set_viewport_size({"width": 1280, "height": 1200})
+            _check_no_overflow(page, "Q-net explorer, 1280-px window with the file browser")
+        except Exception:
             page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
             (tmp_path / "failure.txt").write_text(page.inner_text("body"))
             print(f"browser test failed; screenshot and text in {tmp_path}", file=sys.stderr)

@@ -1,12 +1,16 @@
 """Every notebook runs through papermill with tiny parameters, and rejects bad parameters.
 
-The smoke runs share one pretraining run (module-scoped) so the evaluation and explorer
-notebooks can load the checkpoint it leaves.
+Every notebook runs the way JupyterLab runs it: its kernel's working directory is the
+``notebooks/`` folder of a project (a temporary copy: ``pyproject.toml`` + ``notebooks/``), and
+the paths it is given are *relative* (``runs/tiny``), so they must resolve against the project
+root, not ``notebooks/`` (``workbench.paths``). The smoke runs share one pretraining run
+(module-scoped) so the evaluation and explorer notebooks can load the checkpoint it leaves.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import fields
 from pathlib import Path
 
@@ -25,20 +29,37 @@ TINY_PRETRAIN = dict(
 )
 
 
-def run(notebook: str, out_dir: Path, **params) -> Path:
-    out = out_dir / f"out_{notebook}"
+def project(root: Path) -> Path:
+    """A project folder as a clone has it (root marker + notebooks/); returns the root."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
+    shutil.copytree(NB, root / "notebooks", dirs_exist_ok=True)
+    return root
+
+
+def run(notebook: str, root: Path, **params) -> Path:
+    """Execute ``notebook`` of the project at ``root`` with the kernel in ``root/notebooks``."""
+    if not (root / "notebooks" / notebook).is_file():
+        project(root)
+    out = root / f"out_{notebook}"
     pm.execute_notebook(
-        str(NB / notebook), str(out), parameters=params, kernel_name="python3",
-        cwd=str(out_dir), progress_bar=False, execution_timeout=600,
+        str(root / "notebooks" / notebook), str(out), parameters=params, kernel_name="python3",
+        cwd=str(root / "notebooks"), progress_bar=False, execution_timeout=600,
     )
     return out
+
+
+@pytest.fixture(autouse=True)
+def _no_root_override(monkeypatch):
+    monkeypatch.delenv("WORKBENCH_ROOT", raising=False)  # the kernel must find the root itself
 
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("pretrain")
-    run("02_pretrain.ipynb", work, output_dir=str(work / "run"), **TINY_PRETRAIN)
-    return work / "run"
+    run("02_pretrain.ipynb", work, output_dir="runs/tiny", **TINY_PRETRAIN)
+    assert not (work / "notebooks" / "runs").exists()  # not under the kernel's directory
+    return work / "runs" / "tiny"
 
 
 @pytest.mark.parametrize(
@@ -71,13 +92,42 @@ def test_pretrain_notebook_leaves_checkpoint_metrics_figures_scores(pretrained):
     assert config["resolved"]["algo"] == "scaled_ql"
 
 
-def test_evaluate_notebook_on_the_pretrained_checkpoint(pretrained, tmp_path):
-    out = tmp_path / "scores.json"
-    run("05_evaluate.ipynb", tmp_path, checkpoint=str(pretrained), games="Pong", episodes=2,
-        num_envs=2, max_steps=30, output=str(out))
-    scores = json.loads(out.read_text())
+def test_pretrain_summary_flags_truncated_evaluation(pretrained):
+    """A 50-step cap cuts every Pong/Breakout episode of a near-random agent short (a game lasts
+    far longer): summary.json, the scores JSON and the scores figure all say so."""
+    summary = json.loads((pretrained / "summary.json").read_text())
+    scores = json.loads((pretrained / "eval" / "scores.json").read_text())
+    lengths = [n for g in scores["per_game"].values() for n in g["lengths"]]
+    assert lengths == [50, 50]
+    assert summary["truncated_episodes"] == scores["truncated_episodes"] == 2
+    assert summary["comparable_to_papers"] is False and scores["comparable_to_papers"] is False
+    assert "capped at 50 agent steps" in summary["note"] and "2 of 2 episodes" in summary["note"]
+    page = (pretrained / "figures" / "scores.html").read_text()
+    assert "not comparable to the papers" in page
+
+
+def test_evaluate_notebook_on_the_pretrained_checkpoint(pretrained):
+    root = pretrained.parents[1]
+    run("05_evaluate.ipynb", root, checkpoint="runs/tiny", games="Pong", episodes=2,
+        num_envs=2, max_steps=30, output="runs/tiny/eval/scores_Pong_cap30.json")
+    scores = json.loads((pretrained / "eval" / "scores_Pong_cap30.json").read_text())
     assert list(scores["per_game"]) == ["Pong"]
     assert len(set(scores["per_game"]["Pong"]["seeds"])) == 2
+    assert scores["comparable_to_papers"] is False and scores["truncated_episodes"] == 2
+
+
+def test_analysis_and_explorer_notebooks_with_relative_paths(pretrained):
+    """06 reads the run (pretraining + notebook 05's evaluations) and 07 plays its checkpoint,
+    both given project-relative paths while the kernel sits in notebooks/."""
+    root = pretrained.parents[1]
+    run("06_analysis.ipynb", root, run_dirs="runs/*", out_dir="figures_out", png=False, reps=100)
+    readme = (root / "figures_out" / "README.md").read_text()
+    assert "tiny" in readme and "not comparable to the papers" in readme
+    assert (root / "figures_out" / "aggregates.html").is_file()
+    run("07_explore_checkpoint.ipynb", root, checkpoint="runs/tiny", game="Pong", max_steps=8, video=True,
+        out_dir="runs/explore")
+    assert (root / "runs" / "explore" / "rollout.mp4").is_file()
+    assert not (root / "notebooks" / "runs").exists()
 
 
 @pytest.mark.parametrize(
@@ -96,13 +146,23 @@ def test_bad_parameters_stop_the_notebook_at_once(notebook, params, message, tmp
         run(notebook, tmp_path, **params)
     assert message in str(err.value)
     # Nothing was recorded or trained: the run stopped in the config cell.
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "notebooks" / "runs").exists()
+
+
+def test_paper_preset_on_a_cpu_stops_with_the_estimated_time(tmp_path):
+    """10M steps at batch 512 on the CPU: the run stops before recording, naming the hours
+    (5.12e9 samples at the measured 68.8 samples/s of resnet-tiny = about 20,672 hours)."""
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        run("02_pretrain.ipynb", tmp_path, preset="paper", device="cpu", output_dir="runs/paper")
+    text = str(err.value)
+    assert "5,120,000,000 samples" in text and "about 20,672 hours" in text and "allow_slow_cpu=True" in text
     assert not (tmp_path / "runs").exists()
 
 
 def test_pretrain_notebook_runs_jowa_both_stages_and_plans(tmp_path):
     run("02_pretrain.ipynb", tmp_path, model="jowa-tiny", games="Pong", record_steps=200, steps=3,
         batch_size=2, eval_episodes=1, eval_max_steps=10, num_envs=1, planning_horizon=1, beam_width=2,
-        output_dir=str(tmp_path / "run"))
+        output_dir="run")
     run_dir = tmp_path / "run"
     for d in (run_dir / "stage1", run_dir):
         assert (d / "checkpoints" / "latest").is_file()
@@ -111,12 +171,17 @@ def test_pretrain_notebook_runs_jowa_both_stages_and_plans(tmp_path):
     assert config["resolved"]["algo"] == "jowa"
     assert (run_dir / "eval" / "scores.json").is_file()
     assert (run_dir / "data" / "tokens" / "manifest.json").is_file()  # stage 2 trained on the token copy
+    # The learning curves draw every loss term of both stages (stage 1: tokenizer and world model).
+    page = (run_dir / "figures" / "learning_curve.html").read_text().replace("\\u002f", "/")  # plotly escapes '/'
+    for term in ("loss/tokenizer", "tokenizer/l1", "tokenizer/commitment", "loss/world", "world/obs_ce",
+                 "loss/action", "loss/td", "loss/cql"):
+        assert f'"{term}"' in page, term
 
 
 def test_collect_data_notebook_records_readable_dqn_replay_files(tmp_path):
     from workbench.data import dqn_replay as dr
 
-    run("01_collect_data.ipynb", tmp_path, games="Pong", steps=150, output_dir=str(tmp_path / "rec"), seed=3)
+    run("01_collect_data.ipynb", tmp_path, games="Pong", steps=150, output_dir="rec", seed=3)
     logs = dr.run_dir(tmp_path / "rec", "Pong", 1)
     meta = dr.load_checkpoint_meta(logs, 0)
     assert int(meta.valid_mask().sum()) > 100

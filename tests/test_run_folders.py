@@ -71,10 +71,13 @@ def test_resume_false_restarts_the_run_and_keeps_foreign_files_safe(tmp_path):
 
 
 def test_each_model_and_algo_has_its_own_default_run_folder():
-    assert PretrainConfig().run_dir == "runs/pretrain-resnet-tiny"
-    assert PretrainConfig(model="resnet101").run_dir == "runs/pretrain-resnet101"
-    assert PretrainConfig(model="jowa-tiny").run_dir == "runs/pretrain-jowa-tiny"
-    assert PretrainConfig(algo="bc").run_dir == "runs/pretrain-bc-resnet-tiny"
+    from workbench.paths import project_root
+
+    runs = project_root() / "runs"
+    assert PretrainConfig().run_dir == str(runs / "pretrain-resnet-tiny")
+    assert PretrainConfig(model="resnet101").run_dir == str(runs / "pretrain-resnet101")
+    assert PretrainConfig(model="jowa-tiny").run_dir == str(runs / "pretrain-jowa-tiny")
+    assert PretrainConfig(algo="bc").run_dir == str(runs / "pretrain-bc-resnet-tiny")
 
 
 def test_algo_settings_reach_the_algorithm_from_notebooks_and_the_command_line(tmp_path, capsys):
@@ -100,7 +103,7 @@ def test_algo_settings_reach_the_algorithm_from_notebooks_and_the_command_line(t
     assert resolved["settings"]["alpha"] == 0.2 and resolved["settings"]["target_update_period"] == 7
     (stage,) = resolved["stages"]
     assert stage["target_update_period"] == 7 and stage["lr"] == pytest.approx(5e-5 * 2 ** 0.5)  # sqrt(64/32)
-    assert resolved["batch_size"] == 64 and resolved["output_dir"] == "runs/pretrain-resnet-tiny"
+    assert resolved["batch_size"] == 64 and resolved["output_dir"].endswith("runs/pretrain-resnet-tiny")
 
 
 def test_paper_presets_per_stage():
@@ -145,7 +148,8 @@ def test_mse_reward_scales_come_from_the_store(dopamine_store):
             ret, k = 0.0, 0
             while True:
                 ret += gamma**k * float(arr["reward"][p + k])
-                if arr["terminal"][p + k] or p + k + 1 == len(arr["block"]) or arr["block"][p + k + 1] != arr["block"][p]:
+                last_row = p + k + 1 == len(arr["block"])
+                if arr["terminal"][p + k] or last_row or arr["block"][p + k + 1] != arr["block"][p]:
                     break
                 k += 1
             sq.append(ret * ret)

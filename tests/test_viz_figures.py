@@ -113,16 +113,19 @@ def test_aggregate_bars_error_bars_span_the_given_cis():
                "mean": 0.4, "mean_ci": [0.3, 0.5], "optimality_gap": 0.7, "optimality_gap_ci": [0.65, 0.75]},
     }
     fig = R.make_aggregate_figure(agg)
-    assert len(fig.data) == 4
-    for tr, metric in zip(fig.data, R.AGGREGATE_METRICS):
-        assert list(tr.x) == ["scaled_ql", "bc"]
-        for i, m in enumerate(tr.x):
-            lo, hi = agg[m][f"{metric}_ci"]
-            assert tr.y[i] == agg[m][metric]
-            assert tr.y[i] + tr.error_y.array[i] == pytest.approx(hi)
-            assert tr.y[i] - tr.error_y.arrayminus[i] == pytest.approx(lo)
+    assert len(fig.data) == 8  # one horizontal bar per (metric, method)
+    for k, tr in enumerate(fig.data):
+        metric, method = R.AGGREGATE_METRICS[k // 2], ["scaled_ql", "bc"][k % 2]
+        assert tr.orientation == "h" and list(tr.y) == [method] and tr.xaxis == ("x" if k < 2 else f"x{k // 2 + 1}")
+        lo, hi = agg[method][f"{metric}_ci"]
+        assert tr.x[0] == agg[method][metric]
+        assert tr.x[0] + tr.error_x.array[0] == pytest.approx(hi)
+        assert tr.x[0] - tr.error_x.arrayminus[0] == pytest.approx(lo)
+    # A legend with each method once (the first subplot's traces), in the methods' order.
+    assert [tr.name for tr in fig.data if tr.showlegend] == ["scaled_ql", "bc"]
+    assert fig.layout.showlegend is not False
     only_iqm = R.make_aggregate_figure(agg, metrics=("iqm", "nonexistent"))
-    assert len(only_iqm.data) == 1
+    assert len(only_iqm.data) == 2
     with pytest.raises(ValueError, match="available keys"):
         R.make_aggregate_figure(agg, metrics=("nope",))
 
@@ -305,8 +308,8 @@ def test_build_figures_from_run_folders(tmp_path):
             [hns("Assault", 500), hns("Assault", 600), hns("Breakout", 30), hns("Breakout", 40)], 0.25
         ),
     }
-    iqm_trace = rep.figures["aggregates"].data[1]  # subplots in order median, iqm, mean, gap
-    got = dict(zip(iqm_trace.x, iqm_trace.y))
+    # subplots in order median, iqm, mean, gap: the IQM bars sit on x axis 2
+    got = {tr.y[0]: tr.x[0] for tr in rep.figures["aggregates"].data if tr.xaxis == "x2"}
     for method, value in want.items():
         assert got[method] == pytest.approx(value)
     # Table C.1 covers Assault and Breakout; JOWA's Table 2 lacks Breakout, so no JOWA bar.
@@ -405,3 +408,88 @@ def test_learning_curves_draw_scaled_ql_and_jowa_runs_together(tmp_path):
     assert ("jowa", "loss") in drawn and ("jowa", "loss/world") in drawn and ("scaled_ql", "loss/td") in drawn
     assert ("jowa", "loss/td") in drawn  # one namespace: both methods' TD terms share a row
     assert not any(m == "loss/world" for r, m in drawn if r == "scaled_ql")
+
+
+def _scores_doc(means: dict[str, float], cap: int | None) -> dict:
+    doc = {"per_game": {g: {"scores": [m - 1.0, m + 1.0], "mean": m, "truncated": [False, False]}
+                        for g, m in means.items()}}
+    if cap is not None:
+        doc.update(max_agent_steps=cap, epsilon=0.001, mode=None, difficulty=None,
+                   comparable_to_papers=cap == 27_000)
+    return doc
+
+
+def test_analysis_never_mixes_protocols_and_names_what_it_left_out(tmp_path):
+    """Three runs: two evaluated at the 27,000-step protocol (one of them by notebook 05, in
+    eval/scores_*.json beside a capped pretraining evaluation), one only at a 250-step cap. The
+    comparison uses the protocol two runs share, with each run's matching file; the third run is
+    left out and named; mix_protocols=True puts it back."""
+    import json
+
+    from workbench.viz.analysis import build_figures
+
+    a = _fake_run(tmp_path, "a", model="resnet-tiny", seed=0, means={"Assault": 300.0, "Breakout": 10.0}, hidden=3)
+    b = _fake_run(tmp_path, "b", model="resnet18", seed=0, means={"Assault": 500.0, "Breakout": 30.0}, hidden=8)
+    c = _fake_run(tmp_path, "c", model="resnet50", seed=0, means={"Assault": 900.0, "Breakout": 90.0}, hidden=9)
+    (a / "eval" / "scores.json").write_text(json.dumps(_scores_doc({"Assault": 300.0, "Breakout": 10.0}, 27_000)))
+    # b: pretraining evaluated at a 250-step cap, notebook 05 at the full protocol (other scores)
+    (b / "eval" / "scores.json").write_text(json.dumps(_scores_doc({"Assault": 5.0, "Breakout": 1.0}, 250)))
+    (b / "eval" / "scores_Assault-Breakout.json").write_text(
+        json.dumps(_scores_doc({"Assault": 500.0, "Breakout": 30.0}, 27_000)))
+    (c / "eval" / "scores.json").write_text(json.dumps(_scores_doc({"Assault": 900.0, "Breakout": 90.0}, 250)))
+
+    rep = build_figures([a, b, c], tmp_path / "figs", png=False, reps=100)
+    assert rep.protocol.startswith("episodes capped at 27,000 agent steps") and rep.comparable_to_papers is True
+    assert list(rep.left_out) == ["c"] and "250 agent steps" in rep.left_out["c"]
+    iqm = {tr.y[0]: tr.x[0] for tr in rep.figures["aggregates"].data if tr.xaxis == "x2"}
+    ours = {k: v for k, v in iqm.items() if not k.startswith("paper:")}
+    assert len(ours) == 2 and not any("resnet50" in k for k in ours)
+    assert rep.runs[1].scores_file.name == "scores_Assault-Breakout.json"  # notebook 05's file, not the capped one
+    readme = (tmp_path / "figs" / "README.md").read_text()
+    assert "Left out of the comparison" in readme and "`c`" in readme
+
+    mixed = build_figures([a, b, c], tmp_path / "mixed", png=False, reps=100, mix_protocols=True)
+    assert mixed.left_out == {} and mixed.protocol.startswith("mixed on request")
+    names = {tr.y[0] for tr in mixed.figures["aggregates"].data if tr.xaxis == "x2"}
+    assert any("resnet50" in n for n in names)
+
+
+def test_analysis_of_capped_evaluations_says_so_and_draws_no_paper_numbers(tmp_path):
+    import json
+
+    from workbench.viz.analysis import build_figures
+
+    a = _fake_run(tmp_path, "a", model="resnet-tiny", seed=0, means={"Assault": 300.0, "Breakout": 10.0}, hidden=3)
+    (a / "eval" / "scores.json").write_text(json.dumps(_scores_doc({"Assault": 300.0, "Breakout": 10.0}, 1000)))
+    rep = build_figures([a], tmp_path / "figs", png=False, reps=100)
+    assert rep.comparable_to_papers is False
+    title = rep.figures["aggregates"].layout.title.text
+    assert "capped at 1,000 agent steps" in title and "not comparable to the papers" in title
+    assert not any(tr.y[0].startswith("paper:") for tr in rep.figures["aggregates"].data)
+    assert "paper reference" in rep.skipped
+
+
+def test_search_tree_nodes_carry_visible_action_and_score_labels():
+    nodes = [dict(id=0, parent=-1, depth=0, action=-1, reward=0.0, q=0.0, score=0.0, kept=True, terminal=False),
+             dict(id=1, parent=0, depth=1, action=2, reward=1.0, q=0.5, score=1.25, kept=True, terminal=False),
+             dict(id=2, parent=0, depth=1, action=0, reward=0.0, q=-0.2, score=-0.5, kept=False, terminal=False)]
+    fig = A.make_search_tree_figure({"nodes": nodes, "chosen_action": 2}, ["NOOP", "FIRE", "UP"])
+    node_trace = fig.data[1]
+    assert "text" in node_trace.mode
+    assert list(node_trace.text) == ["root", "UP 1.25", "NOOP -0.50"]
+    assert fig.layout.xaxis.range[1] > 1  # room right of the deepest nodes for their labels
+
+
+def test_ablation_table_is_as_wide_as_its_columns_and_scaling_ticks_decades():
+    long = "scaled_ql/resnet-tiny (games=Pong,Breakout,Assault,Asterix, lr=0.0001)"
+    rows = [{"method": long, "runs": 2, "IQM": 0.5, "IQM 95% CI": [0.1, 0.9], "median": 0.4, "mean": 0.6,
+             "optimality gap": 0.5, "params": "1,234,567"}]
+    fig = R.make_ablation_table_figure(rows)
+    chars = list(fig.data[0].columnwidth)
+    assert chars[0] == len(long) + 1
+    # every character of every column gets its pixels: nothing is clipped in a PNG of layout.width
+    assert fig.layout.width >= R.TABLE_CHAR_PX * sum(chars)
+    scaling = R.make_scaling_figure([{"family": "a", "params": 2e5, "iqm": 0.1}, {"family": "a", "params": 8e7,
+                                                                                   "iqm": 0.5}])
+    assert list(scaling.layout.xaxis.ticktext) == ["100k", "1M", "10M", "100M"]
+    assert scaling.layout.xaxis.type == "log"

@@ -24,9 +24,28 @@ from workbench.settings import from_params, namespace_params
 __all__ = ["EvaluateConfig", "PretrainConfig", "namespace_params", "RESUMABLE_FIELDS"]
 
 RESUMABLE_FIELDS = ("steps", "eval_episodes", "eval_max_steps", "num_envs", "planning_horizon", "beam_width",
-                    "device", "compile", "resume", "output_dir")
+                    "device", "compile", "resume", "output_dir", "allow_slow_cpu")
 """Parameters that may change when a run is resumed (they are applied and recorded in the run's
 ``history.jsonl``); any other difference stops the resume before a weight is loaded."""
+
+CPU_SAMPLES_PER_S = {"resnet-tiny": 68.8, "resnet18": 30.7, "resnet50": 8.6, "resnet101": 4.2}
+"""Eager training throughput at batch 512 on the 2-core CPU machine (C51 + CQL, 40 games;
+``benchmarks/bench_train.py --compile off``): what :meth:`PretrainConfig.check_hardware` estimates
+a paper-scale CPU run with. Other models are estimated from the fastest rate, as a lower bound."""
+
+
+def _check_eval_cap(name: str, value: int) -> None:
+    from workbench.envs import MAX_AGENT_STEPS
+
+    if value > MAX_AGENT_STEPS:
+        raise ValueError(f"{name} {value} is above the evaluation protocol's cap of {MAX_AGENT_STEPS} agent steps "
+                         f"(108,000 frames); give at most {MAX_AGENT_STEPS}")
+
+
+def _check_device(device: str) -> None:
+    from workbench.train import resolve_device
+
+    resolve_device(device)  # unknown names and absent accelerators: an error listing the valid ones
 
 
 @dataclass(frozen=True)
@@ -77,6 +96,8 @@ class PretrainConfig:
     """torch.compile the loss computation (GPU runs)."""
     resume: bool = True
     """Continue the run in output_dir (its configuration must match); False starts it afresh."""
+    allow_slow_cpu: bool = False
+    """Let preset='paper' train without a GPU (it stops with the estimated time otherwise)."""
 
     # ---- validation -------------------------------------------------------------------------
 
@@ -102,6 +123,8 @@ class PretrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr < 0 or not math.isfinite(self.lr):
             raise ValueError(f"lr must be a finite number >= 0 (0 = the paper's rule), got {self.lr}")
+        _check_eval_cap("eval_max_steps", self.eval_max_steps)
+        _check_device(self.device)
         if not self.dataset and self.record_steps < 100:
             raise ValueError("record_steps must be >= 100 when no dataset is given (data is recorded first)")
         if self.output_dir.strip() in (".", "./") or (self.output_dir and not self.output_dir.strip()):
@@ -161,10 +184,32 @@ class PretrainConfig:
 
     @property
     def run_dir(self) -> str:
+        """The run folder, absolute: a relative ``output_dir`` (and the default) resolves against
+        the project root (``workbench.paths``), so notebooks in ``notebooks/`` find ``runs/``."""
+        from workbench.paths import resolve_path
+
         if self.output_dir:
-            return self.output_dir
+            return str(resolve_path(self.output_dir))
         own = model_owner(self.model).name == self.algo_name
-        return f"runs/pretrain-{self.model}" if own else f"runs/pretrain-{self.algo_name}-{self.model}"
+        name = f"pretrain-{self.model}" if own else f"pretrain-{self.algo_name}-{self.model}"
+        return str(resolve_path(f"runs/{name}"))
+
+    def check_hardware(self, device_type: str) -> None:
+        """Stop a paper-scale run on a CPU before it starts, with the estimated time.
+
+        ``device_type`` is the resolved device's type ('cpu', 'cuda', ...). The estimate uses
+        the eager training throughput measured on the 2-core CPU machine (README, Performance)."""
+        if self.preset != "paper" or device_type != "cpu" or self.allow_slow_cpu:
+            return
+        total = sum(s.steps for s in self.stages()) * self.effective_batch_size
+        rate = CPU_SAMPLES_PER_S.get(self.model)
+        bound = "" if rate is not None else "at least "
+        hours = total / (rate or max(CPU_SAMPLES_PER_S.values())) / 3600
+        raise RuntimeError(
+            f"preset='paper' trains {total:,} samples ({' + '.join(f'{s.steps:,}' for s in self.stages())} steps at "
+            f"batch {self.effective_batch_size}); on this CPU that takes {bound}about {hours:,.0f} hours. Use a GPU "
+            "(device='cuda'), the 'cpu' preset, or pass allow_slow_cpu=True to run it anyway."
+        )
 
     @property
     def eval_options(self) -> EvalOptions:
@@ -238,6 +283,8 @@ class EvaluateConfig:
         for name in ("episodes", "num_envs", "max_steps", "beam_width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        _check_eval_cap("max_steps", self.max_steps)
+        _check_device(self.device)
         if self.planning_horizon < 0:
             raise ValueError(f"planning_horizon must be >= 0, got {self.planning_horizon}")
         if self.seed < 0:

@@ -28,7 +28,7 @@ from workbench.algos.base import Policy
 from workbench.envs import FRAME_SKIP, MAX_AGENT_STEPS, AtariVector, FrameStacker
 from workbench.fileio import atomic_write_json
 
-__all__ = ["Policy", "episode_seed", "epsilon_greedy", "evaluate"]
+__all__ = ["Policy", "episode_seed", "epsilon_greedy", "evaluate", "protocol_flags"]
 
 
 def episode_seed(seed: int, game: str, episode: int) -> int:
@@ -36,6 +36,28 @@ def episode_seed(seed: int, game: str, episode: int) -> int:
     game = _games.canonical_game(game)
     ss = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, zlib.crc32(game.encode()), int(episode)])
     return int(ss.generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def protocol_flags(per_game: dict[str, dict[str, Any]], max_agent_steps: int, epsilon: float,
+                   mode: int | None, difficulty: int | None) -> dict[str, Any]:
+    """Say whether scores are comparable to the papers' (their protocol: 27,000-step cap,
+    epsilon 0.001, default mode and difficulty) and how many episodes a step cap cut short.
+    A truncated episode's score is a partial return: under a small cap it can look good."""
+    truncated = sum(bool(t) for g in per_game.values() for t in g["truncated"])
+    total = sum(len(g["truncated"]) for g in per_game.values())
+    deviations = []
+    if max_agent_steps != MAX_AGENT_STEPS:
+        deviations.append(f"episodes capped at {max_agent_steps:,} agent steps (protocol: {MAX_AGENT_STEPS:,})")
+    if epsilon != 0.001:
+        deviations.append(f"epsilon {epsilon} (protocol: 0.001)")
+    if mode is not None or difficulty is not None:
+        deviations.append(f"game variant mode={mode}, difficulty={difficulty}")
+    note = ""
+    if deviations:
+        note = "not comparable to the papers: " + "; ".join(deviations)
+        if truncated:
+            note += f"; {truncated} of {total} episodes were cut at the cap, so their scores are partial returns"
+    return {"truncated_episodes": truncated, "comparable_to_papers": not deviations, "note": note}
 
 
 def epsilon_greedy(rng: np.random.Generator, greedy: int, num_actions: int, epsilon: float) -> int:
@@ -214,6 +236,7 @@ def evaluate(
         "human_normalized": hns,
         "aggregates": aggregates,
         "aggregates_by_episode": by_episode,
+        **protocol_flags(per_game, max_agent_steps, epsilon, mode, difficulty),
     }
     if out_path is not None:
         atomic_write_json(out_path, out)

@@ -335,44 +335,84 @@ def probability_of_improvement(
     return out
 
 
-def _load_scores_json(path: str) -> dict[str, dict[str, Any]]:
+_CLI_FORMATS = """\
+input formats (detected per file):
+  evaluator scores JSON   what workbench.evaluate / notebooks 02 and 05 write (eval/scores*.json):
+                          {"per_game": {"Pong": {"scores": [...], ...}, ...}, "max_agent_steps": ...,
+                           "comparable_to_papers": ...}. Its episodes are the runs of one method,
+                          named after the file; several files compare several methods.
+  method table            {"method": {"Game": [score, ...] or score}}: one list of runs per game
+                          (e.g. per-seed means), one or more methods.
+Scores are raw game scores; --normalize picks the reference. Output: JSON per method with
+median / iqm / mean / optimality_gap and 95% CIs; evaluator files add their truncated_episodes and
+comparable_to_papers (false when episodes were capped below the protocol's 27,000 steps)."""
+
+
+def _read_json(path: str) -> Any:
     try:
         with open(path) as f:
-            data = json.load(f)
+            return json.load(f)
     except FileNotFoundError:
         raise SystemExit(f"error: no such file: {path}") from None
     except json.JSONDecodeError as e:
         raise SystemExit(f"error: {path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict) or not data or not all(isinstance(v, dict) for v in data.values()):
-        raise SystemExit(
-            f'error: {path} must hold {{"method": {{"Game": [score, ...] or number}}}}'
-        )
-    return data
+
+
+def _load_scores_json(paths: Sequence[str]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """(``{method: {game: scores}}``, ``{method: protocol flags}``) from evaluator scores files
+    and/or method tables (see ``_CLI_FORMATS``)."""
+    from pathlib import Path
+
+    data: dict[str, dict[str, Any]] = {}
+    flags: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        doc = _read_json(path)
+        if isinstance(doc, dict) and isinstance(doc.get("per_game"), dict):  # the evaluator's own file
+            name = Path(path).stem if len(paths) == 1 else str(path)
+            try:
+                data[name] = {g: [float(x) for x in r["scores"]] for g, r in doc["per_game"].items()}
+            except (KeyError, TypeError, ValueError):
+                raise SystemExit(f"error: {path}: every per_game entry needs a 'scores' list of numbers") from None
+            flags[name] = {k: doc[k] for k in ("max_agent_steps", "truncated_episodes", "comparable_to_papers", "note")
+                           if k in doc}
+        elif isinstance(doc, dict) and doc and all(isinstance(v, dict) for v in doc.values()):
+            data.update(doc)
+        else:
+            raise SystemExit(f"error: {path} is neither an evaluator scores JSON (with 'per_game') nor a method "
+                             'table {"method": {"Game": [score, ...] or number}}; see --help')
+    return data, flags
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: print aggregate JSON for ``SCORES.json`` = ``{"method": {"Game": [scores] | x}}``."""
+    """CLI: aggregates with CIs of one or more scores files (formats: ``--help``)."""
     p = argparse.ArgumentParser(
         prog="python -m workbench.metrics",
         description="Normalized-score aggregates (IQM, median, mean, optimality gap) with "
         "stratified-bootstrap CIs (rliable).",
+        epilog=_CLI_FORMATS, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("scores", metavar="SCORES.json")
+    p.add_argument("scores", metavar="SCORES.json", nargs="+",
+                   help="evaluator scores JSON(s) (eval/scores*.json) or a method table; see below")
     p.add_argument("--normalize", choices=NORMALIZATIONS, default="human")
     p.add_argument("--reps", type=int, default=2000, help="bootstrap replications")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    data = _load_scores_json(args.scores)
+    try:
+        data, flags = _load_scores_json(args.scores)
+    except SystemExit as exc:  # a bad input file: its message, exit code 2 like every validation error
+        print(exc.code, file=sys.stderr)
+        return 2
     try:
         res = aggregate(data, args.normalize, reps=args.reps, seed=args.seed)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for r in res.values():
+    for name, r in res.items():
         r.pop("games")
         for k, v in list(r.items()):
             if isinstance(v, float) and not math.isfinite(v):
                 r[k] = None
+        r.update(flags.get(name, {}))
     print(json.dumps(res, indent=2))
     return 0
 

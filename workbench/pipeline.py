@@ -154,6 +154,7 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> PretrainResult
 
     The run folder is locked for the whole job (:class:`workbench.run.RunLock`): a second job on
     the same folder fails at once, naming the holder."""
+    config.check_hardware(resolve_device(config.device).type)  # paper scale on a CPU: stop with the estimate
     rank, world = init_distributed()
     if rank != 0:
         return _pretrain(config, rank, world, progress)
@@ -166,7 +167,6 @@ def _pretrain(config: PretrainConfig, rank: int, world: int, progress: bool) -> 
     if batch % world:
         raise ValueError(f"batch_size {batch} must be divisible by the number of processes {world}")
     resolved = config.resolve()
-    config.check_hardware(resolve_device(config.device).type)  # paper scale on a CPU: stop with the estimate
     if rank == 0:
         run = open_run(config)
         store = prepare_dataset(config, run.path, progress=progress)

@@ -161,6 +161,12 @@ def layout_search_tree(nodes: Sequence[Any]) -> TreeLayout:
     )
 
 
+def _short_action(action: int, action_names: Sequence[str] | None) -> str:
+    if action_names is not None and 0 <= action < len(action_names):
+        return str(action_names[action])
+    return str(action)
+
+
 def _tree_parts(tree: Any) -> tuple[Sequence[Any], int | None]:
     if isinstance(tree, Mapping):
         return tree["nodes"], tree.get("chosen_action")
@@ -197,7 +203,7 @@ def make_search_tree_figure(
             return f"{action_names[a]} ({a})"
         return str(a)
 
-    custom, hover, colors, symbols, line_w = [], [], [], [], []
+    custom, hover, labels, colors, symbols, line_w = [], [], [], [], [], []
     for n in nodes:
         nid, parent, depth = int(_field(n, "id")), int(_field(n, "parent")), int(_field(n, "depth"))
         action = int(_field(n, "action"))
@@ -209,6 +215,8 @@ def make_search_tree_figure(
             f"predicted reward: {reward:.3f}<br>Q: {q:.3f}<br>score: {score:.3f}<br>"
             f"{'kept' if kept else 'pruned'}{' · terminal' if terminal else ''}"
         )
+        # A visible label on every node (not only on hover): its action and its beam score.
+        labels.append("root" if parent == -1 else f"{_short_action(action, action_names)} {score:.2f}")
         colors.append(ROOT_COLOR if parent == -1 else KEPT_COLOR if kept else PRUNED_COLOR)
         symbols.append("x" if terminal else "circle")
         # Outline first-level nodes taking the chosen action: that is what the agent plays.
@@ -218,8 +226,9 @@ def make_search_tree_figure(
             go.Scatter(x=ex, y=ey, mode="lines", line=dict(color="#999", width=1),
                        hoverinfo="skip", showlegend=False, name="edges"),
             go.Scatter(
-                x=lay.x, y=lay.y, mode="markers", name="nodes", showlegend=False,
+                x=lay.x, y=lay.y, mode="markers+text", name="nodes", showlegend=False,
                 customdata=custom, hovertext=hover, hoverinfo="text",
+                text=labels, textposition="middle right", textfont=dict(size=10),
                 marker=dict(size=13, color=colors, symbol=symbols,
                             line=dict(width=line_w, color=CHOSEN_COLOR)),
             ),
@@ -229,8 +238,10 @@ def make_search_tree_figure(
     if chosen is not None:
         head += f" — chosen: {aname(int(chosen))}"
     fig.update_layout(
-        title=head, template="plotly_white", height=420,
-        xaxis=dict(title="depth", dtick=1), yaxis=dict(title="rank", autorange="reversed"),
+        title=head, template="plotly_white", height=420, margin=dict(l=50, r=20, t=50, b=40),
+        # room on the right of the deepest nodes for their labels
+        xaxis=dict(title="depth", dtick=1, range=[-0.3, max(lay.x, default=0) + 0.9]),
+        yaxis=dict(title="rank", autorange="reversed"),
     )
     return fig
 

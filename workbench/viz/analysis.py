@@ -9,6 +9,14 @@ read is recorded on the :class:`RunInfo` (and in the README), never silently gue
 
 Aggregates, performance profiles and probability of improvement all come from
 :mod:`workbench.metrics` (rliable, stratified bootstrap); nothing is re-implemented here.
+Every evaluation file of a run is read (``eval/scores.json`` from pretraining, the
+``eval/scores_*.json`` notebook 05 writes). One comparison uses one evaluation protocol (step
+cap, epsilon, game variant): by default the protocol that covers the most runs, preferring the
+papers'; runs evaluated only otherwise are left out and named in the report and README
+(``mix_protocols=True`` compares across protocols on purpose). Evaluations under a step cap
+below the protocol's are partial episodes: titles and the README say so, and the papers'
+numbers are not drawn next to them.
+
 Runs whose configs differ only in seed are runs of one *method*. A method's "runs" for rliable
 are its seeds (per-game mean score of each seed) when every method has at least two seeds;
 otherwise evaluation episodes stand in as runs (the README says which was used).
@@ -30,8 +38,8 @@ import plotly.graph_objects as go
 from workbench.viz import results_figures as F
 from workbench.viz.export import FigureSaveStatus, save_figures
 
-__all__ = ["AnalysisReport", "RunInfo", "build_figures", "count_parameters", "method_scores",
-           "paper_reference_points", "read_run"]
+__all__ = ["AnalysisReport", "RunInfo", "build_figures", "count_parameters", "curve_names", "method_scores",
+           "paper_reference_points", "protocol_key", "protocol_text", "read_run", "select_evaluations"]
 
 # Config keys that never distinguish methods (seeds are runs of one method).
 _RUN_ONLY_KEYS = {"seed", "output_dir", "resume", "device", "compile", "resolved", "num_envs",
@@ -52,6 +60,9 @@ class RunInfo:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     scores: dict[str, Any] | None = None
     scores_file: Path | None = None
+    evaluations: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
+    """Every readable evaluation file (pretraining's first, then newest first); ``scores`` is the
+    one the comparison uses."""
     params: int | None = None
     found: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -115,10 +126,11 @@ def read_run(run_dir: str | os.PathLike[str]) -> RunInfo:
             info.problems.append(f"{cand.relative_to(path)} unreadable: {exc}")
             continue
         if isinstance(doc, dict) and isinstance(doc.get("per_game"), dict) and doc["per_game"]:
-            info.scores, info.scores_file = doc, cand
+            info.evaluations.append((cand, doc))
             info.found.append(str(cand.relative_to(path)))
-            break
-    if info.scores is None:
+    if info.evaluations:
+        info.scores_file, info.scores = info.evaluations[0]
+    else:
         info.problems.append("no evaluation scores (eval/*.json with per_game)")
     try:
         ckpt = run.checkpoint()
@@ -128,6 +140,84 @@ def read_run(run_dir: str | os.PathLike[str]) -> RunInfo:
     except Exception as exc:  # a damaged checkpoint must not stop the analysis
         info.problems.append(f"checkpoint unreadable: {type(exc).__name__}: {exc}")
     return info
+
+
+# ------------------------------------------------------------------------------ protocols
+
+ProtocolKey = tuple[Any, Any, Any, Any]
+
+
+def protocol_key(scores: dict[str, Any]) -> ProtocolKey:
+    """What makes two evaluations comparable: step cap, epsilon, game mode and difficulty
+    (None where an older scores file does not say)."""
+    return (scores.get("max_agent_steps"), scores.get("epsilon"), scores.get("mode"), scores.get("difficulty"))
+
+
+def _paper_comparable(scores: dict[str, Any]) -> bool | None:
+    """True/False when the file says (or its cap shows) whether it follows the papers'
+    protocol; None for older files that record neither."""
+    from workbench.envs import MAX_AGENT_STEPS
+
+    if "comparable_to_papers" in scores:
+        return bool(scores["comparable_to_papers"])
+    cap = scores.get("max_agent_steps")
+    return None if cap is None else cap == MAX_AGENT_STEPS
+
+
+def protocol_text(key: ProtocolKey) -> str:
+    cap, eps, mode, difficulty = key
+    if cap is None:
+        return "protocol not recorded"
+    text = f"episodes capped at {cap:,} agent steps, epsilon {eps}"
+    if mode is not None or difficulty is not None:
+        text += f", mode {mode}, difficulty {difficulty}"
+    return text
+
+
+def select_evaluations(runs: Sequence[RunInfo], mix_protocols: bool = False) -> tuple[str, dict[str, str]]:
+    """Choose each run's evaluation for one comparison; returns (the protocol's description,
+    ``{run: why it was left out}``) and sets each run's ``scores``/``scores_file`` (None when
+    left out).
+
+    Without ``mix_protocols``, one protocol is used: the one most runs were evaluated under, ties
+    going to the papers' protocol, then to the longer step cap."""
+    if mix_protocols:
+        for r in runs:
+            r.scores_file, r.scores = r.evaluations[0] if r.evaluations else (None, None)
+        keys = {protocol_key(sc) for r in runs for _, sc in r.evaluations[:1]}
+        return "mixed on request: " + "; ".join(sorted(protocol_text(k) for k in keys)), {}
+    counts: dict[ProtocolKey, int] = {}
+    for r in runs:
+        for key in dict.fromkeys(protocol_key(sc) for _, sc in r.evaluations):
+            counts[key] = counts.get(key, 0) + 1
+    if not counts:
+        return "no evaluations", {}
+
+    def rank(key: ProtocolKey) -> tuple[int, int, int]:
+        sample = next(sc for r in runs for _, sc in r.evaluations if protocol_key(sc) == key)
+        return counts[key], int(bool(_paper_comparable(sample))), key[0] or 0
+
+    chosen = max(counts, key=rank)
+    left_out: dict[str, str] = {}
+    for r in runs:
+        match = [(f, sc) for f, sc in r.evaluations if protocol_key(sc) == chosen]
+        r.scores_file, r.scores = match[0] if match else (None, None)
+        if r.evaluations and not match:
+            others = "; ".join(sorted({protocol_text(protocol_key(sc)) for _, sc in r.evaluations}))
+            left_out[r.name] = (f"evaluated only under another protocol ({others}); the comparison uses "
+                                f"{protocol_text(chosen)} (mix_protocols=True compares them anyway)")
+    return protocol_text(chosen), left_out
+
+
+def curve_names(algo: str, keys: Iterable[str]) -> list[str]:
+    """Learning-curve rows of one algorithm: its registry entry's curves that were logged, then
+    every other logged ``loss/*`` term (every stage's), so no loss term goes undrawn."""
+    from workbench.algos.base import algo_names, get_algo
+
+    keys = set(keys)
+    curves = get_algo(algo).curves if algo in algo_names() else ()
+    names = [k for k in curves if k in keys]
+    return names + sorted(k for k in keys if k.startswith("loss/") and k not in names)
 
 
 def method_labels(runs: Sequence[RunInfo]) -> list[str]:
@@ -209,9 +299,14 @@ class AnalysisReport:
     saved: dict[str, FigureSaveStatus] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     runs_are: str = "episodes"
+    protocol: str = ""
+    left_out: dict[str, str] = field(default_factory=dict)
+    comparable_to_papers: bool | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
+            "protocol": self.protocol, "comparable_to_papers": self.comparable_to_papers,
+            "left_out": self.left_out,
             "out_dir": str(self.out_dir),
             "runs": {r.name: {"method": lab, "found": r.found, "problems": r.problems}
                      for r, lab in zip(self.runs, self.labels)},
@@ -233,15 +328,12 @@ def _learning_metrics(runs: Sequence[RunInfo]) -> list[str]:
     """Rows of the learning-curve figure: each run's algorithm's own curves (its registry
     entry's ``curves``), in order, each only when some run logs it; the total ``loss`` first when
     runs of different algorithms are drawn together (the one key every run shares)."""
-    from workbench.algos.base import algo_names, get_algo
-
     keys = {k for r in runs for rec in r.metrics for k in rec}
-    known = set(algo_names())
     algos = list(dict.fromkeys(r.algo for r in runs if r.metrics))
     names: list[str] = []
     for algo in algos:
-        curves = get_algo(algo).curves if algo in known else tuple(sorted(k for k in keys if k.startswith("loss/")))
-        names += [k for k in curves if k in keys and k not in names]
+        own = {k for r in runs if r.algo == algo for rec in r.metrics for k in rec}
+        names += [k for k in curve_names(algo, own) if k not in names]
     if "loss" in keys and (len(algos) > 1 or not names):
         names = ["loss"] + names
     names += [k for k in ("eval/iqm",) if k in keys]
@@ -256,13 +348,15 @@ def build_figures(
     png: bool = True,
     reps: int = 2000,
     seed: int = 0,
+    mix_protocols: bool = False,
 ) -> AnalysisReport:
     """Read runs, draw every figure the data supports, write PNG + HTML and ``README.md``.
 
     Figures: ``learning_curves``, ``aggregates`` (median / IQM / mean / optimality gap with
     95% CIs), ``performance_profiles``, ``probability_of_improvement`` (needs >= 2 methods on
     the same games), ``scaling`` (parameters vs IQM), ``ablation_table``. A figure the data
-    cannot support is skipped with its reason in the report and README.
+    cannot support is skipped with its reason in the report and README. Runs evaluated under
+    another protocol than the comparison's are left out (and named) unless ``mix_protocols``.
     """
     from workbench import metrics as M
 
@@ -271,6 +365,13 @@ def build_figures(
     runs = [read_run(d) for d in run_dirs]
     labels = method_labels(runs)
     rep = AnalysisReport(out_dir=Path(out_dir), runs=runs, labels=labels)
+    rep.protocol, rep.left_out = select_evaluations(runs, mix_protocols)
+    used = [r.scores for r in runs if r.scores is not None]
+    flags = [_paper_comparable(sc) for sc in used]
+    rep.comparable_to_papers = None if not used or None in flags else all(flags)
+    # Scores of episodes cut at a small cap are partial returns: say so in every title.
+    caveat = "" if rep.comparable_to_papers is not False else (
+        f" — {rep.protocol}: truncated episodes, not comparable to the papers")
     ours, rep.runs_are = method_scores(runs, labels)
     run_note = ("runs = seeds (per-game mean of each seed)" if rep.runs_are == "seeds" else
                 "runs = evaluation episodes (fewer than 2 seeds for some method)")
@@ -299,13 +400,17 @@ def build_figures(
             rep.skipped["aggregates"] = f"metrics.aggregate failed: {exc}"
     paper_scores: dict[str, dict[str, float]] = {}
     paper_points: list[dict[str, Any]] = []
-    if include_paper_reference:
+    if include_paper_reference and rep.comparable_to_papers is False:
+        rep.skipped["paper reference"] = ("the papers' numbers are full 108,000-frame episodes; these evaluations "
+                                          f"are not ({rep.protocol}), so they are not drawn together")
+    elif include_paper_reference:
         paper_scores, paper_points = paper_reference_points(games)
     if agg:
         shown = dict(agg)
         if paper_scores:
             shown.update(M.aggregate(paper_scores, "human", reps=reps, seed=seed))
-        add("aggregates", F.make_aggregate_figure(shown),
+        add("aggregates", F.make_aggregate_figure(
+            shown, title="Aggregate human-normalized scores (95% bootstrap CIs)" + caveat),
             "Human-normalized median, IQM, mean and optimality gap per method with 95% stratified-"
             f"bootstrap CIs (workbench.metrics.aggregate, {reps} reps, {run_note}). "
             + ("Bars named 'paper: ...' are the papers' per-game raw scores (workbench.reference.paper_tables) "
@@ -319,7 +424,7 @@ def build_figures(
         prof = M.performance_profile(ours, "human", reps=reps, seed=seed)
         add("performance_profiles", F.make_performance_profile_figure(
             prof["taus"], {m: v["profile"] for m, v in prof["methods"].items()},
-            {m: [v["lo"], v["hi"]] for m, v in prof["methods"].items()}),
+            {m: [v["lo"], v["hi"]] for m, v in prof["methods"].items()}, title="Performance profiles" + caveat),
             f"Fraction of runs with human-normalized score above tau, with 95% CI bands "
             f"(workbench.metrics.performance_profile, {run_note}).")
     else:
@@ -332,7 +437,8 @@ def build_figures(
                   if set(ours[a]) == set(ours[b])]
         if common:
             poi = M.probability_of_improvement(ours, common, "human", reps=reps, seed=seed)
-            add("probability_of_improvement", F.make_probability_of_improvement_figure(poi),
+            add("probability_of_improvement", F.make_probability_of_improvement_figure(
+                poi, title="Probability of improvement" + caveat),
                 f"P(X > Y) for each pair of methods on the same games with 95% CIs "
                 f"(workbench.metrics.probability_of_improvement, {run_note}).")
         else:
@@ -348,7 +454,8 @@ def build_figures(
             points.append({"family": members[0].algo, "params": members[0].params, "iqm": agg[lab]["iqm"],
                            "iqm_ci": agg[lab]["iqm_ci"], "label": lab})
     if points:
-        add("scaling", F.make_scaling_figure(points, paper_points or None),
+        add("scaling", F.make_scaling_figure(points, paper_points or None,
+                                             title="Scaling: parameters vs IQM" + caveat),
             "Parameters (from each checkpoint's safetensors header) vs human-normalized IQM with 95% CIs, "
             "one line per algorithm"
             + ("; open diamonds are the papers' printed IQMs (workbench.reference.paper_tables.AGGREGATES, "
@@ -365,7 +472,7 @@ def build_figures(
                          "params": f"{members[0].params:,}" if members[0].params else "",
                          "IQM": a["iqm"], "IQM 95% CI": a["iqm_ci"], "median": a["median"],
                          "mean": a["mean"], "optimality gap": a["optimality_gap"]})
-        add("ablation_table", F.make_ablation_table_figure(rows, title="Methods and ablations"),
+        add("ablation_table", F.make_ablation_table_figure(rows, title="Methods and ablations" + caveat),
             "One row per method (config values that differ between runs name it): human-normalized "
             f"aggregates from workbench.metrics.aggregate ({run_note}).")
     else:
@@ -396,6 +503,13 @@ def _write_readme(rep: AnalysisReport) -> None:
         lines.append(f"- `{r.path}` → method **{lab}**; found: {', '.join(r.found) or 'nothing'}"
                      + (f"; problems: {'; '.join(r.problems)}" if r.problems else "")
                      + _truncation_note(r.scores))
+    lines += ["", "## Evaluation protocol", "", f"Compared: {rep.protocol}."]
+    if rep.comparable_to_papers is False:
+        lines.append("**These evaluations stop episodes early (or change the protocol): the scores are not "
+                     "comparable to the papers' numbers.**")
+    if rep.left_out:
+        lines += ["", "Left out of the comparison:", ""]
+        lines += [f"- `{name}`: {why}" for name, why in rep.left_out.items()]
     lines += ["", "## Figures", ""]
     for name, text in rep.descriptions.items():
         s = rep.saved.get(name)

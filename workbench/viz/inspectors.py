@@ -27,6 +27,23 @@ __all__ = ["PlannerInspector", "QInspector", "explorer", "sync_figure"]
 # Trace properties never copied: the type is fixed and uids identify the widget's traces.
 _SKIP = {"type", "uid"}
 
+# Pixel widths: every row of an inspector fits a 1280-px notebook panel (about 1,100 px of cell
+# output beside the prompt) with room to spare; rows also wrap instead of overflowing when the
+# panel is narrower (file browser open, split view). tests/test_browser.py checks it in Chromium.
+FRAME_WIDTH, Q_WIDTH, TREE_WIDTH, FRAME_COL_WIDTH = 300, 660, 540, 170
+PANEL_WIDTH = 1000  # the widest row: frame + Q distributions, or tree + two predicted-frame columns
+
+
+def _row(children: list[widgets.Widget]) -> widgets.Box:
+    """A row of figures that wraps onto the next line rather than overflowing the panel."""
+    return widgets.Box(children, layout=widgets.Layout(display="flex", flex_flow="row wrap",
+                                                       align_items="flex-start", width="100%"))
+
+
+def _sized(fig: go.Figure, width: int) -> go.FigureWidget:
+    fig.update_layout(width=width, autosize=False)
+    return go.FigureWidget(fig)
+
 
 def sync_figure(target: go.FigureWidget, source: go.Figure) -> None:
     """Copy ``source``'s trace data, title and annotations into ``target`` in one batch.
@@ -63,7 +80,7 @@ def _q_bar_figure(q: np.ndarray, names: list[str], chosen: int) -> go.Figure:
         marker_color=[F.CHOSEN_COLOR if a == chosen else "#7f9fcf" for a in range(len(q))],
     ))
     fig.update_layout(title=f"Q values — chosen: {names[chosen]} (Q={q[chosen]:.3f})",
-                      template="plotly_white", height=420, yaxis_autorange="reversed")
+                      template="plotly_white", height=380, yaxis_autorange="reversed")
     return fig
 
 
@@ -79,14 +96,14 @@ class QInspector:
         self._scores = rollout.scores()
         self.step = _step_slider(rollout, step)
         self.caption = widgets.HTML()
-        self.frame_fig = go.FigureWidget(self._frame(0))
-        self.q_fig = go.FigureWidget(self._q(0)) if rollout.has_q else None
+        self.frame_fig = _sized(self._frame(0), FRAME_WIDTH)
+        self.q_fig = _sized(self._q(0), Q_WIDTH) if rollout.has_q else None
         self.step.observe(self._on_step, names="value")
         figs: list[widgets.Widget] = [self.frame_fig]
         if self.q_fig is not None:
             figs.append(self.q_fig)
         controls = [self.step] if step is not None else [_play_for(self.step), self.step]
-        self.widget = widgets.VBox([widgets.HBox(controls), self.caption, widgets.HBox(figs)])
+        self.widget = widgets.VBox([widgets.HBox(controls), self.caption, _row(figs)])
         self._render(self.step.value)
 
     def _frame(self, t: int) -> go.Figure:
@@ -138,12 +155,11 @@ class PlannerInspector:
         self.horizon = 1 if rollout.predicted_frames is None else int(rollout.predicted_frames.shape[1])
         self.step = _step_slider(rollout, step)
         self.caption = widgets.HTML()
-        self.tree_fig = go.FigureWidget(self._tree(0))
-        self.frames_fig = go.FigureWidget(self._frames(0))
+        self.tree_fig = _sized(self._tree(0), TREE_WIDTH)
+        self.frames_fig = _sized(self._frames(0), 40 + FRAME_COL_WIDTH * self.horizon)
         self.step.observe(self._on_step, names="value")
         controls = [self.step] if step is not None else [_play_for(self.step), self.step]
-        self.widget = widgets.VBox([widgets.HBox(controls), self.caption,
-                                    widgets.HBox([self.tree_fig, self.frames_fig])])
+        self.widget = widgets.VBox([widgets.HBox(controls), self.caption, _row([self.tree_fig, self.frames_fig])])
         self._render(self.step.value)
 
     def _tree(self, t: int) -> go.Figure:
@@ -188,5 +204,5 @@ def explorer(rollout: Rollout) -> tuple[widgets.VBox, QInspector, PlannerInspect
     """Q inspector and, for planner rollouts, the planner inspector driven by one slider."""
     q = QInspector(rollout)
     p = PlannerInspector(rollout, step=q.step) if rollout.has_planner else None
-    box = widgets.VBox([q.widget] + ([p.caption, widgets.HBox([p.tree_fig, p.frames_fig])] if p else []))
+    box = widgets.VBox([q.widget] + ([p.caption, _row([p.tree_fig, p.frames_fig])] if p else []))
     return box, q, p

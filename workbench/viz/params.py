@@ -5,14 +5,19 @@ second cell of each notebook runs ``Params.from_params(**namespace_params(global
 (``workbench.config``'s helpers): every primitive, non-IPython name must be a field of the
 params dataclass, and each value is type-checked (papermill's ``-p`` turns ``007`` into 7) and
 range-checked with a message that lists the valid choices.
+
+``from_params`` also resolves relative paths against the project root
+(:mod:`workbench.paths`), so ``runs/...`` names the same folder whether JupyterLab runs the
+notebook from ``notebooks/`` or papermill from the repository root.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from workbench.paths import resolve_path
 from workbench.settings import from_params as _from_params
 from workbench.settings import namespace_params
 
@@ -75,7 +80,10 @@ class ExplorerParams:
 
     @classmethod
     def from_params(cls, **params: Any) -> ExplorerParams:
-        return _from_params(cls, params)
+        """Validated parameters with ``checkpoint``, ``rollout_path`` and ``out_dir`` made absolute."""
+        p = _from_params(cls, params)
+        return replace(p, checkpoint=_absolute(p.checkpoint), rollout_path=_absolute(p.rollout_path),
+                       out_dir=_absolute(p.out_dir))
 
 
 
@@ -93,6 +101,8 @@ class AnalysisParams:
     """Also write PNGs (needs Chromium; HTML is always written)."""
     reps: int = 2000
     """Bootstrap repetitions for the confidence intervals."""
+    mix_protocols: bool = False
+    """Compare runs evaluated under different protocols or step caps (left out otherwise)."""
 
     def __post_init__(self) -> None:
         if not self.run_dirs.strip():
@@ -117,6 +127,14 @@ class AnalysisParams:
 
     @classmethod
     def from_params(cls, **params: Any) -> AnalysisParams:
-        return _from_params(cls, params)
+        """Validated parameters with every run-folder pattern and ``out_dir`` made absolute."""
+        p = _from_params(cls, params)
+        dirs = ",".join(_absolute(part.strip()) for part in p.run_dirs.split(",") if part.strip())
+        return replace(p, run_dirs=dirs, out_dir=_absolute(p.out_dir))
+
+
+def _absolute(path: str) -> str:
+    """'' stays '' (unset); anything else is resolved against the project root."""
+    return str(resolve_path(path)) if path else ""
 
 

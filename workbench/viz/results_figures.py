@@ -31,6 +31,9 @@ __all__ = [
     "make_scores_figure",
 ]
 
+#: Pixels per character of a table cell (plotly's 12 px default font, bold headers included).
+TABLE_CHAR_PX = 8.0
+
 #: Aggregate metrics drawn by ``make_aggregate_figure``, in rliable's usual order.
 AGGREGATE_METRICS: tuple[str, ...] = ("median", "iqm", "mean", "optimality_gap")
 _METRIC_TITLES = {
@@ -62,7 +65,8 @@ def make_learning_curve_figure(
         raise ValueError("make_learning_curve_figure: give at least one metric name")
     fig = make_subplots(
         rows=len(metric_list), cols=1, shared_xaxes=True, subplot_titles=metric_list,
-        vertical_spacing=0.08 if len(metric_list) > 1 else 0.0,
+        # plotly caps the spacing at 1 / (rows - 1): JOWA draws 15 loss terms
+        vertical_spacing=min(0.08, 0.5 / (len(metric_list) - 1)) if len(metric_list) > 1 else 0.0,
     )
     drawn = 0
     for run_idx, (label, records) in enumerate(runs.items()):
@@ -121,11 +125,13 @@ def make_aggregate_figure(
     *,
     title: str | None = None,
 ) -> go.Figure:
-    """Bars of aggregate scores with CI error bars, one subplot per metric.
+    """Horizontal bars of aggregate scores with CI error bars, one subplot per metric.
 
     ``aggregates`` is the metrics module's dict ``{method: {"iqm": x, "iqm_ci": [lo, hi], ...}}``.
-    Each bar's error bar spans exactly ``[lo, hi]`` (asymmetric ``error_y``). Metrics absent
-    from every method are dropped; a missing ``*_ci`` draws the bar without an error bar.
+    One trace per (metric, method): methods are rows (named once, on the left, never rotated)
+    and legend entries (one per method, shared by every subplot). Each error bar spans exactly
+    ``[lo, hi]`` (asymmetric ``error_x``). Metrics absent from every method are dropped; a missing
+    ``*_ci`` draws the bar without an error bar. The figure is as wide as its labels need.
     """
     methods = list(aggregates)
     if not methods:
@@ -136,10 +142,9 @@ def make_aggregate_figure(
         raise ValueError(f"none of the metrics {list(metrics)} found; available keys: {keys}")
     fig = make_subplots(
         rows=1, cols=len(present), subplot_titles=[_METRIC_TITLES.get(m, m) for m in present],
-        horizontal_spacing=0.06,
+        horizontal_spacing=0.04, shared_yaxes=True,
     )
     for col, metric in enumerate(present, start=1):
-        xs, ys, plus, minus, colors, texts = [], [], [], [], [], []
         for i, method in enumerate(methods):
             entry = aggregates[method]
             if metric not in entry:
@@ -147,23 +152,24 @@ def make_aggregate_figure(
             value = float(entry[metric])
             ci = entry.get(f"{metric}_ci")
             lo, hi = _ci_pair(ci, f"{method}.{metric}_ci") if ci is not None else (value, value)
-            xs.append(method)
-            ys.append(value)
-            plus.append(hi - value)
-            minus.append(value - lo)
-            colors.append(method_color(i))
-            texts.append(f"{method}<br>{metric} = {value:.3f}<br>95% CI [{lo:.3f}, {hi:.3f}]")
-        fig.add_trace(
-            go.Bar(
-                x=xs, y=ys, marker_color=colors, name=metric, showlegend=False,
-                error_y=dict(type="data", symmetric=False, array=plus, arrayminus=minus),
-                hovertext=texts, hoverinfo="text",
-            ),
-            row=1, col=col,
-        )
+            fig.add_trace(
+                go.Bar(
+                    x=[value], y=[method], orientation="h", marker_color=method_color(i), name=method,
+                    legendgroup=method, showlegend=col == 1,
+                    error_x=dict(type="data", symmetric=False, array=[hi - value], arrayminus=[value - lo]),
+                    hovertext=[f"{method}<br>{metric} = {value:.3f}<br>95% CI [{lo:.3f}, {hi:.3f}]"],
+                    hoverinfo="text",
+                ),
+                row=1, col=col,
+            )
+    fig.update_yaxes(autorange="reversed")  # first method on top, as in the legend
+    label_px = 7 * max(len(m) for m in methods)  # horizontal row labels on the first subplot
     fig.update_layout(
-        title=title or "Aggregate human-normalized scores (95% bootstrap CIs)",
-        template="plotly_white", height=420, width=max(600, 260 * len(present)),
+        title=title or "Aggregate human-normalized scores (95% bootstrap CIs)", template="plotly_white",
+        height=200 + 54 * len(methods), width=label_px + 40 + 220 * len(present),
+        margin=dict(l=label_px + 20, r=20, t=90, b=20), barmode="overlay",
+        legend=dict(orientation="h", yanchor="top", y=-0.08, xanchor="left", x=0, font_size=11,
+                    entrywidth=label_px + 40, entrywidthmode="pixels"),
     )
     return fig
 
@@ -307,6 +313,10 @@ def make_scores_figure(scores: Mapping[str, Any], *, title: str | None = None) -
     head = title or "Evaluation scores"
     if "iqm" in agg:
         head += f" — IQM {agg['iqm']:.3f} (human-normalized)"
+    if scores.get("comparable_to_papers") is False:  # e.g. the cpu preset's short step caps
+        cap = scores.get("max_agent_steps")
+        head += (f"<br><sup>{scores.get('truncated_episodes', 0)} truncated episode(s), "
+                 f"{f'{cap:,}' if cap else 'a short'}-step cap: not comparable to the papers</sup>")
     fig.update_layout(title=head, template="plotly_white", yaxis_title="human-normalized score",
                       height=420, barmode="overlay")
     return fig
@@ -350,6 +360,7 @@ def make_scaling_figure(
                 hovertemplate="%{text}<br>params=%{x:.3s}<br>" + metric + "=%{y:.3f}<extra></extra>",
             )
         )
+    all_x = [float(p["params"]) for p in points] + [float(r["params"]) for r in reference or []]
     if reference:
         fig.add_trace(
             go.Scatter(
@@ -363,10 +374,22 @@ def make_scaling_figure(
         )
     fig.update_layout(
         title=title or f"Scaling: parameters vs {_METRIC_TITLES.get(metric, metric)}",
-        template="plotly_white", xaxis_type="log", xaxis_title="Parameters",
-        yaxis_title=_METRIC_TITLES.get(metric, metric), height=440,
+        template="plotly_white", xaxis_title="Parameters (log scale)",
+        yaxis_title=_METRIC_TITLES.get(metric, metric), height=440, width=800,
     )
+    # One labelled tick per decade (100k, 1M, 10M, ...) and minor grid lines at 2..9 x.
+    lo, hi = (math.floor(math.log10(min(all_x))), math.ceil(math.log10(max(all_x)))) if all_x else (5, 8)
+    decades = [10.0**e for e in range(lo, max(hi, lo + 1) + 1)]
+    fig.update_xaxes(type="log", tickvals=decades, ticktext=[_si(v) for v in decades],
+                     minor=dict(ticks="outside", showgrid=True, gridcolor="#f0f0f0"))
     return fig
+
+
+def _si(v: float) -> str:
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if v >= scale:
+            return f"{v / scale:g}{suffix}"
+    return f"{v:g}"
 
 
 def make_ablation_table_figure(
@@ -390,16 +413,18 @@ def make_ablation_table_figure(
                 v = float_format.format(float(v))
             col.append(v)
         cells.append(col)
+    # Each column as wide as its longest entry (method labels are long), and the figure as wide
+    # as all columns together, so a PNG export (which uses the layout's width) clips nothing.
+    chars = [max(7, 1 + max(len(str(v)) for v in [c, *col])) for c, col in zip(columns, cells)]
     fig = go.Figure(
         go.Table(
             header=dict(values=[f"<b>{c}</b>" for c in columns], fill_color="#e8ecf4", align="left"),
             cells=dict(values=cells, align="left"),
-            # relative widths: as wide as each column's longest entry (method labels are long)
-            columnwidth=[max(7, 1 + max(len(str(v)) for v in [c, *col])) for c, col in zip(columns, cells)],
+            columnwidth=chars,
         )
     )
     # Small margins: with plotly's default ones (180 px) a short table got no room at all.
     fig.update_layout(title=title or "Ablations", height=80 + 45 * (max(1, len(rows)) + 1),
-                      margin=dict(l=10, r=10, t=50, b=10))
+                      width=max(700, int(TABLE_CHAR_PX * sum(chars)) + 20), margin=dict(l=10, r=10, t=50, b=10))
     return fig
 
