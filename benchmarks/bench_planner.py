@@ -128,13 +128,14 @@ def reference_search(
 # ----------------------------------------------------------------------------- planner benchmark
 
 def _clock(fn, device: torch.device):
+    """(wall seconds, CPU seconds of this process, fn's result)."""
     if device.type == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - t0, out
+    return time.perf_counter() - t0, time.process_time() - c0, out
 
 
 @torch.no_grad()
@@ -167,6 +168,7 @@ def bench_planner(preset: str, args, device: torch.device) -> dict:
     if not args.skip_previous:
         names.insert(1, "previous_planner")
     seconds = {n: [] for n in names}
+    cpu_seconds = {n: [] for n in names}
     decided = {n: [] for n in names}
     batched = planner()  # warm-up, and the actions every other searcher is checked against
     same = {n: 0 for n in names if n != "planner"}
@@ -181,32 +183,40 @@ def bench_planner(preset: str, args, device: torch.device) -> dict:
                 "reference": per_env(envs, lambda i: reference(i, True)),
             }
             for name in names:
-                dt, acts = _clock(runs[name], device)
+                dt, cpu, acts = _clock(runs[name], device)
                 seconds[name].append(dt)
+                cpu_seconds[name].append(cpu)
                 decided[name].append(len(acts))
                 if name != "planner":
                     want = batched if len(acts) == N else [batched[i] for i in envs]
                     same[name] += sum(int(a == b) for a, b in zip(acts, want))
                     checked[name] += len(acts)
     rate = {n: statistics.median(d / s for d, s in zip(decided[n], seconds[n])) for n in names}
+    cpu_rate = {n: statistics.median(d / s for d, s in zip(decided[n], cpu_seconds[n])) for n in names}
     out = {
         "preset": preset, "envs": N, "horizon": H, "beam_width": K, "context_steps": args.context,
         "context_tokens": args.context * TOKENS_PER_STEP + TOKENS_PER_FRAME, "repeats": args.repeats,
-        "single_envs_per_repeat": S, "decisions_per_s": rate,
-        "ratios": {
-            "planner_vs_reference": rate["planner"] / rate["reference"],
-            "planner_vs_reference_no_decode": rate["planner"] / rate["reference_no_decode"],
-            "planner_1env_vs_reference_no_decode": rate["planner_1env"] / rate["reference_no_decode"],
-            "reference_no_decode_vs_reference": rate["reference_no_decode"] / rate["reference"],
-        },
+        "single_envs_per_repeat": S, "decisions_per_s": rate, "ratios": _ratios(rate),
+        # On a shared machine wall time includes waiting for a core; CPU time does not.
+        "decisions_per_cpu_s": cpu_rate, "ratios_cpu_time": _ratios(cpu_rate),
         "same_actions_as_planner": {n: f"{same[n]}/{checked[n]}" for n in same},
-        "seconds_per_repeat": seconds,
+        "seconds_per_repeat": seconds, "cpu_seconds_per_repeat": cpu_seconds,
     }
-    if "previous_planner" in rate:
-        out["ratios"]["planner_vs_previous_planner"] = rate["planner"] / rate["previous_planner"]
-        out["ratios"]["previous_planner_vs_reference_no_decode"] = rate["previous_planner"] / rate["reference_no_decode"]
     if args.profile:
         out["profile"] = _profile(model, (obs, game, vm, H, K, gamma, ct, ca, cv), one, N, S, device)
+    return out
+
+
+def _ratios(rate: dict[str, float]) -> dict[str, float]:
+    out = {
+        "planner_vs_reference": rate["planner"] / rate["reference"],
+        "planner_vs_reference_no_decode": rate["planner"] / rate["reference_no_decode"],
+        "planner_1env_vs_reference_no_decode": rate["planner_1env"] / rate["reference_no_decode"],
+        "reference_no_decode_vs_reference": rate["reference_no_decode"] / rate["reference"],
+    }
+    if "previous_planner" in rate:
+        out["planner_vs_previous_planner"] = rate["planner"] / rate["previous_planner"]
+        out["previous_planner_vs_reference_no_decode"] = rate["previous_planner"] / rate["reference_no_decode"]
     return out
 
 
@@ -224,7 +234,23 @@ def _profile(model, inputs, one, N: int, S: int, device: torch.device) -> dict:
             p = SearchProfile()
             run(p)
             out[name] = {"seconds": round(p.total, 3), **{k: round(v, 3) for k, v in p.shares().items()}}
+            if device.type == "cpu":
+                out[name]["top_ops_self_cpu_share"] = _op_shares(lambda run=run: run(SearchProfile()))
     return out
+
+
+def _op_shares(fn, top: int = 8) -> dict[str, float]:
+    """Share of self CPU time of the busiest torch ops (torch.profiler; its own per-op overhead
+    inflates the many small ops a little). aten::addmm is the linear layers; aten::bmm the
+    attention products; aten::_scaled_dot_product_flash_attention_for_cpu the context pass."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: -e.self_cpu_time_total)
+    return {e.key: round(e.self_cpu_time_total / total, 3) for e in events[:top]}
 
 
 # ----------------------------------------------------------------------------- training step

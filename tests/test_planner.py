@@ -131,9 +131,17 @@ def test_full_width_one_step_equals_brute_force(model):
     assert res.actions.tolist() != beam_search(model, obs, game, vm, 0, 1, GAMMA, ct, ca, cv).actions.tolist()
 
 
+@pytest.fixture(scope="module")
+def two_step_leaves(model):
+    """Inputs and the brute-force leaves of each of their 3 environments (computed once)."""
+    inputs = _inputs(seed=8)
+    obs, game, vm, ct, ca, cv = inputs
+    return inputs, [_brute_two_steps(model, ct[i], ca[i], cv[i], obs[i], int(game[i]), vm[i]) for i in range(3)]
+
+
 @torch.no_grad()
 @pytest.mark.parametrize("shared_prefix", [True, False])
-def test_full_width_two_steps_equals_brute_force_enumeration(model, shared_prefix):
+def test_full_width_two_steps_equals_brute_force_enumeration(model, two_step_leaves, shared_prefix):
     """Catches: the planner dropping the discount on predicted rewards (scoring a depth-1 child
     ``r0 + r1 + ...`` instead of ``r0 + gamma r1 + ...``), and any other error in two-step scores.
 
@@ -141,11 +149,10 @@ def test_full_width_two_steps_equals_brute_force_enumeration(model, shared_prefi
     of its tree must carry the value of an independent brute-force enumeration of all action
     sequences with uncached forwards, and the chosen action must start the best sequence. Run on
     both context layouts (shared prefix and per-row copies)."""
-    obs, game, vm, ct, ca, cv = _inputs(seed=8)
+    (obs, game, vm, ct, ca, cv), all_leaves = two_step_leaves
     res = beam_search(model, obs, game, vm, 2, 18, GAMMA, ct, ca, cv, return_tree=True, shared_prefix=shared_prefix)
     undiscounted_differs = False
-    for i in range(3):
-        leaves = _brute_two_steps(model, ct[i], ca[i], cv[i], obs[i], int(game[i]), vm[i])
+    for i, leaves in enumerate(all_leaves):
         nodes = res.trees[i].nodes
         got = {}
         for n in nodes:
@@ -161,6 +168,98 @@ def test_full_width_two_steps_equals_brute_force_enumeration(model, shared_prefi
         # The test can see the mutation: some second-step reward moves a value by (1 - gamma) r1.
         undiscounted_differs |= any(abs((1 - GAMMA) * r1) > 1e-2 for _, r1 in leaves.values())
     assert undiscounted_differs
+
+
+def _assert_same_search(a, b):
+    """Same actions, paths and trees (every node field exact but the float ones, which may differ
+    by fp32 rounding between the two attention layouts)."""
+    assert a.actions.tolist() == b.actions.tolist()
+    torch.testing.assert_close(a.root_q, b.root_q, rtol=1e-5, atol=1e-5)
+    assert torch.equal(a.path_actions, b.path_actions) and torch.equal(a.path_tokens, b.path_tokens)
+    assert torch.equal(a.path_valid, b.path_valid)
+    for ta, tb in zip(a.trees, b.trees, strict=True):
+        assert ta.chosen_action == tb.chosen_action and len(ta.nodes) == len(tb.nodes)
+        for na, nb in zip(ta.nodes, tb.nodes):
+            assert (na.id, na.parent, na.depth, na.action, na.kept, na.terminal) == (
+                nb.id, nb.parent, nb.depth, nb.action, nb.kept, nb.terminal)
+            for f in ("reward", "q", "score"):
+                assert getattr(na, f) == pytest.approx(getattr(nb, f), rel=1e-5, abs=1e-5), f
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("terminations", [True, False])
+def test_shared_prefix_equals_copied_context(model, terminations):
+    """The shared context prefix (one per environment) gives the previous planner's search (a full
+    copy of the context per beam and child): same actions, trees and imagined paths; 4 envs with
+    per-env K (one K = 1), a left-padded context, H = 3 so rows carry two finished steps."""
+    m = model if terminations else _no_termination(model)
+    obs, game, vm, ct, ca, cv = _inputs(N=4, C=2, seed=9)
+    K = torch.tensor([3, 2, 1, 3])
+    shared = beam_search(m, obs, game, vm, 3, K, GAMMA, ct, ca, cv, return_tree=True)
+    copied = beam_search(m, obs, game, vm, 3, K, GAMMA, ct, ca, cv, return_tree=True, shared_prefix=False)
+    _assert_same_search(shared, copied)
+    n_terminal = sum(n.terminal for t in shared.trees for n in t.nodes)
+    assert (n_terminal > 0) == terminations  # both regimes are really exercised
+    if not terminations:
+        assert all(max(n.depth for n in t.nodes) == 3 for t, k in zip(shared.trees, K) if k > 1)
+
+
+@torch.no_grad()
+def test_shared_context_rows_equal_full_forwards(model):
+    """Each row of the shared-prefix context (its environment's context + its beam's path + its
+    own step) yields the hidden states of a full uncached forward over that row's whole sequence:
+    two environments (one left-padded), 3 children per root, then 2 beams per environment kept
+    (one of them twice) with 2 children each, then 1 child each."""
+    obs, game, vm, ct, ca, cv = _inputs(N=2, C=2, seed=10)
+    prefix, _ = _prefix(model, obs, game, ct, ca, cv)
+    ctx = _SharedContext.start(model, prefix)
+    seqs = []
+    for i in range(2):
+        toks, flags = _prefix_seq(ct[i], ca[i], cv[i], obs[i])
+        seqs.append((toks, flags))
+    g = torch.Generator().manual_seed(0)
+    for k, keep in ((3, [2, 0, 4, 4]), (2, [3, 0, 5, 6]), (1, None)):
+        ctx = ctx.children(k)
+        seqs = [(list(t), list(f)) for t, f in seqs for _ in range(k)]
+        M = len(seqs)
+        rows_game = game.repeat_interleave(M // 2)
+        feeds = [(torch.randint(0, 3, (M,), generator=g), True)]
+        feeds += [(torch.randint(0, 2048, (M,), generator=g), False) for _ in range(3)]
+        for tokens, is_action in feeds:
+            h = ctx.forward(tokens, is_action, rows_game)
+            for r in range(M):
+                seqs[r][0].append(int(tokens[r]))
+                seqs[r][1].append(is_action)
+                want = _full(model, seqs[r][0], seqs[r][1], int(rows_game[r]))[0]
+                torch.testing.assert_close(h[r], want, rtol=1e-4, atol=1e-5)
+        if keep is not None:  # the kept rows become the next beams (a path of finished steps)
+            ctx = ctx.select(torch.tensor(keep))
+            seqs = [seqs[j] for j in keep]
+
+
+def test_search_profile_accounts_for_the_whole_call(model):
+    obs, game, vm, ct, ca, cv = _inputs(seed=11)
+    profile = SearchProfile()
+    with torch.no_grad():
+        beam_search(model, obs, game, vm, 2, 2, GAMMA, ct, ca, cv, profile=profile)
+        beam_search(model, obs, game, vm, 2, 2, GAMMA, ct, ca, cv, profile=profile)
+    assert set(profile.seconds) == set(SearchProfile.PHASES)
+    assert all(v > 0 for v in profile.seconds.values())
+    assert sum(profile.seconds.values()) == pytest.approx(profile.total, rel=1e-6)
+    assert sum(profile.shares().values()) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="unknown search phase 'attention'; valid: prefix, action_token"):
+        with profile.phase("attention"):
+            pass
+
+
+def test_beam_search_refuses_a_model_in_training_mode(model):
+    obs, game, vm, ct, ca, cv = _inputs()
+    model.train()
+    try:
+        with pytest.raises(ValueError, match="eval mode"):
+            beam_search(model, obs, game, vm, 2, 2, GAMMA, ct, ca, cv)
+    finally:
+        model.eval()
 
 
 @torch.no_grad()

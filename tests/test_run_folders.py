@@ -49,7 +49,7 @@ def test_resume_blocks_a_changed_lr_and_algo_setting_and_applies_resumable_field
     run = open_run(_config(tmp_path, lr=1e-4, steps=500, eval_episodes=8))
     assert run.params["steps"] == 500 and run.params["eval_episodes"] == 8
     history = [json.loads(line) for line in (run.path / "history.jsonl").read_text().splitlines()]
-    assert history == [{"event": "resume", "changed": {"eval_episodes": [2, 8], "steps": [0, 500]}}]
+    assert history == [{"event": "resume", "changed": {"eval_episodes": [0, 8], "steps": [0, 500]}}]
 
 
 def test_resume_false_restarts_the_run_and_keeps_foreign_files_safe(tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ from workbench.settings import from_params, namespace_params
 __all__ = ["EvaluateConfig", "PretrainConfig", "namespace_params", "RESUMABLE_FIELDS"]
 
 RESUMABLE_FIELDS = ("steps", "eval_episodes", "eval_max_steps", "num_envs", "planning_horizon", "beam_width",
+                    "eval_sticky_actions", "eval_noop_starts",
                     "device", "compile", "resume", "output_dir", "allow_slow_cpu")
 """Parameters that may change when a run is resumed (they are applied and recorded in the run's
 ``history.jsonl``); any other difference stops the resume before a weight is loaded."""
@@ -80,16 +82,22 @@ class PretrainConfig:
     """Seed of data recording, sampling, initialisation and evaluation."""
     output_dir: str = ""
     """Run folder; '' = runs/pretrain-<model> (runs/pretrain-<algo>-<model> for a non-default algo)."""
-    eval_episodes: int = 2
-    """Evaluation episodes per game after training (the papers use 16 per game)."""
+    eval_episodes: int = 0
+    """Evaluation episodes per game after training; 0 takes the preset's (cpu: 2; paper: 16, as
+    both papers)."""
     eval_max_steps: int = 0
     """Agent-step cap per evaluation episode; 0 takes the preset's (paper: 27000, the protocol's)."""
+    eval_sticky_actions: float = 0.0
+    """Beyond the papers (opt-in): sticky-action probability at evaluation (Machado et al.: 0.25)."""
+    eval_noop_starts: int = 0
+    """Beyond the papers (opt-in): each evaluation episode starts with U{0..N} no-ops."""
     num_envs: int = 4
     """Parallel evaluation environments."""
     planning_horizon: int = 2
     """Planning algorithms (JOWA): beam-search horizon H at evaluation (0 = greedy in Q)."""
-    beam_width: int = 2
-    """Planning algorithms (JOWA): beam width K at evaluation (1 = greedy in Q)."""
+    beam_width: str = "2"
+    """Planning algorithms (JOWA): beam width K at evaluation (1 = greedy in Q); per game as
+    'Pong:3,Breakout:2' (JOWA Table 16), a bare number for the other games."""
     device: str = "auto"
     """'auto', 'cpu', 'cuda' or 'cuda:N'."""
     compile: bool = False
@@ -115,10 +123,13 @@ class PretrainConfig:
         resolve_games(self.games)  # raises with close matches
         parse_split(self.split)  # raises listing the valid forms
         parse_runs(self.runs)
-        for name in ("steps", "batch_size", "record_steps", "planning_horizon", "eval_max_steps", "seed"):
+        for name in ("steps", "batch_size", "record_steps", "planning_horizon", "eval_max_steps", "seed",
+                     "eval_episodes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("eval_episodes", "num_envs", "beam_width"):
+        parse_beam_width(self.beam_width, self.game_list)
+        _check_eval_extras(self.eval_sticky_actions, self.eval_noop_starts)
+        for name in ("num_envs",):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr < 0 or not math.isfinite(self.lr):
@@ -213,7 +224,12 @@ class PretrainConfig:
 
     @property
     def eval_options(self) -> EvalOptions:
-        return EvalOptions(planning_horizon=self.planning_horizon, beam_width=self.beam_width)
+        return EvalOptions(planning_horizon=self.planning_horizon,
+                           beam_width=parse_beam_width(self.beam_width, self.game_list))
+
+    @property
+    def effective_eval_episodes(self) -> int:
+        return self.eval_episodes or self.scale.eval_episodes
 
     def stages(self) -> list[Stage]:
         """The training stages with every value resolved (``steps`` > 0 overrides each stage's)."""
@@ -240,6 +256,7 @@ class PretrainConfig:
             "checkpoint_every": scale.checkpoint_every,
             "stages": [dataclasses.asdict(s) for s in self.stages()],
             "eval_max_steps": self.effective_eval_max_steps,
+            "eval_episodes": self.effective_eval_episodes,
             "output_dir": self.run_dir,
         }
 
@@ -262,8 +279,13 @@ class EvaluateConfig:
     """Evaluation epsilon (both papers: 0.001)."""
     planning_horizon: int = 2
     """Planning algorithms (JOWA): beam-search horizon H (0 = greedy in Q)."""
-    beam_width: int = 2
-    """Planning algorithms (JOWA): beam width K (1 = greedy in Q)."""
+    beam_width: str = "2"
+    """Planning algorithms (JOWA): beam width K (1 = greedy in Q); per game as 'Pong:3,Breakout:2'
+    (JOWA Table 16), a bare number for the other games."""
+    sticky_actions: float = 0.0
+    """Beyond the papers (opt-in): sticky-action probability (Machado et al.: 0.25); flagged."""
+    noop_starts: int = 0
+    """Beyond the papers (opt-in): each episode starts with U{0..N} no-ops; flagged."""
     mode: int = -1
     """Game mode for a variant (-1 = default mode)."""
     difficulty: int = -1
@@ -280,9 +302,11 @@ class EvaluateConfig:
             from workbench.games import resolve_games
 
             resolve_games(self.games)
-        for name in ("episodes", "num_envs", "max_steps", "beam_width"):
+        for name in ("episodes", "num_envs", "max_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        parse_beam_width(self.beam_width, None)
+        _check_eval_extras(self.sticky_actions, self.noop_starts)
         _check_eval_cap("max_steps", self.max_steps)
         _check_device(self.device)
         if self.planning_horizon < 0:
@@ -296,6 +320,44 @@ class EvaluateConfig:
     def from_params(cls, **params: Any) -> EvaluateConfig:
         return from_params(cls, params)
 
-    @property
-    def eval_options(self) -> EvalOptions:
-        return EvalOptions(planning_horizon=self.planning_horizon, beam_width=self.beam_width)
+    def eval_options(self, games: Sequence[str]) -> EvalOptions:
+        """Options for a run trained on ``games`` (per-game beam widths follow its game order)."""
+        return EvalOptions(planning_horizon=self.planning_horizon, beam_width=parse_beam_width(self.beam_width, games))
+
+
+def _check_eval_extras(sticky: float, noops: int) -> None:
+    if not 0.0 <= sticky < 1.0:
+        raise ValueError(f"sticky actions must be a probability in [0, 1), got {sticky}")
+    if noops < 0:
+        raise ValueError(f"no-op starts must be >= 0, got {noops}")
+
+
+def parse_beam_width(spec: str, games: Sequence[str] | None) -> int | tuple[int, ...]:
+    """``'2'`` -> 2; ``'Pong:3,Breakout:2'`` or ``'2,Pong:3'`` -> one width per game of ``games``
+    (a bare number sets the games not named; default 2). ``games=None`` checks the syntax only."""
+    from workbench.games import canonical_game
+
+    default, per_game = None, {}
+    for item in (p.strip() for p in str(spec).split(",") if p.strip()):
+        name, _, value = item.rpartition(":")
+        try:
+            width = int(value)
+        except ValueError:
+            raise ValueError(f"invalid beam_width {spec!r}: {item!r} is not K or Game:K "
+                             "(e.g. '2' or 'Pong:3,Breakout:2')") from None
+        if width < 1:
+            raise ValueError(f"beam_width must be >= 1, got {width} in {spec!r}")
+        if name:
+            per_game[canonical_game(name)] = width
+        else:
+            default = width
+    if not per_game:
+        if default is None:
+            raise ValueError(f"invalid beam_width {spec!r}; give K or Game:K pairs, e.g. 'Pong:3,Breakout:2'")
+        return default
+    if games is None:
+        return default or 2
+    unknown = sorted(set(per_game) - set(games))
+    if unknown:
+        raise ValueError(f"beam_width names games {unknown} that the run does not have; its games: {list(games)}")
+    return tuple(per_game.get(g, default or 2) for g in games)

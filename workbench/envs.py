@@ -102,6 +102,16 @@ def _check_protocol(protocol: str) -> float:
     return PROTOCOLS[protocol]
 
 
+def _sticky(protocol: str, override: float | None) -> float:
+    """The protocol's sticky-action probability, or ``override`` (an opt-in evaluation setting)."""
+    default = _check_protocol(protocol)
+    if override is None:
+        return default
+    if not 0.0 <= override < 1.0:
+        raise ValueError(f"repeat_action_probability must be in [0, 1), got {override}")
+    return float(override)
+
+
 def _new_ale(repeat_action_probability: float) -> Any:
     import ale_py
 
@@ -169,12 +179,13 @@ class AtariProtocolEnv(gymnasium.Env):
         seed: int | None = None,
         render_rgb: bool = False,
         max_episode_frames: int = MAX_EPISODE_FRAMES,
+        repeat_action_probability: float | None = None,
     ) -> None:
         from ale_py import roms
 
         self.game = _games.canonical_game(game)
         self.protocol = protocol
-        self.repeat_action_probability = _check_protocol(protocol)
+        self.repeat_action_probability = _sticky(protocol, repeat_action_probability)
         _check_variant(self.game, mode, difficulty)
         if int(max_episode_frames) <= 0:
             raise ValueError(f"max_episode_frames must be positive, got {max_episode_frames}")
@@ -307,6 +318,7 @@ class AtariVector:
         backend: Literal["auto", "sync", "async", "native"] = "auto",
         max_episode_frames: int = MAX_EPISODE_FRAMES,
         num_threads: int = 1,
+        repeat_action_probability: float | None = None,
     ) -> None:
         if int(num_envs) < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
@@ -321,7 +333,7 @@ class AtariVector:
         self.game = _games.canonical_game(game)
         self.num_envs = int(num_envs)
         self.protocol = protocol
-        _check_protocol(protocol)
+        sticky = _sticky(protocol, repeat_action_probability)
         _check_variant(self.game, mode, difficulty)
         self.num_actions = _games.num_actions(self.game)
         self._done = np.ones(self.num_envs, bool)
@@ -336,7 +348,7 @@ class AtariVector:
                 _games.ale_rom_id(self.game),
                 self.num_envs,
                 max_num_frames_per_episode=max_episode_frames,
-                repeat_action_probability=PROTOCOLS[protocol],
+                repeat_action_probability=sticky,
                 # native has no DISABLED mode: a finished env auto-resets (unseeded) on its next
                 # step; we discard that and reset it with the caller's seed via reset_mask.
                 autoreset_mode=AutoresetMode.NEXT_STEP,
@@ -357,6 +369,7 @@ class AtariVector:
                     mode=mode,
                     difficulty=difficulty,
                     max_episode_frames=max_episode_frames,
+                    repeat_action_probability=sticky,
                 )
 
             if backend == "sync":

@@ -39,7 +39,8 @@ def episode_seed(seed: int, game: str, episode: int) -> int:
 
 
 def protocol_flags(per_game: dict[str, dict[str, Any]], max_agent_steps: int, epsilon: float,
-                   mode: int | None, difficulty: int | None) -> dict[str, Any]:
+                   mode: int | None, difficulty: int | None, sticky_actions: float = 0.0,
+                   noop_starts: int = 0) -> dict[str, Any]:
     """Say whether scores are comparable to the papers' (their protocol: 27,000-step cap,
     epsilon 0.001, default mode and difficulty) and how many episodes a step cap cut short.
     A truncated episode's score is a partial return: under a small cap it can look good."""
@@ -52,6 +53,10 @@ def protocol_flags(per_game: dict[str, dict[str, Any]], max_agent_steps: int, ep
         deviations.append(f"epsilon {epsilon} (protocol: 0.001)")
     if mode is not None or difficulty is not None:
         deviations.append(f"game variant mode={mode}, difficulty={difficulty}")
+    if sticky_actions:
+        deviations.append(f"sticky actions {sticky_actions} (the papers evaluate without)")
+    if noop_starts:
+        deviations.append(f"up to {noop_starts} no-op starts (the papers use none)")
     note = ""
     if deviations:
         note = "not comparable to the papers: " + "; ".join(deviations)
@@ -83,8 +88,15 @@ def evaluate(
     progress: bool = True,
     backend: str = "auto",
     reps: int = 1000,
+    sticky_actions: float = 0.0,
+    noop_starts: int = 0,
 ) -> dict[str, Any]:
     """Evaluate ``policy`` on ``games`` under the eval protocol; returns (and writes) a results dict.
+
+    Beyond the papers (opt-in; both are recorded in the results and flag them as not comparable):
+    ``sticky_actions`` repeats the previous action with that probability (Machado et al.'s 0.25),
+    and ``noop_starts`` begins each episode with k ~ U{0..noop_starts} no-op actions drawn from
+    the episode's own stream, so a fixed policy's episodes differ and the CIs say something.
 
     ``game_ids[i]`` is the id the policy knows ``games[i]`` by (default ``i``). Result keys:
     ``per_game[game]`` with per-episode ``scores``, ``lengths``, ``truncated``, ``seeds`` and the
@@ -108,6 +120,10 @@ def evaluate(
         raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
     if not 1 <= max_agent_steps <= MAX_AGENT_STEPS:
         raise ValueError(f"max_agent_steps must be in 1..{MAX_AGENT_STEPS}, got {max_agent_steps}")
+    if not 0.0 <= sticky_actions < 1.0:
+        raise ValueError(f"sticky_actions must be in [0, 1), got {sticky_actions}")
+    if noop_starts < 0:
+        raise ValueError(f"noop_starts must be >= 0, got {noop_starts}")
 
     E = int(episodes_per_game)
     n_slots = min(int(num_envs), E)
@@ -119,7 +135,7 @@ def evaluate(
     vecs = [
         AtariVector(
             g, n_slots, "eval", mode=mode, difficulty=difficulty, backend=backend,  # type: ignore[arg-type]
-            max_episode_frames=max_agent_steps * FRAME_SKIP,
+            max_episode_frames=max_agent_steps * FRAME_SKIP, repeat_action_probability=sticky_actions,
         )
         for g in game_list
     ]  # fmt: skip
@@ -132,6 +148,7 @@ def evaluate(
     ret = np.zeros(S, np.float64)
     length = np.zeros(S, np.int64)
     rngs: list[np.random.Generator | None] = [None] * S
+    noops_left = np.zeros(S, np.int64)  # no-op start steps still to play (noop_starts > 0)
     next_ep = [0] * G
     res: dict[str, dict[str, Any]] = {
         g: {"scores": [0.0] * E, "lengths": [0] * E, "truncated": [False] * E, "seeds": seeds[g]}
@@ -151,6 +168,8 @@ def evaluate(
         for s, k in zip(glob, ks):
             episode[s], ret[s], length[s] = k, 0.0, 0
             rngs[s] = np.random.default_rng(seeds[game_list[gi]][k])
+            if noop_starts:
+                noops_left[s] = rngs[s].integers(noop_starts + 1)  # type: ignore[union-attr]
         policy.reset(np.asarray(glob, np.int64))
 
     for gi in range(G):
@@ -174,6 +193,9 @@ def evaluate(
                 )
             actions = np.zeros(S, np.int64)
             for s in np.flatnonzero(active).tolist():
+                if noops_left[s]:  # NOOP is index 0 of every minimal action set
+                    noops_left[s] -= 1
+                    continue
                 actions[s] = epsilon_greedy(rngs[s], int(greedy[s]), int(n_act[s]), epsilon)  # type: ignore[arg-type]
             frames = np.zeros((S, 84, 84), np.uint8)
             done = np.zeros(S, bool)
@@ -232,11 +254,13 @@ def evaluate(
         "max_agent_steps": int(max_agent_steps),
         "mode": mode,
         "difficulty": difficulty,
+        "sticky_actions": float(sticky_actions),
+        "noop_starts": int(noop_starts),
         "per_game": per_game,
         "human_normalized": hns,
         "aggregates": aggregates,
         "aggregates_by_episode": by_episode,
-        **protocol_flags(per_game, max_agent_steps, epsilon, mode, difficulty),
+        **protocol_flags(per_game, max_agent_steps, epsilon, mode, difficulty, sticky_actions, noop_starts),
     }
     if out_path is not None:
         atomic_write_json(out_path, out)

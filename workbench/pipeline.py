@@ -206,9 +206,10 @@ def _pretrain(config: PretrainConfig, rank: int, world: int, progress: bool) -> 
         return PretrainResult(run.path, checkpoint, {}, summary=summary)
 
     scores = evaluate_algo(
-        algo, games, run.path / "eval" / "scores.json", episodes=config.eval_episodes,
+        algo, games, run.path / "eval" / "scores.json", episodes=config.effective_eval_episodes,
         num_envs=config.num_envs, max_steps=config.effective_eval_max_steps, seed=config.seed,
-        options=config.eval_options, progress=progress,
+        options=config.eval_options, sticky_actions=config.eval_sticky_actions,
+        noop_starts=config.eval_noop_starts, progress=progress,
     )
     figures = run_figures(run, scores)
     summary = {
@@ -231,7 +232,7 @@ def evaluate_algo(
     algo: Algo, games: tuple[str, ...], out_path: Path, *, episodes: int, num_envs: int, max_steps: int,
     seed: int, options: EvalOptions | None = None, epsilon: float = 0.001,
     game_ids: list[int] | None = None, mode: int | None = None, difficulty: int | None = None,
-    progress: bool = True,
+    sticky_actions: float = 0.0, noop_starts: int = 0, progress: bool = True,
 ) -> dict[str, Any]:
     """Run the evaluator on an algo's policy and write the scores JSON."""
     from workbench.evaluate import evaluate
@@ -242,6 +243,7 @@ def evaluate_algo(
             algo.policy(options or EvalOptions()), games,
             game_ids=game_ids, episodes_per_game=episodes, num_envs=num_envs, seed=seed, epsilon=epsilon,
             max_agent_steps=max_steps, mode=mode, difficulty=difficulty, out_path=str(out_path), progress=progress,
+            sticky_actions=sticky_actions, noop_starts=noop_starts,
         )
     return result
 
@@ -263,7 +265,8 @@ def evaluate_run(config: EvaluateConfig, *, progress: bool = True) -> dict[str, 
     out = resolve_path(config.output) if config.output else run.path / "eval" / f"scores_{'-'.join(games)}.json"
     scores = evaluate_algo(
         algo, games, out, episodes=config.episodes, num_envs=config.num_envs, max_steps=config.max_steps,
-        seed=config.seed, options=config.eval_options, epsilon=config.epsilon,
+        seed=config.seed, options=config.eval_options(trained), epsilon=config.epsilon,
+        sticky_actions=config.sticky_actions, noop_starts=config.noop_starts,
         game_ids=[trained.index(g) for g in games],
         mode=None if config.mode < 0 else config.mode,
         difficulty=None if config.difficulty < 0 else config.difficulty, progress=progress,

@@ -15,12 +15,13 @@ For every environment, starting from its current state s_0 (context + current fr
 
 Everything is batched: one forward call per token group (the action token, then each of the 36
 observation tokens) covers all environments x beams x children. The context (previous steps and
-the current frame, ~221 tokens for H = 2) is run once per environment and its keys and values
-are shared by all that environment's beams and children: each row keeps only its own imagined
-suffix (at most H x 37 tokens), gathered with one ``KVCache.index_select`` per depth, and a new
-token attends to its environment's prefix and its row's suffix under one softmax
-(`_SharedContext`). ``shared_prefix=False`` runs the previous layout, a full copy of the context
-per row (`_CopiedContext`); both give the same actions and trees. No frame is decoded to
+the current frame, 221 tokens with 5 context steps) is run once per environment and its keys
+and values are shared by all that environment's beams and children; a beam's finished imagined
+steps are stored once per beam (gathered when the beams are chosen, at most (H - 1) x 37
+tokens), and only the step being imagined is stored per child. A new token attends to the three
+parts under one softmax (`_SharedContext`). ``shared_prefix=False`` runs the previous layout, a
+full copy of the context per child (`_CopiedContext`); both give the same actions and trees
+(scores equal up to fp32 rounding). ``SearchProfile`` times the search's phases. No frame is decoded to
 pixels: with ``return_tree`` the best path's imagined tokens are returned, and
 ``PlannerPolicy.decode_predicted_frames`` decodes them only when an inspector asks.
 ``beam_search_sequential`` runs the same search one environment and one child at a time, as an
@@ -30,9 +31,9 @@ independent reference for tests.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ from torch import Tensor
 
 from workbench.games import MAX_ACTIONS
 from workbench.losses import masked_argmax
-from workbench.models.gpt import KVCache
+from workbench.models.gpt import Block, KVCache
 from workbench.models.tokenizer import FRAME_SIZE, TOKENS_PER_FRAME, Tokenizer
 from workbench.models.world_action import TOKENS_PER_STEP, WorldActionModel
 
@@ -128,6 +129,8 @@ def _prefix(
     parts, valid = [obs_tokens.long()], [torch.ones(N, TOKENS_PER_FRAME, dtype=torch.bool, device=dev)]
     is_act = [torch.zeros(TOKENS_PER_FRAME, dtype=torch.bool, device=dev)]
     if ctx_tokens is not None and ctx_tokens.shape[1] > 0:
+        if ctx_actions is None or ctx_valid is None:
+            raise ValueError("ctx_tokens needs ctx_actions and ctx_valid (one action and one flag per context step)")
         C = ctx_tokens.shape[1]
         parts.insert(0, model.interleave(ctx_tokens, ctx_actions))
         valid.insert(0, ctx_valid.bool().repeat_interleave(TOKENS_PER_STEP, dim=1))
@@ -144,13 +147,18 @@ def _prefix(
 class _CopiedContext:
     """Rows that each hold a full copy of their environment's context in one `KVCache`.
 
-    The previous planner's layout (and the public implementation's): gathering beams copies the
-    whole context per row, and every new token attends over its own copy. Kept as the reference
-    the shared-prefix path is tested against, and for ``beam_search_sequential``.
+    The previous planner's layout (and the public implementation's): branching into children
+    copies the whole context per child, and every new token attends over its own copy. Kept as
+    the reference the shared-prefix path is tested against, and for ``beam_search_sequential``.
     """
 
     def __init__(self, model: WorldActionModel, cache: KVCache) -> None:
         self.model, self.cache = model, cache
+
+    def children(self, k: int) -> _CopiedContext:
+        """k rows per current row (each a copy), row-major."""
+        rows = torch.arange(self.cache.batch_size, device=self.cache.k.device).repeat_interleave(k)
+        return _CopiedContext(self.model, self.cache.index_select(rows))
 
     def select(self, rows: Tensor) -> _CopiedContext:
         return _CopiedContext(self.model, self.cache.index_select(rows))
@@ -161,82 +169,121 @@ class _CopiedContext:
         return self.model.forward_tokens(tokens.long()[:, None], flag, game_id, cache=self.cache)[:, -1]
 
 
+def _scores(q: Tensor, k: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Dot products of M row queries (M, heads, hd) with the keys (G, heads, L, hd) of G groups of
+    M / G consecutive rows (+ ``bias`` (G, 1, 1, L)) -> (M, heads, L). Each group's keys are
+    read once for all its rows."""
+    M, n_head, hd = q.shape
+    G = k.shape[0]
+    s = q.view(G, M // G, n_head, hd).transpose(1, 2) @ k.transpose(-1, -2)  # (G, heads, R, L)
+    if bias is not None:
+        s = s + bias
+    return s.transpose(1, 2).reshape(M, n_head, k.shape[2])
+
+
+def _mix(p: Tensor, v: Tensor) -> Tensor:
+    """Attention weights (M, heads, L) times the values (G, heads, L, hd) of G row groups -> (M, heads, hd)."""
+    M, n_head, L = p.shape
+    G = v.shape[0]
+    y = p.view(G, M // G, n_head, L).transpose(1, 2) @ v  # (G, heads, R, hd)
+    return y.transpose(1, 2).reshape(M, n_head, v.shape[3])
+
+
 class _SharedContext:
-    """One context prefix per environment, shared by all its rows, plus each row's own suffix.
+    """Rows (beams or children) whose keys and values are stored once per sharing level.
 
-    The context's keys and values are computed once per environment (``prefix``, N rows). Rows
-    are environment-major, R = M / N per environment, so row r belongs to environment r // R;
-    each row's ``suffix`` cache holds only the tokens imagined on its path (at most H steps).
-    A new token's query scores its environment's prefix keys (left padding masked) and its own
-    suffix keys, and one softmax runs over both parts together: the result is attention over
-    the concatenated sequence, exactly what a per-row copy of the context would give (up to
-    fp32 rounding), without copying the context or reading it once per row.
+    Three parts, each with its own grouping of the (environment-major) rows:
 
-    The transformer is run here token group by token group with the model's own layers (the
-    same operations as `GPT.forward` in eval mode, where dropout is the identity).
+    - ``prefix``: the context (previous steps + current frame), once per environment (N groups);
+      left padding is masked by ``prefix_bias``;
+    - ``path``: the imagined steps a beam has finished, once per beam (``path_k``/``path_v``
+      ``(layers, beams, heads, L, hd)``; none at depth 0); its children are consecutive rows;
+    - ``step``: the step being imagined now (at most 37 tokens), one per row (a `KVCache`).
+
+    A new token's query scores the three parts' keys and one softmax runs over all of them, so
+    the result is attention over the row's whole sequence (context + path + step), the same as a
+    per-row copy of it would give (up to fp32 rounding), with the context neither copied nor
+    read once per row. The transformer is run here token group by token group with the model's
+    own layers (the operations of `GPT.forward` in eval mode, where dropout is the identity).
     """
 
-    def __init__(self, model: WorldActionModel, prefix: KVCache, suffix: KVCache) -> None:
-        self.model, self.prefix, self.suffix = model, prefix, suffix
-        # Additive mask of the prefix keys: 0 for real tokens, -inf for left padding.
-        self.prefix_bias = torch.zeros(prefix.valid.shape, device=prefix.k.device).masked_fill(
-            ~prefix.valid, float("-inf"))[:, None, None, :]
+    def __init__(self, model: WorldActionModel, prefix: KVCache, prefix_bias: Tensor,
+                 path_k: Tensor | None, path_v: Tensor | None, next_pos: Tensor, step: KVCache | None) -> None:
+        self.model, self.prefix, self.prefix_bias = model, prefix, prefix_bias
+        self.path_k, self.path_v, self.next_pos, self.step = path_k, path_v, next_pos, step
 
     @classmethod
-    def start(cls, model: WorldActionModel, prefix: KVCache, horizon: int) -> _SharedContext:
-        """One row per environment, an empty suffix with room for ``horizon`` steps."""
-        suffix = model.gpt.new_cache(prefix.batch_size, horizon * TOKENS_PER_STEP, device=prefix.k.device)
-        suffix.next_pos = prefix.next_pos.clone()  # positions continue after each context
-        return cls(model, prefix, suffix)
+    def start(cls, model: WorldActionModel, prefix: KVCache) -> _SharedContext:
+        """One beam per environment (the root), with an empty path."""
+        bias = torch.zeros(prefix.valid.shape, device=prefix.k.device).masked_fill(~prefix.valid, float("-inf"))
+        return cls(model, prefix, bias[:, None, None, :], None, None, prefix.next_pos, None)
+
+    def children(self, k: int) -> _SharedContext:
+        """k rows per beam (consecutive), each starting an empty step."""
+        beams = self.next_pos.shape[0]
+        step = self.model.gpt.new_cache(beams * k, TOKENS_PER_STEP, device=self.prefix.k.device)
+        step.next_pos = self.next_pos.repeat_interleave(k)  # positions continue the beam's sequence
+        return _SharedContext(self.model, self.prefix, self.prefix_bias, self.path_k, self.path_v, self.next_pos, step)
+
+    def _rows(self) -> KVCache:
+        if self.step is None:
+            raise RuntimeError("these are beams, not rows: call children(k) first")
+        return self.step
 
     def select(self, rows: Tensor) -> _SharedContext:
-        """Rows ``rows`` of this one (environment-major, the same count per environment)."""
-        out = _SharedContext.__new__(_SharedContext)
-        out.model, out.prefix, out.prefix_bias = self.model, self.prefix, self.prefix_bias
-        out.suffix = self.suffix.index_select(rows)
-        return out
+        """Rows ``rows`` become the new beams (environment-major, the same count per environment):
+        each beam's path is its parent's path plus its own finished step."""
+        step = self._rows()
+        k = step.batch_size // self.next_pos.shape[0]  # rows per current beam
+        step_k, step_v = step.k[:, rows, :, :step.length], step.v[:, rows, :, :step.length]
+        if self.path_k is None or self.path_v is None:
+            path_k, path_v = step_k, step_v
+        else:
+            parent = rows // k
+            path_k = torch.cat([self.path_k[:, parent], step_k], 3)
+            path_v = torch.cat([self.path_v[:, parent], step_v], 3)
+        return _SharedContext(self.model, self.prefix, self.prefix_bias, path_k, path_v, step.next_pos[rows], None)
 
     def forward(self, tokens: Tensor, is_action: bool, game_id: Tensor) -> Tensor:
-        """Append one token per row; returns the final hidden states (M, D)."""
-        model, gpt, suffix = self.model, self.model.gpt, self.suffix
+        """Append one token per row to its step; returns the final hidden states (M, D)."""
+        model, gpt, step = self.model, self.model.gpt, self._rows()
         tokens, game_id = tokens.long(), game_id.long()
         if is_action:
             x = model.act_emb(tokens) + model.task_act_emb(game_id)
         else:
             x = model.obs_emb(tokens) + model.task_obs_emb(game_id)
-        x = x + gpt.pos_emb(suffix.next_pos)
+        x = x + gpt.pos_emb(step.next_pos)
         M, D = x.shape
-        slot = suffix.length
+        slot = step.length
         for i, block in enumerate(gpt.blocks):
+            assert isinstance(block, Block)  # GPT.blocks holds Blocks (a ModuleList is untyped)
             attn = block.attn
             q, k, v = attn.qkv(block.ln_1(x)).view(M, 3, attn.n_head, attn.head_dim).unbind(1)
-            suffix.k[i, :, :, slot] = k.to(suffix.k.dtype)
-            suffix.v[i, :, :, slot] = v.to(suffix.v.dtype)
-            x = x + attn.proj(self._attend(i, q, slot + 1).reshape(M, D))
+            step.k[i, :, :, slot] = k.to(step.k.dtype)
+            step.v[i, :, :, slot] = v.to(step.v.dtype)
+            x = x + attn.proj(self._attend(step, i, q, slot + 1).reshape(M, D))
             x = x + block.mlp(block.ln_2(x))
-        suffix.valid[:, slot] = True
-        suffix.next_pos = suffix.next_pos + 1
-        suffix.length = slot + 1
+        step.valid[:, slot] = True
+        step.next_pos = step.next_pos + 1
+        step.length = slot + 1
         return gpt.ln_f(x)
 
-    def _attend(self, layer: int, q: Tensor, S: int) -> Tensor:
-        """Attention of one query per row (M, heads, hd) over prefix + the row's first S suffix slots."""
-        M, n_head, hd = q.shape
-        N = self.prefix.batch_size
-        R = M // N
-        kp, vp = self.prefix.k[layer].to(q.dtype), self.prefix.v[layer].to(q.dtype)  # (N, heads, P, hd)
-        ks = self.suffix.k[layer, :, :, :S].to(q.dtype)  # (M, heads, S, hd)
-        vs = self.suffix.v[layer, :, :, :S].to(q.dtype)
-        scale = hd ** -0.5
-        q_env = q.view(N, R, n_head, hd).transpose(1, 2)  # (N, heads, R, hd): each prefix read once
-        s_pre = (q_env @ kp.transpose(-1, -2)) * scale + self.prefix_bias  # (N, heads, R, P)
-        s_suf = (q[:, :, None] @ ks.transpose(-1, -2)) * scale  # (M, heads, 1, S)
-        s_suf = s_suf.view(N, R, n_head, S).transpose(1, 2)  # (N, heads, R, S)
-        p = torch.softmax(torch.cat([s_pre, s_suf], -1).float(), -1).to(q.dtype)
+    def _attend(self, step: KVCache, layer: int, q: Tensor, n_step: int) -> Tensor:
+        """One query per row (M, heads, hd) over its prefix, path and first ``n_step`` step slots."""
+        dt = q.dtype
+        q = q * q.shape[-1] ** -0.5
+        kp, vp = self.prefix.k[layer].to(dt), self.prefix.v[layer].to(dt)
+        ks, vs = step.k[layer, :, :, :n_step].to(dt), step.v[layer, :, :, :n_step].to(dt)
+        parts = [_scores(q, kp, self.prefix_bias)]
+        if self.path_k is not None and self.path_v is not None:
+            parts.append(_scores(q, self.path_k[layer].to(dt)))
+        parts.append((q[:, :, None] @ ks.transpose(-1, -2))[:, :, 0])  # each row's own step
+        p = torch.softmax(torch.cat(parts, -1).float(), -1).to(dt)
         P = kp.shape[2]
-        y_pre = (p[..., :P] @ vp).transpose(1, 2).reshape(M, n_head, hd)
-        p_suf = p[..., P:].transpose(1, 2).reshape(M, n_head, 1, S)
-        return y_pre + (p_suf @ vs)[:, :, 0]
+        y = _mix(p[..., :P], vp) + (p[..., -n_step:, None].transpose(-1, -2) @ vs)[:, :, 0]
+        if self.path_k is not None and self.path_v is not None:
+            y = y + _mix(p[..., P:-n_step], self.path_v[layer].to(dt))
+        return y
 
 
 class _NoClock:
@@ -245,6 +292,9 @@ class _NoClock:
     @contextmanager
     def phase(self, name: str):
         yield
+
+
+_NO_CLOCK = _NoClock()
 
 
 class SearchProfile:
@@ -297,7 +347,7 @@ class SearchProfile:
 
 def _imagine_step(
     model: WorldActionModel, ctx: _SharedContext | _CopiedContext, actions: Tensor, game_id: Tensor,
-    valid_mask: Tensor, clock: SearchProfile | _NoClock = _NoClock(),
+    valid_mask: Tensor, clock: SearchProfile | _NoClock = _NO_CLOCK,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Append one imagined step to every row of ``ctx`` (in place).
 
@@ -378,7 +428,7 @@ def beam_search(
         raise ValueError("beam_search needs the model in eval mode (model.eval()): the search applies no dropout")
     if profile is None:
         return _beam_search(model, obs_tokens, game_id, valid_mask, horizon, beam_width, gamma, ctx_tokens,
-                            ctx_actions, ctx_valid, return_tree, shared_prefix, _NoClock())
+                            ctx_actions, ctx_valid, return_tree, shared_prefix, _NO_CLOCK)
     with profile._search(obs_tokens.device):
         return _beam_search(model, obs_tokens, game_id, valid_mask, horizon, beam_width, gamma, ctx_tokens,
                             ctx_actions, ctx_valid, return_tree, shared_prefix, profile)
@@ -417,7 +467,7 @@ def _beam_search(
     if horizon == 0 or k_max == 1:
         trees = _greedy_trees(q0, greedy) if return_tree else None
         return PlanResult(greedy, q0, trees, probs0)
-    ctx = _SharedContext.start(model, cache, horizon) if shared_prefix else _CopiedContext(model, cache)
+    ctx = _SharedContext.start(model, cache) if shared_prefix else _CopiedContext(model, cache)
 
     # Beam state, (N, B) with B = 1 at the root.
     q_cur = q0[:, None]
@@ -425,15 +475,16 @@ def _beam_search(
     alive = torch.ones(N, 1, dtype=torch.bool, device=dev)
     beam_ok = torch.ones(N, 1, dtype=torch.bool, device=dev)
     first = torch.zeros(N, 1, dtype=torch.long, device=dev)
-    log = [] if return_tree else None
+    log: list[dict[str, Tensor]] | None = [] if return_tree else None
     # The path of each beam (only with return_tree): actions, imagined tokens, validity per depth.
     p_act = torch.zeros(N, 1, 0, dtype=torch.long, device=dev)
     p_tok = torch.zeros(N, 1, 0, TOKENS_PER_FRAME, dtype=torch.long, device=dev)
     p_ok = torch.zeros(N, 1, 0, dtype=torch.bool, device=dev)
+    env = torch.arange(N, device=dev)
     for depth in range(horizon):
         B = q_cur.shape[1]
         acts, q_edge, ok = _expand(q_cur, alive, beam_ok, k_env, k_max)  # (N, B, k)
-        rows = ctx.select(torch.arange(N * B, device=dev).repeat_interleave(k_max))
+        rows = ctx.children(k_max)
         g_rows = game_id.repeat_interleave(B * k_max)
         vm_rows = valid_mask.repeat_interleave(B * k_max, dim=0)
         reward, terminal, q_next, tok = _imagine_step(model, rows, acts.flatten(), g_rows, vm_rows, clock)
@@ -442,41 +493,47 @@ def _beam_search(
         G_c, alive_c, score = _score_children(G[..., None], alive[..., None], reward, terminal, q_next, depth, gamma)
         score = score.masked_fill(~ok, float("-inf"))
         first_c = acts if depth == 0 else first[..., None].expand(N, B, k_max)
-        flat = lambda x: x.reshape(N, B * k_max, *x.shape[3:])  # noqa: E731
         if log is not None:  # extend every beam's path by its children's step
-            grow = lambda x: x[:, :, None].expand(N, B, k_max, *x.shape[2:])  # noqa: E731
             live = alive[..., None].expand(N, B, k_max)
-            p_act_c = flat(torch.cat([grow(p_act), torch.where(live, acts, -1)[..., None]], -1))
-            p_tok_c = flat(torch.cat([grow(p_tok), tok.view(N, B, k_max, 1, TOKENS_PER_FRAME)], -2))
-            p_ok_c = flat(torch.cat([grow(p_ok), alive_c[..., None]], -1))
+            p_act_c = _flat(torch.cat([_grow(p_act, k_max), torch.where(live, acts, -1)[..., None]], -1))
+            p_tok_c = _flat(torch.cat([_grow(p_tok, k_max), tok.view(N, B, k_max, 1, TOKENS_PER_FRAME)], -2))
+            p_ok_c = _flat(torch.cat([_grow(p_ok, k_max), alive_c[..., None]], -1))
         keep_n = min(k_max, B * k_max)
-        top_score, top_idx = flat(score).topk(keep_n, dim=-1)  # (N, keep)
+        top_score, top_idx = _flat(score).topk(keep_n, dim=-1)  # (N, keep)
         new_ok = torch.isfinite(top_score) & (torch.arange(keep_n, device=dev) < k_env[:, None])
         if log is not None:
             kept = torch.zeros(N, B * k_max, dtype=torch.bool, device=dev)
             kept.scatter_(1, top_idx, new_ok)
             log.append({k: v.cpu() for k, v in dict(
-                acts=flat(acts), q_edge=flat(q_edge), ok=flat(ok), reward=flat(reward), score=flat(score),
-                terminal=flat(terminal & alive[..., None]), carry=flat(~alive[..., None].expand(N, B, k_max)),
+                acts=_flat(acts), q_edge=_flat(q_edge), ok=_flat(ok), reward=_flat(reward), score=_flat(score),
+                terminal=_flat(terminal & alive[..., None]), carry=_flat(~alive[..., None].expand(N, B, k_max)),
                 kept=kept, top_idx=top_idx,
             ).items()})
-        take = lambda x: flat(x).gather(1, top_idx)  # noqa: E731
         if depth == horizon - 1:
-            best = flat(score).argmax(-1)
-            actions = flat(first_c).gather(1, best[:, None])[:, 0]
+            best = _flat(score).argmax(-1)
+            actions = _flat(first_c).gather(1, best[:, None])[:, 0]
             if log is not None:
-                pick = lambda x: x[torch.arange(N, device=dev), best]  # noqa: E731
-                p_act, p_tok, p_ok = pick(p_act_c), pick(p_tok_c), pick(p_ok_c)
+                p_act, p_tok, p_ok = (x[env, best] for x in (p_act_c, p_tok_c, p_ok_c))
             break
         if log is not None:
-            path_take = lambda x: x.gather(1, top_idx.view(N, keep_n, *[1] * (x.dim() - 2)).expand(N, keep_n, *x.shape[2:]))  # noqa: E731
-            p_act, p_tok, p_ok = path_take(p_act_c), path_take(p_tok_c), path_take(p_ok_c)
-        G, alive, first, beam_ok = take(G_c), take(alive_c), take(first_c), new_ok
-        q_cur = flat(q_next).gather(1, top_idx[..., None].expand(N, keep_n, MAX_ACTIONS))
+            p_act, p_tok, p_ok = (x[env[:, None], top_idx] for x in (p_act_c, p_tok_c, p_ok_c))
+        G, alive, first = (_flat(x).gather(1, top_idx) for x in (G_c, alive_c, first_c))
+        beam_ok = new_ok
+        q_cur = _flat(q_next)[env[:, None], top_idx]
         ctx = rows.select((torch.arange(N, device=dev)[:, None] * (B * k_max) + top_idx).flatten())
     if log is None:
         return PlanResult(actions, q0, None, probs0)
     return PlanResult(actions, q0, _build_trees(q0, log, actions), probs0, p_act, p_tok, p_ok)
+
+
+def _flat(x: Tensor) -> Tensor:
+    """(N, B, k, ...) children of B beams -> (N, B * k, ...), beam-major."""
+    return x.flatten(1, 2)
+
+
+def _grow(x: Tensor, k: int) -> Tensor:
+    """(N, B, ...) per beam -> (N, B, k, ...), repeated for each of its k children."""
+    return x[:, :, None].expand(x.shape[0], x.shape[1], k, *x.shape[2:])
 
 
 def _greedy_trees(q0: Tensor, greedy: Tensor) -> list[SearchTree]:
@@ -545,11 +602,13 @@ def beam_search_sequential(
     out = torch.empty(N, dtype=torch.long)
     for i in range(N):
         sl = slice(i, i + 1)
-        ctx = (None, None, None) if ctx_tokens is None else (ctx_tokens[sl], ctx_actions[sl], ctx_valid[sl])
         C = 0 if ctx_tokens is None else ctx_tokens.shape[1]
         capacity = C * TOKENS_PER_STEP + TOKENS_PER_FRAME + horizon * TOKENS_PER_STEP
         g, vm, K = game_id[sl].long(), valid_mask[sl].bool(), int(k_env[i])
-        root, h0 = _prefix(model, obs_tokens[sl], g, *ctx, capacity)
+        root, h0 = _prefix(
+            model, obs_tokens[sl], g, None if ctx_tokens is None else ctx_tokens[sl],
+            None if ctx_actions is None else ctx_actions[sl], None if ctx_valid is None else ctx_valid[sl], capacity,
+        )
         q0 = _masked_q(model, h0, vm)[0]
         if horizon == 0 or K == 1:
             out[i] = int(masked_argmax(q0[None], vm)[0])
@@ -589,7 +648,7 @@ def _valid_mask_table(games: Sequence[str] | Sequence[int]) -> Tensor:
         return torch.arange(MAX_ACTIONS)[None] < n[:, None]
     from workbench.games import valid_action_mask
 
-    return torch.from_numpy(valid_action_mask(list(games)))
+    return torch.from_numpy(valid_action_mask([str(g) for g in games]))
 
 
 class PlannerPolicy:
@@ -628,7 +687,9 @@ class PlannerPolicy:
             raise ValueError(f"horizon must be >= 0, got {horizon}")
         limit = max_context_steps(model, horizon)
         if limit < 0:
-            raise ValueError(f"horizon {horizon} does not fit in {model.cfg.max_steps} steps; max horizon {model.cfg.max_steps - 1}")
+            raise ValueError(
+                f"horizon {horizon} does not fit in {model.cfg.max_steps} steps; max horizon {model.cfg.max_steps - 1}"
+            )
         self.context_steps = limit if context_steps is None else context_steps
         if not 0 <= self.context_steps <= limit:
             raise ValueError(f"context_steps must be in [0, {limit}] for horizon {horizon}, got {context_steps}")
@@ -680,7 +741,8 @@ class PlannerPolicy:
         was = (self.model.training, self.tokenizer.training)
         self.model.eval(), self.tokenizer.eval()
         try:
-            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+            with torch.inference_mode(), amp:
                 return fn(device)
         finally:
             self.model.train(was[0]), self.tokenizer.train(was[1])
@@ -694,6 +756,7 @@ class PlannerPolicy:
                 bw[g] if bw.dim() == 1 else bw, self.gamma, ctx_t, ctx_a, ctx_v, return_tree=self.return_tree,
             )
             if self.context_steps > 0:  # shift the new step in on the right (histories are left-padded)
+                assert self._ctx is not None  # _inputs set it
                 old_t, old_a, old_v = self._ctx
                 N = tokens.shape[0]
                 self._ctx = (
@@ -702,11 +765,11 @@ class PlannerPolicy:
                     torch.cat([old_v[:, 1:], torch.ones(N, 1, dtype=torch.bool, device=device)], 1),
                 )
             self.last_trees = result.trees
+            assert result.root_probs is not None  # beam_search always reports them
             self.last_root_probs = result.root_probs.float().cpu().numpy()
-            has_path = result.path_tokens is not None
-            self.last_path_actions = result.path_actions.cpu().numpy() if has_path else None
-            self.last_predicted_tokens = result.path_tokens.cpu().numpy() if has_path else None
-            self.last_predicted_valid = result.path_valid.cpu().numpy() if has_path else None
+            path = (result.path_actions, result.path_tokens, result.path_valid)
+            arrays = [None if t is None else t.cpu().numpy() for t in path]
+            self.last_path_actions, self.last_predicted_tokens, self.last_predicted_valid = arrays
             return result.actions.cpu().numpy().astype(np.int64)
 
         return self._run(plan)
@@ -723,6 +786,7 @@ class PlannerPolicy:
         if self.last_predicted_tokens is None:
             return None
         tokens, valid = self.last_predicted_tokens, self.last_predicted_valid
+        assert valid is not None  # recorded together with the tokens
 
         def decode(device: torch.device) -> np.ndarray:
             out = np.zeros(tokens.shape[:2] + (FRAME_SIZE, FRAME_SIZE), np.uint8)

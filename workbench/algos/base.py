@@ -132,6 +132,8 @@ class Scale:
     """Global batch (all ranks together)."""
     eval_max_steps: int
     """Agent-step cap per evaluation episode (the protocol's 27,000 at paper scale)."""
+    eval_episodes: int = 2
+    """Evaluation episodes per game after training (both papers: 16)."""
     settings: Mapping[str, Any] = field(default_factory=dict)
     """Algorithm settings this preset changes (e.g. a shorter target period on CPU)."""
     stage_steps: Mapping[str, int] = field(default_factory=dict)

@@ -300,7 +300,7 @@ class JOWASpec:
     def scale(self, preset: str, model: str) -> Scale:
         if preset == "paper":
             # Section 5.1: 250k steps of stage 1, then 1.5M of stage 2 (1.75M in all), batch 512.
-            return Scale(steps=1_500_000, batch_size=512, eval_max_steps=27_000,
+            return Scale(steps=1_500_000, batch_size=512, eval_max_steps=27_000, eval_episodes=16,
                          stage_steps={"stage1": 250_000, "stage2": 1_500_000})
         # cpu: planning evaluation dominates on CPU, so training stays short.
         steps, batch = (60, 8) if model.endswith("-tiny") else (10, 2)

@@ -400,7 +400,7 @@ class QLearningSpec:
 
     def scale(self, preset: str, model: str) -> Scale:
         if preset == "paper":  # Table B.1: 10M steps at batch 512 (128 games x 4)
-            return Scale(steps=10_000_000, batch_size=512, eval_max_steps=27_000)
+            return Scale(steps=10_000_000, batch_size=512, eval_max_steps=27_000, eval_episodes=16)
         # cpu: minutes on 2 cores. Tiny models learn something in that time; paper-size models
         # (one ResNet-101 step at batch 8 takes seconds) run a few steps through the whole pipeline.
         steps, batch, cap = (300, 32, 1000) if model.endswith("-tiny") else (20, 8, 250)
