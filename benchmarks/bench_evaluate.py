@@ -35,6 +35,12 @@ class SmallConvPolicy:
         ).eval()  # fmt: skip
         self.mask = torch.from_numpy(games.valid_action_mask(game_list))
 
+    def reset(self, indices: np.ndarray) -> None:
+        """Memoryless (the Policy contract of workbench.algos.base)."""
+
+    def observe(self, actions: np.ndarray, rewards: np.ndarray) -> None:
+        """Memoryless."""
+
     @torch.inference_mode()
     def act(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray:
         q = self.net(torch.from_numpy(obs).float().div_(255))

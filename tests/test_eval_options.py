@@ -21,6 +21,8 @@ class AlternatingPolicy:
 
     def reset(self, indices) -> None: ...
 
+    def observe(self, actions, rewards) -> None: ...
+
     def act(self, obs, game_ids):
         for s in range(len(obs)):
             self.seen[s].append(hashlib.sha1(obs[s].tobytes()).hexdigest())

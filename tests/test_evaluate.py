@@ -26,6 +26,9 @@ class BrightnessPolicy:
     def reset(self, indices):
         self.resets.append(sorted(np.asarray(indices).tolist()))
 
+    def observe(self, actions, rewards):
+        pass
+
 
 def manual_rollout(game, seed, epsilon, max_steps):
     """Brute-force reference: one env, explicit 4-frame list, the episode's own epsilon stream."""
@@ -86,6 +89,9 @@ def test_epsilon_applied_and_cap(monkeypatch):
         def reset(self, indices):
             pass
 
+        def observe(self, actions, rewards):
+            pass
+
         def act(self, obs, game_ids):
             return np.zeros(len(obs), np.int64)
 
@@ -109,6 +115,9 @@ def test_output_file_normalization_and_errors(tmp_path):
         def reset(self, indices):
             pass
 
+        def observe(self, actions, rewards):
+            pass
+
         def act(self, obs, game_ids):
             return np.zeros(len(obs), np.int64)
 
@@ -127,6 +136,9 @@ def test_output_file_normalization_and_errors(tmp_path):
         def reset(self, indices):
             pass
 
+        def observe(self, actions, rewards):
+            pass
+
         def act(self, obs, game_ids):
             return np.full(len(obs), 6, np.int64)
 
@@ -134,3 +146,52 @@ def test_output_file_normalization_and_errors(tmp_path):
         evaluate(Bad(), "Pong", episodes_per_game=1, num_envs=1, progress=False, backend="sync")
     with pytest.raises(ValueError, match="max_agent_steps"):
         evaluate(Noop(), "Pong", max_agent_steps=30_000, progress=False)
+
+
+class SpyPolicy(BrightnessPolicy):
+    """Logs every call in order: what it planned, and what ``observe`` reported."""
+
+    def __init__(self):
+        super().__init__()
+        self.events: list[tuple] = []
+
+    def act(self, obs, game_ids):
+        planned = super().act(obs, game_ids)
+        self.events.append(("act", planned.copy()))
+        return planned
+
+    def observe(self, actions, rewards):
+        self.events.append(("observe", np.asarray(actions).copy(), np.asarray(rewards).copy()))
+
+    def reset(self, indices):
+        super().reset(indices)
+        self.events.append(("reset", sorted(np.asarray(indices).tolist())))
+
+
+def test_policy_observes_the_executed_actions_and_raw_rewards(monkeypatch):
+    """``observe`` gets, after every step, the actions the envs executed (epsilon-replaced) and
+    the raw rewards, before any slot restarts. Mutation caught: the evaluator not calling
+    ``observe``, or passing the greedy (planned) actions instead of the executed ones."""
+    taken = []
+    real_step = envs.AtariVector.step
+
+    def spy_step(self, actions):
+        taken.append(np.asarray(actions).copy())
+        return real_step(self, actions)
+
+    monkeypatch.setattr(envs.AtariVector, "step", spy_step)
+    pol = SpyPolicy()
+    steps = 150  # Pong scores its first points within 150 steps; no episode ends before the cap
+    res = evaluate(pol, "Pong", episodes_per_game=2, num_envs=2, seed=3, epsilon=0.5, max_agent_steps=steps,
+                   progress=False, backend="sync", reps=5)
+    kinds = [e[0] for e in pol.events]
+    assert kinds[0] == "reset" and kinds[1:] == ["act", "observe"] * steps
+    acts = [e for e in pol.events if e[0] == "act"]
+    obs = [e for e in pol.events if e[0] == "observe"]
+    for (_, executed, _), sent in zip(obs, taken):
+        np.testing.assert_array_equal(executed, sent)  # exactly what the env executed
+    planned, executed = np.stack([a[1] for a in acts]), np.stack([o[1] for o in obs])
+    assert (planned != executed).mean() > 0.2  # epsilon 0.5 changed many (P = 0.5 * 5/6)
+    rewards = np.stack([o[2] for o in obs])
+    assert (rewards != 0).any() and set(np.unique(rewards)) <= {-1.0, 0.0, 1.0}
+    assert rewards.sum(0).tolist() == res["per_game"]["Pong"]["scores"]

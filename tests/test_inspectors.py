@@ -248,9 +248,14 @@ def jowa_rollout(jowa_run):
 
 def test_jowa_rollout_holds_root_distributions_trees_and_predicted_frames(jowa_run, jowa_rollout):
     """Each step's data against independent computations with the trained model: full-sequence
-    forwards over the rollout's own frames and actions, and greedy decoding without cache."""
+    forwards over the rollout's own frames and actions, and greedy decoding without cache.
+
+    The model reads and scores ALE action ids; the rollout holds Breakout's minimal indices
+    (0, 1, 2, 3 = ALE 0, 1, 3, 4). Mutation caught: the explorer showing the Q slots or tree
+    actions of the wrong buttons (ALE slots read as minimal indices, or the reverse)."""
     import torch
 
+    from workbench import games
     from workbench.models.world_action import TOKENS_PER_STEP
 
     _, algo, _ = jowa_run
@@ -261,15 +266,17 @@ def test_jowa_rollout_holds_root_distributions_trees_and_predicted_frames(jowa_r
     assert r.q_probs.shape == (T, A, 51) and r.predicted_frames.shape == (T, 2, 84, 84)
     np.testing.assert_allclose(r.support, world.support.numpy(), atol=1e-6)
     ctx = 8 - 1 - 2  # context steps that fit with H = 2
+    ale = torch.tensor(games.minimal_action_set("Breakout"))  # minimal index -> ALE id
+    assert ale.tolist() == [0, 1, 3, 4]
     with torch.no_grad():
         tokens = tok.encode(torch.from_numpy(r.frames))  # (T, 36)
         game = torch.tensor([1])
         for t in range(T):
             lo = max(0, t - ctx)
             steps = tokens[lo:t + 1][None]
-            acts = torch.from_numpy(r.actions[lo:t + 1])[None]  # epsilon 0: the planner's own actions
+            acts = ale[torch.from_numpy(r.actions[lo:t + 1])][None]  # epsilon 0: the planner's own actions
             out = world(steps, acts, game)
-            probs = out["q_logits"][0, -1].exp()[:A]  # Q at the current frame's last token
+            probs = out["q_logits"][0, -1].exp()[ale]  # Q at the current frame's last token, Breakout's buttons
             np.testing.assert_allclose(r.q_probs[t], probs.numpy(), rtol=1e-4, atol=1e-6)
             tree = r.trees[t]
             assert tree["chosen_action"] == r.actions[t]
@@ -281,13 +288,13 @@ def test_jowa_rollout_holds_root_distributions_trees_and_predicted_frames(jowa_r
         path = [leaf["action"], r.trees[t]["nodes"][leaf["parent"]]["action"]][::-1]
         assert path[0] == r.actions[t]
         lo = max(0, t - ctx)
-        seq = world.interleave(tokens[lo:t][None], torch.from_numpy(r.actions[lo:t])[None])[0].tolist()
+        seq = world.interleave(tokens[lo:t][None], ale[torch.from_numpy(r.actions[lo:t])][None])[0].tolist()
         seq += tokens[t].tolist()
         flags = ([False] * 36 + [True]) * (t - lo) + [False] * 36
         assert len(seq) == (t - lo) * TOKENS_PER_STEP + 36
         predicted = []
         for a in path:
-            seq, flags = seq + [a], flags + [True]
+            seq, flags = seq + [int(ale[a])], flags + [True]
             for _ in range(36):
                 h = world.forward_tokens(torch.tensor([seq]), torch.tensor([flags]), game)[:, -1]
                 seq, flags = seq + [int(world.obs_head(h).argmax(-1))], flags + [False]

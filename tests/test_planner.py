@@ -492,3 +492,42 @@ def test_planner_policy_keeps_root_probs_and_decodes_predicted_frames(model):
     policy.act(obs2, games)
     assert policy.last_root_probs.shape == (2, 18, 51)
     assert policy.last_predicted_tokens is None and policy.decode_predicted_frames() is None
+
+
+@torch.no_grad()
+def test_context_holds_the_executed_action_not_the_planned_one(model):
+    """What the agent did vs what it planned: after ``observe``, the next decision reads the
+    executed action (as an ALE id) in its context. Reference: the C51 probabilities of a full,
+    uncached forward over [frame 1, executed action, frame 2]. Mutation caught: ``observe``
+    ignored (the context keeps the planned action) or storing the executed minimal index
+    unmapped (Breakout's LEFT is minimal 3, ALE 4)."""
+    from workbench import games as G
+
+    names = ("Breakout", "Pong", "Freeway")
+    torch.manual_seed(0)
+    tok = Tokenizer(world_action_config("jowa-tiny").tokenizer).eval()
+    policy = PlannerPolicy(model, tok, names, horizon=1, beam_width=2, context_steps=2)
+    rng = np.random.default_rng(3)
+    obs1, obs2 = (rng.integers(0, 256, (3, 4, 84, 84), dtype=np.uint8) for _ in range(2))
+    gids = np.array([0, 1, 2])
+    with pytest.raises(RuntimeError, match="preceding act"):
+        policy.observe(np.zeros(3, np.int64), np.zeros(3))
+    planned = policy.act(obs1, gids)
+    n = np.array([G.num_actions(g) for g in names])
+    executed = (planned + 1) % n  # epsilon replaced every action
+    with pytest.raises(ValueError, match="one action and one reward per environment"):
+        policy.observe(executed[:2], np.zeros(2))
+    policy.observe(executed, np.array([1.0, 0.0, -1.0]))
+    policy.act(obs2, gids)
+    t1 = tok.encode(torch.from_numpy(obs1[:, -1]))
+    t2 = tok.encode(torch.from_numpy(obs2[:, -1]))
+    for i, name in enumerate(names):
+        ale = list(G.minimal_action_set(name))
+        got = policy.last_root_probs[i, : n[i]]  # slot j = minimal action j
+
+        def probs_after(a_min: int, i: int = i, ale: list[int] = ale) -> np.ndarray:
+            toks = t1[i].tolist() + [ale[a_min]] + t2[i].tolist()
+            return _softmax_q_at(model, toks, [False] * 36 + [True] + [False] * 36, i)[ale].numpy()
+
+        np.testing.assert_allclose(got, probs_after(int(executed[i])), rtol=1e-4, atol=1e-6)
+        assert not np.allclose(got, probs_after(int(planned[i])), rtol=1e-3, atol=1e-5)

@@ -138,6 +138,41 @@ def test_epsilon_greedy_policy_and_errors(tmp_path: Path) -> None:
         rec.record("NotAGame", 5, tmp_path / "y")
 
 
+def test_policy_observes_the_executed_actions_and_raw_rewards(tmp_path: Path) -> None:
+    """The policy acts at every step (also the ones epsilon replaces) and ``observe`` gets the
+    action the env executed and its raw (unclipped) reward, before ``reset`` at an episode start.
+    Mutation caught: the recorder skipping ``observe``, passing the planned action, the clipped
+    reward, or not asking the policy on epsilon steps."""
+
+    class Spy:
+        def __init__(self):
+            self.events: list[tuple] = []
+
+        def act(self, obs, game_ids):
+            self.events.append(("act",))
+            return np.array([2], np.int64)
+
+        def observe(self, actions, rewards):
+            self.events.append(("observe", int(actions[0]), float(rewards[0])))
+
+        def reset(self, indices):
+            self.events.append(("reset",))
+
+    pol, env = Spy(), FakeEnv([7, 5])
+    rec.record("Breakout", 20, tmp_path, policy=pol, epsilon=0.5, capacity=64, env_factory=lambda g, s: env,
+               progress=False)
+    kinds = [e[0] for e in pol.events]
+    # episodes of 7, 5, 7 steps, then 1 more; reset at each start
+    want = ["reset"] + ["act", "observe"] * 7 + ["reset"] + ["act", "observe"] * 5 + ["reset"]
+    want += ["act", "observe"] * 7 + ["reset"] + ["act", "observe"]
+    assert kinds == want
+    observed = [(a, r) for k, *rest in pol.events if k == "observe" for a, r in [rest]]
+    executed = [a for _, _, a in env.log]
+    assert [a for a, _ in observed] == executed and sum(a != 2 for a in executed) >= 4
+    raw = [3.0 if t % 4 == 0 else -0.5 for ep_len in (7, 5, 7, 1) for t in range(1, ep_len + 1)]
+    assert [r for _, r in observed] == raw  # 3.0 is stored clipped to 1.0, observed raw
+
+
 def test_real_env_roundtrip(tmp_path: Path) -> None:
     """A short random recording under the real data protocol reads back through the reader."""
     pytest.importorskip("ale_py")

@@ -71,6 +71,9 @@ class ProbePolicy:
         self.model = model
 
     def reset(self, indices) -> None: ...
+
+    def observe(self, actions, rewards) -> None: ...
+
     def act_explained(self, obs, game_ids):
         from workbench import games
 

@@ -33,6 +33,8 @@ class RandomPolicy:
     def reset(self, indices: np.ndarray) -> None:
         self.resets += 1
 
+    def observe(self, actions: np.ndarray, rewards: np.ndarray) -> None: ...
+
 
 def _read(path):
     reader = imageio.get_reader(path)
@@ -128,3 +130,33 @@ def test_checkpoint_rollout_distributions_and_cli(tmp_path):
     assert all(len(_read(e["path"])) == 5 for e in summary["episodes"])
     with pytest.raises(ValueError, match="was not trained"):
         play_rollout(run, "Seaquest", max_steps=2, progress=False)
+
+
+def test_play_rollout_reports_the_executed_actions_to_the_policy():
+    """``play_rollout`` calls ``observe`` after each step with the action the env executed (after
+    epsilon) and the raw reward: the ones the rollout records. Mutation caught: no ``observe``,
+    or the planned action passed instead of the executed one."""
+    from workbench.viz.rollout import play_rollout
+
+    class Spy(RandomPolicy):
+        def __init__(self) -> None:
+            super().__init__(games.num_actions("Pong"), seed=0)
+            self.events: list[tuple] = []
+
+        def act_explained(self, obs, game_ids):
+            actions, ex = super().act_explained(obs, game_ids)
+            self.events.append(("act", int(actions[0])))
+            return actions, ex
+
+        def observe(self, actions, rewards):
+            self.events.append(("observe", int(actions[0]), float(rewards[0])))
+
+    pol = Spy()
+    r = play_rollout(pol, "Pong", seed=2, max_steps=250, epsilon=0.5, render_rgb=False, progress=False)
+    assert [e[0] for e in pol.events] == ["act", "observe"] * len(r)
+    planned = np.array([e[1] for e in pol.events if e[0] == "act"])
+    observed = [e[1:] for e in pol.events if e[0] == "observe"]
+    np.testing.assert_array_equal([a for a, _ in observed], r.actions)
+    np.testing.assert_array_equal([rw for _, rw in observed], r.rewards)
+    assert (planned != r.actions).mean() > 0.2  # epsilon 0.5 replaced many
+    assert (r.rewards != 0).any()  # Pong scores within 250 steps: rewards are really checked

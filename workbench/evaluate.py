@@ -9,8 +9,10 @@ episode's result does not depend on ``num_envs`` or on which other games run alo
 
 Batching: every game gets ``min(num_envs, episodes_per_game)`` env slots; all slots of all games
 step in lock-step and the policy is called once per step with the stacks of *all* slots
-(``(S, 4, 84, 84)``, ``game_ids (S,)``), so row ``i`` is always slot ``i`` (policies with memory
-get ``policy.reset(slot_indices)`` when those slots start an episode). Actions of slots that are
+(``(S, 4, 84, 84)``, ``game_ids (S,)``), so row ``i`` is always slot ``i``. After each step the
+policy gets ``policy.observe(actions, rewards)``: the actions the slots executed (after epsilon
+and no-op starts) and their raw rewards (idle slots: action 0, reward 0); policies with memory
+get ``policy.reset(slot_indices)`` when those slots start an episode. Actions of slots that are
 idle (no episode left) are ignored.
 """
 
@@ -24,7 +26,7 @@ import numpy as np
 
 from workbench import games as _games
 from workbench import metrics as _metrics
-from workbench.algos.base import Policy
+from workbench.algos.base import Policy, check_policy
 from workbench.envs import FRAME_SKIP, MAX_AGENT_STEPS, AtariVector, FrameStacker
 from workbench.fileio import atomic_write_json
 
@@ -107,6 +109,7 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
+    policy = check_policy(policy)
     game_list = _games.resolve_games(games)
     G = len(game_list)
     ids = np.arange(G, dtype=np.int64) if game_ids is None else np.asarray(game_ids, np.int64)
@@ -198,15 +201,18 @@ def evaluate(
                     continue
                 actions[s] = epsilon_greedy(rngs[s], int(greedy[s]), int(n_act[s]), epsilon)  # type: ignore[arg-type]
             frames = np.zeros((S, 84, 84), np.uint8)
+            rewards = np.zeros(S, np.float64)
             done = np.zeros(S, bool)
             trunc_all = np.zeros(S, bool)
             for gi, vec in enumerate(vecs):
                 sl = slice(gi * n_slots, (gi + 1) * n_slots)
                 obs, rew, term, trunc, _ = vec.step(actions[sl])
                 frames[sl] = obs
-                ret[sl] += np.where(active[sl], rew, 0.0)
+                rewards[sl] = np.where(active[sl], rew, 0.0)
                 done[sl] = (term | trunc) & active[sl]
                 trunc_all[sl] = trunc & active[sl]
+            ret += rewards
+            policy.observe(actions, rewards)  # what was executed, before any slot restarts
             length[active] += 1
             stacker.push(frames)
             for gi in range(G):

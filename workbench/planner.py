@@ -26,6 +26,11 @@ pixels: with ``return_tree`` the best path's imagined tokens are returned, and
 ``PlannerPolicy.decode_predicted_frames`` decodes them only when an inspector asks.
 ``beam_search_sequential`` runs the same search one environment and one child at a time, as an
 independent reference for tests.
+
+Actions: the search runs in the model's space of 18 ALE actions (``valid_mask`` marks each game's
+buttons, action tokens and Q slots are ALE ids). ``PlannerPolicy`` is the boundary to the
+environment: it takes and returns minimal-set indices, and maps its trees, paths and root
+distributions to them, so everything outside JOWA keeps minimal indices.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from workbench.games import MAX_ACTIONS
 from workbench.losses import masked_argmax
 from workbench.models.gpt import Block, KVCache
 from workbench.models.tokenizer import FRAME_SIZE, TOKENS_PER_FRAME, Tokenizer
-from workbench.models.world_action import TOKENS_PER_STEP, WorldActionModel
+from workbench.models.world_action import TOKENS_PER_STEP, ActionSpace, WorldActionModel
 
 __all__ = [
     "SearchNode", "SearchTree", "PlanResult", "SearchProfile", "beam_search", "beam_search_sequential",
@@ -82,7 +87,7 @@ class SearchTree:
 @dataclass
 class PlanResult:
     actions: Tensor
-    """(N,) int64 chosen minimal-set actions."""
+    """(N,) int64 chosen actions (slots of the model's 18-action space: ALE ids)."""
     root_q: Tensor
     """(N, 18) expected Q at s_0 (invalid slots -inf)."""
     trees: list[SearchTree] | None = None
@@ -642,13 +647,14 @@ def beam_search_sequential(
 
 # ----------------------------------------------------------------------------- policy
 
-def _valid_mask_table(games: Sequence[str] | Sequence[int]) -> Tensor:
-    if all(isinstance(g, (int, np.integer)) for g in games):
-        n = torch.tensor([int(g) for g in games])
-        return torch.arange(MAX_ACTIONS)[None] < n[:, None]
-    from workbench.games import valid_action_mask
+def _tree_to_minimal(tree: SearchTree, to_minimal: Tensor) -> SearchTree:
+    """A tree whose node actions (ALE ids) are replaced by the game's minimal indices."""
+    def m(a: int) -> int:
+        return int(to_minimal[a]) if a >= 0 else a
 
-    return torch.from_numpy(valid_action_mask([str(g) for g in games]))
+    nodes = [SearchNode(n.id, n.parent, n.depth, m(n.action), n.reward, n.q, n.score, n.kept, n.terminal)
+             for n in tree.nodes]
+    return SearchTree(nodes, m(tree.chosen_action))
 
 
 class PlannerPolicy:
@@ -656,8 +662,14 @@ class PlannerPolicy:
 
     Keeps, per environment, the last ``context_steps`` (tokens, action) steps of the current
     episode as the model's context; ``reset(indices)`` clears them. ``act`` tokenizes the newest
-    frame of each stack, plans, records the chosen action and returns it. ``games`` is the run's
-    ordered game tuple (names) or the number of valid actions per game_id. ``beam_width`` may be
+    frame of each stack, plans, appends the step with the chosen action to the context and
+    returns it; ``observe(actions, rewards)`` then replaces that action by the one the
+    environment executed (the caller's epsilon may have changed it), so the context holds what
+    the agent did, not what it planned. ``games`` is the run's ordered game tuple (names) or
+    (tests) the size n of each game's minimal set, standing for ALE ids 0..n-1.
+
+    Actions in and out are minimal-set indices; inside, the model and the search use the 18 ALE
+    actions (`ActionSpace`). ``beam_width`` may be
     one int or one per game_id (Table 16). ``last_trees`` holds the trees of the last call when
     ``return_tree`` is set. Environment i is row i of every ``act`` call; a call with a different
     number of environments starts every context afresh. ``context_steps`` defaults to the most
@@ -667,8 +679,10 @@ class PlannerPolicy:
 
     - ``last_root_probs``: float32 numpy (N, 18, atoms), the C51 probabilities at each root
       (the distributions ``root_q`` is the expectation of), on the atoms ``support`` (atoms,);
-    - with ``return_tree`` and a real search (H >= 1, K >= 2): ``last_trees``,
-      ``last_path_actions`` int64 (N, H) (-1 after a predicted end), ``last_predicted_tokens``
+      slot i is minimal action i of the env's game (`ActionSpace.slot_order`);
+    - with ``return_tree`` and a real search (H >= 1, K >= 2): ``last_trees`` (node actions are
+      minimal indices), ``last_path_actions`` int64 (N, H) minimal indices (-1 after a predicted
+      end), ``last_predicted_tokens``
       int64 (N, H, 36), the greedily decoded next-frame tokens along the chosen (best) path, and
       ``last_predicted_valid`` bool (N, H); otherwise these are None. Frames are decoded only on
       request, by :meth:`decode_predicted_frames`.
@@ -680,7 +694,8 @@ class PlannerPolicy:
         gamma: float = 0.99, return_tree: bool = False,
     ) -> None:
         self.model, self.tokenizer = model, tokenizer
-        self.valid_table = _valid_mask_table(games)
+        self.actions = ActionSpace(games)
+        self.valid_table = self.actions.valid  # (G, 18): the ALE actions of each game
         if len(self.valid_table) != model.cfg.num_games:
             raise ValueError(f"{len(self.valid_table)} games but the model has {model.cfg.num_games} task embeddings")
         if horizon < 0:
@@ -704,7 +719,9 @@ class PlannerPolicy:
         self.last_path_actions: np.ndarray | None = None
         self.last_predicted_tokens: np.ndarray | None = None
         self.last_predicted_valid: np.ndarray | None = None
-        self._ctx: tuple[Tensor, Tensor, Tensor] | None = None  # tokens (N,C,36), actions (N,C), valid (N,C)
+        # tokens (N,C,36), ALE actions (N,C), valid (N,C); the newest step is column -1.
+        self._ctx: tuple[Tensor, Tensor, Tensor] | None = None
+        self._last_game_ids: np.ndarray | None = None  # game ids of the last act, until observed
 
     def reset(self, indices: Sequence[int] | np.ndarray | None = None) -> None:
         """Forget the context of environments ``indices`` (all when None)."""
@@ -747,6 +764,24 @@ class PlannerPolicy:
         finally:
             self.model.train(was[0]), self.tokenizer.train(was[1])
 
+    def observe(self, actions: np.ndarray, rewards: np.ndarray) -> None:
+        """The minimal-set actions the environments executed after the last ``act`` (and their
+        raw rewards, which JOWA's context does not hold): they replace the planned actions of the
+        newest context step."""
+        game_ids = self._last_game_ids
+        if game_ids is None:
+            raise RuntimeError("observe() needs a preceding act(): it reports what that act's step executed")
+        executed = np.asarray(actions)
+        if executed.shape != game_ids.shape or np.asarray(rewards).shape != game_ids.shape:
+            raise ValueError(f"observe() needs one action and one reward per environment of the last act "
+                             f"({game_ids.shape[0]}), got {executed.shape} and {np.asarray(rewards).shape}")
+        self._last_game_ids = None
+        if self.context_steps == 0 or self._ctx is None:
+            return
+        full = self.actions.full(torch.from_numpy(executed.astype(np.int64)), torch.from_numpy(game_ids))
+        with torch.inference_mode():  # the context tensors are inference tensors
+            self._ctx[1][:, -1] = full.to(self._ctx[1].device)
+
     def act(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray:
         def plan(device: torch.device) -> np.ndarray:
             tokens, g, ctx_t, ctx_a, ctx_v = self._inputs(obs, game_ids, device)
@@ -764,15 +799,31 @@ class PlannerPolicy:
                     torch.cat([old_a[:, 1:], result.actions[:, None]], 1),
                     torch.cat([old_v[:, 1:], torch.ones(N, 1, dtype=torch.bool, device=device)], 1),
                 )
-            self.last_trees = result.trees
+            # Back to each game's minimal indices: actions, trees, path and root distributions.
+            gc = g.cpu()
+            to_min = self.actions.to_minimal[gc]  # (N, 18)
+            chosen = to_min.gather(1, result.actions.cpu()[:, None])[:, 0]
+            self.last_trees = None if result.trees is None else [
+                _tree_to_minimal(t, to_min[i]) for i, t in enumerate(result.trees)]
             assert result.root_probs is not None  # beam_search always reports them
-            self.last_root_probs = result.root_probs.float().cpu().numpy()
-            path = (result.path_actions, result.path_tokens, result.path_valid)
-            arrays = [None if t is None else t.cpu().numpy() for t in path]
-            self.last_path_actions, self.last_predicted_tokens, self.last_predicted_valid = arrays
-            return result.actions.cpu().numpy().astype(np.int64)
+            self.last_root_probs = self._to_slots(result.root_probs, gc)
+            self.last_path_actions = None
+            if result.path_actions is not None:
+                p = result.path_actions.cpu()
+                self.last_path_actions = torch.where(p >= 0, to_min.gather(1, p.clamp(min=0)), -1).numpy()
+            path = (result.path_tokens, result.path_valid)
+            tokens_valid = [None if t is None else t.cpu().numpy() for t in path]
+            self.last_predicted_tokens, self.last_predicted_valid = tokens_valid
+            self._last_game_ids = np.asarray(game_ids, dtype=np.int64).copy()
+            return chosen.numpy().astype(np.int64)
 
         return self._run(plan)
+
+    def _to_slots(self, probs: Tensor, game_ids: Tensor) -> np.ndarray:
+        """(N, 18, atoms) per ALE action -> float32 numpy per minimal slot of each env's game."""
+        order = self.actions.slot_order[game_ids.cpu()]  # (N, 18)
+        p = probs.float().cpu()
+        return p.gather(1, order[:, :, None].expand(-1, -1, p.shape[-1])).numpy()
 
     @property
     def support(self) -> np.ndarray:
@@ -799,12 +850,12 @@ class PlannerPolicy:
 
     def q_distribution(self, obs: np.ndarray, game_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Return distributions at the current states given each env's context, without acting
-        (for inspectors): (probs (N, 18, atoms), support (atoms,))."""
+        (for inspectors): (probs (N, 18, atoms), slot i = minimal action i, support (atoms,))."""
         def dist(device: torch.device):
             tokens, g, ctx_t, ctx_a, ctx_v = self._inputs(obs, game_ids, device)
             capacity = ctx_t.shape[1] * TOKENS_PER_STEP + TOKENS_PER_FRAME
             _, h = _prefix(self.model, tokens, g, ctx_t, ctx_a, ctx_v, capacity)
             probs = self.model.q_head(h).float().exp()
-            return probs.cpu().numpy(), self.model.support.cpu().numpy()
+            return self._to_slots(probs, g), self.model.support.cpu().numpy()
 
         return self._run(dist)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "Algo", "AlgoSpec", "Batches", "EvalOptions", "Explanation", "InspectablePolicy", "Policy",
-    "Scale", "Stage", "StageContext", "algo_names", "get_algo", "model_owner", "register",
+    "Scale", "Stage", "StageContext", "algo_names", "check_policy", "get_algo", "model_owner", "register",
 ]
 
 PRESETS = ("cpu", "paper")
@@ -52,7 +52,7 @@ class Explanation:
     """What a policy reveals about one decision of one environment (all optional)."""
 
     q_probs: np.ndarray | None = None
-    """(18, atoms) return distributions per action slot."""
+    """(18, atoms) return distributions per action slot (slot i = the game's minimal action i)."""
     support: np.ndarray | None = None
     """(atoms,) the distributions' support."""
     q_values: np.ndarray | None = None
@@ -68,14 +68,36 @@ class Explanation:
 class Policy(Protocol):
     """What the evaluator, the recorder and the explorer run.
 
-    ``act`` returns greedy minimal-set actions for a batch of stacks ``(N, 4, 84, 84)`` uint8 of
-    the games ``game_ids`` (indices into the run's games). Exploration (epsilon) is applied by the
-    caller. ``reset(indices)`` is called when those environments start a new episode.
+    Per environment step the caller calls ``act``, applies its exploration, steps the
+    environments, then calls ``observe``:
+
+    - ``act(obs, game_ids)`` returns greedy minimal-set actions ``(N,)`` int64 for a batch of
+      stacks ``(N, 4, 84, 84)`` uint8 of the games ``game_ids`` (indices into the run's games);
+    - ``observe(actions, rewards)`` reports what the environments then did: the executed
+      minimal-set actions ``(N,)`` (after epsilon, no-op starts, ...) and the raw rewards ``(N,)``,
+      one per row of the last ``act``. A policy with memory (the JOWA planner's context) records
+      the executed action, not the one it planned; memoryless policies ignore it;
+    - ``reset(indices)`` is called when those environments start a new episode (after the
+      ``observe`` of the step that ended the previous one).
     """
 
     def act(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray: ...
 
+    def observe(self, actions: np.ndarray, rewards: np.ndarray) -> None: ...
+
     def reset(self, indices: np.ndarray) -> None: ...
+
+
+def check_policy(policy: Any) -> Policy:
+    """``policy`` itself, once it is known to have the :class:`Policy` methods (else a TypeError
+    naming the missing ones)."""
+    missing = [m for m in ("act", "observe", "reset") if not callable(getattr(policy, m, None))]
+    if missing:
+        raise TypeError(
+            f"{type(policy).__name__} lacks {', '.join(missing)}: a Policy (workbench.algos.base) has "
+            "act(obs, game_ids), observe(actions, rewards) and reset(indices)"
+        )
+    return policy
 
 
 @runtime_checkable

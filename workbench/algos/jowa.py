@@ -13,6 +13,14 @@ paper's Adam for the tokenizer), gradient clipping (1.0) and calls ``update_targ
 steps (Table 12). ``param_groups()`` puts weight decay 0.01 on the world-action model's weight
 matrices only: biases, norms and embeddings get none (the usual GPT practice; the paper does not
 say, and decaying embedding rows of rare tokens toward zero would only hurt).
+
+Actions: JOWA embeds and scores the 18 ALE actions shared by all games, masked per game (paper
+Sec. 4.1), so an embedding row or Q slot means the same button in every game. Batches carry
+minimal-set indices like every other part of the workbench; ``loss`` maps them to ALE ids
+(``world_action.ActionSpace``) and replaces the batch's minimal-set ``valid_mask`` by the mask of
+the game's ALE actions. The planner policy maps back to minimal indices at the environment.
+Checkpoints written before this change embedded minimal indices: their action rows and Q slots
+mean something else, so retrain them.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from workbench.algos.base import (
 )
 from workbench.models.tokenizer import Tokenizer
 from workbench.models.world_action import (
+    ActionSpace,
     WorldActionConfig,
     WorldActionModel,
     action_losses,
@@ -48,7 +57,8 @@ from workbench.models.world_action import (
 
 __all__ = ["JOWAConfig", "JOWAModel", "JOWA", "JOWASpec", "PlannerInspector"]
 
-SEQUENCE_KEYS = ("action", "reward", "terminal", "mask", "game_id", "valid_mask")
+SEQUENCE_KEYS = ("action", "reward", "terminal", "mask", "game_id")
+"""Keys ``loss`` reads (with 'obs' or 'tokens'); a batch's minimal-set 'valid_mask' is not used."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +116,7 @@ class JOWA:
         self.games = cast("tuple[str, ...] | tuple[int, ...]", tuple(games))
         if len(self.games) != model.cfg.num_games:
             raise ValueError(f"{len(self.games)} games but the model has {model.cfg.num_games} task embeddings")
+        self.actions = ActionSpace(self.games)
         self.config = config or JOWAConfig()
         self.stage = 1
         self.set_stage(stage)
@@ -211,15 +222,17 @@ class JOWA:
             metrics.update(tok_metrics)
             metrics["loss/tokenizer"] = tok_loss.detach()
         tokens = self._tokens(batch)
-        out = self.model.world(tokens, batch["action"], batch["game_id"])
-        w_loss, w_metrics = world_losses(out, tokens, batch["action"], batch["reward"], batch["terminal"], mask)
+        # Minimal-set indices -> ALE ids: the same button is the same token in every game.
+        actions = self.actions.full(batch["action"], batch["game_id"])
+        out = self.model.world(tokens, actions, batch["game_id"])
+        w_loss, w_metrics = world_losses(out, tokens, actions, batch["reward"], batch["terminal"], mask)
         metrics.update(w_metrics)
         if self.stage == 1:
             loss = loss + w_loss
         else:
             a_loss, a_metrics = action_losses(
-                self.model.world, out, batch["action"], batch["reward"], batch["terminal"], mask,
-                batch["valid_mask"], gamma=cfg.gamma, cql_alpha=cfg.cql_alpha,
+                self.model.world, out, actions, batch["reward"], batch["terminal"], mask,
+                self.actions.valid_mask(batch["game_id"]), gamma=cfg.gamma, cql_alpha=cfg.cql_alpha,
             )
             metrics.update(a_metrics)
             loss = loss + cfg.beta * w_loss + a_loss
@@ -247,13 +260,17 @@ class JOWA:
 class PlannerInspector:
     """Explains each decision of a JOWA planner: the root's return distributions, the search tree
     and the frames the world model imagined along the chosen path (what ``act`` itself computed,
-    no extra forward)."""
+    no extra forward). Like the planner's, its action slots, tree actions and returned actions
+    are minimal-set indices of each game."""
 
     def __init__(self, planner: Any) -> None:
         self.planner = planner
 
     def reset(self, indices: np.ndarray) -> None:
         self.planner.reset(indices)
+
+    def observe(self, actions: np.ndarray, rewards: np.ndarray) -> None:
+        self.planner.observe(actions, rewards)
 
     def act(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray:
         return self.planner.act(obs, game_ids)

@@ -321,6 +321,9 @@ class GreedyPolicy:
     def reset(self, indices: np.ndarray) -> None:
         """Memoryless: nothing to reset."""
 
+    def observe(self, actions: np.ndarray, rewards: np.ndarray) -> None:
+        """Memoryless: the executed actions change nothing."""
+
     def act(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray:
         if obs.dtype != np.uint8 or obs.ndim != 4:
             raise TypeError(f"obs must be uint8 (N, 4, 84, 84), got {obs.dtype} {obs.shape}")
@@ -356,6 +359,9 @@ class QNetInspector:
 
     def reset(self, indices: np.ndarray) -> None:
         self.greedy.reset(indices)
+
+    def observe(self, actions: np.ndarray, rewards: np.ndarray) -> None:
+        self.greedy.observe(actions, rewards)
 
     def act(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray:
         return self.greedy.act(obs, game_ids)

@@ -42,6 +42,10 @@ POLICIES = ("random", "epsilon_greedy")
 
 
 class Policy(Protocol):
+    """What the recorder needs of a policy: ``act``. When the object also has them, ``reset`` and
+    ``observe`` are called as ``workbench.algos.base.Policy`` defines (every workbench policy has
+    both)."""
+
     def act(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray: ...
 
 
@@ -119,7 +123,8 @@ def record(
 
     ``policy``: ``"random"`` (uniform over the minimal action set) or a Policy object
     (``act(obs (N,4,84,84) uint8, game_ids (N,) int64) -> (N,) int64``) played epsilon-greedily
-    with ``epsilon``. ``env_factory(game, seed)`` defaults to
+    with ``epsilon``: it acts at every step, and its ``observe`` (when it has one) gets the
+    executed action and the raw reward, also on the steps epsilon replaced. ``env_factory(game, seed)`` defaults to
     ``workbench.envs.make_env(game, protocol="data", seed=seed)``. Returns the replay_logs dir.
     """
     from tqdm.auto import tqdm
@@ -173,17 +178,24 @@ def record(
         stack[0, -1] = obs
         if greedy is not None and hasattr(greedy, "reset"):
             greedy.reset(np.array([0]))
+        observe = getattr(greedy, "observe", None)
         for t in range(steps):
-            if greedy is None or rng.random() < epsilon:
+            planned = None
+            if greedy is not None:  # asked every step, so a policy with memory sees every frame
+                planned = int(np.asarray(greedy.act(stack, gids))[0])
+                if not 0 <= planned < n_actions:
+                    raise RecordError(
+                        f"policy returned action {planned}, outside {canonical}'s minimal set 0..{n_actions - 1}"
+                    )
+            # (The stream draws as before: no random() draw for the random policy.)
+            if planned is None or rng.random() < epsilon:
                 a = int(rng.integers(n_actions))
             else:
-                a = int(np.asarray(greedy.act(stack, gids))[0])
-                if not 0 <= a < n_actions:
-                    raise RecordError(
-                        f"policy returned action {a}, outside {canonical}'s minimal set 0..{n_actions - 1}"
-                    )
+                a = planned
             nobs, r, term, trunc, _ = env.step(a)
             reward = float(r)
+            if observe is not None:
+                observe(np.array([a], np.int64), np.array([reward]))
             ep_return += reward
             done = bool(term or trunc)
             ring.add(obs, a, float(np.clip(reward, -1.0, 1.0)), done)

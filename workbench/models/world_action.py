@@ -14,9 +14,16 @@ Where each head reads the transformer output (index p = position in the sequence
 - reward sign (3 classes for -1, 0, +1) and termination (2 classes): at step t's action token,
   i.e. after seeing o_<=t and a_<=t (Eqs. 6-7);
 - Q (C51, 51 atoms on [-10, 30]): at the *last observation token* of step t, i.e. after o_<=t and
-  a_<t (Eq. 9); (..., 18, 51) outputs, invalid slots are masked by the consumer with
-  ``valid_mask``. An ensemble of n heads is averaged in probability and returned as
-  log-probabilities (valid logits: softmax gives back the mixture).
+  a_<t (Eq. 9); (..., 18, 51) outputs, one slot per ALE action; the slots of buttons the game's
+  minimal set lacks are masked by the consumer with ``valid_mask``. An ensemble of n heads is
+  averaged in probability and returned as log-probabilities (valid logits: softmax gives back
+  the mixture).
+
+Actions (paper Sec. 4.1): the action embedding, the Q head's slots and ``valid_mask`` all index
+the full set of 18 ALE actions shared by every game, so one row means the same button (UP,
+RIGHTFIRE, ...) in every game. Datasets and environments use each game's minimal-set indices;
+:class:`ActionSpace` maps between the two at JOWA's boundary (``algos/jowa.py`` for batches,
+``planner.PlannerPolicy`` for acting).
 
 The target Q head is a frozen copy of the Q head(s) only, refreshed by ``update_target()``. It
 reads the *online* backbone's features at o_{t+1} (detached, no grad), as the paper copies only
@@ -26,13 +33,15 @@ the head ("target Q-values head"). It never uses dropout (it is kept in eval mod
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workbench.games import MAX_ACTIONS
+from workbench.games import MAX_ACTIONS, minimal_action_set
 from workbench.losses import c51_target, cql_loss, distributional_td_loss, expected_q
 from workbench.models.gpt import GPT, GPTConfig, KVCache
 from workbench.models.tokenizer import TOKENIZER_PRESETS, TOKENS_PER_FRAME, Tokenizer, TokenizerConfig
@@ -103,6 +112,72 @@ def world_action_config(name: str, **overrides) -> WorldActionConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown JOWA model preset {name!r}; valid: {', '.join(PRESETS)}")
     return replace(PRESETS[name], **overrides)
+
+
+class ActionSpace:
+    """The games' minimal action sets inside JOWA's 18-action space.
+
+    ``games``: the run's ordered game names, or (tests) the size n of each game's minimal set,
+    which then stands for ALE ids ``0..n-1``. Tables, each ``(G, 18)`` int64 or bool:
+
+    - ``to_full[g, i]``: ALE id of minimal action i of game g (-1 past the minimal set);
+    - ``to_minimal[g, a]``: minimal index of ALE action a in game g (-1 when the game lacks it);
+    - ``valid[g, a]``: the game's minimal set contains ALE action a (JOWA's ``valid_mask``);
+    - ``slot_order[g]``: a permutation of the 18 ALE ids, the minimal set in minimal order first,
+      then the other ids ascending. ``x[..., slot_order[g]]`` turns per-ALE-action outputs into
+      the policy contract's per-minimal-action slots (slot i = minimal action i; slots
+      ``>= num_actions`` hold the game's invalid buttons).
+    """
+
+    def __init__(self, games: Sequence[str] | Sequence[int]) -> None:
+        sets = [tuple(range(int(g))) if isinstance(g, (int, np.integer)) else minimal_action_set(str(g))
+                for g in games]
+        G = len(sets)
+        self.num_actions = torch.tensor([len(s) for s in sets], dtype=torch.long)
+        self.to_full = torch.full((G, MAX_ACTIONS), -1, dtype=torch.long)
+        self.to_minimal = torch.full((G, MAX_ACTIONS), -1, dtype=torch.long)
+        self.slot_order = torch.empty((G, MAX_ACTIONS), dtype=torch.long)
+        for g, ids in enumerate(sets):
+            if not 1 <= len(ids) <= MAX_ACTIONS or len(set(ids)) != len(ids):
+                raise ValueError(f"game {games[g]!r}: a minimal set needs 1..{MAX_ACTIONS} distinct actions")
+            self.to_full[g, : len(ids)] = torch.tensor(ids)
+            self.to_minimal[g, list(ids)] = torch.arange(len(ids))
+            rest = [a for a in range(MAX_ACTIONS) if a not in ids]
+            self.slot_order[g] = torch.tensor(list(ids) + rest)
+        self.valid = self.to_minimal >= 0
+        self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self.num_actions)
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(to_full, valid) on ``device``, copied there once."""
+        if device not in self._tables:
+            self._tables[device] = (self.to_full.to(device), self.valid.to(device))
+        return self._tables[device]
+
+    def full(self, actions: torch.Tensor, game_id: torch.Tensor) -> torch.Tensor:
+        """ALE ids of minimal-set ``actions`` ``(B,)`` or ``(B, L)`` of the games ``game_id`` ``(B,)``.
+
+        An index outside its game's minimal set is an error (checked without a device sync on an
+        accelerator, where it fails at the next synchronisation)."""
+        to_full, _ = self._on(actions.device)
+        g = game_id.long().view(-1, *([1] * (actions.dim() - 1))).expand_as(actions)
+        a = actions.long()
+        inside = (a >= 0) & (a < MAX_ACTIONS)
+        out = torch.where(inside, to_full[g, a.clamp(0, MAX_ACTIONS - 1)], -1)
+        if out.device.type == "cpu":
+            if bool((out < 0).any()):
+                i = tuple(int(x) for x in (out < 0).nonzero()[0])
+                n = int(self.num_actions[int(g[i])])
+                raise ValueError(f"action {int(a[i])} of game_id {int(g[i])} is outside its minimal set 0..{n - 1}")
+        else:
+            torch._assert_async((out >= 0).all(), "an action is outside its game's minimal set")
+        return out
+
+    def valid_mask(self, game_id: torch.Tensor) -> torch.Tensor:
+        """Bool ``(B, 18)``: which ALE actions the minimal set of each game ``game_id`` contains."""
+        return self._on(game_id.device)[1][game_id.long()]
 
 
 def _mlp2(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
@@ -190,7 +265,7 @@ class WorldActionModel(nn.Module):
     ) -> torch.Tensor:
         """Hidden states ``(B, T, D)`` of a token chunk.
 
-        ``tokens`` ``(B, T)`` int (observation ids or minimal action indices), ``is_action``
+        ``tokens`` ``(B, T)`` int (observation ids or ALE action ids), ``is_action``
         ``(B, T)`` or ``(T,)`` bool, ``game_id`` ``(B,)``; ``cache``/``valid`` as in `GPT.forward`.
         """
         tokens = tokens.long()
@@ -202,14 +277,14 @@ class WorldActionModel(nn.Module):
         return self.gpt(x, cache=cache, valid=valid)
 
     def interleave(self, obs_tokens: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """``(B, L, 36)`` tokens + ``(B, L)`` actions -> ``(B, L * 37)`` sequence."""
+        """``(B, L, 36)`` tokens + ``(B, L)`` ALE action ids -> ``(B, L * 37)`` sequence."""
         B, L, _ = obs_tokens.shape
         return torch.cat([obs_tokens.long(), actions.long()[..., None]], dim=-1).view(B, L * TOKENS_PER_STEP)
 
     def forward(
         self, obs_tokens: torch.Tensor, actions: torch.Tensor, game_id: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """Full-sequence pass (training). Returns:
+        """Full-sequence pass (training) over ALE action ids ``actions`` (B, L). Returns:
 
         ``obs_logits`` (B, L*37 - 1, vocab): position p's prediction of token p + 1;
         ``reward_logits`` (B, L, 3); ``term_logits`` (B, L, 2); ``q_logits`` (B, L, 18, atoms)
@@ -299,7 +374,8 @@ def action_losses(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Eq. 9: C51 TD (one-step, the paper lists no n-step for JOWA) + alpha * CQL on expected Q.
 
-    TD target of step t: ``clip(r_t) + gamma (1 - d_t) Z_target(o_{t+1}, argmax_valid Q_target)``,
+    ``actions`` are ALE ids and ``valid_mask`` (B, 18) marks the ALE actions of each sample's
+    game (`ActionSpace`). TD target of step t: ``clip(r_t) + gamma (1 - d_t) Z_target(o_{t+1}, argmax_valid Q_target)``,
     with Z_target from the target head on the online features at o_{t+1}. A step is a TD sample
     when it is real and its successor is in the segment (or it is terminal); CQL uses every real
     step. Invalid actions are excluded from the argmax and the logsumexp. With an ensemble of

@@ -22,7 +22,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from workbench.algos.base import InspectablePolicy, Policy
+from workbench.algos.base import InspectablePolicy, Policy, check_policy
 
 __all__ = [
     "ROLLOUT_FORMAT",
@@ -271,7 +271,8 @@ def play_rollout(
     ``workbench.evaluate``, the env is reset with ``seed`` and the epsilon stream is
     ``default_rng(seed)`` through its ``epsilon_greedy``: with
     ``seed=evaluate.episode_seed(eval_seed, game, k)`` this replays the evaluator's episode k.
-    ``planning_horizon`` and ``beam_width`` set a JOWA checkpoint's planner (H, K).
+    ``planning_horizon`` and ``beam_width`` set a JOWA checkpoint's planner (H, K). After each
+    step the policy's ``observe`` gets the executed action (after epsilon) and the raw reward.
     """
     from tqdm.auto import tqdm
 
@@ -289,6 +290,7 @@ def play_rollout(
         policy = source
         meta["policy"] = type(source).__name__
     game_id = 0 if game_id is None else int(game_id)
+    check_policy(policy)
     n_act = games.num_actions(game)
     env = envs.make_env(game, protocol="eval", seed=seed, render_rgb=render_rgb)
     stacker = envs.FrameStacker(1)
@@ -310,6 +312,7 @@ def play_rollout(
             ins = inspect_policy_step(policy, stacker.stacks.copy(), game_id, n_act)
             action = epsilon_greedy(rng, ins.greedy_action, n_act, epsilon)
             obs, reward, terminated, truncated, _ = env.step(action)
+            policy.observe(np.array([action], np.int64), np.array([float(reward)]))  # executed, not planned
             stacker.push(obs[None])
             actions.append(action)
             rewards.append(float(reward))
