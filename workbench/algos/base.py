@@ -107,6 +107,23 @@ class InspectablePolicy(Policy, Protocol):
     def act_explained(self, obs: np.ndarray, game_ids: np.ndarray) -> tuple[np.ndarray, list[Explanation]]: ...
 
 
+class DelegatingPolicy:
+    """Base of explaining policies built on a plain one: ``act``, ``reset`` and ``observe`` go to
+    ``inner``; a subclass adds ``act_explained``."""
+
+    def __init__(self, inner: Policy) -> None:
+        self.inner = inner
+
+    def reset(self, indices: np.ndarray) -> None:
+        self.inner.reset(indices)
+
+    def observe(self, actions: np.ndarray, rewards: np.ndarray) -> None:
+        self.inner.observe(actions, rewards)
+
+    def act(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray:
+        return self.inner.act(obs, game_ids)
+
+
 # ------------------------------------------------------------------------------- training
 
 

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from workbench.algos.base import (
     Algo,
+    DelegatingPolicy,
     EvalOptions,
     Explanation,
     Scale,
@@ -257,23 +258,15 @@ class JOWA:
         return PlannerInspector(self.policy(options, return_tree=True))
 
 
-class PlannerInspector:
+class PlannerInspector(DelegatingPolicy):
     """Explains each decision of a JOWA planner: the root's return distributions, the search tree
     and the frames the world model imagined along the chosen path (what ``act`` itself computed,
     no extra forward). Like the planner's, its action slots, tree actions and returned actions
     are minimal-set indices of each game."""
 
     def __init__(self, planner: Any) -> None:
+        super().__init__(planner)
         self.planner = planner
-
-    def reset(self, indices: np.ndarray) -> None:
-        self.planner.reset(indices)
-
-    def observe(self, actions: np.ndarray, rewards: np.ndarray) -> None:
-        self.planner.observe(actions, rewards)
-
-    def act(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray:
-        return self.planner.act(obs, game_ids)
 
     def act_explained(self, obs: np.ndarray, game_ids: np.ndarray) -> tuple[np.ndarray, list[Explanation]]:
         actions = np.asarray(self.planner.act(obs, game_ids))

@@ -33,6 +33,7 @@ from torch import Tensor
 from workbench import losses as L
 from workbench.algos.base import (
     Algo,
+    DelegatingPolicy,
     EvalOptions,
     Explanation,
     Scale,
@@ -345,7 +346,7 @@ class GreedyPolicy:
         return out
 
 
-class QNetInspector:
+class QNetInspector(DelegatingPolicy):
     """The greedy policy of a Scaled QL / CQL-MSE / BC algo that explains each decision.
 
     ``act_explained`` returns the actions of ``GreedyPolicy`` and, per environment, the C51
@@ -354,17 +355,8 @@ class QNetInspector:
     """
 
     def __init__(self, algo: ScaledQL) -> None:
+        super().__init__(algo.policy())
         self.algo = algo
-        self.greedy = algo.policy()
-
-    def reset(self, indices: np.ndarray) -> None:
-        self.greedy.reset(indices)
-
-    def observe(self, actions: np.ndarray, rewards: np.ndarray) -> None:
-        self.greedy.observe(actions, rewards)
-
-    def act(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray:
-        return self.greedy.act(obs, game_ids)
 
     def act_explained(self, obs: np.ndarray, game_ids: np.ndarray) -> tuple[np.ndarray, list[Explanation]]:
         model = self.algo.model
@@ -378,7 +370,7 @@ class QNetInspector:
                 out = model(o, g).float()
         finally:
             model.train(was)
-        actions = self.greedy.act(obs, game_ids)
+        actions = self.inner.act(obs, game_ids)
         if model.distributional:
             probs = out.softmax(-1).cpu().numpy()
             support = self.algo.support.float().cpu().numpy()
