@@ -103,6 +103,8 @@ class AnalysisParams:
     """Bootstrap repetitions for the confidence intervals."""
     mix_protocols: bool = False
     """Compare runs evaluated under different protocols or step caps (left out otherwise)."""
+    sweep: str = ""
+    """A sweep file or folder (workbench.sweep): explore its finished points instead of run_dirs."""
 
     def __post_init__(self) -> None:
         if not self.run_dirs.strip():
@@ -130,7 +132,7 @@ class AnalysisParams:
         """Validated parameters with every run-folder pattern and ``out_dir`` made absolute."""
         p = _from_params(cls, params)
         dirs = ",".join(_absolute(part.strip()) for part in p.run_dirs.split(",") if part.strip())
-        return replace(p, run_dirs=dirs, out_dir=_absolute(p.out_dir))
+        return replace(p, run_dirs=dirs, out_dir=_absolute(p.out_dir), sweep=_absolute(p.sweep))
 
 
 def _absolute(path: str) -> str:

@@ -1,0 +1,561 @@
+"""Interactive ablation explorer: a sweep (or any run folders) -> widgets -> plots that update in place.
+
+Data path: run folders are read with :func:`workbench.viz.analysis.read_run`, one evaluation
+protocol is chosen with :func:`~workbench.viz.analysis.select_evaluations`, runs are grouped by
+the chosen factors' levels and turned into ``{group: {game: [scores]}}`` by
+:func:`~workbench.viz.analysis.method_scores` (a run is a seed when every group has >= 2 seeds,
+else an evaluation episode). Every number drawn comes from :mod:`workbench.metrics`
+(aggregates with stratified-bootstrap CIs, performance profiles, probability of improvement).
+
+Groups are ordered by the x factor's levels, then the colour factor's, in the sweep's order;
+``metrics.aggregate`` seeds group ``i``'s bootstrap with ``seed + i``, so the same choice draws
+the same intervals every time.
+
+:func:`paper_figures` regenerates the papers' figures and tables from the same runs, with the
+papers' printed numbers (``workbench.reference.paper_tables``) as reference marks where the games
+match.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import plotly.graph_objects as go
+
+from workbench import metrics as M
+from workbench.viz import results_figures as F
+from workbench.viz.analysis import (
+    _RUN_ONLY_KEYS,
+    RunInfo,
+    method_labels,
+    method_scores,
+    paper_reference_points,
+    read_run,
+    select_evaluations,
+)
+from workbench.viz.export import FigureSaveStatus, save_figures
+from workbench.viz.style import method_color
+
+__all__ = ["AblationData", "AblationExplorer", "METRIC_CHOICES", "VIEWS", "group_scores", "load_ablation",
+           "paper_figures"]
+
+METRIC_CHOICES = (("IQM", "iqm"), ("median", "median"), ("mean", "mean"), ("optimality gap", "optimality_gap"))
+VIEWS = ("aggregates", "performance_profiles", "probability_of_improvement", "per_game_scores", "learning_curves")
+NONE = "(none)"
+
+
+@dataclass
+class AblationData:
+    """Runs with their factor levels: what the explorer and :func:`paper_figures` draw from."""
+
+    name: str
+    source: str
+    runs: list[RunInfo]
+    levels: list[dict[str, Any]]
+    """Per run: factor -> level (seeds are not factors: they are the runs of a level)."""
+    factors: dict[str, list[Any]]
+    protocol: str = ""
+    left_out: dict[str, str] = field(default_factory=dict)
+    not_done: list[str] = field(default_factory=list)
+
+    @property
+    def games(self) -> list[str]:
+        """Games every run with scores was evaluated on."""
+        sets = [set(r.scores["per_game"]) for r in self.runs if r.scores]
+        return sorted(set.intersection(*sets)) if sets else []
+
+
+def _level_text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+
+
+def load_ablation(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+                  *, mix_protocols: bool = False) -> AblationData:
+    """A sweep (its file, its folder or its ``sweep.json``) or a list of run folders.
+
+    For a sweep, the factors and levels are the sweep's and only finished points are read
+    (the others are listed in ``not_done``). For plain run folders, the factors are the
+    configuration values (parameters and resolved algorithm settings) that differ between runs."""
+    from workbench.paths import resolve_path
+
+    if isinstance(source, (str, os.PathLike)):
+        path = resolve_path(source)
+        if path.is_dir() and (path / "sweep.json").is_file():
+            return _from_index(json.loads((path / "sweep.json").read_text()), mix_protocols)
+        if path.is_file() and path.name == "sweep.json":
+            return _from_index(json.loads(path.read_text()), mix_protocols)
+        if path.is_file():
+            from workbench.sweep import load_sweep, sweep_status
+
+            return _from_index(sweep_status(load_sweep(path), write=False), mix_protocols)
+        raise FileNotFoundError(f"{path} is neither a sweep file, a sweep folder (with sweep.json), nor a list of "
+                                "run folders")
+    return _from_runs([resolve_path(s) for s in source], mix_protocols)
+
+
+def _unique(levels: Sequence[Any]) -> list[Any]:
+    """Levels in first-seen order, once each (a zipped sweep repeats them)."""
+    seen: dict[str, Any] = {}
+    for v in levels:
+        seen.setdefault(_level_text(v), v)
+    return list(seen.values())
+
+
+def _from_index(index: dict[str, Any], mix_protocols: bool) -> AblationData:
+    done = [p for p in index["points"] if p["state"] == "done"]
+    runs = [read_run(p["run_dir"]) for p in done]
+    levels = [{k: v for k, v in p["levels"].items() if k != "seed"} for p in done]
+    data = AblationData(name=index["name"], source=index.get("file") or index["root"], runs=runs, levels=levels,
+                        factors={k: _unique(v) for k, v in index["factors"].items()},
+                        not_done=[f"{p['id']} ({p['state']})" for p in index["points"] if p["state"] != "done"])
+    data.protocol, data.left_out = select_evaluations(runs, mix_protocols)
+    return data
+
+
+def _from_runs(paths: Sequence[Path], mix_protocols: bool) -> AblationData:
+    if not paths:
+        raise ValueError("no run folders given")
+    read = [read_run(p) for p in paths]
+    runs = [r for r in read if r.config]  # folders that are not runs (runs/sweeps, ...) have no factors
+    if not runs:
+        raise ValueError(f"none of {', '.join(map(str, paths))} is a workbench run folder (config.json)")
+
+    def values(r: RunInfo) -> dict[str, Any]:
+        params = {k: v for k, v in r.config.items() if k not in _RUN_ONLY_KEYS and k not in ("algo_args", "resolved")}
+        settings = (r.config.get("resolved") or {}).get("settings") or {}
+        return {**params, **settings}
+
+    vals = [values(r) for r in runs]
+    keys = list(dict.fromkeys(k for v in vals for k in v))
+    factors: dict[str, list[Any]] = {}
+    for k in keys:
+        seen = list(dict.fromkeys(_level_text(v.get(k)) for v in vals))
+        if len(seen) > 1:
+            factors[k] = [json.loads(s) if s.startswith(("{", "[")) else next(
+                v.get(k) for v in vals if _level_text(v.get(k)) == s) for s in seen]
+    levels: list[dict[str, Any]]
+    if not factors:  # nothing differs: every run is its own level
+        labels = method_labels(runs)
+        factors = {"run": list(dict.fromkeys(labels))}
+        levels = [{"run": lab} for lab in labels]
+    else:
+        levels = [{k: v.get(k) for k in factors} for v in vals]
+    data = AblationData(name="runs", source=", ".join(str(p) for p in paths), runs=runs, levels=levels,
+                        factors=factors, not_done=[f"{r.path} (not a run)" for r in read if not r.config])
+    data.protocol, data.left_out = select_evaluations(runs, mix_protocols)
+    return data
+
+
+# ------------------------------------------------------------------------------------- grouping
+
+
+def group_label(levels: dict[str, Any], x: str, color: str | None) -> str:
+    label = f"{x}={_level_text(levels[x])}"
+    return label + (f", {color}={_level_text(levels[color])}" if color else "")
+
+
+def group_scores(data: AblationData, x: str, color: str | None = None, games: Sequence[str] | None = None
+                 ) -> tuple[dict[str, dict[str, list[float]]], str, dict[str, tuple[Any, Any]]]:
+    """``({group: {game: [scores]}}, what a run is, {group: (x level, colour level)})``.
+
+    Groups follow the x factor's level order, then the colour factor's; ``games`` restricts the
+    games (default: all)."""
+    for name in (x, color):
+        if name is not None and name not in data.factors:
+            raise ValueError(f"unknown factor {name!r}; the factors are {', '.join(data.factors)}")
+    if color == x:
+        color = None
+    labels = [group_label(lv, x, color) for lv in data.levels]
+    scores, runs_are = method_scores(data.runs, labels)
+    order: dict[str, tuple[Any, Any]] = {}
+    for xl in data.factors[x]:
+        for cl in (data.factors[color] if color else [None]):
+            lab = group_label({x: xl, **({color: cl} if color else {})}, x, color)
+            if lab in scores:
+                order[lab] = (xl, cl)
+    if games is not None:
+        unknown = sorted(set(games) - set(data.games))
+        if unknown:
+            raise ValueError(f"games {unknown} are not in every run; the runs' games: {', '.join(data.games)}")
+        if not games:
+            raise ValueError("choose at least one game")
+    chosen = list(games) if games is not None else None
+    out = {lab: {g: v for g, v in scores[lab].items() if chosen is None or g in chosen} for lab in order}
+    return out, runs_are, order
+
+
+# ------------------------------------------------------------------------------------- figures
+
+
+def aggregate_figure(agg: dict[str, dict[str, Any]], groups: dict[str, tuple[Any, Any]], x: str,
+                     color: str | None, metric: str, normalization: str) -> go.Figure:
+    """One point per group at its x level, one trace per colour level, with the metric's CI."""
+    title_metric = dict((v, k) for k, v in METRIC_CHOICES)[metric]
+    fig = go.Figure()
+    colours = list(dict.fromkeys(cl for _, cl in groups.values()))
+    for i, cl in enumerate(colours):
+        labs = [lab for lab, (_, c) in groups.items() if c == cl and lab in agg]
+        ys = [agg[lab][metric] for lab in labs]
+        cis = [agg[lab][f"{metric}_ci"] for lab in labs]
+        fig.add_trace(go.Scatter(
+            x=[_level_text(groups[lab][0]) for lab in labs], y=ys, mode="markers+lines",
+            name=f"{color}={_level_text(cl)}" if color else title_metric, marker=dict(size=10, color=method_color(i)),
+            error_y=dict(type="data", symmetric=False, array=[hi - y for y, (_, hi) in zip(ys, cis)],
+                         arrayminus=[y - lo for y, (lo, _) in zip(ys, cis)]),
+            customdata=labs, hovertemplate="%{customdata}<br>%{y:.3f}<extra></extra>"))
+    fig.update_layout(title=f"{title_metric} ({normalization}-normalized, 95% stratified-bootstrap CIs) by {x}",
+                      template="plotly_white", xaxis_title=x, yaxis_title=title_metric, height=380,
+                      xaxis_type="category", margin=dict(t=60, b=40))
+    return fig
+
+
+def per_game_table(scores: dict[str, dict[str, list[float]]], normalization: str) -> go.Figure:
+    """Per-game mean raw score (and normalized mean) of each group."""
+    games = sorted({g for s in scores.values() for g in s})
+    rows = []
+    for lab, per in scores.items():
+        row: dict[str, Any] = {"group": lab}
+        for g in games:
+            if g in per:
+                raw = float(np.mean(per[g]))
+                kind = cast(M.Normalization, normalization)
+                norm = float(np.mean(M.normalize({g: per[g]}, kind)[g])) if normalization != "none" else raw
+                row[g] = f"{raw:.1f} ({norm:.3f})"
+        rows.append(row)
+    return F.make_ablation_table_figure(rows, title=f"Per-game mean score (raw, and {normalization}-normalized "
+                                                    "in brackets)")
+
+
+def curves_figure(data: AblationData, x: str, color: str | None, metric: str) -> go.Figure:
+    """Learning curves of ``metric``, every run drawn in its group's colour."""
+    fig = go.Figure()
+    labels = [group_label(lv, x, color) for lv in data.levels]
+    order = list(dict.fromkeys(labels))
+    shown: set[str] = set()
+    for r, lab in zip(data.runs, labels):
+        pts = sorted((float(rec["step"]), float(rec[metric])) for rec in r.metrics
+                     if "step" in rec and isinstance(rec.get(metric), (int, float)))
+        if not pts:
+            continue
+        c = method_color(order.index(lab))
+        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines", name=lab,
+                                 legendgroup=lab, showlegend=lab not in shown, line=dict(color=c),
+                                 hovertemplate=f"{lab} [{r.name}]<br>step %{{x}}: %{{y:.4g}}<extra></extra>"))
+        shown.add(lab)
+    fig.update_layout(title=f"Learning curves: {metric} (each run, coloured by level)", template="plotly_white",
+                      xaxis_title="gradient step", yaxis_title=metric, height=380, margin=dict(t=60, b=40))
+    return fig
+
+
+def _message_figure(text: str) -> go.Figure:
+    fig = go.Figure()
+    fig.add_annotation(text=text, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    fig.update_layout(title=text[:80], template="plotly_white", height=200,
+                      xaxis=dict(visible=False), yaxis=dict(visible=False))
+    return fig
+
+
+@dataclass
+class Choice:
+    """What the widgets say: the explorer's state (also usable without widgets)."""
+
+    x: str
+    color: str | None = None
+    metric: str = "iqm"
+    normalization: str = "human"
+    games: tuple[str, ...] = ()
+    level_a: str = ""
+    level_b: str = ""
+    curve: str = "loss"
+
+
+def compute_views(data: AblationData, c: Choice, *, reps: int = 2000, seed: int = 0
+                  ) -> tuple[dict[str, go.Figure], dict[str, Any]]:
+    """Every view's figure for one choice, and the numbers drawn (for tests and the README)."""
+    figs: dict[str, go.Figure] = {}
+    numbers: dict[str, Any] = {}
+    try:
+        scores, runs_are, groups = group_scores(data, c.x, c.color, c.games or None)
+        if not scores:
+            raise ValueError("no finished run with evaluation scores")
+        numbers["runs_are"] = runs_are
+        numbers["scores"] = scores
+        agg = M.aggregate(scores, c.normalization, reps=reps, seed=seed)  # type: ignore[arg-type]
+        numbers["aggregates"] = agg
+        figs["aggregates"] = aggregate_figure(agg, groups, c.x, c.color if c.color != c.x else None, c.metric,
+                                              c.normalization)
+        prof = M.performance_profile(scores, c.normalization, reps=reps, seed=seed)  # type: ignore[arg-type]
+        numbers["performance_profiles"] = prof
+        figs["performance_profiles"] = F.make_performance_profile_figure(
+            prof["taus"], {m: v["profile"] for m, v in prof["methods"].items()},
+            {m: [v["lo"], v["hi"]] for m, v in prof["methods"].items()},
+            title=f"Performance profiles ({c.normalization}-normalized, runs = {runs_are})")
+        a, b = c.level_a or list(scores)[0], c.level_b or list(scores)[-1]
+        if a in scores and b in scores and a != b:
+            poi = M.probability_of_improvement(scores, [(a, b)], c.normalization,  # type: ignore[arg-type]
+                                               reps=reps, seed=seed)
+            numbers["probability_of_improvement"] = poi
+            figs["probability_of_improvement"] = F.make_probability_of_improvement_figure(
+                poi, title="Probability of improvement")
+        else:
+            figs["probability_of_improvement"] = _message_figure("choose two different levels to compare")
+        figs["per_game_scores"] = per_game_table(scores, c.normalization)
+    except ValueError as exc:
+        numbers["error"] = str(exc)
+        for name in VIEWS[:4]:
+            figs[name] = _message_figure(str(exc))
+    figs["learning_curves"] = curves_figure(data, c.x, c.color if c.color != c.x else None, c.curve)
+    return figs, numbers
+
+
+# ------------------------------------------------------------------------------------- the explorer
+
+
+def _replace(target: go.FigureWidget, source: go.Figure) -> None:
+    """Swap a FigureWidget's traces and layout for another figure's, in one update."""
+    with target.batch_update():
+        target.data = ()
+        target.add_traces(list(source.data))
+        target.layout = source.layout
+
+
+class AblationExplorer:
+    """Widgets over an :class:`AblationData`; ``widget`` is what a notebook displays.
+
+    ``controls`` holds the ipywidgets (x, color, metric, normalization, games, level_a,
+    level_b, curve); ``figures`` the ``go.FigureWidget`` of each view, updated in place on every
+    change; ``numbers`` what was drawn; :meth:`export` writes every view to PNG + HTML."""
+
+    def __init__(self, data: AblationData, *, reps: int = 2000, seed: int = 0,
+                 out_dir: str | os.PathLike[str] | None = None) -> None:
+        import ipywidgets as W
+
+        from workbench.paths import resolve_path
+
+        if not data.factors:
+            raise ValueError("the runs have no factor that varies")
+        self.data, self.reps, self.seed = data, reps, seed
+        self.out_dir = Path(out_dir) if out_dir else resolve_path(f"figures/ablation-{data.name}")
+        factors = list(data.factors)
+        curve_keys = sorted({k for r in data.runs for rec in r.metrics for k, v in rec.items()
+                             if isinstance(v, (int, float)) and k not in ("step", "time")})
+        self.controls: dict[str, Any] = {
+            "x": W.Dropdown(options=factors, value=factors[0], description="x axis"),
+            "color": W.Dropdown(options=[NONE, *factors], value=factors[1] if len(factors) > 1 else NONE,
+                                description="colour by"),
+            "metric": W.Dropdown(options=METRIC_CHOICES, value="iqm", description="metric"),
+            "normalization": W.Dropdown(options=["human", "dqn"], value="human", description="normalize"),
+            "games": W.SelectMultiple(options=data.games, value=tuple(data.games), description="games", rows=4),
+            "level_a": W.Dropdown(options=[], description="P(A > B): A"),
+            "level_b": W.Dropdown(options=[], description="B"),
+            "curve": W.Dropdown(options=curve_keys or ["loss"], value="loss" if "loss" in curve_keys else
+                                (curve_keys or ["loss"])[0], description="curve"),
+        }
+        self.message = W.HTML()
+        self.export_button = W.Button(description="export to figures/", icon="save")
+        self.export_button.on_click(lambda _: self.export())
+        self.figures = {name: go.FigureWidget() for name in VIEWS}
+        self.numbers: dict[str, Any] = {}
+        self._busy = False
+        self._sync_levels()
+        for w in self.controls.values():
+            w.observe(self._changed, names="value")
+        self.update()
+        row = W.Layout(flex_flow="row wrap", width="100%")
+        c = self.controls
+        self.widget = W.VBox([
+            W.HTML(f"<b>{data.name}</b> ({data.source}): {len(data.runs)} runs; {data.protocol}"
+                   + (f"; not finished: {', '.join(data.not_done)}" if data.not_done else "")),
+            W.HBox([c["x"], c["color"], c["metric"], c["normalization"]], layout=row),
+            W.HBox([c["games"], c["level_a"], c["level_b"], c["curve"], self.export_button], layout=row),
+            self.message, *self.figures.values()], layout=W.Layout(width="100%"))
+
+    def choice(self) -> Choice:
+        c = self.controls
+        color = None if c["color"].value in (NONE, c["x"].value) else c["color"].value
+        return Choice(x=c["x"].value, color=color, metric=c["metric"].value, normalization=c["normalization"].value,
+                      games=tuple(c["games"].value), level_a=c["level_a"].value or "",
+                      level_b=c["level_b"].value or "", curve=c["curve"].value)
+
+    def _sync_levels(self) -> None:
+        """The groups of the current x/colour choice become the P(A > B) options."""
+        ch = self.choice()
+        labels = list(dict.fromkeys(group_label(lv, ch.x, ch.color) for lv, r in zip(self.data.levels, self.data.runs)
+                                    if r.scores))
+        a, b = self.controls["level_a"], self.controls["level_b"]
+        a.options, b.options = labels, labels
+        if labels:
+            a.value, b.value = labels[-1], labels[0]
+
+    def _changed(self, change: dict[str, Any]) -> None:
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            if change["owner"] in (self.controls["x"], self.controls["color"]):
+                self._sync_levels()
+        finally:
+            self._busy = False
+        self.update()
+
+    def update(self) -> None:
+        figs, self.numbers = compute_views(self.data, self.choice(), reps=self.reps, seed=self.seed)
+        for name, fig in figs.items():
+            _replace(self.figures[name], fig)
+        err = self.numbers.get("error")
+        self.message.value = f"<span style='color:#b00'>{err}</span>" if err else (
+            f"runs = {self.numbers.get('runs_are')} (a group's runs are its seeds when every group has two or more)")
+
+    def export(self, out_dir: str | os.PathLike[str] | None = None) -> list[FigureSaveStatus]:
+        """Every view to ``out_dir`` as PNG + HTML, and a README line per file saying which sweep,
+        which runs and which choice produced it."""
+        out = Path(out_dir) if out_dir else self.out_dir
+        ch = self.choice()
+        stamp = time.strftime("%Y-%m-%d %H:%M")
+        paths: dict[str | os.PathLike[str], go.Figure] = {out / n: go.Figure(f) for n, f in self.figures.items()}
+        statuses = save_figures(paths)
+        runs = ", ".join(f"`{r.path}`" for r in self.data.runs)
+        lines = [f"# Ablation explorer: {self.data.name}", "",
+                 f"Written by `workbench.viz.ablation.AblationExplorer.export` ({stamp}) from sweep "
+                 f"**{self.data.name}** (`{self.data.source}`), {len(self.data.runs)} runs: {runs}.",
+                 f"Evaluation protocol: {self.data.protocol}.", "", "## Files", ""]
+        for name, s in zip(self.figures, statuses):
+            files = f"`{s.html.name}`" + (f", `{s.png.name}`" if s.png else f" ({s.message})")
+            lines.append(f"- **{name}** ({files}): x = {ch.x}, colour = {ch.color or 'none'}, metric = {ch.metric}, "
+                         f"normalization = {ch.normalization}, games = {', '.join(ch.games)}, "
+                         f"P(A > B) = {ch.level_a} vs {ch.level_b}, curve = {ch.curve}; numbers from workbench.metrics "
+                         f"({self.reps} bootstrap reps, seed {self.seed}).")
+        (out / "README.md").write_text("\n".join(lines) + "\n")
+        self.message.value = f"exported {len(statuses)} views to {out}"
+        return statuses
+
+
+# ------------------------------------------------------------------------------------- the papers' figures
+
+
+def paper_figures(data: AblationData, out_dir: str | os.PathLike[str] | None = None, *, reps: int = 2000,
+                  seed: int = 0, png: bool = True) -> tuple[dict[str, go.Figure], dict[str, str]]:
+    """The papers' figures and tables regenerated from ``data``'s runs.
+
+    Scaled QL (paper 000): Figure 2 (performance profiles), Figure 4 (per-game scores next to the
+    paper's DT and Scaled QL), Figure 5 (parameters vs IQM), Figure 6 (IQM per level of each
+    factor). JOWA (paper 003): Figure 4 (parameters vs IQM), Table 2 (per-game scores), Tables 4/5
+    (ablation aggregates). Where the papers' games match ours, their printed numbers are drawn as
+    reference marks (labelled 'paper: ...'); printed aggregates are over the papers' own game
+    sets and say so. Returns (figures, {figure: why it was not drawn}); writes them to ``out_dir``
+    when given."""
+    from workbench.reference import paper_tables as pt
+
+    figs: dict[str, go.Figure] = {}
+    skipped: dict[str, str] = {}
+    factor = next(iter(data.factors))
+    labels = [group_label(lv, factor, None) if len(data.factors) == 1 else
+              ", ".join(f"{k}={_level_text(v)}" for k, v in lv.items()) for lv in data.levels]
+    scores, runs_are = method_scores(data.runs, labels)
+    if not scores:
+        return figs, {"all": "no finished run with evaluation scores"}
+    games = sorted(set.intersection(*(set(v) for v in scores.values())))
+    scores = {lab: {g: v[g] for g in games} for lab, v in scores.items()}
+    agg = M.aggregate(scores, "human", reps=reps, seed=seed)
+    paper_games, paper_points = paper_reference_points(games)
+    truncated = any(not (r.scores or {}).get("comparable_to_papers", True) for r in data.runs)
+    caveat = " (our runs: truncated episodes, not comparable to the papers)" if truncated else ""
+
+    # Scaled QL Figure 2: performance profiles, with the paper's methods on the same games.
+    profile_in: dict[str, Any] = {**scores, **{k: v for k, v in paper_games.items() if "scaled_ql" in k}}
+    prof = M.performance_profile(profile_in, "human", reps=reps, seed=seed)
+    figs["scaled_ql_fig2_profiles"] = F.make_performance_profile_figure(
+        prof["taus"], {m: v["profile"] for m, v in prof["methods"].items()},
+        {m: [v["lo"], v["hi"]] for m, v in prof["methods"].items()},
+        title="Scaled QL Figure 2: performance profiles" + caveat)
+
+    # Scaled QL Figure 4: per-game human-normalized scores, the paper's DT and Scaled QL as marks.
+    fig = go.Figure()
+    for i, (lab, per) in enumerate(scores.items()):
+        fig.add_trace(go.Bar(x=games, y=[float(np.mean(M.normalize({g: per[g]})[g])) for g in games], name=lab,
+                             marker_color=method_color(i)))
+    for j, method in enumerate(("DT (200M)", "Scaled QL (80M)")):
+        col = pt.SCALED_QL_C1[method]
+        shared = [g for g in games if g in col]
+        if shared:
+            fig.add_trace(go.Scatter(x=shared, y=[float(M.normalize_score(g, col[g])) for g in shared],
+                                     mode="markers", name=f"paper: {method} [Table C.1]",
+                                     marker=dict(symbol=("diamond-open", "x")[j], size=12, color="black")))
+    fig.update_layout(title="Scaled QL Figure 4: per-game human-normalized score" + caveat, barmode="group",
+                      template="plotly_white", yaxis_title="human-normalized score", height=420)
+    figs["scaled_ql_fig4_per_game"] = fig
+
+    # Figure 5 (Scaled QL) and Figure 4 (JOWA): parameters vs IQM, the papers' printed IQMs as marks.
+    points = []
+    for lab in agg:
+        members = [r for r, label in zip(data.runs, labels) if label == lab and r.params]
+        if members:
+            points.append({"family": members[0].algo, "params": members[0].params, "iqm": agg[lab]["iqm"],
+                           "iqm_ci": agg[lab]["iqm_ci"], "label": lab})
+    for name, table, paper in (("scaled_ql_fig5_scaling", "scaled_ql_c1", "Scaled QL Figure 5"),
+                               ("jowa_fig4_scaling", "jowa_t2", "JOWA Figure 4")):
+        if points:
+            ref = [p for p in paper_points if table in p["label"]]
+            figs[name] = F.make_scaling_figure(points, ref or None, title=f"{paper}: parameters vs IQM" + caveat
+                                               + " (paper marks: their own game sets)")
+        else:
+            skipped[name] = "no run has a checkpoint and scores"
+
+    # Scaled QL Figure 6: IQM per level of every factor.
+    fig6 = go.Figure()
+    for i, name in enumerate(data.factors):
+        s, _, groups = group_scores(data, name, None, games)
+        a = M.aggregate(s, "human", reps=reps, seed=seed)
+        labs = [lab for lab in groups if lab in a]
+        fig6.add_trace(go.Bar(x=labs, y=[a[lab]["iqm"] for lab in labs], name=name, marker_color=method_color(i),
+                              error_y=dict(type="data", symmetric=False,
+                                           array=[a[lab]["iqm_ci"][1] - a[lab]["iqm"] for lab in labs],
+                                           arrayminus=[a[lab]["iqm"] - a[lab]["iqm_ci"][0] for lab in labs])))
+    fig6.update_layout(title="Scaled QL Figure 6: IQM per ablation level (95% CIs)" + caveat, template="plotly_white",
+                       yaxis_title="human-normalized IQM", height=420)
+    figs["scaled_ql_fig6_ablations"] = fig6
+
+    # JOWA Table 2: per-game raw scores with the paper's columns for the games it has.
+    t2_games = [g for g in games if g in pt.JOWA_T2["JOWA (150M)"]]
+    rows = []
+    for lab, per in scores.items():
+        rows.append({"method": lab, **{g: float(np.mean(per[g])) for g in games}, "IQM": agg[lab]["iqm"]})
+    for method in ("JOWA (150M)", "JOWA (40M)", "SQL (80M)", "MTBC (120M)"):
+        if t2_games:
+            rows.append({"method": f"paper: {method} [Table 2]",
+                         **{g: pt.JOWA_T2[method].get(g, "") for g in games},
+                         "IQM": f"{pt.JOWA_T2_AGGREGATES.get(method, {}).get('iqm', '')} (15 games)"})
+    figs["jowa_table2_per_game"] = F.make_ablation_table_figure(
+        rows, title="JOWA Table 2: raw per-game scores" + caveat
+        + ("" if t2_games else " (no game in common with the paper's table)"))
+
+    # JOWA Tables 4 and 5: ablation aggregates, the paper's printed rows as reference.
+    rows = [{"variant": lab, "runs": runs_are, "mean": a["mean"], "median": a["median"], "IQM": a["iqm"],
+             "IQM 95% CI": a["iqm_ci"]} for lab, a in agg.items()]
+    rows += [{"variant": f"paper: {m} [Table 18, 6 games]", "runs": "printed", **{k if k != "iqm" else "IQM": v
+              for k, v in vals.items()}} for m, vals in pt.JOWA_T18_AGGREGATES.items()]
+    figs["jowa_table4_5_ablations"] = F.make_ablation_table_figure(
+        rows, title="JOWA Tables 4/5: ablations, human-normalized" + caveat)
+
+    if out_dir is not None:
+        out = Path(out_dir)
+        paths: dict[str | os.PathLike[str], go.Figure] = {out / n: f for n, f in figs.items()}
+        statuses = save_figures(paths, png=png)
+        lines = [f"# The papers' figures from sweep {data.name}", "",
+                 f"Written by `workbench.viz.ablation.paper_figures` from `{data.source}` "
+                 f"({len(data.runs)} runs: {', '.join(f'`{r.path}`' for r in data.runs)}); {data.protocol}; "
+                 f"runs = {runs_are}. Marks named 'paper: ...' are the papers' printed numbers "
+                 "(workbench.reference.paper_tables) on the games we share with them.", ""]
+        lines += [f"- **{n}** (`{s.html.name}`" + (f", `{s.png.name}`)" if s.png else f"; {s.message})")
+                  for n, s in zip(figs, statuses)]
+        lines += [f"- not drawn: **{n}**: {why}" for n, why in skipped.items()]
+        (out / "README.md").write_text("\n".join(lines) + "\n")
+    return figs, skipped
+
