@@ -278,7 +278,7 @@ def unregister(name: str) -> None:
 
 def _load_builtin() -> None:
     # The built-in algorithms register themselves on import.
-    from workbench.algos import jowa, scaled_ql  # noqa: F401
+    from workbench.algos import jowa, mgdt, scaled_ql  # noqa: F401
 
 
 def algo_names() -> tuple[str, ...]:

@@ -387,8 +387,11 @@ class QLearningSpec:
 
     metric_prefixes: tuple[str, ...] = ("loss/", "q/", "dist/", "bc/", "batch/")
 
-    def __init__(self, name: str, settings_class: type, description: str, curves: tuple[str, ...]) -> None:
+    def __init__(self, name: str, settings_class: type, description: str, curves: tuple[str, ...],
+                 label: str = "") -> None:
         self.name, self.settings_class, self.description, self.curves = name, settings_class, description, curves
+        self.label = label or name
+        """The method's name in figures (MTBC for ``bc``, as the papers call it)."""
 
     def model_presets(self) -> tuple[str, ...]:
         return tuple(QNET_PRESETS)
@@ -447,5 +450,5 @@ class QLearningSpec:
 _TD_CURVES = ("loss/td", "loss/cql", "q/data_mean")
 register(QLearningSpec("scaled_ql", ScaledQLConfig, "Scaled Q-learning: C51 + CQL (paper 000)", _TD_CURVES))
 register(QLearningSpec("cql_mse", CQLMSEConfig, "CQL with an MSE TD loss (paper 000's ablation)", _TD_CURVES))
-register(QLearningSpec("bc", BCConfig, "Multi-task behaviour cloning on the same network (MTBC)",
-                       ("loss/bc", "bc/accuracy")))
+register(QLearningSpec("bc", BCConfig, "MTBC: multi-task behaviour cloning, the Scaled QL network with a BC loss "
+                       "(the papers' BC baseline)", ("loss/bc", "bc/accuracy"), label="MTBC"))

@@ -398,6 +398,17 @@ def _open_tokens(store: ReplayStore, games: Sequence[str], tokens: Any) -> list[
     return out
 
 
+def _returns_to_go(data: Any) -> np.ndarray:
+    """(rows,) float32: per row, the sum of the stored rewards from it to the end of its episode
+    piece (``episodes.npy`` rows ``[first, end)``); see ``SequenceSampler``'s ``returns_to_go``."""
+    reward = np.asarray(data.reward, dtype=np.float64)
+    out = np.zeros(len(reward), dtype=np.float32)
+    for first, end, _ in np.asarray(data.episodes):
+        # float64 reverse cumulative sums are exact for the integer-valued clipped rewards
+        out[first:end] = np.cumsum(reward[first:end][::-1])[::-1]
+    return out
+
+
 class SequenceSampler(_BaseSampler):
     """Segments of ``seq_len`` consecutive steps (docs/architecture.md "Sequence batch").
 
@@ -409,13 +420,20 @@ class SequenceSampler(_BaseSampler):
     batch carries ``tokens`` (B, L, 36) instead of ``obs``.
     ``io_hints``/``hint_ahead``: as for :class:`TransitionSampler`, on the rows ``p .. p+L-1`` (clipped
     at the segment's end) of whichever array is gathered (frames or a token memmap).
+    ``returns_to_go`` (default False, opt-in: batches are otherwise unchanged): the batch also
+    carries ``return_to_go`` float32 (B, L), each step's undiscounted sum of the stored (clipped)
+    rewards from that row to the last row of its stored episode piece (Decision Transformers'
+    return-to-go, as MGDT uses it). A piece that ends without a terminal (the end of a checkpoint
+    or of a subsampled window cuts the episode) gives truncated sums: the rewards after the cut
+    are not in the store, so those returns-to-go undercount, as ``ReplayStore.discounted_returns``
+    does. Masked steps hold 0.
     """
 
     def __init__(
         self, store: ReplayStore | str | os.PathLike, games: Sequence[str] | None = None, batch_size: int = 32,
         seq_len: int = 8, seed: int = 0, *, stratified: bool = False, games_per_batch: int | None = None,
         tokens: Any = None, rank: int = 0, world_size: int = 1, prefetch: int = 3, workers: int = 2,
-        pin_memory: bool | None = None, io_hints: bool = True, hint_ahead: int = 1,
+        pin_memory: bool | None = None, io_hints: bool = True, hint_ahead: int = 1, returns_to_go: bool = False,
     ) -> None:
         super().__init__(
             store, games, batch_size, seed, stratified, games_per_batch, rank, world_size, prefetch, workers,
@@ -423,7 +441,10 @@ class SequenceSampler(_BaseSampler):
         )
         if not isinstance(seq_len, int) or seq_len < 1:
             raise StoreError(f"seq_len must be an int >= 1, got {seq_len!r}")
+        if not isinstance(returns_to_go, (bool, np.bool_)):
+            raise StoreError(f"returns_to_go must be True or False, got {returns_to_go!r}")
         self.seq_len = seq_len
+        self._rtg = [_returns_to_go(d) for d in self._data] if returns_to_go else None
         opened = _open_tokens(self.store, self.games, tokens)
         self._tokens = None if opened is None else [plain(t) for t in opened]
         self._init_hints(opened if opened is not None else [d.frames for d in self._data])
@@ -455,6 +476,7 @@ class SequenceSampler(_BaseSampler):
         reward = np.zeros((B, L), dtype=np.float32)
         term = np.zeros((B, L), dtype=np.float32)
         mask = np.zeros((B, L), dtype=bool)
+        rtg = None if self._rtg is None else np.zeros((B, L), dtype=np.float32)
         bounds = np.flatnonzero(np.diff(gid)) + 1
         for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, B]):
             g = int(gid[lo])
@@ -477,6 +499,8 @@ class SequenceSampler(_BaseSampler):
             action[lo:hi] = np.where(m, plain(d.action)[rows], 0)
             reward[lo:hi] = np.where(m, plain(d.reward)[rows], 0)
             term[lo:hi] = np.where(m, t, 0)
+            if rtg is not None:
+                rtg[lo:hi] = np.where(m, self._rtg[g][rows], 0)  # type: ignore[index]
             src = self._tokens[g] if use_tokens else plain(d.frames)  # type: ignore[index]
             block = obs_np[lo:hi]
             np.take(src, rows.ravel(), axis=0, out=block.reshape((-1,) + block.shape[2:]), mode="clip")
@@ -489,7 +513,10 @@ class SequenceSampler(_BaseSampler):
             "terminal": torch.from_numpy(term), "mask": torch.from_numpy(mask), "game_id": torch.from_numpy(gid),
             "valid_mask": torch.from_numpy(self._valid[gid]),
         }
+        if rtg is not None:
+            out["return_to_go"] = torch.from_numpy(rtg)
         if self.pin_memory:
-            for k in ("action", "reward", "terminal", "mask", "game_id", "valid_mask"):
-                out[k] = out[k].pin_memory()
+            for k in ("action", "reward", "terminal", "mask", "game_id", "valid_mask", "return_to_go"):
+                if k in out:
+                    out[k] = out[k].pin_memory()
         return out

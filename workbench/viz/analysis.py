@@ -220,6 +220,13 @@ def curve_names(algo: str, keys: Iterable[str]) -> list[str]:
     return names + sorted(k for k in keys if k.startswith("loss/") and k not in names)
 
 
+def _method_name(algo: str) -> str:
+    """An algorithm's name in figures: its registry entry's ``label`` (MTBC for ``bc``), else its name."""
+    from workbench.algos.base import algo_names, get_algo
+
+    return str(getattr(get_algo(algo), "label", algo)) if algo in algo_names() else algo
+
+
 def method_labels(runs: Sequence[RunInfo]) -> list[str]:
     """A label per run: algo/model plus the config values that differ between runs."""
     keys = sorted({k for r in runs for k in r.config} - _RUN_ONLY_KEYS - {"algo", "model"})
@@ -230,7 +237,7 @@ def method_labels(runs: Sequence[RunInfo]) -> list[str]:
             labels.append(r.name)
             continue
         extra = ", ".join(f"{k}={r.config.get(k)}" for k in varying)
-        labels.append(f"{r.algo}/{r.model}" + (f" ({extra})" if extra else ""))
+        labels.append(f"{_method_name(r.algo)}/{r.model}" + (f" ({extra})" if extra else ""))
     return labels
 
 

@@ -89,6 +89,9 @@ class Rollout:
     predicted_frames: np.ndarray | None = None
     """uint8 (T, K, 84, 84): world-model predictions of frames t+1..t+K along the chosen path."""
     meta: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+    """Per step, what the policy's explanations added (``Explanation.extra``, the keys every step
+    has), each (T, ...): e.g. MGDT's ``conditioned_return``. Saved as ``extra.<name>`` arrays."""
 
     def __post_init__(self) -> None:
         self.frames = np.asarray(self.frames)
@@ -131,6 +134,10 @@ class Rollout:
         if self.predicted_frames is not None:
             self.predicted_frames = np.asarray(self.predicted_frames, dtype=np.uint8)
             check("predicted_frames", self.predicted_frames, (t, None) + self.frames.shape[1:])
+        self.extras = {str(k): np.asarray(v) for k, v in self.extras.items()}
+        for k, v in self.extras.items():
+            if v.ndim == 0 or len(v) != t:
+                raise ValueError(f"Rollout.extras[{k!r}] must have one entry per step (T={t}), got shape {v.shape}")
         if len(self.actions) and (self.actions.min() < 0 or self.actions.max() >= a):
             raise ValueError(f"Rollout.actions must be minimal-set indices in 0..{a - 1}")
 
@@ -183,6 +190,7 @@ class Rollout:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         arrays = {k: getattr(self, k) for k in _ARRAYS if getattr(self, k) is not None}
+        arrays.update({f"extra.{k}": np.asarray(v) for k, v in self.extras.items()})
         tmp = d / ".rollout.tmp.npz"
         np.savez_compressed(tmp, **arrays)
         os.replace(tmp, d / "rollout.npz")
@@ -205,8 +213,9 @@ class Rollout:
             raise ValueError(f"{js}: unknown format {doc.get('format')!r}, expected {ROLLOUT_FORMAT!r}")
         with np.load(npz, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files if k in _ARRAYS}
+            extras = {k[len("extra."):]: z[k] for k in z.files if k.startswith("extra.")}
         return cls(game=doc["game"], action_names=doc["action_names"], trees=doc.get("trees"),
-                   meta=doc.get("meta", {}), **arrays)
+                   meta=doc.get("meta", {}), extras=extras, **arrays)
 
 
 # ---------------------------------------------------------------------- playing
@@ -222,6 +231,7 @@ class StepInsight:
     q_values: np.ndarray | None = None  # (A,)
     tree: dict[str, Any] | None = None
     predicted_frames: np.ndarray | None = None  # (K, 84, 84)
+    extra: dict[str, Any] = field(default_factory=dict)  # Explanation.extra
 
 
 def inspect_policy_step(policy: Policy, obs: np.ndarray, game_id: int, num_actions: int) -> StepInsight:
@@ -240,6 +250,7 @@ def inspect_policy_step(policy: Policy, obs: np.ndarray, game_id: int, num_actio
         q_values=None if e.q_values is None else _np(e.q_values)[:num_actions],
         tree=tree_to_dict(e.tree) if e.tree is not None else None,
         predicted_frames=None if e.predicted_frames is None else _np(e.predicted_frames).astype(np.uint8),
+        extra=dict(e.extra),
     )
 
 
@@ -348,11 +359,13 @@ def _rollout_from_steps(
         trees = [i.tree for i in insights]
     if insights and all(i.predicted_frames is not None for i in insights):
         pred = np.stack([i.predicted_frames for i in insights if i.predicted_frames is not None])
+    shared = set.intersection(*(set(i.extra) for i in insights)) if insights else set()
+    extras = {k: np.stack([np.asarray(i.extra[k]) for i in insights]) for k in sorted(shared)}
     return Rollout(
         game=game, action_names=list(games.action_names(game)), frames=np.stack(frames),
         actions=np.asarray(actions), rewards=np.asarray(rewards),
         rgb_frames=np.stack(rgbs) if rgbs else None, q_probs=q_probs, support=support,
-        q_values=q_values, trees=trees, predicted_frames=pred, meta=meta,
+        q_values=q_values, trees=trees, predicted_frames=pred, meta=meta, extras=extras,
     )
 
 

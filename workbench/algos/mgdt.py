@@ -1,0 +1,335 @@
+"""Multi-Game Decision Transformer (Lee et al. 2022) as a registered algorithm, ``mgdt``.
+
+Training: sequence batches of ``context_steps`` (4) steps from ``SequenceSampler`` with
+``returns_to_go=True`` (undiscounted sums of the stored clipped rewards to the end of each stored
+episode piece); the loss sums three cross-entropies over real steps (``models.mgdt``): the
+return-to-go bin at the observation, the action at the return token (among the game's valid ALE
+actions) and the reward sign at the action token. Batches carry minimal-set actions like every
+other part of the workbench; the loss maps them to the 18 ALE ids (``ActionSpace``), so a token
+means the same button in every game.
+
+Acting (:class:`MGDTPolicy`), MGDT's *expert-action inference*: per step, the model's return
+distribution P(R | context, o_t) is re-weighted towards high returns,
+``P(R) * exp(kappa * (R - R_low) / (R_high - R_low))`` with kappa 10 and ``[R_low, R_high]`` the
+return bins' range, a target return is sampled from it, and the action is predicted conditioned
+on that return (greedy among the game's valid actions; the evaluator adds its epsilon). The
+target is sampled afresh at every step, so the policy follows the model's estimate of the best
+return still reachable from the current state. The executed actions and the observed rewards,
+clipped to [-1, 1] as in the data, enter the context through ``observe``, which also keeps each
+environment's return-to-go: the last target minus the reward since. With ``target_return`` set,
+the policy is a plain Decision Transformer instead: it conditions on that return at an episode's
+start and then on the return-to-go, decremented by each observed clipped reward.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from workbench.algos.base import Algo, EvalOptions, Explanation, Scale, Stage, StageContext, register, stage_iterator
+from workbench.models.mgdt import (
+    MGDT,
+    PRESETS,
+    count_parameters,
+    mgdt_config,
+    mgdt_losses,
+    quantize_return,
+    return_values,
+    reward_token,
+)
+from workbench.models.world_action import ActionSpace
+
+__all__ = ["MGDTAlgo", "MGDTPolicy", "MGDTSettings", "MGDTSpec", "expert_return_logits"]
+
+BATCH_KEYS = ("obs", "action", "reward", "return_to_go", "mask", "game_id")
+
+
+@dataclass(frozen=True)
+class MGDTSettings:
+    """MGDT's method settings (Lee et al. 2022; kappa as JOWA's comparison sets it, Appendix E)."""
+
+    kappa: float = 10.0
+    """Inverse temperature of expert-action inference: the return distribution is re-weighted by
+    exp(kappa * (R - R_low) / (R_high - R_low)); 0 samples returns from the model as they are."""
+    target_return: float | None = None
+    """None: expert-action inference. A number: plain return conditioning on this return at an
+    episode's start, decremented by each observed clipped reward."""
+    weight_decay: float = 0.01
+    """AdamW weight decay on the weight matrices (not on embeddings, norms and biases)."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.kappa) and self.kappa >= 0):
+            raise ValueError(f"kappa must be a finite number >= 0, got {self.kappa}")
+        if self.target_return is not None and not math.isfinite(self.target_return):
+            raise ValueError(f"target_return must be a finite number or None, got {self.target_return}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+
+
+def expert_return_logits(return_logits: Tensor, values: Tensor, kappa: float, low: float, high: float) -> Tensor:
+    """Log of ``P(R) * exp(kappa * (R - low) / (high - low))`` up to a constant, per return bin."""
+    return return_logits.float().log_softmax(-1) + kappa * (values - low) / (high - low)
+
+
+class MGDTAlgo:
+    """Network, loss, optimizer groups and policies of MGDT (module docstring)."""
+
+    target_model: nn.Module | None = None  # no bootstrapping, no target network
+
+    def __init__(self, model: MGDT, games: Sequence[str] | Sequence[int], config: MGDTSettings | None = None) -> None:
+        self.model = model
+        self.games = cast("tuple[str, ...] | tuple[int, ...]", tuple(games))
+        self.actions = ActionSpace(self.games)
+        self.config = config or MGDTSettings()
+
+    @classmethod
+    def build(cls, preset: str, games: Sequence[str] | Sequence[int], config: MGDTSettings | None = None,
+              *, seed: int = 0, **overrides: Any) -> MGDTAlgo:
+        """Model preset (``mgdt-10m``, ``mgdt-40m``, ``mgdt-200m``, ``mgdt-tiny``), weights from
+        ``seed``; ``overrides`` go to the model config."""
+        cfg = mgdt_config(preset, **overrides)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = MGDT(cfg)
+        return cls(model, games, config)
+
+    @property
+    def context_steps(self) -> int:
+        return self.model.cfg.context_steps
+
+    def to(self, device: torch.device | str) -> MGDTAlgo:
+        self.model.to(device)
+        return self
+
+    def to_channels_last(self) -> MGDTAlgo:
+        """Nothing to do: no convolutions."""
+        return self
+
+    def update_target(self) -> None:
+        """No target network."""
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """AdamW groups: weight matrices decay, embeddings, norms and biases do not."""
+        decay: list[Tensor] = []
+        no_decay: list[Tensor] = []
+        for name, p in self.model.named_parameters():
+            (decay if p.dim() >= 2 and "emb" not in name else no_decay).append(p)
+        return [{"params": decay, "weight_decay": self.config.weight_decay, "name": "decay"},
+                {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+
+    def count_parameters(self) -> dict[str, int]:
+        return count_parameters(self.model)
+
+    def loss(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Scalar loss and detached metrics of a sequence batch with returns-to-go."""
+        missing = [k for k in BATCH_KEYS if k not in batch]
+        if missing:
+            raise KeyError(f"MGDT batch lacks {missing}; expected {list(BATCH_KEYS)} (SequenceSampler with "
+                           "returns_to_go=True)")
+        frames, game_id, mask = batch["obs"], batch["game_id"], batch["mask"].bool()
+        if frames.shape[1] > self.context_steps:
+            raise ValueError(f"batch has {frames.shape[1]} steps, the model reads {self.context_steps}")
+        # Masked (padding) steps hold action 0, a valid minimal index of every game.
+        actions = self.actions.full(batch["action"], game_id)
+        bins = quantize_return(batch["return_to_go"], self.model.cfg)
+        rewards = reward_token(batch["reward"])
+        out = self.model(frames, bins, actions, rewards)
+        return mgdt_losses(out, bins, actions, rewards, mask, self.actions.valid_mask(game_id))
+
+    def policy(self, options: EvalOptions | None = None, *, seed: int = 0) -> MGDTPolicy:
+        """Expert-action inference (or plain return conditioning, ``target_return``)."""
+        return MGDTPolicy(self, seed=seed)
+
+    def inspectable_policy(self, options: EvalOptions | None = None) -> MGDTPolicy:
+        """The same policy: ``act_explained`` shows its action distribution and target return."""
+        return MGDTPolicy(self)
+
+
+class MGDTPolicy:
+    """Acts with an MGDT: per environment row, a context of its last ``context_steps - 1`` executed
+    steps plus the current frame (module docstring). Row i is environment slot i throughout
+    (``workbench.evaluate``); ``observe`` must follow every ``act``.
+
+    Target returns are sampled from a generator seeded with ``seed``, so a policy's decisions are
+    a function of its seed and what it saw."""
+
+    def __init__(self, algo: MGDTAlgo, *, seed: int = 0) -> None:
+        self.algo = algo
+        self.model = algo.model
+        self.cfg = algo.model.cfg
+        self.settings = algo.config
+        self.generator = torch.Generator().manual_seed(seed)
+        self._rows = 0
+        self._pending: dict[str, np.ndarray] | None = None  # the last act's frames, bins, game ids
+
+    # ---- state per row: the last K = context_steps - 1 executed steps, newest last
+    def _ensure(self, n: int) -> None:
+        if n == self._rows:
+            return
+        if self._rows:
+            raise ValueError(f"this policy acts for {self._rows} environments, got a batch of {n}; build a new "
+                             "policy (or reset) for another number of environments")
+        K = self.cfg.context_steps - 1
+        self._rows = n
+        self.frames = np.zeros((n, K, 84, 84), np.uint8)
+        self.bins = np.zeros((n, K), np.int64)
+        self.ale_actions = np.zeros((n, K), np.int64)
+        self.reward_tokens = np.zeros((n, K), np.int64)
+        self.length = np.zeros(n, np.int64)
+        self.return_to_go = np.zeros(n, np.float64)
+        self._fresh = np.ones(n, bool)  # no step taken since the last reset
+
+    def reset(self, indices: np.ndarray) -> None:
+        if not self._rows:
+            return  # nothing remembered yet; the first act starts every row fresh
+        idx = np.asarray(indices, np.int64)
+        self.length[idx] = 0
+        self._fresh[idx] = True
+
+    # ---- acting
+    def act(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray:
+        return self.act_explained(obs, game_ids, explain=False)[0]
+
+    def act_explained(self, obs: np.ndarray, game_ids: np.ndarray, explain: bool = True
+                      ) -> tuple[np.ndarray, list[Explanation]]:
+        if obs.dtype != np.uint8 or obs.ndim != 4 or obs.shape[2:] != (84, 84):
+            raise TypeError(f"obs must be uint8 (N, 4, 84, 84), got {obs.dtype} {obs.shape}")
+        n = obs.shape[0]
+        self._ensure(n)
+        cfg, settings = self.cfg, self.settings
+        L, K = cfg.context_steps, cfg.context_steps - 1
+        if settings.target_return is not None:
+            self.return_to_go[self._fresh] = settings.target_return
+        device = next(self.model.parameters()).device
+        # Context, left-padded: the current step sits at position L - 1 of every row.
+        frames = np.zeros((n, L, 84, 84), np.uint8)
+        frames[:, :K], frames[:, K] = self.frames, obs[:, -1]
+        bins = np.concatenate([self.bins, np.zeros((n, 1), np.int64)], 1)
+        acts = np.concatenate([self.ale_actions, np.zeros((n, 1), np.int64)], 1)
+        rews = np.concatenate([self.reward_tokens, np.ones((n, 1), np.int64)], 1)
+        valid = np.arange(L)[None] >= (K - self.length)[:, None]
+
+        def t(x: np.ndarray) -> Tensor:
+            return torch.from_numpy(np.ascontiguousarray(x)).to(device)
+
+        g = torch.from_numpy(np.asarray(game_ids, np.int64))
+        was = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                values = return_values(cfg)
+                # 1. the return distribution at the current observation (what follows o_t in the
+                # sequence cannot reach its last patch token, so the placeholders do not matter)
+                ret_logits = self.model(t(frames), t(bins), t(acts), t(rews), t(valid))["return"][:, -1].float().cpu()
+                if settings.target_return is None:
+                    weighted = expert_return_logits(ret_logits, values, settings.kappa, cfg.return_min, cfg.return_max)
+                    target_bin = torch.multinomial(weighted.softmax(-1), 1, generator=self.generator)[:, 0]
+                    target = values[target_bin].double().numpy()
+                else:
+                    weighted = None
+                    target = self.return_to_go.copy()
+                    target_bin = quantize_return(torch.from_numpy(target), cfg)
+                # 2. the action conditioned on that return
+                bins[:, K] = target_bin.numpy()
+                act_logits = self.model(t(frames), t(bins), t(acts), t(rews), t(valid))["action"][:, -1].float().cpu()
+        finally:
+            self.model.train(was)
+        valid_ale = self.algo.actions.valid_mask(g)
+        probs = act_logits.masked_fill(~valid_ale, float("-inf")).softmax(-1)
+        actions = self.algo.actions.to_minimal[g, probs.argmax(-1)].numpy()
+        self._pending = {"frame": obs[:, -1].copy(), "bin": bins[:, K].copy(), "game_id": g.numpy(),
+                         "target": target}
+        explanations: list[Explanation] = []
+        if explain:
+            slots = torch.gather(probs, 1, self.algo.actions.slot_order[g]).numpy()  # minimal slot order
+            model_p = ret_logits.softmax(-1).numpy()
+            expert_p = None if weighted is None else weighted.softmax(-1).numpy()
+            for i in range(n):
+                extra: dict[str, Any] = {"conditioned_return": float(target[i]), "return_probs": model_p[i]}
+                if expert_p is not None:
+                    extra["expert_return_probs"] = expert_p[i]
+                explanations.append(Explanation(q_values=slots[i], extra=extra))
+        return actions.astype(np.int64), explanations
+
+    def observe(self, actions: np.ndarray, rewards: np.ndarray) -> None:
+        """Append the executed step (the acted-on frame, its target return, the executed action and
+        the reward's sign) to each row's context; the return-to-go drops by the clipped reward."""
+        p = self._pending
+        if p is None:
+            raise RuntimeError("observe() without a preceding act(): nothing to attach the step to")
+        self._pending = None
+        clipped = np.clip(np.asarray(rewards, np.float64), -1.0, 1.0)
+        ale = self.algo.actions.full(torch.from_numpy(np.asarray(actions, np.int64)),
+                                     torch.from_numpy(p["game_id"])).numpy()
+        K = self.cfg.context_steps - 1
+        if K:
+            for arr, new in ((self.frames, p["frame"]), (self.bins, p["bin"]), (self.ale_actions, ale),
+                             (self.reward_tokens, np.sign(clipped).astype(np.int64) + 1)):
+                arr[:, :-1] = arr[:, 1:].copy()
+                arr[:, -1] = new
+            self.length = np.minimum(self.length + 1, K)
+        self.return_to_go = p["target"] - clipped
+        self._fresh[:] = False
+
+
+# ------------------------------------------------------------------------------- registry
+
+
+class MGDTSpec:
+    """MGDT: one training stage on 4-step sequences with returns-to-go."""
+
+    name = "mgdt"
+    label = "MGDT"
+    """The method's name in figures."""
+    description = "Multi-Game Decision Transformer with expert-action inference (Lee et al. 2022)"
+    settings_class: type = MGDTSettings
+    metric_prefixes: tuple[str, ...] = ("loss/", "dt/")
+    curves: tuple[str, ...] = ("loss/total", "loss/action", "loss/return", "loss/reward", "dt/action_accuracy")
+
+    def model_presets(self) -> tuple[str, ...]:
+        return tuple(PRESETS)
+
+    def default_model(self) -> str:
+        return "mgdt-tiny"
+
+    def scale(self, preset: str, model: str) -> Scale:
+        if preset == "paper":
+            # The budget of the other baselines (paper 000, Table B.1: 10M steps at batch 512).
+            return Scale(steps=10_000_000, batch_size=512, eval_max_steps=27_000, eval_episodes=16)
+        steps, batch, cap = (300, 32, 1000) if model.endswith("-tiny") else (20, 8, 250)
+        return Scale(steps=steps, batch_size=batch, eval_max_steps=cap, log_every=5, checkpoint_every=100,
+                     games_per_batch=min(8, batch))
+
+    def stages(self, settings: Any, scale: Scale, batch_size: int, lr: float) -> list[Stage]:
+        # 1e-4: the learning rate of JOWA's MGDT re-implementation (paper 003, Table 12).
+        return [Stage("train", "", scale.steps, lr or 1e-4, settings.weight_decay, target_update_period=0)]
+
+    def settings_from_data(self, settings: Any, store: Path, games: Sequence[str]) -> dict[str, Any]:
+        """None: returns-to-go use the clipped rewards of every game alike."""
+        return {}
+
+    def build(self, model: str, games: Sequence[str], settings: Any, seed: int) -> Algo:
+        return MGDTAlgo.build(model, games, settings, seed=seed)
+
+    def enter_stage(self, algo: Algo, stage: str, context: StageContext) -> None:
+        """One stage, nothing to prepare."""
+
+    def batches(self, algo: Algo, stage: str, context: StageContext) -> Any:
+        from workbench.data.sampler import SequenceSampler
+
+        assert isinstance(algo, MGDTAlgo)
+        return stage_iterator(SequenceSampler(
+            context.store, context.games, context.batch_size, seq_len=algo.context_steps, seed=context.seed,
+            stratified=True, games_per_batch=context.games_per_batch, rank=context.rank,
+            world_size=context.world_size, returns_to_go=True,
+        ))
+
+
+register(MGDTSpec())

@@ -1,0 +1,239 @@
+"""The Multi-Game Decision Transformer network (Lee et al. 2022, "Multi-Game Decision Transformers").
+
+Each time step of the context becomes ``36 + 3`` tokens, in this order::
+
+    o_t (36 patch tokens) | R_t (return-to-go bin) | a_t (ALE action) | r_t (reward sign)
+
+- the observation is the newest 84x84 frame cut into 6 x 6 = 36 patches of 14 x 14 pixels, each
+  embedded linearly (the GPT's learned position embeddings tell the patches apart);
+- the return-to-go is quantized into ``num_return_bins`` bins of equal width over
+  ``[return_min, return_max)`` (MGDT: 120 bins over [-20, 100] of clipped-reward returns);
+- actions are the 18 ALE actions shared by every game, so a token means the same button in all;
+- the reward is its sign (-1, 0, +1), as in MGDT.
+
+A causal GPT (``models/gpt.py``) reads ``context_steps`` such steps (MGDT: 4) and three heads
+read its outputs (MGDT's prediction targets, each at the last token that may see its inputs):
+
+- the return head at the last observation token of step t predicts R_t from o_<=t and the past;
+- the action head at the R_t token predicts a_t: it sees its own return, never its future;
+- the reward head at the a_t token predicts the sign of r_t.
+
+Like MGDT, the network has no game embedding: the game is recognised from the frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workbench.games import MAX_ACTIONS
+from workbench.models.gpt import GPT, GPTConfig
+
+__all__ = [
+    "MGDT", "MGDTConfig", "PRESETS", "count_parameters", "dequantize_return", "mgdt_config", "patchify",
+    "quantize_return", "return_values", "reward_token",
+]
+
+FRAME = 84
+STEP_EXTRA_TOKENS = 3  # return, action, reward
+
+
+@dataclass(frozen=True)
+class MGDTConfig:
+    """Shape of an MGDT network."""
+
+    n_layer: int = 4
+    n_head: int = 8
+    n_embd: int = 512
+    context_steps: int = 4
+    """Time steps the transformer reads (MGDT: 4)."""
+    patch: int = 14
+    """Side of the square observation patches (MGDT: 14, i.e. 6 x 6 patches of an 84x84 frame)."""
+    num_return_bins: int = 120
+    """Return-to-go bins (MGDT: 120)."""
+    return_min: float = -20.0
+    """Lower edge of the first return bin (MGDT: -20); lower returns fall into the first bin."""
+    return_max: float = 100.0
+    """Upper edge of the last return bin (MGDT: 100); higher returns fall into the last bin."""
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.patch < 1 or FRAME % self.patch:
+            raise ValueError(f"patch must divide the {FRAME}-pixel frame side, got {self.patch}")
+        if self.context_steps < 1:
+            raise ValueError(f"context_steps must be >= 1, got {self.context_steps}")
+        if self.num_return_bins < 2 or not self.return_max > self.return_min:
+            raise ValueError(
+                f"need num_return_bins >= 2 and return_max > return_min, got {self.num_return_bins} bins over "
+                f"[{self.return_min}, {self.return_max}]"
+            )
+        self.gpt  # noqa: B018  (validates the transformer shape)
+
+    @property
+    def patches(self) -> int:
+        return (FRAME // self.patch) ** 2
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.patches + STEP_EXTRA_TOKENS
+
+    @property
+    def bin_width(self) -> float:
+        return (self.return_max - self.return_min) / self.num_return_bins
+
+    @property
+    def gpt(self) -> GPTConfig:
+        return GPTConfig(n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
+                         max_tokens=self.context_steps * self.tokens_per_step, dropout=self.dropout)
+
+
+# MGDT's three sizes (Lee et al. 2022; layers/width/heads of the 40M and 200M models as JOWA's
+# Table 13 restates them), and a CPU smoke size.
+PRESETS: dict[str, MGDTConfig] = {
+    "mgdt-10m": MGDTConfig(n_layer=4, n_head=8, n_embd=512),
+    "mgdt-40m": MGDTConfig(n_layer=6, n_head=12, n_embd=768),
+    "mgdt-200m": MGDTConfig(n_layer=10, n_head=20, n_embd=1280),
+    "mgdt-tiny": MGDTConfig(n_layer=2, n_head=2, n_embd=64, dropout=0.0),
+}
+
+
+def mgdt_config(name: str, **overrides: Any) -> MGDTConfig:
+    """Preset by name, optionally with field overrides."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown MGDT model preset {name!r}; valid: {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **overrides)
+
+
+# ------------------------------------------------------------------------------- tokens
+
+
+def patchify(frames: torch.Tensor, patch: int) -> torch.Tensor:
+    """``(..., 84, 84)`` -> ``(..., P, patch * patch)``: the frame's patches in row-major order
+    (patch k covers rows ``(k // n) * patch ..`` and columns ``(k % n) * patch ..``, n = 84 / patch),
+    each flattened row by row."""
+    if frames.shape[-2:] != (FRAME, FRAME):
+        raise ValueError(f"frames must end in ({FRAME}, {FRAME}), got {tuple(frames.shape)}")
+    n = FRAME // patch
+    lead = frames.shape[:-2]
+    x = frames.reshape(*lead, n, patch, n, patch).transpose(-3, -2)  # (..., row block, col block, py, px)
+    return x.reshape(*lead, n * n, patch * patch)
+
+
+def quantize_return(returns: torch.Tensor, cfg: MGDTConfig) -> torch.Tensor:
+    """Bin index (long) of each return: ``floor((R - return_min) / width)``, clipped to the bins."""
+    idx = torch.floor((returns.double() - cfg.return_min) / cfg.bin_width)
+    return idx.clamp(0, cfg.num_return_bins - 1).long()
+
+
+def dequantize_return(bins: torch.Tensor, cfg: MGDTConfig) -> torch.Tensor:
+    """The return a bin stands for: its lower edge (exact for integer returns with MGDT's width 1)."""
+    return (cfg.return_min + bins.double() * cfg.bin_width).float()
+
+
+def return_values(cfg: MGDTConfig, device: Any = None) -> torch.Tensor:
+    """(num_return_bins,) float: the return of every bin."""
+    return dequantize_return(torch.arange(cfg.num_return_bins, device=device), cfg)
+
+
+def reward_token(rewards: torch.Tensor) -> torch.Tensor:
+    """Reward sign as a token: -1 -> 0, 0 -> 1, +1 -> 2."""
+    return (torch.sign(rewards) + 1).long()
+
+
+# ------------------------------------------------------------------------------- network
+
+
+class MGDT(nn.Module):
+    """Token embeddings, the GPT and the return/action/reward heads (module docstring)."""
+
+    def __init__(self, cfg: MGDTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.n_embd
+        self.patch_emb = nn.Linear(cfg.patch * cfg.patch, d)
+        self.return_emb = nn.Embedding(cfg.num_return_bins, d)
+        self.action_emb = nn.Embedding(MAX_ACTIONS, d)
+        self.reward_emb = nn.Embedding(3, d)
+        self.gpt = GPT(cfg.gpt)
+        self.return_head = nn.Linear(d, cfg.num_return_bins)
+        self.action_head = nn.Linear(d, MAX_ACTIONS)
+        self.reward_head = nn.Linear(d, 3)
+        for m in (self.patch_emb, self.return_emb, self.action_emb, self.reward_emb,
+                  self.return_head, self.action_head, self.reward_head):
+            GPT._init_weights(m)
+
+    def embed(self, frames: torch.Tensor, returns: torch.Tensor, actions: torch.Tensor,
+              rewards: torch.Tensor) -> torch.Tensor:
+        """``(B, T, 84, 84)`` uint8 frames, ``(B, T)`` return bins, ALE actions and reward tokens
+        -> ``(B, T * tokens_per_step, n_embd)`` in the step order of the module docstring."""
+        B, T = frames.shape[:2]
+        if T > self.cfg.context_steps:
+            raise ValueError(f"{T} steps exceed the model's context of {self.cfg.context_steps}")
+        pixels = patchify(frames, self.cfg.patch).to(self.patch_emb.weight.dtype) / 127.5 - 1.0
+        obs = self.patch_emb(pixels)  # (B, T, P, d)
+        extra = torch.stack([self.return_emb(returns), self.action_emb(actions), self.reward_emb(rewards)], dim=2)
+        return torch.cat([obs, extra], dim=2).reshape(B, T * self.cfg.tokens_per_step, -1)
+
+    def forward(self, frames: torch.Tensor, returns: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
+                valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Logits per step: ``return`` (B, T, bins), ``action`` (B, T, 18), ``reward`` (B, T, 3).
+
+        ``valid`` ``(B, T)`` bool marks real steps; False = left padding (inference batches of
+        environments with contexts of different lengths), which no real token attends to."""
+        B, T = frames.shape[:2]
+        x = self.embed(frames, returns, actions, rewards)
+        tok_valid = None if valid is None else valid[:, :, None].expand(B, T, self.cfg.tokens_per_step).reshape(B, -1)
+        h = self.gpt(x, valid=tok_valid).reshape(B, T, self.cfg.tokens_per_step, -1)
+        P = self.cfg.patches
+        return {
+            "return": self.return_head(h[:, :, P - 1]),  # last observation token
+            "action": self.action_head(h[:, :, P]),  # the return token
+            "reward": self.reward_head(h[:, :, P + 1]),  # the action token
+        }
+
+
+def mgdt_losses(out: dict[str, torch.Tensor], return_bins: torch.Tensor, actions: torch.Tensor,
+                rewards: torch.Tensor, mask: torch.Tensor, valid_actions: torch.Tensor
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Sum of the three cross-entropies, each averaged over real steps (``mask``); actions are
+    scored among the game's valid ALE actions only (``valid_actions`` ``(B, 18)``)."""
+    m = mask.float()
+    n = m.sum().clamp(min=1.0)
+
+    def ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        per = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), reduction="none")
+        return (per * m.flatten()).sum() / n
+
+    action_logits = out["action"].float().masked_fill(~valid_actions[:, None, :], float("-inf"))
+    l_ret, l_act, l_rew = ce(out["return"], return_bins), ce(action_logits, actions), ce(out["reward"], rewards)
+    total = l_ret + l_act + l_rew
+    with torch.no_grad():
+        hit = (action_logits.argmax(-1) == actions).float()
+        metrics = {"loss/return": l_ret.detach(), "loss/action": l_act.detach(), "loss/reward": l_rew.detach(),
+                   "loss/total": total.detach(), "dt/action_accuracy": (hit * m).sum() / n}
+    return total, metrics
+
+
+def count_parameters(model: MGDT) -> dict[str, int]:
+    """Parameters by part: transformer (blocks, norms, positions), embeddings, heads, total."""
+    def size(mod: nn.Module) -> int:
+        return sum(p.numel() for p in mod.parameters())
+
+    emb = sum(size(m) for m in (model.patch_emb, model.return_emb, model.action_emb, model.reward_emb))
+    heads = sum(size(m) for m in (model.return_head, model.action_head, model.reward_head))
+    return {"transformer": size(model.gpt), "embeddings": emb, "heads": heads, "total": size(model)}
+
+
+if __name__ == "__main__":  # python -m workbench.models.mgdt: the README table
+    print("| preset | layers / width / heads | transformer | embeddings | heads | total | MGDT paper |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | --- |")
+    paper = {"mgdt-10m": "10M", "mgdt-40m": "40M", "mgdt-200m": "200M", "mgdt-tiny": "CPU smoke size"}
+    for name, c in PRESETS.items():
+        with torch.device("meta"):
+            counts = count_parameters(MGDT(c))
+        cells = " | ".join(f"{counts[k] / 1e6:.2f}M" for k in ("transformer", "embeddings", "heads", "total"))
+        print(f"| {name} | {c.n_layer} / {c.n_embd} / {c.n_head} | {cells} | {paper[name]} |")
