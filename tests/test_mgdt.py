@@ -272,6 +272,14 @@ def test_mgdt_trains_evaluates_explores_and_is_analysed(mgdt_run, tmp_path):
     assert conditioned.shape == (6,) and np.all((conditioned >= -20) & (conditioned < 100))
     assert rollout.extras["expert_return_probs"].shape == (6, 120)
     np.testing.assert_array_equal(Rollout.load(rollout.save(tmp_path / "r")).extras["conditioned_return"], conditioned)
+    # The explorer's step view shows the action distribution and the return the step conditioned on.
+    from workbench.viz.inspectors import QInspector
+
+    view = QInspector(rollout)
+    view.step.value = 4
+    assert f"conditioned return {float(conditioned[4]):.3g}" in view.caption.value
+    assert list(view.q_fig.data[0].x) == pytest.approx(list(rollout.q_values[4]))  # P(a | R) bars
+    assert PretrainConfig(algo="mgdt", model="mgdt-10m").algo_name == "mgdt"  # -p algo mgdt with an MGDT preset
 
     # the same aggregate figures as a Scaled-QL-family run (MTBC)
     bc_dir = tmp_path / "bc"

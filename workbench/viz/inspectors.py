@@ -125,10 +125,13 @@ class QInspector:
         r = self.rollout
         a = int(r.actions[t])
         q = "" if r.q_values is None else f" · Q={float(r.q_values[t, a]):.3f}"
+        # Scalars an algorithm explained its step with (e.g. MGDT's conditioned return).
+        extra = "".join(f" · {html.escape(k.replace('_', ' '))} {float(v[t]):.3g}"
+                        for k, v in r.extras.items() if np.ndim(v[t]) == 0)
         self.caption.value = (
             f"<b>{html.escape(r.game)}</b> · step {t}/{len(r) - 1} · action "
             f"<b>{html.escape(r.action_names[a])}</b>{q} · reward {float(r.rewards[t]):g} · "
-            f"score {float(self._scores[t]):g}"
+            f"score {float(self._scores[t]):g}{extra}"
         )
         sync_figure(self.frame_fig, self._frame(t))
         if self.q_fig is not None:
