@@ -212,9 +212,8 @@ def _screenshot(page, tmp_path: Path, name: str) -> None:
         shutil.copy(path, Path(target) / path.name)
 
 
-def _run_all(page) -> None:
-    """Accept a kernel proposal if JupyterLab asks, wait for the kernel, then Run All Cells;
-    returns once the explorer's slider is shown (or fails at once with the notebook's error)."""
+def _start_run_all(page) -> None:
+    """Accept a kernel proposal if JupyterLab asks, wait for the kernel, then Run All Cells."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     page.wait_for_selector(".jp-Notebook", timeout=90_000)
@@ -225,6 +224,12 @@ def _run_all(page) -> None:
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
     page.click(".lm-MenuBar-itemLabel:text-is('Run')")
     page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+
+
+def _run_all(page) -> None:
+    """Run the notebook; returns once the explorer's slider is shown (or fails at once with the
+    notebook's error)."""
+    _start_run_all(page)
     slider = page.locator(".widget-slider .noUi-handle").first
     page.locator(".jp-Cell").last.scroll_into_view_if_needed()
     error = page.locator("[data-mime-type='application/vnd.jupyter.stderr']", has_text="Traceback")
@@ -391,14 +396,7 @@ def test_ablation_explorer_metric_widget_redraws_the_plot_with_the_right_numbers
         page = browser.new_page(viewport={"width": 1600, "height": 1200})
         try:
             page.goto(f"{url}/lab/tree/analysis.ipynb", timeout=90_000)
-            page.wait_for_selector(".jp-Notebook", timeout=90_000)
-            try:
-                page.click(".jp-Dialog .jp-mod-accept", timeout=15_000)
-            except Exception:
-                pass
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
-            page.click(".lm-MenuBar-itemLabel:text-is('Run')")
-            page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+            _start_run_all(page)
             error = page.locator("[data-mime-type='application/vnd.jupyter.stderr']", has_text="Traceback")
             deadline = time.monotonic() + 300
             while page.evaluate(_AGG_PLOT_JS, "IQM (") is None:

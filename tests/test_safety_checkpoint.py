@@ -3,6 +3,7 @@ hand-edited state.json, pruning only our own checkpoints, honest trainer-level r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -66,7 +67,7 @@ def _rewrite(ckpt: Path, name: str, tensors: dict[str, torch.Tensor]) -> None:
     """Replace a file of a checkpoint *and* its recorded checksum (a checkpoint of another model)."""
     save_file(tensors, str(ckpt / name))
     state = json.loads((ckpt / "state.json").read_text())
-    state["files"][name] = ckpt_io._sha256(ckpt / name)
+    state["files"][name] = hashlib.sha256((ckpt / name).read_bytes()).hexdigest()
     (ckpt / "state.json").write_text(json.dumps(state))
 
 

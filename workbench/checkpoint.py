@@ -25,7 +25,6 @@ checkpoints this code wrote (their ``state.json`` says so). Nothing here ever un
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -40,7 +39,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from workbench.fileio import atomic_write_json, atomic_write_text, disk_full, is_disk_full, read_json
+from workbench.fileio import atomic_write_json, atomic_write_text, disk_full, is_disk_full, read_json, sha256_file
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 WRITER = "workbench"
@@ -123,14 +122,6 @@ def restore_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
     np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(1 << 22):
-            h.update(b)
-    return h.hexdigest()
-
-
 def clean_partial(ckpt_root: str | os.PathLike) -> list[Path]:
     """Remove temporary ``.step_*`` folders a killed save left in a ``checkpoints`` folder."""
     root = Path(ckpt_root)
@@ -186,7 +177,7 @@ def save_checkpoint(
         rng_tensors, rng_meta = rng_state()
         save_file(_contiguous(rng_tensors), str(tmp / "rng.safetensors"))
         state["rng"] = rng_meta
-        state["files"] = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        state["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         atomic_write_json(tmp / "state.json", state)
         if final.exists():
             shutil.rmtree(final)
@@ -271,7 +262,7 @@ def verify_files(ckpt: Path, state: dict[str, Any]) -> None:
             raise CheckpointError(f"{ckpt / 'state.json'} lists {name!r}, which is not a file of the checkpoint")
         if not path.is_file():
             raise CheckpointError(f"{path} is missing (listed in {ckpt / 'state.json'})")
-        if _sha256(path) != digest:
+        if sha256_file(path) != digest:
             raise CheckpointError(
                 f"{path} does not match the sha256 recorded when it was written: the file is corrupt, truncated "
                 "or was replaced"

@@ -4,6 +4,7 @@ of one, and a full disk is a message naming the folder and the space needed, not
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -97,3 +98,12 @@ def read_json(path: str | os.PathLike) -> Any:
         raise FileNotFoundError(f"{path} is missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path} is not valid JSON ({exc})") from None
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 4 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(1 << 22):
+            h.update(b)
+    return h.hexdigest()

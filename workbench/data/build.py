@@ -56,7 +56,15 @@ import numpy as np
 from workbench.data import dqn_replay as dr
 from workbench.data.splits import PRESETS, Split, StoreError, parse_split
 from workbench.data.store import EP_BEGINS, EP_ENDS, FORMAT_VERSION, FRAME_BYTES, STACK
-from workbench.fileio import atomic_write_json, check_free_space, disk_full, is_disk_full, preallocate, read_json
+from workbench.fileio import (
+    atomic_write_json,
+    check_free_space,
+    disk_full,
+    is_disk_full,
+    preallocate,
+    read_json,
+    sha256_file,
+)
 from workbench.games import num_actions
 
 __all__ = ["build_store"]
@@ -419,14 +427,6 @@ def _convert_block(
 STORE_MARKER = ".workbench-store"  # written first: the builder deletes and rewrites only in marked folders
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(1 << 22):
-            h.update(b)
-    return h.hexdigest()
-
-
 def _num_actions(game: str, actions_seen_max: int) -> tuple[int, str]:
     """(action count, where it came from): the game registry, else the largest action seen + 1."""
     try:
@@ -464,7 +464,7 @@ def _finish_game(gdir: Path, build: Path, g: str, blocks: list[_Block]) -> dict[
              "source_files_sha256": files[f"{b.run}/{b.checkpoint}"]}
             for b in blocks
         ],
-        "starts_sha256": _sha256_file(gdir / "starts.npy"),
+        "starts_sha256": sha256_file(gdir / "starts.npy"),
     }
 
 
