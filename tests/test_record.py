@@ -120,6 +120,12 @@ def test_epsilon_greedy_policy_and_errors(tmp_path: Path) -> None:
             self.seen.append(obs.copy())
             return np.array([2], np.int64)
 
+        def reset(self, indices):
+            pass
+
+        def observe(self, actions, rewards):
+            pass
+
     pol = Greedy()
     env = FakeEnv([6])
     rec.record(

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from workbench.algos.base import check_policy
 from workbench.data import dqn_replay as dr
 from workbench.fileio import atomic_write_json, preallocate
 
@@ -142,10 +143,11 @@ def record(
         if policy != "random":
             raise RecordError(f"policy must be 'random' or a Policy object with act(obs, game_ids), got {policy!r}")
         greedy = None
-    elif hasattr(policy, "act"):
-        greedy = policy
     else:
-        raise RecordError(f"policy must be 'random' or an object with act(obs, game_ids), got {type(policy).__name__}")
+        try:
+            greedy = check_policy(policy)
+        except TypeError as exc:
+            raise RecordError(f"policy must be 'random' or a Policy: {exc}") from None
     if not isinstance(seed, int) or seed < 0:
         raise RecordError(f"seed must be an int >= 0, got {seed!r}")
     if not _RUN_NAME.fullmatch(str(run)) or str(run) in (".", ".."):
@@ -176,9 +178,8 @@ def record(
             ring.add(None, 0, 0.0, False)  # padding rows before the episode
         stack[:] = 0
         stack[0, -1] = obs
-        if greedy is not None and hasattr(greedy, "reset"):
+        if greedy is not None:
             greedy.reset(np.array([0]))
-        observe = getattr(greedy, "observe", None)
         for t in range(steps):
             planned = None
             if greedy is not None:  # asked every step, so a policy with memory sees every frame
@@ -194,8 +195,8 @@ def record(
                 a = planned
             nobs, r, term, trunc, _ = env.step(a)
             reward = float(r)
-            if observe is not None:
-                observe(np.array([a], np.int64), np.array([reward]))
+            if greedy is not None:
+                greedy.observe(np.array([a], np.int64), np.array([reward]))
             ep_return += reward
             done = bool(term or trunc)
             ring.add(obs, a, float(np.clip(reward, -1.0, 1.0)), done)
@@ -215,7 +216,7 @@ def record(
                         ring.add(None, 0, 0.0, False)
                     stack[:] = 0
                     stack[0, -1] = obs
-                    if greedy is not None and hasattr(greedy, "reset"):
+                    if greedy is not None:
                         greedy.reset(np.array([0]))
             else:
                 obs = nobs
@@ -311,8 +312,10 @@ def _load_policy(spec: str) -> Any:
     if ":" not in spec:
         raise RecordError(f"policy must be 'random' or 'package.module:factory', got {spec!r}")
     mod, attr = spec.split(":", 1)
-    obj = getattr(importlib.import_module(mod), attr)
-    return obj() if callable(obj) and not hasattr(obj, "act") else obj
+    factory = getattr(importlib.import_module(mod), attr)
+    if not callable(factory):
+        raise RecordError(f"{spec} is not a factory: give a callable that takes no arguments and returns a Policy")
+    return factory()
 
 
 def record_many(
