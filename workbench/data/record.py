@@ -96,16 +96,8 @@ class _Ring:
         if self._since_dump == 0:
             return
         n = self.capacity if self.checkpoints > 0 or self._since_dump == self.capacity else self._since_dump
-        obs = self.obs
-
-        def chunks() -> Any:
-            for a in range(0, n, 4096):
-                yield np.asarray(obs[a : min(a + 4096, n)])
-
-        dr.write_checkpoint(
-            self.out, self.checkpoints, observation=None, observation_chunks=chunks, action=self.action[:n],
-            reward=self.reward[:n], terminal=self.terminal[:n], add_count=self.add_count,
-        )
+        dump_ring(self.out, self.checkpoints, self.obs, self.action, self.reward, self.terminal, rows=n,
+                  add_count=self.add_count)
         self.checkpoints += 1
         self._since_dump = 0
 
@@ -113,6 +105,27 @@ class _Ring:
         if hasattr(self, "obs"):
             del self.obs
         self._obs_path.unlink(missing_ok=True)
+
+
+def dump_ring(
+    out: Path, checkpoint: int, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, terminal: np.ndarray, *,
+    rows: int, add_count: int, update_horizon: int = 3,
+) -> None:
+    """Write the first ``rows`` slots of a ring buffer as DQN-Replay checkpoint ``checkpoint``
+    (the recorder's dumps and the online agent's logged replay, ``workbench.online``).
+
+    Observations are streamed in 4096-row chunks, so a memory-mapped 1M-row ring is never copied
+    whole. ``invalid_range`` is Dopamine's around ``add_count % rows`` for a writer with
+    ``update_horizon`` (the public data's DQN writers: 1)."""
+
+    def chunks() -> Any:
+        for a in range(0, rows, 4096):
+            yield np.asarray(obs[a : min(a + 4096, rows)])
+
+    dr.write_checkpoint(
+        out, checkpoint, observation=None, observation_chunks=chunks, action=action[:rows],
+        reward=reward[:rows], terminal=terminal[:rows], add_count=add_count, update_horizon=update_horizon,
+    )
 
 
 def record(
