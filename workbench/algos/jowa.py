@@ -190,6 +190,25 @@ class JOWA:
             groups.insert(0, {"params": tok, "lr": cfg.tokenizer_lr, "weight_decay": 0.0, "name": "tokenizer"})
         return [g for g in groups if g["params"]]
 
+    # ------------------------------------------------------------------ transfer (workbench.transfer)
+
+    def weight_parts(self) -> dict[str, tuple[str, ...]]:
+        """The model's parts for partial loading: tokenizer, transformer backbone (with the token
+        and position embeddings), the per-game task embeddings, the world heads and the Q head
+        (with its target copy)."""
+        return {
+            "tokenizer": ("tokenizer.",),
+            "backbone": ("world.gpt.", "world.obs_emb.", "world.act_emb."),
+            "task_embeddings": ("world.task_obs_emb.", "world.task_act_emb."),
+            "world_heads": ("world.obs_head.", "world.reward_head.", "world.term_head."),
+            "q_head": ("world.q_head.", "world.target_q_head."),
+        }
+
+    def game_rows(self, games: Sequence[str] | Sequence[int]) -> dict[str, tuple[int, ...]]:
+        """Both task-embedding tables hold one row per game (paper 003, Sec. 4.1.1)."""
+        rows = (1,) * len(games)
+        return {"world.task_obs_emb.weight": rows, "world.task_act_emb.weight": rows}
+
     def count_parameters(self) -> dict[str, int]:
         return count_parameters(self.model.world, self.model.tokenizer)
 

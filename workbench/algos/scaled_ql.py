@@ -289,6 +289,20 @@ class ScaledQL:
         """The greedy policy, also returning the Q distributions (C51) or values behind each act."""
         return QNetInspector(self)
 
+    # ------------------------------------------------------------------ transfer (workbench.transfer)
+
+    def weight_parts(self) -> dict[str, tuple[str, ...]]:
+        """The network's parts for partial loading: the visual encoder, the feed-forward trunk
+        (with its LayerNorm) and the per-game heads (paper 000, Figure 1)."""
+        return {"encoder": ("encoder.",), "trunk": ("trunk.",), "heads": ("heads.",)}
+
+    def game_rows(self, games: Sequence[str] | Sequence[int]) -> dict[str, tuple[int, ...]]:
+        """The joint head matrix holds |A_g| x atoms rows per game, in game order."""
+        from workbench.models.qnet import resolve_num_actions
+
+        rows = tuple(n * self.model.num_atoms for n in resolve_num_actions(games))
+        return {"heads.weight": rows, "heads.bias": rows}
+
     def state_dict(self) -> dict[str, Tensor]:
         """Online and target weights, flat, for safetensors checkpoints."""
         out = {f"model.{k}": v for k, v in self.model.state_dict().items()}
