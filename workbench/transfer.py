@@ -132,7 +132,7 @@ def _as_transferable(algo: Any) -> Transferable:
     if missing:
         raise TypeError(f"{type(algo).__name__} cannot be partially loaded: it lacks {', '.join(missing)} "
                         "(workbench.transfer.Transferable)")
-    return algo  # type: ignore[no-any-return]
+    return algo
 
 
 def part_tensors(algo: Transferable) -> dict[str, list[str]]:
@@ -231,7 +231,9 @@ def load_partial(
     if source_games is None:
         _, run_games, _ = source_checkpoint(ckpt)
         source_games = run_games
-    src_games, dst_games, fresh = list(source_games), list(games), set(fresh_games)
+    src_games: list[Any] = list(source_games)
+    dst_games: list[Any] = list(games)
+    fresh = set(fresh_games)
     if fresh - set(dst_games):
         raise ValueError(f"fresh_games {sorted(map(str, fresh - set(dst_games)))} are not among the model's games "
                          f"{dst_games}")
