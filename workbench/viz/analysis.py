@@ -39,6 +39,7 @@ from workbench.viz import results_figures as F
 from workbench.viz.export import FigureSaveStatus, save_figures
 
 __all__ = ["AnalysisReport", "RunInfo", "build_figures", "count_parameters", "curve_names", "method_scores",
+           "online_final_scores", "online_finetune_figure", "online_learning_curve_figure", "online_runs",
            "paper_reference_points", "protocol_key", "protocol_text", "read_run", "select_evaluations"]
 
 # Config keys that never distinguish methods (seeds are runs of one method).
@@ -485,11 +486,93 @@ def build_figures(
     else:
         rep.skipped["ablation_table"] = "no aggregates"
 
+    # Online fine-tuning (paper 000, Figure 8 and Figure A.1) from runs of kind 'online'
+    if online_runs(run_dirs):
+        add("online_curves", online_learning_curve_figure(run_dirs),
+            "Evaluation score against training frames of each online run (curve.json), one panel per game "
+            "variant, as in Figure A.1.")
+        if online_final_scores(run_dirs):
+            add("online_finetune", online_finetune_figure(run_dirs),
+                "Final evaluation score per game variant and initialization (scratch vs pretrained encoder): the bar "
+                "is the mean over runs, the error bar their min and max, as in Figure 8.")
+        else:
+            rep.skipped["online_finetune"] = "no online run has finished its planned frames"
+
     paths: dict[str | os.PathLike[str], Any] = {rep.out_dir / n: f for n, f in rep.figures.items()}
     statuses = save_figures(paths, png=png)
     rep.saved = dict(zip(rep.figures, statuses))
     _write_readme(rep)
     return rep
+
+
+# ------------------------------------------------------------------------------ online fine-tuning
+
+
+def _variant_title(resolved: dict[str, Any]) -> str:
+    games = resolved.get("games") or ["?"]
+    title = str(games[0])
+    if resolved.get("mode") is not None:
+        title += f" mode {resolved['mode']}"
+    if resolved.get("difficulty") is not None:
+        title += f" difficulty {resolved['difficulty']}"
+    return title
+
+
+def _init_label(resolved: dict[str, Any]) -> str:
+    """Figure 8's groups: 'scratch' or 'pretrained (<encoder>)', with the model."""
+    init = str(resolved.get("init", "scratch"))
+    label = "scratch" if init == "scratch" else f"pretrained ({init.split('-', 1)[-1]})"
+    return f"{label}, {resolved.get('model', '?')}"
+
+
+def online_runs(run_dirs: Sequence[str | os.PathLike[str]]) -> list[tuple[Path, dict[str, Any], list[dict[str, Any]]]]:
+    """(folder, resolved config, evaluation curve) of every ``online`` run among ``run_dirs``."""
+    from workbench.run import Run
+
+    out = []
+    for d in run_dirs:
+        run = Run(Path(d))
+        try:
+            if run.kind != "online":
+                continue
+        except (FileNotFoundError, ValueError):
+            continue
+        path = run.path / "curve.json"
+        curve = json.loads(path.read_text()) if path.is_file() else []
+        out.append((run.path, run.resolved, list(curve)))
+    return out
+
+
+def online_learning_curve_figure(run_dirs: Sequence[str | os.PathLike[str]]) -> go.Figure:
+    """Figure A.1: evaluation score vs training frames of online runs, one panel per variant."""
+    curves: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for path, resolved, curve in online_runs(run_dirs):
+        label = f"{_init_label(resolved)} [{path.name}]"
+        curves.setdefault(_variant_title(resolved), {})[label] = [(float(c["frames"]), float(c["score"]))
+                                                                  for c in curve]
+    if not curves:
+        raise ValueError(f"no online runs (config kind 'online') among {[str(d) for d in run_dirs]}")
+    return F.make_online_curves_figure(curves)
+
+
+def online_final_scores(run_dirs: Sequence[str | os.PathLike[str]]) -> dict[str, dict[str, list[float]]]:
+    """``{variant: {initialization: [final evaluation score of each run]}}`` (Figure 8's bars).
+    A run counts once it has reached its planned frames (its last curve point)."""
+    bars: dict[str, dict[str, list[float]]] = {}
+    for _, resolved, curve in online_runs(run_dirs):
+        if not curve or curve[-1]["frames"] < int(resolved.get("agent_steps", 0)) * 4:
+            continue
+        bars.setdefault(_variant_title(resolved), {}).setdefault(_init_label(resolved), []).append(
+            float(curve[-1]["score"]))
+    return bars
+
+
+def online_finetune_figure(run_dirs: Sequence[str | os.PathLike[str]]) -> go.Figure:
+    """Figure 8 (right): final score per variant, pretrained vs scratch, min/max over runs."""
+    bars = online_final_scores(run_dirs)
+    if not bars:
+        raise ValueError(f"no finished online runs among {[str(d) for d in run_dirs]}")
+    return F.make_finetune_bars_figure(bars)
 
 
 def _truncation_note(scores: dict[str, Any] | None) -> str:

@@ -24,7 +24,9 @@ __all__ = [
     "AGGREGATE_METRICS",
     "make_ablation_table_figure",
     "make_aggregate_figure",
+    "make_finetune_bars_figure",
     "make_learning_curve_figure",
+    "make_online_curves_figure",
     "make_performance_profile_figure",
     "make_probability_of_improvement_figure",
     "make_scaling_figure",
@@ -428,3 +430,65 @@ def make_ablation_table_figure(
                       width=max(700, int(TABLE_CHAR_PX * sum(chars)) + 20), margin=dict(l=10, r=10, t=50, b=10))
     return fig
 
+
+
+# --------------------------------------------------------------------------- online fine-tuning
+
+
+def make_online_curves_figure(
+    curves: Mapping[str, Mapping[str, Sequence[tuple[float, float]]]], *, title: str | None = None,
+) -> go.Figure:
+    """Evaluation score against training frames, one panel per game variant (paper 000, Figure A.1).
+
+    ``curves`` maps a panel title (e.g. ``Breakout mode 12``) to ``{run label: [(frames, score)]}``."""
+    if not curves:
+        raise ValueError("make_online_curves_figure: no curves given")
+    panels = list(curves)
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=panels, horizontal_spacing=0.08)
+    labels = list(dict.fromkeys(lab for p in panels for lab in curves[p]))
+    for col, panel in enumerate(panels, start=1):
+        for label, pts in curves[panel].items():
+            pts = sorted(pts)
+            i = labels.index(label)
+            fig.add_trace(go.Scatter(
+                x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=label, legendgroup=label,
+                showlegend=col == 1 or label not in {lab for q in panels[: col - 1] for lab in curves[q]},
+                line=dict(color=method_color(i)),
+                hovertemplate=f"{label}<br>frames=%{{x:,}}<br>score=%{{y:.4g}}<extra></extra>",
+            ), row=1, col=col)
+        fig.update_xaxes(title_text="training frames", row=1, col=col)
+    fig.update_yaxes(title_text="evaluation score", row=1, col=1)
+    fig.update_layout(title=title or "Online fine-tuning: evaluation score vs frames", template="plotly_white",
+                      height=420, width=max(520, 420 * len(panels)))
+    return fig
+
+
+def make_finetune_bars_figure(
+    bars: Mapping[str, Mapping[str, Sequence[float]]], *, title: str | None = None,
+) -> go.Figure:
+    """Final scores per game variant and initialization (paper 000, Figure 8, right): the bar is
+    the mean over runs, the error bar spans their minimum and maximum.
+
+    ``bars`` maps a game-variant title to ``{method: [final score of each run]}``."""
+    if not bars or not any(bars.values()):
+        raise ValueError("make_finetune_bars_figure: no scores given")
+    panels = list(bars)
+    methods = list(dict.fromkeys(m for p in panels for m in bars[p]))
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=panels, horizontal_spacing=0.08)
+    for col, panel in enumerate(panels, start=1):
+        for method, scores in bars[panel].items():
+            vals = np.asarray(scores, dtype=float)
+            mean = float(vals.mean())
+            i = methods.index(method)
+            fig.add_trace(go.Bar(
+                x=[method], y=[mean], name=method, legendgroup=method, marker_color=method_color(i),
+                showlegend=col == 1,
+                error_y=dict(type="data", symmetric=False, array=[float(vals.max()) - mean],
+                             arrayminus=[mean - float(vals.min())]),
+                hovertemplate=(f"{method}<br>mean=%{{y:.4g}} over {len(vals)} run(s)<br>min={vals.min():.4g}, "
+                               f"max={vals.max():.4g}<extra></extra>"),
+            ), row=1, col=col)
+    fig.update_yaxes(title_text="score after fine-tuning", row=1, col=1)
+    fig.update_layout(title=title or "Online fine-tuning on game variants (bar: mean; error bars: min/max over runs)",
+                      template="plotly_white", height=420, width=max(520, 380 * len(panels)), barmode="group")
+    return fig
