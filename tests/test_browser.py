@@ -238,6 +238,55 @@ def _run_all(page) -> None:
         raise AssertionError("the notebook raised:\n" + error.first.inner_text())
 
 
+# What the page shows instead of the expected plot: every plotly plot's title and trace types,
+# and the widget manager's own error texts ("Error displaying widget", "model not found").
+_DIAGNOSE_JS = """
+() => ({
+  plots: [...document.querySelectorAll('.js-plotly-plot')].map(p => ({
+    title: p.layout && p.layout.title ? p.layout.title.text : null,
+    traces: p.data ? p.data.map(d => d.type) : null})),
+  widget_errors: [...document.querySelectorAll('.jp-OutputArea-output')].map(o => o.innerText)
+    .filter(t => /Error displaying widget|model not found|Failed to load/i.test(t)).map(t => t.slice(0, 300)),
+  kernel: (document.querySelector('.jp-Notebook-ExecutionIndicator') || {dataset: {}}).dataset.status || null,
+})
+"""
+
+
+def _dump_failure(page, tmp_path: Path, console: list[str]) -> None:
+    """Leave evidence of a failure: a screenshot and the page's text in the test's folder, and what
+    the page shows (plots, widget errors, kernel state, console) on stderr, which CI prints."""
+    page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+    (tmp_path / "failure.txt").write_text(page.inner_text("body") + "\n--- console\n" + "\n".join(console))
+    print(f"browser test failed; screenshot and text in {tmp_path}; the page shows "
+          f"{json.dumps(page.evaluate(_DIAGNOSE_JS))}; last console lines: {console[-20:]}", file=sys.stderr)
+
+
+def _run_until_q_plot(page, url: str, console: list[str], *, attempts: int = 2) -> None:
+    """Open ``url``, run all cells and wait until the Q-distribution plot is drawn.
+
+    The kernel side of the explorer is deterministic, but on a loaded 2-core CI machine the
+    browser was once seen to show the slider and never draw the plots (CI of 2026-11-30; not
+    reproducible here, also not under a 4-process load). What the page showed instead is
+    printed, so a CI log says why; then the page is reloaded and the notebook run again, once."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(1, attempts + 1):
+        if attempt == 1:
+            page.goto(url, timeout=90_000)
+        else:
+            page.reload(timeout=90_000)
+        _run_all(page)
+        try:
+            page.wait_for_function(f"({_Q_PLOT_JS})() !== null", timeout=120_000)
+            return
+        except PlaywrightTimeout:
+            seen = page.evaluate(_DIAGNOSE_JS)
+            print(f"attempt {attempt}/{attempts}: the Q plot did not appear within 120 s; the page shows "
+                  f"{json.dumps(seen)}; last console lines: {console[-20:]}", file=sys.stderr)
+            if attempt == attempts:
+                raise
+
+
 def _press_until(page, handle, key: str, value: int, attempts: int = 4) -> None:
     """Press ``key`` on the slider handle until it shows ``value``; on a busy machine a late
     re-render can take the focus away, so re-focus and retry (the value check is exact)."""
@@ -269,10 +318,8 @@ def test_explorer_notebook_slider_updates_plot_in_chromium(lab, tmp_path):
         console: list[str] = []
         page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
         try:
-            page.goto(f"{lab}/lab/tree/explore.ipynb", timeout=90_000)
-            _run_all(page)
+            _run_until_q_plot(page, f"{lab}/lab/tree/explore.ipynb", console)
             slider = page.locator(".widget-slider .noUi-handle").first
-            page.wait_for_function(f"({_Q_PLOT_JS})() !== null", timeout=180_000)  # a loaded CI machine is slow
             before = page.evaluate(_Q_PLOT_JS)
             assert before["title"].startswith("step 0")
             np.testing.assert_allclose(before["y0"], expected.q_probs[0, 0], rtol=1e-5)
@@ -295,10 +342,7 @@ def test_explorer_notebook_slider_updates_plot_in_chromium(lab, tmp_path):
             page.set_viewport_size({"width": 1280, "height": 1200})  # a narrower panel: rows wrap
             _check_no_overflow(page, "JOWA explorer, 1280-px window with the file browser")
         except Exception:
-            # Leave evidence for a failing CI run: a screenshot and the page's text.
-            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
-            (tmp_path / "failure.txt").write_text(page.inner_text("body") + "\n--- console\n" + "\n".join(console))
-            print(f"browser test failed; screenshot and text in {tmp_path}", file=sys.stderr)
+            _dump_failure(page, tmp_path, console)
             raise
         finally:
             browser.close()
@@ -312,6 +356,8 @@ def test_explorer_opened_from_the_file_browser_runs_with_defaults(lab_project, t
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1200})
+        console: list[str] = []
+        page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
         try:
             page.goto(f"{lab_project}/lab", timeout=90_000)
             page.locator(".jp-DirListing-itemText", has_text="notebooks").first.dblclick(timeout=60_000)
@@ -329,9 +375,7 @@ def test_explorer_opened_from_the_file_browser_runs_with_defaults(lab_project, t
             page.set_viewport_size({"width": 1280, "height": 1200})
             _check_no_overflow(page, "Q-net explorer, 1280-px window with the file browser")
         except Exception:
-            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
-            (tmp_path / "failure.txt").write_text(page.inner_text("body"))
-            print(f"browser test failed; screenshot and text in {tmp_path}", file=sys.stderr)
+            _dump_failure(page, tmp_path, console)
             raise
         finally:
             browser.close()
@@ -394,6 +438,8 @@ def test_ablation_explorer_metric_widget_redraws_the_plot_with_the_right_numbers
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1200})
+        console: list[str] = []
+        page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
         try:
             page.goto(f"{url}/lab/tree/analysis.ipynb", timeout=90_000)
             _start_run_all(page)
@@ -416,9 +462,7 @@ def test_ablation_explorer_metric_widget_redraws_the_plot_with_the_right_numbers
             np.testing.assert_allclose(after["y"], [expected[k]["optimality_gap"] for k in scores], rtol=1e-9)
             assert page.evaluate(_AGG_PLOT_JS, "IQM (") is None  # redrawn in place, not a second plot
         except Exception:
-            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
-            (tmp_path / "failure.txt").write_text(page.inner_text("body"))
-            print(f"browser test failed; screenshot and text in {tmp_path}", file=sys.stderr)
+            _dump_failure(page, tmp_path, console)
             raise
         finally:
             browser.close()

@@ -50,7 +50,7 @@ def test_python_versions_agree():
 
 
 # The libraries whose behaviour the tests depend on; each must have an exact pin.
-MUST_PIN = {"ale-py", "gymnasium", "rliable", "torch"}
+MUST_PIN = {"ale-py", "gymnasium", "rliable", "torch", "jupyterlab", "ipywidgets", "anywidget", "plotly"}
 
 
 def _constraints() -> dict[str, str]:
