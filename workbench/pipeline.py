@@ -22,7 +22,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -78,12 +78,32 @@ def open_run(config: PretrainConfig) -> Run:
 # ------------------------------------------------------------------------------------- data
 
 
-def prepare_dataset(config: PretrainConfig, run_dir: Path, *, progress: bool = True) -> Path:
+class DataSource(Protocol):
+    """What :func:`prepare_dataset` reads from a job's config (``PretrainConfig``, and the data
+    request of ``workbench.finetune``)."""
+
+    @property
+    def game_list(self) -> tuple[str, ...]: ...
+    @property
+    def dataset(self) -> str: ...
+    @property
+    def split(self) -> str: ...
+    @property
+    def runs(self) -> str: ...
+    @property
+    def record_steps(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+
+
+def prepare_dataset(config: DataSource, run_dir: Path, *, progress: bool = True,
+                    recording_split: str = "all") -> Path:
     """Return the path of a built store for the run, recording and building as needed.
 
     An existing complete store (its manifest present) is reused, so a resumed run does not
     record again. Recording is deterministic in the seed; a partial recording left by an
-    interrupted run is discarded and recorded again.
+    interrupted run is discarded and recorded again. ``recording_split`` is the split a
+    recording is built with (fine-tuning: the paper's subsample of the held-out game's data).
     """
     from workbench.data.build import build_store
     from workbench.data.record import record_many
@@ -119,7 +139,7 @@ def prepare_dataset(config: PretrainConfig, run_dir: Path, *, progress: bool = T
             capacity=max(config.record_steps + 100, 1000),
         )
         runs: tuple[int, ...] = (1,)
-        split = parse_split("all")
+        split = parse_split(recording_split)
     else:
         replay_root, runs, split = dataset, parse_runs(config.runs), parse_split(config.split)
     return build_store(replay_root, store_dir, games, runs, split, seed=config.seed, progress=progress)
@@ -255,7 +275,9 @@ def evaluate_run(config: EvaluateConfig, *, progress: bool = True) -> dict[str, 
 
     algo, run, ckpt = load_algo(resolve_path(config.checkpoint), device=config.device)
     trained = run.games
-    games = resolve_games(config.games) if config.games else trained
+    # A fine-tuned model also holds its source's games; by default it is evaluated on its new one.
+    default = tuple(run.resolved.get("eval_games") or trained)
+    games = resolve_games(config.games) if config.games else default
     unknown = [g for g in games if g not in trained]
     if unknown:
         raise ValueError(
