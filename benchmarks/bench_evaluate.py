@@ -48,6 +48,35 @@ class SmallConvPolicy:
         return q.argmax(1).numpy()
 
 
+def env_only_rate(game: str, n: int, steps: int, backend: str = "auto") -> tuple[float, int]:
+    """(agent steps/s, steps) of the evaluator's env work alone: construction, seeded resets, n
+    episodes capped at ``steps``, uniform random actions, no policy, no stacking, no epsilon."""
+    rng = np.random.default_rng(0)
+    t0, env_steps = time.perf_counter(), 0
+    vec = AtariVector(game, n, "eval", backend=backend, max_episode_frames=steps * FRAME_SKIP)
+    vec.reset(np.arange(n) + 1000)
+    while True:
+        _, _, te, tr, info = vec.step(rng.integers(0, vec.num_actions, n))
+        env_steps += int(info["active"].sum())
+        if not (~vec._done).any():
+            break
+    env_time = time.perf_counter() - t0
+    vec.close()
+    return env_steps / env_time, env_steps
+
+
+def evaluate_rate(policy, game: str, n: int, steps: int, backend: str = "auto") -> tuple[float, int]:
+    """(agent steps/s, steps) of `evaluate` running ``policy`` on n envs of ``game``."""
+    policy.act(np.zeros((n, 4, 84, 84), np.uint8), np.zeros(n, np.int64))  # warm-up
+    t0 = time.perf_counter()
+    res = evaluate(
+        policy, [game], episodes_per_game=n, num_envs=n, max_agent_steps=steps, progress=False,
+        backend=backend, reps=1,
+    )  # fmt: skip
+    eval_steps = int(sum(res["per_game"][game]["lengths"]))
+    return eval_steps / (time.perf_counter() - t0), eval_steps
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--game", default="Pong")
@@ -62,30 +91,8 @@ def main() -> None:
 
     import rliable.library  # noqa: F401  (import once, outside both timings)
 
-    # env stepping alone: the evaluator's env work (construction, seeded resets, n episodes
-    # capped at `steps`), uniform random actions, no policy, no stacking, no epsilon
-    rng = np.random.default_rng(0)
-    t0, env_steps = time.perf_counter(), 0
-    vec = AtariVector(game, n, "eval", backend=a.backend, max_episode_frames=steps * FRAME_SKIP)
-    vec.reset(np.arange(n) + 1000)
-    while True:
-        _, _, te, tr, info = vec.step(rng.integers(0, vec.num_actions, n))
-        env_steps += int(info["active"].sum())
-        if not (~vec._done).any():
-            break
-    env_time = time.perf_counter() - t0
-    vec.close()
-
-    policy = SmallConvPolicy((game,))
-    policy.act(np.zeros((n, 4, 84, 84), np.uint8), np.zeros(n, np.int64))  # warm-up
-    t0 = time.perf_counter()
-    res = evaluate(
-        policy, [game], episodes_per_game=n, num_envs=n, max_agent_steps=steps, progress=False,
-        backend=a.backend, reps=1,
-    )  # fmt: skip
-    eval_time = time.perf_counter() - t0
-    eval_steps = int(sum(res["per_game"][game]["lengths"]))
-    env_sps, eval_sps = env_steps / env_time, eval_steps / eval_time
+    env_sps, env_steps = env_only_rate(game, n, steps, a.backend)
+    eval_sps, eval_steps = evaluate_rate(SmallConvPolicy((game,)), game, n, steps, a.backend)
     print(json.dumps({
         "game": game, "num_envs": n, "backend": a.backend, "torch_threads": a.threads,
         "env_only_steps_per_s": round(env_sps, 1), "eval_steps_per_s": round(eval_sps, 1),

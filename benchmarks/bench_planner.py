@@ -255,35 +255,30 @@ def _op_shares(fn, top: int = 8) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------- training step
 
-def bench_training(preset: str, args, device: torch.device) -> dict:
-    from workbench.algos.jowa import JOWA, JOWAConfig
-
-    torch.manual_seed(0)
-    algo = JOWA.build(preset, ["Pong", "Breakout"], JOWAConfig(stage=2)).to(device)
-    B, L = args.train_batch, 8
-    g = torch.Generator().manual_seed(0)
-    batch = {
+def jowa_stage2_batch(batch: int, device: torch.device, seq_len: int = 8, seed: int = 0) -> dict:
+    """A pre-tokenized stage-2 sequence batch (B x seq_len steps x 37 tokens) of two games."""
+    B, L = batch, seq_len
+    g = torch.Generator().manual_seed(seed)
+    out = {
         "tokens": torch.randint(0, 2048, (B, L, 36), generator=g).to(torch.uint16),
-        "action": torch.randint(0, 4, (B, L), generator=g), "reward": torch.zeros(B, L),
+        "action": torch.randint(0, 4, (B, L), generator=g), "reward": torch.randint(-1, 2, (B, L), generator=g).float(),
         "terminal": torch.zeros(B, L), "mask": torch.ones(B, L, dtype=torch.bool),
         "game_id": torch.arange(B) % 2, "valid_mask": torch.arange(18)[None].expand(B, 18) < 4,
     }
-    batch = {k: v.to(device) for k, v in batch.items()}
-    opt = torch.optim.AdamW(algo.param_groups())
-    amp = device.type == "cuda"
+    return {k: v.to(device) for k, v in out.items()}
 
-    def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss, _ = algo.loss(batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(algo.model.parameters(), 1.0)
-        opt.step()
 
+def bench_training(preset: str, args, device: torch.device) -> dict:
+    from bench_train import time_step, trainer_step
+
+    from workbench.algos.jowa import JOWA, JOWAConfig
+
+    torch.manual_seed(0)
+    algo = JOWA.build(preset, ["Pong", "Breakout"], JOWAConfig(), stage=2)
+    B, L = args.train_batch, 8
+    batch = jowa_stage2_batch(B, device, L)
     algo.model.train()
-    step()  # warm-up
-    times = [_clock(step, device)[0] for _ in range(args.train_repeats)]
-    t = statistics.median(times)
+    _, t = time_step(trainer_step(algo, device), batch, args.train_repeats, device)
     tokens = B * L * 37
     return {"preset": preset, "batch": B, "tokens_per_step": tokens, "s_per_step": t, "tokens_per_s": tokens / t}
 

@@ -1,7 +1,8 @@
 """Training step time and samples/s of Scaled QL presets (C51 + CQL, 40 games), printed as JSON.
 
-One step = the trainer's work per batch: online forward on obs, target forward on next_obs,
-C51 + CQL loss, backward, gradient clipping, AdamW step. Batches are synthetic uint8 tensors in
+One step = the trainer's work per batch (`trainer_step`: the trainer's loss module, optimizer and
+NaN/Inf guard): online forward on obs, target forward on next_obs, C51 + CQL loss, backward,
+gradient clipping, AdamW step; the median of the timed steps is reported. Batches are synthetic uint8 tensors in
 memory (the sampler has its own benchmark). Eager and ``torch.compile`` are measured side by
 side in the same process.
 
@@ -13,12 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
 from workbench.algos.scaled_ql import ScaledQL, ScaledQLConfig
 from workbench.games import GAME_SETS, num_actions
+from workbench.train import FiniteGuard, TrainConfig, _LossModule, build_optimizer
 
 
 def synthetic_batch(batch: int, games: tuple[str, ...], device: torch.device, seed: int = 0) -> dict:
@@ -37,36 +41,64 @@ def synthetic_batch(batch: int, games: tuple[str, ...], device: torch.device, se
     }
 
 
+def trainer_step(algo, device: torch.device, compiled: bool = False, backend: str = "inductor",
+                 amp: bool | None = None) -> Callable[[dict], torch.Tensor]:
+    """``step(batch) -> loss``: what `workbench.train.train` does per batch (bf16 autocast on
+    CUDA, the loss through the trainer's loss module, optionally ``torch.compile``d, backward,
+    clipping at 1.0, the trainer's AdamW and its device-side NaN/Inf guard), for timing."""
+    amp = device.type == "cuda" if amp is None else amp
+    algo.to(device)
+    if device.type == "cuda":
+        algo.to_channels_last()
+    optimizer = build_optimizer(algo, TrainConfig(steps=1, lr=2e-4), device)
+    guard = FiniteGuard(optimizer, device)
+    module = _LossModule(algo)
+    loss_fn = torch.compile(module, backend=backend) if compiled else module
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    count = [0]
+
+    def step(batch: dict) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss, metrics = loss_fn(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        count[0] += 1
+        guard.step(optimizer, count[0], loss, grad_norm, metrics)
+        if guard.unchecked >= 100:
+            guard.check()
+        return loss
+
+    return step
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_step(step: Callable[[dict], object], batch: dict, steps: int, device: torch.device) -> tuple[float, float]:
+    """(first step's seconds, compilation included; median seconds of ``steps`` timed steps)."""
+    _sync(device)
+    t0 = time.perf_counter()
+    step(batch)  # warm-up (and compilation)
+    _sync(device)
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step(batch)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return first, statistics.median(times)
+
+
 def time_steps(model_name: str, batch: int, compiled: bool, steps: int, device: torch.device) -> dict:
     games = GAME_SETS["scaled_ql_40"]
     torch.manual_seed(0)
-    algo = ScaledQL.build(model_name, games, ScaledQLConfig()).to(device)
-    amp = device.type == "cuda"
-    if amp:
-        algo.to_channels_last()
-    opt = torch.optim.AdamW(algo.model.parameters(), lr=2e-4, weight_decay=0.0, fused=device.type == "cuda")
-    loss_fn = torch.compile(algo.loss) if compiled else algo.loss
-    data = synthetic_batch(batch, games, device)
-
-    def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss, _ = loss_fn(data)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(algo.model.parameters(), 1.0)
-        opt.step()
-
-    t0 = time.perf_counter()
-    step()  # warm-up (and compilation)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    per_step = (time.perf_counter() - t0) / steps
+    algo = ScaledQL.build(model_name, games, ScaledQLConfig())
+    step = trainer_step(algo, device, compiled)
+    first, per_step = time_step(step, synthetic_batch(batch, games, device), steps, device)
     return {
         "model": model_name, "batch": batch, "compile": compiled, "device": str(device),
         "first_step_s": round(first, 3), "step_s": round(per_step, 4),
