@@ -33,6 +33,7 @@ __all__ = [
     "scale_rewards",
     "return_scale",
     "cql_loss",
+    "combo_terms",
     "bc_loss",
 ]
 
@@ -186,6 +187,21 @@ def cql_loss(q_values: Tensor, actions: Tensor, valid_mask: Tensor) -> Tensor:
     lse = torch.logsumexp(q.masked_fill(~valid_mask, float("-inf")), dim=-1)
     q_a = q.gather(1, actions[:, None]).squeeze(1)
     return lse - q_a
+
+
+def combo_terms(q_model: Tensor, valid_model: Tensor, q_data: Tensor, actions_data: Tensor) -> tuple[Tensor, Tensor]:
+    """COMBO's conservative terms (Yu et al. 2021; JOWA paper 003, Eq. 4), per sample.
+
+    ``alpha * (E_{s,a ~ rho}[Q(s, a)] - E_{s,a ~ D}[Q(s, a)])``: Q is pushed *down* on states the
+    world model generated and *up* on the dataset's state-actions. As in CQL(H), the expectation
+    under the policy's occupancy rho at a model state is the soft maximum over its valid actions.
+    Returns ``(down, up)``: ``down`` (M,) = logsumexp_{a valid} Q(s_model, a), ``up`` (N,) =
+    Q(s_data, a_data); the loss is ``alpha * (down.mean() - up.mean())``. ``q_model`` (M, 18) and
+    ``q_data`` (N, 18) must be values (C51: ``expected_q``), as for :func:`cql_loss`.
+    """
+    down = torch.logsumexp(q_model.float().masked_fill(~valid_model, float("-inf")), dim=-1)
+    up = q_data.float().gather(1, actions_data[:, None]).squeeze(1)
+    return down, up
 
 
 def bc_loss(logits: Tensor, actions: Tensor, valid_mask: Tensor) -> Tensor:

@@ -102,6 +102,11 @@ class PlanResult:
     path_valid: Tensor | None = None
     """(N, H) bool: step d of the best path is a real imagined transition (False on and after a
     predicted termination, where the next frame is not a successor state)."""
+    path_rewards: Tensor | None = None
+    """(N, H) the world model's predicted rewards of the best path's steps (expected reward
+    sign, in [-1, 1]; 0 after the path's predicted end), same condition as ``path_actions``."""
+    path_terminal: Tensor | None = None
+    """(N, H) bool: the world model predicts that step d of the best path ends the episode."""
 
 
 def max_context_steps(model: WorldActionModel, horizon: int) -> int:
@@ -485,6 +490,8 @@ def _beam_search(
     p_act = torch.zeros(N, 1, 0, dtype=torch.long, device=dev)
     p_tok = torch.zeros(N, 1, 0, TOKENS_PER_FRAME, dtype=torch.long, device=dev)
     p_ok = torch.zeros(N, 1, 0, dtype=torch.bool, device=dev)
+    p_rew = torch.zeros(N, 1, 0, device=dev)
+    p_term = torch.zeros(N, 1, 0, dtype=torch.bool, device=dev)
     env = torch.arange(N, device=dev)
     for depth in range(horizon):
         B = q_cur.shape[1]
@@ -503,6 +510,8 @@ def _beam_search(
             p_act_c = _flat(torch.cat([_grow(p_act, k_max), torch.where(live, acts, -1)[..., None]], -1))
             p_tok_c = _flat(torch.cat([_grow(p_tok, k_max), tok.view(N, B, k_max, 1, TOKENS_PER_FRAME)], -2))
             p_ok_c = _flat(torch.cat([_grow(p_ok, k_max), alive_c[..., None]], -1))
+            p_rew_c = _flat(torch.cat([_grow(p_rew, k_max), torch.where(live, reward, 0.0)[..., None]], -1))
+            p_term_c = _flat(torch.cat([_grow(p_term, k_max), (live & terminal)[..., None]], -1))
         keep_n = min(k_max, B * k_max)
         top_score, top_idx = _flat(score).topk(keep_n, dim=-1)  # (N, keep)
         new_ok = torch.isfinite(top_score) & (torch.arange(keep_n, device=dev) < k_env[:, None])
@@ -518,17 +527,19 @@ def _beam_search(
             best = _flat(score).argmax(-1)
             actions = _flat(first_c).gather(1, best[:, None])[:, 0]
             if log is not None:
-                p_act, p_tok, p_ok = (x[env, best] for x in (p_act_c, p_tok_c, p_ok_c))
+                p_act, p_tok, p_ok, p_rew, p_term = (
+                    x[env, best] for x in (p_act_c, p_tok_c, p_ok_c, p_rew_c, p_term_c))
             break
         if log is not None:
-            p_act, p_tok, p_ok = (x[env[:, None], top_idx] for x in (p_act_c, p_tok_c, p_ok_c))
+            p_act, p_tok, p_ok, p_rew, p_term = (
+                x[env[:, None], top_idx] for x in (p_act_c, p_tok_c, p_ok_c, p_rew_c, p_term_c))
         G, alive, first = (_flat(x).gather(1, top_idx) for x in (G_c, alive_c, first_c))
         beam_ok = new_ok
         q_cur = _flat(q_next)[env[:, None], top_idx]
         ctx = rows.select((torch.arange(N, device=dev)[:, None] * (B * k_max) + top_idx).flatten())
     if log is None:
         return PlanResult(actions, q0, None, probs0)
-    return PlanResult(actions, q0, _build_trees(q0, log, actions), probs0, p_act, p_tok, p_ok)
+    return PlanResult(actions, q0, _build_trees(q0, log, actions), probs0, p_act, p_tok, p_ok, p_rew, p_term)
 
 
 def _flat(x: Tensor) -> Tensor:
