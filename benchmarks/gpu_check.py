@@ -111,7 +111,7 @@ SIZES: dict[str, dict[str, Any]] = {
         qnet_models=["resnet18", "resnet50", "resnet101"], jowa_models=["jowa-40m", "jowa-150m"],
         target_qnet="resnet101", target_jowa="jowa-150m", ddp_qnet="resnet18", ddp_jowa="jowa-40m",
         batch=512, check_batch=64, timed_steps=5, compile_models=["resnet101", "jowa-150m"],
-        compile_backend="inductor", matmul_n=8192, matmul_reps=10, store_games=4, store_rows=60_000,
+        compile_backend="inductor", matmul_n=8192, matmul_reps=10, store_games=4, store_rows=50_000,
         sampler_workers=[4, 12], sampler_steps=15, planner_envs=16, planner_repeats=3, planner_single=2,
         eval_envs=16, eval_steps=250, fixes_model="resnet18", fixes_batch=512, fixes_steps=10, fixes_reps=3,
         trainer_steps=20,
@@ -478,8 +478,37 @@ def fixes(sz: dict, device: torch.device) -> dict:
     out["ratio_step_time_fused_only_over_after"] = out["fused_optimizer_only"]["step_ms"] / out["after"]["step_ms"]
     out["host_reads_per_step_before_after"] = [out["before"]["host_reads_per_step"],
                                                out["after"]["host_reads_per_step"]]
+    out["optimizer_step_ms"] = optimizer_step_ms(model, device)
     out["trainer_loop"] = trainer_loop_reads(sz, device)
     out["h2d_copy"] = h2d_copy(device)
+    release(device)
+    return out
+
+
+def optimizer_step_ms(model: str, device: torch.device, reps: int = 7) -> dict:
+    """AdamW's step alone over the model's trainable groups (random gradients), per
+    implementation: the per-tensor loop (CPU's default before), foreach, fused (the trainer's)."""
+    algo = jowa_algo(model) if model.startswith("jowa") else qnet_algo(model)
+    algo.to(device)
+    groups = [dict(g, params=[p for p in g["params"] if p.requires_grad]) for g in algo.param_groups()]
+    groups = [g for g in groups if g["params"]]
+    for g in groups:
+        for p in g["params"]:
+            p.grad = torch.randn_like(p)
+    out = {}
+    for name, kw in (("per_tensor", {"foreach": False}), ("foreach", {"foreach": True}), ("fused", {"fused": True})):
+        opt = torch.optim.AdamW([dict(g) for g in groups], lr=1e-4, **kw)
+        opt.step()
+        times = []
+        for _ in range(reps):
+            sync(device)
+            t0 = time.perf_counter()
+            opt.step()
+            sync(device)
+            times.append(time.perf_counter() - t0)
+        out[name] = 1e3 * statistics.median(times)
+    out["per_tensor_over_fused"] = out["per_tensor"] / out["fused"]
+    del algo
     release(device)
     return out
 
@@ -553,9 +582,10 @@ def top_ops(step: Callable[[dict], Any], batch: dict, device: torch.device, top:
 
 
 def train_speed(sz: dict, device: torch.device, peak: float, remaining: Callable[[], float]) -> dict:
+    """Eager steps of every model: FLOPs, samples/s, MFU; the profile of the targets' models."""
     out: dict[str, Any] = {"batch": sz["batch"], "peak_flops_per_s": peak, "models": {}}
     for model in sz["qnet_models"] + sz["jowa_models"]:
-        if remaining() < 20:
+        if remaining() < 10:
             out["models"][model] = {"skipped": "time budget"}
             continue
         row: dict[str, Any] = {}
@@ -566,28 +596,38 @@ def train_speed(sz: dict, device: torch.device, peak: float, remaining: Callable
         first, per = bench_train.time_step(step, batch, sz["timed_steps"], device)
         row["eager"] = {"first_step_s": first, "step_s": per, "samples_per_s": sz["batch"] / per,
                         "mfu": row["flops_per_step"] / per / peak}
+        row["best_mfu"] = row["eager"]["mfu"]
         if model in (sz["target_qnet"], sz["target_jowa"]):
             row["profile_eager"] = top_ops(step, batch, device)
         del step, algo
         release(device)
-        if model in sz["compile_models"]:
-            if remaining() < (40 if device.type == "cuda" else 15):
-                row["compiled"] = {"skipped": "time budget"}
-            else:
-                torch._dynamo.reset()
-                algo, batch = algo_and_batch(model, sz["batch"], device)
-                algo.model.train()
-                step = bench_train.trainer_step(algo, device, compiled=True, backend=sz["compile_backend"])
-                first, per = bench_train.time_step(step, batch, sz["timed_steps"], device)
-                row["compiled"] = {"backend": sz["compile_backend"], "first_step_s": first, "step_s": per,
-                                   "samples_per_s": sz["batch"] / per, "mfu": row["flops_per_step"] / per / peak,
-                                   "speedup_over_eager": row["eager"]["step_s"] / per}
-                del step, algo
-                release(device)
-        best = min(row[k]["step_s"] for k in ("eager", "compiled") if k in row and "step_s" in row[k])
-        row["best_mfu"] = row["flops_per_step"] / best / peak
         out["models"][model] = row
     return out
+
+
+def compiled_speed(sz: dict, device: torch.device, speed: dict, remaining: Callable[[], float]) -> dict:
+    """``torch.compile``d steps of ``compile_models``, into ``speed``'s rows (run last: compiling
+    is the slowest part of the check, so the budget drops it before anything else)."""
+    peak = speed["peak_flops_per_s"]
+    for model in sz["compile_models"]:
+        row = speed["models"].get(model)
+        if not row or "eager" not in row:
+            continue
+        if remaining() < (60 if device.type == "cuda" else 10):
+            row["compiled"] = {"skipped": f"time budget ({remaining():.0f} s left)"}
+            continue
+        torch._dynamo.reset()
+        algo, batch = algo_and_batch(model, sz["batch"], device)
+        algo.model.train()
+        step = bench_train.trainer_step(algo, device, compiled=True, backend=sz["compile_backend"])
+        first, per = bench_train.time_step(step, batch, sz["timed_steps"], device)
+        row["compiled"] = {"backend": sz["compile_backend"], "first_step_s": first, "step_s": per,
+                           "samples_per_s": sz["batch"] / per, "mfu": row["flops_per_step"] / per / peak,
+                           "speedup_over_eager": row["eager"]["step_s"] / per}
+        row["best_mfu"] = max(row["best_mfu"], row["compiled"]["mfu"])
+        del step, algo
+        release(device)
+    return speed
 
 
 def sampler_wait(sz: dict, device: torch.device) -> dict:
@@ -633,7 +673,7 @@ def sampler_wait(sz: dict, device: torch.device) -> dict:
             t_fed = (time.perf_counter() - t0) / n
             sampler.close()
             out["workers"][str(w)] = {
-                "pinned": sampler.pin_memory, "sampler_alone_batches_per_s": 1 / alone, "fed_step_s": t_fed,
+                "pinned": sampler.pin_memory, "batch_pinned": all(v.is_pinned() for v in host_batch.values()), "sampler_alone_batches_per_s": 1 / alone, "fed_step_s": t_fed,
                 "wait_fraction": max(0.0, (t_fed - t_resident) / t_fed),
                 "host_blocked_in_next_fraction": waited / (t_fed * n),
             }
@@ -726,10 +766,19 @@ def run_check(sz: dict, device: torch.device, sections: tuple[str, ...], budget_
                 ddp_check(sz["ddp_jowa"], sz["check_batch"], device, find_unused=True)],
     }, 10)
     run("fixes", lambda: fixes(sz, device), 10)
-    run("train_speed", lambda: train_speed(sz, device, peak, lambda: remaining() - 60), 30)
+    speed = run("train_speed", lambda: train_speed(sz, device, peak, lambda: remaining() - 60), 20)
     run("sampler", lambda: sampler_wait(sz, device), 15)
     run("planner", lambda: planner_speed(sz, device), 15)
     run("evaluator", lambda: evaluator_speed(sz, device), 10)
+    if isinstance(speed, dict) and "models" in speed:
+        t0 = time.perf_counter()
+        print("[gpu_check] train_speed (compiled) ...", flush=True)
+        try:
+            compiled_speed(sz, device, speed, remaining)
+        except Exception as exc:
+            speed["compiled_error"] = f"{type(exc).__name__}: {exc}"
+            speed["compiled_traceback"] = traceback.format_exc(limit=6)
+        speed["compiled_elapsed_s"] = time.perf_counter() - t0
     result["elapsed_s"] = time.perf_counter() - start
     result["verdicts"] = verdicts(result, sz)
     return result
@@ -750,6 +799,8 @@ def verdicts(r: dict, sz: dict) -> list[dict]:
         sec = r.get(name)
         if isinstance(sec, dict) and ("error" in sec or "skipped" in sec):
             add(name, "section", sec.get("error") or sec.get("skipped"), "", False if "error" in sec else None)
+        if isinstance(sec, dict) and "compiled_error" in sec:
+            add(name, "compiled", sec["compiled_error"], "", False)
     if "peak" in r and "tflops" in r.get("peak", {}):
         add("peak", f"{r['peak']['dtype']} matmul n={r['peak']['n']}", f"{r['peak']['tflops']:.1f} TFLOP/s", "", None)
     c = r.get("correctness", {})
@@ -775,6 +826,9 @@ def verdicts(r: dict, sz: dict) -> list[dict]:
             f"{f['before']['step_ms']:.1f} -> {f['after']['step_ms']:.1f} "
             f"(x{f['ratio_step_time_before_over_after']:.2f})", "", None)
         add("fixes", "train() host reads/step", f"{f['trainer_loop']['host_reads_per_step']:.2f}", "", None)
+        o = f.get("optimizer_step_ms", {})
+        if "fused" in o:
+            add("fixes", "AdamW step ms per-tensor -> fused", f"{o['per_tensor']:.2f} -> {o['fused']:.2f}", "", None)
         h = f.get("h2d_copy", {})
         if "pinned_non_blocking" in h:
             add("fixes", "h2d host-blocked ms pageable -> pinned",
