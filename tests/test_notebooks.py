@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import papermill as pm
@@ -19,6 +19,7 @@ import pytest
 
 from workbench.config import EvaluateConfig, PretrainConfig
 from workbench.data.record import CollectConfig
+from workbench.finetune import FinetuneConfig
 from workbench.viz.params import AnalysisParams, ExplorerParams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,16 +66,18 @@ def pretrained(tmp_path_factory) -> Path:
 @pytest.mark.parametrize(
     "notebook, config",
     [("01_collect_data.ipynb", CollectConfig), ("02_pretrain.ipynb", PretrainConfig),
-     ("05_evaluate.ipynb", EvaluateConfig), ("06_analysis.ipynb", AnalysisParams),
+     ("03_finetune.ipynb", FinetuneConfig), ("05_evaluate.ipynb", EvaluateConfig),
+     ("06_analysis.ipynb", AnalysisParams),
      ("07_explore_checkpoint.ipynb", ExplorerParams)],
 )
 def test_notebook_parameters_match_the_config(notebook, config):
     """Every notebook's parameters cell is exactly its config class: same names, same defaults."""
     params = pm.inspect_notebook(str(NB / notebook))
     assert set(params) == {f.name for f in fields(config)}
-    defaults = config()
+    # The declared defaults (FinetuneConfig validates its default checkpoint run on construction).
+    defaults = {f.name: f.default_factory() if f.default is MISSING else f.default for f in fields(config)}
     for name, spec in params.items():
-        assert eval(spec["default"]) == getattr(defaults, name), name  # noqa: S307 - our own literals
+        assert eval(spec["default"]) == defaults[name], name  # noqa: S307 - our own literals
 
 
 def test_pretrain_notebook_leaves_checkpoint_metrics_figures_scores(pretrained):
@@ -130,6 +133,23 @@ def test_analysis_and_explorer_notebooks_with_relative_paths(pretrained):
     assert not (root / "notebooks" / "runs").exists()
 
 
+def test_finetune_notebook_on_the_pretrained_checkpoint(pretrained):
+    """03 fine-tunes the shared pretraining run (Pong, Breakout) on a held-out game, recording
+    its data with the paper's 1% split; 05 then evaluates the fine-tuned checkpoint."""
+    root = pretrained.parents[1]
+    run("03_finetune.ipynb", root, checkpoint="runs/tiny", game="Alien", record_steps=1000, steps=4,
+        batch_size=8, eval_episodes=1, eval_max_steps=20, num_envs=1, output_dir="runs/ft-alien")
+    ft = root / "runs" / "ft-alien"
+    config = json.loads((ft / "config.json").read_text())
+    assert config["kind"] == "finetune" and config["resolved"]["games"] == ["Alien", "Pong", "Breakout"]
+    assert config["resolved"]["source"]["run"] == str(pretrained)
+    assert "heads.weight[Alien]" in config["resolved"]["transfer"]["new"]
+    assert (ft / "figures" / "learning_curve.html").is_file()
+    run("05_evaluate.ipynb", root, checkpoint="runs/ft-alien", games="", episodes=1, num_envs=1, max_steps=10,
+        output="runs/ft-alien/eval/nb05.json")
+    assert list(json.loads((ft / "eval" / "nb05.json").read_text())["per_game"]) == ["Alien"]
+
+
 @pytest.mark.parametrize(
     "notebook, params, message",
     [
@@ -138,6 +158,7 @@ def test_analysis_and_explorer_notebooks_with_relative_paths(pretrained):
         ("02_pretrain.ipynb", {"algo": "dqn"}, "valid algos"),
         ("02_pretrain.ipynb", {"algo_args": "{alpah: 0.1}"}, "did you mean 'alpha'"),
         ("02_pretrain.ipynb", {"games": "Pongg"}, "Pong"),
+        ("03_finetune.ipynb", {"method": "finetune"}, "transfer | scratch | bc"),
         ("05_evaluate.ipynb", {"episodes": 0}, "episodes must be >= 1"),
     ],
 )

@@ -491,6 +491,9 @@ class FinetuneResult:
     checkpoint: Path
     scores: dict[str, Any]
     transfer: dict[str, Any]
+    """The transfer report as recorded in ``config.json`` (``resolved.transfer``)."""
+    report: T.TransferReport
+    """The same report as an object (``report.summary()`` prints it)."""
     figures: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
 
@@ -622,7 +625,7 @@ def _finetune(config: FinetuneConfig, progress: bool) -> FinetuneResult:
         "selection_on_eval_env": flag["selection_on_eval_env"],
     }
     atomic_write_json(run.path / "summary.json", summary)
-    return FinetuneResult(run.path, checkpoint, scores, report.as_dict(), figures, summary)
+    return FinetuneResult(run.path, checkpoint, scores, report.as_dict(), report, figures, summary)
 
 
 def _dqn_normalized(game: str, score: float) -> float | None:
