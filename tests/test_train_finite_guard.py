@@ -19,11 +19,12 @@ class Regression:
     """Linear regression with a target net; ``sqrt_kink`` adds sqrt(p - p) = 0 to the loss,
     whose gradient is +inf while the loss stays finite (the overflowed-gradient case)."""
 
-    def __init__(self, sqrt_kink_at: int | None = None) -> None:
+    def __init__(self, sqrt_kink_at: int | None = None, nan_constant_at: int | None = None) -> None:
         torch.manual_seed(0)
         self.model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 1))
         self.target_model = copy.deepcopy(self.model).requires_grad_(False)
         self.sqrt_kink_at = sqrt_kink_at
+        self.nan_constant_at = nan_constant_at
 
     def loss(self, batch):
         pred = self.model(batch["x"]).squeeze(-1)
@@ -31,6 +32,8 @@ class Regression:
         if self.sqrt_kink_at is not None and int(batch["step"][0]) == self.sqrt_kink_at:
             w = self.model[0].bias[0]
             loss = loss + torch.sqrt(w - w.detach())  # value 0, gradient inf
+        if self.nan_constant_at is not None and int(batch["step"][0]) == self.nan_constant_at:
+            loss = loss + torch.tensor(float("nan"))  # a NaN loss whose gradients stay finite
         return loss, {"pred_mean": pred.mean(), "y_mean": batch["y"].mean()}
 
     def update_target(self):
@@ -169,3 +172,46 @@ def test_host_reads_counts_scalar_reads_masks_and_nothing_else():
         y = (x * 2).sum()
         float(y), bool(y > 0), x[x > 0], x.tolist(), x[1:3], x.to("cpu"), torch.nonzero(x)
     assert reads.by_call == {"__float__": 1, "__bool__": 1, "__getitem__": 1, "tolist": 1, "nonzero": 1}
+
+
+def _ddp_nan_worker(rank: int, port: int, out_dir: str) -> None:
+    import os
+
+    from safetensors.torch import save_file
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    # only rank 1's loss is NaN at step 3, and its gradients stay finite (so DDP's averaging
+    # cannot tell rank 0): both ranks must still stop at step 3 with step 2's weights
+    algo = Regression(nan_constant_at=3 if rank == 1 else None)
+    source = batches()
+    error = -1
+    try:
+        train(algo, source, config(8, log_every=4, checkpoint_every=100), os.path.join(out_dir, f"run{rank}"),
+              progress=False)
+    except NonFiniteLossError as exc:
+        error = exc.step
+    state = {k: v.contiguous() for k, v in algo.model.state_dict().items()}
+    save_file({**state, "error_step": torch.tensor(error)}, os.path.join(out_dir, f"rank{rank}.safetensors"))
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_one_ranks_nan_stops_every_rank_at_that_step_with_the_weights_before_it(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+    from safetensors.torch import load_file
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_nan_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
+    assert int(r0.pop("error_step")) == int(r1.pop("error_step")) == 3
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
+    # two DDP steps of the same batches on both ranks are two single-process steps
+    for k, v in reference_weights(tmp_path, 2).items():
+        torch.testing.assert_close(r0[k], v, rtol=1e-6, atol=1e-7)
