@@ -20,6 +20,7 @@ import pytest
 from workbench.config import EvaluateConfig, PretrainConfig
 from workbench.data.record import CollectConfig
 from workbench.finetune import FinetuneConfig
+from workbench.online import OnlineConfig
 from workbench.viz.params import AnalysisParams, ExplorerParams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +67,8 @@ def pretrained(tmp_path_factory) -> Path:
 @pytest.mark.parametrize(
     "notebook, config",
     [("01_collect_data.ipynb", CollectConfig), ("02_pretrain.ipynb", PretrainConfig),
-     ("03_finetune.ipynb", FinetuneConfig), ("05_evaluate.ipynb", EvaluateConfig),
+     ("03_finetune.ipynb", FinetuneConfig), ("04_finetune_online.ipynb", OnlineConfig),
+     ("05_evaluate.ipynb", EvaluateConfig),
      ("06_analysis.ipynb", AnalysisParams),
      ("07_explore_checkpoint.ipynb", ExplorerParams)],
 )
@@ -150,6 +152,22 @@ def test_finetune_notebook_on_the_pretrained_checkpoint(pretrained):
     assert list(json.loads((ft / "eval" / "nb05.json").read_text())["per_game"]) == ["Alien"]
 
 
+def test_online_notebook_leaves_an_online_run_with_curve_and_logged_replay(tmp_path):
+    """Notebook 04 on Breakout mode 12 from scratch: a run folder of kind 'online' with the
+    evaluation curve, its figure, and the logged replay in the public layout."""
+    run("04_finetune_online.ipynb", tmp_path, game="Breakout", mode=12, frames=1200, eval_every=600,
+        eval_episodes=1, eval_max_steps=30, log_replay=True, capacity=120, output_dir="runs/online")
+    folder = tmp_path / "runs" / "online"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["kind"] == "online" and config["resolved"]["mode"] == 12
+    curve = json.loads((folder / "curve.json").read_text())
+    assert [c["frames"] for c in curve] == [0, 600, 1200]
+    assert (folder / "figures" / "learning_curve.html").is_file()
+    logs = folder / "data" / "replay" / "Breakout" / "1" / "replay_logs"
+    assert (logs / "add_count_ckpt.0.gz").is_file() and (logs / "$store$_observation_ckpt.0.gz").is_file()
+    assert not (tmp_path / "notebooks" / "runs").exists()
+
+
 @pytest.mark.parametrize(
     "notebook, params, message",
     [
@@ -160,6 +178,8 @@ def test_finetune_notebook_on_the_pretrained_checkpoint(pretrained):
         ("02_pretrain.ipynb", {"games": "Pongg"}, "Pong"),
         ("03_finetune.ipynb", {"method": "finetune"}, "transfer | scratch | bc"),
         ("05_evaluate.ipynb", {"episodes": 0}, "episodes must be >= 1"),
+        ("04_finetune_online.ipynb", {"encoder": "frozn"}, "encoder must be one of"),
+        ("04_finetune_online.ipynb", {"game": "Breakout", "mode": 13}, "valid modes"),
     ],
 )
 def test_bad_parameters_stop_the_notebook_at_once(notebook, params, message, tmp_path):

@@ -378,6 +378,8 @@ class OnlineConfig:
     """Agent-step cap of an evaluation episode; 0 takes the preset's (paper: 27000, the protocol's)."""
     checkpoint_every: int = 0
     """Agent steps between checkpoints (written at the next episode end); 0 takes the preset's."""
+    agent_args: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the agent's hyper-parameters (``OnlineSettings`` names), e.g. {n_step: 1}."""
     model: str = ""
     """Q-network preset from scratch ('' = the checkpoint's model, else the preset's: paper resnet101,
     cpu resnet-tiny)."""
@@ -458,7 +460,15 @@ class OnlineConfig:
         else:  # minutes on 2 cores: a short warm-up, decay and target period, a small ring
             base = OnlineSettings(lr=self.lr or 2.5e-4, capacity=2000, min_replay_history=500,
                                   target_update_period=400, epsilon_decay_period=2500)
-        return dataclasses.replace(base, capacity=self.capacity or base.capacity)
+        names = [f.name for f in dataclasses.fields(OnlineSettings)]
+        unknown = sorted(set(self.agent_args) - set(names) - {"lr", "capacity"})
+        if unknown or "lr" in self.agent_args or "capacity" in self.agent_args:
+            raise OnlineError(f"unknown agent_args {unknown or ['lr/capacity (parameters of their own)']}; valid: "
+                              f"{', '.join(n for n in names if n not in ('lr', 'capacity'))}")
+        from workbench.settings import from_params
+
+        values = {**dataclasses.asdict(base), "capacity": self.capacity or base.capacity, **self.agent_args}
+        return from_params(OnlineSettings, values, what="agent_args setting")
 
     @property
     def total_frames(self) -> int:
@@ -575,21 +585,15 @@ def open_online_run(config: OnlineConfig) -> Run:
     return run
 
 
-def transfer_encoder(algo: ScaledQL, checkpoint: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load the encoder of a pretrained run's checkpoint into ``algo`` (trunk and heads keep their
-    fresh initialization, the paper's choice); the target network follows. The checkpoint is
-    verified first (sha256, names, shapes, dtypes, finite). Returns what was transferred."""
-    from safetensors.torch import load_file
+def transfer_encoder(algo: ScaledQL, checkpoint: str | os.PathLike[str], game: str) -> dict[str, Any]:
+    """Load the encoder of a pretrained run's checkpoint into ``algo`` (``workbench.transfer``):
+    trunk and heads keep their fresh initialization (the paper's choice), the target network
+    follows. The checkpoint is verified first (sha256, names, shapes, dtypes, finite). Returns the
+    transfer report (what was transferred, re-initialized, new and dropped)."""
+    from workbench import transfer
 
-    ckpt = ckpt_io.resolve_checkpoint(checkpoint)
-    state = ckpt_io.read_state(ckpt)
-    ckpt_io.verify_files(ckpt, state)
-    weights, _ = ckpt_io.split_model_state(load_file(str(ckpt / "model.safetensors")))
-    encoder = {k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")}
-    ckpt_io.check_tensors(ckpt / "model.safetensors", encoder, algo.model.encoder, "encoder")
-    algo.model.encoder.load_state_dict(encoder)
-    algo.update_target()
-    return {"checkpoint": str(ckpt), "tensors": sorted(encoder), "reinitialized": ["trunk", "heads"]}
+    report = transfer.load_partial(checkpoint, algo, [game], transfer=("encoder",), reinitialize=("trunk", "heads"))
+    return report.as_dict()
 
 
 def _default_env_factory(config: OnlineConfig, sticky: float) -> EnvFactory:
@@ -631,9 +635,11 @@ def run_online(
         if config.checkpoint:
             from workbench.paths import resolve_path
 
-            transferred = transfer_encoder(algo, resolve_path(config.checkpoint))
+            transferred = transfer_encoder(algo, resolve_path(config.checkpoint), game)
         if config.encoder == "frozen":
-            algo.model.encoder.requires_grad_(False)
+            from workbench.transfer import freeze
+
+            transferred["frozen"] = freeze(algo, ("encoder",))
         algo.to(device)
         params = [p for p in algo.model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=settings.lr, eps=settings.adam_eps)
