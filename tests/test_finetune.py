@@ -309,3 +309,48 @@ def test_jowa_protocol_end_to_end_new_task_embedding(tmp_path, pong_store):
     assert set(report["new"]) == {"world.task_obs_emb.weight[Pong]", "world.task_act_emb.weight[Pong]"}
     with pytest.raises(ValueError, match="JOWA's protocol trains every component"):
         FinetuneConfig.from_params(checkpoint=source, game="Pong", encoder="frozen")
+
+
+# ------------------------------------------------------------------------------- transfer figures
+
+
+def _finetune_run(path, method: str, seed: int, scores: list[float], game: str = "Pong", cap: int = 27_000):
+    run = Run(path)
+    run.create("finetune", {"checkpoint": "src", "game": game, "method": method, "seed": seed},
+               {"algo": "scaled_ql", "model": "resnet-tiny", "method": method, "encoder": "finetuned",
+                "report": "final", "eval_games": [game], "games": [game], "stages": [{"name": "train", "subdir": ""}]})
+    (run.path / "eval").mkdir()
+    doc = {"per_game": {game: {"mean": sum(scores) / len(scores), "scores": scores}}, "max_agent_steps": cap,
+           "epsilon": 0.001, "comparable_to_papers": cap == 27_000}
+    (run.path / "eval" / "scores.json").write_text(json.dumps(doc))
+    return run.path
+
+
+def test_transfer_figure_from_finetune_runs(tmp_path):
+    from workbench.viz.analysis import build_figures, read_run, transfer_figure
+
+    dirs = [_finetune_run(tmp_path / f"{m}{s}", m, s, [v, v + 2.0])
+            for m, vals in (("transfer", (-10.0, -6.0)), ("scratch", (-20.0, -18.0))) for s, v in enumerate(vals)]
+    fig, text = transfer_figure([read_run(d) for d in dirs], reps=200)
+    # Pong: random -20.7, DQN 19.5 (JOWA Table 17). A run is a seed: its mean score.
+    dqn = lambda x: (x + 20.7) / (19.5 + 20.7)  # noqa: E731
+    bars = {t.name: t for t in fig.data if t.type == "bar" and t.xaxis == "x"}
+    pre = bars["Scaled QL (pretrained), resnet-tiny"]
+    want = [dqn(-9.0), dqn(-5.0)]
+    assert list(pre.x) == ["Pong"] and pre.y[0] == pytest.approx(sum(want) / 2)
+    assert pre.error_y.array[0] == pytest.approx(max(want) - sum(want) / 2)
+    # The papers' Pong values are drawn as references, marked as the paper's.
+    marks = {t.name: t for t in fig.data if t.type == "scatter"}
+    assert marks["paper: JOWA (150M) [JOWA Table 17]"].y[0] == pytest.approx(dqn(17.7))
+    assert marks["paper: JOWA (150M) [JOWA Table 3, its 5 games]"].y[0] == pytest.approx(0.647)
+    assert "1.45" in fig.layout.title.text and "runs = seeds" in text
+    ratio = (dqn(-9.0) + dqn(-5.0)) / (dqn(-19.0) + dqn(-17.0))
+    assert f"/ scratch = {ratio:.2f}" in fig.layout.title.text
+    # A truncated evaluation draws no paper values and says so.
+    cut = [_finetune_run(tmp_path / f"cut{s}", "transfer", s, [-20.0], cap=100) for s in range(2)]
+    fig2, text2 = transfer_figure([read_run(d) for d in cut], reps=100)
+    assert not [t for t in fig2.data if t.type == "scatter"] and "not comparable" in fig2.layout.title.text
+    # build_figures keeps fine-tuning runs out of the pretraining comparison.
+    rep = build_figures(dirs, tmp_path / "figs", png=False, reps=100)
+    assert "transfer" in rep.figures and not rep.runs and len(rep.finetune_runs) == 4
+    assert "Fine-tuning runs" in (tmp_path / "figs" / "README.md").read_text()

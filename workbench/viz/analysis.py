@@ -40,7 +40,8 @@ from workbench.viz.export import FigureSaveStatus, save_figures
 
 __all__ = ["AnalysisReport", "RunInfo", "build_figures", "count_parameters", "curve_names", "method_scores",
            "online_final_scores", "online_finetune_figure", "online_learning_curve_figure", "online_runs",
-           "paper_reference_points", "protocol_key", "protocol_text", "read_run", "select_evaluations"]
+           "paper_reference_points", "protocol_key", "protocol_text", "read_run", "select_evaluations",
+           "transfer_figure", "transfer_label", "transfer_scores"]
 
 # Config keys that never distinguish methods (seeds are runs of one method).
 _RUN_ONLY_KEYS = {"seed", "output_dir", "resume", "device", "compile", "resolved", "num_envs",
@@ -310,6 +311,8 @@ class AnalysisReport:
     protocol: str = ""
     left_out: dict[str, str] = field(default_factory=dict)
     comparable_to_papers: bool | None = None
+    finetune_runs: list[RunInfo] = field(default_factory=list)
+    """Runs of kind 'finetune' (drawn in the transfer figure only)."""
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -371,8 +374,11 @@ def build_figures(
     if not run_dirs:
         raise ValueError("build_figures: no run directories given (check the glob pattern)")
     runs = [read_run(d) for d in run_dirs]
+    # Fine-tuning runs are compared among themselves (the transfer figure), not with pretraining.
+    finetuned = [r for r in runs if _run_kind(r.path) == "finetune"]
+    runs = [r for r in runs if _run_kind(r.path) != "finetune"]
     labels = method_labels(runs)
-    rep = AnalysisReport(out_dir=Path(out_dir), runs=runs, labels=labels)
+    rep = AnalysisReport(out_dir=Path(out_dir), runs=runs, labels=labels, finetune_runs=finetuned)
     rep.protocol, rep.left_out = select_evaluations(runs, mix_protocols)
     used = [r.scores for r in runs if r.scores is not None]
     flags = [_paper_comparable(sc) for sc in used]
@@ -498,6 +504,15 @@ def build_figures(
         else:
             rep.skipped["online_finetune"] = "no online run has finished its planned frames"
 
+    # Offline fine-tuning (Scaled QL Figure 7, JOWA Table 3) from runs of kind 'finetune'
+    if finetuned:
+        try:
+            fig, text = transfer_figure(finetuned, reps=reps, seed=seed,
+                                        include_paper_reference=include_paper_reference)
+            add("transfer", fig, text)
+        except ValueError as exc:
+            rep.skipped["transfer"] = str(exc)
+
     paths: dict[str | os.PathLike[str], Any] = {rep.out_dir / n: f for n, f in rep.figures.items()}
     statuses = save_figures(paths, png=png)
     rep.saved = dict(zip(rep.figures, statuses))
@@ -575,6 +590,124 @@ def online_finetune_figure(run_dirs: Sequence[str | os.PathLike[str]]) -> go.Fig
     return F.make_finetune_bars_figure(bars)
 
 
+# ------------------------------------------------------------------------------ offline fine-tuning
+
+_FAMILY_LABELS = {"scaled_ql": "Scaled QL", "cql_mse": "CQL-MSE", "bc": "MTBC", "jowa": "JOWA"}
+
+
+def _run_kind(path: Path) -> str | None:
+    from workbench.run import Run
+
+    try:
+        return Run(path).kind
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def transfer_label(resolved: dict[str, Any]) -> str:
+    """A fine-tuning run's method in the transfer figure: algorithm, init, encoder, model, and the
+    report rule when it selects on the evaluation environment."""
+    algo = str(resolved.get("algo", "?"))
+    name = _FAMILY_LABELS.get(algo) or _method_name(algo)
+    method = resolved.get("method", "?")
+    if method == "transfer":
+        detail = "pretrained" + (", frozen encoder" if resolved.get("encoder") == "frozen" and algo != "jowa" else "")
+    else:
+        detail = "scratch"
+    label = f"{name} ({detail}), {resolved.get('model', '?')}"
+    if resolved.get("report") == "best_snapshot":
+        label += " [best snapshot: selected on the eval env]"
+    return label
+
+
+def transfer_scores(runs: Sequence[RunInfo]) -> tuple[dict[str, dict[str, list[float]]], str, bool | None]:
+    """``({method: {game: [raw score of each run]}}, what a run is, comparable to the papers)``
+    from fine-tuning runs' reported scores (``eval/scores.json``). A run is a seed (its mean)
+    when every method has >= 2 seeds on each of its games; else evaluation episodes stand in."""
+    groups: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    flags: list[bool | None] = []
+    for r in runs:
+        resolved = r.config.get("resolved") or {}
+        reported = [sc for f, sc in r.evaluations if f.name == "scores.json"]
+        games = resolved.get("eval_games") or []
+        if not reported or not games or games[0] not in reported[0]["per_game"]:
+            continue
+        flags.append(_paper_comparable(reported[0]))
+        groups.setdefault(transfer_label(resolved), {}).setdefault(games[0], []).append(
+            reported[0]["per_game"][games[0]])
+    if not groups:
+        raise ValueError("no fine-tuning run has its reported scores (eval/scores.json)")
+    by_seed = all(len(v) >= 2 for per in groups.values() for v in per.values())
+    out = {lab: {g: [float(x["mean"]) for x in v] if by_seed else [float(s) for x in v for s in x["scores"]]
+                 for g, v in per.items()} for lab, per in groups.items()}
+    comparable = None if None in flags else all(bool(f) for f in flags)
+    return out, ("seeds" if by_seed else "episodes"), comparable
+
+
+def transfer_figure(runs: Sequence[RunInfo], *, reps: int = 2000, seed: int = 0,
+                    include_paper_reference: bool = True) -> tuple[go.Figure, str]:
+    """Scaled QL Figure 7 / JOWA Table 3 from fine-tuning runs: DQN-normalized scores per held-out
+    game and method, aggregates with 95% stratified-bootstrap CIs (``workbench.metrics``), and
+    the papers' values as marked references. Returns (figure, description)."""
+    from workbench import metrics as M
+    from workbench.reference import paper_tables as pt
+
+    raw, runs_are, comparable = transfer_scores(runs)
+    games = sorted({g for per in raw.values() for g in per})
+    no_ref = [g for g in games if not M.has_reference(g, "dqn")]
+    ours = {lab: {g: v for g, v in per.items() if g not in no_ref} for lab, per in raw.items()}
+    ours = {lab: per for lab, per in ours.items() if per}
+    if not ours:
+        raise ValueError(f"no DQN reference score for {', '.join(no_ref)} (games with one: "
+                         f"{', '.join(g for g in M.reference_scores() if M.has_reference(g, 'dqn'))})")
+    per_game = {lab: {g: [float(x) for x in M.normalize_score(g, np.asarray(v, float), "dqn")] for g, v in per.items()}
+                for lab, per in ours.items()}
+    aggregates: dict[str, dict[str, Any]] = {}
+    for i, (lab, per) in enumerate(ours.items()):
+        n = min(len(v) for v in per.values())  # rliable needs as many runs per game
+        aggregates.update(M.aggregate({lab: {g: v[:n] for g, v in per.items()}}, "dqn", reps=reps, seed=seed + i))
+    paper_games = {g: {m: pt.JOWA_T17[m][g] for m in pt.methods("jowa_t17") if g in pt.JOWA_T17[m]} for g in games}
+    paper_per_game: dict[str, dict[str, float]] = {}
+    paper_agg: dict[str, dict[str, float]] = {}
+    notes = []
+    if include_paper_reference and comparable is False:
+        notes.append("the papers' values are not drawn: these evaluations stop episodes early (not comparable)")
+    elif include_paper_reference:
+        for m in pt.methods("jowa_t17"):
+            col = {g: float(M.normalize_score(g, paper_games[g][m], "dqn")) for g in games if m in paper_games[g]}
+            if col:
+                paper_per_game[f"{m} [JOWA Table 17]"] = col
+        paper_agg = {f"{m} [JOWA Table 3, its 5 games]": dict(v) for m, v in pt.JOWA_T17_AGGREGATES.items()}
+    # Scaled QL Figure 7 prints no per-game values: its two claims, next to our own ratio.
+    def mean_of(lab: str) -> float:
+        return float(np.mean([np.mean(v) for v in per_game[lab].values()]))
+
+    ratios = []
+    for lab in per_game:
+        if "(pretrained" in lab:
+            twin = lab.split(" (")[0] + " (scratch)," + lab.split("),", 1)[1]
+            if twin in per_game and set(per_game[twin]) == set(per_game[lab]) and mean_of(twin) > 0:
+                ratios.append(f"ours: {lab} / scratch = {mean_of(lab) / mean_of(twin):.2f}")
+    claims = "; ".join(f"{k} = {v:.2f}" for k, v in pt.SCALED_QL_FIG7_CLAIMS.items())
+    note = f"paper 000 Fig. 7 (no per-game values printed): {claims}" + (f". {'; '.join(ratios)}" if ratios else "")
+    caveat = "" if comparable is not False else " — truncated episodes, not comparable to the papers"
+    fig = F.make_transfer_figure(per_game, aggregates, paper_per_game=paper_per_game or None,
+                                 paper_aggregates=paper_agg or None, title="Offline fine-tuning to held-out games"
+                                 + caveat, note=note)
+    run_note = ("runs = seeds (per-game mean of each seed)" if runs_are == "seeds" else
+                "runs = evaluation episodes (fewer than 2 seeds for some method and game)")
+    text = ("DQN-normalized scores of fine-tuning runs per held-out game and method (bar: mean over runs, error bar: "
+            "min/max) and their mean and IQM with 95% stratified-bootstrap CIs (workbench.metrics.aggregate, "
+            f"{reps} reps, {run_note}), as Scaled QL Figure 7 and JOWA Table 3. "
+            + ("Open markers named 'paper: ...' are JOWA Table 17's per-game scores and Table 3's printed aggregates "
+               "(workbench.reference.paper_tables), one printed number each. " if paper_per_game or paper_agg else "")
+            + f"Scaled QL Figure 7's claims: {claims}" + (f"; {'; '.join(ratios)}" if ratios else "") + ". "
+            + (f"Left out (no DQN reference score): {', '.join(no_ref)}. " if no_ref else "")
+            + " ".join(n[0].upper() + n[1:] + "." for n in notes)
+            + " Methods marked [best snapshot] chose their checkpoint on the evaluation environment (optimistic).")
+    return fig, text
+
+
 def _truncation_note(scores: dict[str, Any] | None) -> str:
     """Flag evaluations cut short by a step cap: their scores are partial episodes."""
     per_game = (scores or {}).get("per_game", {})
@@ -593,6 +726,10 @@ def _write_readme(rep: AnalysisReport) -> None:
         lines.append(f"- `{r.path}` → method **{lab}**; found: {', '.join(r.found) or 'nothing'}"
                      + (f"; problems: {'; '.join(r.problems)}" if r.problems else "")
                      + _truncation_note(r.scores))
+    if rep.finetune_runs:
+        lines += ["", "Fine-tuning runs (the `transfer` figure only):", ""]
+        lines += [f"- `{r.path}` → **{transfer_label(r.config.get('resolved') or {})}**" + _truncation_note(
+            r.evaluations[0][1] if r.evaluations else None) for r in rep.finetune_runs]
     lines += ["", "## Evaluation protocol", "", f"Compared: {rep.protocol}."]
     if rep.comparable_to_papers is False:
         lines.append("**These evaluations stop episodes early (or change the protocol): the scores are not "

@@ -31,6 +31,7 @@ __all__ = [
     "make_probability_of_improvement_figure",
     "make_scaling_figure",
     "make_scores_figure",
+    "make_transfer_figure",
 ]
 
 #: Pixels per character of a table cell (plotly's 12 px default font, bold headers included).
@@ -491,4 +492,96 @@ def make_finetune_bars_figure(
     fig.update_yaxes(title_text="score after fine-tuning", row=1, col=1)
     fig.update_layout(title=title or "Online fine-tuning on game variants (bar: mean; error bars: min/max over runs)",
                       template="plotly_white", height=420, width=max(520, 380 * len(panels)), barmode="group")
+    return fig
+
+
+# --------------------------------------------------------------------------- offline fine-tuning
+
+
+def make_transfer_figure(
+    per_game: Mapping[str, Mapping[str, Sequence[float]]],
+    aggregates: Mapping[str, Mapping[str, Any]],
+    *,
+    paper_per_game: Mapping[str, Mapping[str, float]] | None = None,
+    paper_aggregates: Mapping[str, Mapping[str, float]] | None = None,
+    metrics: Sequence[str] = ("mean", "iqm"),
+    title: str | None = None,
+    note: str | None = None,
+) -> go.Figure:
+    """Offline fine-tuning to held-out games (Scaled QL Figure 7, JOWA Table 3): DQN-normalized
+    scores per game and method, and their aggregates with CIs.
+
+    ``per_game``: ``{method: {game: [normalized score of each run]}}`` (bar: mean over runs;
+    error bar: their min and max). ``aggregates``: the metrics module's ``aggregate(..., "dqn")``
+    output (bar with its 95% CI). ``paper_per_game`` / ``paper_aggregates``: the papers' values,
+    ``{label: {game or metric: value}}``, drawn as open diamonds named ``paper: ...`` (one printed
+    number each: no interval). ``note`` is printed under the title (e.g. a paper's claim that has
+    no per-game numbers).
+    """
+    if not per_game or not any(per_game.values()):
+        raise ValueError("make_transfer_figure: no fine-tuning scores given")
+    methods = list(per_game)
+    games = list(dict.fromkeys(g for m in methods for g in per_game[m]))
+    present = [m for m in metrics if any(m in a for a in aggregates.values())]
+    titles = ["DQN-normalized score per held-out game"] + [f"{_METRIC_TITLES.get(m, m)} (95% CI)" for m in present]
+    fig = make_subplots(rows=1, cols=1 + len(present), subplot_titles=titles, horizontal_spacing=0.1,
+                        column_widths=[0.55] + [0.45 / max(1, len(present))] * len(present))
+    for i, method in enumerate(methods):
+        xs, ys, hi, lo, text = [], [], [], [], []
+        for g in games:
+            vals = np.asarray(per_game[method].get(g, []), dtype=float)
+            if vals.size == 0:
+                continue
+            mean = float(vals.mean())
+            xs.append(g)
+            ys.append(mean)
+            hi.append(float(vals.max()) - mean)
+            lo.append(mean - float(vals.min()))
+            text.append(f"{method}<br>{g}: mean {mean:.3f} over {vals.size} run(s)<br>min {vals.min():.3f}, "
+                        f"max {vals.max():.3f}")
+        fig.add_trace(go.Bar(x=xs, y=ys, name=method, legendgroup=method, marker_color=method_color(i),
+                             error_y=dict(type="data", symmetric=False, array=hi, arrayminus=lo),
+                             hovertext=text, hoverinfo="text"), row=1, col=1)
+    symbols = ("diamond-open", "square-open", "triangle-up-open", "circle-open", "star-open", "cross-open")
+    for j, (label, values) in enumerate((paper_per_game or {}).items()):
+        xs = [g for g in games if g in values]
+        if not xs:
+            continue
+        fig.add_trace(go.Scatter(
+            x=xs, y=[float(values[g]) for g in xs], mode="markers", name=f"paper: {label}",
+            legendgroup=f"paper: {label}", marker=dict(symbol=symbols[j % len(symbols)], size=11, color="#333333"),
+            hovertext=[f"paper: {label}<br>{g}: {float(values[g]):.3f}" for g in xs], hoverinfo="text",
+        ), row=1, col=1)
+    for col, metric in enumerate(present, start=2):
+        for i, method in enumerate(methods):
+            entry = aggregates.get(method, {})
+            if metric not in entry:
+                continue
+            value = float(entry[metric])
+            ci = entry.get(f"{metric}_ci")
+            ci_lo, ci_hi = _ci_pair(ci, f"{method}.{metric}_ci") if ci is not None else (value, value)
+            fig.add_trace(go.Bar(
+                x=[method], y=[value], name=method, legendgroup=method, marker_color=method_color(i),
+                showlegend=False,
+                error_y=dict(type="data", symmetric=False, array=[ci_hi - value], arrayminus=[value - ci_lo]),
+                hovertext=[f"{method}<br>{metric} = {value:.3f}<br>95% CI [{ci_lo:.3f}, {ci_hi:.3f}]"],
+                hoverinfo="text",
+            ), row=1, col=col)
+        for j, (label, values) in enumerate((paper_aggregates or {}).items()):
+            if metric not in values:
+                continue
+            fig.add_trace(go.Scatter(
+                x=[f"paper: {label}"], y=[float(values[metric])], mode="markers", name=f"paper: {label}",
+                legendgroup=f"paper: {label}", showlegend=not paper_per_game or label not in paper_per_game,
+                marker=dict(symbol=symbols[j % len(symbols)], size=11, color="#333333"),
+                hovertext=[f"paper: {label}<br>{metric} = {float(values[metric]):.3f} (as printed)"], hoverinfo="text",
+            ), row=1, col=col)
+        fig.update_xaxes(tickangle=-30, row=1, col=col)
+    fig.update_yaxes(title_text="DQN-normalized score", row=1, col=1)
+    main = title or "Offline fine-tuning to held-out games (DQN-normalized)"
+    fig.update_layout(
+        title=dict(text=main + (f"<br><sup>{note}</sup>" if note else "")), template="plotly_white",
+        barmode="group", height=520, width=max(900, 140 * len(games) * max(1, len(methods)) // 2 + 300 * len(present)),
+        margin=dict(t=110, b=160), legend=dict(orientation="h", yanchor="top", y=-0.3, xanchor="left", x=0),
+    )
     return fig
