@@ -158,6 +158,7 @@ def test_baselines_resolve_to_one_fresh_game(q_source):
     paper = FinetuneConfig.from_params(checkpoint=q_source, game="Pong", preset="paper")
     stage = paper.stages()[0]
     assert (stage.steps, paper.effective_batch_size, stage.lr, paper.settings.alpha) == (300_000, 32, 5e-5, 0.05)
+    assert stage.target_update_period == 2000  # the paper's, though the source ran with 50
     assert paper.effective_split == "finetune_1pct" and paper.effective_eval_episodes == 16
 
 

@@ -109,6 +109,8 @@ class FinetuneScale:
     log_every: int
     checkpoint_every: int
     settings: Mapping[str, Any] = field(default_factory=dict)
+    """Settings the preset fixes over the checkpoint's (paper: the papers' target periods, also
+    when the checkpoint was pretrained at CPU scale)."""
 
 
 def finetune_scale(family: str, preset: str, model: str, method: str) -> FinetuneScale:
@@ -119,7 +121,7 @@ def finetune_scale(family: str, preset: str, model: str, method: str) -> Finetun
         if preset == "paper":  # App. B.4: batch 32, lr 5e-5, 300k steps
             return FinetuneScale((("train", 300_000),), batch_size=32, lr=5e-5, eval_episodes=16,
                                  eval_max_steps=27_000, record_steps=10_000, snapshot_every=10_000, log_every=100,
-                                 checkpoint_every=10_000)
+                                 checkpoint_every=10_000, settings={"target_update_period": 2000})
         steps, batch = (200, 32) if tiny else (10, 8)
         return FinetuneScale((("train", steps),), batch_size=batch, lr=5e-5, eval_episodes=2,
                              eval_max_steps=1000 if tiny else 250, record_steps=10_000, snapshot_every=50,
@@ -129,7 +131,7 @@ def finetune_scale(family: str, preset: str, model: str, method: str) -> Finetun
         total = 100_000 if method == "scratch" else 10_000
         return FinetuneScale((("stage1", total * 3 // 10), ("stage2", total * 7 // 10)), batch_size=32, lr=5e-5,
                              eval_episodes=16, eval_max_steps=27_000, record_steps=6_000, snapshot_every=1_000,
-                             log_every=100, checkpoint_every=1_000)
+                             log_every=100, checkpoint_every=1_000, settings={"target_update_period": 1000})
     steps, batch = (20, 8) if tiny else (4, 4)
     return FinetuneScale((("stage1", steps), ("stage2", steps)), batch_size=batch, lr=5e-5, eval_episodes=2,
                          eval_max_steps=100, record_steps=6_000, snapshot_every=10, log_every=5, checkpoint_every=100,
