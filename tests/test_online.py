@@ -457,3 +457,15 @@ def test_online_q_converges_to_value_iteration(tmp_path, pretrained):
     q = expected_q(out, algo.support)[:, :4].numpy()
     assert np.abs(q - want).max() < 0.06, (q, want)
     assert result.curve[-1]["score"] == pytest.approx(1.2)  # greedy: action 3 (Q* 0.2 + 0.99), then R1 = 1
+
+
+def test_command_line_dry_run_and_bad_value(capsys):
+    from workbench.online import main
+
+    assert main(["--game", "Breakout", "--mode", "12", "--preset", "paper", "--dry-run"]) == 0
+    resolved = json.loads(capsys.readouterr().out)
+    assert resolved["mode"] == 12 and resolved["frames"] == 3_000_000 and resolved["settings"]["n_step"] == 3
+    assert resolved["settings"]["capacity"] == 1_000_000 and resolved["settings"]["target_update_period"] == 8000
+    with pytest.raises(SystemExit) as exc:
+        main(["--encoder", "frozen"])
+    assert exc.value.code == 2 and "needs a pretrained checkpoint" in capsys.readouterr().err
