@@ -597,7 +597,12 @@ def _finetune(config: FinetuneConfig, progress: bool) -> FinetuneResult:
             summary = train(algo, _batches(config, algo, stage.name, context), train_config, stage_dir,
                             progress=progress, find_unused_parameters=stage.find_unused_parameters)
             if config.report == "best_snapshot":
-                snapshots.append(_snapshot(run, algo, stage, stage_dir, offset + bound, eval_kw))
+                record = _snapshot(run, algo, stage, stage_dir, offset + bound, eval_kw)
+                if not snapshots or record["mean"] > max(s["mean"] for s in snapshots):
+                    # The best so far (ties keep the earlier): its checkpoint is copied before the
+                    # trainer prunes it, replacing the previous best's copy.
+                    _keep_best(Path(record["checkpoint"]), run.path / "best_snapshot", offset + bound)
+                snapshots.append(record)
         offset += stage.steps
 
     checkpoint = ckpt_io.resolve_checkpoint(run.path)
@@ -607,7 +612,6 @@ def _finetune(config: FinetuneConfig, progress: bool) -> FinetuneResult:
         final_scores = read_json(snapshots[-1]["scores"])
         atomic_write_json(run.path / "eval" / "scores_final.json", {**final_scores, "finetune": _flag(config, [])})
         scores = read_json(best["scores"])
-        _keep_best(Path(best["checkpoint"]), run.path / "best_snapshot")
         scores["note"] = f"{scores.get('note') or ''} {flag['note']}".strip()
     else:
         scores = evaluate_algo(algo, (config.game_name,), run.path / "eval" / "scores.json", **eval_kw)
@@ -663,13 +667,9 @@ def _snapshot(run: Run, algo: Any, stage: Stage, stage_dir: Path, step: int, eva
         out.parent.mkdir(parents=True, exist_ok=True)
         game = run.resolved["eval_games"][0]
         scores = evaluate_algo(algo, (game,), out, **eval_kw)
-    # Keep a copy of the snapshot's checkpoint while it may be the best (the trainer prunes).
-    keep = run.path / "eval" / "snapshots" / f"ckpt_{step:08d}"
-    if not keep.exists():
-        _copy_dir(ckpt, keep)
     game = next(iter(scores["per_game"]))
     return {"step": step, "stage": stage.name, "mean": float(scores["per_game"][game]["mean"]), "scores": str(out),
-            "checkpoint": str(keep)}
+            "checkpoint": str(ckpt)}
 
 
 def _copy_dir(src: Path, dst: Path) -> None:
@@ -680,16 +680,24 @@ def _copy_dir(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def _keep_best(ckpt: Path, folder: Path) -> None:
-    """``folder/checkpoints/<step>`` + ``latest``: the chosen snapshot, loadable like any checkpoint
-    (notebook 05: ``checkpoint=<run>/best_snapshot``)."""
-    state = ckpt_io.read_state(ckpt)
-    name = f"step_{state['step']:08d}"
+def _keep_best(ckpt: Path, folder: Path, step: int) -> None:
+    """``folder/checkpoints/step_<n>`` + ``latest``: the best snapshot so far (schedule step
+    ``step``, recorded in ``folder/snapshot.json``), loadable like any checkpoint (notebook 05:
+    ``checkpoint=<run>/best_snapshot``); the previous best's copy is replaced, so one copy is on
+    disk whatever the number of snapshots."""
+    marker = folder / "snapshot.json"
+    if marker.is_file() and read_json(marker).get("step") == step:
+        return  # already kept (a resumed run re-deriving its best)
+    state = ckpt_io.read_state(ckpt)  # the checkpoint the trainer just wrote (its stage's own step)
     root = folder / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
-    if not (root / name).exists():
-        _copy_dir(ckpt, root / name)
+    name = f"step_{state['step']:08d}"
+    for old in root.glob("step_*"):
+        if old.is_dir():
+            shutil.rmtree(old)
+    _copy_dir(ckpt, root / name)
     atomic_write_text(root / "latest", name + "\n")
+    atomic_write_json(marker, {"step": step, "source": str(ckpt)})
 
 
 # ------------------------------------------------------------------------------- JOWA
