@@ -469,3 +469,32 @@ def test_command_line_dry_run_and_bad_value(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--encoder", "frozen"])
     assert exc.value.code == 2 and "needs a pretrained checkpoint" in capsys.readouterr().err
+
+
+def _fake_online_run(path: Path, init: str, scores: list[float], steps: int = 100) -> Path:
+    run = Run(path)
+    run.create("online", {"seed": 0}, {"algo": "online_c51", "model": "resnet-tiny", "games": [GAME], "mode": 12,
+                                       "difficulty": None, "init": init, "agent_steps": steps})
+    curve = [{"step": s, "frames": 4 * s, "score": v} for s, v in zip(range(0, steps + 1, steps // (len(scores) - 1)),
+                                                                        scores)]
+    (path / "curve.json").write_text(json.dumps(curve))
+    return path
+
+
+def test_figure_8_bars_are_mean_with_min_max_over_finished_runs(tmp_path):
+    from workbench.viz.analysis import build_figures, online_final_scores, online_finetune_figure
+
+    dirs = [_fake_online_run(tmp_path / "s1", "scratch", [0.0, 1.0]),
+            _fake_online_run(tmp_path / "s2", "scratch", [0.0, 5.0]),
+            _fake_online_run(tmp_path / "p1", "pretrained-frozen", [0.0, 7.0]),
+            _fake_online_run(tmp_path / "p2", "pretrained-frozen", [0.0, 2.0], steps=200)]
+    (tmp_path / "p2" / "curve.json").write_text(json.dumps([{"step": 0, "frames": 0, "score": 9.0}]))  # unfinished
+    bars = online_final_scores(dirs)
+    assert bars == {"Breakout mode 12": {"scratch, resnet-tiny": [1.0, 5.0],
+                                         "pretrained (frozen), resnet-tiny": [7.0]}}
+    fig = online_finetune_figure(dirs)
+    scratch = next(t for t in fig.data if t.name == "scratch, resnet-tiny")
+    assert list(scratch.y) == [3.0]
+    assert list(scratch.error_y.array) == [2.0] and list(scratch.error_y.arrayminus) == [2.0]
+    report = build_figures(dirs, tmp_path / "figs", png=False, reps=10)
+    assert {"online_curves", "online_finetune"} <= set(report.figures)
