@@ -1,0 +1,511 @@
+"""The small-scale reproduction study (CPU): data with learning in it, and its results summary.
+
+**Why scripted data.** The online C51 agent (``workbench.online``) runs at about 17 agent steps/s
+on this shared 2-core CPU while it trains (measured: 2,000 agent steps in 111 s wall). One CPU
+hour is then about 60k agent steps for all games together, 20k (80k frames) per game, where
+Dopamine's C51 curves on Breakout and Pong are still flat. So the data here is the issue's
+fallback, stated as such: **scripted RAM heuristics played epsilon-greedily with an epsilon that
+decays across checkpoints** (1.0 -> ``eps_end``), a quality-improving "learning history" in the
+DQN-Replay layout. Its first 20% of checkpoints is the "sub-optimal" split, all of it the
+"near-optimal" one, as in the papers (``workbench.data.splits.PRESETS``).
+
+Games and why each finding is measurable at this scale:
+
+* ``Freeway``: the heuristic presses UP. Random play (a third UP) almost never crosses in a capped
+  episode, the heuristic crosses about once per 100 agent steps, so every level of epsilon gives a
+  different return and a policy that learned "UP more often than the data's average" beats the
+  behaviour of the sub-optimal split measurably (the paper's "offline RL improves on its data").
+  Unlike the random-behaviour Freeway data of the issue (NOOP most frequent), UP is the most
+  frequent action from the second checkpoint on.
+* ``Breakout``: the heuristic fires and follows the ball with the paddle (tens of points per
+  capped episode, random ~1). Action choice depends on the frame, so BC and Q-learning need the
+  encoder, which is what separates the methods and the model sizes.
+* ``Pong``: the heuristic follows the ball (about even with the computer in a capped episode;
+  random loses about 1 point per 150 steps). Rewards are sparse and delayed: the hardest of the
+  three for Q-learning at this scale.
+
+Episodes of the data are capped at ``episode_cap`` agent steps (the cap ends an episode with a
+terminal, as DQN-Replay's 27,000-step limit does), the same cap as the study's evaluation, so the
+behaviour line, the random policy and every method are returns over the same episode length.
+
+Files next to the data (a DQN-Replay root ``{Game}/1/replay_logs``): ``behaviour.json``, per game
+the behaviour policy's episodes per checkpoint (epsilon, raw returns, their mean), its mean per
+split, and the random policy's mean under the evaluation protocol with the same cap.
+
+Command line::
+
+    python -m workbench.study data --output-dir data/small_scale_study [--checkpoints 10 --rows 5000 ...]
+    python -m workbench.study summary sweeps/small_scale_study.yaml [--out figures/small_scale_study.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workbench import games as G
+from workbench.fileio import atomic_write_json
+
+__all__ = ["BEHAVIOUR_FILE", "SCRIPTED_GAMES", "EpsilonSchedulePolicy", "HistorySpec", "ScriptedPolicy",
+           "bootstrap_ci", "build_summary", "epsilon_schedule", "main", "method_label", "record_history",
+           "split_checkpoints"]
+
+BEHAVIOUR_FILE = "behaviour.json"
+SCRIPTED_GAMES = ("Breakout", "Freeway", "Pong")
+#: the study's splits: the papers' presets (first 20% of checkpoints; all of them)
+SPLITS = ("sub_optimal", "near_optimal")
+PADDING_ROWS = 3  # DQN-Replay's padding rows before every episode (workbench.data.record)
+
+RamReader = Callable[[], np.ndarray]
+
+
+# ----------------------------------------------------------------------------------------------
+# Scripted policies
+
+
+def _pong(ram: np.ndarray) -> int:
+    # RAM 51: the agent's paddle (top), 54: the ball's y. RIGHT (2) moves up, LEFT (3) down;
+    # the paddle's centre is about 8 units below its top.
+    paddle, ball = int(ram[51]) + 8, int(ram[54])
+    if ball > paddle + 2:
+        return 3
+    if ball < paddle - 2:
+        return 2
+    return 0
+
+
+def _breakout(ram: np.ndarray) -> int:
+    # RAM 72: paddle x, 99: ball x, 101: ball y (0 while no ball is in play: FIRE launches one).
+    paddle, ball_x, ball_y = int(ram[72]) + 8, int(ram[99]), int(ram[101])
+    if ball_y == 0:
+        return 1
+    if ball_x > paddle + 3:
+        return 2
+    if ball_x < paddle - 3:
+        return 3
+    return 1
+
+
+def _freeway(ram: np.ndarray) -> int:
+    return 1  # UP: crossing is the only way to score; a hit only pushes the chicken back
+
+
+_HEURISTICS: dict[str, Callable[[np.ndarray], int]] = {"Breakout": _breakout, "Freeway": _freeway, "Pong": _pong}
+
+
+class ScriptedPolicy:
+    """A RAM heuristic for one game, meeting ``workbench.algos.base.Policy`` (batch of one row).
+
+    It reads the console RAM of the environment it plays (``ram()``), not the frames it is
+    given: a scripted behaviour policy for data, never a learned agent."""
+
+    def __init__(self, game: str, ram: RamReader) -> None:
+        canonical = G.canonical_game(game)
+        if canonical not in _HEURISTICS:
+            raise ValueError(f"no scripted policy for {canonical}; scripted games: {', '.join(SCRIPTED_GAMES)}")
+        self.game, self._ram, self._rule = canonical, ram, _HEURISTICS[canonical]
+
+    def act(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray:
+        if len(obs) != 1:
+            raise ValueError(f"ScriptedPolicy plays one environment (its RAM); got a batch of {len(obs)}")
+        return np.array([self._rule(self._ram())], np.int64)
+
+    def observe(self, actions: np.ndarray, rewards: np.ndarray) -> None:
+        pass
+
+    def reset(self, indices: np.ndarray) -> None:
+        pass
+
+
+def epsilon_schedule(checkpoints: int, eps_start: float, eps_end: float) -> list[float]:
+    """Epsilon of each checkpoint: linear from ``eps_start`` (checkpoint 0) to ``eps_end`` (the last)."""
+    if checkpoints < 1:
+        raise ValueError(f"checkpoints must be >= 1, got {checkpoints}")
+    if checkpoints == 1:
+        return [float(eps_end)]
+    return [float(eps_start + (eps_end - eps_start) * k / (checkpoints - 1)) for k in range(checkpoints)]
+
+
+class EpsilonSchedulePolicy:
+    """Plays ``inner`` epsilon-greedily with the epsilon of the checkpoint being written, and
+    keeps the episodes' raw and clipped returns per checkpoint (the behaviour line).
+
+    The recorder (run with its own epsilon 0) writes a row per step plus
+    :data:`PADDING_ROWS` before every episode, and dumps a checkpoint every ``rows_per_checkpoint``
+    rows; counting resets (one per episode start) and steps gives the row a step lands on, so the
+    checkpoint is exact. Rows past the schedule's end (a last partial checkpoint) keep its last
+    epsilon. An episode belongs to the checkpoint its terminal row is in."""
+
+    def __init__(self, inner: Any, n_actions: int, rows_per_checkpoint: int, epsilons: Sequence[float],
+                 seed: int) -> None:
+        from workbench.algos.base import check_policy
+
+        self.inner = check_policy(inner)
+        self.n_actions, self.rows_per_checkpoint, self.epsilons = n_actions, rows_per_checkpoint, list(epsilons)
+        self._rng = np.random.default_rng(np.random.SeedSequence([seed, 15]))
+        self.rows = 0  # rows written so far (padding included)
+        self._raw = self._clipped = 0.0
+        self._started = False
+        self.episodes: list[dict[str, Any]] = []  # {checkpoint, return, clipped_return, steps}
+        self._steps = 0
+
+    @property
+    def checkpoint(self) -> int:
+        """The checkpoint the next row goes into."""
+        return self.rows // self.rows_per_checkpoint
+
+    def epsilon(self) -> float:
+        return self.epsilons[min(self.checkpoint, len(self.epsilons) - 1)]
+
+    def act(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray:
+        greedy = np.asarray(self.inner.act(obs, game_ids), np.int64)
+        explore = self._rng.random(len(greedy)) < self.epsilon()
+        random = self._rng.integers(self.n_actions, size=len(greedy))
+        return np.where(explore, random, greedy).astype(np.int64)
+
+    def observe(self, actions: np.ndarray, rewards: np.ndarray) -> None:
+        self.inner.observe(actions, rewards)
+        reward = float(np.asarray(rewards)[0])
+        self._raw += reward
+        self._clipped += float(np.clip(reward, -1.0, 1.0))
+        self._steps += 1
+        self._pending_row = self.rows  # the row this step is written to
+        self.rows += 1
+
+    def reset(self, indices: np.ndarray) -> None:
+        self.inner.reset(indices)
+        if self._started:  # the previous episode ended on the last observed step
+            self.end_episode()
+        self._started = True
+        self.rows += PADDING_ROWS
+
+    def end_episode(self) -> None:
+        """Close the running episode (called by reset, and by the recorder's caller at the end)."""
+        if self._steps:
+            self.episodes.append({"checkpoint": self._pending_row // self.rows_per_checkpoint, "return": self._raw,
+                                  "clipped_return": self._clipped, "steps": self._steps})
+        self._raw = self._clipped = 0.0
+        self._steps = 0
+
+
+# ----------------------------------------------------------------------------------------------
+# The data
+
+
+@dataclass(frozen=True)
+class HistorySpec:
+    """How the learning history of each game is recorded (``python -m workbench.study data``)."""
+
+    output_dir: str = "data/small_scale_study"
+    """DQN-Replay root to write {Game}/1/replay_logs and behaviour.json into."""
+    games: str = ",".join(SCRIPTED_GAMES)
+    """Comma-separated games (each needs a scripted policy: Breakout, Freeway, Pong)."""
+    checkpoints: int = 10
+    """Checkpoints per game (epsilon decays across them); the sub-optimal split is the first 20%."""
+    rows: int = 5000
+    """Rows per checkpoint (DQN-Replay: 1,000,000)."""
+    eps_start: float = 1.0
+    """Epsilon of the first checkpoint (1.0: uniform random, as a fresh DQN agent)."""
+    eps_end: float = 0.05
+    """Epsilon of the last checkpoint."""
+    episode_cap: int = 1000
+    """Agent steps per episode before it ends (data, random reference and the sweeps' eval_max_steps)."""
+    random_episodes: int = 8
+    """Episodes of the random policy (evaluation protocol, same cap) per game."""
+    seed: int = 0
+    """Seed of the environments, the exploration and the random reference."""
+
+    def __post_init__(self) -> None:
+        for name in ("checkpoints", "rows", "episode_cap", "random_episodes"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
+        if self.rows < 16:
+            raise ValueError(f"rows must be >= 16 (a checkpoint holds whole frame stacks), got {self.rows}")
+        for name in ("eps_start", "eps_end"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        unknown = [g for g in self.game_list if g not in SCRIPTED_GAMES]
+        if unknown:
+            raise ValueError(f"no scripted policy for {unknown}; scripted games: {', '.join(SCRIPTED_GAMES)}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
+
+    @property
+    def game_list(self) -> tuple[str, ...]:
+        return G.resolve_games(self.games)
+
+
+def split_checkpoints(split: str, n_checkpoints: int) -> list[int]:
+    """The checkpoints of a run of ``n_checkpoints`` that ``split`` (the config grammar) uses."""
+    from workbench.data.splits import parse_split
+
+    return parse_split(split).choose(list(range(n_checkpoints)))
+
+
+def _env_with_ram(game: str, seed: int, cap: int) -> tuple[Any, RamReader]:
+    from workbench.envs import FRAME_SKIP, AtariProtocolEnv
+
+    env = AtariProtocolEnv(game, "data", seed=seed, max_episode_frames=cap * FRAME_SKIP)
+    # The heuristics read the console RAM of this very environment (its ALE is private to it).
+    return env, lambda: env._ale.getRAM()
+
+
+class _UniformPolicy:
+    """Any action (the evaluator's epsilon = 1 makes it uniform random)."""
+
+    def act(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray:
+        return np.zeros(len(obs), np.int64)
+
+    def observe(self, actions: np.ndarray, rewards: np.ndarray) -> None:
+        pass
+
+    def reset(self, indices: np.ndarray) -> None:
+        pass
+
+
+def random_scores(games: Sequence[str], *, episodes: int, cap: int, seed: int,
+                  progress: bool = True) -> dict[str, float]:
+    """Mean return of the uniform random policy per game, under the evaluation protocol capped at ``cap``."""
+    from workbench.evaluate import evaluate
+
+    result = evaluate(_UniformPolicy(), list(games), episodes_per_game=episodes, num_envs=min(4, episodes),
+                      seed=seed, epsilon=1.0, max_agent_steps=cap, progress=progress)
+    return {g: float(result["per_game"][g]["mean"]) for g in games}
+
+
+def record_history(spec: HistorySpec, *, progress: bool = True) -> dict[str, Any]:
+    """Record every game's learning history and write ``behaviour.json``; returns its content."""
+    from workbench.data.record import record
+    from workbench.paths import resolve_path
+
+    root = resolve_path(spec.output_dir)
+    epsilons = epsilon_schedule(spec.checkpoints, spec.eps_start, spec.eps_end)
+    # Agent steps that fill the checkpoints (padding rows take the rest; a short last checkpoint may follow).
+    steps = spec.checkpoints * spec.rows
+    per_game: dict[str, Any] = {}
+    for i, game in enumerate(spec.game_list):
+        env, ram = _env_with_ram(game, spec.seed + i, spec.episode_cap)
+        behaviour = EpsilonSchedulePolicy(ScriptedPolicy(game, ram), G.num_actions(game), spec.rows, epsilons,
+                                          seed=spec.seed + i)
+        def same_env(_game: str, _seed: int, env: Any = env) -> Any:
+            return env  # the policy reads this env's RAM; record() resets it with its seed
+
+        out = record(game, steps, root, policy=behaviour, epsilon=0.0, seed=spec.seed + i, capacity=spec.rows,
+                     game_id=0, progress=progress, env_factory=same_env)
+        behaviour.end_episode()
+        info = json.loads((out / "record_info.json").read_text())
+        # Episodes that ended (a last one cut by the end of the recording is not a return).
+        complete = behaviour.episodes[: int(info["episodes"])]
+        n_ckpts = _trim_partial(out, info, spec.checkpoints)
+        rows_ck = []
+        for k in range(n_ckpts):
+            eps = [e for e in complete if e["checkpoint"] == k]
+            rows_ck.append({"checkpoint": k, "epsilon": epsilons[min(k, len(epsilons) - 1)], "episodes": len(eps),
+                            "returns": [e["return"] for e in eps],
+                            "clipped_returns": [e["clipped_return"] for e in eps],
+                            "mean_return": float(np.mean([e["return"] for e in eps])) if eps else None})
+        splits = {}
+        for split in SPLITS:
+            chosen = set(split_checkpoints(split, n_ckpts))
+            rets = [e["return"] for e in complete if e["checkpoint"] in chosen]
+            splits[split] = float(np.mean(rets)) if rets else None
+        per_game[game] = {"replay_logs": str(out.relative_to(root)), "checkpoints": rows_ck, "splits": splits,
+                          "episodes": len(complete), "agent_steps": steps}
+    random = random_scores(spec.game_list, episodes=spec.random_episodes, cap=spec.episode_cap, seed=spec.seed,
+                           progress=progress)
+    doc = {
+        "games": list(spec.game_list), "spec": {k: getattr(spec, k) for k in HistorySpec.__dataclass_fields__},
+        "epsilons": epsilons, "behaviour_policy": "scripted RAM heuristic, epsilon-greedy (decaying per checkpoint)",
+        "protocol": "data protocol (sticky actions 0.25), episodes capped at episode_cap agent steps",
+        "per_game": per_game,
+        "behaviour": {split: {g: per_game[g]["splits"][split] for g in spec.game_list} for split in SPLITS},
+        "random": random,
+        "random_protocol": "uniform random policy, evaluation protocol, same cap",
+    }
+    atomic_write_json(root / BEHAVIOUR_FILE, doc)
+    return doc
+
+
+def _trim_partial(replay_logs: Path, info: dict[str, Any], checkpoints: int) -> int:
+    """Drop the short checkpoint the padding rows spill past the last full one (so the run has
+    exactly ``checkpoints`` checkpoints and the 20% split is exact); returns the count kept."""
+    from workbench.data import dqn_replay as dr
+
+    for k in dr.list_checkpoints(replay_logs):
+        if k >= checkpoints:
+            for f in replay_logs.glob(f"*_ckpt.{k}.gz"):
+                f.unlink()
+    kept = len(dr.list_checkpoints(replay_logs))
+    if kept != info["checkpoints"]:
+        atomic_write_json(replay_logs / "record_info.json",
+                          {**info, "checkpoints": kept,
+                           "trimmed": f"checkpoints >= {checkpoints} removed (a short tail)"}, indent=1)
+    return kept
+
+
+# ----------------------------------------------------------------------------------------------
+# The results summary
+
+
+def bootstrap_ci(values: Sequence[float], *, reps: int = 2000, seed: int = 0,
+                 confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean over runs (resampled with replacement)."""
+    x = np.asarray(values, float)
+    if x.size == 0:
+        raise ValueError("bootstrap_ci needs at least one value")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(reps, x.size))].mean(axis=1)
+    tail = (1.0 - confidence) / 2 * 100
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+_ALGO_LABELS = {"scaled_ql": "Scaled QL", "cql_mse": "Scaled QL (MSE)", "bc": "MTBC", "mgdt": "MGDT", "jowa": "JOWA"}
+
+
+def method_label(params: dict[str, Any], reference_model: dict[str, str]) -> str:
+    """The method a run stands for: its algorithm, plus what differs from the study's baseline
+    (feature normalization off, another model than the algorithm's reference size)."""
+    from workbench.config import PretrainConfig
+
+    config = PretrainConfig.from_params(**params)
+    label = _ALGO_LABELS.get(config.algo_name, config.algo_name)
+    if getattr(config.settings, "feature_norm", True) is False:
+        label += " (no feature norm)"
+    ref = reference_model.get(config.algo_name)
+    if ref is not None and config.model != ref:
+        label += f" [{config.model}]"
+    return label
+
+
+def build_summary(sweep_files: Sequence[str | os.PathLike[str]], *, behaviour: str | os.PathLike[str] | None = None,
+                  reps: int = 2000, seed: int = 0,
+                  reference_model: dict[str, str] | None = None) -> dict[str, Any]:
+    """The study's summary from its sweeps' finished points (``figures/small_scale_study.json``).
+
+    Per (method, split, game): ``runs`` = each seed's mean evaluation return, ``mean`` their mean,
+    ``ci`` a 95% percentile bootstrap over runs (``bootstrap_ci`` with ``seed``). Aggregate rows
+    (``game: "aggregate"``) give human-normalized IQM with stratified-bootstrap CIs
+    (``workbench.metrics.aggregate``). ``behaviour`` and ``random`` come from the data's
+    ``behaviour.json`` (default: next to the first sweep's ``dataset``)."""
+    from workbench import metrics
+    from workbench.paths import resolve_path
+    from workbench.run import Run
+    from workbench.sweep import load_sweep, sweep_status
+
+    if not sweep_files:
+        raise ValueError("give at least one sweep file")
+    sweeps = [load_sweep(f) for f in sweep_files]
+    ref_model = reference_model or {"scaled_ql": "resnet-tiny", "cql_mse": "resnet-tiny", "bc": "resnet-tiny",
+                                    "mgdt": "mgdt-tiny", "jowa": "jowa-tiny"}
+    if behaviour is None:
+        dataset = sweeps[0].base.get("dataset")
+        if not dataset:
+            raise ValueError(f"sweep {sweeps[0].name} has no base dataset; give behaviour= (its behaviour.json)")
+        behaviour = Path(resolve_path(dataset)) / BEHAVIOUR_FILE
+    bpath = Path(behaviour)
+    if not bpath.is_file():
+        raise FileNotFoundError(f"{bpath} does not exist: record the data first (python -m workbench.study data)")
+    bdoc = json.loads(bpath.read_text())
+    groups: dict[tuple[str, str], dict[str, list[float]]] = {}
+    counted: dict[str, int] = {}
+    seen: set[str] = set()
+    for sweep in sweeps:
+        index = sweep_status(sweep, write=False)
+        states = {p["id"]: p["state"] for p in index["points"]}
+        counted[sweep.name] = 0
+        for point in sweep.points:
+            if states[point.id] != "done" or str(point.run_dir) in seen:
+                continue
+            seen.add(str(point.run_dir))
+            scores = json.loads((Run(point.run_dir).path / "eval" / "scores.json").read_text())
+            key = (method_label(point.params, ref_model), str(point.params.get("split", "all")))
+            for game, entry in scores["per_game"].items():
+                groups.setdefault(key, {}).setdefault(game, []).append(float(entry["mean"]))
+            counted[sweep.name] += 1
+    games = list(bdoc["games"])
+    results: list[dict[str, Any]] = []
+    for (method, split), per_game in sorted(groups.items()):
+        for game in games:
+            runs = per_game.get(game)
+            if not runs:
+                continue
+            lo, hi = bootstrap_ci(runs, reps=reps, seed=seed)
+            results.append({"method": method, "split": split, "game": game, "mean": float(np.mean(runs)),
+                            "ci": [lo, hi], "runs": runs,
+                            "above_random": bool(lo > bdoc["random"][game]),
+                            "vs_behaviour": _minus(float(np.mean(runs)), bdoc["behaviour"].get(split, {}).get(game))})
+    aggregates = []
+    for (method, split), per_game in sorted(groups.items()):
+        common = {g: per_game[g] for g in games if g in per_game and metrics.has_reference(g)}
+        if not common:
+            continue
+        agg = metrics.aggregate({"m": common}, "human", reps=reps, seed=seed)["m"]
+        aggregates.append({"method": method, "split": split, "game": "aggregate", "metric": "iqm_human_normalized",
+                           "mean": agg["iqm"], "ci": agg["iqm_ci"], "num_games": agg["num_games"],
+                           "num_runs": agg["num_runs"]})
+    return {
+        "games": games, "random": bdoc["random"], "behaviour": bdoc["behaviour"], "results": results,
+        "aggregates": aggregates,
+        "sweeps": {s.name: {"file": str(s.file) if s.file else None, "points_done": counted[s.name],
+                            "points": len(s.points)} for s in sweeps},
+        "notes": ("raw returns of episodes capped at the data's episode_cap agent steps; 'random' is the uniform "
+                  "random policy under the same evaluation protocol and cap; 'behaviour' is the behaviour policy's "
+                  "mean return in the split's checkpoints (data protocol: sticky actions); CIs: 95% percentile "
+                  "bootstrap over runs (seeds); aggregates: human-normalized IQM (stratified bootstrap) of capped "
+                  "returns, so not comparable with the papers' numbers"),
+        "bootstrap": {"reps": reps, "seed": seed},
+    }
+
+
+def _minus(a: float, b: float | None) -> float | None:
+    return None if b is None else a - b
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from workbench.settings import field_docs
+
+    parser = argparse.ArgumentParser(prog="python -m workbench.study", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    data = sub.add_parser("data", help="record the scripted learning histories and behaviour.json")
+    docs = field_docs(HistorySpec)
+    for name, f in HistorySpec.__dataclass_fields__.items():
+        data.add_argument(f"--{name.replace('_', '-')}", type=type(f.default), default=f.default, help=docs.get(name))
+    summary = sub.add_parser("summary", help="the results summary JSON from the study's sweeps")
+    summary.add_argument("sweeps", nargs="+", metavar="SWEEP.yaml")
+    summary.add_argument("--out", default="figures/small_scale_study.json")
+    summary.add_argument("--behaviour", default=None, help="behaviour.json (default: next to the sweep's dataset)")
+    summary.add_argument("--reps", type=int, default=2000)
+    summary.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "data":
+            spec = HistorySpec(**{n: getattr(args, n) for n in HistorySpec.__dataclass_fields__})
+            doc = record_history(spec)
+            print(json.dumps({"behaviour": doc["behaviour"], "random": doc["random"]}, indent=1))
+        else:
+            from workbench.paths import resolve_path
+
+            out = build_summary(args.sweeps, behaviour=args.behaviour, reps=args.reps, seed=args.seed)
+            path = resolve_path(args.out)
+            atomic_write_json(path, out)
+            print(f"{path}: {len(out['results'])} rows, {len(out['aggregates'])} aggregate rows")
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
