@@ -456,8 +456,11 @@ def fixes(sz: dict, device: torch.device) -> dict:
         steps[name](batch)  # warm-up
     assert batch is not None
     times: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(reps):
-        for name, step in steps.items():  # alternating: load drifts hit every variant alike
+    for rep in range(reps):
+        # alternating, and reversed every other repetition (ABC CBA ...): neither load drifts
+        # nor a variant's position in the round favour one variant
+        for name in (list(steps) if rep % 2 == 0 else list(reversed(steps))):
+            step = steps[name]
             sync(device)
             t0 = time.perf_counter()
             for _ in range(n):
@@ -471,6 +474,7 @@ def fixes(sz: dict, device: torch.device) -> dict:
                 step(batch)
             sync(device)
         out[name] = {"step_ms": 1e3 * statistics.median(times[name]), "host_reads_per_step": reads.count / n,
+                     "step_ms_per_rep": [1e3 * t for t in times[name]],
                      "host_reads": dict(reads.by_call)}
         if device.type == "cuda":
             out[name]["cuda_syncs_per_step"] = syncs[0] / n
@@ -673,7 +677,8 @@ def sampler_wait(sz: dict, device: torch.device) -> dict:
             t_fed = (time.perf_counter() - t0) / n
             sampler.close()
             out["workers"][str(w)] = {
-                "pinned": sampler.pin_memory, "batch_pinned": all(v.is_pinned() for v in host_batch.values()), "sampler_alone_batches_per_s": 1 / alone, "fed_step_s": t_fed,
+                "pinned": sampler.pin_memory, "batch_pinned": all(v.is_pinned() for v in host_batch.values()),
+                "sampler_alone_batches_per_s": 1 / alone, "fed_step_s": t_fed,
                 "wait_fraction": max(0.0, (t_fed - t_resident) / t_fed),
                 "host_blocked_in_next_fraction": waited / (t_fed * n),
             }
