@@ -498,3 +498,18 @@ def test_figure_8_bars_are_mean_with_min_max_over_finished_runs(tmp_path):
     assert list(scratch.error_y.array) == [2.0] and list(scratch.error_y.arrayminus) == [2.0]
     report = build_figures(dirs, tmp_path / "figs", png=False, reps=10)
     assert {"online_curves", "online_finetune"} <= set(report.figures)
+
+
+def test_a_finished_run_reopens_without_new_dumps_and_refuses_an_inexact_extension(tmp_path):
+    kw = dict(capacity=40, log_replay=True, agent_args={"min_replay_history": 10**6})
+    first = run_online(_config(tmp_path, frames=4 * 60, **kw), progress=False, env_factory=WalkEnv,
+                       evaluate_fn=_tiny_eval(WalkEnv))
+    assert first.replay_logs is not None
+    files = {p.name: p.read_bytes() for p in first.replay_logs.iterdir()}
+    again = run_online(_config(tmp_path, frames=4 * 60, **kw), progress=False, env_factory=WalkEnv,
+                       evaluate_fn=_tiny_eval(WalkEnv))
+    assert again.curve == first.curve
+    assert {p.name: p.read_bytes() for p in first.replay_logs.iterdir()} == files  # no second final dump
+    with pytest.raises(OnlineError, match="cannot be extended"):
+        run_online(_config(tmp_path, frames=4 * 120, **kw), progress=False, env_factory=WalkEnv,
+                   evaluate_fn=_tiny_eval(WalkEnv))

@@ -654,7 +654,7 @@ def run_online(
         step = episode = 0
         curve: list[dict[str, Any]] = []
         next_ckpt = checkpoint_every = config.checkpoint_every_steps
-        finished_mid_episode = False
+        finished_mid_episode = finished = False
         last = ckpt_io.latest_checkpoint(run_dir)
         if last is not None:
             state = ckpt_io.load_checkpoint(last, algo.model, target=algo.target_model, optimizer=optimizer,
@@ -665,11 +665,14 @@ def run_online(
             step, episode, curve = int(extra["step"]), int(extra["episode"]), list(extra["curve"])
             next_ckpt = int(extra["next_checkpoint"])
             finished_mid_episode = bool(extra["mid_episode"])
-            if finished_mid_episode and step < config.agent_steps:
+            finished = bool(extra.get("finished", False))
+            if finished and step < config.agent_steps and (finished_mid_episode or config.log_replay):
+                why = ("its last checkpoint lies inside an episode" if finished_mid_episode else
+                       "its logged replay already ends with the final partial dump")
                 raise OnlineError(
-                    f"{last} ended inside an episode at agent step {step}: the run cannot be extended to "
-                    f"{config.agent_steps} steps bit-identically. Start another run (another output_dir, or "
-                    "resume=False)")
+                    f"{run_dir} finished at agent step {step} and cannot be extended to {config.agent_steps} steps: "
+                    f"{why}. Start another run (another output_dir, or resume=False)")
+            finished = finished and step >= config.agent_steps  # extended at an episode end: train on
         _truncate_metrics(run_dir / "metrics.jsonl", step)
         _truncate_metrics(run_dir / "episodes.jsonl", step)
         curve = [c for c in curve if c["step"] <= step]
@@ -688,10 +691,10 @@ def run_online(
             if step >= total:  # the final evaluation is the run's scores (what the analysis compares)
                 atomic_write_json(run_dir / "eval" / "scores.json", {**res, "frames": step * 4})
 
-        def save(mid_episode: bool) -> Path:
+        def save(mid_episode: bool, final: bool = False) -> Path:
             meta = save_replay(run_dir, step, replay)
             extra = {"step": step, "episode": episode, "curve": curve, "rng": rng.bit_generator.state,
-                     "next_checkpoint": next_ckpt, "mid_episode": mid_episode, "replay": meta,
+                     "next_checkpoint": next_ckpt, "mid_episode": mid_episode, "finished": final, "replay": meta,
                      "settings": dataclasses.asdict(settings), "transferred": transferred}
             path = ckpt_io.save_checkpoint(run_dir, step, algo.model, target=algo.target_model, optimizer=optimizer,
                                            extra=json.loads(json.dumps(extra)))
@@ -706,7 +709,7 @@ def run_online(
         ep_return, ep_start, done, trunc = 0.0, step, True, False
         (run_dir / "eval").mkdir(exist_ok=True)
         try:
-            while step < total and not finished_mid_episode:
+            while step < total:
                 if env is None or done:
                     if env is None:
                         env = env_factory(_episode_seed(config.seed, episode))
@@ -762,11 +765,11 @@ def run_online(
                     while next_ckpt <= step:
                         next_ckpt += checkpoint_every
                     save(mid_episode=False)
-            if step >= total and not finished_mid_episode:
+            if not finished:  # (a finished run re-opened: nothing to train, log or save again)
                 if not curve or curve[-1]["step"] != step:
                     evaluate_now()
                 replay.log_final()
-                save(mid_episode=not done)
+                save(mid_episode=not done, final=True)
         finally:
             bar.close()
             if env is not None and hasattr(env, "close"):
