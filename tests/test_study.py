@@ -1,0 +1,199 @@
+"""The small-scale study (workbench.study): scripted behaviour, the recorded learning history and
+its behaviour line, and the results summary against direct computations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from workbench import metrics
+from workbench import study as S
+from workbench.data import dqn_replay as dr
+
+
+def _play(game: str, scripted: bool, steps: int, seed: int) -> float:
+    """Total raw reward of ``steps`` agent steps (episodes capped at 300 steps) of the heuristic or
+    of uniform random actions, in the data protocol's environment."""
+    from workbench import games as G
+
+    env, ram = S._env_with_ram(game, seed, cap=300)
+    policy = S.ScriptedPolicy(game, ram)
+    rng = np.random.default_rng(seed)
+    env.reset(seed=seed)
+    stack = np.zeros((1, 4, 84, 84), np.uint8)
+    total = 0.0
+    for _ in range(steps):
+        a = int(policy.act(stack, np.zeros(1, np.int64))[0]) if scripted else int(rng.integers(G.num_actions(game)))
+        _, r, term, trunc, _ = env.step(a)
+        total += float(r)
+        if term or trunc:
+            env.reset()
+    env.close()
+    return total
+
+
+@pytest.mark.parametrize("game, margin", [("Breakout", 5.0), ("Freeway", 3.0), ("Pong", 2.0)])
+def test_scripted_policy_beats_random(game: str, margin: float) -> None:
+    # Two fixed seeds, 600 agent steps each: the heuristic's return is clearly above random play's.
+    for seed in (0, 1):
+        scripted, random = _play(game, True, 600, seed), _play(game, False, 600, seed)
+        assert scripted >= random + margin, (game, seed, scripted, random)
+
+
+def test_scripted_policy_refuses_unknown_game_and_batches() -> None:
+    with pytest.raises(ValueError, match="scripted games: Breakout, Freeway, Pong"):
+        S.ScriptedPolicy("Seaquest", lambda: np.zeros(128, np.uint8))
+    with pytest.raises(ValueError, match="one environment"):
+        S.ScriptedPolicy("Pong", lambda: np.zeros(128, np.uint8)).act(np.zeros((2, 4, 84, 84), np.uint8),
+                                                                     np.zeros(2, np.int64))
+
+
+def test_epsilon_schedule_and_spec_validation() -> None:
+    assert S.epsilon_schedule(5, 1.0, 0.0) == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert S.epsilon_schedule(1, 1.0, 0.1) == [0.1]
+    with pytest.raises(ValueError, match="scripted games"):
+        S.HistorySpec(games="Breakout,Seaquest")
+    with pytest.raises(ValueError, match="eps_end must be in"):
+        S.HistorySpec(eps_end=1.5)
+
+
+def _episodes_from_files(replay_logs: Path, n: int) -> list[tuple[int, float]]:
+    """(checkpoint of the terminal row, clipped return) of every episode, from the files alone."""
+    out, total = [], 0.0
+    for k in range(n):
+        ck = dr.load_checkpoint(replay_logs, k)
+        for r, t in zip(ck["reward"], ck["terminal"]):
+            total += float(r)
+            if t:
+                out.append((k, total))
+                total = 0.0
+    return out
+
+
+def test_record_history_behaviour_line_matches_the_recorded_data(tmp_path: Path) -> None:
+    spec = S.HistorySpec(output_dir=str(tmp_path / "data"), games="Freeway,Breakout", checkpoints=5, rows=300,
+                         eps_start=1.0, eps_end=0.0, episode_cap=120, random_episodes=2, seed=3)
+    doc = S.record_history(spec, progress=False)
+    saved = json.loads((tmp_path / "data" / S.BEHAVIOUR_FILE).read_text())
+    assert saved == json.loads(json.dumps(doc))
+    for game in ("Freeway", "Breakout"):
+        logs = tmp_path / "data" / game / "1" / "replay_logs"
+        assert dr.list_checkpoints(logs) == [0, 1, 2, 3, 4]  # the short tail was trimmed
+        entry = doc["per_game"][game]
+        files = _episodes_from_files(logs, 5)
+        for k, ck in enumerate(entry["checkpoints"]):
+            assert ck["epsilon"] == pytest.approx(1.0 - k / 4)
+            assert ck["clipped_returns"] == pytest.approx([ret for c, ret in files if c == k])
+            assert len(ck["returns"]) == ck["episodes"]
+            if ck["episodes"]:
+                assert ck["mean_return"] == pytest.approx(np.mean(ck["returns"]))
+        # The raw returns are the recorder's own episode returns, in order.
+        info = json.loads((logs / "record_info.json").read_text())
+        raw = [r for ck in entry["checkpoints"] for r in ck["returns"]]
+        assert raw == pytest.approx(info["episode_returns"][: len(raw)])
+        # Splits: the first 20% of 5 checkpoints is checkpoint 0; near-optimal is all of them.
+        sub = entry["checkpoints"][0]["returns"]
+        assert doc["behaviour"]["sub_optimal"][game] == (pytest.approx(np.mean(sub)) if sub else None)
+        assert doc["behaviour"]["near_optimal"][game] == pytest.approx(np.mean(raw))
+    # Epsilon really changes the behaviour: uniform actions in checkpoint 0 (epsilon 1), only the
+    # heuristic's UP in the last one (epsilon 0), on Freeway; padding rows excluded.
+    logs = tmp_path / "data" / "Freeway" / "1" / "replay_logs"
+    first, last = dr.load_checkpoint(logs, 0), dr.load_checkpoint(logs, 4)
+    played0 = first["action"][first["observation"].reshape(300, -1).any(axis=1)]
+    played4 = last["action"][last["observation"].reshape(300, -1).any(axis=1)]
+    assert set(played4.tolist()) == {1}
+    assert 0.2 < float(np.mean(played0 == 1)) < 0.5
+    assert set(doc["random"]) == {"Freeway", "Breakout"}
+
+
+# ---------------------------------------------------------------------------------------------- summary
+
+
+def _fake_sweep(tmp_path: Path) -> tuple[dict, dict]:
+    data = tmp_path / "data"
+    data.mkdir()
+    behaviour = {"games": ["Breakout", "Pong"], "random": {"Breakout": 1.0, "Pong": -5.0},
+                 "behaviour": {"sub_optimal": {"Breakout": 2.0, "Pong": -4.0},
+                               "near_optimal": {"Breakout": 8.0, "Pong": -1.0}}}
+    (data / S.BEHAVIOUR_FILE).write_text(json.dumps(behaviour))
+    sweep = {
+        "name": "fake_study", "output_dir": str(tmp_path / "sweep"),
+        "base": {"games": "Breakout,Pong", "dataset": str(data), "split": "sub_optimal", "device": "cpu"},
+        "factors": {"algo": ["scaled_ql", "bc", "scaled_ql", "scaled_ql"],
+                    "model": ["resnet-tiny", "resnet-tiny", "resnet-tiny", "resnet18"],
+                    "algo_args": [{}, {}, {"feature_norm": False}, {}]},
+        "seeds": [0, 1, 2], "combine": "zip",
+    }
+    return sweep, behaviour
+
+
+def test_summary_matches_a_direct_computation(tmp_path: Path) -> None:
+    from workbench.fileio import atomic_write_json
+    from workbench.sweep import load_sweep
+
+    sweep_doc, behaviour = _fake_sweep(tmp_path)
+    sweep_file = tmp_path / "fake_study.json"
+    sweep_file.write_text(json.dumps(sweep_doc))
+    sweep = load_sweep(sweep_file)
+    rng = np.random.default_rng(7)
+    expected: dict[tuple[str, str], list[float]] = {}
+    labels = {0: "Scaled QL", 1: "MTBC", 2: "Scaled QL (no feature norm)", 3: "Scaled QL [resnet18]"}
+    for i, point in enumerate(sweep.points):
+        combo = i // 3
+        if point.id.endswith("seed-2") and combo == 1:
+            continue  # a point that did not finish is left out
+        scores = {"Breakout": float(rng.integers(0, 20)), "Pong": float(rng.integers(-10, 0))}
+        run = point.run_dir
+        atomic_write_json(run / "eval" / "scores.json", {"per_game": {g: {"mean": v} for g, v in scores.items()}})
+        atomic_write_json(run / "summary.json", {})
+        atomic_write_json(sweep.status_path(point), {"state": "done", "params": point.params})
+        for g, v in scores.items():
+            expected.setdefault((labels[combo], g), []).append(v)
+
+    out = S.build_summary([sweep_file], reps=500, seed=3)
+    assert out["games"] == ["Breakout", "Pong"]
+    assert out["random"] == behaviour["random"] and out["behaviour"] == behaviour["behaviour"]
+    rows = {(r["method"], r["game"]): r for r in out["results"]}
+    assert set(rows) == set(expected)
+    for (method, game), runs in expected.items():
+        row = rows[(method, game)]
+        assert row["split"] == "sub_optimal"
+        assert row["runs"] == runs
+        assert row["mean"] == pytest.approx(np.mean(runs))
+        # Percentile bootstrap of the mean over runs, recomputed here with the same generator and seed.
+        idx = np.random.default_rng(3).integers(0, len(runs), size=(500, len(runs)))
+        means = np.asarray(runs)[idx].mean(axis=1)
+        assert row["ci"] == pytest.approx([np.percentile(means, 2.5), np.percentile(means, 97.5)])
+        assert min(runs) <= row["ci"][0] <= row["ci"][1] <= max(runs)
+        assert row["above_random"] == (row["ci"][0] > behaviour["random"][game])
+        assert row["vs_behaviour"] == pytest.approx(np.mean(runs) - behaviour["behaviour"]["sub_optimal"][game])
+    assert len(rows[("MTBC", "Pong")]["runs"]) == 2
+    assert out["sweeps"]["fake_study"] == {"file": str(sweep_file), "points_done": 11, "points": 12}
+    # Aggregate rows: workbench.metrics' human-normalized IQM with its stratified bootstrap.
+    agg = {r["method"]: r for r in out["aggregates"]}
+    for method in labels.values():
+        ref = metrics.aggregate({"m": {g: expected[(method, g)] for g in ("Breakout", "Pong")}}, "human",
+                                reps=500, seed=3)["m"]
+        assert agg[method]["mean"] == pytest.approx(ref["iqm"])
+        assert agg[method]["ci"] == pytest.approx(ref["iqm_ci"])
+
+
+def test_bootstrap_ci_of_constant_runs_is_the_value_and_empty_is_refused() -> None:
+    assert S.bootstrap_ci([4.0, 4.0, 4.0]) == (4.0, 4.0)
+    with pytest.raises(ValueError, match="at least one"):
+        S.bootstrap_ci([])
+
+
+def test_summary_needs_the_behaviour_file(tmp_path: Path) -> None:
+    sweep_doc, _ = _fake_sweep(tmp_path)
+    (tmp_path / "data" / S.BEHAVIOUR_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="python -m workbench.study data"):
+        S.build_summary([_write(tmp_path / "s.json", sweep_doc)])
+
+
+def _write(path: Path, doc: dict) -> Path:
+    path.write_text(json.dumps(doc))
+    return path
