@@ -530,8 +530,10 @@ def trainer_loop_reads(sz: dict, device: torch.device) -> dict:
                               device=str(device))
     with tempfile.TemporaryDirectory() as tmp, counting_syncs(device) as (reads, syncs):
         trainer.train(algo, batches, cfg, tmp, progress=False)
-    # the run ends with a checkpoint, whose device-to-host copies are not per step
-    out = {"steps": n, "host_reads": dict(reads.by_call), "host_reads_per_step": reads.count / n}
+    # the run ends with a checkpoint, whose device-to-host copies ('to', 'cpu') are not per step
+    per_step = sum(v for k, v in reads.by_call.items() if k not in ("to", "cpu"))
+    out = {"steps": n, "host_reads": dict(reads.by_call), "host_reads_per_step": per_step / n,
+           "host_reads_per_step_excludes": "the final checkpoint's copies to the CPU ('to', 'cpu')"}
     if device.type == "cuda":
         out["cuda_syncs_per_step_incl_final_checkpoint"] = syncs[0] / n
     return out
@@ -921,6 +923,11 @@ def main() -> None:
     result = _clean(run_check(sz, device, tuple(args.sections), budget))
     result["smoke"] = args.smoke
     atomic_write_json(out, result)
+    for model, row in (result.get("train_speed") or {}).get("models", {}).items():
+        prof = row.get("profile_eager") if isinstance(row, dict) else None
+        if prof:  # where a target is missed, these are the costs to attack first
+            tops = ", ".join(f"{name} {100 * share:.0f}%" for name, share in prof["top_shares"])
+            print(f"[gpu_check] {model} one eager step, top ops by {prof['time']}: {tops}")
     print(f"[gpu_check] {result['elapsed_s']:.0f} s; JSON: {out}")
     print_table(result["verdicts"])
 
