@@ -215,3 +215,32 @@ def test_one_ranks_nan_stops_every_rank_at_that_step_with_the_weights_before_it(
     # two DDP steps of the same batches on both ranks are two single-process steps
     for k, v in reference_weights(tmp_path, 2).items():
         torch.testing.assert_close(r0[k], v, rtol=1e-6, atol=1e-7)
+
+
+def test_a_checkpoint_of_an_unfused_optimizer_resumes_fused_and_gated(tmp_path):
+    from dataclasses import asdict
+
+    # a checkpoint as the trainer wrote it before CPU training was fused: per-tensor AdamW state
+    algo = Regression()
+    cfg = config(10, log_every=10, checkpoint_every=100)
+    opt = torch.optim.AdamW(algo.param_groups(), lr=cfg.lr, foreach=False)
+    for b in batches()(0):
+        if int(b["step"][0]) > 5:
+            break
+        loss, _ = algo.loss(b)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(algo.model.parameters(), cfg.grad_clip)
+        opt.step()
+    ckpt_io.save_checkpoint(tmp_path, 5, algo.model, target=algo.target_model, optimizer=opt,
+                            extra={"train": asdict(cfg)})
+    assert opt.param_groups[0]["fused"] is None
+    resumed = Regression()
+    with HostReads() as reads:
+        summary = train(resumed, batches(), cfg, tmp_path, progress=False)
+    assert summary["resumed_from"] == 5
+    # steps 6-10 read the device once for the guard and once for the log line; unfused, the guard
+    # would read every step and the per-tensor AdamW each parameter's step count ('item')
+    assert reads.by_call["tolist"] == 2 and "item" not in reads.by_call
+    state = ckpt_io.read_state(ckpt_io.resolve_checkpoint(tmp_path))
+    assert all(g["fused"] for g in state["optimizer"]["param_groups"])
