@@ -53,7 +53,7 @@ class NonFiniteLossError(RuntimeError):
     """Raised when a loss or gradient becomes NaN/Inf; the last good checkpoint is kept.
     ``step`` is the first non-finite step (its update, and every later one, never ran)."""
 
-    def __init__(self, message: str, step: int) -> None:
+    def __init__(self, message: str, step: int | None = None) -> None:
         super().__init__(message)
         self.step = step
 
