@@ -73,3 +73,28 @@ def test_smoke_run_answers_every_section_and_its_checks_hold(tmp_path):
     table = proc.stdout.strip().splitlines()
     assert table[-len(r["verdicts"]) - 1].split()[:2] == ["section", "what"]
     assert [v for v in r["verdicts"] if v["section"] == "correctness" and v["verdict"] != "ok"] == []
+
+
+def test_a_wheel_rebuilt_from_the_installed_copy_installs_offline_and_imports(tmp_path):
+    """rliable 1.2.0 has no wheel in the registry: prepare_device_wheels rebuilds one from the
+    copy installed here; it must install with pip --no-index and import from there."""
+    import importlib.metadata as md
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import prepare_device_wheels as pdw
+    finally:
+        sys.path.pop(0)
+    version = md.version("rliable")
+    wheel = pdw.wheel_from_installed("rliable", version, tmp_path)
+    assert wheel.name == f"rliable-{version}-py3-none-any.whl"
+    installed_reqs = {pdw.normalize(r.split()[0].split(";")[0].split("=")[0].split(">")[0].split("<")[0])
+                      for r in md.requires("rliable") or [] if "extra ==" not in r}
+    assert set(pdw.requirements(wheel)) == installed_reqs
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                    "--target", str(site), str(wheel)], check=True, capture_output=True, timeout=120)
+    probe = subprocess.run([sys.executable, "-S", "-c", f"import sys; sys.path.insert(0, {str(site)!r}); "
+                            "import importlib.util as u; print(u.find_spec('rliable').origin)"],
+                           capture_output=True, text=True, timeout=60, check=True)
+    assert probe.stdout.strip().startswith(str(site))
