@@ -53,6 +53,11 @@ def test_scripted_policy_refuses_unknown_game_and_batches() -> None:
 
 def test_epsilon_schedule_and_spec_validation() -> None:
     assert S.epsilon_schedule(5, 1.0, 0.0) == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert S.epsilon_schedule(3, 1.0, 0.04, "geometric") == pytest.approx([1.0, 0.2, 0.04])
+    with pytest.raises(ValueError, match="use decay='linear'"):
+        S.HistorySpec(eps_end=0.0)
+    with pytest.raises(ValueError, match="valid: geometric, linear"):
+        S.HistorySpec(decay="cosine")
     assert S.epsilon_schedule(1, 1.0, 0.1) == [0.1]
     with pytest.raises(ValueError, match="scripted games"):
         S.HistorySpec(games="Breakout,Seaquest")
@@ -75,7 +80,7 @@ def _episodes_from_files(replay_logs: Path, n: int) -> list[tuple[int, float]]:
 
 def test_record_history_behaviour_line_matches_the_recorded_data(tmp_path: Path) -> None:
     spec = S.HistorySpec(output_dir=str(tmp_path / "data"), games="Freeway,Breakout", checkpoints=5, rows=300,
-                         eps_start=1.0, eps_end=0.0, episode_cap=120, random_episodes=2, seed=3)
+                         eps_start=1.0, eps_end=0.0, decay="linear", episode_cap=120, random_episodes=2, seed=3)
     doc = S.record_history(spec, progress=False)
     saved = json.loads((tmp_path / "data" / S.BEHAVIOUR_FILE).read_text())
     assert saved == json.loads(json.dumps(doc))

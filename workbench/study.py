@@ -5,7 +5,7 @@ on this shared 2-core CPU while it trains (measured: 2,000 agent steps in 111 s 
 hour is then about 60k agent steps for all games together, 20k (80k frames) per game, where
 Dopamine's C51 curves on Breakout and Pong are still flat. So the data here is the issue's
 fallback, stated as such: **scripted RAM heuristics played epsilon-greedily with an epsilon that
-decays across checkpoints** (1.0 -> ``eps_end``), a quality-improving "learning history" in the
+decays across checkpoints** (geometrically, 1.0 -> ``eps_end``), a quality-improving "learning history" in the
 DQN-Replay layout. Its first 20% of checkpoints is the "sub-optimal" split, all of it the
 "near-optimal" one, as in the papers (``workbench.data.splits.PRESETS``).
 
@@ -125,13 +125,26 @@ class ScriptedPolicy:
         pass
 
 
-def epsilon_schedule(checkpoints: int, eps_start: float, eps_end: float) -> list[float]:
-    """Epsilon of each checkpoint: linear from ``eps_start`` (checkpoint 0) to ``eps_end`` (the last)."""
+DECAYS = ("geometric", "linear")
+
+
+def epsilon_schedule(checkpoints: int, eps_start: float, eps_end: float, decay: str = "linear") -> list[float]:
+    """Epsilon of each checkpoint, from ``eps_start`` (checkpoint 0) to ``eps_end`` (the last):
+    ``linear``, or ``geometric`` (a constant ratio: the early checkpoints improve fastest, as a
+    DQN agent's do, so the first 20% is already above random but far from the end)."""
     if checkpoints < 1:
         raise ValueError(f"checkpoints must be >= 1, got {checkpoints}")
+    if decay not in DECAYS:
+        raise ValueError(f"unknown decay {decay!r}; valid: {', '.join(DECAYS)}")
+    if decay == "geometric" and not (eps_start > 0 and eps_end > 0):
+        raise ValueError(f"geometric decay needs eps_start and eps_end > 0, got {eps_start}, {eps_end}; "
+                         "use decay='linear' to reach 0")
     if checkpoints == 1:
         return [float(eps_end)]
-    return [float(eps_start + (eps_end - eps_start) * k / (checkpoints - 1)) for k in range(checkpoints)]
+    t = [k / (checkpoints - 1) for k in range(checkpoints)]
+    if decay == "geometric":
+        return [float(eps_start * (eps_end / eps_start) ** x) for x in t]
+    return [float(eps_start + (eps_end - eps_start) * x) for x in t]
 
 
 class EpsilonSchedulePolicy:
@@ -216,6 +229,8 @@ class HistorySpec:
     """Epsilon of the first checkpoint (1.0: uniform random, as a fresh DQN agent)."""
     eps_end: float = 0.05
     """Epsilon of the last checkpoint."""
+    decay: str = "geometric"
+    """How epsilon falls across checkpoints: 'geometric' (1.0, 0.72, 0.51, ... for 10 to 0.05) or 'linear'."""
     episode_cap: int = 1000
     """Agent steps per episode before it ends (data, random reference and the sweeps' eval_max_steps)."""
     random_episodes: int = 8
@@ -237,6 +252,7 @@ class HistorySpec:
             raise ValueError(f"no scripted policy for {unknown}; scripted games: {', '.join(SCRIPTED_GAMES)}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
+        epsilon_schedule(self.checkpoints, self.eps_start, self.eps_end, self.decay)  # bad decay: an error
 
     @property
     def game_list(self) -> tuple[str, ...]:
@@ -287,7 +303,7 @@ def record_history(spec: HistorySpec, *, progress: bool = True) -> dict[str, Any
     from workbench.paths import resolve_path
 
     root = resolve_path(spec.output_dir)
-    epsilons = epsilon_schedule(spec.checkpoints, spec.eps_start, spec.eps_end)
+    epsilons = epsilon_schedule(spec.checkpoints, spec.eps_start, spec.eps_end, spec.decay)
     # Agent steps that fill the checkpoints (padding rows take the rest; a short last checkpoint may follow).
     steps = spec.checkpoints * spec.rows
     per_game: dict[str, Any] = {}
