@@ -132,8 +132,9 @@ class OnlineSettings:
                 raise OnlineError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_atoms < 2:
             raise OnlineError(f"num_atoms must be >= 2, got {self.num_atoms}")
-        if self.min_replay_history < 0:
-            raise OnlineError(f"min_replay_history must be >= 0, got {self.min_replay_history}")
+        if self.min_replay_history < STACK + self.n_step:  # fewer rows hold no valid n-step transition
+            raise OnlineError(f"min_replay_history must be >= {STACK + self.n_step} (stack {STACK} + n_step "
+                              f"{self.n_step}), got {self.min_replay_history}")
         if self.capacity < STACK + self.n_step + 4:
             raise OnlineError(f"capacity must be >= {STACK + self.n_step + 4} rows, got {self.capacity}")
         if not 0.0 <= self.gamma <= 1.0:
@@ -682,8 +683,12 @@ def run_online(
         total = config.agent_steps
         eval_every_steps = max(1, config.eval_every_frames // 4)
 
+        eval_seconds = [0.0]
+
         def evaluate_now() -> None:
+            t_eval = time.perf_counter()
             res = evaluate_fn(policy, config.seed)
+            eval_seconds[0] += time.perf_counter() - t_eval
             scores = res["per_game"][game]["scores"]
             curve.append({"step": step, "frames": step * 4, "score": float(np.mean(scores)), "scores": scores,
                           "truncated": res["per_game"][game]["truncated"]})
@@ -709,6 +714,8 @@ def run_online(
         ep_return, ep_start, done, trunc = 0.0, step, True, False
         (run_dir / "eval").mkdir(exist_ok=True)
         try:
+            eval_seconds[0] = 0.0
+            t_loop = time.perf_counter()
             while step < total:
                 if env is None or done:
                     if env is None:
@@ -765,6 +772,7 @@ def run_online(
                     while next_ckpt <= step:
                         next_ckpt += checkpoint_every
                     save(mid_episode=False)
+            loop_seconds = time.perf_counter() - t_loop - eval_seconds[0]
             if not finished:  # (a finished run re-opened: nothing to train, log or save again)
                 if not curve or curve[-1]["step"] != step:
                     evaluate_now()
@@ -775,6 +783,9 @@ def run_online(
             if env is not None and hasattr(env, "close"):
                 env.close()
         summary = _summary(config, curve, replay, transferred)
+        # this session's agent loop, evaluations left out (checkpoints and seeded resets stay in)
+        summary["session"] = {"agent_steps": step - n0, "loop_seconds": round(loop_seconds, 3),
+                              "steps_per_s": (step - n0) / loop_seconds if loop_seconds > 0 else None}
         atomic_write_json(run_dir / "summary.json", summary)
         final = ckpt_io.latest_checkpoint(run_dir) or run_dir
         result = OnlineResult(run_dir, final, curve, summary, log_dir if config.log_replay else None)
