@@ -308,6 +308,11 @@ def test_jowa_protocol_end_to_end_new_task_embedding(tmp_path, pong_store):
     assert "loss/combo" in records[-1] and "loss/td_synthetic" in records[-1]
     report = json.loads((result.run_dir / "config.json").read_text())["resolved"]["transfer"]
     assert set(report["new"]) == {"world.task_obs_emb.weight[Pong]", "world.task_act_emb.weight[Pong]"}
+    # The fine-tuned JOWA checkpoint plans through notebook 05's evaluator on its new game.
+    out = evaluate_run(EvaluateConfig(checkpoint=str(result.run_dir), episodes=1, num_envs=1, max_steps=3,
+                                      planning_horizon=1, output=str(tmp_path / "j.json"), device="cpu"),
+                       progress=False)
+    assert list(out["per_game"]) == ["Pong"]
     with pytest.raises(ValueError, match="JOWA's protocol trains every component"):
         FinetuneConfig.from_params(checkpoint=source, game="Pong", encoder="frozen")
 
