@@ -242,11 +242,13 @@ class ReplayBuffer:
     def sample_indices(self, rng: np.random.Generator, batch_size: int, n_step: int) -> np.ndarray:
         """Uniform over valid transition starts, by rejection (like Dopamine: draw, keep the valid)."""
         high = self.capacity if self.add_count >= self.capacity else self.cursor
-        if high <= STACK - 1 + n_step or self.num_valid(n_step) == 0:
-            raise OnlineError(f"the replay holds no valid {n_step}-step transition yet ({self.add_count} rows)")
         out: list[np.ndarray] = []
-        need = batch_size
+        need, rounds = batch_size, 0
         while need > 0:
+            # (a full scan is O(capacity): only when rejection keeps failing, to name the problem)
+            rounds += 1
+            if rounds == 64 and self.num_valid(n_step) == 0:
+                raise OnlineError(f"the replay holds no valid {n_step}-step transition ({self.add_count} rows added)")
             cand = rng.integers(0, high, size=2 * batch_size)
             good = cand[self.valid(cand, n_step)]
             out.append(good[:need])
@@ -341,6 +343,8 @@ def _prune_replays(run_dir: Path) -> None:
     for p in folder.glob("step_*.safetensors"):
         if p.name not in keep:
             p.unlink()
+    for p in folder.glob(".step_*.safetensors.tmp"):  # what a kill during a save left
+        p.unlink()
 
 
 # ----------------------------------------------------------------------------------------------
