@@ -202,3 +202,23 @@ def test_summary_needs_the_behaviour_file(tmp_path: Path) -> None:
 def _write(path: Path, doc: dict) -> Path:
     path.write_text(json.dumps(doc))
     return path
+
+
+def test_study_sweeps_validate_and_the_quick_one_is_the_same_study() -> None:
+    from workbench.sweep import load_sweep
+
+    full, quick = load_sweep("sweeps/small_scale_study.yaml"), load_sweep("sweeps/small_scale_study_quick.yaml")
+    assert full.factors == quick.factors and full.combine == quick.combine == "zip"
+    assert full.seeds == [0, 1, 2] and set(quick.seeds) <= set(full.seeds)
+    assert len(full.points) == 27
+    # Every comparison of the issue is there: methods x splits, MSE, feature norm off, a second size.
+    combos = {(p.params["algo"], p.params["model"], p.params["split"], p.params["algo_args"].get("feature_norm", True))
+              for p in full.points}
+    for algo, model in (("scaled_ql", "resnet-tiny"), ("bc", "resnet-tiny"), ("mgdt", "mgdt-tiny")):
+        for split in S.SPLITS:
+            assert (algo, model, split, True) in combos
+    assert {("cql_mse", "resnet-tiny", "sub_optimal", True), ("scaled_ql", "resnet-tiny", "sub_optimal", False),
+            ("scaled_ql", "resnet18", "sub_optimal", True)} <= combos
+    for sweep in (full, quick):
+        assert all(p.params["games"] == "Breakout,Freeway,Pong" for p in sweep.points)
+        assert sweep.base["dataset"].startswith("data/small_scale_study")
