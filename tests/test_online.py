@@ -513,3 +513,10 @@ def test_a_finished_run_reopens_without_new_dumps_and_refuses_an_inexact_extensi
     with pytest.raises(OnlineError, match="cannot be extended"):
         run_online(_config(tmp_path, frames=4 * 120, **kw), progress=False, env_factory=WalkEnv,
                    evaluate_fn=_tiny_eval(WalkEnv))
+
+
+def test_paper_preset_on_cpu_stops_before_work_with_an_estimate(tmp_path):
+    cfg = OnlineConfig(game="Breakout", mode=12, preset="paper", device="cpu", output_dir=str(tmp_path / "p"))
+    with pytest.raises(RuntimeError, match=r"182,500 updates of batch 32 with resnet101.*hours"):
+        run_online(cfg, progress=False)
+    assert not (tmp_path / "p").exists()

@@ -398,6 +398,8 @@ class OnlineConfig:
     """torch CPU threads (1 is fastest for batch-1 acting with small nets on a shared CPU; 0 = torch's)."""
     resume: bool = True
     """Continue the run in output_dir (same configuration); False starts it afresh."""
+    allow_slow_cpu: bool = False
+    """Let preset='paper' run without a GPU (it stops with the estimated time otherwise)."""
 
     def __post_init__(self) -> None:
         G.canonical_game(self.game)  # unknown game: raises with close matches
@@ -531,6 +533,22 @@ class OnlineConfig:
     def params(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def check_hardware(self, device_type: str) -> None:
+        """Stop a paper-scale run on a CPU before it starts, with the estimated time of its updates
+        (eager training throughput of the 2-core CPU machine, ``workbench.config.CPU_SAMPLES_PER_S``)."""
+        if self.preset != "paper" or device_type != "cpu" or self.allow_slow_cpu:
+            return
+        from workbench.config import CPU_SAMPLES_PER_S
+
+        s = self.settings
+        updates = max(0, self.agent_steps - s.min_replay_history) // s.update_period
+        rate = CPU_SAMPLES_PER_S.get(self.model_name, max(CPU_SAMPLES_PER_S.values()))
+        hours = updates * s.batch_size / rate / 3600
+        raise RuntimeError(
+            f"preset='paper' makes {updates:,} updates of batch {s.batch_size} with {self.model_name} over "
+            f"{self.agent_steps:,} agent steps; on this CPU that takes about {hours:,.0f} hours (updates alone). Use a "
+            "GPU (device='cuda'), the 'cpu' preset, or pass allow_slow_cpu=True to run it anyway.")
+
     def resolve(self) -> dict[str, Any]:
         """Everything the run uses, resolved (``config.json``'s ``resolved``)."""
         return {
@@ -547,7 +565,7 @@ class OnlineConfig:
 
 #: what a resumed run may change: a longer or shorter run, more evaluation, another device
 RESUMABLE_FIELDS = ("frames", "eval_episodes", "eval_every", "eval_max_steps", "checkpoint_every", "device",
-                    "cpu_threads", "resume", "output_dir")
+                    "cpu_threads", "resume", "output_dir", "allow_slow_cpu")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -629,6 +647,7 @@ def run_online(
     game = config.game_name
     n_actions = G.num_actions(game)
     device = resolve_device(config.device)
+    config.check_hardware(device.type)
     if config.cpu_threads:
         torch.set_num_threads(config.cpu_threads)
     run = open_online_run(config)
