@@ -36,6 +36,13 @@ CPU_SAMPLES_PER_S = {"resnet-tiny": 68.8, "resnet18": 30.7, "resnet50": 8.6, "re
 a paper-scale CPU run with. Other models are estimated from the fastest rate, as a lower bound."""
 
 
+def estimate_cpu_hours(samples: int, model: str) -> tuple[float, bool]:
+    """Hours the 2-core CPU machine needs to train on ``samples`` samples with ``model``, and
+    whether the estimate is measured for that model (False: a lower bound from the fastest rate)."""
+    rate = CPU_SAMPLES_PER_S.get(model)
+    return samples / (rate or max(CPU_SAMPLES_PER_S.values())) / 3600, rate is not None
+
+
 def _check_eval_cap(name: str, value: int) -> None:
     from workbench.envs import MAX_AGENT_STEPS
 
@@ -213,9 +220,8 @@ class PretrainConfig:
         if self.preset != "paper" or device_type != "cpu" or self.allow_slow_cpu:
             return
         total = sum(s.steps for s in self.stages()) * self.effective_batch_size
-        rate = CPU_SAMPLES_PER_S.get(self.model)
-        bound = "" if rate is not None else "at least "
-        hours = total / (rate or max(CPU_SAMPLES_PER_S.values())) / 3600
+        hours, measured = estimate_cpu_hours(total, self.model)
+        bound = "" if measured else "at least "
         raise RuntimeError(
             f"preset='paper' trains {total:,} samples ({' + '.join(f'{s.steps:,}' for s in self.stages())} steps at "
             f"batch {self.effective_batch_size}); on this CPU that takes {bound}about {hours:,.0f} hours. Use a GPU "

@@ -66,7 +66,7 @@ from workbench import checkpoint as ckpt_io
 from workbench import transfer as T
 from workbench.algos.base import PRESETS, AlgoSpec, EvalOptions, Stage, StageContext, get_algo
 from workbench.fileio import atomic_write_json, atomic_write_text, read_json
-from workbench.run import Run, RunLock, check_writable
+from workbench.run import Run, RunLock
 from workbench.settings import from_params, namespace_params
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "JOWAFinetune", "finetune", "main", "namespace_params",
@@ -409,14 +409,13 @@ class FinetuneConfig:
 
     def check_hardware(self, device_type: str) -> None:
         """Stop a paper-scale run on a CPU before it starts, with the estimated time."""
-        from workbench.config import CPU_SAMPLES_PER_S
+        from workbench.config import estimate_cpu_hours
 
         if self.preset != "paper" or device_type != "cpu" or self.allow_slow_cpu:
             return
         total = sum(s.steps for s in self.stages()) * self.effective_batch_size
-        rate = CPU_SAMPLES_PER_S.get(self.model)
-        bound = "" if rate is not None else "at least "
-        hours = total / (rate or max(CPU_SAMPLES_PER_S.values())) / 3600
+        hours, measured = estimate_cpu_hours(total, self.model)
+        bound = "" if measured else "at least "
         raise RuntimeError(
             f"preset='paper' fine-tunes on {total:,} samples; on this CPU that takes {bound}about {hours:,.1f} hours. "
             "Use a GPU (device='cuda'), the 'cpu' preset, or pass allow_slow_cpu=True to run it anyway."
@@ -507,17 +506,8 @@ _RUN_ENTRIES = ("checkpoints", "metrics.jsonl", "eval", "figures", "summary.json
 def open_run(config: FinetuneConfig) -> Run:
     """The run folder of ``config``: new, resumed after a configuration check, or reset."""
     run = Run(Path(config.run_dir))
-    params, resolved = config.params(), config.resolve()
-    check_writable(run.path)
-    if run.is_marked() and run.config_path.is_file():
-        if config.resume:
-            applied = run.check_resume("finetune", params, resolved, RESUMABLE_FIELDS)
-            if applied:
-                old = run.params
-                run.record_history({"event": "resume", "changed": {k: [old.get(k), params.get(k)] for k in applied}})
-        else:
-            run.clear(_RUN_ENTRIES)
-    run.create("finetune", params, resolved)
+    run.start("finetune", config.params(), config.resolve(), resume=config.resume, may_change=RESUMABLE_FIELDS,
+              entries=_RUN_ENTRIES)
     return run
 
 

@@ -63,7 +63,7 @@ from workbench.algos.scaled_ql import ScaledQL, ScaledQLConfig
 from workbench.data import dqn_replay as dr
 from workbench.data.record import dump_ring
 from workbench.fileio import atomic_write_json, sha256_file
-from workbench.run import Run, RunLock, check_writable
+from workbench.run import Run, RunLock
 
 __all__ = ["ENCODER_MODES", "OnlineConfig", "OnlineResult", "OnlineSettings", "ReplayBuffer", "epsilon_at",
            "linearly_decaying_epsilon", "run_online", "main"]
@@ -538,16 +538,16 @@ class OnlineConfig:
         (eager training throughput of the 2-core CPU machine, ``workbench.config.CPU_SAMPLES_PER_S``)."""
         if self.preset != "paper" or device_type != "cpu" or self.allow_slow_cpu:
             return
-        from workbench.config import CPU_SAMPLES_PER_S
+        from workbench.config import estimate_cpu_hours
 
         s = self.settings
         updates = max(0, self.agent_steps - s.min_replay_history) // s.update_period
-        rate = CPU_SAMPLES_PER_S.get(self.model_name, max(CPU_SAMPLES_PER_S.values()))
-        hours = updates * s.batch_size / rate / 3600
+        hours, measured = estimate_cpu_hours(updates * s.batch_size, self.model_name)
+        bound = "" if measured else "at least "
         raise RuntimeError(
             f"preset='paper' makes {updates:,} updates of batch {s.batch_size} with {self.model_name} over "
-            f"{self.agent_steps:,} agent steps; on this CPU that takes about {hours:,.0f} hours (updates alone). Use a "
-            "GPU (device='cuda'), the 'cpu' preset, or pass allow_slow_cpu=True to run it anyway.")
+            f"{self.agent_steps:,} agent steps; on this CPU that takes {bound}about {hours:,.0f} hours (updates "
+            "alone). Use a GPU (device='cuda'), the 'cpu' preset, or pass allow_slow_cpu=True to run it anyway.")
 
     def resolve(self) -> dict[str, Any]:
         """Everything the run uses, resolved (``config.json``'s ``resolved``)."""
@@ -594,17 +594,8 @@ def _episode_seed(seed: int, episode: int) -> int:
 def open_online_run(config: OnlineConfig) -> Run:
     """The run folder of ``config`` (kind ``online``): new, resumed after a config check, or reset."""
     run = Run(Path(config.run_dir))
-    params, resolved = config.params(), config.resolve()
-    check_writable(run.path)
-    if run.is_marked() and run.config_path.is_file():
-        if config.resume:
-            applied = run.check_resume("online", params, resolved, RESUMABLE_FIELDS)
-            if applied:
-                old = run.params
-                run.record_history({"event": "resume", "changed": {k: [old.get(k), params.get(k)] for k in applied}})
-        else:
-            run.clear(_RUN_ENTRIES)
-    run.create("online", params, resolved)
+    run.start("online", config.params(), config.resolve(), resume=config.resume, may_change=RESUMABLE_FIELDS,
+              entries=_RUN_ENTRIES)
     return run
 
 

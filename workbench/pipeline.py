@@ -30,7 +30,7 @@ from workbench import checkpoint as ckpt_io
 from workbench.algos.base import Algo, EvalOptions, StageContext
 from workbench.config import RESUMABLE_FIELDS, EvaluateConfig, PretrainConfig
 from workbench.paths import resolve_path
-from workbench.run import MARKER, Run, RunLock, check_writable
+from workbench.run import MARKER, Run, RunLock
 from workbench.train import TrainConfig, init_distributed, resolve_device, train
 
 
@@ -61,17 +61,8 @@ def open_run(config: PretrainConfig) -> Run:
     starts the run afresh. A non-empty folder that is not a workbench run is never touched.
     """
     run = Run(Path(config.run_dir))
-    params, resolved = config.params(), config.resolve()
-    check_writable(run.path)  # a file, or a non-empty folder without the marker: refused, listing it
-    if run.is_marked() and run.config_path.is_file():
-        if config.resume:
-            applied = run.check_resume("pretrain", params, resolved, RESUMABLE_FIELDS)
-            if applied:
-                old = run.params
-                run.record_history({"event": "resume", "changed": {k: [old.get(k), params.get(k)] for k in applied}})
-        else:
-            run.clear(_RUN_ENTRIES)
-    run.create("pretrain", params, resolved)
+    run.start("pretrain", config.params(), config.resolve(), resume=config.resume, may_change=RESUMABLE_FIELDS,
+              entries=_RUN_ENTRIES)
     return run
 
 

@@ -271,6 +271,28 @@ class Run:
         atomic_write_json(self.config_path, {"kind": kind, "format": CONFIG_FORMAT, "params": params,
                                              "resolved": resolved})
 
+    def start(self, kind: str, params: dict[str, Any], resolved: dict[str, Any], *, resume: bool,
+              may_change: Iterable[str], entries: Iterable[str]) -> None:
+        """Open this folder for a job of ``kind``: new, resumed, or reset.
+
+        A file, or a non-empty folder without the marker, is refused (listing what it holds).
+        With ``resume`` an existing run is compared with the new configuration first
+        (:meth:`check_resume`: fields in ``may_change`` are applied and recorded in
+        ``history.jsonl``; any other difference stops here, before a weight is loaded). Without
+        it, the job's own ``entries`` of the existing run are deleted. Then ``config.json`` is
+        (re)written."""
+        check_writable(self.path)
+        if self.is_marked() and self.config_path.is_file():
+            if resume:
+                applied = self.check_resume(kind, params, resolved, may_change)
+                if applied:
+                    old = self.params
+                    self.record_history({"event": "resume",
+                                         "changed": {k: [old.get(k), params.get(k)] for k in applied}})
+            else:
+                self.clear(entries)
+        self.create(kind, params, resolved)
+
     def update_resolved(self, values: dict[str, Any]) -> None:
         """Add values resolved during the job (e.g. ``data_settings`` computed from the built
         store) to ``config.json`` (atomically)."""
