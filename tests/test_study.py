@@ -177,11 +177,13 @@ def test_summary_matches_a_direct_computation(tmp_path: Path) -> None:
         assert row["vs_behaviour"] == pytest.approx(np.mean(runs) - behaviour["behaviour"]["sub_optimal"][game])
     assert len(rows[("MTBC", "Pong")]["runs"]) == 2
     assert out["sweeps"]["fake_study"] == {"file": str(sweep_file), "points_done": 11, "points": 12}
-    # Aggregate rows: workbench.metrics' human-normalized IQM with its stratified bootstrap.
+    # Aggregate rows: workbench.metrics' IQM with its stratified bootstrap, of scores normalized by
+    # hand to 0 = random, 1 = near-optimal behaviour (Breakout: random 1, behaviour 8; Pong: -5, -1).
     agg = {r["method"]: r for r in out["aggregates"]}
     for method in labels.values():
-        ref = metrics.aggregate({"m": {g: expected[(method, g)] for g in ("Breakout", "Pong")}}, "human",
-                                reps=500, seed=3)["m"]
+        normalized = {"Breakout": [(v - 1.0) / 7.0 for v in expected[(method, "Breakout")]],
+                      "Pong": [(v + 5.0) / 4.0 for v in expected[(method, "Pong")]]}
+        ref = metrics.aggregate({"m": normalized}, "none", reps=500, seed=3)["m"]
         assert agg[method]["mean"] == pytest.approx(ref["iqm"])
         assert agg[method]["ci"] == pytest.approx(ref["iqm_ci"])
 

@@ -408,9 +408,10 @@ def build_summary(sweep_files: Sequence[str | os.PathLike[str]], *, behaviour: s
 
     Per (method, split, game): ``runs`` = each seed's mean evaluation return, ``mean`` their mean,
     ``ci`` a 95% percentile bootstrap over runs (``bootstrap_ci`` with ``seed``). Aggregate rows
-    (``game: "aggregate"``) give human-normalized IQM with stratified-bootstrap CIs
-    (``workbench.metrics.aggregate``). ``behaviour`` and ``random`` come from the data's
-    ``behaviour.json`` (default: next to the first sweep's ``dataset``)."""
+    (``game: "aggregate"``) give the IQM of behaviour-normalized scores (0 = random, 1 = the
+    near-optimal behaviour) with stratified-bootstrap CIs (``workbench.metrics.aggregate``).
+    ``behaviour`` and ``random`` come from the data's ``behaviour.json`` (default: next to the
+    first sweep's ``dataset``)."""
     from workbench import metrics
     from workbench.paths import resolve_path
     from workbench.run import Run
@@ -458,15 +459,21 @@ def build_summary(sweep_files: Sequence[str | os.PathLike[str]], *, behaviour: s
                             "ci": [lo, hi], "runs": runs,
                             "above_random": bool(lo > bdoc["random"][game]),
                             "vs_behaviour": _minus(float(np.mean(runs)), bdoc["behaviour"].get(split, {}).get(game))})
+    # Aggregates over games on the study's own scale: 0 = the random policy, 1 = the behaviour of
+    # the whole history (near-optimal split), both measured with the same cap. (Human-normalized
+    # capped returns would mislead: a capped Pong episode cannot lose 21 points.)
+    scale = {g: (bdoc["random"][g], bdoc["behaviour"]["near_optimal"].get(g)) for g in games}
+    usable = [g for g in games if scale[g][1] is not None and scale[g][1] != scale[g][0]]
     aggregates = []
     for (method, split), per_game in sorted(groups.items()):
-        common = {g: per_game[g] for g in games if g in per_game and metrics.has_reference(g)}
+        common = {g: (np.asarray(per_game[g]) - scale[g][0]) / (scale[g][1] - scale[g][0])
+                  for g in usable if g in per_game}
         if not common:
             continue
-        agg = metrics.aggregate({"m": common}, "human", reps=reps, seed=seed)["m"]
-        aggregates.append({"method": method, "split": split, "game": "aggregate", "metric": "iqm_human_normalized",
-                           "mean": agg["iqm"], "ci": agg["iqm_ci"], "num_games": agg["num_games"],
-                           "num_runs": agg["num_runs"]})
+        agg = metrics.aggregate({"m": common}, "none", reps=reps, seed=seed)["m"]
+        aggregates.append({"method": method, "split": split, "game": "aggregate",
+                           "metric": "iqm_behaviour_normalized", "mean": agg["iqm"], "ci": agg["iqm_ci"],
+                           "num_games": agg["num_games"], "num_runs": agg["num_runs"], "games": sorted(common)})
     return {
         "games": games, "random": bdoc["random"], "behaviour": bdoc["behaviour"], "results": results,
         "aggregates": aggregates,
@@ -475,8 +482,9 @@ def build_summary(sweep_files: Sequence[str | os.PathLike[str]], *, behaviour: s
         "notes": ("raw returns of episodes capped at the data's episode_cap agent steps; 'random' is the uniform "
                   "random policy under the same evaluation protocol and cap; 'behaviour' is the behaviour policy's "
                   "mean return in the split's checkpoints (data protocol: sticky actions); CIs: 95% percentile "
-                  "bootstrap over runs (seeds); aggregates: human-normalized IQM (stratified bootstrap) of capped "
-                  "returns, so not comparable with the papers' numbers"),
+                  "bootstrap over runs (seeds); aggregates: IQM (stratified bootstrap, workbench.metrics) of "
+                  "behaviour-normalized scores, (score - random) / (near-optimal behaviour - random); capped "
+                  "returns, not comparable with the papers' numbers"),
         "bootstrap": {"reps": reps, "seed": seed},
     }
 
