@@ -169,6 +169,7 @@ class EpsilonSchedulePolicy:
         self._started = False
         self.episodes: list[dict[str, Any]] = []  # {checkpoint, return, clipped_return, steps}
         self._steps = 0
+        self._pending_row = 0  # the row of the last observed step
 
     @property
     def checkpoint(self) -> int:
