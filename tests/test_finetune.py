@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -313,7 +314,7 @@ def test_jowa_protocol_end_to_end_new_task_embedding(tmp_path, pong_store):
                                       planning_horizon=1, output=str(tmp_path / "j.json"), device="cpu"),
                        progress=False)
     assert list(out["per_game"]) == ["Pong"]
-    with pytest.raises(ValueError, match="JOWA's protocol trains every component"):
+    with pytest.raises(ValueError, match="the jowa protocol trains every component"):
         FinetuneConfig.from_params(checkpoint=source, game="Pong", encoder="frozen")
 
 
@@ -360,3 +361,58 @@ def test_transfer_figure_from_finetune_runs(tmp_path):
     rep = build_figures(dirs, tmp_path / "figs", png=False, reps=100)
     assert "transfer" in rep.figures and not rep.runs and len(rep.finetune_runs) == 4
     assert "Fine-tuning runs" in (tmp_path / "figs" / "README.md").read_text()
+
+
+# ------------------------------------------------------------------------------- MGDT (DT pre-trained)
+
+
+@pytest.fixture(scope="module")
+def dt_source(tmp_path_factory):
+    from workbench.algos.mgdt import MGDTAlgo, MGDTSettings
+
+    settings = MGDTSettings()
+    algo = MGDTAlgo.build("mgdt-tiny", SOURCE_GAMES, settings, seed=13)
+    run = Run(tmp_path_factory.mktemp("dt") / "pretrain")
+    run.create("pretrain", {}, {"algo": "mgdt", "model": "mgdt-tiny", "games": SOURCE_GAMES,
+                                "settings": dataclasses.asdict(settings), "stages": [{"name": "train", "subdir": ""}]})
+    ckpt_io.save_checkpoint(run.path, 100, algo.model)
+    return str(run.path)
+
+
+def test_dt_transfer_starts_from_every_weight_of_the_mgdt_checkpoint(dt_source, tmp_path):
+    from workbench.algos.mgdt import MGDTAlgo
+    from workbench.transfer import load_partial
+
+    config = FinetuneConfig.from_params(checkpoint=dt_source, method="dt_transfer", output_dir=str(tmp_path / "dt"),
+                                        **FT)
+    assert config.games == ("Pong", "Breakout") and config.effective_split == "finetune_1pct"
+    src = _weights(dt_source)
+    # Loading alone (what the job does before training): every tensor is the checkpoint's, bit for bit;
+    # a fresh build of another seed differs from it, so a loader that copied nothing would fail.
+    fresh = MGDTAlgo.build("mgdt-tiny", config.games, config.settings, seed=config.seed)
+    assert any(not torch.equal(v, src[k]) for k, v in fresh.model.state_dict().items())
+    report = load_partial(config.source_checkpoint, fresh, config.games,
+                          transfer=("embeddings", "transformer", "heads"), reinitialize=(), source_games=SOURCE_GAMES)
+    assert all(torch.equal(v, src[k]) for k, v in fresh.model.state_dict().items())
+    assert sorted(report.transferred) == sorted(src) and report.new == [] and report.reinitialized == []
+
+    result = finetune(config, progress=False)
+    resolved = Run(result.run_dir).resolved
+    assert resolved["protocol"] == "mgdt" and resolved["method"] == "dt_transfer"
+    assert sorted(resolved["transfer"]["transferred"]) == sorted(src)
+    tuned = _weights(result.run_dir)
+    assert any(not torch.equal(tuned[k], src[k]) for k in src)  # 4 steps trained it
+    out = evaluate_run(EvaluateConfig(checkpoint=str(result.run_dir), episodes=1, num_envs=1, max_steps=10,
+                                      output=str(tmp_path / "dt.json"), device="cpu"), progress=False)
+    assert list(out["per_game"]) == ["Pong"]
+
+
+@pytest.mark.parametrize("method, message", [("bc", "dt_transfer | scratch"), ("transfer", "dt_transfer | scratch")])
+def test_mgdt_checkpoints_take_dt_transfer_or_scratch(dt_source, method, message):
+    with pytest.raises(ValueError, match=re.escape(f"valid for it: {message}")):
+        FinetuneConfig.from_params(checkpoint=dt_source, method=method, **FT)
+
+
+def test_dt_transfer_needs_an_mgdt_checkpoint(q_source):
+    with pytest.raises(ValueError, match=re.escape("valid for it: transfer | scratch | bc")):
+        FinetuneConfig.from_params(checkpoint=q_source, method="dt_transfer", **FT)

@@ -72,15 +72,23 @@ from workbench.settings import from_params, namespace_params
 __all__ = ["FinetuneConfig", "FinetuneResult", "JOWAFinetune", "finetune", "main", "namespace_params",
            "synthesize_segments"]
 
-METHODS = ("transfer", "scratch", "bc")
+METHODS = ("transfer", "scratch", "bc", "dt_transfer")
+TRANSFER_METHODS = ("transfer", "dt_transfer")
+"""Methods that start from the checkpoint's weights: ``transfer`` for Scaled QL and JOWA
+checkpoints, ``dt_transfer`` for a Multi-Game Decision Transformer's (mgdt)."""
 ENCODER_MODES = ("frozen", "finetuned")
 REPORTS = ("final", "best_snapshot")
 Q_FAMILY = ("scaled_ql", "cql_mse", "bc")
-FAMILIES = {**{name: "q" for name in Q_FAMILY}, "jowa": "jowa"}
-PAPER_SPLITS = {"q": "finetune_1pct", "jowa": "finetune_5k_expert"}
-"""The papers' fine-tuning data: Scaled QL 1% uniform; JOWA 5k uniform from the last 20%."""
+FAMILIES = {**{name: "q" for name in Q_FAMILY}, "jowa": "jowa", "mgdt": "dt"}
+PAPER_SPLITS = {"q": "finetune_1pct", "jowa": "finetune_5k_expert", "dt": "finetune_1pct"}
+"""The papers' fine-tuning data: Scaled QL 1% uniform; JOWA 5k uniform from the last 20%; "DT
+(pre-trained)" in Scaled QL's Figure 7 on the same 1% (Lee et al.'s protocol, which paper 000
+follows)."""
 HELD_OUT_GAMES = {"q": ("Alien", "MsPacman", "Pong", "SpaceInvaders", "StarGunner"),
-                  "jowa": ("Gravitar", "MsPacman", "Pong", "Robotank", "YarsRevenge")}
+                  "jowa": ("Gravitar", "MsPacman", "Pong", "Robotank", "YarsRevenge"),
+                  "dt": ("Alien", "MsPacman", "Pong", "SpaceInvaders", "StarGunner")}
+FAMILY_METHODS = {"q": ("transfer", "scratch", "bc"), "jowa": ("transfer", "scratch"), "dt": ("dt_transfer", "scratch")}
+PROTOCOLS = {"q": "scaled_ql", "jowa": "jowa", "dt": "mgdt"}
 """The papers' held-out games (Scaled QL Figure 7; JOWA Table 3). Others are allowed."""
 RESUMABLE_FIELDS = ("steps", "eval_episodes", "eval_max_steps", "num_envs", "planning_horizon", "beam_width",
                     "device", "resume", "output_dir", "allow_slow_cpu")
@@ -116,16 +124,19 @@ class FinetuneScale:
 def finetune_scale(family: str, preset: str, model: str, method: str) -> FinetuneScale:
     """The protocol's scale: the papers' under ``paper``; minutes on 2 cores under ``cpu``."""
     tiny = model.endswith("-tiny")
-    if family == "q":
+    if family in ("q", "dt"):
+        # DT (pre-trained) is fine-tuned on Scaled QL's protocol (paper 000, Figure 7): the same
+        # data, batch, lr and steps; MGDT has no target network (no target period to fix).
+        dt = family == "dt"
         # A recording (dataset='') of 10,000 steps: the 1% split keeps about 100 transitions.
         if preset == "paper":  # App. B.4: batch 32, lr 5e-5, 300k steps
             return FinetuneScale((("train", 300_000),), batch_size=32, lr=5e-5, eval_episodes=16,
                                  eval_max_steps=27_000, record_steps=10_000, snapshot_every=10_000, log_every=100,
-                                 checkpoint_every=10_000, settings={"target_update_period": 2000})
+                                 checkpoint_every=10_000, settings={} if dt else {"target_update_period": 2000})
         steps, batch = (200, 32) if tiny else (10, 8)
         return FinetuneScale((("train", steps),), batch_size=batch, lr=5e-5, eval_episodes=2,
                              eval_max_steps=1000 if tiny else 250, record_steps=10_000, snapshot_every=50,
-                             log_every=10, checkpoint_every=100, settings={"target_update_period": 50})
+                             log_every=10, checkpoint_every=100, settings={} if dt else {"target_update_period": 50})
     # A recording of 6,000 steps: enough valid starts for the 5k-transition split.
     if preset == "paper":  # App. E.2: batch 32, lr 5e-5, 3k + 7k steps (scratch: 100k, split 3:7 here)
         total = 100_000 if method == "scratch" else 10_000
@@ -171,8 +182,9 @@ class FinetuneConfig:
     record_steps: int = 0
     """Agent steps recorded when no dataset is given; 0 takes the preset's."""
     method: str = "transfer"
-    """transfer (from the checkpoint) | scratch (same architecture, random init) | bc (BC loss,
-    random init; Scaled QL-family checkpoints)."""
+    """transfer (from a Scaled QL-family or JOWA checkpoint) | dt_transfer (from an mgdt
+    checkpoint: every weight) | scratch (same architecture, random init) | bc (BC loss, random
+    init; Scaled QL-family checkpoints)."""
     encoder: str = "finetuned"
     """Scaled QL: frozen | finetuned (the transferred encoder's two settings of the paper). JOWA
     trains every component: finetuned only."""
@@ -249,12 +261,13 @@ class FinetuneConfig:
             raise ValueError(f"{self.game_name} is one of the checkpoint's training games {list(source.games)}: "
                              "fine-tuning is to an unseen game (the papers' held-out games: "
                              f"{', '.join(HELD_OUT_GAMES[self.family])})")
-        if self.family == "jowa" and self.encoder == "frozen":
-            raise ValueError("encoder='frozen' is Scaled QL's setting; JOWA's protocol trains every component "
-                             "(encoder='finetuned')")
-        if self.family == "jowa" and self.method == "bc":
-            raise ValueError("method='bc' trains the Scaled QL network with a BC loss; give a Scaled QL-family "
-                             "checkpoint (scaled_ql, cql_mse, bc) for it, or method transfer | scratch for JOWA")
+        if self.family != "q" and self.encoder == "frozen":
+            raise ValueError(f"encoder='frozen' is Scaled QL's setting; the {source.algo_name} protocol trains every "
+                             "component (encoder='finetuned')")
+        if self.method not in FAMILY_METHODS[self.family]:
+            raise ValueError(f"method {self.method!r} does not apply to a {source.algo_name!r} checkpoint; valid for "
+                             f"it: {' | '.join(FAMILY_METHODS[self.family])} (bc trains the Scaled QL network with a "
+                             "BC loss from a Scaled QL-family checkpoint; dt_transfer fine-tunes an mgdt checkpoint)")
         parse_split(self.effective_split)  # raises listing the valid forms
         if not self.dataset and self.effective_record_steps < 100:
             raise ValueError("record_steps must be >= 100 when no dataset is given (data is recorded first)")
@@ -313,7 +326,7 @@ class FinetuneConfig:
     def games(self) -> tuple[str, ...]:
         """The fine-tuned model's games: the new one first (its data's game id 0), then, for
         method=transfer, the source's (their heads / task embeddings ride along)."""
-        if self.method == "transfer":
+        if self.method in TRANSFER_METHODS:
             return (self.game_name, *self.source_run.games)
         return (self.game_name,)
 
@@ -453,7 +466,7 @@ class FinetuneConfig:
             "source": {"run": str(source.path), "checkpoint": str(ckpt) if ckpt else None, "algo": source.algo_name,
                        "model": source.model, "games": list(source.games),
                        "step": ckpt_io.read_state(ckpt)["step"] if ckpt else None},
-            "protocol": "scaled_ql" if self.family == "q" else "jowa",
+            "protocol": PROTOCOLS[self.family],
         }
 
 
@@ -464,7 +477,7 @@ def _transfer_parts(family: str, algo: Any) -> tuple[tuple[str, ...], tuple[str,
     """(transferred, re-initialized) parts of each protocol (see the module docstring)."""
     if family == "q":
         return ("encoder", "heads"), ("trunk",)
-    return tuple(algo.weight_parts()), ()
+    return tuple(algo.weight_parts()), ()  # JOWA and MGDT: every part
 
 
 def _enter_stage(config: FinetuneConfig, algo: Any, stage: str) -> None:
@@ -529,8 +542,8 @@ def _data_settings(config: FinetuneConfig, store: Path) -> dict[str, Any]:
     new = config.spec.settings_from_data(settings, store, (config.game_name,)).get("reward_scale")
     if not new:
         return {}
-    rest = config.source_run.resolved.get("data_settings", {}).get("reward_scale") if config.method == "transfer" \
-        else []
+    transferred = config.method in TRANSFER_METHODS
+    rest = config.source_run.resolved.get("data_settings", {}).get("reward_scale") if transferred else []
     rest = list(rest) if rest else [1.0] * (len(config.games) - 1)
     return {"reward_scale": [*new, *rest]}
 
@@ -552,7 +565,7 @@ def _finetune(config: FinetuneConfig, progress: bool) -> FinetuneResult:
     algo: Any = JOWAFinetune(built, settings) if config.family == "jowa" else built
     source_ckpt = config.source_checkpoint
     assert source_ckpt is not None
-    if config.method == "transfer":
+    if config.method in TRANSFER_METHODS:
         transfer, reinit = _transfer_parts(config.family, algo)
         report = T.load_partial(source_ckpt, algo, games, transfer=transfer, reinitialize=reinit,
                                 source_games=config.source_run.games)

@@ -115,6 +115,16 @@ class MGDTAlgo:
     def update_target(self) -> None:
         """No target network."""
 
+    def weight_parts(self) -> dict[str, tuple[str, ...]]:
+        """The model's parts for partial loading (``workbench.transfer``): the token embeddings,
+        the transformer and the prediction heads. None is per game: a new game needs no new rows
+        (its valid actions come from its name)."""
+        return {"embeddings": ("patch_emb.", "return_emb.", "action_emb.", "reward_emb."),
+                "transformer": ("gpt.",), "heads": ("return_head.", "action_head.", "reward_head.")}
+
+    def game_rows(self, games: Sequence[str] | Sequence[int]) -> dict[str, tuple[int, ...]]:
+        return {}
+
     def param_groups(self) -> list[dict[str, Any]]:
         """AdamW groups: weight matrices decay, embeddings, norms and biases do not."""
         decay: list[Tensor] = []

@@ -592,7 +592,7 @@ def online_finetune_figure(run_dirs: Sequence[str | os.PathLike[str]]) -> go.Fig
 
 # ------------------------------------------------------------------------------ offline fine-tuning
 
-_FAMILY_LABELS = {"scaled_ql": "Scaled QL", "cql_mse": "CQL-MSE", "bc": "MTBC", "jowa": "JOWA"}
+_FAMILY_LABELS = {"scaled_ql": "Scaled QL", "cql_mse": "CQL-MSE", "bc": "MTBC", "jowa": "JOWA", "mgdt": "DT"}
 
 
 def _run_kind(path: Path) -> str | None:
@@ -610,7 +610,7 @@ def transfer_label(resolved: dict[str, Any]) -> str:
     algo = str(resolved.get("algo", "?"))
     name = _FAMILY_LABELS.get(algo) or _method_name(algo)
     method = resolved.get("method", "?")
-    if method == "transfer":
+    if method in ("transfer", "dt_transfer"):
         detail = "pretrained" + (", frozen encoder" if resolved.get("encoder") == "frozen" and algo != "jowa" else "")
     else:
         detail = "scratch"
