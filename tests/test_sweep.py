@@ -313,3 +313,22 @@ def test_explorer_plots_equal_workbench_metrics_with_the_widgets_driven_headless
     iqm_bars = figs["scaled_ql_fig6_ablations"].data[0]
     assert list(iqm_bars.y) == pytest.approx([M.aggregate(expected, "human", reps=200, seed=0)[k]["iqm"]
                                               for k in expected])
+
+
+def test_parallel_local_points_share_the_cpus_instead_of_oversubscribing():
+    from workbench.sweep import THREAD_VARIABLES, point_environment
+
+    # One point at a time keeps the libraries' own choice (one thread per core).
+    assert point_environment(1, {"PATH": "/bin"}, cpus=8) == {"PATH": "/bin"}
+    # N at a time: each gets its share of the cores, at least one.
+    shared = point_environment(2, {"PATH": "/bin"}, cpus=8)
+    assert {v: shared[v] for v in THREAD_VARIABLES} == {v: "4" for v in THREAD_VARIABLES}
+    assert shared["PATH"] == "/bin"
+    assert {point_environment(3, {}, cpus=2)[v] for v in THREAD_VARIABLES} == {"1"}
+    # What the user set wins.
+    assert point_environment(2, {"OMP_NUM_THREADS": "3"}, cpus=8)["OMP_NUM_THREADS"] == "3"
+    # And torch in the point's process takes it.
+    env = point_environment(2, {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}, cpus=2)
+    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], env=env,
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"

@@ -334,6 +334,24 @@ def test_build_figures_reports_what_is_missing(tmp_path):
     assert "config.json is missing" in readme and "Not drawn" in readme
 
 
+def test_readme_notes_open_the_generated_readme_and_a_missing_file_stops_first(tmp_path):
+    from workbench.viz.analysis import build_figures
+
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    notes = tmp_path / "findings.md"
+    notes.write_text("# The study\n\nFreeway learned.\n")
+    build_figures([empty], tmp_path / "figs", png=False, reps=200, readme_notes=notes)
+    readme = (tmp_path / "figs" / "README.md").read_text()
+    assert readme.startswith("# The study\n\nFreeway learned.\n")
+    assert readme.index("Freeway learned.") < readme.index("# How these figures were made") < readme.index("## Runs")
+    # A wrong path fails before any run is read or any figure written.
+    with pytest.raises(FileNotFoundError, match="readme_notes"):
+        build_figures([tmp_path / "not_a_run"], tmp_path / "figs2", png=False, reps=200,
+                      readme_notes=tmp_path / "nope.md")
+    assert not (tmp_path / "figs2").exists()
+
+
 def test_scores_figure_normalizes_with_reference_scores():
     from workbench.metrics import reference_scores
 

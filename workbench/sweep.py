@@ -462,12 +462,31 @@ def _check_resumable(sweep: Sweep, points: Sequence[Point]) -> None:
                          + "\n".join(problems))
 
 
+#: thread-count variables of the math libraries a point's kernel uses (torch reads OMP's at start-up)
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def point_environment(parallel: int, environ: dict[str, str], cpus: int) -> dict[str, str]:
+    """The environment of one local point: the CPUs shared out between the ``parallel`` points.
+
+    Each torch process otherwise starts one thread per core, and ``parallel`` of them spin against
+    each other: measured on 2 cores with 2 points at once, a resnet-tiny training step took 1.63 s
+    instead of about 0.03 s. A thread count the user set is kept."""
+    env = dict(environ)
+    if parallel > 1:
+        share = str(max(1, cpus // parallel))
+        for name in THREAD_VARIABLES:
+            env.setdefault(name, share)
+    return env
+
+
 def _local(sweep: Sweep, jobs: list[dict[str, Any]], parallel: int, tick: Any) -> None:
     """Each point in its own subprocess (a killed point leaves the others alone), ``parallel`` at a time."""
+    env = point_environment(parallel, dict(os.environ), os.cpu_count() or 1)
 
     def one(job: dict[str, Any]) -> str:
         proc = subprocess.run([sys.executable, "-m", "workbench.sweep", "_point", json.dumps(job)],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, env=env)
         if proc.returncode != 0 and (_read_status(Path(job["status"])) or {}).get("state") != "failed":
             atomic_write_json(Path(job["status"]), {
                 "id": job["id"], "state": "failed", "params": job["params"],

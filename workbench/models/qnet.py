@@ -209,10 +209,13 @@ class QNetwork(nn.Module):
 # seconds. Tiny presets are not from any paper.
 _PAPER_TRUNK = dict(trunk_dim=2048, hidden_dim=1024, num_hidden=3)
 _TINY_TRUNK = dict(trunk_dim=128, hidden_dim=64, num_hidden=3)
+_SMALL_TRUNK = dict(trunk_dim=256, hidden_dim=128, num_hidden=3)
+_CPU_RESNETS = ("resnet-tiny", "resnet-small")
 
 PRESETS: dict[str, dict[str, object]] = {
-    **{name: dict(kind="resnet", **_PAPER_TRUNK) for name in RESNET_SPECS if name != "resnet-tiny"},
+    **{name: dict(kind="resnet", **_PAPER_TRUNK) for name in RESNET_SPECS if name not in _CPU_RESNETS},
     "resnet-tiny": dict(kind="resnet", **_TINY_TRUNK),
+    "resnet-small": dict(kind="resnet", **_SMALL_TRUNK),
     **{name: dict(kind="impala", **_PAPER_TRUNK) for name in IMPALA_WIDTHS if name != "impala-tiny"},
     # half the original IMPALA channels: its first conv runs at full 84x84 resolution.
     "impala-tiny": dict(kind="impala", channels=(8, 16, 16), fc_dim=64, **_TINY_TRUNK),
@@ -242,7 +245,7 @@ def build_qnet(
     """Build a named Q-network preset for ``games`` (names, or minimal-action counts per game).
 
     Presets: resnet18/34/50/101/152 (paper 000 B.1), impala-small/medium/large (widths 4/8/16 of
-    the scaling study), and CPU smoke sizes resnet-tiny, impala-tiny.
+    the scaling study), CPU smoke sizes resnet-tiny, impala-tiny, and resnet-small (the CPU study's second size).
     """
     if preset_name not in PRESETS:
         raise ValueError(f"unknown model preset {preset_name!r}; valid: {sorted(PRESETS)}")

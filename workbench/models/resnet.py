@@ -54,7 +54,8 @@ class ResNetSpec:
     base_width: int = 64
 
 
-# He et al. (2016), Table 1. 'resnet-tiny' is a CPU smoke-test size (not in any paper).
+# He et al. (2016), Table 1. 'resnet-tiny' (CPU smoke tests) and 'resnet-small' (the CPU study's
+# second model size, twice the widths) are not in any paper.
 RESNET_SPECS: dict[str, ResNetSpec] = {
     "resnet18": ResNetSpec("basic", (2, 2, 2, 2)),
     "resnet34": ResNetSpec("basic", (3, 4, 6, 3)),
@@ -62,6 +63,7 @@ RESNET_SPECS: dict[str, ResNetSpec] = {
     "resnet101": ResNetSpec("bottleneck", (3, 4, 23, 3)),
     "resnet152": ResNetSpec("bottleneck", (3, 8, 36, 3)),
     "resnet-tiny": ResNetSpec("basic", (1, 1, 1, 1), base_width=8),
+    "resnet-small": ResNetSpec("basic", (1, 1, 1, 1), base_width=16),
 }
 
 
@@ -223,7 +225,7 @@ class ResNetEncoder(nn.Module):
 
 
 def resnet_encoder(name: str, **overrides: object) -> ResNetEncoder:
-    """Build a named ResNet encoder ('resnet18' ... 'resnet152', 'resnet-tiny')."""
+    """Build a named ResNet encoder ('resnet18' ... 'resnet152', 'resnet-tiny', 'resnet-small')."""
     if name not in RESNET_SPECS:
         raise ValueError(f"unknown ResNet {name!r}; valid: {sorted(RESNET_SPECS)}")
     spec = RESNET_SPECS[name]

@@ -360,8 +360,12 @@ def build_figures(
     reps: int = 2000,
     seed: int = 0,
     mix_protocols: bool = False,
+    readme_notes: str | os.PathLike[str] = "",
 ) -> AnalysisReport:
     """Read runs, draw every figure the data supports, write PNG + HTML and ``README.md``.
+
+    ``readme_notes`` (a markdown file, e.g. a study's findings) opens the README, above the generated
+    account of the runs and figures, so a re-run of the notebook rewrites both.
 
     Figures: ``learning_curves``, ``aggregates`` (median / IQM / mean / optimality gap with
     95% CIs), ``performance_profiles``, ``probability_of_improvement`` (needs >= 2 methods on
@@ -373,6 +377,9 @@ def build_figures(
 
     if not run_dirs:
         raise ValueError("build_figures: no run directories given (check the glob pattern)")
+    if readme_notes and not Path(readme_notes).is_file():
+        raise FileNotFoundError(f"build_figures: readme_notes {str(readme_notes)!r} is not a file")
+    notes = Path(readme_notes).read_text() if readme_notes else ""
     runs = [read_run(d) for d in run_dirs]
     # Fine-tuning runs are compared among themselves (the transfer figure), not with pretraining.
     finetuned = [r for r in runs if _run_kind(r.path) == "finetune"]
@@ -516,7 +523,7 @@ def build_figures(
     paths: dict[str | os.PathLike[str], Any] = {rep.out_dir / n: f for n, f in rep.figures.items()}
     statuses = save_figures(paths, png=png)
     rep.saved = dict(zip(rep.figures, statuses))
-    _write_readme(rep)
+    _write_readme(rep, notes)
     return rep
 
 
@@ -718,8 +725,9 @@ def _truncation_note(scores: dict[str, Any] | None) -> str:
             "so their scores are partial-episode returns, not comparable to full episodes")
 
 
-def _write_readme(rep: AnalysisReport) -> None:
-    lines = ["# Figures", "",
+def _write_readme(rep: AnalysisReport, notes: str = "") -> None:
+    lines = [notes.rstrip(), ""] if notes.strip() else []
+    lines += ["# Figures" if not lines else "# How these figures were made", "",
              "Written by `workbench.viz.analysis.build_figures` (notebook `notebooks/06_analysis.ipynb`). "
              "Do not edit by hand: re-run the notebook.", "", "## Runs", ""]
     for r, lab in zip(rep.runs, rep.labels):

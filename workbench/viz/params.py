@@ -105,8 +105,12 @@ class AnalysisParams:
     """Compare runs evaluated under different protocols or step caps (left out otherwise)."""
     sweep: str = ""
     """A sweep file or folder (workbench.sweep): explore its finished points instead of run_dirs."""
+    readme_notes: str = ""
+    """A markdown file whose text opens the figures' README.md (a study's findings); '' for none."""
 
     def __post_init__(self) -> None:
+        if self.readme_notes and not Path(resolve_path(self.readme_notes)).is_file():
+            raise ValueError(f"readme_notes {self.readme_notes!r} is not a file (give a markdown file or '')")
         if not self.run_dirs.strip():
             raise ValueError("run_dirs is empty: give run directories or glob patterns, e.g. 'runs/*'")
         if self.reps < 100:
@@ -132,7 +136,8 @@ class AnalysisParams:
         """Validated parameters with every run-folder pattern and ``out_dir`` made absolute."""
         p = _from_params(cls, params)
         dirs = ",".join(_absolute(part.strip()) for part in p.run_dirs.split(",") if part.strip())
-        return replace(p, run_dirs=dirs, out_dir=_absolute(p.out_dir), sweep=_absolute(p.sweep))
+        return replace(p, run_dirs=dirs, out_dir=_absolute(p.out_dir), sweep=_absolute(p.sweep),
+                       readme_notes=_absolute(p.readme_notes))
 
 
 def _absolute(path: str) -> str:
