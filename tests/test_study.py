@@ -141,6 +141,8 @@ def test_record_history_behaviour_line_matches_the_recorded_data(tmp_path: Path)
     assert set(played4.tolist()) == {1}
     assert 0.2 < float(np.mean(played0 == 1)) < 0.5
     assert set(doc["random"]) == {"Freeway", "Breakout"}
+    assert {g: len(r) for g, r in doc["random_returns"].items()} == {"Freeway": 2, "Breakout": 2}
+    assert doc["random"] == {g: pytest.approx(np.mean(r)) for g, r in doc["random_returns"].items()}
 
 
 # ---------------------------------------------------------------------------------------------- summary
@@ -202,7 +204,7 @@ def test_summary_matches_a_direct_computation(tmp_path: Path) -> None:
         means = np.asarray(runs)[idx].mean(axis=1)
         assert row["ci"] == pytest.approx([np.percentile(means, 2.5), np.percentile(means, 97.5)])
         assert min(runs) <= row["ci"][0] <= row["ci"][1] <= max(runs)
-        assert row["above_random"] == (row["ci"][0] > behaviour["random"][game])
+        assert row["above_random"] == (row["ci"][0] > behaviour["random"][game])  # this file kept no episodes
         assert row["vs_behaviour"] == pytest.approx(np.mean(runs) - behaviour["behaviour"]["sub_optimal"][game])
     assert len(rows[("MTBC", "Pong")]["runs"]) == 2
     assert out["sweeps"]["fake_study"] == {"file": str(sweep_file), "points_done": 11, "points": 12}
@@ -215,6 +217,29 @@ def test_summary_matches_a_direct_computation(tmp_path: Path) -> None:
         ref = metrics.aggregate({"m": normalized}, "none", reps=500, seed=3)["m"]
         assert agg[method]["mean"] == pytest.approx(ref["iqm"])
         assert agg[method]["ci"] == pytest.approx(ref["iqm_ci"])
+
+
+def test_above_random_needs_the_ci_above_random_s_ci_where_its_episodes_were_kept(tmp_path: Path) -> None:
+    from workbench.fileio import atomic_write_json
+    from workbench.sweep import load_sweep
+
+    sweep_doc, behaviour = _fake_sweep(tmp_path)
+    # Random Breakout episodes 0 and 10: mean 5, bootstrap CI [0, 10]; Pong always -5: CI [-5, -5].
+    behaviour["random"] = {"Breakout": 5.0, "Pong": -5.0}
+    behaviour["random_returns"] = {"Breakout": [0.0, 10.0] * 4, "Pong": [-5.0] * 8}
+    (tmp_path / "data" / S.BEHAVIOUR_FILE).write_text(json.dumps(behaviour))
+    sweep_file = _write(tmp_path / "fake_study.json", sweep_doc)
+    sweep = load_sweep(sweep_file)
+    for point in sweep.points:  # every run scores 7 on Breakout (above random's mean, inside its CI), -4 on Pong
+        atomic_write_json(point.run_dir / "eval" / "scores.json",
+                          {"per_game": {"Breakout": {"mean": 7.0}, "Pong": {"mean": -4.0}}})
+        atomic_write_json(point.run_dir / "summary.json", {})
+        atomic_write_json(sweep.status_path(point), {"state": "done", "params": point.params})
+    out = S.build_summary([sweep_file], reps=500, seed=3)
+    lo, hi = out["random_ci"]["Breakout"]
+    assert 0.0 <= lo < 5.0 < hi <= 10.0 and out["random_ci"]["Pong"] == [-5.0, -5.0]
+    assert {r["game"]: r["above_random"] for r in out["results"] if r["method"] == "MTBC"} == {"Breakout": False,
+                                                                                              "Pong": True}
 
 
 def test_bootstrap_ci_of_constant_runs_is_the_value_and_empty_is_refused() -> None:
