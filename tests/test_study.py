@@ -296,3 +296,30 @@ def test_command_line_help_and_errors_name_the_problem(tmp_path: Path, capsys: p
     (tmp_path / "data" / S.BEHAVIOUR_FILE).unlink()
     assert S.main(["summary", str(_write(tmp_path / "s.json", sweep_doc)), "--out", str(tmp_path / "o.json")]) == 2
     assert "python -m workbench.study data" in capsys.readouterr().err
+
+
+def test_summary_table_lays_out_every_number_of_the_summary() -> None:
+    summary = {
+        "games": ["Breakout", "Pong"], "random": {"Breakout": 1.25, "Pong": -20.5},
+        "random_ci": {"Breakout": [0.5, 2.0], "Pong": [-21.0, -20.0]},
+        "behaviour": {"sub_optimal": {"Breakout": 2.0, "Pong": -18.0},
+                      "near_optimal": {"Breakout": 11.0, "Pong": None}},
+        "results": [
+            {"method": "MTBC", "split": "sub_optimal", "game": "Breakout", "mean": 3.0, "ci": [2.5, 3.5],
+             "above_random": True},
+            {"method": "MTBC", "split": "sub_optimal", "game": "Pong", "mean": -21.0, "ci": [-21.0, -21.0],
+             "above_random": False},
+            {"method": "Scaled QL", "split": "near_optimal", "game": "Pong", "mean": -19.0, "ci": [-20.0, -18.0],
+             "above_random": False},
+        ],
+        "aggregates": [{"method": "MTBC", "split": "sub_optimal", "mean": 0.125, "ci": [0.0, 0.25]}],
+    }
+    assert S.summary_table(summary).splitlines() == [
+        "| method | split | Breakout | Pong | IQM, behaviour-normalized |",
+        "| --- | --- | --- | --- | --- |",
+        "| random | | 1.2 [0.5, 2.0] | -20.5 [-21.0, -20.0] | 0 |",
+        "| behaviour | sub_optimal | 2.0 | -18.0 | |",
+        "| behaviour | near_optimal | 11.0 |  | 1 |",
+        "| MTBC | sub_optimal | 3.0 [2.5, 3.5]* | -21.0 [-21.0, -21.0] | 0.12 [0.00, 0.25] |",
+        "| Scaled QL | near_optimal |  | -19.0 [-20.0, -18.0] |  |",
+    ]

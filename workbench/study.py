@@ -56,11 +56,11 @@ from typing import Any
 import numpy as np
 
 from workbench import games as G
-from workbench.fileio import atomic_write_json
+from workbench.fileio import atomic_write_json, atomic_write_text
 
 __all__ = ["BEHAVIOUR_FILE", "SCRIPTED_GAMES", "EpsilonSchedulePolicy", "HistorySpec", "ScriptedPolicy",
            "bootstrap_ci", "build_summary", "epsilon_schedule", "main", "method_label", "record_history",
-           "split_checkpoints"]
+           "split_checkpoints", "summary_table"]
 
 BEHAVIOUR_FILE = "behaviour.json"
 SCRIPTED_GAMES = ("Breakout", "Freeway", "Pong", "SpaceInvaders")
@@ -512,6 +512,38 @@ def build_summary(sweep_files: Sequence[str | os.PathLike[str]], *, behaviour: s
     }
 
 
+def summary_table(summary: dict[str, Any]) -> str:
+    """The summary as a markdown table: one row per (method, split), one column per game (mean and
+    95% CI; ``*`` where the CI lies above random's), then the aggregate; random and behaviour rows first."""
+    games = list(summary["games"])
+
+    def fmt(x: float) -> str:
+        return f"{x:.1f}" if abs(x) < 1000 else f"{x:.0f}"
+
+    head = ["method", "split", *games, "IQM, behaviour-normalized"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    rand_ci = summary.get("random_ci", {})
+    lines.append("| random | | " + " | ".join(
+        fmt(summary["random"][g]) + (f" [{fmt(rand_ci[g][0])}, {fmt(rand_ci[g][1])}]" if g in rand_ci else "")
+        for g in games) + " | 0 |")
+    for split, per_game in summary["behaviour"].items():
+        cells = [fmt(per_game[g]) if per_game.get(g) is not None else "" for g in games]
+        scale = " | 1 |" if split == "near_optimal" else " | |"  # the aggregate's 1 is the near-optimal behaviour
+        lines.append(f"| behaviour | {split} | " + " | ".join(cells) + scale)
+    rows = {(r["method"], r["split"], r["game"]): r for r in summary["results"]}
+    aggs = {(a["method"], a["split"]): a for a in summary.get("aggregates", [])}
+    for method, split in dict.fromkeys((r["method"], r["split"]) for r in summary["results"]):
+        cells = []
+        for g in games:
+            r = rows.get((method, split, g))
+            cells.append("" if r is None else f"{fmt(r['mean'])} [{fmt(r['ci'][0])}, {fmt(r['ci'][1])}]"
+                         + ("*" if r["above_random"] else ""))
+        a = aggs.get((method, split))
+        cells.append("" if a is None else f"{a['mean']:.2f} [{a['ci'][0]:.2f}, {a['ci'][1]:.2f}]")
+        lines.append(f"| {method} | {split} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _minus(a: float, b: float | None) -> float | None:
     return None if b is None else a - b
 
@@ -533,6 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = sub.add_parser("summary", help="the results summary JSON from the study's sweeps")
     summary.add_argument("sweeps", nargs="+", metavar="SWEEP.yaml")
     summary.add_argument("--out", default="figures/small_scale_study.json")
+    summary.add_argument("--table", default=None, metavar="TABLE.md", help="also write the summary as a markdown table")
     summary.add_argument("--behaviour", default=None, help="behaviour.json (default: next to the sweep's dataset)")
     summary.add_argument("--reps", type=int, default=2000)
     summary.add_argument("--seed", type=int, default=0)
@@ -549,6 +582,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = resolve_path(args.out)
             atomic_write_json(path, out)
             print(f"{path}: {len(out['results'])} rows, {len(out['aggregates'])} aggregate rows")
+            if args.table:
+                atomic_write_text(resolve_path(args.table), summary_table(out))
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
