@@ -18,7 +18,7 @@ CONFIGS = {"scaled_ql": ScaledQLConfig, "cql_mse": CQLMSEConfig, "bc": BCConfig}
 ACTIONS_40 = [10, 7, 9, 4, 18, 18, 9, 18, 4, 6, 18, 18, 9, 6, 18, 9, 18, 3, 18, 8,
               18, 18, 18, 18, 18, 18, 14, 6, 8, 6, 6, 18, 18, 18, 10, 6, 9, 10, 18, 18]  # fmt: skip
 SMALL = [4, 18, 6]
-TINY = ("resnet-tiny", "impala-tiny")
+TINY = ("resnet-tiny", "impala-tiny", "resnet-small")  # the CPU sizes
 
 
 @pytest.fixture(autouse=True)
