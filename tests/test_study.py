@@ -323,3 +323,14 @@ def test_summary_table_lays_out_every_number_of_the_summary() -> None:
         "| MTBC | sub_optimal | 3.0 [2.5, 3.5]* | -21.0 [-21.0, -21.0] | 0.12 [0.00, 0.25] |",
         "| Scaled QL | near_optimal |  | -19.0 [-20.0, -18.0] |  |",
     ]
+
+
+def test_action_profile_tells_a_frame_blind_policy_from_one_that_varies() -> None:
+    # The SpaceInvaders heuristic fires whatever the screen: one action on every step.
+    fire = S.action_profile(S.ScriptedPolicy("SpaceInvaders", lambda: np.zeros(128, np.uint8)), "SpaceInvaders",
+                            seeds=(0, 1), max_steps=120)
+    assert fire == {"modal_action": "FIRE", "modal_fraction": 1.0, "actions_used": 1, "steps": 240}
+    # Uniform random actions over the 6 of the minimal set: the most frequent near 1/6, all six used.
+    uniform = S.action_profile(S._UniformPolicy(), "SpaceInvaders", seeds=(0,), max_steps=300, epsilon=1.0)
+    assert uniform["actions_used"] == 6 and 100 < uniform["steps"] <= 300  # random play may lose first
+    assert 1 / 6 <= uniform["modal_fraction"] < 0.3

@@ -40,6 +40,7 @@ Command line::
 
     python -m workbench.study data --output-dir data/small_scale_study [--checkpoints 10 --rows 5000 ...]
     python -m workbench.study summary sweeps/small_scale_study.yaml [--out figures/small_scale_study.json]
+    python -m workbench.study actions sweeps/small_scale_study.yaml [--out figures/small_scale_study_actions.json]
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ from workbench import games as G
 from workbench.fileio import atomic_write_json, atomic_write_text
 
 __all__ = ["BEHAVIOUR_FILE", "SCRIPTED_GAMES", "EpsilonSchedulePolicy", "HistorySpec", "ScriptedPolicy",
-           "bootstrap_ci", "build_summary", "epsilon_schedule", "main", "method_label", "record_history",
-           "split_checkpoints", "summary_table"]
+           "action_profile", "bootstrap_ci", "build_summary", "epsilon_schedule", "main", "method_label",
+           "record_history", "split_checkpoints", "summary_table", "sweep_action_profiles"]
 
 BEHAVIOUR_FILE = "behaviour.json"
 SCRIPTED_GAMES = ("Breakout", "Freeway", "Pong", "SpaceInvaders")
@@ -402,6 +403,11 @@ def bootstrap_ci(values: Sequence[float], *, reps: int = 2000, seed: int = 0,
 _ALGO_LABELS = {"scaled_ql": "Scaled QL", "cql_mse": "Scaled QL (MSE)", "bc": "MTBC", "mgdt": "MGDT", "jowa": "JOWA"}
 
 
+#: each algorithm's model in the study's baseline points (another model is named in the method's label)
+_REFERENCE_MODEL = {"scaled_ql": "resnet-tiny", "cql_mse": "resnet-tiny", "bc": "resnet-tiny", "mgdt": "mgdt-tiny",
+                    "jowa": "jowa-tiny"}
+
+
 def method_label(params: dict[str, Any], reference_model: dict[str, str]) -> str:
     """The method a run stands for: its algorithm, plus what differs from the study's baseline
     (feature normalization off, another model than the algorithm's reference size)."""
@@ -436,8 +442,7 @@ def build_summary(sweep_files: Sequence[str | os.PathLike[str]], *, behaviour: s
     if not sweep_files:
         raise ValueError("give at least one sweep file")
     sweeps = [load_sweep(f) for f in sweep_files]
-    ref_model = reference_model or {"scaled_ql": "resnet-tiny", "cql_mse": "resnet-tiny", "bc": "resnet-tiny",
-                                    "mgdt": "mgdt-tiny", "jowa": "jowa-tiny"}
+    ref_model = reference_model or _REFERENCE_MODEL
     if behaviour is None:
         dataset = sweeps[0].base.get("dataset")
         if not dataset:
@@ -544,6 +549,56 @@ def summary_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def action_profile(source: Any, game: str, *, seeds: Sequence[int] = (0,), max_steps: int = 500,
+                   epsilon: float = 0.0) -> dict[str, Any]:
+    """How much a policy's actions depend on the frame: the share of its steps that take its most
+    frequent action, over greedy episodes (``workbench.viz.rollout.play_rollout``; ``source`` a
+    checkpoint or run folder, or a policy object). 1.0 means one action whatever the screen shows.
+
+    Returns ``modal_action`` (its name), ``modal_fraction``, ``actions_used`` and ``steps``."""
+    from workbench.viz.rollout import play_rollout
+
+    counts = np.zeros(G.num_actions(game), np.int64)
+    names: list[str] = []
+    for seed in seeds:
+        r = play_rollout(source, game, seed=int(seed), max_steps=max_steps, epsilon=epsilon, render_rgb=False,
+                         progress=False)
+        counts += np.bincount(r.actions, minlength=counts.size)
+        names = r.action_names
+    modal = int(np.argmax(counts))
+    return {"modal_action": names[modal], "modal_fraction": float(counts[modal] / counts.sum()),
+            "actions_used": int((counts > 0).sum()), "steps": int(counts.sum())}
+
+
+def sweep_action_profiles(sweep_files: Sequence[str | os.PathLike[str]], *, max_steps: int = 500,
+                          reference_model: dict[str, str] | None = None,
+                          progress: bool = True) -> dict[str, Any]:
+    """``action_profile`` of every finished point of the sweeps, per game, grouped like the summary's
+    rows: per (method, split, game) the modal fraction of each run (seed) and their modal actions."""
+    from tqdm.auto import tqdm
+
+    from workbench.run import Run
+    from workbench.sweep import load_sweep, sweep_status
+
+    ref_model = reference_model or _REFERENCE_MODEL
+    jobs = []
+    for sweep in (load_sweep(f) for f in sweep_files):
+        states = {p["id"]: p["state"] for p in sweep_status(sweep, write=False)["points"]}
+        jobs += [p for p in sweep.points if states[p.id] == "done"]
+    rows: dict[tuple[str, str, str], dict[str, list[Any]]] = {}
+    for point in tqdm(jobs, desc="action profiles", disable=not progress):
+        run = Run(point.run_dir)
+        key = (method_label(point.params, ref_model), str(point.params.get("split", "all")))
+        for game in run.games:
+            prof = action_profile(run.path, game, max_steps=max_steps)
+            row = rows.setdefault((*key, game), {"modal_fraction": [], "modal_action": []})
+            row["modal_fraction"].append(prof["modal_fraction"])
+            row["modal_action"].append(prof["modal_action"])
+    return {"max_steps": max_steps, "epsilon": 0.0,
+            "rows": [{"method": m, "split": s, "game": g, **v} for (m, s, g), v in sorted(rows.items())],
+            "notes": "share of greedy steps (one episode per run, seed 0) that take the run's most frequent action"}
+
+
 def _minus(a: float, b: float | None) -> float | None:
     return None if b is None else a - b
 
@@ -569,12 +624,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary.add_argument("--behaviour", default=None, help="behaviour.json (default: next to the sweep's dataset)")
     summary.add_argument("--reps", type=int, default=2000)
     summary.add_argument("--seed", type=int, default=0)
+    actions = sub.add_parser("actions", help="how much each finished point's greedy actions depend on the frame")
+    actions.add_argument("sweeps", nargs="+", metavar="SWEEP.yaml")
+    actions.add_argument("--out", default="figures/small_scale_study_actions.json")
+    actions.add_argument("--max-steps", type=int, default=500)
     args = parser.parse_args(argv)
     try:
         if args.command == "data":
             spec = HistorySpec(**{n: getattr(args, n) for n in HistorySpec.__dataclass_fields__})
             doc = record_history(spec)
             print(json.dumps({"behaviour": doc["behaviour"], "random": doc["random"]}, indent=1))
+        elif args.command == "actions":
+            from workbench.paths import resolve_path
+
+            profiles = sweep_action_profiles(args.sweeps, max_steps=args.max_steps)
+            atomic_write_json(resolve_path(args.out), profiles)
+            print(f"{resolve_path(args.out)}: {len(profiles['rows'])} rows")
         else:
             from workbench.paths import resolve_path
 
