@@ -334,3 +334,27 @@ def test_action_profile_tells_a_frame_blind_policy_from_one_that_varies() -> Non
     uniform = S.action_profile(S._UniformPolicy(), "SpaceInvaders", seeds=(0,), max_steps=300, epsilon=1.0)
     assert uniform["actions_used"] == 6 and 100 < uniform["steps"] <= 300  # random play may lose first
     assert 1 / 6 <= uniform["modal_fraction"] < 0.3
+
+
+def test_sweep_action_profiles_read_each_finished_point_s_checkpoint(tmp_path: Path) -> None:
+    from workbench.config import PretrainConfig
+    from workbench.fileio import atomic_write_json
+    from workbench.pipeline import pretrain
+    from workbench.sweep import load_sweep
+
+    doc = {"name": "profiles", "output_dir": str(tmp_path / "sweep"),
+           "base": {"games": "Pong", "record_steps": 200, "steps": 2, "batch_size": 8, "eval_episodes": 1,
+                    "eval_max_steps": 20, "num_envs": 1, "device": "cpu"},
+           "factors": {"algo": ["bc", "scaled_ql"]}, "seeds": [0], "combine": "zip"}
+    sweep_file = _write(tmp_path / "profiles.json", doc)
+    sweep = load_sweep(sweep_file)
+    first, second = sweep.points
+    pretrain(PretrainConfig.from_params(**{**first.params, "output_dir": str(first.run_dir)}), progress=False)
+    atomic_write_json(sweep.status_path(first), {"state": "done", "params": first.params})
+    # The second point never ran: it is left out, not an error.
+    out = S.sweep_action_profiles([sweep_file], max_steps=40, progress=False)
+    assert [(r["method"], r["split"], r["game"]) for r in out["rows"]] == [("MTBC", "all", "Pong")]
+    row = out["rows"][0]
+    direct = S.action_profile(first.run_dir, "Pong", max_steps=40)
+    assert row["modal_fraction"] == [direct["modal_fraction"]] and row["modal_action"] == [direct["modal_action"]]
+    assert 1 / 6 <= direct["modal_fraction"] <= 1.0 and direct["steps"] == 40
