@@ -345,11 +345,24 @@ def test_readme_notes_open_the_generated_readme_and_a_missing_file_stops_first(t
     readme = (tmp_path / "figs" / "README.md").read_text()
     assert readme.startswith("# The study\n\nFreeway learned.\n")
     assert readme.index("Freeway learned.") < readme.index("# How these figures were made") < readme.index("## Runs")
+    assert f"`{empty}`" in readme  # outside the project: its absolute path
     # A wrong path fails before any run is read or any figure written.
     with pytest.raises(FileNotFoundError, match="readme_notes"):
         build_figures([tmp_path / "not_a_run"], tmp_path / "figs2", png=False, reps=200,
                       readme_notes=tmp_path / "nope.md")
     assert not (tmp_path / "figs2").exists()
+
+
+def test_readme_names_runs_inside_the_project_relative_to_its_root(tmp_path, monkeypatch):
+    from workbench.paths import ROOT_ENV
+    from workbench.viz.analysis import build_figures
+
+    monkeypatch.setenv(ROOT_ENV, str(tmp_path))
+    run = tmp_path / "runs" / "a_run"
+    run.mkdir(parents=True)
+    build_figures([run], tmp_path / "figs", png=False, reps=200)
+    readme = (tmp_path / "figs" / "README.md").read_text()
+    assert "- `runs/a_run` → method" in readme
 
 
 def test_scores_figure_normalizes_with_reference_scores():
