@@ -2,13 +2,13 @@
 
 **Why scripted data.** The online C51 agent (``workbench.online``, resnet-tiny) took 28 CPU-s
 (111 s wall on a loaded shared machine) for 2,000 agent steps while it trains, about 70 agent
-steps per CPU-second. One CPU hour is then about 250k agent steps for all games together, about 60k (250k frames) for
-each of the study's four: a quarter of the first of Dopamine's 200 one-million-frame iterations,
-where its C51 curves on Breakout and Pong are still at their start. So the data here is the issue's
-fallback, stated as such: **scripted RAM heuristics played epsilon-greedily with an epsilon that
-decays across checkpoints** (geometrically, 1.0 -> ``eps_end``), a quality-improving "learning history" in the
-DQN-Replay layout. Its first 20% of checkpoints is the "sub-optimal" split, all of it the
-"near-optimal" one, as in the papers (``workbench.data.splits.PRESETS``).
+steps per CPU-second. One CPU hour is then about 250k agent steps for all games together, about
+60k (250k frames) for each of the study's four: a quarter of the first of Dopamine's 200
+one-million-frame iterations, where its C51 curves on Breakout and Pong are still at their start.
+So the data here is the issue's fallback, stated as such: **scripted policies (RAM heuristics)
+played epsilon-greedily with an epsilon that decays across checkpoints** (geometrically, 1.0 ->
+``eps_end``), a quality-improving "learning history" in the DQN-Replay layout. Its first 20% of
+checkpoints is the "sub-optimal" split, all of it the "near-optimal" one, as in the papers (``workbench.data.splits.PRESETS``).
 
 Games, and what each can show at this scale:
 
@@ -19,7 +19,7 @@ Games, and what each can show at this scale:
   Unlike the random-behaviour Freeway data of the issue (NOOP most frequent), UP is the most
   frequent action from the second checkpoint on.
 * ``SpaceInvaders``: the heuristic fires standing still (285 per capped episode, random about
-  180). Like Freeway, a policy that ignores the frame can win it, so it is the second game on
+  140). Like Freeway, a policy that ignores the frame can win it, so it is the second game on
   which "learned anything" is measurable at a few thousand gradient steps.
 * ``Breakout``: the heuristic fires and follows the ball with the paddle (tens of points per
   capped episode, random ~1). Its action depends on where a few pixels of ball and paddle are, so
@@ -105,7 +105,7 @@ def _freeway(ram: np.ndarray) -> int:
 
 def _space_invaders(ram: np.ndarray) -> int:
     # FIRE, standing still. Measured under the evaluation protocol (1,000-step cap): FIRE scores 285
-    # against 120 for random play and 0 to 270 for every other constant action; sweeping the
+    # against about 140 for random play (32 episodes) and 0 to 270 for every other constant action; sweeping the
     # cannon left and right while firing scored 60 to 210. The game's one scripted policy that
     # needs no RAM map, and the study's second game that a frame-blind policy can win.
     return 1
@@ -250,7 +250,7 @@ class HistorySpec:
     """Agent steps per episode before it ends (data, random reference and the sweeps' eval_max_steps)."""
     random_episodes: int = 32
     """Episodes of the random policy (evaluation protocol, same cap) per game; its returns vary a lot
-    (SpaceInvaders: 30 to 600), and the summary compares methods with their 95% CI."""
+    (SpaceInvaders: 20 to 600), and the summary compares methods with their 95% CI."""
     seed: int = 0
     """Seed of the environments, the exploration and the random reference."""
 
@@ -551,9 +551,10 @@ def summary_table(summary: dict[str, Any]) -> str:
 
 def action_profile(source: Any, game: str, *, seeds: Sequence[int] = (0,), max_steps: int = 500,
                    epsilon: float = 0.0) -> dict[str, Any]:
-    """How much a policy's actions depend on the frame: the share of its steps that take its most
-    frequent action, over greedy episodes (``workbench.viz.rollout.play_rollout``; ``source`` a
-    checkpoint or run folder, or a policy object). 1.0 means one action whatever the screen shows.
+    """How concentrated a policy's actions are: the share of its steps that take its most frequent
+    action, over greedy episodes (``workbench.viz.rollout.play_rollout``; ``source`` a checkpoint or
+    run folder, or a policy object). 1.0 means one action whatever the screen shows (frame-blind);
+    lower means it varies its action, with the frame or with its own history.
 
     Returns ``modal_action`` (its name), ``modal_fraction``, ``actions_used`` and ``steps``."""
     from workbench.viz.rollout import play_rollout
