@@ -8,7 +8,8 @@ one-million-frame iterations, where its C51 curves on Breakout and Pong are stil
 So the data here is the issue's fallback, stated as such: **scripted policies (RAM heuristics)
 played epsilon-greedily with an epsilon that decays across checkpoints** (geometrically, 1.0 ->
 ``eps_end``), a quality-improving "learning history" in the DQN-Replay layout. Its first 20% of
-checkpoints is the "sub-optimal" split, all of it the "near-optimal" one, as in the papers (``workbench.data.splits.PRESETS``).
+checkpoints is the "sub-optimal" split, all of it the "near-optimal" one, as in the papers
+(``workbench.data.splits.PRESETS``).
 
 Games, and what each can show at this scale:
 
