@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["ROOT_ENV", "project_root", "resolve_path"]
+__all__ = ["ROOT_ENV", "project_root", "resolve_path", "shown_path"]
 
 ROOT_ENV = "WORKBENCH_ROOT"
 
@@ -47,3 +47,12 @@ def resolve_path(path: str | os.PathLike[str]) -> Path:
     """``path`` as an absolute path: unchanged when absolute, else under :func:`project_root`."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else project_root() / p
+
+
+def shown_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as a written report names it: relative to :func:`project_root` when inside it, so a
+    committed README does not carry one machine's absolute paths; unchanged otherwise."""
+    try:
+        return str(Path(path).resolve().relative_to(project_root()))
+    except ValueError:
+        return str(path)

@@ -30,6 +30,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from workbench import metrics as M
+from workbench.paths import shown_path
 from workbench.viz import results_figures as F
 from workbench.viz.analysis import (
     _RUN_ONLY_KEYS,
@@ -421,10 +422,10 @@ class AblationExplorer:
         stamp = time.strftime("%Y-%m-%d %H:%M")
         paths: dict[str | os.PathLike[str], go.Figure] = {out / n: go.Figure(f) for n, f in self.figures.items()}
         statuses = save_figures(paths)
-        runs = ", ".join(f"`{r.path}`" for r in self.data.runs)
+        runs = ", ".join(f"`{shown_path(r.path)}`" for r in self.data.runs)
         lines = [f"# Ablation explorer: {self.data.name}", "",
                  f"Written by `workbench.viz.ablation.AblationExplorer.export` ({stamp}) from sweep "
-                 f"**{self.data.name}** (`{self.data.source}`), {len(self.data.runs)} runs: {runs}.",
+                 f"**{self.data.name}** (`{shown_path(self.data.source)}`), {len(self.data.runs)} runs: {runs}.",
                  f"Evaluation protocol: {self.data.protocol}.", "", "## Files", ""]
         for name, s in zip(self.figures, statuses):
             files = f"`{s.html.name}`" + (f", `{s.png.name}`" if s.png else f" ({s.message})")
@@ -549,8 +550,9 @@ def paper_figures(data: AblationData, out_dir: str | os.PathLike[str] | None = N
         paths: dict[str | os.PathLike[str], go.Figure] = {out / n: f for n, f in figs.items()}
         statuses = save_figures(paths, png=png)
         lines = [f"# The papers' figures from sweep {data.name}", "",
-                 f"Written by `workbench.viz.ablation.paper_figures` from `{data.source}` "
-                 f"({len(data.runs)} runs: {', '.join(f'`{r.path}`' for r in data.runs)}); {data.protocol}; "
+                 f"Written by `workbench.viz.ablation.paper_figures` from `{shown_path(data.source)}` "
+                 f"({len(data.runs)} runs: {', '.join(f'`{shown_path(r.path)}`' for r in data.runs)}); "
+                 f"{data.protocol}; "
                  f"runs = {runs_are}. Marks named 'paper: ...' are the papers' printed numbers "
                  "(workbench.reference.paper_tables) on the games we share with them.", ""]
         lines += [f"- **{n}** (`{s.html.name}`" + (f", `{s.png.name}`)" if s.png else f"; {s.message})")

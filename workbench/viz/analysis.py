@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
+from workbench.paths import shown_path
 from workbench.viz import results_figures as F
 from workbench.viz.export import FigureSaveStatus, save_figures
 
@@ -725,29 +726,18 @@ def _truncation_note(scores: dict[str, Any] | None) -> str:
             "so their scores are partial-episode returns, not comparable to full episodes")
 
 
-def _shown(path: Path) -> str:
-    """A run folder as the README names it: relative to the project root when inside it, so a
-    committed README does not carry one machine's absolute paths."""
-    from workbench.paths import project_root
-
-    try:
-        return str(Path(path).resolve().relative_to(project_root().resolve()))
-    except ValueError:
-        return str(path)
-
-
 def _write_readme(rep: AnalysisReport, notes: str = "") -> None:
     lines = [notes.rstrip(), ""] if notes.strip() else []
     lines += ["# Figures" if not lines else "# How these figures were made", "",
              "Written by `workbench.viz.analysis.build_figures` (notebook `notebooks/06_analysis.ipynb`). "
              "Do not edit by hand: re-run the notebook.", "", "## Runs", ""]
     for r, lab in zip(rep.runs, rep.labels):
-        lines.append(f"- `{_shown(r.path)}` → method **{lab}**; found: {', '.join(r.found) or 'nothing'}"
+        lines.append(f"- `{shown_path(r.path)}` → method **{lab}**; found: {', '.join(r.found) or 'nothing'}"
                      + (f"; problems: {'; '.join(r.problems)}" if r.problems else "")
                      + _truncation_note(r.scores))
     if rep.finetune_runs:
         lines += ["", "Fine-tuning runs (the `transfer` figure only):", ""]
-        lines += [f"- `{_shown(r.path)}` → **{transfer_label(r.config.get('resolved') or {})}**" + _truncation_note(
+        lines += [f"- `{shown_path(r.path)}` → **{transfer_label(r.config.get('resolved') or {})}**" + _truncation_note(
             r.evaluations[0][1] if r.evaluations else None) for r in rep.finetune_runs]
     lines += ["", "## Evaluation protocol", "", f"Compared: {rep.protocol}."]
     if rep.comparable_to_papers is False:
