@@ -244,7 +244,7 @@ def test_save_figures_writes_png(tmp_path):
 # --------------------------------------------------------------------------- analysis pipeline
 
 
-def _fake_run(root, name, *, model, seed, means, hidden):
+def _fake_run(root, name, *, model, seed, means, hidden, dataset=""):
     """A run folder as workbench.pipeline leaves it (config, metrics, checkpoint, eval scores)."""
     import json
 
@@ -255,7 +255,7 @@ def _fake_run(root, name, *, model, seed, means, hidden):
 
     d = root / name
     Run(d).create("pretrain", {"model": model, "algo": "scaled_ql", "seed": seed, "games": "Assault,Breakout",
-                               "output_dir": str(d)},
+                               "output_dir": str(d), "dataset": dataset},
                   {"algo": "scaled_ql", "model": model, "games": ["Assault", "Breakout"]})
     lines = [json.dumps({"step": s, "loss": 1.0 / (s + 1), "loss/td": 0.5 / (s + 1)}) for s in range(0, 50, 10)]
     (d / "metrics.jsonl").write_text("\n".join(lines + ['{"step": 60, "loss"']) + "\n")  # cut last line
@@ -524,3 +524,33 @@ def test_ablation_table_is_as_wide_as_its_columns_and_scaling_ticks_decades():
                                                                                    "iqm": 0.5}])
     assert list(scaling.layout.xaxis.ticktext) == ["100k", "1M", "10M", "100M"]
     assert scaling.layout.xaxis.type == "log"
+
+
+def test_scaled_ql_figure_2_draws_the_behaviour_policy_of_a_recorded_history(tmp_path):
+    import json
+
+    from workbench import metrics as M
+    from workbench.viz.ablation import load_ablation, paper_figures
+
+    data_root = tmp_path / "history"
+    data_root.mkdir()
+    (data_root / "behaviour.json").write_text(json.dumps({"behaviour": {
+        "sub_optimal": {"Assault": 700.0, "Breakout": 5.0}, "near_optimal": {"Assault": 600.0, "Breakout": None}}}))
+    runs = [_fake_run(tmp_path, f"r{seed}_{model}", model=model, seed=seed, hidden=4 if model == "a" else 8,
+                      means={"Assault": 300.0 + seed, "Breakout": 10.0 + seed}, dataset=str(data_root))
+            for model in ("a", "b") for seed in (0, 1)]
+    data = load_ablation([str(r) for r in runs])
+    assert data.behaviour == {"sub_optimal": {"Assault": 700.0, "Breakout": 5.0}, "near_optimal": {"Assault": 600.0}}
+    figs, _ = paper_figures(data, reps=200, png=False)
+    lines = {t.name: (list(t.x), list(t.y)) for t in figs["scaled_ql_fig2_profiles"].data if t.mode == "lines"}
+    # One value per game, human-normalized like the runs: the share of the 2 games above each tau.
+    taus, drawn = lines["behaviour policy (sub_optimal)"]
+    normalized = [M.normalize_score("Assault", 700.0), M.normalize_score("Breakout", 5.0)]
+    assert drawn == pytest.approx([np.mean([n > t for n in normalized]) for t in taus])
+    assert {0.0, 0.5, 1.0} <= set(drawn)  # the taus span both games' scores
+    # A split missing a game draws no line.
+    assert "behaviour policy (near_optimal)" not in lines
+    # Runs without a recorded history (or on different data) have no behaviour line.
+    plain = [_fake_run(tmp_path / "plain", f"p{seed}", model="a", seed=seed, hidden=4,
+                       means={"Assault": 300.0, "Breakout": 10.0}) for seed in (0, 1)]
+    assert load_ablation([str(r) for r in plain]).behaviour == {}

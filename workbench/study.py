@@ -58,13 +58,13 @@ from typing import Any
 import numpy as np
 
 from workbench import games as G
+from workbench.data.behaviour import BEHAVIOUR_FILE
 from workbench.fileio import atomic_write_json, atomic_write_text
 
 __all__ = ["BEHAVIOUR_FILE", "SCRIPTED_GAMES", "EpsilonSchedulePolicy", "HistorySpec", "ScriptedPolicy",
            "action_profile", "bootstrap_ci", "build_summary", "epsilon_schedule", "main", "method_label",
            "record_history", "split_checkpoints", "summary_table", "sweep_action_profiles"]
 
-BEHAVIOUR_FILE = "behaviour.json"
 SCRIPTED_GAMES = ("Breakout", "Freeway", "Pong", "SpaceInvaders")
 #: the study's splits: the papers' presets (first 20% of checkpoints; all of them)
 SPLITS = ("sub_optimal", "near_optimal")

@@ -30,7 +30,8 @@ import numpy as np
 import plotly.graph_objects as go
 
 from workbench import metrics as M
-from workbench.paths import shown_path
+from workbench.data.behaviour import behaviour_lines
+from workbench.paths import resolve_path, shown_path
 from workbench.viz import results_figures as F
 from workbench.viz.analysis import (
     _RUN_ONLY_KEYS,
@@ -65,6 +66,9 @@ class AblationData:
     protocol: str = ""
     left_out: dict[str, str] = field(default_factory=dict)
     not_done: list[str] = field(default_factory=list)
+    behaviour: dict[str, dict[str, float]] = field(default_factory=dict)
+    """The behaviour policy's mean return per split and game, when every run trained on one
+    DQN-Replay root that carries a ``behaviour.json`` (``workbench.data.behaviour``); else ``{}``."""
 
     @property
     def games(self) -> list[str]:
@@ -84,8 +88,6 @@ def load_ablation(source: str | os.PathLike[str] | Sequence[str | os.PathLike[st
     For a sweep, the factors and levels are the sweep's and only finished points are read
     (the others are listed in ``not_done``). For plain run folders, the factors are the
     configuration values (parameters and resolved algorithm settings) that differ between runs."""
-    from workbench.paths import resolve_path
-
     if isinstance(source, (str, os.PathLike)):
         path = resolve_path(source)
         if path.is_dir() and (path / "sweep.json").is_file():
@@ -117,7 +119,15 @@ def _from_index(index: dict[str, Any], mix_protocols: bool) -> AblationData:
                         factors={k: _unique(v) for k, v in index["factors"].items()},
                         not_done=[f"{p['id']} ({p['state']})" for p in index["points"] if p["state"] != "done"])
     data.protocol, data.left_out = select_evaluations(runs, mix_protocols)
+    data.behaviour = _shared_behaviour(runs)
     return data
+
+
+def _shared_behaviour(runs: Sequence[RunInfo]) -> dict[str, dict[str, float]]:
+    datasets = {str(r.config.get("dataset") or "") for r in runs}
+    if len(datasets) != 1 or not next(iter(datasets)):
+        return {}
+    return behaviour_lines(resolve_path(next(iter(datasets))))
 
 
 def _from_runs(paths: Sequence[Path], mix_protocols: bool) -> AblationData:
@@ -151,6 +161,7 @@ def _from_runs(paths: Sequence[Path], mix_protocols: bool) -> AblationData:
     data = AblationData(name="runs", source=", ".join(str(p) for p in paths), runs=runs, levels=levels,
                         factors=factors, not_done=[f"{r.path} (not a run)" for r in read if not r.config])
     data.protocol, data.left_out = select_evaluations(runs, mix_protocols)
+    data.behaviour = _shared_behaviour(runs)
     return data
 
 
@@ -338,8 +349,6 @@ class AblationExplorer:
                  out_dir: str | os.PathLike[str] | None = None) -> None:
         import ipywidgets as W
 
-        from workbench.paths import resolve_path
-
         if not data.factors:
             raise ValueError("the runs have no factor that varies")
         self.data, self.reps, self.seed = data, reps, seed
@@ -445,7 +454,8 @@ def paper_figures(data: AblationData, out_dir: str | os.PathLike[str] | None = N
                   seed: int = 0, png: bool = True) -> tuple[dict[str, go.Figure], dict[str, str]]:
     """The papers' figures and tables regenerated from ``data``'s runs.
 
-    Scaled QL (paper 000): Figure 2 (performance profiles), Figure 4 (per-game scores next to the
+    Scaled QL (paper 000): Figure 2 (performance profiles, with the "behavior policy" line where
+    the data recorded one: ``AblationData.behaviour``), Figure 4 (per-game scores next to the
     paper's DT and Scaled QL), Figure 5 (parameters vs IQM), Figure 6 (IQM per level of each
     factor). JOWA (paper 003): Figure 4 (parameters vs IQM), Table 2 (per-game scores), Tables 4/5
     (ablation aggregates). Where the papers' games match ours, their printed numbers are drawn as
@@ -471,6 +481,10 @@ def paper_figures(data: AblationData, out_dir: str | os.PathLike[str] | None = N
 
     # Scaled QL Figure 2: performance profiles, with the paper's methods on the same games.
     profile_in: dict[str, Any] = {**scores, **{k: v for k, v in paper_games.items() if "scaled_ql" in k}}
+    # The figure's "behavior policy" line: the data's own returns, one value per game and split.
+    for split, per_game in data.behaviour.items():
+        if all(g in per_game for g in games):
+            profile_in[f"behaviour policy ({split})"] = {g: [per_game[g]] for g in games}
     prof = M.performance_profile(profile_in, "human", reps=reps, seed=seed)
     figs["scaled_ql_fig2_profiles"] = F.make_performance_profile_figure(
         prof["taus"], {m: v["profile"] for m, v in prof["methods"].items()},
