@@ -220,7 +220,10 @@ def make_performance_profile_figure(
     fig.update_layout(
         title=title or "Performance profiles", template="plotly_white",
         xaxis_title=xlabel, yaxis_title="Fraction of runs with score > τ",
-        yaxis_range=[0, 1.02], height=420,
+        # The legend goes under the plot, one row per curve, so long method names leave the axes
+        # their width in a static export.
+        yaxis_range=[0, 1.02], height=420 + 22 * len(curves), width=900,
+        legend=dict(orientation="h", yanchor="top", y=-0.15, xanchor="left", x=0),
     )
     return fig
 
