@@ -424,6 +424,26 @@ def method_label(params: dict[str, Any], reference_model: dict[str, str]) -> str
     return label
 
 
+def _finished_points(sweeps: Sequence[Any]) -> list[tuple[Any, Any]]:
+    """(sweep, point) for every finished point of the sweeps, each run folder once (two sweeps may
+    share a point)."""
+    from workbench.sweep import sweep_status
+
+    out, seen = [], set()
+    for sweep in sweeps:
+        states = {p["id"]: p["state"] for p in sweep_status(sweep, write=False)["points"]}
+        for point in sweep.points:
+            if states[point.id] == "done" and str(point.run_dir) not in seen:
+                seen.add(str(point.run_dir))
+                out.append((sweep, point))
+    return out
+
+
+def _row_key(point: Any, reference_model: dict[str, str]) -> tuple[str, str]:
+    """The (method, split) a point's runs are grouped under in the summary and the action profiles."""
+    return method_label(point.params, reference_model), str(point.params.get("split", "all"))
+
+
 def build_summary(sweep_files: Sequence[str | os.PathLike[str]], *, behaviour: str | os.PathLike[str] | None = None,
                   reps: int = 2000, seed: int = 0,
                   reference_model: dict[str, str] | None = None) -> dict[str, Any]:
@@ -438,7 +458,7 @@ def build_summary(sweep_files: Sequence[str | os.PathLike[str]], *, behaviour: s
     from workbench import metrics
     from workbench.paths import resolve_path
     from workbench.run import Run
-    from workbench.sweep import load_sweep, sweep_status
+    from workbench.sweep import load_sweep
 
     if not sweep_files:
         raise ValueError("give at least one sweep file")
@@ -454,21 +474,12 @@ def build_summary(sweep_files: Sequence[str | os.PathLike[str]], *, behaviour: s
         raise FileNotFoundError(f"{bpath} does not exist: record the data first (python -m workbench.study data)")
     bdoc = json.loads(bpath.read_text())
     groups: dict[tuple[str, str], dict[str, list[float]]] = {}
-    counted: dict[str, int] = {}
-    seen: set[str] = set()
-    for sweep in sweeps:
-        index = sweep_status(sweep, write=False)
-        states = {p["id"]: p["state"] for p in index["points"]}
-        counted[sweep.name] = 0
-        for point in sweep.points:
-            if states[point.id] != "done" or str(point.run_dir) in seen:
-                continue
-            seen.add(str(point.run_dir))
-            scores = json.loads((Run(point.run_dir).path / "eval" / "scores.json").read_text())
-            key = (method_label(point.params, ref_model), str(point.params.get("split", "all")))
-            for game, entry in scores["per_game"].items():
-                groups.setdefault(key, {}).setdefault(game, []).append(float(entry["mean"]))
-            counted[sweep.name] += 1
+    counted = {sweep.name: 0 for sweep in sweeps}
+    for sweep, point in _finished_points(sweeps):
+        scores = json.loads((Run(point.run_dir).path / "eval" / "scores.json").read_text())
+        for game, entry in scores["per_game"].items():
+            groups.setdefault(_row_key(point, ref_model), {}).setdefault(game, []).append(float(entry["mean"]))
+        counted[sweep.name] += 1
     games = list(bdoc["games"])
     # The random policy's CI where its episodes were kept (older behaviour files have only the mean):
     # a method is "above random" when its CI lies above random's.
@@ -580,20 +591,16 @@ def sweep_action_profiles(sweep_files: Sequence[str | os.PathLike[str]], *, max_
     from tqdm.auto import tqdm
 
     from workbench.run import Run
-    from workbench.sweep import load_sweep, sweep_status
+    from workbench.sweep import load_sweep
 
     ref_model = reference_model or _REFERENCE_MODEL
-    jobs = []
-    for sweep in (load_sweep(f) for f in sweep_files):
-        states = {p["id"]: p["state"] for p in sweep_status(sweep, write=False)["points"]}
-        jobs += [p for p in sweep.points if states[p.id] == "done"]
+    jobs = [point for _, point in _finished_points([load_sweep(f) for f in sweep_files])]
     rows: dict[tuple[str, str, str], dict[str, list[Any]]] = {}
     for point in tqdm(jobs, desc="action profiles", disable=not progress):
         run = Run(point.run_dir)
-        key = (method_label(point.params, ref_model), str(point.params.get("split", "all")))
         for game in run.games:
             prof = action_profile(run.path, game, max_steps=max_steps)
-            row = rows.setdefault((*key, game), {"modal_fraction": [], "modal_action": []})
+            row = rows.setdefault((*_row_key(point, ref_model), game), {"modal_fraction": [], "modal_action": []})
             row["modal_fraction"].append(prof["modal_fraction"])
             row["modal_action"].append(prof["modal_action"])
     return {"max_steps": max_steps, "epsilon": 0.0,
