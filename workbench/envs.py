@@ -56,6 +56,8 @@ import numpy as np
 from gymnasium import spaces
 
 from workbench import games as _games
+from workbench import geometry
+from workbench.minatar_envs import MinAtarProtocolEnv, MinAtarVector
 
 __all__ = [
     "PROTOCOLS",
@@ -72,6 +74,7 @@ __all__ = [
     "available_difficulties",
     "AtariVector",
     "FrameStacker",
+    "make_vector",
 ]
 
 Protocol = Literal["eval", "data"]
@@ -81,8 +84,8 @@ STICKY_ACTION_PROB = PROTOCOLS["data"]
 FRAME_SKIP = 4
 MAX_EPISODE_FRAMES = 108_000
 MAX_AGENT_STEPS = MAX_EPISODE_FRAMES // FRAME_SKIP  # 27,000
-OBS_SHAPE = (84, 84)
-STACK = 4
+OBS_SHAPE = geometry.ATARI.frame_shape
+STACK = geometry.STACK
 #: Game variants of Scaled QL's online fine-tuning (Section 5.2, after Farebrother et al. 2018).
 PAPER_VARIANTS: dict[str, dict[str, int]] = {
     "Breakout": {"mode": 12, "difficulty": 0},
@@ -227,7 +230,7 @@ class AtariProtocolEnv(gymnasium.Env):
 
     def _obs(self) -> np.ndarray:
         pooled = np.maximum(self._buf[0], self._buf[1])
-        return cv2.resize(pooled, (84, 84), interpolation=cv2.INTER_AREA)
+        return cv2.resize(pooled, OBS_SHAPE[::-1], interpolation=cv2.INTER_AREA)
 
     def _info(self) -> dict[str, Any]:
         return {"lives": int(self._ale.lives()), "episode_frame_number": self._frames}
@@ -290,11 +293,43 @@ def make_env(
     seed: int | None = None,
     render_rgb: bool = False,
 ) -> gymnasium.Env:
-    """An Atari env under a protocol: obs uint8 (84, 84), minimal-set actions, raw rewards,
-    ``truncated`` at 108,000 frames (27,000 agent steps). ``seed`` seeds the first reset."""
+    """A game's env under a protocol: obs uint8 of its suite's frame shape (Atari 84x84),
+    minimal-set actions, raw rewards, ``truncated`` at 27,000 agent steps. ``seed`` seeds the
+    first reset. MinAtar games (``MinAtar-Breakout``...) get :mod:`workbench.minatar_envs`."""
+    if _games.suite_of(game) == "minatar":
+        _no_variant(game, mode, difficulty)
+        return MinAtarProtocolEnv(game, protocol, seed=seed, render_rgb=render_rgb)
     return AtariProtocolEnv(
         game, protocol, mode=mode, difficulty=difficulty, seed=seed, render_rgb=render_rgb
     )
+
+
+def _no_variant(game: str, mode: int | None, difficulty: int | None) -> None:
+    if mode is not None or difficulty is not None:
+        raise ValueError(f"{_games.canonical_game(game)} has no game modes or difficulties (MinAtar)")
+
+
+def make_vector(
+    game: str,
+    num_envs: int,
+    protocol: Protocol = "eval",
+    *,
+    max_agent_steps: int = MAX_AGENT_STEPS,
+    mode: int | None = None,
+    difficulty: int | None = None,
+    backend: Literal["auto", "sync", "async", "native"] = "auto",
+    repeat_action_probability: float | None = None,
+) -> AtariVector | MinAtarVector:
+    """N envs of ``game``'s suite with explicit seeded resets (:class:`AtariVector`'s API), each
+    episode capped at ``max_agent_steps`` agent steps. ``repeat_action_probability=None`` keeps
+    the protocol's own (Atari eval 0, data 0.25; MinAtar 0.1 in both)."""
+    if _games.suite_of(game) == "minatar":
+        _no_variant(game, mode, difficulty)
+        return MinAtarVector(game, num_envs, protocol, max_episode_steps=max_agent_steps,
+                             repeat_action_probability=repeat_action_probability)
+    return AtariVector(game, num_envs, protocol, mode=mode, difficulty=difficulty, backend=backend,
+                       max_episode_frames=max_agent_steps * FRAME_SKIP,
+                       repeat_action_probability=repeat_action_probability)
 
 
 class AtariVector:
@@ -467,20 +502,22 @@ class AtariVector:
 
 
 class FrameStacker:
-    """Rolling ``(N, 4, 84, 84)`` uint8 frame stacks, oldest first, zero-padded at episode start."""
+    """Rolling ``(N, 4, H, W)`` uint8 frame stacks, oldest first, zero-padded at episode start
+    (``frame_shape``: the suite's, Atari's 84x84 by default)."""
 
-    def __init__(self, num_envs: int) -> None:
+    def __init__(self, num_envs: int, frame_shape: tuple[int, int] = OBS_SHAPE) -> None:
         if int(num_envs) < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.num_envs = int(num_envs)
-        self.stacks = np.zeros((self.num_envs, STACK, *OBS_SHAPE), np.uint8)
+        self.frame_shape = tuple(frame_shape)
+        self.stacks = np.zeros((self.num_envs, STACK, *self.frame_shape), np.uint8)
 
     def reset(self, indices: Sequence[int] | np.ndarray, frames: np.ndarray) -> np.ndarray:
-        """Zero the stacks of ``indices`` and put ``frames`` (len(indices), 84, 84) last."""
+        """Zero the stacks of ``indices`` and put ``frames`` (len(indices), H, W) last."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         frames = np.asarray(frames)
-        if frames.shape != (idx.size, *OBS_SHAPE):
-            raise ValueError(f"frames must have shape {(idx.size, *OBS_SHAPE)}, got {frames.shape}")
+        if frames.shape != (idx.size, *self.frame_shape):
+            raise ValueError(f"frames must have shape {(idx.size, *self.frame_shape)}, got {frames.shape}")
         self.stacks[idx] = 0
         self.stacks[idx, -1] = frames
         return self.stacks
@@ -489,8 +526,8 @@ class FrameStacker:
         """Append ``frames`` as the newest frame of every stack (or of ``indices`` only)."""
         frames = np.asarray(frames)
         idx = np.arange(self.num_envs) if indices is None else np.asarray(indices, np.int64)
-        if frames.shape != (idx.size, *OBS_SHAPE):
-            raise ValueError(f"frames must have shape {(idx.size, *OBS_SHAPE)}, got {frames.shape}")
+        if frames.shape != (idx.size, *self.frame_shape):
+            raise ValueError(f"frames must have shape {(idx.size, *self.frame_shape)}, got {frames.shape}")
         self.stacks[idx, :-1] = self.stacks[idx, 1:]
         self.stacks[idx, -1] = frames
         return self.stacks

@@ -9,7 +9,7 @@ episode's result does not depend on ``num_envs`` or on which other games run alo
 
 Batching: every game gets ``min(num_envs, episodes_per_game)`` env slots; all slots of all games
 step in lock-step and the policy is called once per step with the stacks of *all* slots
-(``(S, 4, 84, 84)``, ``game_ids (S,)``), so row ``i`` is always slot ``i``. After each step the
+(``(S, 4, H, W)``, ``game_ids (S,)``), so row ``i`` is always slot ``i``. After each step the
 policy gets ``policy.observe(actions, rewards)``: the actions the slots executed (after epsilon
 and no-op starts) and their raw rewards (idle slots: action 0, reward 0); policies with memory
 get ``policy.reset(slot_indices)`` when those slots start an episode. Actions of slots that are
@@ -27,7 +27,7 @@ import numpy as np
 from workbench import games as _games
 from workbench import metrics as _metrics
 from workbench.algos.base import Policy, check_policy
-from workbench.envs import FRAME_SKIP, MAX_AGENT_STEPS, AtariVector, FrameStacker
+from workbench.envs import MAX_AGENT_STEPS, FrameStacker, make_vector
 from workbench.fileio import atomic_write_json
 
 __all__ = ["Policy", "episode_seed", "epsilon_greedy", "evaluate", "protocol_flags"]
@@ -135,10 +135,11 @@ def evaluate(
     if len(set(flat)) != len(flat):  # 31-bit seeds: a collision is astronomically unlikely
         raise RuntimeError(f"episode seed collision for seed={seed}; use another seed")
 
+    # sticky_actions 0 keeps the protocol's own: none on Atari, MinAtar's 0.1 (part of that game).
     vecs = [
-        AtariVector(
+        make_vector(
             g, n_slots, "eval", mode=mode, difficulty=difficulty, backend=backend,  # type: ignore[arg-type]
-            max_episode_frames=max_agent_steps * FRAME_SKIP, repeat_action_probability=sticky_actions,
+            max_agent_steps=max_agent_steps, repeat_action_probability=sticky_actions or None,
         )
         for g in game_list
     ]  # fmt: skip
@@ -146,7 +147,7 @@ def evaluate(
     slot_game = np.repeat(np.arange(G), n_slots)
     slot_ids = ids[slot_game]
     n_act = np.array([_games.num_actions(g) for g in game_list])[slot_game]
-    stacker = FrameStacker(S)
+    stacker = FrameStacker(S, _games.geometry_of(game_list).frame_shape)
     episode = np.full(S, -1, np.int64)  # episode index each slot is running, -1 when idle
     ret = np.zeros(S, np.float64)
     length = np.zeros(S, np.int64)
@@ -200,7 +201,7 @@ def evaluate(
                     noops_left[s] -= 1
                     continue
                 actions[s] = epsilon_greedy(rngs[s], int(greedy[s]), int(n_act[s]), epsilon)  # type: ignore[arg-type]
-            frames = np.zeros((S, 84, 84), np.uint8)
+            frames = np.zeros((S, *stacker.frame_shape), np.uint8)
             rewards = np.zeros(S, np.float64)
             done = np.zeros(S, bool)
             trunc_all = np.zeros(S, bool)

@@ -23,8 +23,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from workbench import geometry
+
 __all__ = [
     "MAX_ACTIONS",
+    "MINATAR_GAMES",
+    "SUITES",
+    "suite_of",
+    "geometry_of",
+    "minatar_env_name",
     "ACTION_NAMES",
     "DQN_REPLAY_GAMES",
     "GAME_SETS",
@@ -38,7 +45,7 @@ __all__ = [
 ]
 
 #: Size of ALE's full action set; models output this many action slots per sample.
-MAX_ACTIONS = 18
+MAX_ACTIONS = geometry.MAX_ACTIONS
 
 #: Names of ALE's 18 actions, indexed by ALE action id (``ale_py.Action``).
 ACTION_NAMES: tuple[str, ...] = (
@@ -116,6 +123,24 @@ _MINIMAL_ACTIONS: dict[str, tuple[int, ...]] = {
 #: The 60 games of DQN-Replay (Agarwal et al. 2020), alphabetical, CamelCase.
 DQN_REPLAY_GAMES: tuple[str, ...] = tuple(sorted(_MINIMAL_ACTIONS))
 
+# MinAtar (Young & Tian 2019, ``minatar`` 1.0.15): each game's minimal action set, in MinAtar's
+# order, written as the ALE ids of the same moves (MinAtar's full set n, l, u, r, d, f is ALE's
+# NOOP, LEFT, UP, RIGHT, DOWN, FIRE), so action names, masks and MGDT's action tokens need no
+# second table. tests/test_minatar.py checks these against the package.
+MINATAR_ALE_IDS = (0, 4, 2, 3, 5, 1)  # MinAtar full-set index -> ALE action id
+_MINATAR_ACTIONS: dict[str, tuple[int, ...]] = {
+    "MinAtar-Asterix": (0, 4, 2, 3, 5),
+    "MinAtar-Breakout": (0, 4, 3),
+    "MinAtar-Freeway": (0, 2, 5),
+    "MinAtar-Seaquest": (0, 4, 2, 3, 5, 1),
+    "MinAtar-SpaceInvaders": (0, 4, 3, 1),
+}
+MINATAR_GAMES: tuple[str, ...] = tuple(_MINATAR_ACTIONS)
+_MINIMAL_ACTIONS.update(_MINATAR_ACTIONS)
+
+#: Suite of every known game: the game names select the suite, its geometry and its envs.
+SUITES: dict[str, str] = {**{g: "atari" for g in DQN_REPLAY_GAMES}, **{g: "minatar" for g in MINATAR_GAMES}}
+
 GAME_SETS: dict[str, tuple[str, ...]] = {
     # Scaled QL Tables C.1/C.2: the 40 training games.
     "scaled_ql_40": (
@@ -144,6 +169,8 @@ GAME_SETS: dict[str, tuple[str, ...]] = {
         "Assault", "Carnival", "Centipede", "NameThisGame", "Phoenix", "SpaceInvaders",
     ),
     "dqn_replay_60": DQN_REPLAY_GAMES,
+    # MinAtar's five games (the CPU-scale suite).
+    "minatar_5": MINATAR_GAMES,
 }  # fmt: skip
 
 
@@ -151,14 +178,15 @@ def _key(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
-_BY_KEY: dict[str, str] = {_key(g): g for g in DQN_REPLAY_GAMES}
+_BY_KEY: dict[str, str] = {_key(g): g for g in SUITES}
 
 
 def canonical_game(name: str) -> str:
-    """Return the canonical CamelCase name of a DQN-Replay game.
+    """Return the canonical CamelCase name of a DQN-Replay or MinAtar game.
 
     Accepts ``MsPacman``, ``ms_pacman``, ``mspacman``, ``MS-PACMAN`` (case, ``_``, ``-`` and spaces
-    are ignored). Raises ValueError with close matches for an unknown name.
+    are ignored), and ``minatar_breakout`` for ``MinAtar-Breakout``. Raises ValueError with close
+    matches for an unknown name.
     """
     if not isinstance(name, str):
         raise TypeError(f"game name must be a str, got {type(name).__name__}: {name!r}")
@@ -168,15 +196,40 @@ def canonical_game(name: str) -> str:
         hint = (
             f"did you mean {', '.join(_BY_KEY[c] for c in close)}?"
             if close
-            else f"known games: {', '.join(DQN_REPLAY_GAMES)}"
+            else f"known games: {', '.join(SUITES)}"
         )
         raise ValueError(f"unknown game {name!r}: {hint}")
     return game
 
 
+def suite_of(game: str) -> str:
+    """``"atari"`` or ``"minatar"``: the suite a game belongs to."""
+    return SUITES[canonical_game(game)]
+
+
+def geometry_of(games: str | Sequence[str]) -> geometry.FrameGeometry:
+    """The frame geometry of one game, or of a list of games (which must share a suite)."""
+    names = [games] if isinstance(games, str) else list(games)
+    suites = sorted({suite_of(g) for g in names})
+    if len(suites) != 1:
+        raise ValueError(f"games {names} mix suites {suites}: a run, store or model holds one suite's frames")
+    return geometry.GEOMETRIES[suites[0]]
+
+
 def ale_rom_id(game: str) -> str:
-    """ale-py ROM id (snake_case, e.g. ``ms_pacman``) of a game."""
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", canonical_game(game)).lower()
+    """ale-py ROM id (snake_case, e.g. ``ms_pacman``) of an Atari game."""
+    name = canonical_game(game)
+    if suite_of(name) != "atari":
+        raise ValueError(f"{name} is a {suite_of(name)} game, not an Atari ROM")
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def minatar_env_name(game: str) -> str:
+    """The ``minatar`` package's env name (``space_invaders``) of a MinAtar game."""
+    name = canonical_game(game)
+    if suite_of(name) != "minatar":
+        raise ValueError(f"{name} is not a MinAtar game; MinAtar games: {', '.join(MINATAR_GAMES)}")
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name.removeprefix("MinAtar-")).lower()
 
 
 def minimal_action_set(game: str) -> tuple[int, ...]:
@@ -235,4 +288,5 @@ def resolve_games(spec: str | Sequence[str]) -> tuple[str, ...]:
     dup = sorted({g for g in games if games.count(g) > 1})
     if dup:
         raise ValueError(f"duplicate games in {spec!r}: {', '.join(dup)}")
+    geometry_of(games)  # one suite per run
     return games

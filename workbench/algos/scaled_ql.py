@@ -321,7 +321,7 @@ class ScaledQL:
 
 
 class GreedyPolicy:
-    """``act(obs uint8 (N,4,84,84), game_ids int64 (N,)) -> int64 (N,)``: greedy over valid actions.
+    """``act(obs uint8 (N,4,H,W), game_ids int64 (N,)) -> int64 (N,)``: greedy over valid actions.
 
     C51 networks act on expected Q, MSE networks on Q, BC networks on logits (same argmax).
     Runs in eval mode under ``torch.inference_mode`` in chunks of ``batch_size``; the module's
@@ -341,7 +341,7 @@ class GreedyPolicy:
 
     def act(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray:
         if obs.dtype != np.uint8 or obs.ndim != 4:
-            raise TypeError(f"obs must be uint8 (N, 4, 84, 84), got {obs.dtype} {obs.shape}")
+            raise TypeError(f"obs must be uint8 (N, 4, H, W) stacks, got {obs.dtype} {obs.shape}")
         device = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()

@@ -55,7 +55,7 @@ import numpy as np
 
 from workbench.data import dqn_replay as dr
 from workbench.data.splits import PRESETS, Split, StoreError, parse_split
-from workbench.data.store import EP_BEGINS, EP_ENDS, FORMAT_VERSION, FRAME_BYTES, STACK
+from workbench.data.store import EP_BEGINS, EP_ENDS, FORMAT_VERSION, STACK
 from workbench.fileio import (
     atomic_write_json,
     check_free_space,
@@ -65,7 +65,7 @@ from workbench.fileio import (
     read_json,
     sha256_file,
 )
-from workbench.games import num_actions
+from workbench.games import geometry_of, num_actions
 
 __all__ = ["build_store"]
 
@@ -306,12 +306,12 @@ def _start_or_resume(out: Path, plan_json: dict, game_dirs: list[str], params: d
     return build
 
 
-def _open_game_arrays(gdir: Path, rows: int) -> dict[str, np.memmap]:
+def _open_game_arrays(gdir: Path, rows: int, frame_shape: tuple[int, int]) -> dict[str, np.memmap]:
     """Create (or reopen, when resuming) a game's arrays; frames are written by positioned writes."""
     arrays = {}
     for name, dt in list(_SMALL.items()) + [("frames", np.uint8)]:
         p = gdir / f"{name}.npy"
-        shape = (rows, 84, 84) if name == "frames" else (rows,)
+        shape = (rows, *frame_shape) if name == "frames" else (rows,)
         if p.exists():
             try:
                 a = np.lib.format.open_memmap(p, mode="r+")
@@ -356,6 +356,11 @@ def _copy_frames(rdir: Path, checkpoint: int, kept: np.ndarray, frames_path: Pat
         dest = np.full(s.rows, -1, dtype=np.int64)
         dest[kept] = np.arange(len(kept)) + row_start
         base = _data_offset(frames_path)
+        store_shape = np.load(frames_path, mmap_mode="r").shape[1:]
+        if tuple(s.shape[1:]) != tuple(store_shape):
+            raise StoreError(f"{s.path}: frames of shape {tuple(s.shape[1:])}, but the store's games hold "
+                             f"{tuple(store_shape)} (one suite per store; is this game's data from another suite?)")
+        frame_bytes = int(np.prod(s.shape[1:]))
         fd = os.open(frames_path, os.O_WRONLY)
         try:
             for a, chunk in s.chunks():
@@ -367,10 +372,10 @@ def _copy_frames(rdir: Path, checkpoint: int, kept: np.ndarray, frames_path: Pat
                     for lo, hi in zip(np.r_[0, cut], np.r_[cut, len(idx)]):
                         i0, i1 = idx[lo], idx[hi - 1] + 1
                         try:
-                            os.pwrite(fd, chunk[i0:i1].data, base + int(d[i0]) * FRAME_BYTES)
+                            os.pwrite(fd, chunk[i0:i1].data, base + int(d[i0]) * frame_bytes)
                         except OSError as exc:
                             if is_disk_full(exc):
-                                raise disk_full(frames_path.parent, (i1 - i0) * FRAME_BYTES, "store frames") from None
+                                raise disk_full(frames_path.parent, (i1 - i0) * frame_bytes, "store frames") from None
                             raise
                     bar.update(len(idx))
             os.fsync(fd)
@@ -492,6 +497,7 @@ def build_store(
     split = _check_args(root, games, split, n_step, context_after)
     log_path = Path(log) if log is not None else None
     game_dirs = [dr.game_dir(root, g).name for g in games]  # unknown games list those that exist
+    geometry = geometry_of(game_dirs)  # one suite per store: one frame shape
     if len(set(game_dirs)) != len(game_dirs):
         raise StoreError(f"duplicate games in {list(games)}")
 
@@ -520,14 +526,14 @@ def build_store(
 
     total_rows = sum(b.rows for bl in plan.values() for b in bl)
     if not (out / ".build").is_dir():  # a resumed build has its space already
-        check_free_space(out, total_rows * (FRAME_BYTES + 32) + (1 << 20), f"a store of {total_rows} rows")
+        check_free_space(out, total_rows * (geometry.frame_bytes + 32) + (1 << 20), f"a store of {total_rows} rows")
     build = _start_or_resume(out, plan_json, game_dirs, params, log_path)
     bar = tqdm(total=total_rows, unit="row", desc="build store", disable=not progress)
     games_info = {}
     for g, blocks in plan.items():
         gdir = out / g
         gdir.mkdir(exist_ok=True)
-        arrays = _open_game_arrays(gdir, sum(b.rows for b in blocks))
+        arrays = _open_game_arrays(gdir, sum(b.rows for b in blocks), geometry.frame_shape)
         for bi, b in enumerate(blocks):
             if (build / "done" / f"{g}__{b.run}__{b.checkpoint}.json").exists():
                 bar.update(b.rows)

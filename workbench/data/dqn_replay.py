@@ -29,9 +29,11 @@ import numpy as np
 
 from workbench.fileio import disk_full, is_disk_full
 from workbench.games import canonical_game
+from workbench.geometry import ATARI, GEOMETRIES, STACK
 
-STACK_SIZE = 4
-FRAME_SHAPE = (84, 84)
+STACK_SIZE = STACK
+#: Observation row shapes a DQN-Replay file may hold: one per suite (Atari's 84x84 is the public data's).
+FRAME_SHAPES = tuple(g.frame_shape for g in GEOMETRIES.values())
 STORE_KEYS = ("observation", "action", "reward", "terminal")
 #: dtype each file must have in the public data (and what Dopamine writes).
 FILE_DTYPES = {
@@ -324,8 +326,8 @@ def _check_array(path: Path, dtype: np.dtype, shape: tuple[int, ...], key: str, 
         raise DQNReplayError(f"{path}: add_count must be a 0-d array, got shape {shape}")
     if key in ("action", "reward", "terminal", "invalid_range") and len(shape) != 1:
         raise DQNReplayError(f"{path}: {key} must be 1-d, got shape {shape}")
-    if key == "observation" and shape[1:] != FRAME_SHAPE:
-        raise DQNReplayError(f"{path}: observation rows must be {FRAME_SHAPE}, got shape {shape}")
+    if key == "observation" and shape[1:] not in FRAME_SHAPES:
+        raise DQNReplayError(f"{path}: observation rows must be one of {list(FRAME_SHAPES)}, got shape {shape}")
     if rows is not None and key in STORE_KEYS and shape[0] != rows:
         raise DQNReplayError(f"{path}: {shape[0]} rows but the checkpoint's other files have {rows}")
 
@@ -565,10 +567,10 @@ def read_transitions(
     s_rows = (idx[:, None] + offs) % n
     ns_rows = (next_idx[:, None] + offs) % n
     need = np.unique(np.concatenate([s_rows.ravel(), ns_rows.ravel()]))
-    frames = np.empty((len(need),) + FRAME_SHAPE, dtype=np.uint8)
     with stream_observations(d, checkpoint) as s:
         if s.rows != n:
             raise DQNReplayError(f"{s.path}: {s.rows} rows but the checkpoint's other files have {n}")
+        frames = np.empty((len(need),) + tuple(s.shape[1:]), dtype=np.uint8)
         for start, arr in s.chunks():
             lo, hi = np.searchsorted(need, [start, start + len(arr)])
             frames[lo:hi] = arr[need[lo:hi] - start]
@@ -652,6 +654,7 @@ def write_checkpoint(
     replay_logs: str | os.PathLike, checkpoint: int, *, observation: np.ndarray | None, action: np.ndarray,
     reward: np.ndarray, terminal: np.ndarray, add_count: int, invalid_range: np.ndarray | None = None,
     observation_chunks: Callable[[], Iterator[np.ndarray]] | None = None, update_horizon: int = 3,
+    frame_shape: tuple[int, int] = ATARI.frame_shape,
 ) -> None:
     """Write one checkpoint in DQN-Replay's on-disk format (no ``episode_end_indices``, like the
     public data). ``invalid_range`` defaults to Dopamine's, around ``add_count % capacity``."""
@@ -666,7 +669,7 @@ def write_checkpoint(
         if observation is not None:
             write_npy_gz(opath, np.asarray(observation, dtype=np.uint8))
         else:
-            write_npy_gz(opath, dtype=np.dtype(np.uint8), shape=(n,) + FRAME_SHAPE, chunks=observation_chunks)
+            write_npy_gz(opath, dtype=np.dtype(np.uint8), shape=(n, *frame_shape), chunks=observation_chunks)
         write_npy_gz(d / file_name("action", checkpoint), np.asarray(action, dtype=np.int32))
         write_npy_gz(d / file_name("reward", checkpoint), np.asarray(reward, dtype=np.float32))
         write_npy_gz(d / file_name("terminal", checkpoint), np.asarray(terminal, dtype=np.uint8))
@@ -707,7 +710,7 @@ def synthetic_frames(rows: np.ndarray, real: np.ndarray, salt: int = 0) -> np.nd
     """Deterministic (len(rows), 84, 84) frames: row id written into the pixels (so a test can
     tell which row a frame came from), zero on padding rows; compresses well."""
     rows = np.asarray(rows, dtype=np.int64)
-    out = np.zeros((len(rows),) + FRAME_SHAPE, dtype=np.uint8)
+    out = np.zeros((len(rows), *ATARI.frame_shape), dtype=np.uint8)
     code = rows + salt * 7919
     out[:, 0, 0:4] = np.stack([(code >> (8 * k)) & 0xFF for k in range(4)], axis=1).astype(np.uint8)
     out[:, 1:, :] = ((code % 251) + 1).astype(np.uint8)[:, None, None]

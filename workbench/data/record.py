@@ -36,6 +36,7 @@ import numpy as np
 from workbench.algos.base import check_policy
 from workbench.data import dqn_replay as dr
 from workbench.fileio import atomic_write_json, preallocate
+from workbench.geometry import ATARI
 
 STACK = dr.STACK_SIZE
 _RUN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -57,17 +58,19 @@ class RecordError(ValueError):
 class _Ring:
     """Dopamine-style ring buffer of rows with checkpoint dumps."""
 
-    def __init__(self, out: Path, capacity: int) -> None:
-        self.out, self.capacity = out, capacity
+    def __init__(self, out: Path, capacity: int, frame_shape: tuple[int, int] = ATARI.frame_shape) -> None:
+        self.out, self.capacity, self.frame_shape = out, capacity, tuple(frame_shape)
         out.mkdir(parents=True, exist_ok=True)
         self._obs_path = out / ".ring_observation.npy"
-        self.obs = np.lib.format.open_memmap(self._obs_path, mode="w+", dtype=np.uint8, shape=(capacity, 84, 84))
+        self.obs = np.lib.format.open_memmap(self._obs_path, mode="w+", dtype=np.uint8,
+                                             shape=(capacity, *self.frame_shape))
         # The ring is a sparse file; a page first touched on a full disk kills the process with
         # SIGBUS. Reserving its blocks now turns that into an error naming the folder and size.
         fd = os.open(self._obs_path, os.O_RDWR)
         try:
             preallocate(fd, os.fstat(fd).st_size, self._obs_path,
-                        f"the recorder's ring buffer ({capacity} rows of 84x84 frames; lower capacity= to need less)")
+                        f"the recorder's ring buffer ({capacity} rows of {self.frame_shape} frames; "
+                        "lower capacity= to need less)")
         except BaseException:
             self.close()
             raise
@@ -125,6 +128,7 @@ def dump_ring(
     dr.write_checkpoint(
         out, checkpoint, observation=None, observation_chunks=chunks, action=action[:rows],
         reward=reward[:rows], terminal=terminal[:rows], add_count=add_count, update_horizon=update_horizon,
+        frame_shape=tuple(obs.shape[1:]),
     )
 
 
@@ -136,7 +140,7 @@ def record(
     """Record ``steps`` agent steps of ``game`` into ``{output_dir}/{Game}/{run}/replay_logs``.
 
     ``policy``: ``"random"`` (uniform over the minimal action set) or a Policy object
-    (``act(obs (N,4,84,84) uint8, game_ids (N,) int64) -> (N,) int64``) played epsilon-greedily
+    (``act(obs (N,4,H,W) uint8, game_ids (N,) int64) -> (N,) int64``) played epsilon-greedily
     with ``epsilon``: it acts at every step, and its ``observe`` (when it has one) gets the
     executed action and the raw reward, also on the steps epsilon replaced. ``env_factory(game, seed)`` defaults to
     ``workbench.envs.make_env(game, protocol="data", seed=seed)``. Returns the replay_logs dir.
@@ -179,8 +183,9 @@ def record(
     env = env_factory(canonical, seed)
     n_actions = G.num_actions(canonical)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
-    ring = _Ring(out, capacity)
-    stack = np.zeros((1, STACK, 84, 84), np.uint8)
+    geometry = G.geometry_of(canonical)
+    ring = _Ring(out, capacity, geometry.frame_shape)
+    stack = np.zeros(geometry.stack_shape(1), np.uint8)
     gids = np.array([game_id], np.int64)
     episodes, returns, ep_return = 0, [], 0.0
     bar = tqdm(total=steps, desc=f"record {canonical}", unit="step", disable=not progress)
@@ -310,7 +315,7 @@ def summarize_recording(replay_logs_dirs: Sequence[str | os.PathLike]) -> list[d
 
 
 def preview_strip(replay_logs: str | os.PathLike, frames: int = 6) -> np.ndarray:
-    """``frames`` evenly spaced recorded frames of checkpoint 0 side by side: uint8 (84, 84 * frames)."""
+    """``frames`` evenly spaced recorded frames of checkpoint 0 side by side: uint8 (H, W * frames)."""
     from workbench.data import dqn_replay as dr
 
     ck = dr.load_checkpoint(replay_logs, 0)

@@ -154,6 +154,8 @@ class _BaseSampler:
         #: this rank's share of every global batch (what :meth:`sample` returns)
         self.local_batch_size = batch_size // world_size
         self._data = [self.store.game(g) for g in self.games]
+        #: (H, W) of the store's frames (its suite's geometry; every game of a store shares it)
+        self.frame_shape: tuple[int, int] = tuple(self._data[0].frames.shape[1:])
         self._starts = [plain(d.starts) for d in self._data]
         self._seg_end = [plain(d.start_seg_end) for d in self._data]
         self._counts = np.array([len(s) for s in self._starts], dtype=np.int64)
@@ -343,8 +345,8 @@ class TransitionSampler(_BaseSampler):
         gid, rows, seg_end = self._draw_rows(batch_index)
         watch = self._hint(batch_index, lambda: self._spans_of(gid, rows)) if self._hints is not None else None
         B = self.local_batch_size
-        obs = self._empty((B, STACK, 84, 84), torch.uint8)
-        nxt = self._empty((B, STACK, 84, 84), torch.uint8)
+        obs = self._empty((B, STACK, *self.frame_shape), torch.uint8)
+        nxt = self._empty((B, STACK, *self.frame_shape), torch.uint8)
         obs_np, nxt_np = obs.numpy(), nxt.numpy()
         action = np.empty(B, dtype=np.int64)
         reward = np.empty(B, dtype=np.float32)
@@ -355,7 +357,8 @@ class TransitionSampler(_BaseSampler):
                                      obs_np[lo:hi], nxt_np[lo:hi])
             action[lo:hi], reward[lo:hi], term[lo:hi] = t["action"], t["reward"], t["terminal"]
         if watch is not None:  # ~14 pages a transition (7 rows of 6.9 KB)
-            self._hints.check(watch, B * ((STACK + self.n_step) * 84 * 84 // PAGE + 1))  # type: ignore[union-attr]
+            frame_bytes = self.frame_shape[0] * self.frame_shape[1]
+            self._hints.check(watch, B * ((STACK + self.n_step) * frame_bytes // PAGE + 1))  # type: ignore[union-attr]
         discount = np.where(term > 0, np.float32(0), self._discount_n).astype(np.float32)
         out = {
             "obs": obs, "action": torch.from_numpy(action), "reward": torch.from_numpy(reward),
@@ -470,7 +473,7 @@ class SequenceSampler(_BaseSampler):
         if use_tokens:
             obs = self._empty((B, L, TOKENS_PER_FRAME), torch.uint16)
         else:
-            obs = self._empty((B, L, 84, 84), torch.uint8)
+            obs = self._empty((B, L, *self.frame_shape), torch.uint8)
         obs_np = obs.numpy()
         action = np.zeros((B, L), dtype=np.int64)
         reward = np.zeros((B, L), dtype=np.float32)

@@ -7,7 +7,7 @@ Store directory layout (format version 2)::
     store/
       manifest.json            written LAST, atomically: its presence means the build completed
       {Game}/                  one directory per game (rows of all chosen runs/checkpoints)
-        frames.npy             uint8  (R, 84, 84)  each frame once; stacks are built at sample time
+        frames.npy             uint8  (R, H, W)    each frame once (the suite's frame shape, workbench.geometry)
         action.npy             uint8  (R,)         minimal-action-set index
         reward.npy             float32 (R,)        clipped reward (as stored by DQN-Replay)
         terminal.npy           uint8  (R,)         1 on an episode's last row (game over or time limit)
@@ -50,7 +50,6 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 2
-FRAME_BYTES = 84 * 84
 STACK = dr.STACK_SIZE
 EP_BEGINS, EP_ENDS = 1, 2
 
@@ -185,7 +184,7 @@ class ReplayStore:
     ) -> dict[str, np.ndarray]:
         """Dopamine-style transitions at store rows (which must be starts), channels first.
 
-        Returns ``state``/``next_state`` uint8 (B,4,84,84), ``action`` int64, ``reward`` float32
+        Returns ``state``/``next_state`` uint8 (B,4,H,W), ``action`` int64, ``reward`` float32
         (n-step return), ``length`` int64, ``terminal`` uint8. Used by tests and tools; training
         uses :class:`workbench.data.sampler.TransitionSampler`.
         """
@@ -217,7 +216,7 @@ def assemble_transitions(
     ``gamma^k r_{p+k}`` up to and including the first terminal; the next stack is at ``p+length``.
     ``seg_end``: each start's ``start_seg_end`` -- every row read must lie before it (checked, so
     a damaged store raises instead of returning rows of a neighbouring checkpoint).
-    ``obs_out``/``next_out`` (len(rows), 4, 84, 84) receive the stacks without extra copies.
+    ``obs_out``/``next_out`` (len(rows), 4, H, W) receive the stacks without extra copies.
     """
     rows = np.asarray(rows, dtype=np.int64)
     seg_end = np.asarray(seg_end, dtype=np.int64)
@@ -236,13 +235,14 @@ def assemble_transitions(
     k = len(rows)
     sidx = (rows[:, None] + offs).ravel()
     nidx = ((rows + length)[:, None] + offs).ravel()
+    shape = frames.shape[1:]
     if obs_out is None:
-        obs_out = np.empty((k, STACK, 84, 84), dtype=np.uint8)
+        obs_out = np.empty((k, STACK, *shape), dtype=np.uint8)
     if next_out is None:
-        next_out = np.empty((k, STACK, 84, 84), dtype=np.uint8)
+        next_out = np.empty((k, STACK, *shape), dtype=np.uint8)
     # mode="clip": bounds are checked above, and mode="raise" would make numpy buffer `out`
-    np.take(frames, sidx, axis=0, out=obs_out.reshape(k * STACK, 84, 84), mode="clip")
-    np.take(frames, nidx, axis=0, out=next_out.reshape(k * STACK, 84, 84), mode="clip")
+    np.take(frames, sidx, axis=0, out=obs_out.reshape(k * STACK, *shape), mode="clip")
+    np.take(frames, nidx, axis=0, out=next_out.reshape(k * STACK, *shape), mode="clip")
     return {
         "state": obs_out, "next_state": next_out, "action": plain(gd.action)[rows].astype(np.int64),
         "reward": ret, "length": length, "terminal": is_term.astype(np.uint8),

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-__all__ = ["IMPALA_WIDTHS", "ImpalaResidual", "ImpalaStack", "ImpalaEncoder", "impala_encoder"]
+__all__ = ["IMPALA_WIDTHS", "ImpalaResidual", "ImpalaStack", "ImpalaEncoder", "MinAtarCNN", "impala_encoder"]
 
 # Named widths: the paper's scaling study (4, 8, 16) plus a CPU smoke size.
 IMPALA_WIDTHS: dict[str, int] = {
@@ -55,6 +55,22 @@ class ImpalaStack(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.res2(self.res1(self.pool(self.conv(x))))
+
+
+class MinAtarCNN(nn.Module):
+    """The network of the MinAtar paper (Young & Tian 2019): one 3x3 stride-1 convolution with 16
+    channels and a ReLU on the 10x10 input; flattened. (Its 128-unit hidden layer is the trunk's.)"""
+
+    def __init__(self, in_channels: int, input_hw: tuple[int, int], channels: int = 16):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, channels, 3, stride=1)
+        self.act = nn.ReLU()
+        h, w = input_hw[0] - 2, input_hw[1] - 2
+        self.feature_shape = (channels, h, w)
+        self.out_dim = channels * h * w
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.conv(x)).flatten(1)
 
 
 class ImpalaEncoder(nn.Module):

@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from workbench.games import MAX_ACTIONS, num_actions
-from workbench.models.impala import IMPALA_WIDTHS, impala_encoder
+from workbench.games import MAX_ACTIONS, geometry_of, num_actions
+from workbench.geometry import ATARI, FrameGeometry
+from workbench.models.impala import IMPALA_WIDTHS, MinAtarCNN, impala_encoder
 from workbench.models.resnet import RESNET_SPECS, resnet_encoder
 
 __all__ = [
@@ -131,7 +132,8 @@ class PerGameHeads(nn.Module):
 class QNetwork(nn.Module):
     """Multi-game Q-network of Scaled QL.
 
-    ``forward(obs, game_id)`` takes ``obs`` uint8 (B, 4, 84, 84) and ``game_id`` int64 (B,) and
+    ``forward(obs, game_id)`` takes ``obs`` uint8 (B, 4, H, W) stacks of ``geometry``'s frames
+    (Atari: 84x84; MinAtar: packed planes, unpacked to channels here) and ``game_id`` int64 (B,) and
     returns C51 logits (B, 18, num_atoms) when ``distributional`` else values (B, 18) (MSE
     Q-values, or BC action logits). Slots ``>= |A_g|`` hold ``INVALID_FILL`` and must be masked.
     """
@@ -148,8 +150,10 @@ class QNetwork(nn.Module):
         trunk_dim: int = 2048,
         hidden_dim: int = 1024,
         num_hidden: int = 3,
+        geometry: FrameGeometry = ATARI,
     ):
         super().__init__()
+        self.geometry = geometry
         if len(num_actions_per_game) != num_games:
             raise ValueError(
                 f"num_games={num_games} but num_actions_per_game has {len(num_actions_per_game)} entries"
@@ -191,9 +195,9 @@ class QNetwork(nn.Module):
     def features(self, obs: Tensor) -> Tensor:
         """Representation fed to the heads (after feature normalization when enabled)."""
         if obs.dtype != torch.uint8:
-            raise TypeError(f"obs must be uint8 (B, 4, 84, 84) frames, got {obs.dtype}")
+            raise TypeError(f"obs must be uint8 {self.geometry.stack_shape(-1)} frames, got {obs.dtype}")
         # Division here (not in the data pipeline) keeps the 4x smaller uint8 on the wire.
-        x = obs.to(torch.float32).div_(255.0)
+        x = self.geometry.unpack(obs).to(torch.float32).div_(255.0)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.trunk(self.encoder(x))
@@ -211,6 +215,9 @@ _PAPER_TRUNK = dict(trunk_dim=2048, hidden_dim=1024, num_hidden=3)
 _TINY_TRUNK = dict(trunk_dim=128, hidden_dim=64, num_hidden=3)
 _SMALL_TRUNK = dict(trunk_dim=256, hidden_dim=128, num_hidden=3)
 _CPU_RESNETS = ("resnet-tiny", "resnet-small")
+# The MinAtar paper's network: its 128-unit hidden layer is the trunk (with the paper's LayerNorm
+# and feature normalization of the Scaled QL trunk in front of the heads).
+_MINATAR_TRUNK = dict(trunk_dim=128, hidden_dim=128, num_hidden=1)
 
 PRESETS: dict[str, dict[str, object]] = {
     **{name: dict(kind="resnet", **_PAPER_TRUNK) for name in RESNET_SPECS if name not in _CPU_RESNETS},
@@ -219,7 +226,10 @@ PRESETS: dict[str, dict[str, object]] = {
     **{name: dict(kind="impala", **_PAPER_TRUNK) for name in IMPALA_WIDTHS if name != "impala-tiny"},
     # half the original IMPALA channels: its first conv runs at full 84x84 resolution.
     "impala-tiny": dict(kind="impala", channels=(8, 16, 16), fc_dim=64, **_TINY_TRUNK),
+    "minatar-cnn": dict(kind="minatar", **_MINATAR_TRUNK),
 }
+#: Frame sides up to this get ResNet's small-input stem (3x3 stride 1, no max-pool).
+SMALL_INPUT = 16
 
 
 def resolve_num_actions(games: Sequence[str] | Sequence[int]) -> list[int]:
@@ -245,21 +255,31 @@ def build_qnet(
     """Build a named Q-network preset for ``games`` (names, or minimal-action counts per game).
 
     Presets: resnet18/34/50/101/152 (paper 000 B.1), impala-small/medium/large (widths 4/8/16 of
-    the scaling study), CPU smoke sizes resnet-tiny, impala-tiny, and resnet-small (the CPU study's second size).
+    the scaling study), CPU smoke sizes resnet-tiny, impala-tiny, and resnet-small (the CPU study's second size),
+    and minatar-cnn (the MinAtar paper's network). The games' suite sets the input geometry
+    (``workbench.geometry``; action counts alone mean Atari): every preset builds for every suite,
+    ResNets on small frames with a 3x3 stride-1 stem.
     """
     if preset_name not in PRESETS:
         raise ValueError(f"unknown model preset {preset_name!r}; valid: {sorted(PRESETS)}")
+    names = [g for g in games if isinstance(g, str)]
+    geometry = geometry_of(names) if names else ATARI
     cfg = dict(PRESETS[preset_name])
     kind = cfg.pop("kind")
     trunk = {k: cfg.pop(k) for k in ("trunk_dim", "hidden_dim", "num_hidden")}
+    io: dict[str, object] = dict(in_channels=geometry.in_channels, input_hw=geometry.plane_shape)
     encoder: nn.Module
     if kind == "resnet":
-        encoder = resnet_encoder(preset_name, **cfg)
+        stem = "small" if max(geometry.plane_shape) <= SMALL_INPUT else "imagenet"
+        encoder = resnet_encoder(preset_name, stem=stem, **io, **cfg)
+    elif kind == "minatar":
+        encoder = MinAtarCNN(geometry.in_channels, geometry.plane_shape)
     else:
-        encoder = impala_encoder(preset_name, **cfg)
+        encoder = impala_encoder(preset_name, **io, **cfg)
     n_actions = resolve_num_actions(games)
     return QNetwork(
-        encoder, len(n_actions), n_actions, distributional, num_atoms, feature_norm, **trunk  # type: ignore[arg-type]
+        encoder, len(n_actions), n_actions, distributional, num_atoms, feature_norm, **trunk,  # type: ignore[arg-type]
+        geometry=geometry,
     )
 
 

@@ -13,6 +13,9 @@ Differences from He et al. (2016):
   it gives a 21x21 map after the stem and 21 -> 11 -> 6 -> 3 over the stages, so the final map is
   3x3. That is small but fine: the spatial embedding keeps all 9 positions (no pooling), and the
   paper's parameter figure (about 80M for ResNet-101) is consistent with this stem.
+* **Small inputs** (MinAtar's 10x10 planes, ``stem="small"``): a 3x3 stride-1 convolution and no
+  max-pool, so the stages see 10 -> 5 -> 3 -> 2 instead of a 3x3 map after the stem; everything
+  else (GroupNorm, spatial embeddings, zero-initialised residuals) as above.
 * **Bottleneck stride** sits on the 3x3 convolution (the "v1.5" placement used by torchvision and
   the flax examples); the parameter count is identical to He et al.'s placement on the 1x1.
 * The last GroupNorm of each residual branch is zero-initialised, so every block starts as the
@@ -188,21 +191,32 @@ class ResNetEncoder(nn.Module):
         num_groups: int | None = 4,
         channels_per_group: int | None = None,
         spatial_features: int = 8,
+        stem: Literal["imagenet", "small"] = "imagenet",
     ):
         super().__init__()
         if block not in ("basic", "bottleneck"):
             raise ValueError(f"unknown block {block!r}; valid: 'basic', 'bottleneck'")
+        if stem not in ("imagenet", "small"):
+            raise ValueError(f"unknown stem {stem!r}; valid: 'imagenet' (7x7/2 + max-pool), 'small' (3x3/1)")
         if (num_groups is None) == (channels_per_group is None):
             raise ValueError("give exactly one of num_groups, channels_per_group")
         block_cls: type[BasicBlock] | type[Bottleneck] = BasicBlock if block == "basic" else Bottleneck
         g, cpg = num_groups, channels_per_group
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, base_width, 7, stride=2, padding=3, bias=False),
-            _group_norm(base_width, g, cpg),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, stride=2, padding=1),
-        )
-        h, w = _stem_out(input_hw[0]), _stem_out(input_hw[1])
+        if stem == "imagenet":
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, base_width, 7, stride=2, padding=3, bias=False),
+                _group_norm(base_width, g, cpg),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(3, stride=2, padding=1),
+            )
+            h, w = _stem_out(input_hw[0]), _stem_out(input_hw[1])
+        else:
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, base_width, 3, stride=1, padding=1, bias=False),
+                _group_norm(base_width, g, cpg),
+                nn.ReLU(inplace=True),
+            )
+            h, w = input_hw
         stages: list[nn.Module] = []
         cin = base_width
         for i, n in enumerate(layers):
