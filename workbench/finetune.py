@@ -550,7 +550,7 @@ def _data_settings(config: FinetuneConfig, store: Path) -> dict[str, Any]:
 
 def _finetune(config: FinetuneConfig, progress: bool) -> FinetuneResult:
     from workbench.pipeline import evaluate_algo, prepare_dataset, run_figures
-    from workbench.train import TrainConfig, resolve_device, train
+    from workbench.train import TrainConfig, default_diagnostics_every, resolve_device, train
 
     resolved = config.resolve()
     run = open_run(config)
@@ -596,6 +596,7 @@ def _finetune(config: FinetuneConfig, progress: bool) -> FinetuneResult:
                 steps=bound, lr=stage.lr, weight_decay=stage.weight_decay,
                 target_update_period=stage.target_update_period, grad_clip=1.0, log_every=resolved["log_every"],
                 checkpoint_every=resolved["checkpoint_every"], device=config.device, seed=config.seed,
+                diagnostics_every=default_diagnostics_every(resolved["log_every"]),
             )
             summary = train(algo, _batches(config, algo, stage.name, context), train_config, stage_dir,
                             progress=progress, find_unused_parameters=stage.find_unused_parameters)

@@ -31,7 +31,7 @@ from workbench.algos.base import Algo, EvalOptions, StageContext
 from workbench.config import RESUMABLE_FIELDS, EvaluateConfig, PretrainConfig
 from workbench.paths import resolve_path
 from workbench.run import MARKER, Run, RunLock
-from workbench.train import TrainConfig, init_distributed, resolve_device, train
+from workbench.train import TrainConfig, default_diagnostics_every, init_distributed, resolve_device, train
 
 
 @dataclass
@@ -209,6 +209,7 @@ def _pretrain(config: PretrainConfig, rank: int, world: int, progress: bool) -> 
             target_update_period=stage.target_update_period, grad_clip=1.0,  # both papers clip at 1.0
             log_every=resolved["log_every"], checkpoint_every=resolved["checkpoint_every"],
             device=config.device, compile=config.compile, seed=config.seed,
+            diagnostics_every=default_diagnostics_every(resolved["log_every"]),
         )
         summary = train(algo, spec.batches(algo, stage.name, context), train_config, run.path / stage.subdir,
                         progress=progress, find_unused_parameters=stage.find_unused_parameters)

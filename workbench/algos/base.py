@@ -157,6 +157,15 @@ class Algo(Protocol):
     def inspectable_policy(self, options: EvalOptions) -> InspectablePolicy: ...
 
 
+@runtime_checkable
+class Diagnosable(Protocol):
+    """An algo whose representation the trainer can probe (``workbench.diagnostics``):
+    ``probe_forward(probe)`` -> (features (N, D), greedy actions (N,)) of a training batch, one
+    forward pass, no gradients needed."""
+
+    def probe_forward(self, probe: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]: ...
+
+
 Batches = Callable[[int], Iterator[dict[str, Tensor]]]
 """``start_step -> iterator of batches`` beginning with the batch of that step (``workbench.train``)."""
 

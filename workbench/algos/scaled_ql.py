@@ -42,6 +42,7 @@ from workbench.algos.base import (
     register,
     stage_iterator,
 )
+from workbench.diagnostics import qnet_probe_forward
 from workbench.models.qnet import PRESETS as QNET_PRESETS
 from workbench.models.qnet import QNetwork, build_qnet
 from workbench.settings import check_finite
@@ -288,6 +289,10 @@ class ScaledQL:
     def inspectable_policy(self, options: EvalOptions | None = None) -> QNetInspector:
         """The greedy policy, also returning the Q distributions (C51) or values behind each act."""
         return QNetInspector(self)
+
+    def probe_forward(self, probe: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Trunk features (what the heads read) and greedy actions on a batch (``workbench.diagnostics``)."""
+        return qnet_probe_forward(self.model, probe, self.support)
 
     # ------------------------------------------------------------------ transfer (workbench.transfer)
 
