@@ -11,6 +11,7 @@ import pytest
 
 from workbench import metrics
 from workbench import study as S
+from workbench.baselines import UniformPolicy
 from workbench.data import dqn_replay as dr
 
 
@@ -331,7 +332,7 @@ def test_action_profile_tells_a_frame_blind_policy_from_one_that_varies() -> Non
                             seeds=(0, 1), max_steps=120)
     assert fire == {"modal_action": "FIRE", "modal_fraction": 1.0, "actions_used": 1, "steps": 240}
     # Uniform random actions over the 6 of the minimal set: the most frequent near 1/6, all six used.
-    uniform = S.action_profile(S._UniformPolicy(), "SpaceInvaders", seeds=(0,), max_steps=300, epsilon=1.0)
+    uniform = S.action_profile(UniformPolicy(), "SpaceInvaders", seeds=(0,), max_steps=300, epsilon=1.0)
     assert uniform["actions_used"] == 6 and 100 < uniform["steps"] <= 300  # random play may lose first
     assert 1 / 6 <= uniform["modal_fraction"] < 0.3
 

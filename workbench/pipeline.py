@@ -28,6 +28,7 @@ import torch
 
 from workbench import checkpoint as ckpt_io
 from workbench.algos.base import Algo, EvalOptions, StageContext
+from workbench.baselines import reference_scores, verdict
 from workbench.config import RESUMABLE_FIELDS, EvaluateConfig, PretrainConfig
 from workbench.paths import resolve_path
 from workbench.run import MARKER, Run, RunLock
@@ -223,11 +224,23 @@ def _pretrain(config: PretrainConfig, rank: int, world: int, progress: bool) -> 
         options=config.eval_options, sticky_actions=config.eval_sticky_actions,
         noop_starts=config.eval_noop_starts, progress=progress,
     )
+    # The honest lines under the same protocol: is the agent above random and above one button?
+    references = reference_scores(
+        games, episodes=config.effective_eval_episodes, max_agent_steps=config.effective_eval_max_steps,
+        seed=config.seed, num_envs=config.num_envs, sticky_actions=config.eval_sticky_actions,
+        noop_starts=config.eval_noop_starts, progress=progress,
+    )
+    ckpt_io.atomic_write_json(run.path / "eval" / "references.json", references)
     figures = run_figures(run, scores)
+    mean_scores = {g: scores["per_game"][g]["mean"] for g in games}
     summary = {
         "run_dir": str(run.path), "checkpoint": str(checkpoint), "algo": spec.name, "steps": summary["steps"],
         "resumed_from": summary["resumed_from"], "final_loss": summary["last_metrics"].get("loss"),
-        "mean_scores": {g: scores["per_game"][g]["mean"] for g in games},
+        "mean_scores": mean_scores,
+        "baselines": {g: {"random": references[g]["random"]["mean"],
+                          "constant_best": {"action": references[g]["constant_best"]["action"],
+                                            "mean": references[g]["constant_best"]["mean"]}} for g in games},
+        "verdict": verdict(mean_scores, references),
         "iqm_human_normalized": (scores.get("aggregates") or {}).get("iqm"),
         # Scores of episodes cut at a step cap below the protocol's are partial returns.
         "eval_max_steps": scores["max_agent_steps"], "truncated_episodes": scores["truncated_episodes"],

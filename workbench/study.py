@@ -59,18 +59,19 @@ import numpy as np
 
 from workbench import games as G
 from workbench.data.behaviour import BEHAVIOUR_FILE
+from workbench.data.minatar_scripts import RULES as MINATAR_RULES
 from workbench.fileio import atomic_write_json, atomic_write_text
 
 __all__ = ["BEHAVIOUR_FILE", "SCRIPTED_GAMES", "EpsilonSchedulePolicy", "HistorySpec", "ScriptedPolicy",
            "action_profile", "bootstrap_ci", "build_summary", "epsilon_schedule", "main", "method_label",
            "record_history", "split_checkpoints", "summary_table", "sweep_action_profiles"]
 
-SCRIPTED_GAMES = ("Breakout", "Freeway", "Pong", "SpaceInvaders")
+SCRIPTED_GAMES = ("Breakout", "Freeway", "Pong", "SpaceInvaders", *G.MINATAR_GAMES)
 #: the study's splits: the papers' presets (first 20% of checkpoints; all of them)
 SPLITS = ("sub_optimal", "near_optimal")
 PADDING_ROWS = 3  # DQN-Replay's padding rows before every episode (workbench.data.record)
 
-RamReader = Callable[[], np.ndarray]
+RamReader = Callable[[], Any]  # console RAM (Atari) or the MinAtar game object
 
 
 # ----------------------------------------------------------------------------------------------
@@ -112,8 +113,18 @@ def _space_invaders(ram: np.ndarray) -> int:
     return 1
 
 
-_HEURISTICS: dict[str, Callable[[np.ndarray], int]] = {"Breakout": _breakout, "Freeway": _freeway, "Pong": _pong,
-                                                       "SpaceInvaders": _space_invaders}
+def _minatar_rule(game: str) -> Callable[[Any], int]:
+    """A MinAtar rule (``workbench.data.minatar_scripts``: it reads the game object, returns MinAtar's
+    full-set action) as a minimal-set index."""
+    rule = MINATAR_RULES[G.minatar_env_name(game)]
+    full_to_minimal = {G.MINATAR_ALE_IDS.index(ale): i for i, ale in enumerate(G.minimal_action_set(game))}
+    return lambda env: full_to_minimal[rule(env)]
+
+
+_HEURISTICS: dict[str, Callable[[Any], int]] = {
+    "Breakout": _breakout, "Freeway": _freeway, "Pong": _pong, "SpaceInvaders": _space_invaders,
+    **{g: _minatar_rule(g) for g in G.MINATAR_GAMES},
+}
 
 
 class ScriptedPolicy:
@@ -254,6 +265,9 @@ class HistorySpec:
     (SpaceInvaders: 20 to 600), and the summary compares methods with their 95% CI."""
     seed: int = 0
     """Seed of the environments, the exploration and the random reference."""
+    eval_noop_starts: int = 0
+    """No-op starts of the reference policies' episodes (random, every constant action): set it to
+    the sweeps' eval_noop_starts, so the references meet the agents' protocol."""
 
     def __post_init__(self) -> None:
         for name in ("checkpoints", "rows", "episode_cap", "random_episodes"):
@@ -284,34 +298,16 @@ def split_checkpoints(split: str, n_checkpoints: int) -> list[int]:
 
 
 def _env_with_ram(game: str, seed: int, cap: int) -> tuple[Any, RamReader]:
+    """The data-protocol env of ``game`` and a reader of the state its heuristic reads: the console
+    RAM of this very environment (Atari), or MinAtar's game object."""
     from workbench.envs import FRAME_SKIP, AtariProtocolEnv
+    from workbench.minatar_envs import MinAtarProtocolEnv
 
+    if G.suite_of(game) == "minatar":
+        menv = MinAtarProtocolEnv(game, "data", seed=seed, max_episode_steps=cap)
+        return menv, lambda: menv.env
     env = AtariProtocolEnv(game, "data", seed=seed, max_episode_frames=cap * FRAME_SKIP)
-    # The heuristics read the console RAM of this very environment (its ALE is private to it).
     return env, lambda: env._ale.getRAM()
-
-
-class _UniformPolicy:
-    """Any action (the evaluator's epsilon = 1 makes it uniform random)."""
-
-    def act(self, obs: np.ndarray, game_ids: np.ndarray) -> np.ndarray:
-        return np.zeros(len(obs), np.int64)
-
-    def observe(self, actions: np.ndarray, rewards: np.ndarray) -> None:
-        pass
-
-    def reset(self, indices: np.ndarray) -> None:
-        pass
-
-
-def random_returns(games: Sequence[str], *, episodes: int, cap: int, seed: int,
-                   progress: bool = True) -> dict[str, list[float]]:
-    """Episode returns of the uniform random policy per game, under the evaluation protocol capped at ``cap``."""
-    from workbench.evaluate import evaluate
-
-    result = evaluate(_UniformPolicy(), list(games), episodes_per_game=episodes, num_envs=min(4, episodes),
-                      seed=seed, epsilon=1.0, max_agent_steps=cap, progress=progress)
-    return {g: [float(x) for x in result["per_game"][g]["scores"]] for g in games}
 
 
 def record_history(spec: HistorySpec, *, progress: bool = True) -> dict[str, Any]:
@@ -352,8 +348,12 @@ def record_history(spec: HistorySpec, *, progress: bool = True) -> dict[str, Any
             splits[split] = float(np.mean(rets)) if rets else None
         per_game[game] = {"replay_logs": str(out.relative_to(root)), "checkpoints": rows_ck, "splits": splits,
                           "episodes": len(complete), "agent_steps": steps}
-    random = random_returns(spec.game_list, episodes=spec.random_episodes, cap=spec.episode_cap, seed=spec.seed,
-                            progress=progress)
+    # Random and every constant action under the agents' evaluation protocol (same cap, episodes).
+    from workbench.baselines import reference_scores
+
+    refs = reference_scores(spec.game_list, episodes=spec.random_episodes, max_agent_steps=spec.episode_cap,
+                            seed=spec.seed, noop_starts=spec.eval_noop_starts, progress=progress)
+    random = {g: refs[g]["random"]["scores"] for g in spec.game_list}
     doc = {
         "games": list(spec.game_list), "spec": {k: getattr(spec, k) for k in HistorySpec.__dataclass_fields__},
         "epsilons": epsilons, "behaviour_policy": "scripted RAM heuristic, epsilon-greedy (decaying per checkpoint)",
@@ -363,6 +363,13 @@ def record_history(spec: HistorySpec, *, progress: bool = True) -> dict[str, Any
         "random": {g: float(np.mean(r)) for g, r in random.items()},
         "random_returns": random,
         "random_protocol": "uniform random policy, evaluation protocol, same cap",
+        "constant": {g: {a: c["mean"] for a, c in refs[g]["constant"].items()} for g in spec.game_list},
+        "constant_best": {g: refs[g]["constant_best"] for g in spec.game_list},
+        "constant_protocol": "each minimal-set action held constant (evaluator epsilon 0.001), evaluation protocol, "
+                             "same cap and episodes as random",
+        "behaviour_protocol": ("the data protocol: for MinAtar games the same env as the agents' evaluation "
+                               "(sticky actions 0.1 in both), the behaviour's own epsilon; for Atari games sticky "
+                               "actions 0.25, which the agents' evaluation does not have"),
     }
     atomic_write_json(root / BEHAVIOUR_FILE, doc)
     return doc

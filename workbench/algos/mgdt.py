@@ -34,9 +34,11 @@ import torch
 from torch import Tensor, nn
 
 from workbench.algos.base import Algo, EvalOptions, Explanation, Scale, Stage, StageContext, register, stage_iterator
+from workbench.games import geometry_of
 from workbench.models.mgdt import (
     MGDT,
     PRESETS,
+    SUITE_PATCH,
     count_parameters,
     mgdt_config,
     mgdt_losses,
@@ -94,6 +96,9 @@ class MGDTAlgo:
               *, seed: int = 0, **overrides: Any) -> MGDTAlgo:
         """Model preset (``mgdt-10m``, ``mgdt-40m``, ``mgdt-200m``, ``mgdt-tiny``), weights from
         ``seed``; ``overrides`` go to the model config."""
+        names = [g for g in games if isinstance(g, str)]
+        suite = geometry_of(names).suite if names else "atari"
+        overrides = {"suite": suite, "patch": SUITE_PATCH[suite], **overrides}
         cfg = mgdt_config(preset, **overrides)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -188,7 +193,7 @@ class MGDTPolicy:
                              "policy (or reset) for another number of environments")
         K = self.cfg.context_steps - 1
         self._rows = n
-        self.frames = np.zeros((n, K, 84, 84), np.uint8)
+        self.frames = np.zeros((n, K, *self.cfg.geometry.frame_shape), np.uint8)
         self.bins = np.zeros((n, K), np.int64)
         self.ale_actions = np.zeros((n, K), np.int64)
         self.reward_tokens = np.zeros((n, K), np.int64)
@@ -209,8 +214,9 @@ class MGDTPolicy:
 
     def act_explained(self, obs: np.ndarray, game_ids: np.ndarray, explain: bool = True
                       ) -> tuple[np.ndarray, list[Explanation]]:
-        if obs.dtype != np.uint8 or obs.ndim != 4 or obs.shape[2:] != (84, 84):
-            raise TypeError(f"obs must be uint8 (N, 4, 84, 84), got {obs.dtype} {obs.shape}")
+        shape = self.cfg.geometry.frame_shape
+        if obs.dtype != np.uint8 or obs.ndim != 4 or obs.shape[2:] != shape:
+            raise TypeError(f"obs must be uint8 (N, 4, {shape[0]}, {shape[1]}), got {obs.dtype} {obs.shape}")
         n = obs.shape[0]
         self._ensure(n)
         cfg, settings = self.cfg, self.settings
@@ -219,7 +225,7 @@ class MGDTPolicy:
             self.return_to_go[self._fresh] = settings.target_return
         device = next(self.model.parameters()).device
         # Context, left-padded: the current step sits at position L - 1 of every row.
-        frames = np.zeros((n, L, 84, 84), np.uint8)
+        frames = np.zeros((n, L, *shape), np.uint8)
         frames[:, :K], frames[:, K] = self.frames, obs[:, -1]
         bins = np.concatenate([self.bins, np.zeros((n, 1), np.int64)], 1)
         acts = np.concatenate([self.ale_actions, np.zeros((n, 1), np.int64)], 1)

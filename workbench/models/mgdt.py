@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workbench.games import MAX_ACTIONS
+from workbench.geometry import ATARI, GEOMETRIES, FrameGeometry
 from workbench.models.gpt import GPT, GPTConfig
 
 __all__ = [
@@ -38,7 +39,6 @@ __all__ = [
     "quantize_return", "return_values", "reward_token",
 ]
 
-FRAME = 84
 STEP_EXTRA_TOKENS = 3  # return, action, reward
 
 
@@ -52,7 +52,10 @@ class MGDTConfig:
     context_steps: int = 4
     """Time steps the transformer reads (MGDT: 4)."""
     patch: int = 14
-    """Side of the square observation patches (MGDT: 14, i.e. 6 x 6 patches of an 84x84 frame)."""
+    """Side of the square observation patches (MGDT: 14, i.e. 6 x 6 patches of an 84x84 frame;
+    MinAtar: 1, one patch per grid cell holding all its channels)."""
+    suite: str = "atari"
+    """Frame geometry of the games (``workbench.geometry``); set from the games at build time."""
     num_return_bins: int = 120
     """Return-to-go bins (MGDT: 120)."""
     return_min: float = -20.0
@@ -62,8 +65,9 @@ class MGDTConfig:
     dropout: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.patch < 1 or FRAME % self.patch:
-            raise ValueError(f"patch must divide the {FRAME}-pixel frame side, got {self.patch}")
+        side = self.geometry.plane_shape
+        if self.patch < 1 or side[0] % self.patch or side[1] % self.patch:
+            raise ValueError(f"patch must divide the {side} frame, got {self.patch}")
         if self.context_steps < 1:
             raise ValueError(f"context_steps must be >= 1, got {self.context_steps}")
         if self.num_return_bins < 2 or not self.return_max > self.return_min:
@@ -74,8 +78,18 @@ class MGDTConfig:
         self.gpt  # noqa: B018  (validates the transformer shape)
 
     @property
+    def geometry(self) -> FrameGeometry:
+        return GEOMETRIES[self.suite]
+
+    @property
     def patches(self) -> int:
-        return (FRAME // self.patch) ** 2
+        h, w = self.geometry.plane_shape
+        return (h // self.patch) * (w // self.patch)
+
+    @property
+    def patch_dim(self) -> int:
+        """Values per patch token: patch x patch pixels of every plane."""
+        return self.geometry.planes * self.patch * self.patch
 
     @property
     def tokens_per_step(self) -> int:
@@ -101,6 +115,10 @@ PRESETS: dict[str, MGDTConfig] = {
 }
 
 
+#: Patch side per suite: MGDT's 14 on Atari, one grid cell on MinAtar.
+SUITE_PATCH = {"atari": 14, "minatar": 1}
+
+
 def mgdt_config(name: str, **overrides: Any) -> MGDTConfig:
     """Preset by name, optionally with field overrides."""
     if name not in PRESETS:
@@ -111,16 +129,18 @@ def mgdt_config(name: str, **overrides: Any) -> MGDTConfig:
 # ------------------------------------------------------------------------------- tokens
 
 
-def patchify(frames: torch.Tensor, patch: int) -> torch.Tensor:
-    """``(..., 84, 84)`` -> ``(..., P, patch * patch)``: the frame's patches in row-major order
-    (patch k covers rows ``(k // n) * patch ..`` and columns ``(k % n) * patch ..``, n = 84 / patch),
-    each flattened row by row."""
-    if frames.shape[-2:] != (FRAME, FRAME):
-        raise ValueError(f"frames must end in ({FRAME}, {FRAME}), got {tuple(frames.shape)}")
-    n = FRAME // patch
+def patchify(frames: torch.Tensor, patch: int, geometry: FrameGeometry = ATARI) -> torch.Tensor:
+    """``(..., H, W)`` frames of ``geometry`` -> ``(..., P, planes * patch * patch)``: the patches
+    in row-major order (patch k covers rows ``(k // n) * patch ..`` and columns ``(k % n) * patch ..``
+    of every plane, n = w / patch), each flattened plane by plane, row by row."""
+    if tuple(frames.shape[-2:]) != geometry.frame_shape:
+        raise ValueError(f"frames must end in {geometry.frame_shape}, got {tuple(frames.shape)}")
+    (h, w), c = geometry.plane_shape, geometry.planes
+    nh, nw = h // patch, w // patch
     lead = frames.shape[:-2]
-    x = frames.reshape(*lead, n, patch, n, patch).transpose(-3, -2)  # (..., row block, col block, py, px)
-    return x.reshape(*lead, n * n, patch * patch)
+    x = frames.reshape(*lead, c, nh, patch, nw, patch)
+    x = x.permute(*range(len(lead)), -4, -2, -5, -3, -1)  # (..., row block, col block, plane, py, px)
+    return x.reshape(*lead, nh * nw, c * patch * patch)
 
 
 def quantize_return(returns: torch.Tensor, cfg: MGDTConfig) -> torch.Tensor:
@@ -154,7 +174,7 @@ class MGDT(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.n_embd
-        self.patch_emb = nn.Linear(cfg.patch * cfg.patch, d)
+        self.patch_emb = nn.Linear(cfg.patch_dim, d)
         self.return_emb = nn.Embedding(cfg.num_return_bins, d)
         self.action_emb = nn.Embedding(MAX_ACTIONS, d)
         self.reward_emb = nn.Embedding(3, d)
@@ -168,12 +188,12 @@ class MGDT(nn.Module):
 
     def embed(self, frames: torch.Tensor, returns: torch.Tensor, actions: torch.Tensor,
               rewards: torch.Tensor) -> torch.Tensor:
-        """``(B, T, 84, 84)`` uint8 frames, ``(B, T)`` return bins, ALE actions and reward tokens
+        """``(B, T, H, W)`` uint8 frames, ``(B, T)`` return bins, ALE actions and reward tokens
         -> ``(B, T * tokens_per_step, n_embd)`` in the step order of the module docstring."""
         B, T = frames.shape[:2]
         if T > self.cfg.context_steps:
             raise ValueError(f"{T} steps exceed the model's context of {self.cfg.context_steps}")
-        pixels = patchify(frames, self.cfg.patch).to(self.patch_emb.weight.dtype) / 127.5 - 1.0
+        pixels = patchify(frames, self.cfg.patch, self.cfg.geometry).to(self.patch_emb.weight.dtype) / 127.5 - 1.0
         obs = self.patch_emb(pixels)  # (B, T, P, d)
         extra = torch.stack([self.return_emb(returns), self.action_emb(actions), self.reward_emb(rewards)], dim=2)
         return torch.cat([obs, extra], dim=2).reshape(B, T * self.cfg.tokens_per_step, -1)
