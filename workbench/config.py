@@ -25,7 +25,7 @@ from workbench.settings import from_params, namespace_params
 __all__ = ["EvaluateConfig", "PretrainConfig", "namespace_params", "RESUMABLE_FIELDS"]
 
 RESUMABLE_FIELDS = ("steps", "eval_episodes", "eval_max_steps", "num_envs", "planning_horizon", "beam_width",
-                    "eval_sticky_actions", "eval_noop_starts",
+                    "eval_sticky_actions", "eval_noop_starts", "eval_references",
                     "device", "compile", "resume", "output_dir", "allow_slow_cpu")
 """Parameters that may change when a run is resumed (they are applied and recorded in the run's
 ``history.jsonl``); any other difference stops the resume before a weight is loaded."""
@@ -98,6 +98,9 @@ class PretrainConfig:
     """Beyond the papers (opt-in): sticky-action probability at evaluation (Machado et al.: 0.25)."""
     eval_noop_starts: int = 0
     """Beyond the papers (opt-in): each evaluation episode starts with U{0..N} no-ops."""
+    eval_references: bool = True
+    """Also evaluate random play and every constant action under the same protocol, so the summary
+    says whether the agent beats them (a study whose data already measured them may turn it off)."""
     num_envs: int = 4
     """Parallel evaluation environments."""
     planning_horizon: int = 2

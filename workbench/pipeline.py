@@ -225,12 +225,14 @@ def _pretrain(config: PretrainConfig, rank: int, world: int, progress: bool) -> 
         noop_starts=config.eval_noop_starts, progress=progress,
     )
     # The honest lines under the same protocol: is the agent above random and above one button?
-    references = reference_scores(
-        games, episodes=config.effective_eval_episodes, max_agent_steps=config.effective_eval_max_steps,
-        seed=config.seed, num_envs=config.num_envs, sticky_actions=config.eval_sticky_actions,
-        noop_starts=config.eval_noop_starts, progress=progress,
-    )
-    ckpt_io.atomic_write_json(run.path / "eval" / "references.json", references)
+    references: dict[str, Any] = {}
+    if config.eval_references:
+        references = reference_scores(
+            games, episodes=config.effective_eval_episodes, max_agent_steps=config.effective_eval_max_steps,
+            seed=config.seed, num_envs=config.num_envs, sticky_actions=config.eval_sticky_actions,
+            noop_starts=config.eval_noop_starts, progress=progress,
+        )
+        ckpt_io.atomic_write_json(run.path / "eval" / "references.json", references)
     figures = run_figures(run, scores)
     mean_scores = {g: scores["per_game"][g]["mean"] for g in games}
     summary = {
@@ -239,7 +241,7 @@ def _pretrain(config: PretrainConfig, rank: int, world: int, progress: bool) -> 
         "mean_scores": mean_scores,
         "baselines": {g: {"random": references[g]["random"]["mean"],
                           "constant_best": {"action": references[g]["constant_best"]["action"],
-                                            "mean": references[g]["constant_best"]["mean"]}} for g in games},
+                                            "mean": references[g]["constant_best"]["mean"]}} for g in references},
         "verdict": verdict(mean_scores, references),
         "iqm_human_normalized": (scores.get("aggregates") or {}).get("iqm"),
         # Scores of episodes cut at a step cap below the protocol's are partial returns.

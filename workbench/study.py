@@ -491,6 +491,13 @@ def build_summary(sweep_files: Sequence[str | os.PathLike[str]], *, behaviour: s
     # The random policy's CI where its episodes were kept (older behaviour files have only the mean):
     # a method is "above random" when its CI lies above random's.
     random_ci = {g: list(bootstrap_ci(r, reps=reps, seed=seed)) for g, r in bdoc.get("random_returns", {}).items()}
+    # The best constant action under the same protocol (behaviour files from before it have none).
+    constant_best = {g: {"action": c["action"], "mean": c["mean"], "ci": list(bootstrap_ci(c["scores"], reps=reps,
+                                                                                         seed=seed))}
+                     for g, c in bdoc.get("constant_best", {}).items()}
+    baselines = {g: {"random": bdoc["random"][g], "random_ci": random_ci.get(g), "constant_best": constant_best.get(g),
+                     "behaviour": {split: bdoc["behaviour"].get(split, {}).get(g) for split in SPLITS}}
+                 for g in bdoc["games"]}
     results: list[dict[str, Any]] = []
     for (method, split), per_game in sorted(groups.items()):
         for game in games:
@@ -499,10 +506,15 @@ def build_summary(sweep_files: Sequence[str | os.PathLike[str]], *, behaviour: s
                 continue
             lo, hi = bootstrap_ci(runs, reps=reps, seed=seed)
             random_top = random_ci[game][1] if game in random_ci else bdoc["random"][game]
+            behaviour_mean = bdoc["behaviour"].get(split, {}).get(game)
+            constant = constant_best.get(game)
             results.append({"method": method, "split": split, "game": game, "mean": float(np.mean(runs)),
                             "ci": [lo, hi], "runs": runs,
                             "above_random": bool(lo > random_top),
-                            "vs_behaviour": _minus(float(np.mean(runs)), bdoc["behaviour"].get(split, {}).get(game))})
+                            # the run's interval lies above the line: its lower end beats the line's value
+                            "beats_constant": None if constant is None else bool(lo > constant["mean"]),
+                            "beats_behaviour": None if behaviour_mean is None else bool(lo > behaviour_mean),
+                            "vs_behaviour": _minus(float(np.mean(runs)), behaviour_mean)})
     # Aggregates over games on the study's own scale: 0 = the random policy, 1 = the behaviour of
     # the whole history (near-optimal split), both measured with the same cap. (Human-normalized
     # capped returns would mislead: a capped Pong episode cannot lose 21 points.)
@@ -519,7 +531,8 @@ def build_summary(sweep_files: Sequence[str | os.PathLike[str]], *, behaviour: s
                            "metric": "iqm_behaviour_normalized", "mean": agg["iqm"], "ci": agg["iqm_ci"],
                            "num_games": agg["num_games"], "num_runs": agg["num_runs"], "games": sorted(common)})
     return {
-        "games": games, "random": bdoc["random"], "random_ci": random_ci, "behaviour": bdoc["behaviour"],
+        "games": games, "baselines": baselines,
+        "random": bdoc["random"], "random_ci": random_ci, "behaviour": bdoc["behaviour"],
         "results": results,
         "aggregates": aggregates,
         "sweeps": {s.name: {"file": str(s.file) if s.file else None, "points_done": counted[s.name],
@@ -527,7 +540,9 @@ def build_summary(sweep_files: Sequence[str | os.PathLike[str]], *, behaviour: s
         "notes": ("raw returns of episodes capped at the data's episode_cap agent steps; 'random' is the uniform "
                   "random policy under the same evaluation protocol and cap ('random_ci': 95% bootstrap CI over its "
                   "episodes); 'above_random': the row's CI lies above random's CI (above its mean where the data "
-                  "kept no episodes); 'behaviour' is the behaviour policy's "
+                  "kept no episodes); 'constant_best': the best single action held for the whole episode, same "
+                  "protocol, episodes and cap; 'beats_constant' / 'beats_behaviour': the row's CI lies above that "
+                  "line's mean (behaviour: of the row's own split); 'behaviour' is the behaviour policy's "
                   "mean return in the split's checkpoints (data protocol: sticky actions); CIs: 95% percentile "
                   "bootstrap over runs (seeds); aggregates: IQM (stratified bootstrap, workbench.metrics) of "
                   "behaviour-normalized scores, (score - random) / (near-optimal behaviour - random); capped "
@@ -544,15 +559,19 @@ def summary_table(summary: dict[str, Any]) -> str:
     def fmt(x: float) -> str:
         return f"{x:.1f}" if abs(x) < 1000 else f"{x:.0f}"
 
-    head = ["method", "split", *games, "IQM, behaviour-normalized"]
+    head = ["method", "split", *games, "IQM, behaviour-normalized", "beats constant", "beats behaviour"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     rand_ci = summary.get("random_ci", {})
     lines.append("| random | | " + " | ".join(
         fmt(summary["random"][g]) + (f" [{fmt(rand_ci[g][0])}, {fmt(rand_ci[g][1])}]" if g in rand_ci else "")
-        for g in games) + " | 0 |")
+        for g in games) + " | 0 | | |")
+    best = {g: (summary.get("baselines", {}).get(g) or {}).get("constant_best") for g in games}
+    if any(best.values()):
+        lines.append("| best constant action | | " + " | ".join(
+            "" if best[g] is None else f"{fmt(best[g]['mean'])} ({best[g]['action']})" for g in games) + " | | | |")
     for split, per_game in summary["behaviour"].items():
         cells = [fmt(per_game[g]) if per_game.get(g) is not None else "" for g in games]
-        scale = " | 1 |" if split == "near_optimal" else " | |"  # the aggregate's 1 is the near-optimal behaviour
+        scale = " | 1 | | |" if split == "near_optimal" else " | | | |"  # the aggregate's 1: near-optimal behaviour
         lines.append(f"| behaviour | {split} | " + " | ".join(cells) + scale)
     rows = {(r["method"], r["split"], r["game"]): r for r in summary["results"]}
     aggs = {(a["method"], a["split"]): a for a in summary.get("aggregates", [])}
@@ -564,6 +583,10 @@ def summary_table(summary: dict[str, Any]) -> str:
                          + ("*" if r["above_random"] else ""))
         a = aggs.get((method, split))
         cells.append("" if a is None else f"{a['mean']:.2f} [{a['ci'][0]:.2f}, {a['ci'][1]:.2f}]")
+        mine = [rows[(method, split, g)] for g in games if (method, split, g) in rows]
+        for key in ("beats_constant", "beats_behaviour"):
+            known = [r for r in mine if r.get(key) is not None]
+            cells.append(f"{sum(bool(r[key]) for r in known)} of {len(known)}" if known else "")
         lines.append(f"| {method} | {split} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

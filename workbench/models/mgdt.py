@@ -116,7 +116,7 @@ PRESETS: dict[str, MGDTConfig] = {
 
 
 #: Patch side per suite: MGDT's 14 on Atari, one grid cell on MinAtar.
-SUITE_PATCH = {"atari": 14, "minatar": 1}
+SUITE_PATCH = {"atari": 14, "minatar": 5}
 
 
 def mgdt_config(name: str, **overrides: Any) -> MGDTConfig:
