@@ -137,3 +137,19 @@ def test_models_build_for_minatar_frames(preset):
     assert net.valid_mask(torch.tensor([0, 1])).sum(1).tolist() == [3, 6]
     stacker = FrameStacker(2, MINATAR.frame_shape)
     assert stacker.stacks.shape == (2, STACK, *MINATAR.frame_shape)
+
+
+@pytest.mark.parametrize("patch", [1, 2, 5])
+def test_mgdt_patches_of_minatar_frames_hold_every_channel_of_their_cells(patch):
+    from workbench.models.mgdt import patchify
+
+    rng = np.random.default_rng(patch)
+    state = rng.random((10, 10, 10)) < 0.5
+    frame = torch.from_numpy(pack_state(state))
+    tokens = patchify(frame[None], patch, MINATAR)[0]  # (P, planes * patch * patch)
+    n = 10 // patch
+    assert tokens.shape == (n * n, MINATAR.planes * patch * patch)
+    for k in range(n * n):
+        rows, cols = slice((k // n) * patch, (k // n + 1) * patch), slice((k % n) * patch, (k % n + 1) * patch)
+        expected = np.moveaxis(state[rows, cols, :], -1, 0).reshape(-1) * 255  # plane by plane, row by row
+        np.testing.assert_array_equal(tokens[k].numpy(), expected)

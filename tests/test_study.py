@@ -243,6 +243,44 @@ def test_above_random_needs_the_ci_above_random_s_ci_where_its_episodes_were_kep
                                                                                               "Pong": True}
 
 
+def test_summary_says_which_rows_beat_the_best_constant_action_and_the_behaviour(tmp_path: Path) -> None:
+    from workbench.fileio import atomic_write_json
+    from workbench.sweep import load_sweep
+
+    sweep_doc, behaviour = _fake_sweep(tmp_path)
+    behaviour["constant_best"] = {"Breakout": {"action": "FIRE", "index": 1, "mean": 6.0, "scores": [6.0] * 8},
+                                  "Pong": {"action": "NOOP", "index": 0, "mean": -4.5, "scores": [-4.0, -5.0] * 4}}
+    (tmp_path / "data" / S.BEHAVIOUR_FILE).write_text(json.dumps(behaviour))
+    sweep_file = _write(tmp_path / "fake_study.json", sweep_doc)
+    sweep = load_sweep(sweep_file)
+    for point in sweep.points:  # every run: 7 on Breakout, -4 on Pong (CIs [7, 7] and [-4, -4])
+        atomic_write_json(point.run_dir / "eval" / "scores.json",
+                          {"per_game": {"Breakout": {"mean": 7.0}, "Pong": {"mean": -4.0}}})
+        atomic_write_json(point.run_dir / "summary.json", {})
+        atomic_write_json(sweep.status_path(point), {"state": "done", "params": point.params})
+    out = S.build_summary([sweep_file], reps=500, seed=3)
+    assert out["baselines"]["Breakout"] == {
+        "random": 1.0, "random_ci": None, "constant_best": {"action": "FIRE", "mean": 6.0, "ci": [6.0, 6.0]},
+        "behaviour": {"sub_optimal": 2.0, "near_optimal": 8.0}}
+    lo, hi = out["baselines"]["Pong"]["constant_best"]["ci"]
+    assert -5.0 <= lo < -4.5 < hi <= -4.0
+    mtbc = {r["game"]: r for r in out["results"] if r["method"] == "MTBC"}
+    # 7 > 6 (FIRE) and > 2 (behaviour); -4 > -4.5 (NOOP's mean) but not above the behaviour's -4.
+    assert (mtbc["Breakout"]["beats_constant"], mtbc["Breakout"]["beats_behaviour"]) == (True, True)
+    assert (mtbc["Pong"]["beats_constant"], mtbc["Pong"]["beats_behaviour"]) == (True, False)
+    table = S.summary_table(out)
+    assert "| best constant action | | 6.0 (FIRE) | -4.5 (NOOP) |" in table
+    assert "| MTBC | sub_optimal |" in table and "| 2 of 2 | 1 of 2 |" in table
+
+
+def test_the_reference_model_of_each_algorithm_is_the_one_most_of_its_points_use() -> None:
+    from workbench.sweep import load_sweep
+
+    refs = S.reference_models([load_sweep("sweeps/minatar_study.yaml")])
+    assert (refs["scaled_ql"], refs["bc"], refs["mgdt"]) == ("minatar-cnn", "minatar-cnn", "mgdt-tiny")
+    assert S.reference_models([load_sweep("sweeps/small_scale_study.yaml")])["scaled_ql"] == "resnet-tiny"
+
+
 def test_bootstrap_ci_of_constant_runs_is_the_value_and_empty_is_refused() -> None:
     assert S.bootstrap_ci([4.0, 4.0, 4.0]) == (4.0, 4.0)
     with pytest.raises(ValueError, match="at least one"):
@@ -290,7 +328,7 @@ def test_command_line_help_and_errors_name_the_problem(tmp_path: Path, capsys: p
     assert "--episode-cap" in out and "the first 20%" in out
     # A game without a scripted policy: exit 2 naming the valid ones, nothing written.
     assert S.main(["data", "--output-dir", str(tmp_path / "d"), "--games", "Seaquest"]) == 2
-    assert "scripted games: Breakout, Freeway, Pong, SpaceInvaders" in capsys.readouterr().err
+    assert "scripted games: Breakout, Freeway, Pong, SpaceInvaders, MinAtar-Asterix" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
     # A summary without the data's behaviour file says how to make it.
     sweep_doc, _ = _fake_sweep(tmp_path)

@@ -42,6 +42,8 @@ Command line::
     python -m workbench.study data --output-dir data/small_scale_study [--checkpoints 10 --rows 5000 ...]
     python -m workbench.study summary sweeps/small_scale_study.yaml [--out figures/small_scale_study.json]
     python -m workbench.study actions sweeps/small_scale_study.yaml [--out figures/small_scale_study_actions.json]
+    python -m workbench.study all sweeps/minatar_study.yaml --out figures/minatar_study.json \
+        --table figures/minatar_study_table.md --actions figures/minatar_study_actions.json
 """
 
 from __future__ import annotations
@@ -416,6 +418,20 @@ _REFERENCE_MODEL = {"scaled_ql": "resnet-tiny", "cql_mse": "resnet-tiny", "bc": 
                     "jowa": "jowa-tiny"}
 
 
+def reference_models(sweeps: Sequence[Any]) -> dict[str, str]:
+    """Each algorithm's model in the study's baseline points: the model most of its points use
+    (another model is then named in a method's label). Algorithms absent from the sweeps keep
+    the small-scale study's."""
+    counts: dict[str, dict[str, int]] = {}
+    for sweep in sweeps:
+        for point in sweep.points:
+            algo, model = point.params.get("algo"), point.params.get("model")
+            if algo and model:
+                per = counts.setdefault(algo, {})
+                per[model] = per.get(model, 0) + 1
+    return {**_REFERENCE_MODEL, **{a: max(per, key=lambda m: per[m]) for a, per in counts.items()}}
+
+
 def method_label(params: dict[str, Any], reference_model: dict[str, str]) -> str:
     """The method a run stands for: its algorithm, plus what differs from the study's baseline
     (feature normalization off, another model than the algorithm's reference size)."""
@@ -470,7 +486,7 @@ def build_summary(sweep_files: Sequence[str | os.PathLike[str]], *, behaviour: s
     if not sweep_files:
         raise ValueError("give at least one sweep file")
     sweeps = [load_sweep(f) for f in sweep_files]
-    ref_model = reference_model or _REFERENCE_MODEL
+    ref_model = reference_model or reference_models(sweeps)
     if behaviour is None:
         dataset = sweeps[0].base.get("dataset")
         if not dataset:
@@ -568,7 +584,7 @@ def summary_table(summary: dict[str, Any]) -> str:
     best = {g: (summary.get("baselines", {}).get(g) or {}).get("constant_best") for g in games}
     if any(best.values()):
         lines.append("| best constant action | | " + " | ".join(
-            "" if best[g] is None else f"{fmt(best[g]['mean'])} ({best[g]['action']})" for g in games) + " | | | |")
+            "" if (c := best[g]) is None else f"{fmt(c['mean'])} ({c['action']})" for g in games) + " | | | |")
     for split, per_game in summary["behaviour"].items():
         cells = [fmt(per_game[g]) if per_game.get(g) is not None else "" for g in games]
         scale = " | 1 | | |" if split == "near_optimal" else " | | | |"  # the aggregate's 1: near-optimal behaviour
@@ -623,8 +639,9 @@ def sweep_action_profiles(sweep_files: Sequence[str | os.PathLike[str]], *, max_
     from workbench.run import Run
     from workbench.sweep import load_sweep
 
-    ref_model = reference_model or _REFERENCE_MODEL
-    jobs = [point for _, point in _finished_points([load_sweep(f) for f in sweep_files])]
+    sweeps = [load_sweep(f) for f in sweep_files]
+    ref_model = reference_model or reference_models(sweeps)
+    jobs = [point for _, point in _finished_points(sweeps)]
     rows: dict[tuple[str, str, str], dict[str, list[Any]]] = {}
     for point in tqdm(jobs, desc="action profiles", disable=not progress):
         run = Run(point.run_dir)
@@ -636,6 +653,34 @@ def sweep_action_profiles(sweep_files: Sequence[str | os.PathLike[str]], *, max_
     return {"max_steps": max_steps, "epsilon": 0.0,
             "rows": [{"method": m, "split": s, "game": g, **v} for (m, s, g), v in sorted(rows.items())],
             "notes": "share of greedy steps (one episode per run, seed 0) that take the run's most frequent action"}
+
+
+def run_study(sweep_file: str | os.PathLike[str], *, out: str | os.PathLike[str], table: str | None = None,
+              actions: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """The whole study from one sweep file: its data (the sweep's ``games`` and ``dataset``, recorded
+    with :class:`HistorySpec`'s defaults unless the dataset's behaviour.json exists), every point
+    (done points are skipped, interrupted ones resume), then the summary (and table, action profiles)."""
+    from workbench.paths import resolve_path
+    from workbench.sweep import load_sweep, run_sweep
+
+    sweep = load_sweep(sweep_file)
+    dataset, games = sweep.base.get("dataset"), sweep.base.get("games")
+    if not dataset or not games:
+        raise ValueError(f"sweep {sweep.name} needs a base dataset and games to record the study's data")
+    if not (Path(resolve_path(dataset)) / BEHAVIOUR_FILE).is_file():
+        record_history(HistorySpec(output_dir=str(dataset), games=str(games)), progress=progress)
+    index = run_sweep(sweep, progress=progress)
+    failed = [p["id"] for p in index["points"] if p["state"] != "done"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} points did not finish (python -m workbench.sweep status {sweep_file}): "
+                           f"{', '.join(failed[:3])}")
+    summary = build_summary([sweep_file])
+    atomic_write_json(resolve_path(out), summary)
+    if table:
+        atomic_write_text(resolve_path(table), summary_table(summary))
+    if actions:
+        atomic_write_json(resolve_path(actions), sweep_action_profiles([sweep_file], progress=progress))
+    return summary
 
 
 def _minus(a: float, b: float | None) -> float | None:
@@ -663,6 +708,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary.add_argument("--behaviour", default=None, help="behaviour.json (default: next to the sweep's dataset)")
     summary.add_argument("--reps", type=int, default=2000)
     summary.add_argument("--seed", type=int, default=0)
+    whole = sub.add_parser("all", help="the whole study in one command: the data (unless its behaviour.json exists), "
+                                       "every sweep point, the summary, its table and the action profiles")
+    whole.add_argument("sweep", metavar="SWEEP.yaml")
+    whole.add_argument("--out", required=True, help="summary JSON, e.g. figures/minatar_study.json")
+    whole.add_argument("--table", default=None, metavar="TABLE.md")
+    whole.add_argument("--actions", default=None, metavar="ACTIONS.json", help="action profiles of every point")
     actions = sub.add_parser("actions", help="how much each finished point's greedy actions depend on the frame")
     actions.add_argument("sweeps", nargs="+", metavar="SWEEP.yaml")
     actions.add_argument("--out", default="figures/small_scale_study_actions.json")
@@ -673,6 +724,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             spec = HistorySpec(**{n: getattr(args, n) for n in HistorySpec.__dataclass_fields__})
             doc = record_history(spec)
             print(json.dumps({"behaviour": doc["behaviour"], "random": doc["random"]}, indent=1))
+        elif args.command == "all":
+            run_study(args.sweep, out=args.out, table=args.table, actions=args.actions)
         elif args.command == "actions":
             from workbench.paths import resolve_path
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-__all__ = ["IMPALA_WIDTHS", "ImpalaResidual", "ImpalaStack", "ImpalaEncoder", "MinAtarCNN", "impala_encoder"]
+__all__ = ["IMPALA_WIDTHS", "ImpalaResidual", "ImpalaStack", "ImpalaEncoder", "MinAtarCNN", "NatureCNN", "impala_encoder"]
 
 # Named widths: the paper's scaling study (4, 8, 16) plus a CPU smoke size.
 IMPALA_WIDTHS: dict[str, int] = {
@@ -71,6 +71,29 @@ class MinAtarCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.act(self.conv(x)).flatten(1)
+
+
+class NatureCNN(nn.Module):
+    """The DQN network's convolutions (Mnih et al. 2015): 32 8x8/4, 64 4x4/2, 64 3x3/1, each with
+    a ReLU, flattened (its 512-unit hidden layer is the trunk's). No normalization layers."""
+
+    def __init__(self, in_channels: int, input_hw: tuple[int, int]):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 8, stride=4), nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+        )
+        h, w = input_hw
+        for k, st in ((8, 4), (4, 2), (3, 1)):
+            h, w = (h - k) // st + 1, (w - k) // st + 1
+        if h < 1 or w < 1:
+            raise ValueError(f"the DQN network needs frames of at least 36x36, got {input_hw}")
+        self.feature_shape = (64, h, w)
+        self.out_dim = 64 * h * w
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x).flatten(1)
 
 
 class ImpalaEncoder(nn.Module):

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from workbench.games import MAX_ACTIONS, geometry_of, num_actions
 from workbench.geometry import ATARI, FrameGeometry
-from workbench.models.impala import IMPALA_WIDTHS, MinAtarCNN, impala_encoder
+from workbench.models.impala import IMPALA_WIDTHS, MinAtarCNN, NatureCNN, impala_encoder
 from workbench.models.resnet import RESNET_SPECS, resnet_encoder
 
 __all__ = [
@@ -218,6 +218,8 @@ _CPU_RESNETS = ("resnet-tiny", "resnet-small")
 # The MinAtar paper's network: its 128-unit hidden layer is the trunk (with the paper's LayerNorm
 # and feature normalization of the Scaled QL trunk in front of the heads).
 _MINATAR_TRUNK = dict(trunk_dim=128, hidden_dim=128, num_hidden=1)
+# The DQN network: its 512-unit hidden layer is the trunk (after the trunk's LayerNorm).
+_NATURE_TRUNK = dict(trunk_dim=512, hidden_dim=512, num_hidden=1)
 
 PRESETS: dict[str, dict[str, object]] = {
     **{name: dict(kind="resnet", **_PAPER_TRUNK) for name in RESNET_SPECS if name not in _CPU_RESNETS},
@@ -227,6 +229,7 @@ PRESETS: dict[str, dict[str, object]] = {
     # half the original IMPALA channels: its first conv runs at full 84x84 resolution.
     "impala-tiny": dict(kind="impala", channels=(8, 16, 16), fc_dim=64, **_TINY_TRUNK),
     "minatar-cnn": dict(kind="minatar", **_MINATAR_TRUNK),
+    "nature-cnn": dict(kind="nature", **_NATURE_TRUNK),
 }
 #: Frame sides up to this get ResNet's small-input stem (3x3 stride 1, no max-pool).
 SMALL_INPUT = 16
@@ -256,7 +259,7 @@ def build_qnet(
 
     Presets: resnet18/34/50/101/152 (paper 000 B.1), impala-small/medium/large (widths 4/8/16 of
     the scaling study), CPU smoke sizes resnet-tiny, impala-tiny, and resnet-small (the CPU study's second size),
-    and minatar-cnn (the MinAtar paper's network). The games' suite sets the input geometry
+    minatar-cnn (the MinAtar paper's network) and nature-cnn (the DQN network, Atari-sized frames). The games' suite sets the input geometry
     (``workbench.geometry``; action counts alone mean Atari): every preset builds for every suite,
     ResNets on small frames with a 3x3 stride-1 stem.
     """
@@ -274,6 +277,8 @@ def build_qnet(
         encoder = resnet_encoder(preset_name, stem=stem, **io, **cfg)
     elif kind == "minatar":
         encoder = MinAtarCNN(geometry.in_channels, geometry.plane_shape)
+    elif kind == "nature":
+        encoder = NatureCNN(geometry.in_channels, geometry.plane_shape)
     else:
         encoder = impala_encoder(preset_name, **io, **cfg)
     n_actions = resolve_num_actions(games)

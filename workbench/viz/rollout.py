@@ -304,7 +304,7 @@ def play_rollout(
     check_policy(policy)
     n_act = games.num_actions(game)
     env = envs.make_env(game, protocol="eval", seed=seed, render_rgb=render_rgb)
-    stacker = envs.FrameStacker(1)
+    stacker = envs.FrameStacker(1, games.geometry_of(game).frame_shape)
     rng = np.random.default_rng(seed)
     obs, _ = env.reset(seed=seed)
     stacker.reset([0], obs[None])
