@@ -18,7 +18,9 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-__all__ = ["IMPALA_WIDTHS", "ImpalaResidual", "ImpalaStack", "ImpalaEncoder", "MinAtarCNN", "NatureCNN", "impala_encoder"]
+__all__ = [
+    "IMPALA_WIDTHS", "ImpalaResidual", "ImpalaStack", "ImpalaEncoder", "MinAtarCNN", "NatureCNN", "impala_encoder",
+]
 
 # Named widths: the paper's scaling study (4, 8, 16) plus a CPU smoke size.
 IMPALA_WIDTHS: dict[str, int] = {

@@ -258,10 +258,10 @@ def build_qnet(
     """Build a named Q-network preset for ``games`` (names, or minimal-action counts per game).
 
     Presets: resnet18/34/50/101/152 (paper 000 B.1), impala-small/medium/large (widths 4/8/16 of
-    the scaling study), CPU smoke sizes resnet-tiny, impala-tiny, and resnet-small (the CPU study's second size),
-    minatar-cnn (the MinAtar paper's network) and nature-cnn (the DQN network, Atari-sized frames). The games' suite sets the input geometry
-    (``workbench.geometry``; action counts alone mean Atari): every preset builds for every suite,
-    ResNets on small frames with a 3x3 stride-1 stem.
+    the scaling study), CPU sizes resnet-tiny, impala-tiny and resnet-small (the CPU study's second
+    size), minatar-cnn (the MinAtar paper's network) and nature-cnn (the DQN network, Atari frames).
+    The games' suite sets the input geometry (``workbench.geometry``; action counts alone mean
+    Atari): ResNets on small frames get a 3x3 stride-1 stem.
     """
     if preset_name not in PRESETS:
         raise ValueError(f"unknown model preset {preset_name!r}; valid: {sorted(PRESETS)}")
