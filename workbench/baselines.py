@@ -46,7 +46,8 @@ class UniformPolicy(ConstantPolicy):
 
 def reference_scores(
     games: Sequence[str], *, episodes: int, max_agent_steps: int, seed: int, num_envs: int = 4,
-    sticky_actions: float = 0.0, noop_starts: int = 0, epsilon: float = 0.001, progress: bool = False,
+    sticky_actions: float = 0.0, noop_starts: int = 0, epsilon: float = 0.001, mode: int | None = None,
+    difficulty: int | None = None, progress: bool = False,
 ) -> dict[str, Any]:
     """Random and every constant action of each game, under the evaluator's protocol with these settings.
 
@@ -57,7 +58,7 @@ def reference_scores(
     names = G.resolve_games(games)
     common = dict(episodes_per_game=episodes, num_envs=min(num_envs, episodes), seed=seed,
                   max_agent_steps=max_agent_steps, sticky_actions=sticky_actions, noop_starts=noop_starts,
-                  progress=progress)
+                  mode=mode, difficulty=difficulty, progress=progress)
     out: dict[str, Any] = {}
     random = evaluate(UniformPolicy(), list(names), epsilon=1.0, **common)  # type: ignore[arg-type]
     for g in names:

@@ -295,6 +295,9 @@ class EvaluateConfig:
     """Beyond the papers (opt-in): sticky-action probability (Machado et al.: 0.25); flagged."""
     noop_starts: int = 0
     """Beyond the papers (opt-in): each episode starts with U{0..N} no-ops; flagged."""
+    references: bool = True
+    """Also evaluate random play and every constant action under the same protocol and episodes,
+    and say whether the checkpoint beats them."""
     mode: int = -1
     """Game mode for a variant (-1 = default mode)."""
     difficulty: int = -1

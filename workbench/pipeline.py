@@ -300,8 +300,22 @@ def evaluate_run(config: EvaluateConfig, *, progress: bool = True) -> dict[str, 
         mode=None if config.mode < 0 else config.mode,
         difficulty=None if config.difficulty < 0 else config.difficulty, progress=progress,
     )
+    references: dict[str, Any] = {}
+    if config.references:
+        references = reference_scores(
+            games, episodes=config.episodes, max_agent_steps=config.max_steps, seed=config.seed,
+            num_envs=config.num_envs, sticky_actions=config.sticky_actions, noop_starts=config.noop_starts,
+            epsilon=config.epsilon, mode=None if config.mode < 0 else config.mode,
+            difficulty=None if config.difficulty < 0 else config.difficulty, progress=progress,
+        )
+        ckpt_io.atomic_write_json(out.with_name(out.stem + "_references.json"), references)
+    means = {g: scores["per_game"][g]["mean"] for g in games}
     return {
         "scores_path": str(out), "checkpoint": str(ckpt), "per_game": scores["per_game"],
+        "baselines": {g: {"random": references[g]["random"]["mean"],
+                          "constant_best": {k: references[g]["constant_best"][k] for k in ("action", "mean")}}
+                      for g in references},
+        "verdict": verdict(means, references),
         "aggregate": scores.get("aggregates"), "figure": make_scores_figure(scores),
         "truncated_episodes": scores["truncated_episodes"], "comparable_to_papers": scores["comparable_to_papers"],
         "note": scores["note"],

@@ -462,6 +462,17 @@ def _finished_points(sweeps: Sequence[Any]) -> list[tuple[Any, Any]]:
     return out
 
 
+def _point_seconds(status_file: Path) -> float:
+    """Seconds between a finished point's start and finish (its status file's timestamps)."""
+    from datetime import datetime
+
+    doc = json.loads(status_file.read_text())
+    try:
+        return (datetime.fromisoformat(doc["finished"]) - datetime.fromisoformat(doc["started"])).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        return 0.0
+
+
 def _row_key(point: Any, reference_model: dict[str, str]) -> tuple[str, str]:
     """The (method, split) a point's runs are grouped under in the summary and the action profiles."""
     return method_label(point.params, reference_model), str(point.params.get("split", "all"))
@@ -498,7 +509,9 @@ def build_summary(sweep_files: Sequence[str | os.PathLike[str]], *, behaviour: s
     bdoc = json.loads(bpath.read_text())
     groups: dict[tuple[str, str], dict[str, list[float]]] = {}
     counted = {sweep.name: 0 for sweep in sweeps}
+    point_seconds = {sweep.name: 0.0 for sweep in sweeps}
     for sweep, point in _finished_points(sweeps):
+        point_seconds[sweep.name] += _point_seconds(sweep.status_path(point))
         scores = json.loads((Run(point.run_dir).path / "eval" / "scores.json").read_text())
         for game, entry in scores["per_game"].items():
             groups.setdefault(_row_key(point, ref_model), {}).setdefault(game, []).append(float(entry["mean"]))
@@ -552,7 +565,10 @@ def build_summary(sweep_files: Sequence[str | os.PathLike[str]], *, behaviour: s
         "results": results,
         "aggregates": aggregates,
         "sweeps": {s.name: {"file": str(s.file) if s.file else None, "points_done": counted[s.name],
-                            "points": len(s.points)} for s in sweeps},
+                            "points": len(s.points),
+                            # wall time of the finished points, each one process (training, evaluation, start-up)
+                            "point_seconds": round(point_seconds[s.name], 1),
+                            "steps_per_point": sorted({int(p.params["steps"]) for p in s.points})} for s in sweeps},
         "notes": ("raw returns of episodes capped at the data's episode_cap agent steps; 'random' is the uniform "
                   "random policy under the same evaluation protocol and cap ('random_ci': 95% bootstrap CI over its "
                   "episodes); 'above_random': the row's CI lies above random's CI (above its mean where the data "
