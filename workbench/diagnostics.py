@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "DIAGNOSTIC_CURVES",
     "SRANK_DELTA",
     "MODAL_SHARE_COLLAPSED",
     "VARIATION_DROP_COLLAPSED",
@@ -46,6 +47,9 @@ __all__ = [
     "qnet_probe_forward",
     "collapse_flags",
 ]
+
+#: The diagnostics a learning-curve figure draws, one panel each.
+DIAGNOSTIC_CURVES = ("diag/srank", "diag/feature_variation", "diag/dead_fraction", "diag/greedy_modal_share")
 
 SRANK_DELTA = 0.01
 """Kumar et al.'s delta: srank keeps the top singular values that hold 99% of their sum."""

@@ -33,6 +33,7 @@ __all__ = ["PROTOCOLS", "MAX_AGENT_STEPS", "MinAtarProtocolEnv", "MinAtarVector"
 #: Sticky-action probability per protocol (MinAtar's default in both: it is part of the game).
 PROTOCOLS: dict[str, float] = {"data": 0.1, "eval": 0.1}
 MAX_AGENT_STEPS = 27_000
+RENDER_CELL = 16  # pixels per grid cell in rendered RGB frames (videos, the explorer)
 
 
 def pack_state(state: np.ndarray) -> np.ndarray:
@@ -124,13 +125,14 @@ class MinAtarProtocolEnv(gymnasium.Env):
         return pack_state(self.env.state()), float(reward), terminated, truncated, self._info()
 
     def render(self) -> np.ndarray | None:
-        """RGB image (10, 10, 3) uint8, one colour per channel, when made with ``render_rgb=True``."""
+        """RGB image (160, 160, 3) uint8 when made with ``render_rgb=True``: each grid cell a
+        16x16 block in the colour of its first active channel (black when empty)."""
         if self.render_mode != "rgb_array":
             return None
         state = self.env.state()
         palette = _palette(state.shape[-1])
         idx = np.where(state.any(-1), state.argmax(-1) + 1, 0)
-        return palette[idx]
+        return np.repeat(np.repeat(palette[idx], RENDER_CELL, axis=0), RENDER_CELL, axis=1)
 
     def close(self) -> None:
         pass

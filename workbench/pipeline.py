@@ -232,7 +232,8 @@ def _pretrain(config: PretrainConfig, rank: int, world: int, progress: bool) -> 
             seed=config.seed, num_envs=config.num_envs, sticky_actions=config.eval_sticky_actions,
             noop_starts=config.eval_noop_starts, progress=progress,
         )
-        ckpt_io.atomic_write_json(run.path / "eval" / "references.json", references)
+        # in a subfolder: eval/*.json are score files (Run.score_files)
+        ckpt_io.atomic_write_json(run.path / "eval" / "references" / "scores.json", references)
     figures = run_figures(run, scores)
     mean_scores = {g: scores["per_game"][g]["mean"] for g in games}
     summary = {
@@ -308,7 +309,7 @@ def evaluate_run(config: EvaluateConfig, *, progress: bool = True) -> dict[str, 
             epsilon=config.epsilon, mode=None if config.mode < 0 else config.mode,
             difficulty=None if config.difficulty < 0 else config.difficulty, progress=progress,
         )
-        ckpt_io.atomic_write_json(out.with_name(out.stem + "_references.json"), references)
+        ckpt_io.atomic_write_json(out.parent / "references" / out.name, references)
     means = {g: scores["per_game"][g]["mean"] for g in games}
     return {
         "scores_path": str(out), "checkpoint": str(ckpt), "per_game": scores["per_game"],
@@ -330,7 +331,11 @@ def run_figures(run: Run, scores: dict[str, Any]) -> dict[str, Any]:
     """Learning curves (every stage) and per-game scores of one run, saved under ``figures/``."""
     from workbench.viz.analysis import curve_names
     from workbench.viz.export import save_figure
-    from workbench.viz.results_figures import make_learning_curve_figure, make_scores_figure
+    from workbench.viz.results_figures import (
+        make_learning_curve_figure,
+        make_representation_figure,
+        make_scores_figure,
+    )
 
     records, _ = run.all_metrics()
     keys = {k for r in records for k in r}
@@ -341,6 +346,8 @@ def run_figures(run: Run, scores: dict[str, Any]) -> dict[str, Any]:
         .update_layout(height=180 * len(names) + 120),
         "scores": make_scores_figure(scores),
     }
+    if run.all_metrics("diagnostics.jsonl")[0]:
+        figures["representation"] = make_representation_figure(run.path)
     for name, fig in figures.items():
         save_figure(fig, run.path / "figures" / name)
     return figures

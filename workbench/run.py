@@ -208,16 +208,19 @@ class Run:
         folder = stages[stage] if stage is not None else self.stage_dirs()[-1][1]
         return read_jsonl(folder / "metrics.jsonl")
 
-    def all_metrics(self) -> tuple[list[dict[str, Any]], int]:
-        """Every stage's records, each tagged ``stage``, with steps continued across stages."""
+    def all_metrics(self, file: str = "metrics.jsonl") -> tuple[list[dict[str, Any]], int]:
+        """Every stage's records, each tagged ``stage``, with steps continued across stages
+        (``file="diagnostics.jsonl"``: the representation diagnostics, on the same steps)."""
         out: list[dict[str, Any]] = []
         bad, offset = 0, 0
         for name, folder in self.stage_dirs():
-            records, b = read_jsonl(folder / "metrics.jsonl")
+            records, b = read_jsonl(folder / file)
             bad += b
             for r in records:
                 out.append({**r, "stage": name, "step": r.get("step", 0) + offset})
-            offset += max((r.get("step", 0) for r in records), default=0)
+            # continue from the stage's last step (its metrics), so both files share one axis
+            steps, _ = read_jsonl(folder / "metrics.jsonl") if file != "metrics.jsonl" else (records, 0)
+            offset += max((r.get("step", 0) for r in steps), default=0)
         return out, bad
 
     def checkpoint(self) -> Path | None:

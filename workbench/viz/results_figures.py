@@ -10,6 +10,7 @@ state, so notebooks and the analysis pipeline share one code path. Saving lives 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -103,6 +104,24 @@ def make_learning_curve_figure(
         template="plotly_white", hovermode="x unified",
     )
     return fig
+
+
+def make_representation_figure(source: str | os.PathLike[str]) -> go.Figure:
+    """The representation diagnostics over training (``workbench.diagnostics``: srank, feature
+    variation, dead ReLU fraction, share of the probe on the modal greedy action) of the run that
+    ``source`` (a run folder or one of its checkpoints) belongs to."""
+    from workbench.diagnostics import DIAGNOSTIC_CURVES
+    from workbench.paths import resolve_path
+    from workbench.run import Run, find_run_dir
+
+    run = Run(find_run_dir(resolve_path(source)))
+    records, _ = run.all_metrics("diagnostics.jsonl")
+    if not records:
+        raise ValueError(f"{run.path} has no diagnostics.jsonl: its algorithm has no probe, or it was trained before "
+                         "the diagnostics existed")
+    fig = make_learning_curve_figure({run.name: records}, list(DIAGNOSTIC_CURVES),
+                                     title="Representation on a fixed probe batch")
+    return fig.update_layout(height=180 * len(DIAGNOSTIC_CURVES) + 120)
 
 
 def _is_number(v: Any) -> bool:
