@@ -192,3 +192,34 @@ def test_resume_between_checkpoints_keeps_one_metrics_line_per_step(tmp_path):
     train(ToyAlgo(), toy_batches(1, 8), cfg(10), tmp_path, progress=False)
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 11))
+
+
+class ProbedToyAlgo(ToyAlgo):
+    """ToyAlgo with a representation probe: hidden ReLU features and a 2-way 'greedy action'."""
+
+    def probe_forward(self, probe):
+        h = self.model[2](self.model[1](self.model[0](probe["x"])))  # dropout too: in train mode it would draw
+        return h, (self.model[3](h).squeeze(-1) > 0).long()
+
+
+def test_diagnostics_do_not_change_training_and_resume_with_the_same_probe(tmp_path):
+    plain = ToyAlgo()
+    train(plain, toy_batches(1, 8), cfg(20), tmp_path / "plain", progress=False)
+    probed = ProbedToyAlgo()
+    train(probed, toy_batches(1, 8), cfg(20, diagnostics_every=4), tmp_path / "probed", progress=False)
+    # The probe runs in eval mode without gradients: dropout's random stream and the weights are untouched.
+    for (k, a), b in zip(weights(plain.model).items(), weights(probed.model).values()):
+        assert torch.equal(a, b), k
+    assert not (tmp_path / "plain" / "diagnostics.jsonl").exists()
+    full = [json.loads(line) for line in open(tmp_path / "probed" / "diagnostics.jsonl")]
+    assert [r["step"] for r in full] == [0, 4, 8, 12, 16, 20]
+    assert full[0]["diag/feature_dim"] == 16 and 1 <= full[0]["diag/srank"] <= 16
+    assert "diag/dead/1" in full[0] and 0.0 <= full[0]["diag/greedy_modal_share"] <= 1.0
+    # Killed at step 10 and resumed: the same probe batch, one line per step, the same numbers.
+    half = ProbedToyAlgo()
+    train(half, toy_batches(1, 8), cfg(10, diagnostics_every=4), tmp_path / "split", progress=False)
+    train(ProbedToyAlgo(seed=5), toy_batches(1, 8), cfg(20, diagnostics_every=4), tmp_path / "split",
+          progress=False)
+    split = [json.loads(line) for line in open(tmp_path / "split" / "diagnostics.jsonl")]
+    assert [r["step"] for r in split] == [0, 4, 8, 10, 12, 16, 20]  # 10: the end of the first run
+    assert [r for r in split if r["step"] != 10] == full
