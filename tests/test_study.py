@@ -270,7 +270,8 @@ def test_summary_says_which_rows_beat_the_best_constant_action_and_the_behaviour
     assert (mtbc["Pong"]["beats_constant"], mtbc["Pong"]["beats_behaviour"]) == (True, False)
     table = S.summary_table(out)
     assert "| best constant action | | 6.0 (FIRE) | -4.5 (NOOP) |" in table
-    assert "| MTBC | sub_optimal |" in table and "| 2 of 2 | 1 of 2 |" in table
+    assert "| MTBC | sub_optimal |" in table and "| 2 of 2 | 1 of 2 | 1 of 2 |" in table
+    assert [mtbc[g]["beats_sub_optimal_behaviour"] for g in ("Breakout", "Pong")] == [True, False]
 
 
 def test_the_reference_model_of_each_algorithm_is_the_one_most_of_its_points_use() -> None:

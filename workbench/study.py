@@ -536,6 +536,7 @@ def build_summary(sweep_files: Sequence[str | os.PathLike[str]], *, behaviour: s
             lo, hi = bootstrap_ci(runs, reps=reps, seed=seed)
             random_top = random_ci[game][1] if game in random_ci else bdoc["random"][game]
             behaviour_mean = bdoc["behaviour"].get(split, {}).get(game)
+            sub_behaviour = bdoc["behaviour"].get("sub_optimal", {}).get(game)
             constant = constant_best.get(game)
             results.append({"method": method, "split": split, "game": game, "mean": float(np.mean(runs)),
                             "ci": [lo, hi], "runs": runs,
@@ -543,6 +544,8 @@ def build_summary(sweep_files: Sequence[str | os.PathLike[str]], *, behaviour: s
                             # the run's interval lies above the line: its lower end beats the line's value
                             "beats_constant": None if constant is None else bool(lo > constant["mean"]),
                             "beats_behaviour": None if behaviour_mean is None else bool(lo > behaviour_mean),
+                            # the bar: above the sub-optimal behaviour, whatever the row's split
+                            "beats_sub_optimal_behaviour": None if sub_behaviour is None else bool(lo > sub_behaviour),
                             "vs_behaviour": _minus(float(np.mean(runs)), behaviour_mean)})
     # Aggregates over games on the study's own scale: 0 = the random policy, 1 = the behaviour of
     # the whole history (near-optimal split), both measured with the same cap. (Human-normalized
@@ -573,8 +576,9 @@ def build_summary(sweep_files: Sequence[str | os.PathLike[str]], *, behaviour: s
                   "random policy under the same evaluation protocol and cap ('random_ci': 95% bootstrap CI over its "
                   "episodes); 'above_random': the row's CI lies above random's CI (above its mean where the data "
                   "kept no episodes); 'constant_best': the best single action held for the whole episode, same "
-                  "protocol, episodes and cap; 'beats_constant' / 'beats_behaviour': the row's CI lies above that "
-                  "line's mean (behaviour: of the row's own split); 'behaviour' is the behaviour policy's "
+                  "protocol, episodes and cap; 'beats_constant' / 'beats_behaviour' / 'beats_sub_optimal_behaviour': "
+                  "the row's CI lies above that line's mean (behaviour: of the row's own split, or of the sub-optimal "
+                  "split); 'behaviour' is the behaviour policy's "
                   "mean return in the split's checkpoints (data protocol: sticky actions); CIs: 95% percentile "
                   "bootstrap over runs (seeds); aggregates: IQM (stratified bootstrap, workbench.metrics) of "
                   "behaviour-normalized scores, (score - random) / (near-optimal behaviour - random); capped "
@@ -591,19 +595,20 @@ def summary_table(summary: dict[str, Any]) -> str:
     def fmt(x: float) -> str:
         return f"{x:.1f}" if abs(x) < 1000 else f"{x:.0f}"
 
-    head = ["method", "split", *games, "IQM, behaviour-normalized", "beats constant", "beats behaviour"]
+    head = ["method", "split", *games, "IQM, behaviour-normalized", "beats constant", "beats behaviour",
+            "beats sub-optimal behaviour"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     rand_ci = summary.get("random_ci", {})
     lines.append("| random | | " + " | ".join(
         fmt(summary["random"][g]) + (f" [{fmt(rand_ci[g][0])}, {fmt(rand_ci[g][1])}]" if g in rand_ci else "")
-        for g in games) + " | 0 | | |")
+        for g in games) + " | 0 | | | |")
     best = {g: (summary.get("baselines", {}).get(g) or {}).get("constant_best") for g in games}
     if any(best.values()):
         lines.append("| best constant action | | " + " | ".join(
-            "" if (c := best[g]) is None else f"{fmt(c['mean'])} ({c['action']})" for g in games) + " | | | |")
+            "" if (c := best[g]) is None else f"{fmt(c['mean'])} ({c['action']})" for g in games) + " | | | | |")
     for split, per_game in summary["behaviour"].items():
         cells = [fmt(per_game[g]) if per_game.get(g) is not None else "" for g in games]
-        scale = " | 1 | | |" if split == "near_optimal" else " | | | |"  # the aggregate's 1: near-optimal behaviour
+        scale = " | 1 | | | |" if split == "near_optimal" else " | | | | |"  # the aggregate's 1: near-optimal behaviour
         lines.append(f"| behaviour | {split} | " + " | ".join(cells) + scale)
     rows = {(r["method"], r["split"], r["game"]): r for r in summary["results"]}
     aggs = {(a["method"], a["split"]): a for a in summary.get("aggregates", [])}
@@ -616,7 +621,7 @@ def summary_table(summary: dict[str, Any]) -> str:
         a = aggs.get((method, split))
         cells.append("" if a is None else f"{a['mean']:.2f} [{a['ci'][0]:.2f}, {a['ci'][1]:.2f}]")
         mine = [rows[(method, split, g)] for g in games if (method, split, g) in rows]
-        for key in ("beats_constant", "beats_behaviour"):
+        for key in ("beats_constant", "beats_behaviour", "beats_sub_optimal_behaviour"):
             known = [r for r in mine if r.get(key) is not None]
             cells.append(f"{sum(bool(r[key]) for r in known)} of {len(known)}" if known else "")
         lines.append(f"| {method} | {split} | " + " | ".join(cells) + " |")
