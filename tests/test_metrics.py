@@ -94,7 +94,15 @@ def test_normalize_by_hand_and_errors():
     with pytest.raises(ValueError, match="did you mean Pong"):
         metrics.normalize({"Pongg": 1.0})
     with pytest.raises(ValueError, match="valid are"):
-        metrics.normalize({"Pong": 1.0}, "expert")  # type: ignore[arg-type]
+        metrics.normalize({"Pong": 1.0}, "world_record")  # type: ignore[arg-type]
+    # MinAtar has no human scores: its scripted expert and random play are the scale.
+    np.testing.assert_allclose(metrics.normalize({"MinAtar-Breakout": [0.34375, 81.65, 40.99688]}, "expert")
+                               ["MinAtar-Breakout"], [0.0, 1.0, 0.5], atol=1e-6)
+    with pytest.raises(ValueError, match="no expert reference score for Pong"):
+        metrics.normalize({"Pong": 1.0}, "expert")
+    assert metrics.default_normalization(["Pong", "Breakout"]) == "human"
+    assert metrics.default_normalization(["MinAtar-Breakout", "MinAtar-Seaquest"]) == "expert"
+    assert metrics.default_normalization(["AirRaid"]) == "none"
     with pytest.raises(ValueError, match="same number of runs"):
         metrics.aggregate({"m": {"Pong": [1, 2], "Breakout": [1]}})
 

@@ -228,3 +228,30 @@ def test_collect_data_notebook_records_readable_dqn_replay_files(tmp_path):
     assert int(meta.valid_mask().sum()) > 100
     batch = dr.read_transitions(logs, 0, [10, 20], n_step=3)
     assert batch["state"].shape == (2, 84, 84, 4)
+
+
+@pytest.mark.slow
+def test_minatar_runs_through_the_notebooks_with_the_atari_parameters(tmp_path):
+    """The game names select the suite: 01, 02, 05, 06 and 07 take MinAtar games with the same
+    parameters as Atari ones."""
+    from workbench.data import dqn_replay as dr
+
+    run("01_collect_data.ipynb", tmp_path, games="MinAtar-Breakout", steps=300, output_dir="rec", seed=3)
+    meta = dr.load_checkpoint_meta(dr.run_dir(tmp_path / "rec", "MinAtar-Breakout", 1), 0)
+    assert int(meta.valid_mask().sum()) > 200
+    frames = dr.load_checkpoint(dr.run_dir(tmp_path / "rec", "MinAtar-Breakout", 1), 0)["observation"]
+    assert frames.shape[1:] == (100, 10)
+    games = "MinAtar-Breakout,MinAtar-Freeway"
+    run("02_pretrain.ipynb", tmp_path, output_dir="runs/m", **{**TINY_PRETRAIN, "games": games})
+    summary = json.loads((tmp_path / "runs" / "m" / "summary.json").read_text())
+    assert set(summary["mean_scores"]) == set(summary["verdict"]) == set(games.split(","))
+    assert summary["baselines"]["MinAtar-Freeway"]["constant_best"]["action"] in ("NOOP", "UP", "DOWN")
+    assert (tmp_path / "runs" / "m" / "diagnostics.jsonl").is_file()
+    run("05_evaluate.ipynb", tmp_path, checkpoint="runs/m", games="MinAtar-Freeway", episodes=2, num_envs=2,
+        max_steps=30, output="runs/m/eval/scores_freeway.json")
+    assert (tmp_path / "runs" / "m" / "eval" / "references" / "scores_freeway.json").is_file()
+    run("06_analysis.ipynb", tmp_path, run_dirs="runs/*", out_dir="figures_out", png=False, reps=100)
+    assert "MinAtar-Breakout" in (tmp_path / "figures_out" / "README.md").read_text()
+    run("07_explore_checkpoint.ipynb", tmp_path, checkpoint="runs/m", game="MinAtar-Breakout", max_steps=8,
+        video=True, out_dir="runs/explore")
+    assert (tmp_path / "runs" / "explore" / "rollout.mp4").is_file()

@@ -41,6 +41,7 @@ from workbench.games import DQN_REPLAY_GAMES, canonical_game
 
 __all__ = [
     "NORMALIZATIONS",
+    "default_normalization",
     "reference_scores",
     "has_reference",
     "normalize_score",
@@ -53,19 +54,29 @@ __all__ = [
     "main",
 ]
 
-Normalization = Literal["human", "dqn", "none"]
-NORMALIZATIONS = ("human", "dqn", "none")
+Normalization = Literal["human", "dqn", "expert", "none"]
+#: "expert": MinAtar's scripted policies (the suite has no human scores); see the reference CSV's source column.
+NORMALIZATIONS = ("human", "dqn", "expert", "none")
 METRICS = ("iqm", "median", "mean", "optimality_gap")
 
 
 @lru_cache(maxsize=1)
 def reference_scores() -> dict[str, dict[str, float]]:
-    """``{game: {"random": x, "human": x, "dqn": x}}`` from the package CSV (absent: not there)."""
+    """``{game: {"random": x, "human": x, "dqn": x, "expert": x}}`` from the package CSV (absent: not there)."""
     out: dict[str, dict[str, float]] = {}
     text = resources.files("workbench.reference").joinpath("scores.csv").read_text()
     for row in csv.DictReader(text.splitlines()):
-        out[row["game"]] = {k: float(row[k]) for k in ("random", "human", "dqn") if row[k]}
+        out[row["game"]] = {k: float(row[k]) for k in ("random", "human", "dqn", "expert") if row.get(k)}
     return out
+
+
+def default_normalization(games: Sequence[str]) -> Normalization:
+    """The normalization every one of ``games`` has: human (Atari), else expert (MinAtar), else none."""
+    kinds: tuple[Normalization, ...] = ("human", "expert")
+    for kind in kinds:
+        if games and all(has_reference(g, kind) for g in games):
+            return kind
+    return "none"
 
 
 def _check_kind(kind: str) -> None:
@@ -88,7 +99,7 @@ def has_reference(game: str, kind: Normalization = "human") -> bool:
 
 
 def normalize_score(game: str, score: Any, kind: Normalization = "human") -> Any:
-    """``(score - random) / (ref - random)`` of one game, ref = its human or DQN score.
+    """``(score - random) / (ref - random)`` of one game, ref = its human, DQN or expert score.
 
     The one place this formula is written: every normalized score in the workbench comes from
     here. ``game`` is a canonical name (looked up as given); ``score`` a number or a numpy array

@@ -361,7 +361,9 @@ class AblationExplorer:
             "color": W.Dropdown(options=[NONE, *factors], value=factors[1] if len(factors) > 1 else NONE,
                                 description="colour by"),
             "metric": W.Dropdown(options=METRIC_CHOICES, value="iqm", description="metric"),
-            "normalization": W.Dropdown(options=["human", "dqn"], value="human", description="normalize"),
+            "normalization": W.Dropdown(options=list(M.NORMALIZATIONS),
+                                        value=M.default_normalization(list(data.games)) if data.games else "human",
+                                        description="normalize"),
             "games": W.SelectMultiple(options=data.games, value=tuple(data.games), description="games", rows=4),
             "level_a": W.Dropdown(options=[], description="P(A > B): A"),
             "level_b": W.Dropdown(options=[], description="B"),
@@ -473,6 +475,10 @@ def paper_figures(data: AblationData, out_dir: str | os.PathLike[str] | None = N
     if not scores:
         return figs, {"all": "no finished run with evaluation scores"}
     games = sorted(set.intersection(*(set(v) for v in scores.values())))
+    no_human = [g for g in games if not M.has_reference(g, "human")]
+    if no_human:  # MinAtar, or Atari games outside the reference table
+        return figs, {"all": f"the papers' figures are human-normalized Atari scores; {', '.join(no_human)} "
+                             "have no human reference score"}
     scores = {lab: {g: v[g] for g in games} for lab, v in scores.items()}
     agg = M.aggregate(scores, "human", reps=reps, seed=seed)
     paper_games, paper_points = paper_reference_points(games)

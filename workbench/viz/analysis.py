@@ -414,10 +414,13 @@ def build_figures(
 
     # Aggregates with CIs (+ paper methods on the same games, one run per game: no CI)
     games = sorted(set.intersection(*(set(v) for v in ours.values()))) if ours else []
+    # Atari: human-normalized; MinAtar: by its scripted expert (workbench.reference's scores.csv)
+    kind = M.default_normalization(sorted({g for v in ours.values() for g in v}))
+    normed = f"{kind}-normalized" if kind != "none" else "raw (no common reference score)"
     agg: dict[str, dict[str, Any]] = {}
     if ours:
         try:
-            agg = M.aggregate(ours, "human", reps=reps, seed=seed)
+            agg = M.aggregate(ours, kind, reps=reps, seed=seed)
         except ValueError as exc:
             rep.skipped["aggregates"] = f"metrics.aggregate failed: {exc}"
     paper_scores: dict[str, dict[str, float]] = {}
@@ -425,15 +428,15 @@ def build_figures(
     if include_paper_reference and rep.comparable_to_papers is False:
         rep.skipped["paper reference"] = ("the papers' numbers are full 108,000-frame episodes; these evaluations "
                                           f"are not ({rep.protocol}), so they are not drawn together")
-    elif include_paper_reference:
+    elif include_paper_reference and kind == "human":
         paper_scores, paper_points = paper_reference_points(games)
     if agg:
         shown = dict(agg)
         if paper_scores:
             shown.update(M.aggregate(paper_scores, "human", reps=reps, seed=seed))
         add("aggregates", F.make_aggregate_figure(
-            shown, title="Aggregate human-normalized scores (95% bootstrap CIs)" + caveat),
-            "Human-normalized median, IQM, mean and optimality gap per method with 95% stratified-"
+            shown, title=f"Aggregate {normed} scores (95% bootstrap CIs)" + caveat),
+            f"{normed.capitalize()} median, IQM, mean and optimality gap per method with 95% stratified-"
             f"bootstrap CIs (workbench.metrics.aggregate, {reps} reps, {run_note}). "
             + ("Bars named 'paper: ...' are the papers' per-game raw scores (workbench.reference.paper_tables) "
                f"on the same games ({', '.join(games)}), one score per game, so no interval."
@@ -443,11 +446,11 @@ def build_figures(
 
     # Performance profiles
     if agg:
-        prof = M.performance_profile(ours, "human", reps=reps, seed=seed)
+        prof = M.performance_profile(ours, kind, reps=reps, seed=seed)
         add("performance_profiles", F.make_performance_profile_figure(
             prof["taus"], {m: v["profile"] for m, v in prof["methods"].items()},
             {m: [v["lo"], v["hi"]] for m, v in prof["methods"].items()}, title="Performance profiles" + caveat),
-            f"Fraction of runs with human-normalized score above tau, with 95% CI bands "
+            f"Fraction of runs with {normed} score above tau, with 95% CI bands "
             f"(workbench.metrics.performance_profile, {run_note}).")
     else:
         rep.skipped["performance_profiles"] = "no aggregates"
@@ -458,7 +461,7 @@ def build_figures(
         common = [(a, b) for i, a in enumerate(methods) for b in methods[i + 1:]
                   if set(ours[a]) == set(ours[b])]
         if common:
-            poi = M.probability_of_improvement(ours, common, "human", reps=reps, seed=seed)
+            poi = M.probability_of_improvement(ours, common, kind, reps=reps, seed=seed)
             add("probability_of_improvement", F.make_probability_of_improvement_figure(
                 poi, title="Probability of improvement" + caveat),
                 f"P(X > Y) for each pair of methods on the same games with 95% CIs "
@@ -478,7 +481,7 @@ def build_figures(
     if points:
         add("scaling", F.make_scaling_figure(points, paper_points or None,
                                              title="Scaling: parameters vs IQM" + caveat),
-            "Parameters (from each checkpoint's safetensors header) vs human-normalized IQM with 95% CIs, "
+            f"Parameters (from each checkpoint's safetensors header) vs {normed} IQM with 95% CIs, "
             "one line per algorithm"
             + ("; open diamonds are the papers' printed IQMs (workbench.reference.paper_tables.AGGREGATES, "
                "their own game sets, not ours)." if paper_points else "."))
@@ -495,7 +498,7 @@ def build_figures(
                          "IQM": a["iqm"], "IQM 95% CI": a["iqm_ci"], "median": a["median"],
                          "mean": a["mean"], "optimality gap": a["optimality_gap"]})
         add("ablation_table", F.make_ablation_table_figure(rows, title="Methods and ablations" + caveat),
-            "One row per method (config values that differ between runs name it): human-normalized "
+            f"One row per method (config values that differ between runs name it): {normed} "
             f"aggregates from workbench.metrics.aggregate ({run_note}).")
     else:
         rep.skipped["ablation_table"] = "no aggregates"
