@@ -120,8 +120,9 @@ def test_normalize_score_by_hand_and_errors():
     with pytest.raises(ValueError, match="no dqn reference score for Breakout; games with one: "
                        "Gravitar, MsPacman, Pong, Robotank, YarsRevenge$"):
         metrics.normalize_score("Breakout", 1.0, "dqn")
-    with pytest.raises(ValueError, match="unknown normalization 'expert': valid are"):
-        metrics.has_reference("Pong", "expert")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown normalization 'world_record': valid are"):
+        metrics.has_reference("Pong", "world_record")  # type: ignore[arg-type]
+    assert metrics.has_reference("MinAtar-Seaquest", "expert") and not metrics.has_reference("Pong", "expert")
 
 
 @pytest.mark.slow
