@@ -153,3 +153,18 @@ def test_mgdt_patches_of_minatar_frames_hold_every_channel_of_their_cells(patch)
         rows, cols = slice((k // n) * patch, (k // n + 1) * patch), slice((k % n) * patch, (k % n + 1) * patch)
         expected = np.moveaxis(state[rows, cols, :], -1, 0).reshape(-1) * 255  # plane by plane, row by row
         np.testing.assert_array_equal(tokens[k].numpy(), expected)
+
+
+def test_jobs_refuse_a_suite_their_models_cannot_read():
+    from workbench.config import PretrainConfig
+    from workbench.online import OnlineConfig, OnlineError
+
+    named = "'jowa' reads atari frames.*algorithms for minatar: scaled_ql, cql_mse, bc, mgdt$"
+    with pytest.raises(ValueError, match=named):
+        PretrainConfig.from_params(algo="jowa", model="jowa-tiny", games="MinAtar-Breakout")
+    with pytest.raises(ValueError, match="mix suites"):
+        PretrainConfig.from_params(games="Pong,MinAtar-Breakout")
+    config = PretrainConfig.from_params(algo="mgdt", model="mgdt-tiny", games="minatar_5")
+    assert config.game_list == games.MINATAR_GAMES
+    with pytest.raises(OnlineError, match="plays Atari games"):
+        OnlineConfig.from_params(game="MinAtar-Freeway")

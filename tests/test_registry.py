@@ -92,6 +92,7 @@ class ProbeSpec:
     description = "a linear-probe behaviour cloner (test algorithm)"
     settings_class = ProbeSettings
     metric_prefixes = ("loss/",)
+    suites = ("atari", "minatar")
     curves = ("loss/probe",)
 
     def model_presets(self):

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from workbench.algos.base import PRESETS, AlgoSpec, EvalOptions, Scale, Stage, get_algo, model_owner
+from workbench.algos.base import PRESETS, AlgoSpec, EvalOptions, Scale, Stage, algo_names, get_algo, model_owner
+from workbench.games import geometry_of
 from workbench.settings import from_params, namespace_params
 
 __all__ = ["EvaluateConfig", "PretrainConfig", "namespace_params", "RESUMABLE_FIELDS"]
@@ -130,7 +131,11 @@ class PretrainConfig:
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; valid presets: {', '.join(PRESETS)}")
         self.settings  # noqa: B018  (validates algo_args against the algorithm's settings class)
-        resolve_games(self.games)  # raises with close matches
+        suite = geometry_of(resolve_games(self.games)).suite  # raises with close matches, or on mixed suites
+        if suite not in spec.suites:
+            raise ValueError(f"algo {spec.name!r} reads {' and '.join(spec.suites)} frames, and {self.games!r} are "
+                             f"{suite} games; algorithms for {suite}: "
+                             f"{', '.join(n for n in algo_names() if suite in get_algo(n).suites)}")
         parse_split(self.split)  # raises listing the valid forms
         parse_runs(self.runs)
         for name in ("steps", "batch_size", "record_steps", "planning_horizon", "eval_max_steps", "seed",

@@ -229,7 +229,7 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         from workbench.config import _check_device, _check_eval_cap
         from workbench.data.splits import parse_runs, parse_split
-        from workbench.games import canonical_game
+        from workbench.games import canonical_game, geometry_of, suite_of
 
         for name, value, choices in (("method", self.method, METHODS), ("encoder", self.encoder, ENCODER_MODES),
                                      ("report", self.report, REPORTS), ("preset", self.preset, PRESETS)):
@@ -257,6 +257,10 @@ class FinetuneConfig:
                              f"{source.algo_name!r} run")
         if self.source_checkpoint is None:
             raise FileNotFoundError(f"{source.path} holds no checkpoint yet: pretrain it first")
+        source_suite, suite = geometry_of(source.games).suite, suite_of(self.game)
+        if source_suite != suite:
+            raise ValueError(f"{self.game} is a {suite} game and {source.path} was trained on {source_suite} games: "
+                             "a network reads one suite's frames; fine-tune on a game of its suite")
         if self.game_name in source.games:
             raise ValueError(f"{self.game_name} is one of the checkpoint's training games {list(source.games)}: "
                              "fine-tuning is to an unseen game (the papers' held-out games: "

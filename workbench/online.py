@@ -402,7 +402,9 @@ class OnlineConfig:
     """Let preset='paper' run without a GPU (it stops with the estimated time otherwise)."""
 
     def __post_init__(self) -> None:
-        G.canonical_game(self.game)  # unknown game: raises with close matches
+        if G.suite_of(self.game) != "atari":  # unknown game: raises with close matches
+            raise OnlineError(f"the online agent plays Atari games (and their variants); {G.canonical_game(self.game)} "
+                              f"is a {G.suite_of(self.game)} game")
         if self.preset not in PRESETS:
             raise OnlineError(f"unknown preset {self.preset!r}; valid presets: {', '.join(PRESETS)}")
         if self.encoder not in ENCODER_MODES:

@@ -238,6 +238,9 @@ class AlgoSpec(Protocol):
     """Prefixes of the metrics its loss logs (``loss/``, ``q/``, ``world/`` ...)."""
     curves: tuple[str, ...]
     """The metrics its learning-curve figures draw, in order."""
+    suites: tuple[str, ...]
+    """The game suites its models read (``workbench.geometry``): a run on another suite's games is
+    refused when its config is built."""
 
     def model_presets(self) -> Sequence[str]: ...
 

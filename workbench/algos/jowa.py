@@ -313,6 +313,9 @@ class JOWASpec:
     description = "JOWA: VQ-VAE + GPT world model with a C51 Q head, beam-search planning (paper 003)"
     settings_class: type = JOWAConfig
     metric_prefixes: tuple[str, ...] = ("loss/", "world/", "tokenizer/", "q/")
+    # The tokenizer pads an 84x84 frame to 96 for its 6x6 token grid; MinAtar's 10x10 grids would
+    # need another tokenizer (or none: its cells are already tokens), which is not built.
+    suites: tuple[str, ...] = ("atari",)
     curves: tuple[str, ...] = (  # every loss term of both stages (stage 1: tokenizer + world model)
         "loss/total", "loss/tokenizer", "tokenizer/l1", "tokenizer/codebook", "tokenizer/commitment",
         "tokenizer/perceptual", "loss/world", "world/obs_ce", "world/reward_ce", "world/term_ce", "loss/action",

@@ -307,6 +307,7 @@ class MGDTSpec:
     description = "Multi-Game Decision Transformer with expert-action inference (Lee et al. 2022)"
     settings_class: type = MGDTSettings
     metric_prefixes: tuple[str, ...] = ("loss/", "dt/")
+    suites: tuple[str, ...] = ("atari", "minatar")
     curves: tuple[str, ...] = ("loss/total", "loss/action", "loss/return", "loss/reward", "dt/action_accuracy")
 
     def model_presets(self) -> tuple[str, ...]:

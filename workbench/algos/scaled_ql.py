@@ -405,6 +405,7 @@ class QLearningSpec:
     three losses, one training stage."""
 
     metric_prefixes: tuple[str, ...] = ("loss/", "q/", "dist/", "bc/", "batch/")
+    suites: tuple[str, ...] = ("atari", "minatar")
 
     def __init__(self, name: str, settings_class: type, description: str, curves: tuple[str, ...],
                  label: str = "") -> None:
