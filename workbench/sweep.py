@@ -59,7 +59,7 @@ from typing import Any
 import yaml
 
 from workbench.fileio import atomic_write_json
-from workbench.paths import resolve_path
+from workbench.paths import ROOT_ENV, checkout_notebook, project_root, resolve_path
 from workbench.settings import from_params
 
 __all__ = ["COMBINES", "EXECUTORS", "ExecutorSpec", "Point", "Sweep", "load_sweep", "main", "run_point",
@@ -137,7 +137,8 @@ class SweepFile:
     output_dir: str = ""
     """The sweep's folder ('' = runs/sweeps/<name>)."""
     notebook: str = _NOTEBOOK
-    """The notebook each point runs."""
+    """The notebook each point runs (default: the installed checkout's notebook 02; another path is
+    code the sweep executes, resolved like any path on the command line)."""
 
 
 @dataclass(frozen=True)
@@ -259,7 +260,7 @@ def load_sweep(source: str | os.PathLike[str] | dict[str, Any], overrides: dict[
         raise ValueError("combine: zip needs the same number of levels for every factor, got "
                          + ", ".join(f"{k}: {len(v)}" for k, v in factors.items()))
     executor = from_params(ExecutorSpec, spec.executor, what="executor key")
-    notebook = resolve_path(spec.notebook)
+    notebook = checkout_notebook("02_pretrain.ipynb") if spec.notebook == _NOTEBOOK else resolve_path(spec.notebook)
     if not notebook.is_file():
         raise FileNotFoundError(f"notebook {notebook} (the sweep's notebook) does not exist")
     root = resolve_path(spec.output_dir or f"runs/sweeps/{name}")
@@ -392,8 +393,10 @@ def format_status(index: dict[str, Any]) -> str:
 
 def point_job(sweep: Sweep, point: Point) -> dict[str, Any]:
     """What a point's process needs (plain JSON: it crosses a process or a Slurm job)."""
+    # root: where the sweep resolved its paths; the point's kernel resolves the params' relative
+    # paths (a dataset) against the same folder, wherever its notebook lies.
     return {"id": point.id, "notebook": str(sweep.notebook), "record": str(sweep.record_path(point)),
-            "status": str(sweep.status_path(point)), "params": point.params}
+            "status": str(sweep.status_path(point)), "params": point.params, "root": str(project_root())}
 
 
 def _job_id() -> str | None:
@@ -422,6 +425,8 @@ def run_point(job: dict[str, Any]) -> dict[str, Any]:
     status_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(status_path, status)
     notebook = Path(job["notebook"])
+    if job.get("root"):
+        os.environ[ROOT_ENV] = job["root"]  # the kernel inherits it
     try:
         papermill.execute_notebook(str(notebook), job["record"], parameters=job["params"], kernel_name="python3",
                                    cwd=str(notebook.parent), progress_bar=False)
