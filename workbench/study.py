@@ -1,4 +1,10 @@
-"""The small-scale reproduction study (CPU): data with learning in it, and its results summary.
+"""The CPU-scale studies: data with learning in it, and their results summaries.
+
+Two studies use it: the MinAtar study (``sweeps/minatar_study.yaml``, docs/minatar_study.md: the
+suite where the papers' findings can be tested on 2 cores, with observation-dependent scripted
+behaviour from ``workbench.data.minatar_scripts``) and the earlier Atari small-scale study
+(``sweeps/small_scale_study.yaml``, whose games a frame-blind policy can win). What follows was
+written for the Atari one; the MinAtar histories are recorded the same way.
 
 **Why scripted data.** The online C51 agent (``workbench.online``, resnet-tiny) took 28 CPU-s
 (111 s wall on a loaded shared machine) for 2,000 agent steps while it trains, about 70 agent
@@ -27,7 +33,7 @@ Games, and what each can show at this scale:
   a method must learn an encoder that sees them.
 * ``Pong``: the heuristic follows the ball (about even with the computer in a capped episode;
   random loses about 1 point per 150 steps). Frame-dependent like Breakout, with sparse, delayed
-  rewards on top. docs/small_scale_study.md says how far the study's methods got on each game.
+  rewards on top. docs/minatar_study.md says how far the study's methods got on each game.
 
 Episodes of the data are capped at ``episode_cap`` agent steps (the cap ends an episode with a
 terminal, as DQN-Replay's 27,000-step limit does), the same cap as the study's evaluation, so the
@@ -704,6 +710,12 @@ def run_study(sweep_file: str | os.PathLike[str], *, out: str | os.PathLike[str]
     return summary
 
 
+def _sweep_name(sweep_file: str | os.PathLike[str]) -> str:
+    from workbench.sweep import load_sweep
+
+    return load_sweep(sweep_file).name
+
+
 def _minus(a: float, b: float | None) -> float | None:
     return None if b is None else a - b
 
@@ -724,7 +736,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           help=(docs.get(name) or "").replace("%", "%%"))  # argparse formats help with %
     summary = sub.add_parser("summary", help="the results summary JSON from the study's sweeps")
     summary.add_argument("sweeps", nargs="+", metavar="SWEEP.yaml")
-    summary.add_argument("--out", default="figures/small_scale_study.json")
+    summary.add_argument("--out", default="", help="default: figures/<first sweep's name>.json")
     summary.add_argument("--table", default=None, metavar="TABLE.md", help="also write the summary as a markdown table")
     summary.add_argument("--behaviour", default=None, help="behaviour.json (default: next to the sweep's dataset)")
     summary.add_argument("--reps", type=int, default=2000)
@@ -737,7 +749,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     whole.add_argument("--actions", default=None, metavar="ACTIONS.json", help="action profiles of every point")
     actions = sub.add_parser("actions", help="how much each finished point's greedy actions depend on the frame")
     actions.add_argument("sweeps", nargs="+", metavar="SWEEP.yaml")
-    actions.add_argument("--out", default="figures/small_scale_study_actions.json")
+    actions.add_argument("--out", default="", help="default: figures/<first sweep's name>_actions.json")
     actions.add_argument("--max-steps", type=int, default=500)
     args = parser.parse_args(argv)
     try:
@@ -751,13 +763,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from workbench.paths import resolve_path
 
             profiles = sweep_action_profiles(args.sweeps, max_steps=args.max_steps)
-            atomic_write_json(resolve_path(args.out), profiles)
-            print(f"{resolve_path(args.out)}: {len(profiles['rows'])} rows")
+            out_path = resolve_path(args.out or f"figures/{_sweep_name(args.sweeps[0])}_actions.json")
+            atomic_write_json(out_path, profiles)
+            print(f"{out_path}: {len(profiles['rows'])} rows")
         else:
             from workbench.paths import resolve_path
 
             out = build_summary(args.sweeps, behaviour=args.behaviour, reps=args.reps, seed=args.seed)
-            path = resolve_path(args.out)
+            path = resolve_path(args.out or f"figures/{_sweep_name(args.sweeps[0])}.json")
             atomic_write_json(path, out)
             print(f"{path}: {len(out['results'])} rows, {len(out['aggregates'])} aggregate rows")
             if args.table:
