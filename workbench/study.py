@@ -710,6 +710,50 @@ def run_study(sweep_file: str | os.PathLike[str], *, out: str | os.PathLike[str]
     return summary
 
 
+def sweep_curves(sweep_file: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
+                 png: bool = True) -> dict[str, Any]:
+    """Learning curves and representation diagnostics of every finished point, one line per run,
+    one figure per (method, split): ``<out_dir>/curves_<method>_<split>`` and
+    ``representation_<method>_<split>`` (HTML, and PNG where a Chromium is present)."""
+    import re
+
+    from workbench.diagnostics import DIAGNOSTIC_CURVES
+    from workbench.paths import resolve_path
+    from workbench.run import Run
+    from workbench.sweep import load_sweep
+    from workbench.viz.analysis import curve_names
+    from workbench.viz.export import save_figure
+    from workbench.viz.results_figures import make_learning_curve_figure
+
+    sweeps = [load_sweep(sweep_file)]
+    ref_model = reference_models(sweeps)
+    groups: dict[tuple[str, str], dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]], str]]] = {}
+    for _, point in _finished_points(sweeps):
+        run = Run(point.run_dir)
+        metrics_records, _ = run.all_metrics()
+        diagnostics, _ = run.all_metrics("diagnostics.jsonl")
+        groups.setdefault(_row_key(point, ref_model), {})[f"seed {point.params['seed']}"] = (
+            metrics_records, diagnostics, run.algo_name)
+    out = resolve_path(out_dir)
+    written: dict[str, Any] = {}
+    for (method, split), runs in sorted(groups.items()):
+        slug = re.sub(r"[^A-Za-z0-9]+", "_", f"{method}_{split}").strip("_").lower()
+        algo = next(iter(runs.values()))[2]
+        keys = {k for records, _, _ in runs.values() for r in records for k in r}
+        names = curve_names(algo, keys) or ["loss"]
+        fig = make_learning_curve_figure({seed: records for seed, (records, _, _) in runs.items()}, names,
+                                         title=f"{method}, {split}: training")
+        save_figure(fig.update_layout(height=200 * len(names) + 140, width=900), out / f"curves_{slug}", png=png)
+        written[f"curves_{slug}"] = names
+        if any(diag for _, diag, _ in runs.values()):
+            fig = make_learning_curve_figure({seed: diag for seed, (_, diag, _) in runs.items() if diag},
+                                             list(DIAGNOSTIC_CURVES), title=f"{method}, {split}: representation")
+            save_figure(fig.update_layout(height=200 * len(DIAGNOSTIC_CURVES) + 140, width=900),
+                        out / f"representation_{slug}", png=png)
+            written[f"representation_{slug}"] = list(DIAGNOSTIC_CURVES)
+    return written
+
+
 def _sweep_name(sweep_file: str | os.PathLike[str]) -> str:
     from workbench.sweep import load_sweep
 
@@ -747,6 +791,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     whole.add_argument("--out", required=True, help="summary JSON, e.g. figures/minatar_study.json")
     whole.add_argument("--table", default=None, metavar="TABLE.md")
     whole.add_argument("--actions", default=None, metavar="ACTIONS.json", help="action profiles of every point")
+    curves = sub.add_parser("curves", help="learning curves and representation diagnostics of every finished point")
+    curves.add_argument("sweep", metavar="SWEEP.yaml")
+    curves.add_argument("--out-dir", required=True)
+    curves.add_argument("--png", type=lambda s: s.lower() in ("1", "true", "yes"), default=True)
     actions = sub.add_parser("actions", help="how much each finished point's greedy actions depend on the frame")
     actions.add_argument("sweeps", nargs="+", metavar="SWEEP.yaml")
     actions.add_argument("--out", default="", help="default: figures/<first sweep's name>_actions.json")
@@ -757,6 +805,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             spec = HistorySpec(**{n: getattr(args, n) for n in HistorySpec.__dataclass_fields__})
             doc = record_history(spec)
             print(json.dumps({"behaviour": doc["behaviour"], "random": doc["random"]}, indent=1))
+        elif args.command == "curves":
+            print(json.dumps(sweep_curves(args.sweep, args.out_dir, png=args.png), indent=1))
         elif args.command == "all":
             run_study(args.sweep, out=args.out, table=args.table, actions=args.actions)
         elif args.command == "actions":
