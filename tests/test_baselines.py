@@ -42,3 +42,17 @@ def test_verdict_says_plainly_what_the_agent_does_not_beat():
                                              "UP (5.00)")
     assert verdict({"G": 5.0}, refs)["G"].startswith("5.00: NOT better")  # a tie is not a win
     assert "above random (1.00) and the best constant action" in verdict({"G": 6.0}, refs)["G"]
+
+
+def test_the_behaviour_replayed_at_epsilon_one_is_the_evaluator_s_random_policy():
+    """Same episode seeds, same exploration stream and env: at epsilon 1 the scripted rule is never
+    consulted, so the replay must equal the evaluator's uniform policy episode for episode."""
+    from workbench.study import behaviour_returns
+
+    replay = behaviour_returns("MinAtar-Asterix", 1.0, episodes=3, cap=200, seed=11)
+    rnd = evaluate(UniformPolicy(), ["MinAtar-Asterix"], epsilon=1.0, episodes_per_game=3, num_envs=3, seed=11,
+                   max_agent_steps=200, progress=False)
+    assert replay == rnd["per_game"]["MinAtar-Asterix"]["scores"]
+    greedy = behaviour_returns("MinAtar-Asterix", 0.0, episodes=3, cap=200, seed=11)
+    assert greedy == behaviour_returns("MinAtar-Asterix", 0.0, episodes=3, cap=200, seed=11)
+    assert np.mean(greedy) > np.mean(replay)  # the scripted rule plays better than chance

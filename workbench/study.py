@@ -276,9 +276,13 @@ class HistorySpec:
     eval_noop_starts: int = 0
     """No-op starts of the reference policies' episodes (random, every constant action): set it to
     the sweeps' eval_noop_starts, so the references meet the agents' protocol."""
+    eval_behaviour_episodes: int = 4
+    """Episodes per checkpoint of the behaviour replayed under the agents' protocol (each
+    checkpoint's epsilon, the evaluation env, eval_noop_starts): the behaviour line the summary
+    compares with, besides the recorded returns (Atari data is recorded with sticky actions 0.25)."""
 
     def __post_init__(self) -> None:
-        for name in ("checkpoints", "rows", "episode_cap", "random_episodes"):
+        for name in ("checkpoints", "rows", "episode_cap", "random_episodes", "eval_behaviour_episodes"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
         if self.rows < 16:
@@ -316,6 +320,42 @@ def _env_with_ram(game: str, seed: int, cap: int) -> tuple[Any, RamReader]:
         return menv, lambda: menv.env
     env = AtariProtocolEnv(game, "data", seed=seed, max_episode_frames=cap * FRAME_SKIP)
     return env, lambda: env._ale.getRAM()
+
+
+def behaviour_returns(game: str, epsilon: float, *, episodes: int, cap: int, seed: int,
+                      noop_starts: int = 0) -> list[float]:
+    """Returns of the scripted behaviour played with ``epsilon`` under the agents' evaluation
+    protocol (Atari: no sticky actions; MinAtar: its own 0.1), ``noop_starts`` and the cap. Episode
+    ``k`` is seeded like the evaluator's (:func:`workbench.evaluate.episode_seed`), and its
+    exploration and no-op draws come from that seed's stream."""
+    from workbench.envs import FRAME_SKIP, AtariProtocolEnv
+    from workbench.evaluate import episode_seed, epsilon_greedy
+    from workbench.minatar_envs import MinAtarProtocolEnv
+
+    game = G.canonical_game(game)
+    env: Any
+    if G.suite_of(game) == "minatar":
+        env = MinAtarProtocolEnv(game, "eval", max_episode_steps=cap)
+        reader: RamReader = lambda: env.env  # noqa: E731
+    else:
+        env = AtariProtocolEnv(game, "eval", max_episode_frames=cap * FRAME_SKIP)
+        reader = lambda: env._ale.getRAM()  # noqa: E731
+    rule, n_actions = _HEURISTICS[game], G.num_actions(game)
+    out = []
+    for k in range(episodes):
+        s = episode_seed(seed, game, k)
+        rng = np.random.default_rng(s)
+        env.reset(seed=s)
+        noops = int(rng.integers(noop_starts + 1)) if noop_starts else 0
+        total, done = 0.0, False
+        while not done:
+            action = 0 if noops > 0 else epsilon_greedy(rng, rule(reader()), n_actions, epsilon)
+            noops -= 1
+            _, reward, terminated, truncated, _ = env.step(action)
+            total += reward
+            done = terminated or truncated
+        out.append(total)
+    return out
 
 
 def record_history(spec: HistorySpec, *, progress: bool = True) -> dict[str, Any]:
@@ -379,8 +419,26 @@ def record_history(spec: HistorySpec, *, progress: bool = True) -> dict[str, Any
                                "(sticky actions 0.1 in both), the behaviour's own epsilon; for Atari games sticky "
                                "actions 0.25, which the agents' evaluation does not have"),
     }
+    doc["behaviour_eval_protocol"] = behaviour_under_protocol(doc, episodes=spec.eval_behaviour_episodes,
+                                                               noop_starts=spec.eval_noop_starts, seed=spec.seed)
     atomic_write_json(root / BEHAVIOUR_FILE, doc)
     return doc
+
+
+def behaviour_under_protocol(doc: dict[str, Any], *, episodes: int, noop_starts: int, seed: int) -> dict[str, Any]:
+    """Per split and game, the mean return of the scripted behaviour replayed under the agents'
+    evaluation protocol with each of the split's checkpoints' epsilon (``episodes`` each)."""
+    out: dict[str, dict[str, float]] = {split: {} for split in SPLITS}
+    cap = int(doc["spec"]["episode_cap"])
+    for game in doc["games"]:
+        checkpoints = doc["per_game"][game]["checkpoints"]
+        returns = {c["checkpoint"]: behaviour_returns(game, c["epsilon"], episodes=episodes, cap=cap,
+                                                      seed=seed + c["checkpoint"], noop_starts=noop_starts)
+                   for c in checkpoints}
+        for split in SPLITS:
+            chosen = split_checkpoints(split, len(checkpoints))
+            out[split][game] = float(np.mean([r for k in chosen for r in returns[k]]))
+    return out
 
 
 def _trim_partial(replay_logs: Path, info: dict[str, Any], checkpoints: int) -> int:
@@ -531,7 +589,10 @@ def build_summary(sweep_files: Sequence[str | os.PathLike[str]], *, behaviour: s
                                                                                          seed=seed))}
                      for g, c in bdoc.get("constant_best", {}).items()}
     baselines = {g: {"random": bdoc["random"][g], "random_ci": random_ci.get(g), "constant_best": constant_best.get(g),
-                     "behaviour": {split: bdoc["behaviour"].get(split, {}).get(g) for split in SPLITS}}
+                     "behaviour": {split: bdoc["behaviour"].get(split, {}).get(g) for split in SPLITS},
+                     # replayed under the agents' protocol (absent in behaviour files from before it)
+                     "behaviour_eval_protocol": {split: per.get(g) for split, per in
+                                                 bdoc.get("behaviour_eval_protocol", {}).items()} or None}
                  for g in bdoc["games"]}
     results: list[dict[str, Any]] = []
     for (method, split), per_game in sorted(groups.items()):
@@ -791,6 +852,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     whole.add_argument("--out", required=True, help="summary JSON, e.g. figures/minatar_study.json")
     whole.add_argument("--table", default=None, metavar="TABLE.md")
     whole.add_argument("--actions", default=None, metavar="ACTIONS.json", help="action profiles of every point")
+    replay = sub.add_parser("behaviour", help="add the behaviour replayed under the agents' protocol to a data "
+                                              "folder's behaviour.json (data recorded before it existed)")
+    replay.add_argument("data", metavar="DATA_ROOT")
+    replay.add_argument("--episodes", type=int, default=4, help="episodes per checkpoint")
+    replay.add_argument("--noop-starts", type=int, default=0, help="the sweeps' eval_noop_starts")
     curves = sub.add_parser("curves", help="learning curves and representation diagnostics of every finished point")
     curves.add_argument("sweep", metavar="SWEEP.yaml")
     curves.add_argument("--out-dir", required=True)
@@ -805,6 +871,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             spec = HistorySpec(**{n: getattr(args, n) for n in HistorySpec.__dataclass_fields__})
             doc = record_history(spec)
             print(json.dumps({"behaviour": doc["behaviour"], "random": doc["random"]}, indent=1))
+        elif args.command == "behaviour":
+            from workbench.paths import resolve_path
+
+            bpath = resolve_path(args.data) / BEHAVIOUR_FILE
+            doc = json.loads(bpath.read_text())
+            doc["behaviour_eval_protocol"] = behaviour_under_protocol(doc, episodes=args.episodes,
+                                                                      noop_starts=args.noop_starts,
+                                                                      seed=int(doc["spec"]["seed"]))
+            atomic_write_json(bpath, doc)
+            print(json.dumps(doc["behaviour_eval_protocol"], indent=1))
         elif args.command == "curves":
             print(json.dumps(sweep_curves(args.sweep, args.out_dir, png=args.png), indent=1))
         elif args.command == "all":
