@@ -208,7 +208,9 @@ def test_summary_matches_a_direct_computation(tmp_path: Path) -> None:
         assert row["above_random"] == (row["ci"][0] > behaviour["random"][game])  # this file kept no episodes
         assert row["vs_behaviour"] == pytest.approx(np.mean(runs) - behaviour["behaviour"]["sub_optimal"][game])
     assert len(rows[("MTBC", "Pong")]["runs"]) == 2
-    assert out["sweeps"]["fake_study"] == {"file": str(sweep_file), "points_done": 11, "points": 12}
+    # the fake status files carry no timestamps: 0 seconds; every point has the sweep's default steps (0)
+    assert out["sweeps"]["fake_study"] == {"file": str(sweep_file), "points_done": 11, "points": 12,
+                                           "point_seconds": 0.0, "steps_per_point": [0]}
     # Aggregate rows: workbench.metrics' IQM with its stratified bootstrap, of scores normalized by
     # hand to 0 = random, 1 = near-optimal behaviour (Breakout: random 1, behaviour 8; Pong: -5, -1).
     agg = {r["method"]: r for r in out["aggregates"]}
@@ -253,15 +255,18 @@ def test_summary_says_which_rows_beat_the_best_constant_action_and_the_behaviour
     (tmp_path / "data" / S.BEHAVIOUR_FILE).write_text(json.dumps(behaviour))
     sweep_file = _write(tmp_path / "fake_study.json", sweep_doc)
     sweep = load_sweep(sweep_file)
-    for point in sweep.points:  # every run: 7 on Breakout, -4 on Pong (CIs [7, 7] and [-4, -4])
+    for point in sweep.points:  # every run: 7 on Breakout, -4 on Pong (CIs [7, 7] and [-4, -4]), 90 s
         atomic_write_json(point.run_dir / "eval" / "scores.json",
                           {"per_game": {"Breakout": {"mean": 7.0}, "Pong": {"mean": -4.0}}})
         atomic_write_json(point.run_dir / "summary.json", {})
-        atomic_write_json(sweep.status_path(point), {"state": "done", "params": point.params})
+        atomic_write_json(sweep.status_path(point), {"state": "done", "params": point.params,
+                                                     "started": "2026-12-01T10:00:00+0000",
+                                                     "finished": "2026-12-01T10:01:30+0000"})
     out = S.build_summary([sweep_file], reps=500, seed=3)
+    assert out["sweeps"]["fake_study"]["point_seconds"] == 90.0 * 12
     assert out["baselines"]["Breakout"] == {
         "random": 1.0, "random_ci": None, "constant_best": {"action": "FIRE", "mean": 6.0, "ci": [6.0, 6.0]},
-        "behaviour": {"sub_optimal": 2.0, "near_optimal": 8.0}}
+        "behaviour": {"sub_optimal": 2.0, "near_optimal": 8.0}, "behaviour_eval_protocol": None}
     lo, hi = out["baselines"]["Pong"]["constant_best"]["ci"]
     assert -5.0 <= lo < -4.5 < hi <= -4.0
     mtbc = {r["game"]: r for r in out["results"] if r["method"] == "MTBC"}
@@ -355,13 +360,14 @@ def test_summary_table_lays_out_every_number_of_the_summary() -> None:
         "aggregates": [{"method": "MTBC", "split": "sub_optimal", "mean": 0.125, "ci": [0.0, 0.25]}],
     }
     assert S.summary_table(summary).splitlines() == [
-        "| method | split | Breakout | Pong | IQM, behaviour-normalized |",
-        "| --- | --- | --- | --- | --- |",
-        "| random | | 1.2 [0.5, 2.0] | -20.5 [-21.0, -20.0] | 0 |",
-        "| behaviour | sub_optimal | 2.0 | -18.0 | |",
-        "| behaviour | near_optimal | 11.0 |  | 1 |",
-        "| MTBC | sub_optimal | 3.0 [2.5, 3.5]* | -21.0 [-21.0, -21.0] | 0.12 [0.00, 0.25] |",
-        "| Scaled QL | near_optimal |  | -19.0 [-20.0, -18.0] |  |",
+        "| method | split | Breakout | Pong | IQM, behaviour-normalized | beats constant | beats behaviour | "
+        "beats sub-optimal behaviour |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| random | | 1.2 [0.5, 2.0] | -20.5 [-21.0, -20.0] | 0 | | | |",
+        "| behaviour | sub_optimal | 2.0 | -18.0 | | | | |",
+        "| behaviour | near_optimal | 11.0 |  | 1 | | | |",
+        "| MTBC | sub_optimal | 3.0 [2.5, 3.5]* | -21.0 [-21.0, -21.0] | 0.12 [0.00, 0.25] |  |  |  |",
+        "| Scaled QL | near_optimal |  | -19.0 [-20.0, -18.0] |  |  |  |  |",
     ]
 
 

@@ -74,7 +74,8 @@ __all__ = ["BEHAVIOUR_FILE", "SCRIPTED_GAMES", "EpsilonSchedulePolicy", "History
            "action_profile", "bootstrap_ci", "build_summary", "epsilon_schedule", "main", "method_label",
            "record_history", "split_checkpoints", "summary_table", "sweep_action_profiles"]
 
-SCRIPTED_GAMES = ("Breakout", "Freeway", "Pong", "SpaceInvaders", *G.MINATAR_GAMES)
+ATARI_SCRIPTED_GAMES = ("Breakout", "Freeway", "Pong", "SpaceInvaders")
+SCRIPTED_GAMES = (*ATARI_SCRIPTED_GAMES, *G.MINATAR_GAMES)
 #: the study's splits: the papers' presets (first 20% of checkpoints; all of them)
 SPLITS = ("sub_optimal", "near_optimal")
 PADDING_ROWS = 3  # DQN-Replay's padding rows before every episode (workbench.data.record)
@@ -254,8 +255,9 @@ class HistorySpec:
 
     output_dir: str = "data/small_scale_study"
     """DQN-Replay root to write {Game}/1/replay_logs and behaviour.json into."""
-    games: str = ",".join(SCRIPTED_GAMES)
-    """Comma-separated games (each needs a scripted policy: Breakout, Freeway, Pong, SpaceInvaders)."""
+    games: str = ",".join(ATARI_SCRIPTED_GAMES)
+    """Comma-separated games or a game set of one suite, each with a scripted policy: Breakout, Freeway,
+    Pong, SpaceInvaders, or MinAtar's five (minatar_5)."""
     checkpoints: int = 10
     """Checkpoints per game (epsilon decays across them); the sub-optimal split is the first 20%."""
     rows: int = 5000
