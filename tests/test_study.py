@@ -404,3 +404,24 @@ def test_sweep_action_profiles_read_each_finished_point_s_checkpoint(tmp_path: P
     direct = S.action_profile(first.run_dir, "Pong", max_steps=40)
     assert row["modal_fraction"] == [direct["modal_fraction"]] and row["modal_action"] == [direct["modal_action"]]
     assert 1 / 6 <= direct["modal_fraction"] <= 1.0 and direct["steps"] == 40
+
+
+def test_study_scores_figure_draws_each_row_and_the_reference_lines_at_their_values() -> None:
+    from workbench.viz.results_figures import make_study_scores_figure
+
+    summary = {
+        "games": ["Breakout", "Pong"],
+        "baselines": {"Breakout": {"random": 1.0, "constant_best": {"action": "FIRE", "mean": 0.5},
+                                   "behaviour": {"sub_optimal": 2.0, "near_optimal": 8.0}},
+                      "Pong": {"random": -20.0, "constant_best": {"action": "NOOP", "mean": -21.0},
+                               "behaviour": {"sub_optimal": -18.0, "near_optimal": None}}},
+        "results": [{"method": "MTBC", "split": "sub_optimal", "game": "Breakout", "mean": 3.0, "ci": [2.0, 4.5]},
+                    {"method": "MTBC", "split": "sub_optimal", "game": "Pong", "mean": -19.0, "ci": [-20.0, -18.0]}],
+    }
+    fig = make_study_scores_figure(summary)
+    bars = [t for t in fig.data if t.type == "bar"]
+    assert [(b.y[0], b.error_y.array[0], b.error_y.arrayminus[0]) for b in bars] == [(3.0, 1.5, 1.0), (-19.0, 1.0, 1.0)]
+    lines = {(t.name, t.xaxis): t.y[0] for t in fig.data if t.type == "scatter"}
+    assert lines == {("random", "x"): 1.0, ("best constant action", "x"): 0.5, ("behaviour, sub-optimal", "x"): 2.0,
+                     ("behaviour, near-optimal", "x"): 8.0, ("random", "x2"): -20.0,
+                     ("best constant action", "x2"): -21.0, ("behaviour, sub-optimal", "x2"): -18.0}

@@ -846,6 +846,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary.add_argument("--out", default="", help="default: figures/<first sweep's name>.json")
     summary.add_argument("--table", default=None, metavar="TABLE.md", help="also write the summary as a markdown table")
     summary.add_argument("--behaviour", default=None, help="behaviour.json (default: next to the sweep's dataset)")
+    summary.add_argument("--figure", default=None, metavar="PATH", help="also draw the per-game returns against the "
+                         "references (PATH.html, and PATH.png where a Chromium is present)")
     summary.add_argument("--reps", type=int, default=2000)
     summary.add_argument("--seed", type=int, default=0)
     whole = sub.add_parser("all", help="the whole study in one command: the data (unless its behaviour.json exists), "
@@ -903,6 +905,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{path}: {len(out['results'])} rows, {len(out['aggregates'])} aggregate rows")
             if args.table:
                 atomic_write_text(resolve_path(args.table), summary_table(out))
+            if args.figure:
+                from workbench.viz.export import save_figure
+                from workbench.viz.results_figures import make_study_scores_figure
+
+                save_figure(make_study_scores_figure(out), resolve_path(args.figure))
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

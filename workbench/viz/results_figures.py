@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from workbench.metrics import Normalization, has_reference, normalize_score
@@ -122,6 +123,63 @@ def make_representation_figure(source: str | os.PathLike[str]) -> go.Figure:
     fig = make_learning_curve_figure({run.name: records}, list(DIAGNOSTIC_CURVES),
                                      title="Representation on a fixed probe batch")
     return fig.update_layout(height=180 * len(DIAGNOSTIC_CURVES) + 120)
+
+
+#: Reference lines of a study's per-game figure: (summary baseline key, label, colour, dash).
+_STUDY_LINES = (("random", "random", "#7f7f7f", "dot"), ("constant_best", "best constant action", "#d62728", "dash"),
+                ("sub_optimal", "behaviour, sub-optimal", "#2ca02c", "dashdot"),
+                ("near_optimal", "behaviour, near-optimal", "#1f77b4", "longdash"))
+
+
+def make_study_scores_figure(summary: Mapping[str, Any], *, split: str | None = None) -> go.Figure:
+    """Per-game mean return of each method (bars: mean over seeds, whiskers: 95% bootstrap CI over
+    seeds) against the study's reference lines: random, the best constant action and the behaviour
+    of each split, all measured under the agents' protocol (``workbench.study.build_summary``'s
+    output). ``split`` keeps one split's rows."""
+    games = list(summary["games"])
+    rows = [r for r in summary["results"] if split is None or r["split"] == split]
+    methods = list(dict.fromkeys(f"{r['method']}, {r['split']}" if split is None else r["method"] for r in rows))
+    # one colour per bar: the shared palette has 10, a study can have more combinations
+    colours = [method_color(i) for i in range(len(methods))] if len(methods) <= 10 else \
+        list(qualitative.Dark24[: len(methods)])
+    fig = make_subplots(rows=1, cols=len(games), subplot_titles=[g.removeprefix("MinAtar-") for g in games],
+                        horizontal_spacing=0.05)
+    for col, game in enumerate(games, start=1):
+        by_method = {(f"{r['method']}, {r['split']}" if split is None else r["method"]): r
+                     for r in rows if r["game"] == game}
+        for i, m in enumerate(methods):
+            r = by_method.get(m)
+            if r is None:
+                continue
+            fig.add_trace(go.Bar(
+                x=[i], y=[r["mean"]], name=m, legendgroup=m, showlegend=col == 1, marker_color=colours[i],
+                error_y=dict(type="data", symmetric=False, array=[r["ci"][1] - r["mean"]],
+                             arrayminus=[r["mean"] - r["ci"][0]], thickness=1.2, width=3),
+                hovertemplate=f"{m}<br>{game}: %{{y:.2f}} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]<extra></extra>",
+            ), row=1, col=col)
+        base = summary.get("baselines", {}).get(game, {})
+        for key, label, colour, dash in _STUDY_LINES:
+            if key in ("random", "constant_best"):
+                value = base.get(key)
+                value = value.get("mean") if isinstance(value, Mapping) else value
+            else:
+                value = (base.get("behaviour") or {}).get(key)
+            if value is None:
+                continue
+            fig.add_trace(go.Scatter(
+                x=[-0.6, len(methods) - 0.4], y=[value, value], mode="lines", name=label, legendgroup=label,
+                showlegend=col == 1, line=dict(color=colour, dash=dash, width=1.6),
+                hovertemplate=f"{label}: {value:.2f}<extra></extra>",
+            ), row=1, col=col)
+        fig.update_xaxes(showticklabels=False, row=1, col=col)
+    fig.update_yaxes(title_text="return (capped episode)", row=1, col=1)
+    fig.update_layout(
+        title="Per-game return: methods (mean over seeds, 95% bootstrap CI) and references",
+        template="plotly_white", barmode="group", height=520, width=260 * len(games) + 120,
+        legend=dict(orientation="h", yanchor="top", y=-0.08, xanchor="left", x=0.0),
+        margin=dict(l=70, r=20, t=80, b=170),
+    )
+    return fig
 
 
 def _is_number(v: Any) -> bool:
