@@ -547,7 +547,7 @@ def _row_key(point: Any, reference_model: dict[str, str]) -> tuple[str, str]:
 def build_summary(sweep_files: Sequence[str | os.PathLike[str]], *, behaviour: str | os.PathLike[str] | None = None,
                   reps: int = 2000, seed: int = 0,
                   reference_model: dict[str, str] | None = None) -> dict[str, Any]:
-    """The study's summary from its sweeps' finished points (``figures/small_scale_study.json``).
+    """The study's summary from its sweeps' finished points (``figures/<sweep name>.json``).
 
     Per (method, split, game): ``runs`` = each seed's mean evaluation return, ``mean`` their mean,
     ``ci`` a 95% percentile bootstrap over runs (``bootstrap_ci`` with ``seed``). Aggregate rows
