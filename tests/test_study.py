@@ -425,3 +425,20 @@ def test_study_scores_figure_draws_each_row_and_the_reference_lines_at_their_val
     assert lines == {("random", "x"): 1.0, ("best constant action", "x"): 0.5, ("behaviour, sub-optimal", "x"): 2.0,
                      ("behaviour, near-optimal", "x"): 8.0, ("random", "x2"): -20.0,
                      ("best constant action", "x2"): -21.0, ("behaviour, sub-optimal", "x2"): -18.0}
+
+
+def test_the_minatar_study_and_the_atari_run_give_every_method_the_same_budget() -> None:
+    from workbench.sweep import load_sweep
+
+    study = load_sweep("sweeps/minatar_study.yaml")
+    assert len(study.points) == 55 and study.seeds == [0, 1, 2, 3, 4]
+    assert {(p.params["steps"], p.params["batch_size"], p.params["lr"]) for p in study.points} == {(4000, 64, 0.0003)}
+    combos = {(p.params["algo"], p.params["model"], p.params["split"], p.params["algo_args"].get("feature_norm", True))
+              for p in study.points}
+    for algo, model in (("scaled_ql", "minatar-cnn"), ("cql_mse", "minatar-cnn"), ("bc", "minatar-cnn"),
+                        ("mgdt", "mgdt-tiny")):
+        assert {(algo, model, split, True) for split in S.SPLITS} <= combos
+    assert {("scaled_ql", "minatar-cnn", "near_optimal", False), ("scaled_ql", "resnet-tiny", "near_optimal", True),
+            ("scaled_ql", "resnet-small", "near_optimal", True)} <= combos
+    atari = load_sweep("sweeps/atari_learning.yaml")
+    assert len(atari.points) == 3 and {p.params["model"] for p in atari.points} == {"nature-cnn"}

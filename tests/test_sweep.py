@@ -102,9 +102,10 @@ def test_example_sweeps_validate_and_switch_to_paper_scale_with_the_preset():
     fn = load_sweep(ROOT / "sweeps" / "feature_norm_cpu.yaml")
     assert len(fn.points) == 4 and {p.levels["feature_norm"] for p in fn.points} == {True, False}
     for f in files:
-        # These pin their sizes on purpose: a tiny wiring sweep, and the CPU study whose methods
+        # These pin their sizes on purpose: a tiny wiring sweep, and the CPU studies whose methods
         # share one gradient budget and the data's episode cap (tests/test_study.py checks them).
-        if f.stem in ("feature_norm_cpu", "small_scale_study", "small_scale_study_quick"):
+        if f.stem in ("feature_norm_cpu", "small_scale_study", "small_scale_study_quick", "minatar_study",
+                      "atari_learning"):
             continue
         cpu = load_sweep(f)
         paper = load_sweep(f, {"preset": "paper", "dataset": "/data/dqn-replay"})
