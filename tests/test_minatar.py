@@ -168,3 +168,18 @@ def test_jobs_refuse_a_suite_their_models_cannot_read():
     assert config.game_list == games.MINATAR_GAMES
     with pytest.raises(OnlineError, match="plays Atari games"):
         OnlineConfig.from_params(game="MinAtar-Freeway")
+
+
+def test_mgdt_reads_minatar_in_cell_sized_patches_when_asked():
+    from workbench.config import PretrainConfig
+    from workbench.pipeline import build_algo
+
+    cells = build_algo(PretrainConfig.from_params(algo="mgdt", model="mgdt-tiny", games="MinAtar-Breakout",
+                                                  algo_args={"patch": 1})).model.cfg  # type: ignore[attr-defined]
+    assert (cells.patches, cells.patch_dim, cells.tokens_per_step) == (100, 10, 103)
+    default = build_algo(PretrainConfig.from_params(algo="mgdt", model="mgdt-tiny", games="MinAtar-Breakout"))
+    assert (default.model.cfg.patches, default.model.cfg.patch_dim) == (4, 250)  # type: ignore[attr-defined]
+    atari = build_algo(PretrainConfig.from_params(algo="mgdt", model="mgdt-tiny", games="Pong"))
+    assert (atari.model.cfg.patches, atari.model.cfg.patch_dim) == (36, 196)  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="patch must be an int >= 0"):
+        PretrainConfig.from_params(algo="mgdt", model="mgdt-tiny", games="Pong", algo_args={"patch": -1})

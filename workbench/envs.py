@@ -57,7 +57,7 @@ from gymnasium import spaces
 
 from workbench import games as _games
 from workbench import geometry
-from workbench.minatar_envs import MinAtarProtocolEnv, MinAtarVector
+from workbench.minatar_envs import MinAtarProtocolEnv, MinAtarVector, check_reset_slots, check_step_actions
 
 __all__ = [
     "PROTOCOLS",
@@ -425,14 +425,7 @@ class AtariVector:
 
     def reset_envs(self, indices: Sequence[int], seeds: Sequence[int]) -> np.ndarray:
         """Reset the envs ``indices`` with ``seeds``; returns their new obs ``(len(indices), 84, 84)``."""
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        sd = np.asarray(seeds, dtype=np.int64).reshape(-1)
-        if idx.shape != sd.shape:
-            raise ValueError(f"need one seed per index, got {idx.size} indices and {sd.size} seeds")
-        if idx.size and (idx.min() < 0 or idx.max() >= self.num_envs):
-            raise ValueError(f"env indices must be in 0..{self.num_envs - 1}, got {idx.tolist()}")
-        if np.unique(idx).size != idx.size:
-            raise ValueError(f"duplicate env indices: {idx.tolist()}")
+        idx, sd = check_reset_slots(indices, seeds, self.num_envs)
         if idx.size == 0:
             return self._obs[:0].copy()
         order = np.argsort(idx)  # native takes seeds in ascending env order
@@ -468,15 +461,8 @@ class AtariVector:
         Returns obs ``(N, 84, 84)`` uint8, reward float64 (N,) raw, terminated, truncated (N,) bool,
         info ``{"active": bool (N,)}``: which envs actually stepped.
         """
-        a = np.asarray(actions, dtype=np.int64).reshape(-1)
-        if a.shape != (self.num_envs,):
-            raise ValueError(f"need {self.num_envs} actions, got shape {np.shape(actions)}")
         active = ~self._done
-        if np.any((a[active] < 0) | (a[active] >= self.num_actions)):
-            raise ValueError(
-                f"actions out of range for {self.game}: minimal-set indices are "
-                f"0..{self.num_actions - 1}, got {a.tolist()}"
-            )
+        a = check_step_actions(actions, active, self.num_actions, self.game)
         rew = np.zeros(self.num_envs, np.float64)
         term = np.zeros(self.num_envs, bool)
         trunc = np.zeros(self.num_envs, bool)

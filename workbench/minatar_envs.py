@@ -47,6 +47,32 @@ def pack_state(state: np.ndarray) -> np.ndarray:
     return frame
 
 
+def check_reset_slots(indices: Sequence[int], seeds: Sequence[int], num_envs: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(indices, seeds)`` of a vector env's ``reset_envs`` as int64 arrays, after the checks every
+    suite's vector env makes (one seed per index, indices in range and distinct)."""
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    sd = np.asarray(seeds, dtype=np.int64).reshape(-1)
+    if idx.shape != sd.shape:
+        raise ValueError(f"need one seed per index, got {idx.size} indices and {sd.size} seeds")
+    if idx.size and (idx.min() < 0 or idx.max() >= num_envs):
+        raise ValueError(f"env indices must be in 0..{num_envs - 1}, got {idx.tolist()}")
+    if np.unique(idx).size != idx.size:
+        raise ValueError(f"duplicate env indices: {idx.tolist()}")
+    return idx, sd
+
+
+def check_step_actions(actions: np.ndarray, active: np.ndarray, num_actions: int, game: str) -> np.ndarray:
+    """A vector env's ``step`` actions as int64 (N,), after checking the running slots' are valid."""
+    a = np.asarray(actions, dtype=np.int64).reshape(-1)
+    if a.shape != active.shape:
+        raise ValueError(f"need {active.size} actions, got shape {np.shape(actions)}")
+    if np.any((a[active] < 0) | (a[active] >= num_actions)):
+        raise ValueError(
+            f"actions out of range for {game}: minimal-set indices are 0..{num_actions - 1}, got {a.tolist()}"
+        )
+    return a
+
+
 def _sticky(protocol: str, override: float | None) -> float:
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}: valid protocols are {sorted(PROTOCOLS)}")
@@ -181,14 +207,7 @@ class MinAtarVector:
         return self._obs.copy()
 
     def reset_envs(self, indices: Sequence[int], seeds: Sequence[int]) -> np.ndarray:
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        sd = np.asarray(seeds, dtype=np.int64).reshape(-1)
-        if idx.shape != sd.shape:
-            raise ValueError(f"need one seed per index, got {idx.size} indices and {sd.size} seeds")
-        if idx.size and (idx.min() < 0 or idx.max() >= self.num_envs):
-            raise ValueError(f"env indices must be in 0..{self.num_envs - 1}, got {idx.tolist()}")
-        if np.unique(idx).size != idx.size:
-            raise ValueError(f"duplicate env indices: {idx.tolist()}")
+        idx, sd = check_reset_slots(indices, seeds, self.num_envs)
         for i, s in zip(idx.tolist(), sd.tolist()):
             self._obs[i], _ = self._envs[i].reset(seed=s)
         self._done[idx] = False
@@ -197,15 +216,8 @@ class MinAtarVector:
     def step(
         self, actions: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        a = np.asarray(actions, dtype=np.int64).reshape(-1)
-        if a.shape != (self.num_envs,):
-            raise ValueError(f"need {self.num_envs} actions, got shape {np.shape(actions)}")
         active = ~self._done
-        if np.any((a[active] < 0) | (a[active] >= self.num_actions)):
-            raise ValueError(
-                f"actions out of range for {self.game}: minimal-set indices are "
-                f"0..{self.num_actions - 1}, got {a.tolist()}"
-            )
+        a = check_step_actions(actions, active, self.num_actions, self.game)
         rew = np.zeros(self.num_envs, np.float64)
         term = np.zeros(self.num_envs, bool)
         trunc = np.zeros(self.num_envs, bool)

@@ -65,8 +65,14 @@ class MGDTSettings:
     episode's start, decremented by each observed clipped reward."""
     weight_decay: float = 0.01
     """AdamW weight decay on the weight matrices (not on embeddings, norms and biases)."""
+    patch: int = 0
+    """Side of the observation patches in pixels (Atari) or grid cells (MinAtar); 0 = the suite's
+    default (Atari 14, MGDT's; MinAtar 5, for speed). MinAtar with 1 is cell-sized patches, one token
+    per cell (100 per frame instead of 4)."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.patch, int) or self.patch < 0:
+            raise ValueError(f"patch must be an int >= 0 (0 = the suite's default), got {self.patch!r}")
         if not (math.isfinite(self.kappa) and self.kappa >= 0):
             raise ValueError(f"kappa must be a finite number >= 0, got {self.kappa}")
         if self.target_return is not None and not math.isfinite(self.target_return):
@@ -333,7 +339,8 @@ class MGDTSpec:
         return {}
 
     def build(self, model: str, games: Sequence[str], settings: Any, seed: int) -> Algo:
-        return MGDTAlgo.build(model, games, settings, seed=seed)
+        overrides = {"patch": settings.patch} if settings.patch else {}
+        return MGDTAlgo.build(model, games, settings, seed=seed, **overrides)
 
     def enter_stage(self, algo: Algo, stage: str, context: StageContext) -> None:
         """One stage, nothing to prepare."""

@@ -115,7 +115,8 @@ PRESETS: dict[str, MGDTConfig] = {
 }
 
 
-#: Patch side per suite: MGDT's 14 on Atari, one grid cell on MinAtar.
+#: Patch side per suite: MGDT's 14 pixels on Atari; 5x5 cells on MinAtar, for CPU speed (the rates of
+#: each size are in docs/minatar_study.md; MGDTSettings.patch picks another).
 SUITE_PATCH = {"atari": 14, "minatar": 5}
 
 
