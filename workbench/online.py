@@ -63,6 +63,7 @@ from workbench.algos.scaled_ql import ScaledQL, ScaledQLConfig
 from workbench.data import dqn_replay as dr
 from workbench.data.record import dump_ring
 from workbench.fileio import atomic_write_json, sha256_file
+from workbench.geometry import ATARI
 from workbench.run import Run, RunLock
 
 __all__ = ["ENCODER_MODES", "OnlineConfig", "OnlineResult", "OnlineSettings", "ReplayBuffer", "epsilon_at",
@@ -178,7 +179,7 @@ class ReplayBuffer:
 
     def __init__(self, capacity: int, *, log_dir: Path | None = None) -> None:
         self.capacity = int(capacity)
-        self.obs = np.zeros((self.capacity, 84, 84), np.uint8)
+        self.obs = np.zeros((self.capacity, *ATARI.frame_shape), np.uint8)
         self.action = np.zeros(self.capacity, np.int32)
         self.reward = np.zeros(self.capacity, np.float32)
         self.terminal = np.zeros(self.capacity, np.uint8)
@@ -695,7 +696,7 @@ def run_online(
         curve = [c for c in curve if c["step"] <= step]
         policy = algo.policy()
         gid = np.zeros(1, np.int64)
-        stack = np.zeros((1, STACK, 84, 84), np.uint8)
+        stack = np.zeros(ATARI.stack_shape(1), np.uint8)
         total = config.agent_steps
         eval_every_steps = max(1, config.eval_every_frames // 4)
 

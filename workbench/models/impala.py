@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from workbench.geometry import ATARI
+
 __all__ = [
     "IMPALA_WIDTHS", "ImpalaResidual", "ImpalaStack", "ImpalaEncoder", "MinAtarCNN", "NatureCNN", "impala_encoder",
 ]
@@ -105,7 +107,7 @@ class ImpalaEncoder(nn.Module):
         self,
         width: int = 1,
         in_channels: int = 4,
-        input_hw: tuple[int, int] = (84, 84),
+        input_hw: tuple[int, int] = ATARI.frame_shape,
         channels: Sequence[int] = BASE_CHANNELS,
         fc_dim: int = 256,
     ):

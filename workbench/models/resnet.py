@@ -35,6 +35,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from workbench.geometry import ATARI
+
 __all__ = [
     "ResNetSpec",
     "RESNET_SPECS",
@@ -187,7 +189,7 @@ class ResNetEncoder(nn.Module):
         layers: Sequence[int],
         base_width: int = 64,
         in_channels: int = 4,
-        input_hw: tuple[int, int] = (84, 84),
+        input_hw: tuple[int, int] = ATARI.frame_shape,
         num_groups: int | None = 4,
         channels_per_group: int | None = None,
         spatial_features: int = 8,
