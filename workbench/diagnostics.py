@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from workbench import losses as L
+
 __all__ = [
     "DIAGNOSTIC_CURVES",
     "SRANK_DELTA",
@@ -238,11 +240,10 @@ def qnet_probe_forward(model: Any, probe: Mapping[str, Tensor], support: Tensor 
             support = getattr(model, "support", None)
         if support is None:
             raise ValueError("a C51 model needs its support: pass support= (e.g. ScaledQL.support)")
-        q = (torch.softmax(out.float(), dim=-1) * support.to(device)).sum(-1)  # losses.expected_q
+        q = L.expected_q(out, support.to(device))
     else:
-        q = out.squeeze(-1).float()
-    greedy = q.masked_fill(~model.valid_mask(game_id), float("-inf")).argmax(dim=-1)  # losses.masked_argmax
-    return features.float(), greedy
+        q = out.squeeze(-1)
+    return features.float(), L.masked_argmax(q, model.valid_mask(game_id))
 
 
 def collapse_flags(history: Sequence[Mapping[str, float | int]]) -> list[str]:
