@@ -18,7 +18,7 @@ import numpy as np
 from workbench import games as G
 from workbench.evaluate import evaluate
 
-__all__ = ["ConstantPolicy", "UniformPolicy", "reference_scores", "verdict"]
+__all__ = ["ConstantPolicy", "UniformPolicy", "reference_scores", "summary_lines", "verdict"]
 
 
 class ConstantPolicy:
@@ -74,6 +74,14 @@ def reference_scores(
         best_name, best = max(out[g]["constant"].items(), key=lambda kv: (kv[1]["mean"], -kv[1]["index"]))
         out[g]["constant_best"] = {"action": best_name, **best}
     return out
+
+
+def summary_lines(references: dict[str, Any]) -> dict[str, Any]:
+    """The references as a job's summary shows them: per game, random's mean and the best constant
+    action's name and mean."""
+    return {g: {"random": ref["random"]["mean"],
+                "constant_best": {k: ref["constant_best"][k] for k in ("action", "mean")}}
+            for g, ref in references.items()}
 
 
 def verdict(agent_means: dict[str, float], references: dict[str, Any]) -> dict[str, str]:

@@ -28,7 +28,7 @@ import torch
 
 from workbench import checkpoint as ckpt_io
 from workbench.algos.base import Algo, EvalOptions, StageContext
-from workbench.baselines import reference_scores, verdict
+from workbench.baselines import reference_scores, summary_lines, verdict
 from workbench.config import RESUMABLE_FIELDS, EvaluateConfig, PretrainConfig
 from workbench.paths import resolve_path
 from workbench.run import MARKER, Run, RunLock
@@ -240,9 +240,7 @@ def _pretrain(config: PretrainConfig, rank: int, world: int, progress: bool) -> 
         "run_dir": str(run.path), "checkpoint": str(checkpoint), "algo": spec.name, "steps": summary["steps"],
         "resumed_from": summary["resumed_from"], "final_loss": summary["last_metrics"].get("loss"),
         "mean_scores": mean_scores,
-        "baselines": {g: {"random": references[g]["random"]["mean"],
-                          "constant_best": {"action": references[g]["constant_best"]["action"],
-                                            "mean": references[g]["constant_best"]["mean"]}} for g in references},
+        "baselines": summary_lines(references),
         "verdict": verdict(mean_scores, references),
         "iqm_human_normalized": (scores.get("aggregates") or {}).get("iqm"),
         # Scores of episodes cut at a step cap below the protocol's are partial returns.
@@ -313,9 +311,7 @@ def evaluate_run(config: EvaluateConfig, *, progress: bool = True) -> dict[str, 
     means = {g: scores["per_game"][g]["mean"] for g in games}
     return {
         "scores_path": str(out), "checkpoint": str(ckpt), "per_game": scores["per_game"],
-        "baselines": {g: {"random": references[g]["random"]["mean"],
-                          "constant_best": {k: references[g]["constant_best"][k] for k in ("action", "mean")}}
-                      for g in references},
+        "baselines": summary_lines(references),
         "verdict": verdict(means, references),
         "aggregate": scores.get("aggregates"), "figure": make_scores_figure(scores),
         "truncated_episodes": scores["truncated_episodes"], "comparable_to_papers": scores["comparable_to_papers"],
