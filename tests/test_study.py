@@ -261,7 +261,7 @@ def test_summary_says_which_rows_beat_the_best_constant_action_and_the_behaviour
         atomic_write_json(point.run_dir / "summary.json", {})
         atomic_write_json(sweep.status_path(point), {"state": "done", "params": point.params,
                                                      "started": "2026-12-01T10:00:00+0000",
-                                                     "finished": "2026-12-01T10:01:30+0000"})
+                                                     "finished": "2026-12-01T10:01:30+0000", "seconds": 90.0})
     out = S.build_summary([sweep_file], reps=500, seed=3)
     assert out["sweeps"]["fake_study"]["point_seconds"] == 90.0 * 12
     assert out["baselines"]["Breakout"] == {

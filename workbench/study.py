@@ -311,16 +311,16 @@ def split_checkpoints(split: str, n_checkpoints: int) -> list[int]:
     return parse_split(split).choose(list(range(n_checkpoints)))
 
 
-def _env_with_ram(game: str, seed: int, cap: int) -> tuple[Any, RamReader]:
-    """The data-protocol env of ``game`` and a reader of the state its heuristic reads: the console
+def _env_with_ram(game: str, seed: int | None, cap: int, protocol: str = "data") -> tuple[Any, RamReader]:
+    """``game``'s env under ``protocol`` and a reader of the state its heuristic reads: the console
     RAM of this very environment (Atari), or MinAtar's game object."""
     from workbench.envs import FRAME_SKIP, AtariProtocolEnv
     from workbench.minatar_envs import MinAtarProtocolEnv
 
     if G.suite_of(game) == "minatar":
-        menv = MinAtarProtocolEnv(game, "data", seed=seed, max_episode_steps=cap)
+        menv = MinAtarProtocolEnv(game, protocol, seed=seed, max_episode_steps=cap)
         return menv, lambda: menv.env
-    env = AtariProtocolEnv(game, "data", seed=seed, max_episode_frames=cap * FRAME_SKIP)
+    env = AtariProtocolEnv(game, protocol, seed=seed, max_episode_frames=cap * FRAME_SKIP)  # type: ignore[arg-type]
     return env, lambda: env._ale.getRAM()
 
 
@@ -330,18 +330,10 @@ def behaviour_returns(game: str, epsilon: float, *, episodes: int, cap: int, see
     protocol (Atari: no sticky actions; MinAtar: its own 0.1), ``noop_starts`` and the cap. Episode
     ``k`` is seeded like the evaluator's (:func:`workbench.evaluate.episode_seed`), and its
     exploration and no-op draws come from that seed's stream."""
-    from workbench.envs import FRAME_SKIP, AtariProtocolEnv
     from workbench.evaluate import episode_seed, epsilon_greedy
-    from workbench.minatar_envs import MinAtarProtocolEnv
 
     game = G.canonical_game(game)
-    env: Any
-    if G.suite_of(game) == "minatar":
-        env = MinAtarProtocolEnv(game, "eval", max_episode_steps=cap)
-        reader: RamReader = lambda: env.env  # noqa: E731
-    else:
-        env = AtariProtocolEnv(game, "eval", max_episode_frames=cap * FRAME_SKIP)
-        reader = lambda: env._ale.getRAM()  # noqa: E731
+    env, reader = _env_with_ram(game, None, cap, "eval")  # each episode reseeds it below
     rule, n_actions = _HEURISTICS[game], G.num_actions(game)
     out = []
     for k in range(episodes):
@@ -529,14 +521,8 @@ def _finished_points(sweeps: Sequence[Any]) -> list[tuple[Any, Any]]:
 
 
 def _point_seconds(status_file: Path) -> float:
-    """Seconds between a finished point's start and finish (its status file's timestamps)."""
-    from datetime import datetime
-
-    doc = json.loads(status_file.read_text())
-    try:
-        return (datetime.fromisoformat(doc["finished"]) - datetime.fromisoformat(doc["started"])).total_seconds()
-    except (KeyError, TypeError, ValueError):
-        return 0.0
+    """A finished point's wall seconds, as its status file records them (``workbench.sweep.run_point``)."""
+    return float(json.loads(status_file.read_text()).get("seconds", 0.0))
 
 
 def _row_key(point: Any, reference_model: dict[str, str]) -> tuple[str, str]:
