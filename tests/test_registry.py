@@ -89,6 +89,7 @@ class ProbePolicy:
 
 class ProbeSpec:
     name = "probe"
+    label = "Probe BC"
     description = "a linear-probe behaviour cloner (test algorithm)"
     settings_class = ProbeSettings
     metric_prefixes = ("loss/",)

@@ -66,6 +66,7 @@ from typing import Any
 import numpy as np
 
 from workbench import games as G
+from workbench.algos.base import algo_label, algo_names, get_algo
 from workbench.data.behaviour import BEHAVIOUR_FILE
 from workbench.data.minatar_scripts import RULES as MINATAR_RULES
 from workbench.fileio import atomic_write_json, atomic_write_text
@@ -468,18 +469,10 @@ def bootstrap_ci(values: Sequence[float], *, reps: int = 2000, seed: int = 0,
     return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
 
-_ALGO_LABELS = {"scaled_ql": "Scaled QL", "cql_mse": "Scaled QL (MSE)", "bc": "MTBC", "mgdt": "MGDT", "jowa": "JOWA"}
-
-
-#: each algorithm's model in the study's baseline points (another model is named in the method's label)
-_REFERENCE_MODEL = {"scaled_ql": "resnet-tiny", "cql_mse": "resnet-tiny", "bc": "resnet-tiny", "mgdt": "mgdt-tiny",
-                    "jowa": "jowa-tiny"}
-
-
 def reference_models(sweeps: Sequence[Any]) -> dict[str, str]:
     """Each algorithm's model in the study's baseline points: the model most of its points use
     (another model is then named in a method's label). Algorithms absent from the sweeps keep
-    the small-scale study's."""
+    their default model."""
     counts: dict[str, dict[str, int]] = {}
     for sweep in sweeps:
         for point in sweep.points:
@@ -487,7 +480,8 @@ def reference_models(sweeps: Sequence[Any]) -> dict[str, str]:
             if algo and model:
                 per = counts.setdefault(algo, {})
                 per[model] = per.get(model, 0) + 1
-    return {**_REFERENCE_MODEL, **{a: max(per, key=lambda m: per[m]) for a, per in counts.items()}}
+    defaults = {name: get_algo(name).default_model() for name in algo_names()}
+    return {**defaults, **{a: max(per, key=lambda m: per[m]) for a, per in counts.items()}}
 
 
 def method_label(params: dict[str, Any], reference_model: dict[str, str]) -> str:
@@ -496,7 +490,7 @@ def method_label(params: dict[str, Any], reference_model: dict[str, str]) -> str
     from workbench.config import PretrainConfig
 
     config = PretrainConfig.from_params(**params)
-    label = _ALGO_LABELS.get(config.algo_name, config.algo_name)
+    label = algo_label(config.algo_name)
     if getattr(config.settings, "feature_norm", True) is False:
         label += " (no feature norm)"
     ref = reference_model.get(config.algo_name)

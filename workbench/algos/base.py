@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "Algo", "AlgoSpec", "Batches", "EvalOptions", "Explanation", "InspectablePolicy", "Policy",
-    "Scale", "Stage", "StageContext", "algo_names", "check_policy", "get_algo", "model_owner", "register",
+    "Scale", "Stage", "StageContext", "algo_label", "algo_names", "check_policy", "get_algo", "model_owner", "register",
 ]
 
 PRESETS = ("cpu", "paper")
@@ -231,6 +231,8 @@ class AlgoSpec(Protocol):
 
     name: str
     """Registry name (``algo=...``)."""
+    label: str
+    """The method's name in figures and tables (``MTBC`` for ``bc``, as the papers call it)."""
     description: str
     settings_class: type
     """The algorithm's own settings dataclass (validated; ``algo_args`` fill it)."""
@@ -318,6 +320,14 @@ def model_owner(model: str) -> AlgoSpec:
             return spec
     valid = sorted({m for s in _REGISTRY.values() for m in s.model_presets()})
     raise ValueError(f"unknown model {model!r}; valid models: {', '.join(valid)}")
+
+
+def algo_label(name: str) -> str:
+    """The figure label of algorithm ``name``: its registry entry's, else the name itself (a run
+    of an algorithm this session has not registered)."""
+    _load_builtin()
+    spec = _REGISTRY.get(name)
+    return spec.label if spec is not None else name
 
 
 def stage_iterator(sampler: Any) -> Batches:

@@ -310,6 +310,7 @@ class JOWASpec:
     the world model and the Q head on pre-tokenized segments (paper 003, Section 5.1)."""
 
     name = "jowa"
+    label = "JOWA"
     description = "JOWA: VQ-VAE + GPT world model with a C51 Q head, beam-search planning (paper 003)"
     settings_class: type = JOWAConfig
     metric_prefixes: tuple[str, ...] = ("loss/", "world/", "tokenizer/", "q/")

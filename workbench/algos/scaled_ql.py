@@ -407,11 +407,9 @@ class QLearningSpec:
     metric_prefixes: tuple[str, ...] = ("loss/", "q/", "dist/", "bc/", "batch/")
     suites: tuple[str, ...] = ("atari", "minatar")
 
-    def __init__(self, name: str, settings_class: type, description: str, curves: tuple[str, ...],
-                 label: str = "") -> None:
-        self.name, self.settings_class, self.description, self.curves = name, settings_class, description, curves
-        self.label = label or name
-        """The method's name in figures (MTBC for ``bc``, as the papers call it)."""
+    def __init__(self, name: str, label: str, settings_class: type, description: str, curves: tuple[str, ...]) -> None:
+        self.name, self.label, self.settings_class = name, label, settings_class
+        self.description, self.curves = description, curves
 
     def model_presets(self) -> tuple[str, ...]:
         return tuple(QNET_PRESETS)
@@ -468,7 +466,9 @@ class QLearningSpec:
 
 
 _TD_CURVES = ("loss/td", "loss/cql", "q/data_mean")
-register(QLearningSpec("scaled_ql", ScaledQLConfig, "Scaled Q-learning: C51 + CQL (paper 000)", _TD_CURVES))
-register(QLearningSpec("cql_mse", CQLMSEConfig, "CQL with an MSE TD loss (paper 000's ablation)", _TD_CURVES))
-register(QLearningSpec("bc", BCConfig, "MTBC: multi-task behaviour cloning, the Scaled QL network with a BC loss "
-                       "(the papers' BC baseline)", ("loss/bc", "bc/accuracy"), label="MTBC"))
+register(QLearningSpec("scaled_ql", "Scaled QL", ScaledQLConfig, "Scaled Q-learning: C51 + CQL (paper 000)",
+                       _TD_CURVES))
+register(QLearningSpec("cql_mse", "Scaled QL (MSE)", CQLMSEConfig, "CQL with an MSE TD loss (paper 000's ablation)",
+                       _TD_CURVES))
+register(QLearningSpec("bc", "MTBC", BCConfig, "MTBC: multi-task behaviour cloning, the Scaled QL network with a BC "
+                       "loss (the papers' BC baseline)", ("loss/bc", "bc/accuracy")))

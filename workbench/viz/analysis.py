@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
+from workbench.algos.base import algo_label, algo_names, get_algo
 from workbench.paths import shown_path
 from workbench.viz import results_figures as F
 from workbench.viz.export import FigureSaveStatus, save_figures
@@ -215,19 +216,10 @@ def select_evaluations(runs: Sequence[RunInfo], mix_protocols: bool = False) -> 
 def curve_names(algo: str, keys: Iterable[str]) -> list[str]:
     """Learning-curve rows of one algorithm: its registry entry's curves that were logged, then
     every other logged ``loss/*`` term (every stage's), so no loss term goes undrawn."""
-    from workbench.algos.base import algo_names, get_algo
-
     keys = set(keys)
     curves = get_algo(algo).curves if algo in algo_names() else ()
     names = [k for k in curves if k in keys]
     return names + sorted(k for k in keys if k.startswith("loss/") and k not in names)
-
-
-def _method_name(algo: str) -> str:
-    """An algorithm's name in figures: its registry entry's ``label`` (MTBC for ``bc``), else its name."""
-    from workbench.algos.base import algo_names, get_algo
-
-    return str(getattr(get_algo(algo), "label", algo)) if algo in algo_names() else algo
 
 
 def method_labels(runs: Sequence[RunInfo]) -> list[str]:
@@ -240,7 +232,7 @@ def method_labels(runs: Sequence[RunInfo]) -> list[str]:
             labels.append(r.name)
             continue
         extra = ", ".join(f"{k}={r.config.get(k)}" for k in varying)
-        labels.append(f"{_method_name(r.algo)}/{r.model}" + (f" ({extra})" if extra else ""))
+        labels.append(f"{algo_label(r.algo)}/{r.model}" + (f" ({extra})" if extra else ""))
     return labels
 
 
@@ -603,9 +595,6 @@ def online_finetune_figure(run_dirs: Sequence[str | os.PathLike[str]]) -> go.Fig
 
 # ------------------------------------------------------------------------------ offline fine-tuning
 
-_FAMILY_LABELS = {"scaled_ql": "Scaled QL", "cql_mse": "CQL-MSE", "bc": "MTBC", "jowa": "JOWA", "mgdt": "DT"}
-
-
 def _run_kind(path: Path) -> str | None:
     from workbench.run import Run
 
@@ -619,10 +608,11 @@ def transfer_label(resolved: dict[str, Any]) -> str:
     """A fine-tuning run's method in the transfer figure: algorithm, init, encoder, model, and the
     report rule when it selects on the evaluation environment."""
     algo = str(resolved.get("algo", "?"))
-    name = _FAMILY_LABELS.get(algo) or _method_name(algo)
-    method = resolved.get("method", "?")
-    if method in ("transfer", "dt_transfer"):
-        detail = "pretrained" + (", frozen encoder" if resolved.get("encoder") == "frozen" and algo != "jowa" else "")
+    name = algo_label(algo)
+    # Runs record whether they started from the checkpoint; older ones only name the method.
+    pretrained = resolved.get("pretrained", "transfer" in str(resolved.get("method", "")))
+    if pretrained:
+        detail = "pretrained" + (", frozen encoder" if resolved.get("frozen_parts") else "")
     else:
         detail = "scratch"
     label = f"{name} ({detail}), {resolved.get('model', '?')}"
