@@ -21,9 +21,10 @@ from shared_paths import DQN_FIXTURES
 from workbench import checkpoint as ckpt_io
 from workbench import losses as L
 from workbench.algos.jowa import JOWA, JOWAConfig
+from workbench.algos.jowa_finetune import JOWAFinetune, synthesize_segments
 from workbench.algos.scaled_ql import ScaledQL, ScaledQLConfig
 from workbench.config import EvaluateConfig
-from workbench.finetune import FinetuneConfig, JOWAFinetune, finetune, synthesize_segments
+from workbench.finetune import FinetuneConfig, finetune
 from workbench.pipeline import evaluate_run
 from workbench.planner import beam_search_sequential
 from workbench.run import Run

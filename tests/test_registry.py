@@ -13,7 +13,18 @@ import pytest
 import torch
 from torch import nn
 
-from workbench.algos.base import EvalOptions, Explanation, Scale, Stage, get_algo, register, stage_iterator, unregister
+from workbench.algos.base import (
+    EvalOptions,
+    Explanation,
+    FinetuneProtocol,
+    FinetuneScale,
+    Scale,
+    Stage,
+    get_algo,
+    register,
+    stage_iterator,
+    unregister,
+)
 
 # ----------------------------------------------------------------------- the new algorithm
 
@@ -49,6 +60,13 @@ class Probe:
         return loss, {"loss/probe": loss.detach()}
 
     def update_target(self) -> None: ...
+
+    def weight_parts(self):  # for fine-tuning: the hidden layer and the output layer
+        return {"hidden": ("net.1.",), "output": ("net.3.",)}
+
+    def game_rows(self, games):
+        return {}  # no per-game tensors
+
     def param_groups(self):
         return [{"params": list(self.model.parameters())}]
 
@@ -87,6 +105,11 @@ class ProbePolicy:
         return self.act_explained(obs, game_ids)[0]
 
 
+def probe_finetune_scale(preset: str, model: str, method: str) -> FinetuneScale:
+    return FinetuneScale((("train", 4),), batch_size=8, lr=1e-3, eval_episodes=1, eval_max_steps=20, record_steps=200,
+                         snapshot_every=2, log_every=1, checkpoint_every=2)
+
+
 class ProbeSpec:
     name = "probe"
     label = "Probe BC"
@@ -95,6 +118,11 @@ class ProbeSpec:
     metric_prefixes = ("loss/",)
     suites = ("atari", "minatar")
     curves = ("loss/probe",)
+    # Fine-tuning: the hidden layer transfers (and may be frozen), the output layer starts afresh.
+    finetune = FinetuneProtocol(name="probe", paper_split="all", held_out_games=("Breakout",),
+                                methods=("transfer", "scratch"), pretrained_methods=("transfer",),
+                                scale_fn=probe_finetune_scale, transferred=("hidden",), reinitialized=("output",),
+                                freezable=("hidden",))
 
     def model_presets(self):
         return ("probe-net",)
@@ -172,6 +200,38 @@ def test_new_algorithm_evaluates_analyses_and_explores(probe_run):
     rollout = play_rollout(run_dir, "Pong", max_steps=5, epsilon=0.0, progress=False)
     assert rollout.q_values.shape == (5, 6)  # the probe's explanation: Pong's 6 valid actions
     np.testing.assert_array_equal(rollout.actions, rollout.q_values.argmax(1))
+
+
+def test_new_algorithm_finetunes_through_the_job(probe_run, tmp_path, capsys):
+    """``python -m workbench.finetune`` on the probe's checkpoint: its protocol's parts transfer,
+    the frozen one stays bit-identical to the checkpoint's, the re-initialized one does not."""
+    from safetensors.torch import load_file
+
+    from workbench import checkpoint as ckpt_io
+    from workbench.finetune import main
+
+    run_dir, _ = probe_run
+    out = tmp_path / "ft"
+    assert main(["--checkpoint", str(run_dir), "--game", "Breakout", "--encoder", "frozen", "--output-dir", str(out),
+                 "--num-envs", "1", "--device", "cpu"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["algo"] == "probe" and summary["game"] == "Breakout" and summary["steps"] == 4
+    resolved = json.loads((out / "config.json").read_text())["resolved"]
+    assert resolved["protocol"] == "probe" and resolved["pretrained"] is True and resolved["split"] == "all"
+    assert resolved["frozen_parts"] == ["hidden"] and resolved["games"] == ["Breakout", "Pong"]
+
+    def weights(path):
+        return load_file(str(ckpt_io.resolve_checkpoint(path) / "model.safetensors"))
+
+    source, tuned = weights(run_dir), weights(out)
+    assert set(source) == set(tuned) == {"net.1.weight", "net.1.bias", "net.3.weight", "net.3.bias"}
+    for name in ("net.1.weight", "net.1.bias"):  # transferred and frozen
+        assert torch.equal(source[name], tuned[name])
+    for name in ("net.3.weight", "net.3.bias"):  # re-initialized, then trained
+        assert not torch.allclose(source[name], tuned[name])
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert set(json.loads((out / "eval" / "scores.json").read_text())["per_game"]) == {"Breakout"}
 
 
 def test_unknown_algorithm_and_setting_list_the_valid_names():

@@ -12,30 +12,14 @@ One job, end to end, each step one call::
       for stage: [freeze encoder] train (in snapshot chunks for report=best_snapshot)
       evaluate on the game -> eval/scores.json (flagged with the method and the report rule)
 
-**Scaled QL protocol** (paper 000, Sec. 5.2, App. B.4; the checkpoint's algorithm: scaled_ql,
-cql_mse or bc). 1% of the held-out game's DQN-Replay data, uniformly subsampled (split
-``finetune_1pct``). The model holds the new game first, then the source's games: the visual
-encoder and the old games' heads are copied, the feed-forward trunk is re-initialized, and the
-new game gets its own fresh head (``transfer.load_partial(transfer=("encoder", "heads"),
-reinitialize=("trunk",))``). ``encoder=frozen`` keeps the encoder bit-identical (its parameters
-are excluded from the optimizer); ``finetuned`` trains it. Batch 32, lr 5e-5, CQL alpha and
-every other setting as in pretraining (B.4: "identical hyperparameters"), 300k steps under
-``preset=paper``. Baselines on the same data: ``scratch`` (the same algorithm and architecture,
-randomly initialized, one head) and ``bc`` (the MTBC network with a BC loss, randomly
-initialized). The old games' heads ride along unchanged (they get no gradient): they no longer
-score their games, whose trunk was re-initialized.
-
-**JOWA protocol** (paper 003, Sec. 4.3, App. E.2). 5k transitions drawn uniformly from the last
-20% (expert) of the held-out game's data (split ``finetune_5k_expert``). Every part is
-transferred; the new game gets new task-embedding rows (and its action mask from its name), and
-every component is trained in both stages (the tokenizer too). Stage 1: 3k steps on real
-segments with ``L_tokenizer + beta L_world + L_action`` (TD + CQL). Stage 2: 7k steps; each
-batch is 3/4 real 6-step segments (24 of 32) and 1/4 synthetic ones (8), whose last 2 steps the
-planner imagines (beam search with H = K = 2: its chosen actions, the world model's predicted
-rewards and greedily decoded frame tokens; no pixels), under the COMBO loss instead of CQL
-(``losses.combo_terms``): Q is pushed down on the imagined states and up on the dataset's
-state-actions, and the TD error covers both parts. ``scratch`` trains the same model from a
-random initialization (the paper: 100k steps for JOWA-150M (scratch), split 3:7 here).
+**Protocols.** Each algorithm declares how its checkpoints are fine-tuned (its spec's
+``finetune``, an ``algos.base.FinetuneProtocol``): the paper's split and held-out games, the
+valid methods, which weight parts transfer, are re-initialized or may be frozen, the scale of
+each preset, and hooks for a protocol that trains differently from pretraining. Scaled QL's
+(``algos/scaled_ql.py``, paper 000 Sec. 5.2 and App. B.4) transfers the encoder and the old
+games' heads and re-initializes the trunk; JOWA's (``algos/jowa_finetune.py``, paper 003
+App. E.2) trains every component in two stages with planner-synthesized segments; MGDT's
+(``algos/mgdt.py``) is paper 000's "DT (pre-trained)". This module is the job only.
 
 **Reporting.** ``report=final`` (default, honest) scores the last checkpoint. ``best_snapshot``
 (the JOWA paper's rule) evaluates a snapshot every ``snapshot_every`` steps and reports the best:
@@ -54,99 +38,46 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor
-
 from workbench import checkpoint as ckpt_io
 from workbench import transfer as T
-from workbench.algos.base import PRESETS, AlgoSpec, EvalOptions, Stage, StageContext, get_algo
+from workbench.algos.base import (
+    PRESETS,
+    AlgoSpec,
+    EvalOptions,
+    FinetuneProtocol,
+    FinetuneScale,
+    Scale,
+    Stage,
+    StageContext,
+    algo_names,
+    get_algo,
+)
 from workbench.fileio import atomic_write_json, atomic_write_text, read_json
 from workbench.run import Run, RunLock
 from workbench.settings import from_params, namespace_params
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "JOWAFinetune", "finetune", "main", "namespace_params",
-           "synthesize_segments"]
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "main", "namespace_params"]
 
-METHODS = ("transfer", "scratch", "bc", "dt_transfer")
-TRANSFER_METHODS = ("transfer", "dt_transfer")
-"""Methods that start from the checkpoint's weights: ``transfer`` for Scaled QL and JOWA
-checkpoints, ``dt_transfer`` for a Multi-Game Decision Transformer's (mgdt)."""
 ENCODER_MODES = ("frozen", "finetuned")
 REPORTS = ("final", "best_snapshot")
-Q_FAMILY = ("scaled_ql", "cql_mse", "bc")
-FAMILIES = {**{name: "q" for name in Q_FAMILY}, "jowa": "jowa", "mgdt": "dt"}
-PAPER_SPLITS = {"q": "finetune_1pct", "jowa": "finetune_5k_expert", "dt": "finetune_1pct"}
-"""The papers' fine-tuning data: Scaled QL 1% uniform; JOWA 5k uniform from the last 20%; "DT
-(pre-trained)" in Scaled QL's Figure 7 on the same 1% (Lee et al.'s protocol, which paper 000
-follows)."""
-HELD_OUT_GAMES = {"q": ("Alien", "MsPacman", "Pong", "SpaceInvaders", "StarGunner"),
-                  "jowa": ("Gravitar", "MsPacman", "Pong", "Robotank", "YarsRevenge"),
-                  "dt": ("Alien", "MsPacman", "Pong", "SpaceInvaders", "StarGunner")}
-FAMILY_METHODS = {"q": ("transfer", "scratch", "bc"), "jowa": ("transfer", "scratch"), "dt": ("dt_transfer", "scratch")}
-PROTOCOLS = {"q": "scaled_ql", "jowa": "jowa", "dt": "mgdt"}
-"""The papers' held-out games (Scaled QL Figure 7; JOWA Table 3). Others are allowed."""
 RESUMABLE_FIELDS = ("steps", "eval_episodes", "eval_max_steps", "num_envs", "planning_horizon", "beam_width",
                     "device", "resume", "output_dir", "allow_slow_cpu")
 """Parameters that may change when a fine-tuning run is resumed."""
 
-# JOWA stage 2 (App. E.2): 6-step segments whose last 2 steps the planner synthesizes with
-# H = K = 2, in batches of 3/4 real and 1/4 synthetic segments.
-JOWA_SEGMENT_STEPS = 6
-JOWA_SYNTHETIC_STEPS = 2
-JOWA_PLAN_HORIZON = 2
-JOWA_PLAN_BEAM = 2
-JOWA_SYNTHETIC_FRACTION = 0.25
+
+def protocols() -> dict[str, FinetuneProtocol]:
+    """Algorithm name -> its fine-tuning protocol, for every registered algorithm that has one."""
+    return {name: spec.finetune for name in algo_names() if (spec := get_algo(name)).finetune is not None}
 
 
-@dataclass(frozen=True)
-class FinetuneScale:
-    """Steps, batch, learning rate and evaluation of one preset for one protocol."""
-
-    stage_steps: tuple[tuple[str, int], ...]
-    batch_size: int
-    lr: float
-    eval_episodes: int
-    eval_max_steps: int
-    record_steps: int
-    snapshot_every: int
-    log_every: int
-    checkpoint_every: int
-    settings: Mapping[str, Any] = field(default_factory=dict)
-    """Settings the preset fixes over the checkpoint's (paper: the papers' target periods, also
-    when the checkpoint was pretrained at CPU scale)."""
-
-
-def finetune_scale(family: str, preset: str, model: str, method: str) -> FinetuneScale:
-    """The protocol's scale: the papers' under ``paper``; minutes on 2 cores under ``cpu``."""
-    tiny = model.endswith("-tiny")
-    if family in ("q", "dt"):
-        # DT (pre-trained) is fine-tuned on Scaled QL's protocol (paper 000, Figure 7): the same
-        # data, batch, lr and steps; MGDT has no target network (no target period to fix).
-        dt = family == "dt"
-        # A recording (dataset='') of 10,000 steps: the 1% split keeps about 100 transitions.
-        if preset == "paper":  # App. B.4: batch 32, lr 5e-5, 300k steps
-            return FinetuneScale((("train", 300_000),), batch_size=32, lr=5e-5, eval_episodes=16,
-                                 eval_max_steps=27_000, record_steps=10_000, snapshot_every=10_000, log_every=100,
-                                 checkpoint_every=10_000, settings={} if dt else {"target_update_period": 2000})
-        steps, batch = (200, 32) if tiny else (10, 8)
-        return FinetuneScale((("train", steps),), batch_size=batch, lr=5e-5, eval_episodes=2,
-                             eval_max_steps=1000 if tiny else 250, record_steps=10_000, snapshot_every=50,
-                             log_every=10, checkpoint_every=100, settings={} if dt else {"target_update_period": 50})
-    # A recording of 6,000 steps: enough valid starts for the 5k-transition split.
-    if preset == "paper":  # App. E.2: batch 32, lr 5e-5, 3k + 7k steps (scratch: 100k, split 3:7 here)
-        total = 100_000 if method == "scratch" else 10_000
-        return FinetuneScale((("stage1", total * 3 // 10), ("stage2", total * 7 // 10)), batch_size=32, lr=5e-5,
-                             eval_episodes=16, eval_max_steps=27_000, record_steps=6_000, snapshot_every=1_000,
-                             log_every=100, checkpoint_every=1_000, settings={"target_update_period": 1000})
-    steps, batch = (20, 8) if tiny else (4, 4)
-    return FinetuneScale((("stage1", steps), ("stage2", steps)), batch_size=batch, lr=5e-5, eval_episodes=2,
-                         eval_max_steps=100, record_steps=6_000, snapshot_every=10, log_every=5, checkpoint_every=100,
-                         settings={"target_update_period": 50})
+def all_methods() -> tuple[str, ...]:
+    """Every protocol's methods, in registry order."""
+    return tuple(dict.fromkeys(m for p in protocols().values() for m in p.methods))
 
 
 @dataclass(frozen=True)
@@ -231,7 +162,7 @@ class FinetuneConfig:
         from workbench.data.splits import parse_runs, parse_split
         from workbench.games import canonical_game, geometry_of, suite_of
 
-        for name, value, choices in (("method", self.method, METHODS), ("encoder", self.encoder, ENCODER_MODES),
+        for name, value, choices in (("method", self.method, all_methods()), ("encoder", self.encoder, ENCODER_MODES),
                                      ("report", self.report, REPORTS), ("preset", self.preset, PRESETS)):
             if value not in choices:
                 raise ValueError(f"unknown {name} {value!r}; valid: {' | '.join(choices)}")
@@ -252,8 +183,8 @@ class FinetuneConfig:
             raise ValueError(f"output_dir {self.output_dir!r} is not a run folder: give a new or workbench-made "
                              "folder, or '' for the default")
         source = self.source_run  # a missing or unreadable run: an error naming it
-        if source.algo_name not in FAMILIES:
-            raise ValueError(f"fine-tuning supports checkpoints of {', '.join(FAMILIES)}; {source.path} is a "
+        if source.algo_name not in protocols():
+            raise ValueError(f"fine-tuning supports checkpoints of {', '.join(protocols())}; {source.path} is a "
                              f"{source.algo_name!r} run")
         if self.source_checkpoint is None:
             raise FileNotFoundError(f"{source.path} holds no checkpoint yet: pretrain it first")
@@ -264,14 +195,16 @@ class FinetuneConfig:
         if self.game_name in source.games:
             raise ValueError(f"{self.game_name} is one of the checkpoint's training games {list(source.games)}: "
                              "fine-tuning is to an unseen game (the papers' held-out games: "
-                             f"{', '.join(HELD_OUT_GAMES[self.family])})")
-        if self.family != "q" and self.encoder == "frozen":
-            raise ValueError(f"encoder='frozen' is Scaled QL's setting; the {source.algo_name} protocol trains every "
-                             "component (encoder='finetuned')")
-        if self.method not in FAMILY_METHODS[self.family]:
+                             f"{', '.join(self.protocol.held_out_games)})")
+        protocol = self.protocol
+        if self.encoder == "frozen" and not protocol.freezable:
+            raise ValueError(f"encoder='frozen' freezes a transferred encoder; the {protocol.name} protocol trains "
+                             "every component (encoder='finetuned')")
+        if self.method not in protocol.methods:
+            others = {name: p.methods for name, p in protocols().items() if self.method in p.methods}
             raise ValueError(f"method {self.method!r} does not apply to a {source.algo_name!r} checkpoint; valid for "
-                             f"it: {' | '.join(FAMILY_METHODS[self.family])} (bc trains the Scaled QL network with a "
-                             "BC loss from a Scaled QL-family checkpoint; dt_transfer fine-tunes an mgdt checkpoint)")
+                             f"it: {' | '.join(protocol.methods)} ({self.method!r} is a method of "
+                             f"{', '.join(others)} checkpoints)")
         parse_split(self.effective_split)  # raises listing the valid forms
         if not self.dataset and self.effective_record_steps < 100:
             raise ValueError("record_steps must be >= 100 when no dataset is given (data is recorded first)")
@@ -307,16 +240,23 @@ class FinetuneConfig:
         return canonical_game(self.game)
 
     @property
-    def family(self) -> str:
-        """'q' (Scaled QL's network: scaled_ql, cql_mse, bc) or 'jowa'."""
-        return FAMILIES[self.source_run.algo_name]
+    def protocol(self) -> FinetuneProtocol:
+        """The fine-tuning protocol the checkpoint's algorithm declares."""
+        protocol = get_algo(self.source_run.algo_name).finetune
+        assert protocol is not None  # __post_init__ refused the others
+        return protocol
+
+    @property
+    def pretrained(self) -> bool:
+        """The method starts from the checkpoint's weights (else from a random initialization)."""
+        return self.method in self.protocol.pretrained_methods
 
     # ---- what is trained --------------------------------------------------------------------
 
     @property
     def algo_name(self) -> str:
-        """The fine-tuning algorithm: the checkpoint's own, or bc for method=bc."""
-        return "bc" if self.method == "bc" else self.source_run.algo_name
+        """The fine-tuning algorithm: the checkpoint's own, or the one the method names (a baseline)."""
+        return self.protocol.method_algos.get(self.method, self.source_run.algo_name)
 
     @property
     def spec(self) -> AlgoSpec:
@@ -330,24 +270,25 @@ class FinetuneConfig:
     def games(self) -> tuple[str, ...]:
         """The fine-tuned model's games: the new one first (its data's game id 0), then, for
         method=transfer, the source's (their heads / task embeddings ride along)."""
-        if self.method in TRANSFER_METHODS:
+        if self.pretrained:
             return (self.game_name, *self.source_run.games)
         return (self.game_name,)
 
     @property
     def scale(self) -> FinetuneScale:
-        return finetune_scale(self.family, self.preset, self.model, self.method)
+        return self.protocol.scale(self.preset, self.model, self.method)
 
     @property
     def settings(self) -> Any:
-        """The checkpoint's settings (bc: BC's defaults with the source's feature norm), then the
-        preset's changes, then ``algo_args``; per-game reward scales are set from the data."""
+        """The checkpoint's settings (another algorithm, a baseline: its defaults with the
+        protocol's ``carried_settings`` of the checkpoint), then the preset's changes, then
+        ``algo_args``; per-game settings from data (reward scales) are set from the data."""
         spec = self.spec
         names = {f.name for f in dataclasses.fields(spec.settings_class)}
-        source = self.source_run.resolved.get("settings", {}) if self.algo_name == self.source_run.algo_name else {}
-        source = {k: v for k, v in source.items() if k in names and k != "reward_scale"}
-        if "feature_norm" in names and "feature_norm" in self.source_run.resolved.get("settings", {}):
-            source["feature_norm"] = self.source_run.resolved["settings"]["feature_norm"]
+        recorded = self.source_run.resolved.get("settings", {})
+        same = self.algo_name == self.source_run.algo_name
+        keep = names if same else set(self.protocol.carried_settings) & names
+        source = {k: v for k, v in recorded.items() if k in keep and k != "reward_scale"}
         preset = {k: v for k, v in self.scale.settings.items() if k in names}
         return from_params(spec.settings_class, {**source, **preset, **self.algo_args}, what=f"{spec.name} setting")
 
@@ -360,7 +301,7 @@ class FinetuneConfig:
 
     @property
     def effective_split(self) -> str:
-        return PAPER_SPLITS[self.family] if self.split == "auto" else self.split
+        return self.protocol.paper_split if self.split == "auto" else self.split
 
     @property
     def effective_record_steps(self) -> int:
@@ -388,22 +329,20 @@ class FinetuneConfig:
 
     @property
     def frozen_parts(self) -> tuple[str, ...]:
-        return ("encoder",) if self.family == "q" and self.encoder == "frozen" else ()
+        return self.protocol.freezable if self.encoder == "frozen" else ()
 
     def stages(self) -> list[Stage]:
-        """Training stages, resolved (``steps`` > 0 is split 3:7 between JOWA's two stages)."""
-        plan = list(self.scale.stage_steps)
-        if self.steps:
-            if len(plan) == 1:
-                plan = [(plan[0][0], self.steps)]
-            else:
-                first = max(1, self.steps * 3 // 10)
-                plan = [(plan[0][0], first), (plan[1][0], max(1, self.steps - first))]
-        period = int(getattr(self.settings, "target_update_period", 0))
-        decay = float(getattr(self.settings, "weight_decay", 0.0))
-        subdirs = {"train": "", "stage1": "stage1", "stage2": ""}
-        return [Stage(name, subdirs[name], steps, self.effective_lr, decay, period,
-                      find_unused_parameters=self.family == "jowa") for name, steps in plan]
+        """Training stages, resolved by the algorithm's own ``stages`` (sub-folders, target period,
+        weight decay) at the protocol's steps (``steps`` > 0 is split by its ``stage_shares``)."""
+        plan = self.protocol.stage_plan(self.scale, self.steps)
+        batch = self.effective_batch_size
+        scale = Scale(steps=plan[0][1], batch_size=batch, eval_max_steps=self.effective_eval_max_steps,
+                      stage_steps=dict(plan))
+        stages = self.spec.stages(self.settings, scale, batch, self.effective_lr)
+        if [s.name for s in stages] != [name for name, _ in plan]:
+            raise ValueError(f"the {self.protocol.name} protocol's stages {[n for n, _ in plan]} are not the "
+                             f"{self.algo_name} algorithm's {[s.name for s in stages]}")
+        return stages
 
     @property
     def data_request(self) -> DataRequest:
@@ -470,32 +409,9 @@ class FinetuneConfig:
             "source": {"run": str(source.path), "checkpoint": str(ckpt) if ckpt else None, "algo": source.algo_name,
                        "model": source.model, "games": list(source.games),
                        "step": ckpt_io.read_state(ckpt)["step"] if ckpt else None},
-            "protocol": PROTOCOLS[self.family],
+            "protocol": self.protocol.name,
+            "pretrained": self.pretrained,
         }
-
-
-# ------------------------------------------------------------------------------- the protocols
-
-
-def _transfer_parts(family: str, algo: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(transferred, re-initialized) parts of each protocol (see the module docstring)."""
-    if family == "q":
-        return ("encoder", "heads"), ("trunk",)
-    return tuple(algo.weight_parts()), ()  # JOWA and MGDT: every part
-
-
-def _enter_stage(config: FinetuneConfig, algo: Any, stage: str) -> None:
-    """Prepare a stage: JOWA trains every component in both stages; then freeze what is frozen."""
-    if isinstance(algo, JOWAFinetune):
-        algo.set_stage(1 if stage == "stage1" else 2)
-    if config.frozen_parts:
-        T.freeze(algo, config.frozen_parts)
-
-
-def _batches(config: FinetuneConfig, algo: Any, stage: str, context: StageContext) -> Any:
-    if isinstance(algo, JOWAFinetune):
-        return algo.batches(stage, context)
-    return config.spec.batches(algo, stage, context)
 
 
 # ------------------------------------------------------------------------------- the job
@@ -546,8 +462,7 @@ def _data_settings(config: FinetuneConfig, store: Path) -> dict[str, Any]:
     new = config.spec.settings_from_data(settings, store, (config.game_name,)).get("reward_scale")
     if not new:
         return {}
-    transferred = config.method in TRANSFER_METHODS
-    rest = config.source_run.resolved.get("data_settings", {}).get("reward_scale") if transferred else []
+    rest = config.source_run.resolved.get("data_settings", {}).get("reward_scale") if config.pretrained else []
     rest = list(rest) if rest else [1.0] * (len(config.games) - 1)
     return {"reward_scale": [*new, *rest]}
 
@@ -565,12 +480,15 @@ def _finetune(config: FinetuneConfig, progress: bool) -> FinetuneResult:
     if data_settings:
         run.update_resolved({"data_settings": data_settings})
     games = config.games
-    built = config.spec.build(config.model, games, settings, config.seed)
-    algo: Any = JOWAFinetune(built, settings) if config.family == "jowa" else built
+    protocol, spec = config.protocol, config.spec
+    algo = protocol.wrap(spec.build(config.model, games, settings, config.seed), settings)
     source_ckpt = config.source_checkpoint
     assert source_ckpt is not None
-    if config.method in TRANSFER_METHODS:
-        transfer, reinit = _transfer_parts(config.family, algo)
+    if config.pretrained:
+        reinit = protocol.reinitialized
+        transfer = protocol.transferred
+        if transfer is None:  # every part the protocol does not re-initialize
+            transfer = tuple(p for p in T.part_names(algo) if p not in reinit)
         report = T.load_partial(source_ckpt, algo, games, transfer=transfer, reinitialize=reinit,
                                 source_games=config.source_run.games)
     else:
@@ -591,7 +509,9 @@ def _finetune(config: FinetuneConfig, progress: bool) -> FinetuneResult:
     offset = 0
     summary: dict[str, Any] = {}
     for stage in stages:
-        _enter_stage(config, algo, stage.name)
+        protocol.enter_stage(spec, algo, stage.name, context)
+        if config.frozen_parts:
+            T.freeze(algo, config.frozen_parts)
         stage_dir = run.path / stage.subdir
         every = config.effective_snapshot_every if config.report == "best_snapshot" else stage.steps
         bounds = sorted({*range(every, stage.steps, every), stage.steps})
@@ -602,7 +522,7 @@ def _finetune(config: FinetuneConfig, progress: bool) -> FinetuneResult:
                 checkpoint_every=resolved["checkpoint_every"], device=config.device, seed=config.seed,
                 diagnostics_every=default_diagnostics_every(resolved["log_every"]),
             )
-            summary = train(algo, _batches(config, algo, stage.name, context), train_config, stage_dir,
+            summary = train(algo, protocol.batches(spec, algo, stage.name, context), train_config, stage_dir,
                             progress=progress, find_unused_parameters=stage.find_unused_parameters)
             if config.report == "best_snapshot":
                 record = _snapshot(run, algo, stage, stage_dir, offset + bound, eval_kw)
@@ -706,229 +626,6 @@ def _keep_best(ckpt: Path, folder: Path, step: int) -> None:
     _copy_dir(ckpt, root / name)
     atomic_write_text(root / "latest", name + "\n")
     atomic_write_json(marker, {"step": step, "source": str(ckpt)})
-
-
-# ------------------------------------------------------------------------------- JOWA
-
-
-class JOWAFinetune:
-    """JOWA's fine-tuning algorithm (paper 003, Sec. 4.3 and App. E.2) around a built :class:`JOWA`.
-
-    Every component trains in both stages. Stage 1, real segments: ``L_tokenizer + beta L_world +
-    L_action`` (C51 TD + CQL). Stage 2: a batch of real 6-step segments plus synthetic ones
-    (``syn_*`` keys, from :func:`synthesize_segments`): ``L_tokenizer + beta L_world`` on the real
-    part, C51 TD on both parts' transitions, and COMBO instead of CQL: ``alpha (E_synthetic[
-    logsumexp_a Q] - E_real[Q(s, a)])`` (``losses.combo_terms``). The model, its checkpoints and
-    its policy are JOWA's own, so the run evaluates and loads like a pretrained JOWA run.
-    """
-
-    target_model = None
-
-    def __init__(self, jowa: Any, settings: Any) -> None:
-        self.jowa = jowa
-        self.config = settings
-        self.stage = 1
-
-    # Algo protocol: the JOWA model and its policies
-    @property
-    def model(self) -> Any:
-        return self.jowa.model
-
-    @property
-    def games(self) -> Any:
-        return self.jowa.games
-
-    def weight_parts(self) -> dict[str, tuple[str, ...]]:
-        return dict(self.jowa.weight_parts())
-
-    def game_rows(self, games: Sequence[str] | Sequence[int]) -> dict[str, tuple[int, ...]]:
-        return dict(self.jowa.game_rows(games))
-
-    def update_target(self) -> None:
-        self.jowa.update_target()
-
-    def to(self, device: Any) -> JOWAFinetune:
-        self.jowa.to(device)
-        return self
-
-    def to_channels_last(self) -> JOWAFinetune:
-        return self
-
-    def policy(self, options: EvalOptions | None = None) -> Any:
-        return self.jowa.policy(options)
-
-    def inspectable_policy(self, options: EvalOptions | None = None) -> Any:
-        return self.jowa.inspectable_policy(options)
-
-    def set_stage(self, stage: int) -> None:
-        """Both fine-tuning stages train every component (the target Q head aside)."""
-        self.jowa.stage = 1  # param_groups: the tokenizer group (its own lr) is included
-        self.stage = stage
-        self.model.requires_grad_(True)
-        self.model.world.target_q_head.requires_grad_(False)
-
-    def param_groups(self) -> list[dict[str, Any]]:
-        return list(self.jowa.param_groups())
-
-    def batches(self, stage: str, context: StageContext) -> Any:
-        """Stage 1: real segments of the model's length. Stage 2: 6-step segments, 3/4 real and
-        1/4 to synthesize (from their own sampler stream), synthesized with the current model."""
-        from workbench.algos.base import stage_iterator
-        from workbench.data.sampler import SequenceSampler
-
-        if stage == "stage1":
-            return stage_iterator(SequenceSampler(context.store, context.games, context.batch_size,
-                                                  seq_len=self.jowa.seq_len, seed=context.seed))
-        n_syn = max(1, round(context.batch_size * JOWA_SYNTHETIC_FRACTION))
-        n_real = max(1, context.batch_size - n_syn)
-        real = SequenceSampler(context.store, context.games, n_real, seq_len=JOWA_SEGMENT_STEPS, seed=context.seed)
-        seeds = SequenceSampler(context.store, context.games, n_syn, seq_len=JOWA_SEGMENT_STEPS,
-                                seed=context.seed + 7_919)
-
-        def from_step(start: int) -> Iterator[dict[str, Tensor]]:
-            real_it, seed_it = stage_iterator(real)(start), stage_iterator(seeds)(start)
-            for batch, base in zip(real_it, seed_it):
-                syn = synthesize_segments(self.jowa, base, synthetic_steps=JOWA_SYNTHETIC_STEPS,
-                                          horizon=JOWA_PLAN_HORIZON, beam_width=JOWA_PLAN_BEAM)
-                yield {**batch, **{f"syn_{k}": v for k, v in syn.items()}}
-
-        return from_step
-
-    def loss(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        from workbench import losses as L
-        from workbench.models.world_action import action_losses, world_losses
-
-        jowa, cfg = self.jowa, self.config
-        mask = batch["mask"].bool()
-        frames = batch["obs"][mask]
-        if cfg.tokenizer_max_frames and frames.shape[0] > cfg.tokenizer_max_frames:
-            frames = frames[torch.randperm(frames.shape[0], device=frames.device)[: cfg.tokenizer_max_frames]]
-        tok_loss, metrics = jowa.model.tokenizer.loss(frames)
-        metrics = dict(metrics)
-        metrics["loss/tokenizer"] = tok_loss.detach()
-        tokens = jowa._tokens(batch)
-        actions = jowa.actions.full(batch["action"], batch["game_id"])
-        out = jowa.model.world(tokens, actions, batch["game_id"])
-        w_loss, w_metrics = world_losses(out, tokens, actions, batch["reward"], batch["terminal"], mask)
-        metrics.update(w_metrics)
-        valid = jowa.actions.valid_mask(batch["game_id"])
-        if self.stage == 1 or "syn_tokens" not in batch:
-            a_loss, a_metrics = action_losses(jowa.model.world, out, actions, batch["reward"], batch["terminal"], mask,
-                                              valid, gamma=cfg.gamma, cql_alpha=cfg.cql_alpha)
-            metrics.update(a_metrics)
-            loss = tok_loss + cfg.beta * w_loss + a_loss
-            metrics["loss/total"] = loss.detach()
-            return loss, metrics
-        # Stage 2: TD on real and synthetic transitions, COMBO instead of CQL.
-        syn_actions = batch["syn_action"].long()  # ALE ids already (the planner's)
-        syn_out = jowa.model.world(batch["syn_tokens"].long(), syn_actions, batch["syn_game_id"])
-        syn_valid = jowa.actions.valid_mask(batch["syn_game_id"])
-        td_real, _ = action_losses(jowa.model.world, out, actions, batch["reward"], batch["terminal"], mask, valid,
-                                   gamma=cfg.gamma, cql_alpha=0.0)
-        # TD samples of the synthetic part: the transitions the planner chose. action_losses takes
-        # step t when mask[t] and (terminal[t] or mask[t + 1]): the last step only bootstraps.
-        last = torch.zeros_like(batch["syn_mask"].bool())
-        last[:, -1] = True
-        syn_td_mask = batch["syn_mask"].bool() & (batch["syn_td"].bool() | last)
-        td_syn, _ = action_losses(jowa.model.world, syn_out, syn_actions, batch["syn_reward"], batch["syn_terminal"],
-                                  syn_td_mask, syn_valid, gamma=cfg.gamma, cql_alpha=0.0)
-        support = jowa.model.world.support
-        q_real = L.expected_q(out["q_logits"], support)[mask]  # (M, 18) real steps
-        a_real = actions[mask]
-        q_syn = L.expected_q(syn_out["q_logits"], support)  # (B, L, 18)
-        imagined = batch["syn_mask"].bool() & batch["syn_imagined"].bool()
-        v_syn = syn_valid[:, None, :].expand_as(q_syn)[imagined]
-        down, up = L.combo_terms(q_syn[imagined], v_syn, q_real, a_real)
-        combo = down.mean() - up.mean() if down.numel() else -up.mean()
-        n_real, n_syn = float(mask.any(1).sum()), float(batch["syn_mask"].any(1).sum())
-        frac = n_real / max(n_real + n_syn, 1.0)
-        td = frac * td_real + (1 - frac) * td_syn  # TD over d_f: the batch's mix of real and synthetic
-        a_loss = td + cfg.cql_alpha * combo
-        loss = tok_loss + cfg.beta * w_loss + a_loss
-        with torch.no_grad():
-            metrics.update({
-                "loss/action": a_loss.detach(), "loss/td": td.detach(), "loss/td_real": td_real.detach(),
-                "loss/td_synthetic": td_syn.detach(), "loss/combo": combo.detach(),
-                "loss/combo_synthetic": down.mean().detach() if down.numel() else torch.zeros(()),
-                "loss/combo_real": up.mean().detach(), "q/data_mean": q_real.gather(1, a_real[:, None]).mean(),
-                "loss/total": loss.detach(),
-            })
-        return loss, metrics
-
-
-@torch.no_grad()
-def synthesize_segments(jowa: Any, base: Mapping[str, Tensor], *, synthetic_steps: int = 2, horizon: int = 2,
-                        beam_width: int = 2) -> dict[str, Tensor]:
-    """Synthetic segments in token space: the last ``synthetic_steps`` steps of each real segment
-    of ``base`` (a sequence batch, minimal-set actions) are replaced by what the planner imagines.
-
-    For a segment of L steps, the first ``c = L - synthetic_steps`` are real (their frames
-    tokenized by the current tokenizer, their actions mapped to ALE ids). Beam search (``horizon``
-    = ``synthetic_steps``, ``beam_width``) runs from step ``c - 1`` (the real steps before it as
-    context); the best path gives the actions of steps ``c-1 .. L-2``, their predicted rewards
-    and terminations (``PlanResult.path_rewards``/``path_terminal``), and the greedily decoded
-    tokens of frames ``c .. L-1`` (``path_tokens``). The last step's action (it feeds no loss)
-    is the greedy action at its imagined frame. Returns ``tokens`` (B, L, 36), ``action`` (B, L)
-    ALE ids, ``reward``, ``terminal`` (B, L), ``mask`` (steps that exist: real, or imagined before
-    a predicted end), ``imagined`` (steps whose frame the model imagined), ``td`` (steps whose
-    transition the planner chose: the synthetic TD samples), ``game_id`` (B,).
-    """
-    from workbench.planner import beam_search
-
-    if synthetic_steps != horizon:
-        raise ValueError(f"synthetic_steps ({synthetic_steps}) must equal the planning horizon ({horizon})")
-    model = jowa.model
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        obs, game_id = base["obs"].to(device), base["game_id"].to(device)
-        B, L = obs.shape[:2]
-        c = L - synthetic_steps
-        if c < 1:
-            raise ValueError(f"segments of {L} steps cannot keep a real step before {synthetic_steps} synthetic ones")
-        tokens = model.tokenizer.encode(obs).long()  # (B, L, 36)
-        actions = jowa.actions.full(base["action"].to(device), game_id)
-        valid = jowa.actions.valid_mask(game_id)
-        real_mask = base["mask"].to(device).bool()
-        plan = beam_search(
-            model.world, tokens[:, c - 1], game_id, valid, horizon, beam_width, gamma=jowa.config.gamma,
-            ctx_tokens=tokens[:, : c - 1], ctx_actions=actions[:, : c - 1], ctx_valid=real_mask[:, : c - 1],
-            return_tree=True,
-        )
-        assert plan.path_tokens is not None and plan.path_actions is not None and plan.path_rewards is not None
-        assert plan.path_terminal is not None and plan.path_valid is not None
-        out_tokens, out_actions = tokens.clone(), actions.clone()
-        reward = base["reward"].to(device).float().clone()
-        terminal = base["terminal"].to(device).float().clone()
-        mask = real_mask[:, :c].clone()
-        # The real part must reach step c - 1 without ending: otherwise there is nothing to imagine.
-        start_ok = real_mask[:, c - 1] & (terminal[:, : c - 1] == 0).all(1)
-        alive = start_ok.clone()
-        imagined = torch.zeros(B, L, dtype=torch.bool, device=device)
-        td = torch.zeros(B, L, dtype=torch.bool, device=device)
-        new_mask = [mask]
-        for d in range(horizon):
-            t = c - 1 + d  # the step whose action and reward the planner decides
-            act = plan.path_actions[:, d]
-            live = alive & (act >= 0)
-            out_actions[:, t] = torch.where(live, act, out_actions[:, t])
-            reward[:, t] = torch.where(live, plan.path_rewards[:, d], reward[:, t])
-            terminal[:, t] = torch.where(live, plan.path_terminal[:, d].float(), torch.zeros_like(terminal[:, t]))
-            td[:, t] = live
-            out_tokens[:, t + 1] = torch.where(live[:, None], plan.path_tokens[:, d], out_tokens[:, t + 1])
-            alive = live & ~plan.path_terminal[:, d]
-            imagined[:, t + 1] = alive
-            new_mask.append(alive[:, None])
-        mask = torch.cat(new_mask, 1)
-        last = L - 1
-        q_last = model.world.q_values(model.world(out_tokens, out_actions, game_id)["q_logits"][:, last], valid)
-        out_actions[:, last] = torch.where(mask[:, last], q_last.argmax(-1), out_actions[:, last])
-        terminal[:, last] = torch.where(imagined[:, last], torch.zeros_like(terminal[:, last]), terminal[:, last])
-        return {"tokens": out_tokens, "action": out_actions, "reward": reward, "terminal": terminal,
-                "mask": mask & start_ok[:, None], "imagined": imagined, "td": td, "game_id": game_id}
-    finally:
-        model.train(was_training)
 
 
 # ------------------------------------------------------------------------------- command line

@@ -58,7 +58,7 @@ from torch import Tensor, nn
 from workbench import checkpoint as ckpt_io
 
 __all__ = ["TransferError", "TransferReport", "Transferable", "check_parts", "encoder_digest", "freeze",
-           "fresh_report", "load_partial", "part_tensors", "source_checkpoint"]
+           "fresh_report", "load_partial", "part_names", "part_tensors", "source_checkpoint"]
 
 
 class TransferError(ValueError):
@@ -133,6 +133,11 @@ def _as_transferable(algo: Any) -> Transferable:
         raise TypeError(f"{type(algo).__name__} cannot be partially loaded: it lacks {', '.join(missing)} "
                         "(workbench.transfer.Transferable)")
     return algo
+
+
+def part_names(algo: Any) -> tuple[str, ...]:
+    """The algo's weight parts, in its own order (a TypeError when it cannot be partially loaded)."""
+    return tuple(_as_transferable(algo).weight_parts())
 
 
 def part_tensors(algo: Transferable) -> dict[str, list[str]]:

@@ -25,7 +25,8 @@ import numpy as np
 from torch import Tensor, nn
 
 __all__ = [
-    "Algo", "AlgoSpec", "Batches", "EvalOptions", "Explanation", "InspectablePolicy", "Policy",
+    "Algo", "AlgoSpec", "Batches", "EvalOptions", "Explanation", "FinetuneProtocol", "FinetuneScale",
+    "InspectablePolicy", "Policy",
     "Scale", "Stage", "StageContext", "algo_label", "algo_names", "check_policy", "get_algo", "model_owner", "register",
 ]
 
@@ -226,6 +227,94 @@ class StageContext:
     progress: bool = True
 
 
+# ------------------------------------------------------------------------------- fine-tuning
+
+
+@dataclass(frozen=True)
+class FinetuneScale:
+    """Steps, batch, learning rate and evaluation of one fine-tuning preset (``cpu``, ``paper``)."""
+
+    stage_steps: tuple[tuple[str, int], ...]
+    """(stage name, gradient steps) in order: the names the algorithm's ``stages`` gives."""
+    batch_size: int
+    lr: float
+    eval_episodes: int
+    eval_max_steps: int
+    record_steps: int
+    """Agent steps recorded when no dataset is given (enough for the protocol's split)."""
+    snapshot_every: int
+    log_every: int
+    checkpoint_every: int
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    """Settings the preset fixes over the checkpoint's (e.g. the paper's target period, also when
+    the checkpoint was pretrained at CPU scale)."""
+
+
+@dataclass(frozen=True)
+class FinetuneProtocol:
+    """How checkpoints of an algorithm are fine-tuned to an unseen game (``workbench.finetune``).
+
+    An algorithm declares one as its spec's ``finetune``; the job reads everything it needs from
+    it and names no algorithm. The hooks' defaults suit a one-network algorithm; a protocol that
+    trains differently from pretraining (JOWA's second stage) overrides ``wrap``, ``enter_stage``
+    and ``batches``.
+    """
+
+    name: str
+    """The protocol's name, recorded in a run's ``resolved.protocol`` (e.g. the paper's algorithm)."""
+    paper_split: str
+    """The data split ``split='auto'`` takes (``workbench.data.splits``)."""
+    held_out_games: tuple[str, ...]
+    """The paper's held-out games (named in messages; any unseen game is allowed)."""
+    methods: tuple[str, ...]
+    """Valid ``method`` values for a checkpoint of this algorithm."""
+    pretrained_methods: tuple[str, ...]
+    """Methods that start from the checkpoint's weights (the others start from a random init)."""
+    scale_fn: Callable[[str, str, str], FinetuneScale]
+    """``(preset, model, method) -> FinetuneScale``."""
+    transferred: tuple[str, ...] | None = None
+    """Weight parts copied from the checkpoint (``weight_parts`` names); None = every part."""
+    reinitialized: tuple[str, ...] = ()
+    """Weight parts kept at their fresh initialization."""
+    freezable: tuple[str, ...] = ()
+    """Parts ``encoder='frozen'`` freezes; () = the protocol trains every component."""
+    method_algos: Mapping[str, str] = field(default_factory=dict)
+    """Methods that train another registered algorithm (method -> its name; e.g. a BC baseline)."""
+    carried_settings: tuple[str, ...] = ()
+    """Settings copied from the checkpoint's into another algorithm's (for ``method_algos``)."""
+    stage_shares: tuple[int, ...] = (1,)
+    """How a total ``steps`` is split between the stages, in order (integer weights: 3, 7 = 3:7)."""
+
+    def scale(self, preset: str, model: str, method: str) -> FinetuneScale:
+        return self.scale_fn(preset, model, method)
+
+    def stage_plan(self, scale: FinetuneScale, steps: int) -> tuple[tuple[str, int], ...]:
+        """(stage, steps) of each stage: the preset's, or ``steps`` split by ``stage_shares``."""
+        plan = scale.stage_steps
+        if not steps:
+            return plan
+        if len(plan) != len(self.stage_shares):
+            raise ValueError(f"protocol {self.name!r}: {len(plan)} stages but {len(self.stage_shares)} shares")
+        out, left, total = [], steps, sum(self.stage_shares)
+        for i, ((name, _), share) in enumerate(zip(plan, self.stage_shares)):
+            n = max(1, left if i == len(plan) - 1 else steps * share // total)
+            out.append((name, n))
+            left -= n
+        return tuple(out)
+
+    def wrap(self, algo: Algo, settings: Any) -> Algo:
+        """The object the trainer drives, around the built and loaded algo (default: itself)."""
+        return algo
+
+    def enter_stage(self, spec: AlgoSpec, algo: Algo, stage: str, context: StageContext) -> None:
+        """Prepare a stage (default: as in pretraining); the job freezes ``freezable`` parts after."""
+        spec.enter_stage(algo, stage, context)
+
+    def batches(self, spec: AlgoSpec, algo: Algo, stage: str, context: StageContext) -> Batches:
+        """The stage's batches (default: the algorithm's pretraining sampler on the new game's data)."""
+        return spec.batches(algo, stage, context)
+
+
 class AlgoSpec(Protocol):
     """Everything the workbench knows about one algorithm, in one place."""
 
@@ -243,6 +332,8 @@ class AlgoSpec(Protocol):
     suites: tuple[str, ...]
     """The game suites its models read (``workbench.geometry``): a run on another suite's games is
     refused when its config is built."""
+    finetune: FinetuneProtocol | None
+    """How its checkpoints are fine-tuned to an unseen game (None: they cannot be)."""
 
     def model_presets(self) -> Sequence[str]: ...
 

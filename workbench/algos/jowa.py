@@ -39,12 +39,14 @@ from workbench.algos.base import (
     DelegatingPolicy,
     EvalOptions,
     Explanation,
+    FinetuneProtocol,
     Scale,
     Stage,
     StageContext,
     register,
     stage_iterator,
 )
+from workbench.algos.jowa_finetune import JOWA_FINETUNE
 from workbench.models.tokenizer import Tokenizer
 from workbench.models.world_action import (
     ActionSpace,
@@ -56,7 +58,7 @@ from workbench.models.world_action import (
     world_losses,
 )
 
-__all__ = ["JOWAConfig", "JOWAModel", "JOWA", "JOWASpec", "PlannerInspector"]
+__all__ = ["JOWAConfig", "JOWAModel", "JOWA", "JOWASpec", "PlannerInspector", "WorldPass"]
 
 SEQUENCE_KEYS = ("action", "reward", "terminal", "mask", "game_id")
 """Keys ``loss`` reads (with 'obs' or 'tokens'); a batch's minimal-set 'valid_mask' is not used."""
@@ -103,6 +105,22 @@ class JOWAModel(nn.Module):
         self.cfg = cfg
         self.tokenizer = Tokenizer(cfg.tokenizer)
         self.world = WorldActionModel(cfg)
+
+
+@dataclass
+class WorldPass:
+    """One pass of a sequence batch through the world-action model (``JOWA.world_pass``)."""
+
+    tokens: Tensor
+    """(B, L, 36) frame tokens."""
+    actions: Tensor
+    """(B, L) ALE action ids."""
+    out: dict[str, Tensor]
+    """The model's outputs (logits of next tokens, rewards, ends, and ``q_logits``)."""
+    mask: Tensor
+    """(B, L) steps that exist."""
+    world_loss: Tensor
+    metrics: dict[str, Tensor]
 
 
 class JOWA:
@@ -214,7 +232,9 @@ class JOWA:
 
     # ------------------------------------------------------------------ loss
 
-    def _tokens(self, batch: Mapping[str, Tensor]) -> Tensor:
+    def tokens(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """The batch's frame tokens: given (``tokens``), or encoded by the current tokenizer
+        without gradient (the world model does not train the tokenizer, as in IRIS)."""
         if "tokens" in batch:
             return batch["tokens"].long()
         if "obs" not in batch:
@@ -222,40 +242,55 @@ class JOWA:
         with torch.no_grad():
             return self.model.tokenizer.encode(batch["obs"])
 
+    def tokenizer_loss(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """``L_tokenizer`` on the batch's real frames (at most ``tokenizer_max_frames`` of them)."""
+        if "obs" not in batch:
+            raise ValueError("training the tokenizer needs 'obs' frames, not only 'tokens'")
+        frames = batch["obs"][batch["mask"].bool()]  # (M, 84, 84): real frames only
+        limit = self.config.tokenizer_max_frames
+        if limit and frames.shape[0] > limit:
+            frames = frames[torch.randperm(frames.shape[0], device=frames.device)[:limit]]
+        loss, metrics = self.model.tokenizer.loss(frames)
+        return loss, {**metrics, "loss/tokenizer": loss.detach()}
+
+    def world_pass(self, batch: Mapping[str, Tensor]) -> WorldPass:
+        """The world-action model over the batch's segments, with ``L_world`` (Eq. 8)."""
+        tokens = self.tokens(batch)
+        # Minimal-set indices -> ALE ids: the same button is the same token in every game.
+        actions = self.actions.full(batch["action"], batch["game_id"])
+        out = self.model.world(tokens, actions, batch["game_id"])
+        mask = batch["mask"].bool()
+        loss, metrics = world_losses(out, tokens, actions, batch["reward"], batch["terminal"], mask)
+        return WorldPass(tokens, actions, out, mask, loss, dict(metrics))
+
+    def action_loss(self, world: WorldPass, batch: Mapping[str, Tensor], *,
+                    cql_alpha: float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """``L_action``: C51 TD + CQL (``cql_alpha``, default the settings') over the game's
+        valid actions."""
+        alpha = self.config.cql_alpha if cql_alpha is None else cql_alpha
+        return action_losses(self.model.world, world.out, world.actions, batch["reward"], batch["terminal"],
+                             world.mask, self.actions.valid_mask(batch["game_id"]), gamma=self.config.gamma,
+                             cql_alpha=alpha)
+
     def loss(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """Scalar loss and a dict of detached scalar metrics for a sequence batch."""
         missing = [k for k in SEQUENCE_KEYS if k not in batch]
         if missing:
             raise KeyError(f"sequence batch lacks {missing}; expected keys {SEQUENCE_KEYS} + 'obs' or 'tokens'")
-        cfg = self.config
-        mask = batch["mask"].bool()
         metrics: dict[str, Tensor] = {}
-        loss = torch.zeros((), device=mask.device)
+        loss = torch.zeros((), device=batch["mask"].device)
         if self.stage == 1:
-            if "obs" not in batch:
-                raise ValueError("stage 1 trains the tokenizer and needs 'obs' frames, not only 'tokens'")
-            frames = batch["obs"][mask]  # (M, 84, 84): real frames only
-            if cfg.tokenizer_max_frames and frames.shape[0] > cfg.tokenizer_max_frames:
-                frames = frames[torch.randperm(frames.shape[0], device=frames.device)[: cfg.tokenizer_max_frames]]
-            tok_loss, tok_metrics = self.model.tokenizer.loss(frames)
+            tok_loss, tok_metrics = self.tokenizer_loss(batch)
             loss = loss + tok_loss
             metrics.update(tok_metrics)
-            metrics["loss/tokenizer"] = tok_loss.detach()
-        tokens = self._tokens(batch)
-        # Minimal-set indices -> ALE ids: the same button is the same token in every game.
-        actions = self.actions.full(batch["action"], batch["game_id"])
-        out = self.model.world(tokens, actions, batch["game_id"])
-        w_loss, w_metrics = world_losses(out, tokens, actions, batch["reward"], batch["terminal"], mask)
-        metrics.update(w_metrics)
+        world = self.world_pass(batch)
+        metrics.update(world.metrics)
         if self.stage == 1:
-            loss = loss + w_loss
+            loss = loss + world.world_loss
         else:
-            a_loss, a_metrics = action_losses(
-                self.model.world, out, actions, batch["reward"], batch["terminal"], mask,
-                self.actions.valid_mask(batch["game_id"]), gamma=cfg.gamma, cql_alpha=cfg.cql_alpha,
-            )
+            a_loss, a_metrics = self.action_loss(world, batch)
             metrics.update(a_metrics)
-            loss = loss + cfg.beta * w_loss + a_loss
+            loss = loss + self.config.beta * world.world_loss + a_loss
         metrics["loss/total"] = loss.detach()
         return loss, metrics
 
@@ -317,6 +352,7 @@ class JOWASpec:
     # The tokenizer pads an 84x84 frame to 96 for its 6x6 token grid; MinAtar's 10x10 grids would
     # need another tokenizer (or none: its cells are already tokens), which is not built.
     suites: tuple[str, ...] = ("atari",)
+    finetune: FinetuneProtocol | None = JOWA_FINETUNE
     curves: tuple[str, ...] = (  # every loss term of both stages (stage 1: tokenizer + world model)
         "loss/total", "loss/tokenizer", "tokenizer/l1", "tokenizer/codebook", "tokenizer/commitment",
         "tokenizer/perceptual", "loss/world", "world/obs_ce", "world/reward_ce", "world/term_ce", "loss/action",

@@ -23,6 +23,7 @@ start and then on the return-to-go, decremented by each observed clipped reward.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from workbench.algos.base import Algo, EvalOptions, Explanation, Scale, Stage, StageContext, register, stage_iterator
+from workbench.algos.base import (
+    Algo,
+    EvalOptions,
+    Explanation,
+    FinetuneProtocol,
+    Scale,
+    Stage,
+    StageContext,
+    register,
+    stage_iterator,
+)
+from workbench.algos.scaled_ql import SCALED_QL_FINETUNE, finetune_1pct_scale
 from workbench.games import geometry_of
 from workbench.models.mgdt import (
     MGDT,
@@ -309,12 +321,18 @@ class MGDTSpec:
 
     name = "mgdt"
     label = "MGDT"
-    """The method's name in figures."""
     description = "Multi-Game Decision Transformer with expert-action inference (Lee et al. 2022)"
     settings_class: type = MGDTSettings
     metric_prefixes: tuple[str, ...] = ("loss/", "dt/")
     suites: tuple[str, ...] = ("atari", "minatar")
     curves: tuple[str, ...] = ("loss/total", "loss/action", "loss/return", "loss/reward", "dt/action_accuracy")
+    # "DT (pre-trained)" of paper 000's Figure 7 (Lee et al.'s protocol, which paper 000 follows):
+    # Scaled QL's data, batch, lr and steps; every weight transfers; no target network.
+    finetune: FinetuneProtocol | None = FinetuneProtocol(
+        name="mgdt", paper_split=SCALED_QL_FINETUNE.paper_split, held_out_games=SCALED_QL_FINETUNE.held_out_games,
+        methods=("dt_transfer", "scratch"), pretrained_methods=("dt_transfer",),
+        scale_fn=functools.partial(finetune_1pct_scale, target_period=False),
+    )
 
     def model_presets(self) -> tuple[str, ...]:
         return tuple(PRESETS)

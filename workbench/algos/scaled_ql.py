@@ -36,6 +36,8 @@ from workbench.algos.base import (
     DelegatingPolicy,
     EvalOptions,
     Explanation,
+    FinetuneProtocol,
+    FinetuneScale,
     Scale,
     Stage,
     StageContext,
@@ -397,6 +399,37 @@ class QNetInspector(DelegatingPolicy):
         return actions, [Explanation(q_values=q) for q in out.cpu().numpy()]
 
 
+# ------------------------------------------------------------------------------- fine-tuning
+
+
+def finetune_1pct_scale(preset: str, model: str, method: str, *, target_period: bool = True) -> FinetuneScale:
+    """Paper 000's offline fine-tuning scale (App. B.4: batch 32, lr 5e-5, 300k steps, target
+    period 2000) under ``paper``; minutes on 2 cores under ``cpu``. ``target_period=False`` for a
+    network without a target (MGDT, fine-tuned on this protocol in the paper's Figure 7)."""
+    tiny = model.endswith("-tiny")
+    # A recording (dataset='') of 10,000 steps: the 1% split keeps about 100 transitions.
+    if preset == "paper":
+        return FinetuneScale((("train", 300_000),), batch_size=32, lr=5e-5, eval_episodes=16, eval_max_steps=27_000,
+                             record_steps=10_000, snapshot_every=10_000, log_every=100, checkpoint_every=10_000,
+                             settings={"target_update_period": 2000} if target_period else {})
+    steps, batch = (200, 32) if tiny else (10, 8)
+    return FinetuneScale((("train", steps),), batch_size=batch, lr=5e-5, eval_episodes=2,
+                         eval_max_steps=1000 if tiny else 250, record_steps=10_000, snapshot_every=50, log_every=10,
+                         checkpoint_every=100, settings={"target_update_period": 50} if target_period else {})
+
+
+SCALED_QL_FINETUNE = FinetuneProtocol(
+    # Paper 000, Sec. 5.2 and App. B.4: 1% of the held-out game's data; the encoder and the old
+    # games' heads transfer, the trunk is re-initialized, the new game gets a fresh head; the
+    # encoder may be frozen. Baselines on the same data: scratch, and MTBC from a random init.
+    name="scaled_ql", paper_split="finetune_1pct",
+    held_out_games=("Alien", "MsPacman", "Pong", "SpaceInvaders", "StarGunner"),
+    methods=("transfer", "scratch", "bc"), pretrained_methods=("transfer",), scale_fn=finetune_1pct_scale,
+    transferred=("encoder", "heads"), reinitialized=("trunk",), freezable=("encoder",),
+    method_algos={"bc": "bc"}, carried_settings=("feature_norm",),
+)
+
+
 # ------------------------------------------------------------------------------- registry
 
 
@@ -406,6 +439,7 @@ class QLearningSpec:
 
     metric_prefixes: tuple[str, ...] = ("loss/", "q/", "dist/", "bc/", "batch/")
     suites: tuple[str, ...] = ("atari", "minatar")
+    finetune: FinetuneProtocol | None = SCALED_QL_FINETUNE
 
     def __init__(self, name: str, label: str, settings_class: type, description: str, curves: tuple[str, ...]) -> None:
         self.name, self.label, self.settings_class = name, label, settings_class
