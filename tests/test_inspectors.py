@@ -223,7 +223,7 @@ def jowa_run(tmp_path_factory):
 def test_load_algo_restores_every_jowa_tensor_tokenizer_included(jowa_run):
     import torch
 
-    from workbench.pipeline import load_algo
+    from workbench.run import load_algo
 
     run_dir, trained, init = jowa_run
     loaded, run, ckpt = load_algo(run_dir, device="cpu")

@@ -21,7 +21,8 @@ from shared_paths import SHARED
 from workbench import checkpoint as ckpt_io
 from workbench.algos.scaled_ql import ScaledQL, ScaledQLConfig
 from workbench.data import dqn_replay as dr
-from workbench.online import OnlineConfig, OnlineError, ReplayBuffer, linearly_decaying_epsilon, run_online
+from workbench.data.replay_buffer import ReplayBuffer
+from workbench.online import OnlineConfig, OnlineError, linearly_decaying_epsilon, run_online
 from workbench.run import Run
 
 LOGGED = SHARED / "fixtures" / "dqn_replay_logged"
@@ -463,7 +464,7 @@ def test_command_line_dry_run_and_bad_value(capsys):
     from workbench.online import main
 
     assert main(["--game", "Breakout", "--mode", "12", "--preset", "paper", "--dry-run"]) == 0
-    resolved = json.loads(capsys.readouterr().out)
+    resolved = json.loads(capsys.readouterr().out)["resolved"]
     assert resolved["mode"] == 12 and resolved["frames"] == 3_000_000 and resolved["settings"]["n_step"] == 3
     assert resolved["settings"]["capacity"] == 1_000_000 and resolved["settings"]["target_update_period"] == 8000
     with pytest.raises(SystemExit) as exc:

@@ -117,8 +117,7 @@ def test_wrong_dtype_extra_and_missing_tensors_are_named(tmp_path):
 
 def test_non_finite_weights_are_refused_by_evaluator_explorer_and_video(tmp_path, capsys):
     from workbench.config import PretrainConfig
-    from workbench.pipeline import load_algo
-    from workbench.run import Run
+    from workbench.run import Run, load_algo
     from workbench.viz import video
     from workbench.viz.rollout import load_policy
 

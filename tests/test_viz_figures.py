@@ -301,10 +301,10 @@ def test_build_figures_from_run_folders(tmp_path):
         return (s - ref[g]["random"]) / (ref[g]["human"] - ref[g]["random"])
 
     want = {
-        "scaled_ql/resnet-tiny": trim_mean(
+        "Scaled QL/resnet-tiny": trim_mean(
             [hns("Assault", 300), hns("Assault", 340), hns("Breakout", 10), hns("Breakout", 14)], 0.25
         ),
-        "scaled_ql/resnet18": trim_mean(
+        "Scaled QL/resnet18": trim_mean(
             [hns("Assault", 500), hns("Assault", 600), hns("Breakout", 30), hns("Breakout", 40)], 0.25
         ),
     }
@@ -433,12 +433,12 @@ def test_learning_curves_draw_scaled_ql_and_jowa_runs_together(tmp_path):
     # Each trace sits on its metric's row (y axis n = row n) and carries that run's values.
     for tr in fig.data:
         metric = rows[int(tr.yaxis[1:] or 1) - 1]
-        run = "jowa" if tr.name.startswith("jowa") else "sql"
+        run = "jowa" if tr.name.startswith("JOWA") else "sql"
         assert list(tr.y) == [r[metric] for r in recs[run]], (run, metric)
     drawn = {(tr.name.split("/")[0], rows[int(tr.yaxis[1:] or 1) - 1]) for tr in fig.data}
-    assert ("jowa", "loss") in drawn and ("jowa", "loss/world") in drawn and ("scaled_ql", "loss/td") in drawn
-    assert ("jowa", "loss/td") in drawn  # one namespace: both methods' TD terms share a row
-    assert not any(m == "loss/world" for r, m in drawn if r == "scaled_ql")
+    assert ("JOWA", "loss") in drawn and ("JOWA", "loss/world") in drawn and ("Scaled QL", "loss/td") in drawn
+    assert ("JOWA", "loss/td") in drawn  # one namespace: both methods' TD terms share a row
+    assert not any(m == "loss/world" for r, m in drawn if r == "Scaled QL")
 
 
 def _scores_doc(means: dict[str, float], cap: int | None) -> dict:
@@ -512,7 +512,7 @@ def test_search_tree_nodes_carry_visible_action_and_score_labels():
 
 
 def test_ablation_table_is_as_wide_as_its_columns_and_scaling_ticks_decades():
-    long = "scaled_ql/resnet-tiny (games=Pong,Breakout,Assault,Asterix, lr=0.0001)"
+    long = "Scaled QL/resnet-tiny (games=Pong,Breakout,Assault,Asterix, lr=0.0001)"
     rows = [{"method": long, "runs": 2, "IQM": 0.5, "IQM 95% CI": [0.1, 0.9], "median": 0.4, "mean": 0.6,
              "optimality gap": 0.5, "params": "1,234,567"}]
     fig = R.make_ablation_table_figure(rows)

@@ -23,7 +23,8 @@ from workbench.algos.base import PRESETS, AlgoSpec, EvalOptions, Scale, Stage, a
 from workbench.games import geometry_of
 from workbench.settings import from_params, namespace_params
 
-__all__ = ["EvaluateConfig", "PretrainConfig", "namespace_params", "RESUMABLE_FIELDS"]
+__all__ = ["EvaluateConfig", "PretrainConfig", "RESUMABLE_FIELDS", "check_cpu_time", "estimate_cpu_hours",
+           "namespace_params"]
 
 RESUMABLE_FIELDS = ("steps", "eval_episodes", "eval_max_steps", "num_envs", "planning_horizon", "beam_width",
                     "eval_sticky_actions", "eval_noop_starts", "eval_references",
@@ -44,7 +45,22 @@ def estimate_cpu_hours(samples: int, model: str) -> tuple[float, bool]:
     return samples / (rate or max(CPU_SAMPLES_PER_S.values())) / 3600, rate is not None
 
 
-def _check_eval_cap(name: str, value: int) -> None:
+def check_cpu_time(work: str, samples: int, model: str, *, preset: str, device_type: str,
+                   allow_slow_cpu: bool) -> None:
+    """Stop a ``preset='paper'`` job on a CPU before it starts: ``work`` says what it would do
+    ("trains 5,120,000 samples ..."), the message adds the estimated hours."""
+    if preset != "paper" or device_type != "cpu" or allow_slow_cpu:
+        return
+    hours, measured = estimate_cpu_hours(samples, model)
+    bound = "" if measured else "at least "
+    shown = f"{hours:,.0f}" if hours >= 10 else f"{hours:.1f}"
+    raise RuntimeError(
+        f"preset='paper' {work}; on this CPU that takes {bound}about {shown} hours. Use a GPU (device='cuda'), "
+        "the 'cpu' preset, or pass allow_slow_cpu=True to run it anyway."
+    )
+
+
+def check_eval_cap(name: str, value: int) -> None:
     from workbench.envs import MAX_AGENT_STEPS
 
     if value > MAX_AGENT_STEPS:
@@ -52,8 +68,8 @@ def _check_eval_cap(name: str, value: int) -> None:
                          f"(108,000 frames); give at most {MAX_AGENT_STEPS}")
 
 
-def _check_device(device: str) -> None:
-    from workbench.train import resolve_device
+def check_device(device: str) -> None:
+    from workbench.devices import resolve_device
 
     resolve_device(device)  # unknown names and absent accelerators: an error listing the valid ones
 
@@ -149,8 +165,8 @@ class PretrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr < 0 or not math.isfinite(self.lr):
             raise ValueError(f"lr must be a finite number >= 0 (0 = the paper's rule), got {self.lr}")
-        _check_eval_cap("eval_max_steps", self.eval_max_steps)
-        _check_device(self.device)
+        check_eval_cap("eval_max_steps", self.eval_max_steps)
+        check_device(self.device)
         if not self.dataset and self.record_steps < 100:
             raise ValueError("record_steps must be >= 100 when no dataset is given (data is recorded first)")
         if self.output_dir.strip() in (".", "./") or (self.output_dir and not self.output_dir.strip()):
@@ -225,16 +241,11 @@ class PretrainConfig:
 
         ``device_type`` is the resolved device's type ('cpu', 'cuda', ...). The estimate uses
         the eager training throughput measured on the 2-core CPU machine (README, Performance)."""
-        if self.preset != "paper" or device_type != "cpu" or self.allow_slow_cpu:
-            return
-        total = sum(s.steps for s in self.stages()) * self.effective_batch_size
-        hours, measured = estimate_cpu_hours(total, self.model)
-        bound = "" if measured else "at least "
-        raise RuntimeError(
-            f"preset='paper' trains {total:,} samples ({' + '.join(f'{s.steps:,}' for s in self.stages())} steps at "
-            f"batch {self.effective_batch_size}); on this CPU that takes {bound}about {hours:,.0f} hours. Use a GPU "
-            "(device='cuda'), the 'cpu' preset, or pass allow_slow_cpu=True to run it anyway."
-        )
+        stages, batch = self.stages(), self.effective_batch_size
+        steps = " + ".join(f"{s.steps:,}" for s in stages)
+        check_cpu_time(f"trains {sum(s.steps for s in stages) * batch:,} samples ({steps} steps at batch {batch})",
+                       sum(s.steps for s in stages) * batch, self.model, preset=self.preset, device_type=device_type,
+                       allow_slow_cpu=self.allow_slow_cpu)
 
     @property
     def eval_options(self) -> EvalOptions:
@@ -324,8 +335,8 @@ class EvaluateConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         parse_beam_width(self.beam_width, None)
         _check_eval_extras(self.sticky_actions, self.noop_starts)
-        _check_eval_cap("max_steps", self.max_steps)
-        _check_device(self.device)
+        check_eval_cap("max_steps", self.max_steps)
+        check_device(self.device)
         if self.planning_horizon < 0:
             raise ValueError(f"planning_horizon must be >= 0, got {self.planning_horizon}")
         if self.seed < 0:

@@ -34,7 +34,6 @@ same job from a shell (``--dry-run`` prints the resolved configuration).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench import checkpoint as ckpt_io
+from workbench import jobs
 from workbench import transfer as T
 from workbench.algos.base import (
     PRESETS,
@@ -57,9 +57,18 @@ from workbench.algos.base import (
     algo_names,
     get_algo,
 )
+from workbench.config import check_cpu_time, check_device, check_eval_cap
+from workbench.data.splits import parse_runs, parse_split
+from workbench.devices import resolve_device
 from workbench.fileio import atomic_write_json, atomic_write_text, read_json
-from workbench.run import Run, RunLock
+from workbench.games import canonical_game, geometry_of, suite_of
+from workbench.jobs import Job, locked
+from workbench.metrics import has_reference, normalize_score
+from workbench.paths import resolve_path
+from workbench.pipeline import evaluate_algo, prepare_dataset, run_figures
+from workbench.run import Run
 from workbench.settings import from_params, namespace_params
+from workbench.train import train_stages
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "main", "namespace_params"]
 
@@ -158,9 +167,6 @@ class FinetuneConfig:
     # ---- validation -------------------------------------------------------------------------
 
     def __post_init__(self) -> None:
-        from workbench.config import _check_device, _check_eval_cap
-        from workbench.data.splits import parse_runs, parse_split
-        from workbench.games import canonical_game, geometry_of, suite_of
 
         for name, value, choices in (("method", self.method, all_methods()), ("encoder", self.encoder, ENCODER_MODES),
                                      ("report", self.report, REPORTS), ("preset", self.preset, PRESETS)):
@@ -176,8 +182,8 @@ class FinetuneConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr < 0 or not math.isfinite(self.lr):
             raise ValueError(f"lr must be a finite number >= 0 (0 = the preset's), got {self.lr}")
-        _check_eval_cap("eval_max_steps", self.eval_max_steps)
-        _check_device(self.device)
+        check_eval_cap("eval_max_steps", self.eval_max_steps)
+        check_device(self.device)
         parse_runs(self.runs)
         if self.output_dir.strip() in (".", "./") or (self.output_dir and not self.output_dir.strip()):
             raise ValueError(f"output_dir {self.output_dir!r} is not a run folder: give a new or workbench-made "
@@ -219,14 +225,10 @@ class FinetuneConfig:
 
     @property
     def source_run(self) -> Run:
-        from workbench.paths import resolve_path
-
         return Run.open(resolve_path(self.checkpoint))
 
     @property
     def source_checkpoint(self) -> Path | None:
-        from workbench.paths import resolve_path
-
         path = resolve_path(self.checkpoint)
         try:
             return ckpt_io.resolve_checkpoint(path)
@@ -235,8 +237,6 @@ class FinetuneConfig:
 
     @property
     def game_name(self) -> str:
-        from workbench.games import canonical_game
-
         return canonical_game(self.game)
 
     @property
@@ -295,8 +295,6 @@ class FinetuneConfig:
     @property
     def dataset_is_store(self) -> bool:
         """``dataset`` is a built store (used as it is: ``split`` does not apply)."""
-        from workbench.paths import resolve_path
-
         return bool(self.dataset) and (resolve_path(self.dataset) / "manifest.json").is_file()
 
     @property
@@ -355,8 +353,6 @@ class FinetuneConfig:
 
     @property
     def run_dir(self) -> str:
-        from workbench.paths import resolve_path
-
         if self.output_dir:
             return str(resolve_path(self.output_dir))
         frozen = "-frozen" if self.frozen_parts else ""
@@ -365,17 +361,9 @@ class FinetuneConfig:
 
     def check_hardware(self, device_type: str) -> None:
         """Stop a paper-scale run on a CPU before it starts, with the estimated time."""
-        from workbench.config import estimate_cpu_hours
-
-        if self.preset != "paper" or device_type != "cpu" or self.allow_slow_cpu:
-            return
         total = sum(s.steps for s in self.stages()) * self.effective_batch_size
-        hours, measured = estimate_cpu_hours(total, self.model)
-        bound = "" if measured else "at least "
-        raise RuntimeError(
-            f"preset='paper' fine-tunes on {total:,} samples; on this CPU that takes {bound}about {hours:,.1f} hours. "
-            "Use a GPU (device='cuda'), the 'cpu' preset, or pass allow_slow_cpu=True to run it anyway."
-        )
+        check_cpu_time(f"fine-tunes on {total:,} samples", total, self.model, preset=self.preset,
+                       device_type=device_type, allow_slow_cpu=self.allow_slow_cpu)
 
     def params(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -432,25 +420,22 @@ class FinetuneResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-_RUN_ENTRIES = ("checkpoints", "metrics.jsonl", "eval", "figures", "summary.json", "data", "stage1",
-                "history.jsonl", "best_snapshot")
+FINETUNE = Job("finetune", entries=("checkpoints", "metrics.jsonl", "diagnostics.jsonl", "eval", "figures",
+                                    "summary.json", "data", "stage1", "history.jsonl", "best_snapshot"),
+               resumable=RESUMABLE_FIELDS)
+"""Fine-tuning's run folder: what it writes (all replaced by ``resume=False``) and what may
+change on resume."""
 
 
 def open_run(config: FinetuneConfig) -> Run:
     """The run folder of ``config``: new, resumed after a configuration check, or reset."""
-    run = Run(Path(config.run_dir))
-    run.start("finetune", config.params(), config.resolve(), resume=config.resume, may_change=RESUMABLE_FIELDS,
-              entries=_RUN_ENTRIES)
-    return run
+    return FINETUNE.open_run(config)
 
 
 def finetune(config: FinetuneConfig, *, progress: bool = True) -> FinetuneResult:
     """Fine-tune a pretrained checkpoint on one game (see the module docstring); the run folder
     is locked for the whole job."""
-    from workbench.train import resolve_device
-
-    config.check_hardware(resolve_device(config.device).type)
-    with RunLock(config.run_dir):
+    with locked(config):
         return _finetune(config, progress)
 
 
@@ -467,10 +452,26 @@ def _data_settings(config: FinetuneConfig, store: Path) -> dict[str, Any]:
     return {"reward_scale": [*new, *rest]}
 
 
-def _finetune(config: FinetuneConfig, progress: bool) -> FinetuneResult:
-    from workbench.pipeline import evaluate_algo, prepare_dataset, run_figures
-    from workbench.train import TrainConfig, default_diagnostics_every, resolve_device, train
+def _start_weights(config: FinetuneConfig, algo: Any) -> T.TransferReport:
+    """Load the protocol's parts from the checkpoint (a pretrained method) or keep the fresh
+    initialization (scratch and baselines); freeze what ``encoder='frozen'`` freezes."""
+    protocol, games = config.protocol, config.games
+    if config.pretrained:
+        reinit = protocol.reinitialized
+        transfer = protocol.transferred
+        if transfer is None:  # every part the protocol does not re-initialize
+            transfer = tuple(p for p in T.part_names(algo) if p not in reinit)
+        source = config.source_checkpoint
+        assert source is not None  # checked with the config
+        report = T.load_partial(source, algo, games, transfer=transfer, reinitialize=reinit,
+                                source_games=config.source_run.games)
+    else:
+        report = T.fresh_report(algo, games)
+    report.frozen = T.freeze(algo, config.frozen_parts) if config.frozen_parts else []
+    return report
 
+
+def _finetune(config: FinetuneConfig, progress: bool) -> FinetuneResult:
     resolved = config.resolve()
     run = open_run(config)
     store = prepare_dataset(config.data_request, run.path, progress=progress,
@@ -479,21 +480,9 @@ def _finetune(config: FinetuneConfig, progress: bool) -> FinetuneResult:
     settings = dataclasses.replace(config.settings, **data_settings)
     if data_settings:
         run.update_resolved({"data_settings": data_settings})
-    games = config.games
     protocol, spec = config.protocol, config.spec
-    algo = protocol.wrap(spec.build(config.model, games, settings, config.seed), settings)
-    source_ckpt = config.source_checkpoint
-    assert source_ckpt is not None
-    if config.pretrained:
-        reinit = protocol.reinitialized
-        transfer = protocol.transferred
-        if transfer is None:  # every part the protocol does not re-initialize
-            transfer = tuple(p for p in T.part_names(algo) if p not in reinit)
-        report = T.load_partial(source_ckpt, algo, games, transfer=transfer, reinitialize=reinit,
-                                source_games=config.source_run.games)
-    else:
-        report = T.fresh_report(algo, games)
-    report.frozen = T.freeze(algo, config.frozen_parts) if config.frozen_parts else []
+    algo = protocol.wrap(spec.build(config.model, config.games, settings, config.seed), settings)
+    report = _start_weights(config, algo)
     run.update_resolved({"transfer": report.as_dict()})
 
     device = resolve_device(config.device)
@@ -504,34 +493,31 @@ def _finetune(config: FinetuneConfig, progress: bool) -> FinetuneResult:
         episodes=config.effective_eval_episodes, num_envs=config.num_envs, max_steps=config.effective_eval_max_steps,
         seed=config.seed, options=config.eval_options, game_ids=[0], progress=progress,
     )
-    stages = config.stages()
     snapshots: list[dict[str, Any]] = []
-    offset = 0
-    summary: dict[str, Any] = {}
-    for stage in stages:
+
+    def enter_stage(stage: Stage) -> None:
         protocol.enter_stage(spec, algo, stage.name, context)
         if config.frozen_parts:
             T.freeze(algo, config.frozen_parts)
-        stage_dir = run.path / stage.subdir
-        every = config.effective_snapshot_every if config.report == "best_snapshot" else stage.steps
-        bounds = sorted({*range(every, stage.steps, every), stage.steps})
-        for bound in bounds:
-            train_config = TrainConfig(
-                steps=bound, lr=stage.lr, weight_decay=stage.weight_decay,
-                target_update_period=stage.target_update_period, grad_clip=1.0, log_every=resolved["log_every"],
-                checkpoint_every=resolved["checkpoint_every"], device=config.device, seed=config.seed,
-                diagnostics_every=default_diagnostics_every(resolved["log_every"]),
-            )
-            summary = train(algo, protocol.batches(spec, algo, stage.name, context), train_config, stage_dir,
-                            progress=progress, find_unused_parameters=stage.find_unused_parameters)
-            if config.report == "best_snapshot":
-                record = _snapshot(run, algo, stage, stage_dir, offset + bound, eval_kw)
-                if not snapshots or record["mean"] > max(s["mean"] for s in snapshots):
-                    # The best so far (ties keep the earlier): its checkpoint is copied before the
-                    # trainer prunes it, replacing the previous best's copy.
-                    _keep_best(Path(record["checkpoint"]), run.path / "best_snapshot", offset + bound)
-                snapshots.append(record)
-        offset += stage.steps
+
+    def keep_best_snapshot(stage: Stage, stage_dir: Path, step: int) -> None:
+        record = _snapshot(run, algo, stage, stage_dir, step, eval_kw)
+        if not snapshots or record["mean"] > max(s["mean"] for s in snapshots):
+            # The best so far (ties keep the earlier): its checkpoint is copied before the trainer
+            # prunes it, replacing the previous best's copy.
+            _keep_best(Path(record["checkpoint"]), run.path / "best_snapshot", step)
+        snapshots.append(record)
+
+    select_best = config.report == "best_snapshot"
+    stages = config.stages()
+    summary = train_stages(
+        algo, stages, run.path, enter_stage=enter_stage,
+        batches=lambda stage: protocol.batches(spec, algo, stage.name, context), log_every=resolved["log_every"],
+        checkpoint_every=resolved["checkpoint_every"], device=config.device, seed=config.seed,
+        snapshot_every=config.effective_snapshot_every if select_best else 0,
+        on_snapshot=keep_best_snapshot if select_best else None,
+        progress=progress,
+    )
 
     checkpoint = ckpt_io.resolve_checkpoint(run.path)
     flag = _flag(config, snapshots)
@@ -563,7 +549,6 @@ def _finetune(config: FinetuneConfig, progress: bool) -> FinetuneResult:
 
 
 def _dqn_normalized(game: str, score: float) -> float | None:
-    from workbench.metrics import has_reference, normalize_score
 
     return float(normalize_score(game, score, "dqn")) if has_reference(game, "dqn") else None
 
@@ -585,7 +570,6 @@ def _flag(config: FinetuneConfig, snapshots: Sequence[dict[str, Any]]) -> dict[s
 
 def _snapshot(run: Run, algo: Any, stage: Stage, stage_dir: Path, step: int, eval_kw: dict[str, Any]) -> dict[str, Any]:
     """Evaluate the checkpoint just written (step ``step`` of the whole schedule), once."""
-    from workbench.pipeline import evaluate_algo
 
     out = run.path / "eval" / "snapshots" / f"step_{step:08d}.json"
     ckpt = ckpt_io.resolve_checkpoint(stage_dir)
@@ -634,16 +618,7 @@ def _keep_best(ckpt: Path, folder: Path, step: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     """``python -m workbench.finetune --checkpoint runs/pretrain-resnet-tiny --game Pong ...``;
     ``--dry-run`` prints the resolved configuration as JSON and touches no file."""
-    from workbench.settings import parse_args
-
-    config, flags = parse_args(FinetuneConfig, argv, prog="python -m workbench.finetune",
-                               extra_flags={"dry_run": "print the resolved configuration as JSON and exit"})
-    if flags["dry_run"]:
-        print(json.dumps({"params": config.params(), "resolved": config.resolve()}, indent=2, default=str))
-        return 0
-    result = finetune(config)
-    print(json.dumps(result.summary, indent=2, default=str))
-    return 0
+    return jobs.main(FinetuneConfig, finetune, argv, "python -m workbench.finetune")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ The loop is Dopamine's, one environment, one agent step at a time::
 The loss is the workbench's C51 (``workbench.algos.scaled_ql`` with ``alpha = 0``: no CQL term;
 the target network selects and evaluates the next action, as Dopamine's C51 does).
 
-**Logged replay** (``log_replay=True``): the replay buffer *is* batch_rl's logged buffer. After
+**Logged replay** (``log_replay=True``): the replay buffer
+(:class:`workbench.data.replay_buffer.ReplayBuffer`) *is* batch_rl's logged buffer. After
 every add with ``add_count % capacity == capacity - 1`` the whole ring is written as the next
 checkpoint (cursor ``capacity - 1``, the 1-step ``invalid_range`` of the public data's DQN
 writers), and at the end the partial last lap is written with ``add_count`` set to the cursor
@@ -30,9 +31,10 @@ agent itself samples with the rule of its own horizon (Dopamine's n-step ``inval
 never trains on the stale slot a 3-step window could reach across the cursor.
 
 **Checkpoints and exact resume.** Checkpoints are written at episode ends (the first one after
-every ``checkpoint_every`` agent steps) and at the end: weights, target, Adam state, every RNG and
-counter (``workbench.checkpoint``), plus the replay buffer in ``<run>/replay/step_*.safetensors``
-(atomic, its sha256 in the checkpoint's ``state.json``). Every episode resets its environment with
+every ``checkpoint_every`` agent steps) and at the end, all by :class:`OnlineState` (which alone
+saves and restores the loop's state): weights, target, Adam state, every RNG and counter
+(``workbench.checkpoint``), plus the replay buffer in ``<run>/replay/step_*.safetensors`` (atomic,
+its sha256 in the checkpoint's ``state.json``). Every episode resets its environment with
 its own seed, so a run resumed from an episode-end checkpoint continues bit-identically on CPU.
 The last checkpoint of a finished run may lie inside an episode; such a run can be re-opened
 (evaluated, shown) but not extended.
@@ -48,37 +50,47 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from workbench import checkpoint as ckpt_io
 from workbench import games as G
+from workbench import jobs
 from workbench.algos.base import PRESETS
 from workbench.algos.scaled_ql import ScaledQL, ScaledQLConfig
+from workbench.config import check_cpu_time
 from workbench.data import dqn_replay as dr
-from workbench.data.record import dump_ring
-from workbench.fileio import atomic_write_json, sha256_file
-from workbench.geometry import ATARI
-from workbench.run import Run, RunLock
+from workbench.data.replay_buffer import ReplayBuffer, batch_tensors, load_replay, prune_replays, save_replay
+from workbench.devices import resolve_device
+from workbench.envs import FRAME_SKIP, MAX_AGENT_STEPS, AtariProtocolEnv, FrameStacker, _check_variant
+from workbench.evaluate import evaluate
+from workbench.fileio import atomic_write_json
+from workbench.jobs import Job, locked
+from workbench.models.qnet import PRESETS as QNET_PRESETS
+from workbench.paths import resolve_path
+from workbench.run import Run
+from workbench.settings import from_params
+from workbench.train import truncate_metrics
+from workbench.transfer import freeze, load_partial
 
-__all__ = ["ENCODER_MODES", "OnlineConfig", "OnlineResult", "OnlineSettings", "ReplayBuffer", "epsilon_at",
+__all__ = ["ENCODER_MODES", "OnlineConfig", "OnlineResult", "OnlineSettings", "OnlineState", "epsilon_at",
            "linearly_decaying_epsilon", "run_online", "main"]
 
 STACK = dr.STACK_SIZE
 ENCODER_MODES = ("finetuned", "frozen")
-#: the public data's writers were DQN agents: their invalid_range is the 1-step one
-LOG_UPDATE_HORIZON = 1
+#: the game id of the agent's one game, for its batch-1 action selection
+_GID = np.zeros(1, np.int64)
 #: the run's logged replay, a DQN-Replay root
 LOG_ROOT = Path("data") / "replay"
 REPLAY_DIR = "replay"
 CURVE_FILE = "curve.json"
-_RUN_ENTRIES = ("checkpoints", "replay", "metrics.jsonl", "episodes.jsonl", "eval", "figures", CURVE_FILE,
-                "summary.json", "data", "history.jsonl")
 
 
 class OnlineError(ValueError):
@@ -164,191 +176,6 @@ def epsilon_at(settings: OnlineSettings, step: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# Replay buffer (Dopamine's circular buffer; batch_rl's logging)
-
-
-class ReplayBuffer:
-    """Dopamine's ``OutOfGraphReplayBuffer`` (stack 4) with batch_rl's logging, in numpy.
-
-    Rows ``(o_t, a_t, clip(r_t), terminal_t)`` go into a ring of ``capacity`` slots; before the
-    first row and after every terminal, 3 all-zero padding rows are added (they count in
-    ``add_count``). With ``log_dir`` the buffer logs itself as batch_rl did: after every *add*
-    (padding and row together) with ``add_count % capacity == capacity - 1`` the whole ring is
-    dumped as checkpoint ``log_count``, and :meth:`log_final` dumps the last partial lap.
-    """
-
-    def __init__(self, capacity: int, *, log_dir: Path | None = None) -> None:
-        self.capacity = int(capacity)
-        self.obs = np.zeros((self.capacity, *ATARI.frame_shape), np.uint8)
-        self.action = np.zeros(self.capacity, np.int32)
-        self.reward = np.zeros(self.capacity, np.float32)
-        self.terminal = np.zeros(self.capacity, np.uint8)
-        self.add_count = 0
-        self.log_dir = log_dir
-        self.log_count = 0
-
-    @property
-    def cursor(self) -> int:
-        return self.add_count % self.capacity
-
-    def _put(self, obs: np.ndarray | None, action: int, reward: float, terminal: bool) -> None:
-        i = self.cursor
-        if obs is None:
-            self.obs[i] = 0
-        else:
-            self.obs[i] = obs
-        self.action[i], self.reward[i], self.terminal[i] = action, reward, terminal
-        self.add_count += 1
-
-    def add(self, obs: np.ndarray, action: int, reward: float, terminal: bool) -> None:
-        """Dopamine's ``add``: padding first when an episode starts, then the row; then batch_rl's
-        logging check (once per add, so a padded add can step over ``capacity - 1``, as it did)."""
-        if self.add_count == 0 or self.terminal[(self.cursor - 1) % self.capacity] == 1:
-            for _ in range(STACK - 1):
-                self._put(None, 0, 0.0, False)
-        self._put(obs, action, reward, terminal)
-        if self.log_dir is not None and self.add_count % self.capacity == self.capacity - 1:
-            self._dump(self.add_count)
-
-    def _dump(self, add_count: int) -> None:
-        assert self.log_dir is not None
-        dump_ring(self.log_dir, self.log_count, self.obs, self.action, self.reward, self.terminal,
-                  rows=self.capacity, add_count=add_count, update_horizon=LOG_UPDATE_HORIZON)
-        self.log_count += 1
-
-    def log_final(self) -> None:
-        """batch_rl's ``log_final_buffer``: the whole ring with ``add_count`` set to the cursor."""
-        if self.log_dir is not None and self.add_count:
-            self._dump(self.cursor)
-
-    # ------------------------------------------------------------------ sampling
-
-    def valid(self, idx: np.ndarray, n_step: int) -> np.ndarray:
-        """Dopamine's ``is_valid_transition`` for a reader of horizon ``n_step``, per index."""
-        idx = np.asarray(idx, np.int64)
-        cap, cur = self.capacity, self.cursor
-        ok = (idx >= 0) & (idx < cap)
-        if self.add_count < cap:
-            ok &= (idx >= STACK - 1) & (idx < cur - n_step)
-        else:
-            # invalid_range: slots cursor - n .. cursor + STACK - 1 (ring-indexed)
-            ok &= (idx - (cur - n_step)) % cap >= STACK + n_step
-        for k in range(1, STACK):
-            ok &= self.terminal[(idx - k) % cap] == 0
-        return ok
-
-    def num_valid(self, n_step: int) -> int:
-        return int(self.valid(np.arange(self.capacity), n_step).sum())
-
-    def sample_indices(self, rng: np.random.Generator, batch_size: int, n_step: int) -> np.ndarray:
-        """Uniform over valid transition starts, by rejection (like Dopamine: draw, keep the valid)."""
-        high = self.capacity if self.add_count >= self.capacity else self.cursor
-        out: list[np.ndarray] = []
-        need, rounds = batch_size, 0
-        while need > 0:
-            # (a full scan is O(capacity): only when rejection keeps failing, to name the problem)
-            rounds += 1
-            if rounds == 64 and self.num_valid(n_step) == 0:
-                raise OnlineError(f"the replay holds no valid {n_step}-step transition ({self.add_count} rows added)")
-            cand = rng.integers(0, high, size=2 * batch_size)
-            good = cand[self.valid(cand, n_step)]
-            out.append(good[:need])
-            need -= len(out[-1])
-        return np.concatenate(out)
-
-    def transitions(self, idx: np.ndarray, n_step: int, gamma: float) -> dict[str, np.ndarray]:
-        """Transitions starting at slots ``idx`` (which must be valid): stacks channels first,
-        n-step return truncated at the first terminal, next stack at ``idx + length``."""
-        cap = self.capacity
-        idx = np.asarray(idx, np.int64)
-        win = (idx[:, None] + np.arange(n_step)[None, :]) % cap
-        ret, length, is_term = dr.nstep_targets(self.reward[win], self.terminal[win], gamma)
-        offs = np.arange(-(STACK - 1), 1)
-        state = self.obs[(idx[:, None] + offs) % cap]
-        next_state = self.obs[((idx + length)[:, None] + offs) % cap]
-        return {"state": state, "next_state": next_state, "action": self.action[idx].astype(np.int64),
-                "reward": ret, "length": length, "terminal": is_term.astype(np.uint8)}
-
-    # ------------------------------------------------------------------ state
-
-    def state_arrays(self) -> dict[str, np.ndarray]:
-        return {"observation": self.obs, "action": self.action, "reward": self.reward, "terminal": self.terminal}
-
-    def load_arrays(self, arrays: dict[str, np.ndarray], add_count: int, log_count: int) -> None:
-        for key, dest in self.state_arrays().items():
-            src = arrays[key]
-            if src.shape != dest.shape or src.dtype != dest.dtype:
-                raise ckpt_io.CheckpointError(f"replay array {key!r} is {src.dtype} {src.shape}, the buffer needs "
-                                              f"{dest.dtype} {dest.shape} (a different capacity?)")
-            dest[...] = src
-        self.add_count, self.log_count = int(add_count), int(log_count)
-
-
-def batch_tensors(tr: dict[str, np.ndarray], gamma: float, n_step: int, valid_mask: torch.Tensor,
-                  device: torch.device) -> dict[str, torch.Tensor]:
-    """A transition dict as the loss's batch (``docs/architecture.md``, Transition batch)."""
-    b = len(tr["action"])
-    terminal = torch.from_numpy(tr["terminal"].astype(np.float32))
-    discount = torch.full((b,), float(np.float32(gamma) ** n_step)) * (1.0 - terminal)
-    batch = {
-        "obs": torch.from_numpy(np.ascontiguousarray(tr["state"])),
-        "action": torch.from_numpy(tr["action"]),
-        "reward": torch.from_numpy(tr["reward"]),
-        "discount": discount,
-        "next_obs": torch.from_numpy(np.ascontiguousarray(tr["next_state"])),
-        "terminal": terminal,
-        "game_id": torch.zeros(b, dtype=torch.int64),
-    }
-    out = {k: v.to(device) for k, v in batch.items()}
-    out["valid_mask"] = valid_mask.expand(b, -1)
-    return out
-
-
-def save_replay(run_dir: Path, step: int, replay: ReplayBuffer) -> dict[str, Any]:
-    """Write the replay buffer atomically as ``replay/step_*.safetensors``; its name and sha256."""
-    from safetensors.numpy import save_file
-
-    folder = run_dir / REPLAY_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"step_{step:08d}.safetensors"
-    tmp = folder / f".{final.name}.tmp"
-    try:
-        save_file(dict(replay.state_arrays()), str(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return {"file": final.name, "sha256": sha256_file(final), "add_count": replay.add_count,
-            "log_count": replay.log_count, "capacity": replay.capacity}
-
-
-def load_replay(run_dir: Path, meta: dict[str, Any], replay: ReplayBuffer) -> None:
-    from safetensors.numpy import load_file
-
-    path = run_dir / REPLAY_DIR / str(meta["file"])
-    if Path(meta["file"]).name != meta["file"] or not path.is_file():
-        raise ckpt_io.CheckpointError(f"the checkpoint's replay buffer {path} is missing")
-    if sha256_file(path) != meta["sha256"]:
-        raise ckpt_io.CheckpointError(f"{path} does not match the sha256 its checkpoint recorded: corrupt or replaced")
-    replay.load_arrays(load_file(str(path)), meta["add_count"], meta["log_count"])
-
-
-def _prune_replays(run_dir: Path) -> None:
-    """Delete replay files no kept checkpoint refers to."""
-    folder = run_dir / REPLAY_DIR
-    keep = set()
-    for ck in (run_dir / "checkpoints").glob("step_*"):
-        if ckpt_io.is_own_checkpoint(ck):
-            keep.add(((ckpt_io.read_state(ck).get("extra") or {}).get("replay") or {}).get("file"))
-    for p in folder.glob("step_*.safetensors"):
-        if p.name not in keep:
-            p.unlink()
-    for p in folder.glob(".step_*.safetensors.tmp"):  # what a kill during a save left
-        p.unlink()
-
-
-# ----------------------------------------------------------------------------------------------
 # The job's configuration
 
 
@@ -413,8 +240,6 @@ class OnlineConfig:
         if self.encoder == "frozen" and not self.checkpoint:
             raise OnlineError("encoder='frozen' needs a pretrained checkpoint (a frozen random encoder is not a "
                               "transfer); give checkpoint=<run> or encoder='finetuned'")
-        from workbench.envs import _check_variant
-
         _check_variant(G.canonical_game(self.game), self.mode_or_none, self.difficulty_or_none)
         for name in ("frames", "capacity", "eval_every", "eval_episodes", "eval_max_steps", "checkpoint_every", "seed",
                      "cpu_threads"):
@@ -424,31 +249,19 @@ class OnlineConfig:
             raise OnlineError(f"frames must be >= 4 (one agent step), got {self.frames}")
         if not (np.isfinite(self.lr) and self.lr >= 0):
             raise OnlineError(f"lr must be a finite number >= 0 (0 = the preset's), got {self.lr}")
-        from workbench.envs import MAX_AGENT_STEPS
-
         if self.eval_max_steps > MAX_AGENT_STEPS:
             raise OnlineError(f"eval_max_steps must be <= {MAX_AGENT_STEPS} (the protocol's cap), "
                               f"got {self.eval_max_steps}")
-        if self.model:
-            from workbench.models.qnet import PRESETS as QNET_PRESETS
-
-            if self.model not in QNET_PRESETS:
-                raise OnlineError(f"unknown model {self.model!r}; valid models: {', '.join(QNET_PRESETS)}")
-        from workbench.train import resolve_device
-
+        if self.model and self.model not in QNET_PRESETS:
+            raise OnlineError(f"unknown model {self.model!r}; valid models: {', '.join(QNET_PRESETS)}")
         resolve_device(self.device)
-        if self.checkpoint:
-            from workbench.paths import resolve_path
-
-            path = resolve_path(self.checkpoint)
-            ckpt_io.resolve_checkpoint(path)  # missing or pickled: an error naming it, before any work
+        if self.checkpoint:  # missing or pickled: an error naming it, before any work
+            ckpt_io.resolve_checkpoint(resolve_path(self.checkpoint))
         self.settings  # noqa: B018  (the resolved hyper-parameters validate themselves)
 
     @classmethod
     def from_params(cls, **params: Any) -> OnlineConfig:
         """From papermill parameters: unknown names and ill-typed values are errors."""
-        from workbench.settings import from_params
-
         return from_params(cls, params)
 
     @property
@@ -475,8 +288,6 @@ class OnlineConfig:
         if unknown or "lr" in self.agent_args or "capacity" in self.agent_args:
             raise OnlineError(f"unknown agent_args {unknown or ['lr/capacity (parameters of their own)']}; valid: "
                               f"{', '.join(n for n in names if n not in ('lr', 'capacity'))}")
-        from workbench.settings import from_params
-
         values = {**dataclasses.asdict(base), "capacity": self.capacity or base.capacity, **self.agent_args}
         return from_params(OnlineSettings, values, what="agent_args setting")
 
@@ -486,8 +297,6 @@ class OnlineConfig:
 
     @property
     def agent_steps(self) -> int:
-        from workbench.envs import FRAME_SKIP
-
         return self.total_frames // FRAME_SKIP
 
     @property
@@ -514,8 +323,6 @@ class OnlineConfig:
     @property
     def model_name(self) -> str:
         if self.checkpoint:
-            from workbench.paths import resolve_path
-
             source = Run.open(resolve_path(self.checkpoint)).model
             if self.model and self.model != source:
                 raise OnlineError(f"model {self.model!r} differs from the checkpoint's {source!r}: the encoder "
@@ -525,8 +332,6 @@ class OnlineConfig:
 
     @property
     def run_dir(self) -> str:
-        from workbench.paths import resolve_path
-
         if self.output_dir:
             return str(resolve_path(self.output_dir))
         variant = f"-mode{self.mode}" if self.mode >= 0 else ""
@@ -539,18 +344,11 @@ class OnlineConfig:
     def check_hardware(self, device_type: str) -> None:
         """Stop a paper-scale run on a CPU before it starts, with the estimated time of its updates
         (eager training throughput of the 2-core CPU machine, ``workbench.config.CPU_SAMPLES_PER_S``)."""
-        if self.preset != "paper" or device_type != "cpu" or self.allow_slow_cpu:
-            return
-        from workbench.config import estimate_cpu_hours
-
         s = self.settings
         updates = max(0, self.agent_steps - s.min_replay_history) // s.update_period
-        hours, measured = estimate_cpu_hours(updates * s.batch_size, self.model_name)
-        bound = "" if measured else "at least "
-        raise RuntimeError(
-            f"preset='paper' makes {updates:,} updates of batch {s.batch_size} with {self.model_name} over "
-            f"{self.agent_steps:,} agent steps; on this CPU that takes {bound}about {hours:,.0f} hours (updates "
-            "alone). Use a GPU (device='cuda'), the 'cpu' preset, or pass allow_slow_cpu=True to run it anyway.")
+        check_cpu_time(f"makes {updates:,} updates of batch {s.batch_size} with {self.model_name} over "
+                       f"{self.agent_steps:,} agent steps (updates alone)", updates * s.batch_size, self.model_name,
+                       preset=self.preset, device_type=device_type, allow_slow_cpu=self.allow_slow_cpu)
 
     def resolve(self) -> dict[str, Any]:
         """Everything the run uses, resolved (``config.json``'s ``resolved``)."""
@@ -566,9 +364,11 @@ class OnlineConfig:
         }
 
 
-#: what a resumed run may change: a longer or shorter run, more evaluation, another device
-RESUMABLE_FIELDS = ("frames", "eval_episodes", "eval_every", "eval_max_steps", "checkpoint_every", "device",
-                    "cpu_threads", "resume", "output_dir", "allow_slow_cpu")
+ONLINE = Job("online", entries=("checkpoints", "replay", "metrics.jsonl", "episodes.jsonl", "eval", "figures",
+                                CURVE_FILE, "summary.json", "data", "history.jsonl"),
+             # a resumed run may change: a longer or shorter run, more evaluation, another device
+             resumable=("frames", "eval_episodes", "eval_every", "eval_max_steps", "checkpoint_every", "device",
+                        "cpu_threads", "resume", "output_dir", "allow_slow_cpu"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -596,10 +396,7 @@ def _episode_seed(seed: int, episode: int) -> int:
 
 def open_online_run(config: OnlineConfig) -> Run:
     """The run folder of ``config`` (kind ``online``): new, resumed after a config check, or reset."""
-    run = Run(Path(config.run_dir))
-    run.start("online", config.params(), config.resolve(), resume=config.resume, may_change=RESUMABLE_FIELDS,
-              entries=_RUN_ENTRIES)
-    return run
+    return ONLINE.open_run(config)
 
 
 def transfer_encoder(algo: ScaledQL, checkpoint: str | os.PathLike[str], game: str) -> dict[str, Any]:
@@ -607,20 +404,105 @@ def transfer_encoder(algo: ScaledQL, checkpoint: str | os.PathLike[str], game: s
     trunk and heads keep their fresh initialization (the paper's choice), the target network
     follows. The checkpoint is verified first (sha256, names, shapes, dtypes, finite). Returns the
     transfer report (what was transferred, re-initialized, new and dropped)."""
-    from workbench import transfer
-
-    report = transfer.load_partial(checkpoint, algo, [game], transfer=("encoder",), reinitialize=("trunk", "heads"))
+    report = load_partial(checkpoint, algo, [game], transfer=("encoder",), reinitialize=("trunk", "heads"))
     return report.as_dict()
 
 
 def _default_env_factory(config: OnlineConfig, sticky: float) -> EnvFactory:
-    from workbench.envs import AtariProtocolEnv
-
     def make(seed: int) -> Any:
         return AtariProtocolEnv(config.game_name, "data", mode=config.mode_or_none,
                                 difficulty=config.difficulty_or_none, seed=seed, repeat_action_probability=sticky)
 
     return make
+
+
+@dataclass
+class OnlineState:
+    """Everything the loop carries from one agent step to the next, and the one place that saves
+    and restores it (exact resume): the networks and Adam (``workbench.checkpoint``, which also
+    keeps the global RNGs), the replay buffer (``<run>/replay/step_*.safetensors``, its sha256 in
+    the checkpoint), the agent's RNG (exploration and replay sampling), the counters and the
+    evaluation curve. ``settings`` and ``transferred`` are recorded with every checkpoint."""
+
+    algo: ScaledQL
+    optimizer: torch.optim.Optimizer
+    replay: ReplayBuffer
+    rng: np.random.Generator
+    settings: OnlineSettings
+    transferred: dict[str, Any]
+    next_checkpoint: int
+    step: int = 0
+    episode: int = 0
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    finished: bool = False
+    """The run's final checkpoint was restored and already reaches the configured steps."""
+
+    @classmethod
+    def build(cls, config: OnlineConfig, device: torch.device, run_dir: Path) -> OnlineState:
+        """A fresh agent for ``config``: the network (its encoder transferred and maybe frozen),
+        Adam over its trainable parameters, the replay buffer (logging under ``run_dir`` with
+        ``log_replay``) and the agent's RNG."""
+        settings, game = config.settings, config.game_name
+        algo = ScaledQL.build(config.model_name, [game], settings.c51(), seed=config.seed)
+        transferred = transfer_encoder(algo, resolve_path(config.checkpoint), game) if config.checkpoint else {}
+        if config.encoder == "frozen":
+            transferred["frozen"] = freeze(algo, ("encoder",))
+        algo.to(device)
+        params = [p for p in algo.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=settings.lr, eps=settings.adam_eps)
+        log_dir = run_dir / LOG_ROOT / game / "1" / "replay_logs" if config.log_replay else None
+        replay = ReplayBuffer(settings.capacity, log_dir=log_dir)
+        rng = np.random.default_rng(np.random.SeedSequence([config.seed, 5]))
+        return cls(algo, optimizer, replay, rng, settings, transferred, config.checkpoint_every_steps)
+
+    @classmethod
+    def open(cls, config: OnlineConfig, device: torch.device, run_dir: Path) -> OnlineState:
+        """The agent of ``config`` at the run's last checkpoint (:meth:`load`), or fresh."""
+        state = cls.build(config, device, run_dir)
+        state.load(run_dir, config)
+        return state
+
+    def save(self, run_dir: Path, *, mid_episode: bool, final: bool = False) -> Path:
+        """Checkpoint the state at ``step`` (``final``: the run's last one; ``mid_episode``: it
+        cannot be extended exactly); replay files no kept checkpoint names are deleted."""
+        replay_meta = save_replay(run_dir / REPLAY_DIR, self.step, self.replay)
+        extra = {"step": self.step, "episode": self.episode, "curve": self.curve, "rng": self.rng.bit_generator.state,
+                 "next_checkpoint": self.next_checkpoint, "mid_episode": mid_episode, "finished": final,
+                 "replay": replay_meta, "settings": dataclasses.asdict(self.settings),
+                 "transferred": self.transferred}
+        path = ckpt_io.save_checkpoint(run_dir, self.step, self.algo.model, target=self.algo.target_model,
+                                       optimizer=self.optimizer, extra=json.loads(json.dumps(extra)))
+        kept = [ck for ck in (run_dir / "checkpoints").glob("step_*") if ckpt_io.is_own_checkpoint(ck)]
+        prune_replays(run_dir / REPLAY_DIR, {_replay_file(ck) for ck in kept})
+        return path
+
+    def load(self, run_dir: Path, config: OnlineConfig) -> None:
+        """Restore the run's last checkpoint, if it has one, and cut the run's logs back to its
+        step. A finished run whose end cannot be extended exactly (its last checkpoint inside an
+        episode, or its logged replay closed) refuses more steps."""
+        last = ckpt_io.latest_checkpoint(run_dir)
+        if last is not None:
+            extra = ckpt_io.load_checkpoint(last, self.algo.model, target=self.algo.target_model,
+                                            optimizer=self.optimizer, restore_rng=True)["extra"]
+            load_replay(run_dir / REPLAY_DIR, extra["replay"], self.replay)
+            self.rng.bit_generator.state = extra["rng"]
+            self.step, self.episode, self.curve = int(extra["step"]), int(extra["episode"]), list(extra["curve"])
+            self.next_checkpoint = int(extra["next_checkpoint"])
+            finished, mid_episode = bool(extra.get("finished", False)), bool(extra["mid_episode"])
+            if finished and self.step < config.agent_steps and (mid_episode or config.log_replay):
+                why = ("its last checkpoint lies inside an episode" if mid_episode else
+                       "its logged replay already ends with the final partial dump")
+                raise OnlineError(
+                    f"{run_dir} finished at agent step {self.step} and cannot be extended to {config.agent_steps} "
+                    f"steps: {why}. Start another run (another output_dir, or resume=False)")
+            self.finished = finished and self.step >= config.agent_steps  # extended at an episode end: train on
+        truncate_metrics(run_dir / "metrics.jsonl", self.step)
+        truncate_metrics(run_dir / "episodes.jsonl", self.step)
+        self.curve = [c for c in self.curve if c["step"] <= self.step]
+
+
+def _replay_file(ckpt: Path) -> str | None:
+    return ((ckpt_io.read_state(ckpt).get("extra") or {}).get("replay") or {}).get("file")
 
 
 def run_online(
@@ -633,183 +515,132 @@ def run_online(
     the game variant); ``evaluate_fn(policy, seed)`` returns an evaluator result (default:
     ``workbench.evaluate.evaluate`` on the variant). ``stop_after`` ends the process's work after
     that many agent steps in total (a simulated kill, for the resume test): no final checkpoint."""
-    from tqdm.auto import tqdm
-
-    from workbench.train import _truncate_metrics, resolve_device
-
-    settings = config.settings
-    game = config.game_name
-    n_actions = G.num_actions(game)
+    s, total = config.settings, config.agent_steps
     device = resolve_device(config.device)
-    config.check_hardware(device.type)
     if config.cpu_threads:
         torch.set_num_threads(config.cpu_threads)
-    run = open_online_run(config)
-    run_dir = run.path
-    lock = RunLock(run_dir).acquire()
-    try:
-        algo = ScaledQL.build(config.model_name, [game], settings.c51(), seed=config.seed)
-        transferred: dict[str, Any] = {}
-        if config.checkpoint:
-            from workbench.paths import resolve_path
-
-            transferred = transfer_encoder(algo, resolve_path(config.checkpoint), game)
-        if config.encoder == "frozen":
-            from workbench.transfer import freeze
-
-            transferred["frozen"] = freeze(algo, ("encoder",))
-        algo.to(device)
-        params = [p for p in algo.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=settings.lr, eps=settings.adam_eps)
-        log_dir = run_dir / LOG_ROOT / game / "1" / "replay_logs" if config.log_replay else None
-        replay = ReplayBuffer(settings.capacity, log_dir=log_dir)
-        rng = np.random.default_rng(np.random.SeedSequence([config.seed, 5]))
-        env_factory = env_factory or _default_env_factory(config, settings.sticky_actions)
-        if evaluate_fn is None:
-            evaluate_fn = _evaluator(config)
+    with locked(config):  # the hardware check, then the lock, before the folder is touched
+        run = open_online_run(config)
+        run_dir = run.path
+        state = OnlineState.open(config, device, run_dir)  # a fresh agent, or the run's last checkpoint
+        algo, optimizer, replay, rng = state.algo, state.optimizer, state.replay, state.rng
+        env_factory = env_factory or _default_env_factory(config, s.sticky_actions)
+        evaluate_fn = evaluate_fn or _evaluator(config)
+        policy, n_actions, stack = algo.policy(), G.num_actions(config.game_name), FrameStacker(1)
         valid_mask = algo.model.valid_mask(torch.zeros(1, dtype=torch.long, device=device))
-
-        step = episode = 0
-        curve: list[dict[str, Any]] = []
-        next_ckpt = checkpoint_every = config.checkpoint_every_steps
-        finished_mid_episode = finished = False
-        last = ckpt_io.latest_checkpoint(run_dir)
-        if last is not None:
-            state = ckpt_io.load_checkpoint(last, algo.model, target=algo.target_model, optimizer=optimizer,
-                                            restore_rng=True)
-            extra = state["extra"]
-            load_replay(run_dir, extra["replay"], replay)
-            rng.bit_generator.state = extra["rng"]
-            step, episode, curve = int(extra["step"]), int(extra["episode"]), list(extra["curve"])
-            next_ckpt = int(extra["next_checkpoint"])
-            finished_mid_episode = bool(extra["mid_episode"])
-            finished = bool(extra.get("finished", False))
-            if finished and step < config.agent_steps and (finished_mid_episode or config.log_replay):
-                why = ("its last checkpoint lies inside an episode" if finished_mid_episode else
-                       "its logged replay already ends with the final partial dump")
-                raise OnlineError(
-                    f"{run_dir} finished at agent step {step} and cannot be extended to {config.agent_steps} steps: "
-                    f"{why}. Start another run (another output_dir, or resume=False)")
-            finished = finished and step >= config.agent_steps  # extended at an episode end: train on
-        _truncate_metrics(run_dir / "metrics.jsonl", step)
-        _truncate_metrics(run_dir / "episodes.jsonl", step)
-        curve = [c for c in curve if c["step"] <= step]
-        policy = algo.policy()
-        gid = np.zeros(1, np.int64)
-        stack = np.zeros(ATARI.stack_shape(1), np.uint8)
-        total = config.agent_steps
-        eval_every_steps = max(1, config.eval_every_frames // 4)
-
-        eval_seconds = [0.0]
-
-        def evaluate_now() -> None:
-            t_eval = time.perf_counter()
-            res = evaluate_fn(policy, config.seed)
-            eval_seconds[0] += time.perf_counter() - t_eval
-            scores = res["per_game"][game]["scores"]
-            curve.append({"step": step, "frames": step * 4, "score": float(np.mean(scores)), "scores": scores,
-                          "truncated": res["per_game"][game]["truncated"]})
-            atomic_write_json(run_dir / CURVE_FILE, curve, indent=1)
-            if step >= total:  # the final evaluation is the run's scores (what the analysis compares)
-                atomic_write_json(run_dir / "eval" / "scores.json", {**res, "frames": step * 4})
-
-        def save(mid_episode: bool, final: bool = False) -> Path:
-            meta = save_replay(run_dir, step, replay)
-            extra = {"step": step, "episode": episode, "curve": curve, "rng": rng.bit_generator.state,
-                     "next_checkpoint": next_ckpt, "mid_episode": mid_episode, "finished": final, "replay": meta,
-                     "settings": dataclasses.asdict(settings), "transferred": transferred}
-            path = ckpt_io.save_checkpoint(run_dir, step, algo.model, target=algo.target_model, optimizer=optimizer,
-                                           extra=json.loads(json.dumps(extra)))
-            _prune_replays(run_dir)
-            return path
-
-        if not curve and step == 0:
-            evaluate_now()
-        bar = tqdm(total=total, initial=step, desc=f"online {game}", unit="step", disable=not progress)
-        env = None
-        t0, n0 = time.perf_counter(), step
-        ep_return, ep_start, done, trunc = 0.0, step, True, False
+        eval_every = max(1, config.eval_every_frames // FRAME_SKIP)
+        if not state.curve and state.step == 0:
+            _evaluate(state, evaluate_fn, policy, config, run_dir)
         (run_dir / "eval").mkdir(exist_ok=True)
-        try:
-            eval_seconds[0] = 0.0
-            t_loop = time.perf_counter()
-            while step < total:
-                if env is None or done:
-                    if env is None:
-                        env = env_factory(_episode_seed(config.seed, episode))
-                    obs, _ = env.reset(seed=_episode_seed(config.seed, episode))
-                    stack[:] = 0
-                    stack[0, -1] = obs
-                    ep_return, ep_start, done = 0.0, step, False
-                eps = epsilon_at(settings, step)
-                if rng.random() <= eps:
-                    a = int(rng.integers(n_actions))
-                else:
-                    a = int(policy.act(stack, gid)[0])
+        done, n0, t0, eval_seconds = True, state.step, time.perf_counter(), 0.0
+        with (tqdm(total=total, initial=state.step, desc=f"online {config.game_name}", unit="step",
+                   disable=not progress) as bar,
+              _closing(env_factory(_episode_seed(config.seed, state.episode))) as env):
+            while state.step < total:
+                if done:  # a new episode: its own seeded reset, a zero-padded frame stack
+                    obs, _ = env.reset(seed=_episode_seed(config.seed, state.episode))
+                    stack.reset([0], obs[None])
+                    ep_return, ep_start, done = 0.0, state.step, False
+                # act: epsilon-greedy in expected Q (epsilon decays linearly after the warm-up)
+                eps = epsilon_at(s, state.step)
+                a = int(rng.integers(n_actions)) if rng.random() <= eps else int(policy.act(stack.stacks, _GID)[0])
+                # step the environment; store the transition, its reward clipped to [-1, 1]
                 nobs, r, term, trunc, _ = env.step(a)
-                done = bool(term or trunc)
-                ep_return += float(r)
+                done, ep_return = bool(term or trunc), ep_return + float(r)
                 replay.add(obs, a, float(np.clip(r, -1.0, 1.0)), done)
-                if replay.add_count > settings.min_replay_history:
-                    if step % settings.update_period == 0:
-                        idx = replay.sample_indices(rng, settings.batch_size, settings.n_step)
-                        batch = batch_tensors(replay.transitions(idx, settings.n_step, settings.gamma),
-                                              settings.gamma, settings.n_step, valid_mask, device)
+                if replay.add_count > s.min_replay_history:  # learning starts after the warm-up
+                    if state.step % s.update_period == 0:  # one Adam step on a batch of n-step transitions
+                        idx = replay.sample_indices(rng, s.batch_size, s.n_step)
+                        batch = batch_tensors(replay.transitions(idx, s.n_step, s.gamma), s.gamma, s.n_step,
+                                              valid_mask, device)
                         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                             loss, metrics = algo.loss(batch)
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()
                         optimizer.step()
-                        if (step // settings.update_period) % 50 == 0:
-                            rec = {"step": step + 1, "frames": (step + 1) * 4, "epsilon": eps,
-                                   **{k: float(v) for k, v in metrics.items()},
-                                   "steps_per_s": (step - n0) / max(time.perf_counter() - t0, 1e-9)}
-                            if not np.isfinite(rec["loss/total"]):
-                                raise FloatingPointError(f"non-finite loss at agent step {step + 1}; lower lr")
-                            with open(run_dir / "metrics.jsonl", "a") as f:
-                                f.write(json.dumps(rec) + "\n")
-                    if step % settings.target_update_period == 0:
+                        if (state.step // s.update_period) % 50 == 0:
+                            rate = (state.step - n0) / max(time.perf_counter() - t0, 1e-9)
+                            _log_update(run_dir, state.step + 1, eps, metrics, rate)
+                    if state.step % s.target_update_period == 0:  # target network: a copy of the online one
                         algo.update_target()
-                step += 1
+                state.step += 1
                 bar.update(1)
                 if done:
-                    with open(run_dir / "episodes.jsonl", "a") as f:
-                        f.write(json.dumps({"step": step, "episode": episode, "return": ep_return,
-                                            "length": step - ep_start, "truncated": bool(trunc)}) + "\n")
-                    episode += 1
+                    _append_jsonl(run_dir / "episodes.jsonl", {"step": state.step, "episode": state.episode,
+                                  "return": ep_return, "length": state.step - ep_start, "truncated": bool(trunc)})
+                    state.episode += 1
                 else:
                     obs = nobs
-                    stack[0, :-1] = stack[0, 1:]
-                    stack[0, -1] = obs
-                if step % eval_every_steps == 0 and step < total:
-                    evaluate_now()
-                if stop_after is not None and step >= stop_after:
-                    return OnlineResult(run_dir, ckpt_io.latest_checkpoint(run_dir) or run_dir, curve, {})
-                if done and step >= next_ckpt and step < total:
-                    while next_ckpt <= step:
-                        next_ckpt += checkpoint_every
-                    save(mid_episode=False)
-            loop_seconds = time.perf_counter() - t_loop - eval_seconds[0]
-            if not finished:  # (a finished run re-opened: nothing to train, log or save again)
-                if not curve or curve[-1]["step"] != step:
-                    evaluate_now()
+                    stack.push(obs[None])
+                # evaluate (a point of the learning curve); checkpoint at the first episode end due
+                if state.step % eval_every == 0 and state.step < total:
+                    eval_seconds += _evaluate(state, evaluate_fn, policy, config, run_dir)
+                if stop_after is not None and state.step >= stop_after:  # a simulated kill
+                    return OnlineResult(run_dir, ckpt_io.latest_checkpoint(run_dir) or run_dir, state.curve, {})
+                if done and state.next_checkpoint <= state.step < total:
+                    while state.next_checkpoint <= state.step:
+                        state.next_checkpoint += config.checkpoint_every_steps
+                    state.save(run_dir, mid_episode=False)
+            loop_seconds = time.perf_counter() - t0 - eval_seconds
+            if not state.finished:  # (a finished run re-opened: nothing to train, log or save again)
+                if not state.curve or state.curve[-1]["step"] != state.step:
+                    _evaluate(state, evaluate_fn, policy, config, run_dir)
                 replay.log_final()
-                save(mid_episode=not done, final=True)
-        finally:
-            bar.close()
-            if env is not None and hasattr(env, "close"):
-                env.close()
-        summary = _summary(config, curve, replay, transferred)
-        # this session's agent loop, evaluations left out (checkpoints and seeded resets stay in)
-        summary["session"] = {"agent_steps": step - n0, "loop_seconds": round(loop_seconds, 3),
-                              "steps_per_s": (step - n0) / loop_seconds if loop_seconds > 0 else None}
-        atomic_write_json(run_dir / "summary.json", summary)
-        final = ckpt_io.latest_checkpoint(run_dir) or run_dir
-        result = OnlineResult(run_dir, final, curve, summary, log_dir if config.log_replay else None)
-        result.figures = _figures(run, progress)
-        return result
+                state.save(run_dir, mid_episode=not done, final=True)
+        return _result(run, config, state, state.step - n0, loop_seconds, progress)
+
+
+@contextmanager
+def _closing(env: Any) -> Iterator[Any]:
+    """``env``, closed on exit (when it has ``close``)."""
+    try:
+        yield env
     finally:
-        lock.release()
+        if hasattr(env, "close"):
+            env.close()
+
+
+def _result(run: Run, config: OnlineConfig, state: OnlineState, session_steps: int, loop_seconds: float,
+            progress: bool) -> OnlineResult:
+    """The finished run's result; its summary written to ``summary.json``, its figures drawn."""
+    summary = _summary(config, state, session_steps, loop_seconds)
+    atomic_write_json(run.path / "summary.json", summary)
+    final = ckpt_io.latest_checkpoint(run.path) or run.path
+    result = OnlineResult(run.path, final, state.curve, summary, state.replay.log_dir)
+    result.figures = _figures(run, progress)
+    return result
+
+
+def _evaluate(state: OnlineState, evaluate_fn: Callable[[Any, int], dict[str, Any]], policy: Any,
+              config: OnlineConfig, run_dir: Path) -> float:
+    """Evaluate ``policy`` at ``state.step``: a point of the learning curve (``curve.json``); the
+    final one is also the run's scores (``eval/scores.json``, what the analysis compares). Returns
+    the seconds it took."""
+    t = time.perf_counter()
+    res = evaluate_fn(policy, config.seed)
+    seconds = time.perf_counter() - t
+    game, step = config.game_name, state.step
+    scores = res["per_game"][game]["scores"]
+    state.curve.append({"step": step, "frames": step * FRAME_SKIP, "score": float(np.mean(scores)),
+                        "scores": scores, "truncated": res["per_game"][game]["truncated"]})
+    atomic_write_json(run_dir / CURVE_FILE, state.curve, indent=1)
+    if step >= config.agent_steps:
+        atomic_write_json(run_dir / "eval" / "scores.json", {**res, "frames": step * FRAME_SKIP})
+    return seconds
+
+
+def _log_update(run_dir: Path, step: int, epsilon: float, metrics: dict[str, Any], steps_per_s: float) -> None:
+    """A line of ``metrics.jsonl`` (``step``: the agent steps done); a non-finite loss stops the run."""
+    rec = {"step": step, "frames": step * FRAME_SKIP, "epsilon": epsilon, **{k: float(v) for k, v in metrics.items()},
+           "steps_per_s": steps_per_s}
+    if not np.isfinite(rec["loss/total"]):
+        raise FloatingPointError(f"non-finite loss at agent step {step}; lower lr")
+    _append_jsonl(run_dir / "metrics.jsonl", rec)
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def read_curve(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -821,8 +652,6 @@ def read_curve(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def _evaluator(config: OnlineConfig) -> Callable[[Any, int], dict[str, Any]]:
-    from workbench.evaluate import evaluate
-
     def run_eval(policy: Any, seed: int) -> dict[str, Any]:
         return evaluate(policy, [config.game_name], episodes_per_game=config.episodes_per_eval,
                         num_envs=min(4, config.episodes_per_eval), seed=seed, max_agent_steps=config.eval_cap,
@@ -831,21 +660,25 @@ def _evaluator(config: OnlineConfig) -> Callable[[Any, int], dict[str, Any]]:
     return run_eval
 
 
-def _summary(config: OnlineConfig, curve: list[dict[str, Any]], replay: ReplayBuffer,
-             transferred: dict[str, Any]) -> dict[str, Any]:
+def _summary(config: OnlineConfig, state: OnlineState, session_steps: int, loop_seconds: float) -> dict[str, Any]:
+    curve = state.curve
     last = curve[-1] if curve else None
-    return {"game": config.game_name, "mode": config.mode_or_none, "difficulty": config.difficulty_or_none,
-            "init": config.init, "frames": last["frames"] if last else 0,
+    return {"run_dir": config.run_dir, "game": config.game_name, "mode": config.mode_or_none,
+            "difficulty": config.difficulty_or_none, "init": config.init, "frames": last["frames"] if last else 0,
             "final_score": last["score"] if last else None, "curve_points": len(curve),
             "curve": [(c["frames"], c["score"]) for c in curve],
             "truncated_final_episodes": sum(bool(t) for t in last["truncated"]) if last else 0,
-            "replay_add_count": replay.add_count, "replay_logged_checkpoints": replay.log_count,
-            "transferred": transferred}
+            "replay_add_count": state.replay.add_count, "replay_logged_checkpoints": state.replay.log_count,
+            "transferred": state.transferred,
+            # this session's agent loop, evaluations left out (checkpoints and seeded resets stay in)
+            "session": {"agent_steps": session_steps, "loop_seconds": round(loop_seconds, 3),
+                        "steps_per_s": session_steps / loop_seconds if loop_seconds > 0 else None}}
 
 
 def _figures(run: Run, progress: bool) -> dict[str, Any]:
-    from workbench.viz.analysis import online_learning_curve_figure
-    from workbench.viz.export import save_figure
+    # (plotly comes with the notebooks extra: loaded only when a run draws its figures)
+    from workbench.viz.analysis import online_learning_curve_figure  # noqa: PLC0415  (plotly, an optional extra)
+    from workbench.viz.export import save_figure  # noqa: PLC0415  (plotly, an optional extra)
 
     fig = online_learning_curve_figure([run.path])
     out = run.path / "figures"
@@ -855,20 +688,10 @@ def _figures(run: Run, progress: bool) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from workbench.settings import parse_args
-
-    config, flags = parse_args(OnlineConfig, list(argv) if argv is not None else None,
-                               prog="python -m workbench.online",
-                               extra_flags={"dry_run": "print the resolved configuration and exit"})
-    if flags["dry_run"]:
-        print(json.dumps(config.resolve(), indent=2))
-        return 0
-    result = run_online(config)
-    print(json.dumps(result.summary, indent=1))
-    print(result.run_dir)
-    return 0
+    """``python -m workbench.online --game Breakout --mode 12 ...``; ``--dry-run`` prints the
+    resolved configuration as JSON and touches no file."""
+    return jobs.main(OnlineConfig, run_online, argv, "python -m workbench.online")
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -17,8 +17,6 @@ Run folder layout: see ``workbench.run``; ``data/replay`` (recorded DQN-Replay f
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,12 +25,15 @@ from typing import Any, Protocol
 import torch
 
 from workbench import checkpoint as ckpt_io
+from workbench import jobs
 from workbench.algos.base import Algo, EvalOptions, StageContext
 from workbench.baselines import reference_scores, summary_lines, verdict
 from workbench.config import RESUMABLE_FIELDS, EvaluateConfig, PretrainConfig
+from workbench.devices import resolve_device
+from workbench.jobs import Job, locked
 from workbench.paths import resolve_path
-from workbench.run import MARKER, Run, RunLock
-from workbench.train import TrainConfig, default_diagnostics_every, init_distributed, resolve_device, train
+from workbench.run import MARKER, Run, load_algo
+from workbench.train import init_distributed, train_stages
 
 
 @dataclass
@@ -48,23 +49,16 @@ class PretrainResult:
 
 # ------------------------------------------------------------------------------------- run folder
 
-# What a pretraining run writes into its folder (all of it is replaced by resume=False).
-_RUN_ENTRIES = ("checkpoints", "metrics.jsonl", "eval", "figures", "summary.json", "data", "stage1",
-                "history.jsonl")
+PRETRAIN = Job("pretrain", entries=("checkpoints", "metrics.jsonl", "diagnostics.jsonl", "eval", "figures",
+                                    "summary.json", "data", "stage1", "history.jsonl"),
+               resumable=RESUMABLE_FIELDS)
+"""Pretraining's run folder: what it writes (all replaced by ``resume=False``) and what may change
+on resume (``config.RESUMABLE_FIELDS``)."""
 
 
 def open_run(config: PretrainConfig) -> Run:
-    """The run folder of ``config``, ready to train into.
-
-    A new or empty folder becomes a run. A folder holding a run of the same configuration is
-    resumed (changes to ``RESUMABLE_FIELDS`` are applied and recorded in ``history.jsonl``); any
-    other difference stops here, before a weight is loaded, naming the fields. ``resume=False``
-    starts the run afresh. A non-empty folder that is not a workbench run is never touched.
-    """
-    run = Run(Path(config.run_dir))
-    run.start("pretrain", config.params(), config.resolve(), resume=config.resume, may_change=RESUMABLE_FIELDS,
-              entries=_RUN_ENTRIES)
-    return run
+    """The run folder of ``config``, ready to train into (``jobs.Job.open_run``)."""
+    return PRETRAIN.open_run(config)
 
 
 # ------------------------------------------------------------------------------------- data
@@ -147,17 +141,6 @@ def build_algo(config: PretrainConfig, data_settings: dict[str, Any] | None = No
     return config.spec.build(config.model, config.game_list, settings, config.seed)
 
 
-def load_algo(checkpoint: str | os.PathLike[str], *, device: str = "auto") -> tuple[Algo, Run, Path]:
-    """Rebuild a run's algo from its ``config.json`` and load a checkpoint's weights.
-
-    Returns (algo in eval mode, the run, the checkpoint directory).
-    """
-    ckpt = ckpt_io.resolve_checkpoint(checkpoint)  # refuses pickles, names what is missing
-    run = Run.open(ckpt)
-    algo, ckpt = run.build_algo(device=device, checkpoint=ckpt)
-    return algo, run, ckpt
-
-
 # ------------------------------------------------------------------------------------- train
 
 
@@ -166,11 +149,10 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> PretrainResult
 
     The run folder is locked for the whole job (:class:`workbench.run.RunLock`): a second job on
     the same folder fails at once, naming the holder."""
-    config.check_hardware(resolve_device(config.device).type)  # paper scale on a CPU: stop with the estimate
     rank, world = init_distributed()
-    if rank != 0:
+    if rank != 0:  # rank 0 holds the lock for the job
         return _pretrain(config, rank, world, progress)
-    with RunLock(config.run_dir):
+    with locked(config):  # paper scale on a CPU stops here, with the estimate
         return _pretrain(config, rank, world, progress)
 
 
@@ -202,18 +184,12 @@ def _pretrain(config: PretrainConfig, rank: int, world: int, progress: bool) -> 
         store=store, games=games, batch_size=batch, games_per_batch=resolved["games_per_batch"], seed=config.seed,
         rank=rank, world_size=world, run_dir=run.path, device=resolve_device(config.device), progress=progress,
     )
-    summary: dict[str, Any] = {}
-    for stage in config.stages():
-        spec.enter_stage(algo, stage.name, context)
-        train_config = TrainConfig(
-            steps=stage.steps, lr=stage.lr, weight_decay=stage.weight_decay,
-            target_update_period=stage.target_update_period, grad_clip=1.0,  # both papers clip at 1.0
-            log_every=resolved["log_every"], checkpoint_every=resolved["checkpoint_every"],
-            device=config.device, compile=config.compile, seed=config.seed,
-            diagnostics_every=default_diagnostics_every(resolved["log_every"]),
-        )
-        summary = train(algo, spec.batches(algo, stage.name, context), train_config, run.path / stage.subdir,
-                        progress=progress, find_unused_parameters=stage.find_unused_parameters)
+    summary = train_stages(
+        algo, config.stages(), run.path, enter_stage=lambda stage: spec.enter_stage(algo, stage.name, context),
+        batches=lambda stage: spec.batches(algo, stage.name, context), log_every=resolved["log_every"],
+        checkpoint_every=resolved["checkpoint_every"], device=config.device, seed=config.seed,
+        compile=config.compile, progress=progress,
+    )
     checkpoint = ckpt_io.resolve_checkpoint(run.path)
     if rank != 0:
         return PretrainResult(run.path, checkpoint, {}, summary=summary)
@@ -355,16 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     ``--dry-run`` prints the fully resolved configuration as JSON (per stage: steps, batch, lr,
     target period; the algorithm's settings) and touches no file.
     """
-    from workbench.settings import parse_args
-
-    config, flags = parse_args(PretrainConfig, argv, prog="python -m workbench.pipeline",
-                               extra_flags={"dry_run": "print the resolved configuration as JSON and exit"})
-    if flags["dry_run"]:
-        print(json.dumps({"params": config.params(), "resolved": config.resolve()}, indent=2))
-        return 0
-    result = pretrain(config)
-    print(json.dumps(result.summary, indent=2, default=str))
-    return 0
+    return jobs.main(PretrainConfig, pretrain, argv, "python -m workbench.pipeline")
 
 
 if __name__ == "__main__":

@@ -33,10 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from workbench import checkpoint as ckpt_io
+from workbench.algos.base import Algo, get_algo
+from workbench.devices import resolve_device
 from workbench.fileio import atomic_write_json, atomic_write_text
+from workbench.settings import from_params
 
 __all__ = ["CONFIG_FORMAT", "KINDS", "LOCK", "MARKER", "ResumeMismatch", "Run", "RunLock", "RunLocked",
-           "find_run_dir"]
+           "find_run_dir", "load_algo"]
 
 MARKER = ".workbench-run"
 LOCK = ".workbench-lock"
@@ -244,9 +247,6 @@ class Run:
 
         The checkpoint is verified first (checksums, tensor names, shapes and dtypes): non-finite
         weights are refused here, so the evaluator, the explorer and the video CLI never play them."""
-        from workbench.algos.base import get_algo
-        from workbench.settings import from_params
-        from workbench.train import resolve_device
 
         ckpt = ckpt_io.resolve_checkpoint(checkpoint if checkpoint is not None else self.path)
         resolved = self.resolved
@@ -372,3 +372,14 @@ def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
         if isinstance(rec, dict) and "error" not in rec:
             records.append(rec)
     return records, bad
+
+
+def load_algo(checkpoint: str | os.PathLike[str], *, device: str = "auto") -> tuple[Algo, Run, Path]:
+    """Rebuild a run's algo from its ``config.json`` and load a checkpoint's weights.
+
+    Returns (algo in eval mode, the run, the checkpoint directory).
+    """
+    ckpt = ckpt_io.resolve_checkpoint(checkpoint)  # refuses pickles, names what is missing
+    run = Run.open(ckpt)
+    algo, ckpt = run.build_algo(device=device, checkpoint=ckpt)
+    return algo, run, ckpt

@@ -32,9 +32,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -46,8 +45,10 @@ from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
 from workbench import checkpoint as ckpt_io
-from workbench.algos.base import Algo, Diagnosable
+from workbench.algos.base import Algo, Diagnosable, Stage
+from workbench.devices import resolve_device
 from workbench.diagnostics import ProbeDiagnostics, collapse_flags
+from workbench.run import ResumeMismatch
 
 
 class NonFiniteLossError(RuntimeError):
@@ -139,7 +140,6 @@ def default_diagnostics_every(log_every: int) -> int:
 
 def check_resume_config(state: dict[str, Any], cfg: TrainConfig, ckpt: Path) -> None:
     """Stop a resume whose optimization settings differ from the checkpoint's, before loading."""
-    from workbench.run import ResumeMismatch
 
     old = (state.get("extra") or {}).get("train")
     if not isinstance(old, dict):
@@ -165,23 +165,6 @@ class _LossModule(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]):
         return self._algo[0].loss(batch)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto', 'cpu', 'cuda' or 'cuda:N' as a torch device; anything else, or an accelerator this
-    machine lacks, is an error listing the devices that are valid here."""
-    if name == "auto":
-        if dist.is_available() and dist.is_initialized() and torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    valid = ["auto", "cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(count)] if count else [])
-    m = re.fullmatch(r"(cpu|cuda)(?::(\d+))?", name)
-    if not m or (m.group(1) == "cpu" and m.group(2) is not None):
-        raise ValueError(f"unknown device {name!r}; valid here: {', '.join(valid)}")
-    if m.group(1) == "cuda" and (not count or int(m.group(2) or 0) >= count):
-        raise ValueError(f"device {name!r} is not available on this machine; valid here: {', '.join(valid)}")
-    return torch.device(name)
 
 
 def init_distributed() -> tuple[int, int]:
@@ -221,7 +204,7 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def _truncate_metrics(path: Path, start: int) -> None:
+def truncate_metrics(path: Path, start: int) -> None:
     """Drop metric lines of steps after ``start`` (redone after a resume); keep error records."""
     if not path.is_file():
         return
@@ -385,7 +368,7 @@ class _Diagnostics:
     def __init__(self, algo: Diagnosable, probe: dict[str, torch.Tensor], path: Path, start: int) -> None:
         self.path = path
         self.measure = ProbeDiagnostics(algo.model, probe, lambda _model, batch: algo.probe_forward(batch))  # type: ignore[attr-defined]
-        _truncate_metrics(path, start)
+        truncate_metrics(path, start)
         self.history = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
         self.warned: set[str] = set()
 
@@ -459,7 +442,7 @@ def train(
     metrics_path = run_dir / "metrics.jsonl"
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _truncate_metrics(metrics_path, start)
+        truncate_metrics(metrics_path, start)
 
     loss_module: nn.Module = _LossModule(algo)
     if world > 1:
@@ -546,3 +529,51 @@ def train(
         dist.barrier()
     return {"steps": step, "resumed_from": start, "last_metrics": last_metrics, "run_dir": str(run_dir)}
 
+
+
+# ------------------------------------------------------------------------------- stages
+
+
+def train_stages(
+    algo: Algo,
+    stages: Sequence[Stage],
+    run_dir: Path,
+    *,
+    enter_stage: Callable[[Stage], None],
+    batches: Callable[[Stage], Callable[[int], Iterator[dict[str, torch.Tensor]]]],
+    log_every: int,
+    checkpoint_every: int,
+    device: str,
+    seed: int,
+    compile: bool = False,
+    snapshot_every: int = 0,
+    on_snapshot: Callable[[Stage, Path, int], None] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train every stage in order (each into ``run_dir / stage.subdir``, resumable): the one
+    stage loop of pretraining and fine-tuning. ``enter_stage(stage)`` prepares the algo (freeze,
+    refresh targets, pre-tokenize) and ``batches(stage)`` gives its batches.
+
+    With ``snapshot_every`` > 0, each stage trains in chunks of that many steps and
+    ``on_snapshot(stage, stage_dir, step)`` runs after each chunk (``step`` counts over all
+    stages), e.g. to evaluate and keep the best snapshot. Returns the last ``train`` summary.
+    """
+    summary: dict[str, Any] = {}
+    offset = 0
+    for stage in stages:
+        enter_stage(stage)
+        stage_dir = run_dir / stage.subdir
+        every = snapshot_every or stage.steps
+        for bound in sorted({*range(every, stage.steps, every), stage.steps}):
+            config = TrainConfig(
+                steps=bound, lr=stage.lr, weight_decay=stage.weight_decay,
+                target_update_period=stage.target_update_period, grad_clip=1.0,  # both papers clip at 1.0
+                log_every=log_every, checkpoint_every=checkpoint_every, device=device, compile=compile, seed=seed,
+                diagnostics_every=default_diagnostics_every(log_every),
+            )
+            summary = train(algo, batches(stage), config, stage_dir, progress=progress,
+                            find_unused_parameters=stage.find_unused_parameters)
+            if on_snapshot is not None:
+                on_snapshot(stage, stage_dir, offset + bound)
+        offset += stage.steps
+    return summary

@@ -32,11 +32,17 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from workbench import games as G
 from workbench.algos.base import check_policy
 from workbench.data import dqn_replay as dr
+from workbench.data.replay_buffer import Ring
+from workbench.envs import make_env
 from workbench.fileio import atomic_write_json, preallocate
 from workbench.geometry import ATARI
+from workbench.paths import resolve_path
+from workbench.settings import from_params
 
 STACK = dr.STACK_SIZE
 _RUN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -55,15 +61,16 @@ class RecordError(ValueError):
     """A bad recording argument (the message names it and the valid choices)."""
 
 
-class _Ring:
-    """Dopamine-style ring buffer of rows with checkpoint dumps."""
+class _Ring(Ring):
+    """The recorder's ring: its observations in a memory-mapped file, dumped every ``capacity``
+    rows (padding rows are the caller's)."""
 
     def __init__(self, out: Path, capacity: int, frame_shape: tuple[int, int] = ATARI.frame_shape) -> None:
-        self.out, self.capacity, self.frame_shape = out, capacity, tuple(frame_shape)
+        self.out, self.frame_shape = out, tuple(frame_shape)
         out.mkdir(parents=True, exist_ok=True)
         self._obs_path = out / ".ring_observation.npy"
-        self.obs = np.lib.format.open_memmap(self._obs_path, mode="w+", dtype=np.uint8,
-                                             shape=(capacity, *self.frame_shape))
+        super().__init__(np.lib.format.open_memmap(self._obs_path, mode="w+", dtype=np.uint8,
+                                                   shape=(capacity, *self.frame_shape)))
         # The ring is a sparse file; a page first touched on a full disk kills the process with
         # SIGBUS. Reserving its blocks now turns that into an error naming the folder and size.
         fd = os.open(self._obs_path, os.O_RDWR)
@@ -76,21 +83,11 @@ class _Ring:
             raise
         finally:
             os.close(fd)
-        self.action = np.zeros(capacity, np.int32)
-        self.reward = np.zeros(capacity, np.float32)
-        self.terminal = np.zeros(capacity, np.uint8)
-        self.add_count = 0
         self.checkpoints = 0
         self._since_dump = 0
 
     def add(self, obs: np.ndarray | None, action: int, reward: float, terminal: bool) -> None:
-        i = self.add_count % self.capacity
-        if obs is None:
-            self.obs[i] = 0
-        else:
-            self.obs[i] = obs
-        self.action[i], self.reward[i], self.terminal[i] = action, reward, terminal
-        self.add_count += 1
+        self.put(obs, action, reward, terminal)
         self._since_dump += 1
         if self._since_dump == self.capacity:
             self.dump()
@@ -99,8 +96,7 @@ class _Ring:
         if self._since_dump == 0:
             return
         n = self.capacity if self.checkpoints > 0 or self._since_dump == self.capacity else self._since_dump
-        dump_ring(self.out, self.checkpoints, self.obs, self.action, self.reward, self.terminal, rows=n,
-                  add_count=self.add_count)
+        self.write_checkpoint(self.out, self.checkpoints, rows=n, add_count=self.add_count)
         self.checkpoints += 1
         self._since_dump = 0
 
@@ -108,28 +104,6 @@ class _Ring:
         if hasattr(self, "obs"):
             del self.obs
         self._obs_path.unlink(missing_ok=True)
-
-
-def dump_ring(
-    out: Path, checkpoint: int, obs: np.ndarray, action: np.ndarray, reward: np.ndarray, terminal: np.ndarray, *,
-    rows: int, add_count: int, update_horizon: int = 3,
-) -> None:
-    """Write the first ``rows`` slots of a ring buffer as DQN-Replay checkpoint ``checkpoint``
-    (the recorder's dumps and the online agent's logged replay, ``workbench.online``).
-
-    Observations are streamed in 4096-row chunks, so a memory-mapped 1M-row ring is never copied
-    whole. ``invalid_range`` is Dopamine's around ``add_count % rows`` for a writer with
-    ``update_horizon`` (the public data's DQN writers: 1)."""
-
-    def chunks() -> Any:
-        for a in range(0, rows, 4096):
-            yield np.asarray(obs[a : min(a + 4096, rows)])
-
-    dr.write_checkpoint(
-        out, checkpoint, observation=None, observation_chunks=chunks, action=action[:rows],
-        reward=reward[:rows], terminal=terminal[:rows], add_count=add_count, update_horizon=update_horizon,
-        frame_shape=tuple(obs.shape[1:]),
-    )
 
 
 def record(
@@ -145,10 +119,6 @@ def record(
     executed action and the raw reward, also on the steps epsilon replaced. ``env_factory(game, seed)`` defaults to
     ``workbench.envs.make_env(game, protocol="data", seed=seed)``. Returns the replay_logs dir.
     """
-    from tqdm.auto import tqdm
-
-    from workbench import games as G
-
     canonical = G.canonical_game(game)
     if not isinstance(steps, int) or steps < 1:
         raise RecordError(f"steps must be an int >= 1, got {steps!r}")
@@ -174,8 +144,6 @@ def record(
     if out.exists() and any(out.glob("*_ckpt.*.gz")):
         raise RecordError(f"{out} already holds checkpoints; choose another output_dir or run")
     if env_factory is None:
-        from workbench.envs import make_env
-
         def make_data_env(g: str, s: int) -> Any:
             return make_env(g, protocol="data", seed=s)
 
@@ -266,8 +234,6 @@ class CollectConfig:
     capacity: int = 1_000_000  # rows per checkpoint (DQN-Replay: 1,000,000)
 
     def __post_init__(self) -> None:
-        from workbench import games as G
-
         object.__setattr__(self, "games", ",".join(G.resolve_games(self.games)))
         if not isinstance(self.steps, int) or self.steps < 1:
             raise RecordError(f"steps must be an int >= 1, got {self.steps!r}")
@@ -285,13 +251,10 @@ class CollectConfig:
     @classmethod
     def from_params(cls, **params: Any) -> CollectConfig:
         """From papermill parameters: unknown names and ill-typed values are errors."""
-        from workbench.settings import from_params
-
         return from_params(cls, params)
 
     def run(self, progress: bool = True) -> list[Path]:
-        from workbench.paths import resolve_path  # relative to the project root, as in every notebook
-
+        # (output_dir relative to the project root, as in every notebook)
         return record_many(self.games.split(","), self.steps, resolve_path(self.output_dir),
                            policy=_load_policy(self.policy),
                            seed=self.seed, epsilon=self.epsilon, capacity=self.capacity, progress=progress)
@@ -299,8 +262,6 @@ class CollectConfig:
 
 def summarize_recording(replay_logs_dirs: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
     """Per recorded game: checkpoints, rows, episodes ended and valid transition starts."""
-    from workbench.data import dqn_replay as dr
-
     summary = []
     for path in map(Path, replay_logs_dirs):
         ckpts = dr.list_checkpoints(path)
@@ -316,8 +277,6 @@ def summarize_recording(replay_logs_dirs: Sequence[str | os.PathLike]) -> list[d
 
 def preview_strip(replay_logs: str | os.PathLike, frames: int = 6) -> np.ndarray:
     """``frames`` evenly spaced recorded frames of checkpoint 0 side by side: uint8 (H, W * frames)."""
-    from workbench.data import dqn_replay as dr
-
     ck = dr.load_checkpoint(replay_logs, 0)
     rows = np.linspace(STACK - 1, len(ck["terminal"]) - 1, frames).astype(int)
     return np.concatenate(ck["observation"][rows], axis=1)
@@ -341,8 +300,6 @@ def record_many(
     **kw: Any,
 ) -> list[Path]:
     """:func:`record` for several games (game ``i`` gets seed ``seed + i`` and game id ``i``)."""
-    from workbench import games as G
-
     names = [G.canonical_game(g) for g in games]
     if len(set(names)) != len(names):
         raise RecordError(f"duplicate games in {list(games)}")
@@ -363,9 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--capacity", type=int, default=1_000_000, help="rows per checkpoint (DQN-Replay: 1,000,000)")
     a = p.parse_args(argv)
     try:
-        from workbench.games import resolve_games  # the notebooks' parser: commas and game-set names
-
-        games = [g for part in a.games for g in resolve_games(part)]
+        games = [g for part in a.games for g in G.resolve_games(part)]  # the notebooks' parser
         paths = record_many(games, a.steps, a.output_dir, policy=_load_policy(a.policy), seed=a.seed,
                             epsilon=a.epsilon, run=a.run, capacity=a.capacity)
     except (RecordError, ValueError, KeyError, OSError) as e:

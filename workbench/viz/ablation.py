@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -32,6 +32,8 @@ import plotly.graph_objects as go
 from workbench import metrics as M
 from workbench.data.behaviour import behaviour_lines
 from workbench.paths import resolve_path, shown_path
+from workbench.reference import paper_tables as pt
+from workbench.sweep import load_sweep, sweep_status
 from workbench.viz import results_figures as F
 from workbench.viz.analysis import (
     _RUN_ONLY_KEYS,
@@ -40,9 +42,11 @@ from workbench.viz.analysis import (
     method_scores,
     paper_reference_points,
     read_run,
+    scaling_points,
     select_evaluations,
 )
 from workbench.viz.export import FigureSaveStatus, save_figures
+from workbench.viz.recipes import Built, Drawn, FigureRecipe, Skip, draw
 from workbench.viz.style import method_color
 
 __all__ = ["AblationData", "AblationExplorer", "METRIC_CHOICES", "VIEWS", "group_scores", "load_ablation",
@@ -95,8 +99,6 @@ def load_ablation(source: str | os.PathLike[str] | Sequence[str | os.PathLike[st
         if path.is_file() and path.name == "sweep.json":
             return _from_index(json.loads(path.read_text()), mix_protocols)
         if path.is_file():
-            from workbench.sweep import load_sweep, sweep_status
-
             return _from_index(sweep_status(load_sweep(path), write=False), mix_protocols)
         raise FileNotFoundError(f"{path} is neither a sweep file, a sweep folder (with sweep.json), nor a list of "
                                 "run folders")
@@ -452,6 +454,151 @@ class AblationExplorer:
 # ------------------------------------------------------------------------------------- the papers' figures
 
 
+@dataclass(frozen=True)
+class _Papers:
+    """What :func:`paper_figures`' recipes draw from: the groups' scores on the games they all
+    share, their human-normalized aggregates, and the papers' numbers on those games."""
+
+    data: AblationData
+    labels: list[str]
+    """Per run: its group."""
+    scores: dict[str, dict[str, list[float]]]
+    runs_are: str
+    games: list[str]
+    agg: dict[str, dict[str, Any]]
+    paper_games: dict[str, dict[str, float]]
+    paper_points: list[dict[str, Any]]
+    caveat: str
+    reps: int
+    seed: int
+
+
+def _papers(data: AblationData, reps: int, seed: int) -> _Papers:
+    """The inputs of the papers' figures; raises :class:`Skip` when no figure can be drawn."""
+    factor = next(iter(data.factors))
+    labels = [group_label(lv, factor, None) if len(data.factors) == 1 else
+              ", ".join(f"{k}={_level_text(v)}" for k, v in lv.items()) for lv in data.levels]
+    scores, runs_are = method_scores(data.runs, labels)
+    if not scores:
+        raise Skip("no finished run with evaluation scores")
+    games = sorted(set.intersection(*(set(v) for v in scores.values())))
+    no_human = [g for g in games if not M.has_reference(g, "human")]
+    if no_human:  # MinAtar, or Atari games outside the reference table
+        raise Skip(f"the papers' figures are human-normalized Atari scores; {', '.join(no_human)} "
+                   "have no human reference score")
+    scores = {lab: {g: v[g] for g in games} for lab, v in scores.items()}
+    agg = M.aggregate(scores, "human", reps=reps, seed=seed)
+    paper_games, paper_points = paper_reference_points(games)
+    truncated = any(not (r.scores or {}).get("comparable_to_papers", True) for r in data.runs)
+    caveat = " (our runs: truncated episodes, not comparable to the papers)" if truncated else ""
+    return _Papers(data=data, labels=labels, scores=scores, runs_are=runs_are, games=games, agg=agg,
+                   paper_games=paper_games, paper_points=paper_points, caveat=caveat, reps=reps, seed=seed)
+
+
+# paper_figures writes no descriptions (its README names the files): its builders return "".
+
+
+def _scaled_ql_fig2(p: _Papers) -> Built:
+    """Scaled QL Figure 2: performance profiles, with the paper's methods on the same games."""
+    profile_in: dict[str, Any] = {**p.scores, **{k: v for k, v in p.paper_games.items() if "scaled_ql" in k}}
+    # The figure's "behavior policy" line: the data's own returns, one value per game and split.
+    for split, per_game in p.data.behaviour.items():
+        if all(g in per_game for g in p.games):
+            profile_in[f"behaviour policy ({split})"] = {g: [per_game[g]] for g in p.games}
+    prof = M.performance_profile(profile_in, "human", reps=p.reps, seed=p.seed)
+    return F.make_performance_profile_figure(
+        prof["taus"], {m: v["profile"] for m, v in prof["methods"].items()},
+        {m: [v["lo"], v["hi"]] for m, v in prof["methods"].items()},
+        title="Scaled QL Figure 2: performance profiles" + p.caveat), ""
+
+
+def _scaled_ql_fig4(p: _Papers) -> Built:
+    """Scaled QL Figure 4: per-game human-normalized scores, the paper's DT and Scaled QL as marks."""
+    fig = go.Figure()
+    for i, (lab, per) in enumerate(p.scores.items()):
+        fig.add_trace(go.Bar(x=p.games, y=[float(np.mean(M.normalize({g: per[g]})[g])) for g in p.games], name=lab,
+                             marker_color=method_color(i)))
+    for j, method in enumerate(("DT (200M)", "Scaled QL (80M)")):
+        col = pt.SCALED_QL_C1[method]
+        shared = [g for g in p.games if g in col]
+        if shared:
+            fig.add_trace(go.Scatter(x=shared, y=[float(M.normalize_score(g, col[g])) for g in shared],
+                                     mode="markers", name=f"paper: {method} [Table C.1]",
+                                     marker=dict(symbol=("diamond-open", "x")[j], size=12, color="black")))
+    fig.update_layout(title="Scaled QL Figure 4: per-game human-normalized score" + p.caveat, barmode="group",
+                      template="plotly_white", yaxis_title="human-normalized score", height=420)
+    return fig, ""
+
+
+def _no_scaling_points(p: _Papers) -> str | None:
+    return None if scaling_points(p.data.runs, p.labels, p.agg) else "no run has a checkpoint and scores"
+
+
+def _scaling(table: str, paper: str) -> Callable[[_Papers], Built]:
+    """Figure 5 (Scaled QL) and Figure 4 (JOWA): parameters vs IQM, the paper's printed IQMs
+    (its ``table``) as marks."""
+
+    def build(p: _Papers) -> Built:
+        ref = [q for q in p.paper_points if table in q["label"]]
+        return F.make_scaling_figure(scaling_points(p.data.runs, p.labels, p.agg), ref or None,
+                                     title=f"{paper}: parameters vs IQM" + p.caveat
+                                     + " (paper marks: their own game sets)"), ""
+
+    return build
+
+
+def _scaled_ql_fig6(p: _Papers) -> Built:
+    """Scaled QL Figure 6: IQM per level of every factor."""
+    fig = go.Figure()
+    for i, name in enumerate(p.data.factors):
+        s, _, groups = group_scores(p.data, name, None, p.games)
+        a = M.aggregate(s, "human", reps=p.reps, seed=p.seed)
+        labs = [lab for lab in groups if lab in a]
+        fig.add_trace(go.Bar(x=labs, y=[a[lab]["iqm"] for lab in labs], name=name, marker_color=method_color(i),
+                             error_y=dict(type="data", symmetric=False,
+                                          array=[a[lab]["iqm_ci"][1] - a[lab]["iqm"] for lab in labs],
+                                          arrayminus=[a[lab]["iqm"] - a[lab]["iqm_ci"][0] for lab in labs])))
+    fig.update_layout(title="Scaled QL Figure 6: IQM per ablation level (95% CIs)" + p.caveat,
+                      template="plotly_white", yaxis_title="human-normalized IQM", height=420)
+    return fig, ""
+
+
+def _jowa_table2(p: _Papers) -> Built:
+    """JOWA Table 2: per-game raw scores with the paper's columns for the games it has."""
+    t2_games = [g for g in p.games if g in pt.JOWA_T2["JOWA (150M)"]]
+    rows: list[dict[str, Any]] = [{"method": lab, **{g: float(np.mean(per[g])) for g in p.games},
+                                   "IQM": p.agg[lab]["iqm"]} for lab, per in p.scores.items()]
+    for method in ("JOWA (150M)", "JOWA (40M)", "SQL (80M)", "MTBC (120M)"):
+        if t2_games:
+            rows.append({"method": f"paper: {method} [Table 2]",
+                         **{g: pt.JOWA_T2[method].get(g, "") for g in p.games},
+                         "IQM": f"{pt.JOWA_T2_AGGREGATES.get(method, {}).get('iqm', '')} (15 games)"})
+    return F.make_ablation_table_figure(
+        rows, title="JOWA Table 2: raw per-game scores" + p.caveat
+        + ("" if t2_games else " (no game in common with the paper's table)")), ""
+
+
+def _jowa_tables4_5(p: _Papers) -> Built:
+    """JOWA Tables 4 and 5: ablation aggregates, the paper's printed rows as reference."""
+    rows = [{"variant": lab, "runs": p.runs_are, "mean": a["mean"], "median": a["median"], "IQM": a["iqm"],
+             "IQM 95% CI": a["iqm_ci"]} for lab, a in p.agg.items()]
+    rows += [{"variant": f"paper: {m} [Table 18, 6 games]", "runs": "printed", **{k if k != "iqm" else "IQM": v
+              for k, v in vals.items()}} for m, vals in pt.JOWA_T18_AGGREGATES.items()]
+    return F.make_ablation_table_figure(rows, title="JOWA Tables 4/5: ablations, human-normalized" + p.caveat), ""
+
+
+# paper_figures' figures, in order.
+_RECIPES: tuple[FigureRecipe[_Papers], ...] = (
+    FigureRecipe("scaled_ql_fig2_profiles", _scaled_ql_fig2),
+    FigureRecipe("scaled_ql_fig4_per_game", _scaled_ql_fig4),
+    FigureRecipe("scaled_ql_fig5_scaling", _scaling("scaled_ql_c1", "Scaled QL Figure 5"), _no_scaling_points),
+    FigureRecipe("jowa_fig4_scaling", _scaling("jowa_t2", "JOWA Figure 4"), _no_scaling_points),
+    FigureRecipe("scaled_ql_fig6_ablations", _scaled_ql_fig6),
+    FigureRecipe("jowa_table2_per_game", _jowa_table2),
+    FigureRecipe("jowa_table4_5_ablations", _jowa_tables4_5),
+)
+
+
 def paper_figures(data: AblationData, out_dir: str | os.PathLike[str] | None = None, *, reps: int = 2000,
                   seed: int = 0, png: bool = True) -> tuple[dict[str, go.Figure], dict[str, str]]:
     """The papers' figures and tables regenerated from ``data``'s runs.
@@ -464,120 +611,28 @@ def paper_figures(data: AblationData, out_dir: str | os.PathLike[str] | None = N
     reference marks (labelled 'paper: ...'); printed aggregates are over the papers' own game
     sets and say so. Returns (figures, {figure: why it was not drawn}); writes them to ``out_dir``
     when given."""
-    from workbench.reference import paper_tables as pt
-
-    figs: dict[str, go.Figure] = {}
-    skipped: dict[str, str] = {}
-    factor = next(iter(data.factors))
-    labels = [group_label(lv, factor, None) if len(data.factors) == 1 else
-              ", ".join(f"{k}={_level_text(v)}" for k, v in lv.items()) for lv in data.levels]
-    scores, runs_are = method_scores(data.runs, labels)
-    if not scores:
-        return figs, {"all": "no finished run with evaluation scores"}
-    games = sorted(set.intersection(*(set(v) for v in scores.values())))
-    no_human = [g for g in games if not M.has_reference(g, "human")]
-    if no_human:  # MinAtar, or Atari games outside the reference table
-        return figs, {"all": f"the papers' figures are human-normalized Atari scores; {', '.join(no_human)} "
-                             "have no human reference score"}
-    scores = {lab: {g: v[g] for g in games} for lab, v in scores.items()}
-    agg = M.aggregate(scores, "human", reps=reps, seed=seed)
-    paper_games, paper_points = paper_reference_points(games)
-    truncated = any(not (r.scores or {}).get("comparable_to_papers", True) for r in data.runs)
-    caveat = " (our runs: truncated episodes, not comparable to the papers)" if truncated else ""
-
-    # Scaled QL Figure 2: performance profiles, with the paper's methods on the same games.
-    profile_in: dict[str, Any] = {**scores, **{k: v for k, v in paper_games.items() if "scaled_ql" in k}}
-    # The figure's "behavior policy" line: the data's own returns, one value per game and split.
-    for split, per_game in data.behaviour.items():
-        if all(g in per_game for g in games):
-            profile_in[f"behaviour policy ({split})"] = {g: [per_game[g]] for g in games}
-    prof = M.performance_profile(profile_in, "human", reps=reps, seed=seed)
-    figs["scaled_ql_fig2_profiles"] = F.make_performance_profile_figure(
-        prof["taus"], {m: v["profile"] for m, v in prof["methods"].items()},
-        {m: [v["lo"], v["hi"]] for m, v in prof["methods"].items()},
-        title="Scaled QL Figure 2: performance profiles" + caveat)
-
-    # Scaled QL Figure 4: per-game human-normalized scores, the paper's DT and Scaled QL as marks.
-    fig = go.Figure()
-    for i, (lab, per) in enumerate(scores.items()):
-        fig.add_trace(go.Bar(x=games, y=[float(np.mean(M.normalize({g: per[g]})[g])) for g in games], name=lab,
-                             marker_color=method_color(i)))
-    for j, method in enumerate(("DT (200M)", "Scaled QL (80M)")):
-        col = pt.SCALED_QL_C1[method]
-        shared = [g for g in games if g in col]
-        if shared:
-            fig.add_trace(go.Scatter(x=shared, y=[float(M.normalize_score(g, col[g])) for g in shared],
-                                     mode="markers", name=f"paper: {method} [Table C.1]",
-                                     marker=dict(symbol=("diamond-open", "x")[j], size=12, color="black")))
-    fig.update_layout(title="Scaled QL Figure 4: per-game human-normalized score" + caveat, barmode="group",
-                      template="plotly_white", yaxis_title="human-normalized score", height=420)
-    figs["scaled_ql_fig4_per_game"] = fig
-
-    # Figure 5 (Scaled QL) and Figure 4 (JOWA): parameters vs IQM, the papers' printed IQMs as marks.
-    points = []
-    for lab in agg:
-        members = [r for r, label in zip(data.runs, labels) if label == lab and r.params]
-        if members:
-            points.append({"family": members[0].algo, "params": members[0].params, "iqm": agg[lab]["iqm"],
-                           "iqm_ci": agg[lab]["iqm_ci"], "label": lab})
-    for name, table, paper in (("scaled_ql_fig5_scaling", "scaled_ql_c1", "Scaled QL Figure 5"),
-                               ("jowa_fig4_scaling", "jowa_t2", "JOWA Figure 4")):
-        if points:
-            ref = [p for p in paper_points if table in p["label"]]
-            figs[name] = F.make_scaling_figure(points, ref or None, title=f"{paper}: parameters vs IQM" + caveat
-                                               + " (paper marks: their own game sets)")
-        else:
-            skipped[name] = "no run has a checkpoint and scores"
-
-    # Scaled QL Figure 6: IQM per level of every factor.
-    fig6 = go.Figure()
-    for i, name in enumerate(data.factors):
-        s, _, groups = group_scores(data, name, None, games)
-        a = M.aggregate(s, "human", reps=reps, seed=seed)
-        labs = [lab for lab in groups if lab in a]
-        fig6.add_trace(go.Bar(x=labs, y=[a[lab]["iqm"] for lab in labs], name=name, marker_color=method_color(i),
-                              error_y=dict(type="data", symmetric=False,
-                                           array=[a[lab]["iqm_ci"][1] - a[lab]["iqm"] for lab in labs],
-                                           arrayminus=[a[lab]["iqm"] - a[lab]["iqm_ci"][0] for lab in labs])))
-    fig6.update_layout(title="Scaled QL Figure 6: IQM per ablation level (95% CIs)" + caveat, template="plotly_white",
-                       yaxis_title="human-normalized IQM", height=420)
-    figs["scaled_ql_fig6_ablations"] = fig6
-
-    # JOWA Table 2: per-game raw scores with the paper's columns for the games it has.
-    t2_games = [g for g in games if g in pt.JOWA_T2["JOWA (150M)"]]
-    rows = []
-    for lab, per in scores.items():
-        rows.append({"method": lab, **{g: float(np.mean(per[g])) for g in games}, "IQM": agg[lab]["iqm"]})
-    for method in ("JOWA (150M)", "JOWA (40M)", "SQL (80M)", "MTBC (120M)"):
-        if t2_games:
-            rows.append({"method": f"paper: {method} [Table 2]",
-                         **{g: pt.JOWA_T2[method].get(g, "") for g in games},
-                         "IQM": f"{pt.JOWA_T2_AGGREGATES.get(method, {}).get('iqm', '')} (15 games)"})
-    figs["jowa_table2_per_game"] = F.make_ablation_table_figure(
-        rows, title="JOWA Table 2: raw per-game scores" + caveat
-        + ("" if t2_games else " (no game in common with the paper's table)"))
-
-    # JOWA Tables 4 and 5: ablation aggregates, the paper's printed rows as reference.
-    rows = [{"variant": lab, "runs": runs_are, "mean": a["mean"], "median": a["median"], "IQM": a["iqm"],
-             "IQM 95% CI": a["iqm_ci"]} for lab, a in agg.items()]
-    rows += [{"variant": f"paper: {m} [Table 18, 6 games]", "runs": "printed", **{k if k != "iqm" else "IQM": v
-              for k, v in vals.items()}} for m, vals in pt.JOWA_T18_AGGREGATES.items()]
-    figs["jowa_table4_5_ablations"] = F.make_ablation_table_figure(
-        rows, title="JOWA Tables 4/5: ablations, human-normalized" + caveat)
-
+    try:
+        inputs = _papers(data, reps, seed)
+    except Skip as exc:
+        return {}, {"all": str(exc)}
+    drawn = draw(_RECIPES, inputs)
     if out_dir is not None:
-        out = Path(out_dir)
-        paths: dict[str | os.PathLike[str], go.Figure] = {out / n: f for n, f in figs.items()}
-        statuses = save_figures(paths, png=png)
-        lines = [f"# The papers' figures from sweep {data.name}", "",
-                 f"Written by `workbench.viz.ablation.paper_figures` from `{shown_path(data.source)}` "
-                 f"({len(data.runs)} runs: {', '.join(f'`{shown_path(r.path)}`' for r in data.runs)}); "
-                 f"{data.protocol}; "
-                 f"runs = {runs_are}. Marks named 'paper: ...' are the papers' printed numbers "
-                 "(workbench.reference.paper_tables) on the games we share with them.", ""]
-        lines += [f"- **{n}** (`{s.html.name}`" + (f", `{s.png.name}`)" if s.png else f"; {s.message})")
-                  for n, s in zip(figs, statuses)]
-        lines += [f"- not drawn: **{n}**: {why}" for n, why in skipped.items()]
-        (out / "README.md").write_text("\n".join(lines) + "\n")
-    return figs, skipped
+        _save_paper_figures(inputs, drawn, Path(out_dir), png=png)
+    return drawn.figures, drawn.skipped
 
+
+def _save_paper_figures(p: _Papers, drawn: Drawn, out: Path, *, png: bool) -> None:
+    """The figures as HTML (+ PNG) and a README naming the sweep, the runs and each file."""
+    paths: dict[str | os.PathLike[str], go.Figure] = {out / n: f for n, f in drawn.figures.items()}
+    statuses = save_figures(paths, png=png)
+    data = p.data
+    lines = [f"# The papers' figures from sweep {data.name}", "",
+             f"Written by `workbench.viz.ablation.paper_figures` from `{shown_path(data.source)}` "
+             f"({len(data.runs)} runs: {', '.join(f'`{shown_path(r.path)}`' for r in data.runs)}); "
+             f"{data.protocol}; "
+             f"runs = {p.runs_are}. Marks named 'paper: ...' are the papers' printed numbers "
+             "(workbench.reference.paper_tables) on the games we share with them.", ""]
+    lines += [f"- **{n}** (`{s.html.name}`" + (f", `{s.png.name}`)" if s.png else f"; {s.message})")
+              for n, s in zip(drawn.figures, statuses)]
+    lines += [f"- not drawn: **{n}**: {why}" for n, why in drawn.skipped.items()]
+    (out / "README.md").write_text("\n".join(lines) + "\n")

@@ -29,21 +29,27 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
 
+from workbench import metrics as M
 from workbench.algos.base import algo_label, algo_names, get_algo
+from workbench.envs import MAX_AGENT_STEPS
 from workbench.paths import shown_path
+from workbench.reference import paper_tables as pt
+from workbench.run import Run
 from workbench.viz import results_figures as F
 from workbench.viz.export import FigureSaveStatus, save_figures
+from workbench.viz.recipes import Built, FigureRecipe, Skip, draw
 
 __all__ = ["AnalysisReport", "RunInfo", "build_figures", "count_parameters", "curve_names", "method_scores",
            "online_final_scores", "online_finetune_figure", "online_learning_curve_figure", "online_runs",
-           "paper_reference_points", "protocol_key", "protocol_text", "read_run", "select_evaluations",
-           "transfer_figure", "transfer_label", "transfer_scores"]
+           "paper_reference_points", "protocol_key", "protocol_text", "read_run", "scaling_points",
+           "select_evaluations", "transfer_figure", "transfer_label", "transfer_scores"]
 
 # Config keys that never distinguish methods (seeds are runs of one method).
 _RUN_ONLY_KEYS = {"seed", "output_dir", "resume", "device", "compile", "resolved", "num_envs",
@@ -103,8 +109,6 @@ def count_parameters(checkpoint_dir: str | os.PathLike[str]) -> int:
 def read_run(run_dir: str | os.PathLike[str]) -> RunInfo:
     """Read a run folder through ``workbench.run.Run``; missing or unreadable parts are listed in
     ``problems`` (an analysis of many runs must not stop at one damaged folder)."""
-    from workbench.run import Run
-
     path = Path(run_dir)
     info = RunInfo(path=path)
     if not path.is_dir():
@@ -160,8 +164,6 @@ def protocol_key(scores: dict[str, Any]) -> ProtocolKey:
 def _paper_comparable(scores: dict[str, Any]) -> bool | None:
     """True/False when the file says (or its cap shows) whether it follows the papers'
     protocol; None for older files that record neither."""
-    from workbench.envs import MAX_AGENT_STEPS
-
     if "comparable_to_papers" in scores:
         return bool(scores["comparable_to_papers"])
     cap = scores.get("max_agent_steps")
@@ -267,8 +269,6 @@ def paper_reference_points(games: Iterable[str]) -> tuple[dict[str, dict[str, fl
     with every game — as ``{"paper: <method> [<table>]": {game: score}}``, and the printed
     aggregate IQMs of methods whose names give a parameter count, as scaling reference points).
     """
-    from workbench.reference import paper_tables as pt
-
     games = list(games)
     per_game: dict[str, dict[str, float]] = {}
     for table, methods in _PAPER_METHODS.items():
@@ -344,6 +344,242 @@ def _learning_metrics(runs: Sequence[RunInfo]) -> list[str]:
     return names
 
 
+def scaling_points(runs: Sequence[RunInfo], labels: Sequence[str], agg: dict[str, dict[str, Any]]
+                   ) -> list[dict[str, Any]]:
+    """The scaling figure's points: per method with a checkpoint, its algorithm, parameters and
+    IQM with CI (``agg``: ``workbench.metrics.aggregate`` of the runs grouped by ``labels``)."""
+    points = []
+    for lab in agg:
+        members = [r for r, label in zip(runs, labels) if label == lab and r.params]
+        if members:
+            points.append({"family": members[0].algo, "params": members[0].params, "iqm": agg[lab]["iqm"],
+                           "iqm_ci": agg[lab]["iqm_ci"], "label": lab})
+    return points
+
+
+def _runs_comparable(runs: Sequence[RunInfo]) -> bool | None:
+    """Whether the evaluations the comparison uses follow the papers' protocol (None: unknown)."""
+    used = [r.scores for r in runs if r.scores is not None]
+    flags = [_paper_comparable(sc) for sc in used]
+    return None if not used or None in flags else all(flags)
+
+
+# ------------------------------------------------------------------------------ figure recipes
+
+
+@dataclass(frozen=True)
+class _Analysis:
+    """What :func:`build_figures`' recipes draw from; the derived numbers are computed on first use."""
+
+    run_dirs: Sequence[str | os.PathLike[str]]
+    runs: list[RunInfo]
+    labels: list[str]
+    finetuned: list[RunInfo]
+    protocol: str
+    comparable: bool | None
+    ours: dict[str, dict[str, list[float]]]
+    runs_are: str
+    include_paper_reference: bool
+    reps: int
+    seed: int
+
+    @property
+    def caveat(self) -> str:
+        """Scores of episodes cut at a small cap are partial returns: every title says so."""
+        return "" if self.comparable is not False else (
+            f" — {self.protocol}: truncated episodes, not comparable to the papers")
+
+    @property
+    def run_note(self) -> str:
+        return ("runs = seeds (per-game mean of each seed)" if self.runs_are == "seeds" else
+                "runs = evaluation episodes (fewer than 2 seeds for some method)")
+
+    @property
+    def games(self) -> list[str]:
+        return sorted(set.intersection(*(set(v) for v in self.ours.values()))) if self.ours else []
+
+    @cached_property
+    def kind(self) -> M.Normalization:
+        """Atari: human-normalized; MinAtar: by its scripted expert (workbench.reference's scores.csv)."""
+        return M.default_normalization(sorted({g for v in self.ours.values() for g in v}))
+
+    @property
+    def normed(self) -> str:
+        return f"{self.kind}-normalized" if self.kind != "none" else "raw (no common reference score)"
+
+    @cached_property
+    def aggregates(self) -> tuple[dict[str, dict[str, Any]], str | None]:
+        """(``metrics.aggregate`` of our methods, why it failed)."""
+        if not self.ours:
+            return {}, None
+        try:
+            return M.aggregate(self.ours, self.kind, reps=self.reps, seed=self.seed), None
+        except ValueError as exc:
+            return {}, f"metrics.aggregate failed: {exc}"
+
+    @property
+    def agg(self) -> dict[str, dict[str, Any]]:
+        return self.aggregates[0]
+
+    @cached_property
+    def paper(self) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
+        """The papers' per-game scores and printed IQMs (:func:`paper_reference_points`), when drawn."""
+        if self.include_paper_reference and self.comparable is not False and self.kind == "human":
+            return paper_reference_points(self.games)
+        return {}, []
+
+    @cached_property
+    def has_online(self) -> bool:
+        return bool(online_runs(self.run_dirs))
+
+
+def _curves(a: _Analysis) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
+    curves = {f"{lab} [{r.name}]": r.metrics for r, lab in zip(a.runs, a.labels) if r.metrics}
+    return curves, _learning_metrics(a.runs)
+
+
+def _no_curves(a: _Analysis) -> str | None:
+    curves, names = _curves(a)
+    return None if curves and names else "no metrics.jsonl records with loss metrics"
+
+
+def _learning_curves(a: _Analysis) -> Built:
+    curves, names = _curves(a)
+    return F.make_learning_curve_figure(curves, names), (
+        f"Training metrics {', '.join(names)} against gradient step, from each run's metrics.jsonl "
+        "(each algorithm draws the curves its registry entry names; a run appears in the rows of the metrics "
+        "it logs; `loss` is each run's total; JOWA's stage 1 comes before its stage 2 on the step axis).")
+
+
+def _no_aggregates(a: _Analysis) -> str | None:
+    agg, error = a.aggregates
+    return None if agg else error or "no run has evaluation scores"
+
+
+def _aggregates(a: _Analysis) -> Built:
+    """Aggregates with CIs (+ paper methods on the same games, one run per game: no CI)."""
+    paper_scores = a.paper[0]
+    shown = dict(a.agg)
+    if paper_scores:
+        shown.update(M.aggregate(paper_scores, "human", reps=a.reps, seed=a.seed))
+    return F.make_aggregate_figure(shown, title=f"Aggregate {a.normed} scores (95% bootstrap CIs)" + a.caveat), (
+        f"{a.normed.capitalize()} median, IQM, mean and optimality gap per method with 95% stratified-"
+        f"bootstrap CIs (workbench.metrics.aggregate, {a.reps} reps, {a.run_note}). "
+        + ("Bars named 'paper: ...' are the papers' per-game raw scores (workbench.reference.paper_tables) "
+           f"on the same games ({', '.join(a.games)}), one score per game, so no interval."
+           if paper_scores else "No paper reference bars (none covers these games or disabled)."))
+
+
+def _paper_reference_not_drawn(a: _Analysis) -> str | None:
+    if a.include_paper_reference and a.comparable is False:
+        return ("the papers' numbers are full 108,000-frame episodes; these evaluations "
+                f"are not ({a.protocol}), so they are not drawn together")
+    return None
+
+
+def _needs_aggregates(a: _Analysis) -> str | None:
+    return None if a.agg else "no aggregates"
+
+
+def _performance_profiles(a: _Analysis) -> Built:
+    prof = M.performance_profile(a.ours, a.kind, reps=a.reps, seed=a.seed)
+    return F.make_performance_profile_figure(
+        prof["taus"], {m: v["profile"] for m, v in prof["methods"].items()},
+        {m: [v["lo"], v["hi"]] for m, v in prof["methods"].items()}, title="Performance profiles" + a.caveat), (
+        f"Fraction of runs with {a.normed} score above tau, with 95% CI bands "
+        f"(workbench.metrics.performance_profile, {a.run_note}).")
+
+
+def _method_pairs(a: _Analysis) -> list[tuple[str, str]]:
+    """Unordered pairs of methods evaluated on the same games."""
+    methods = list(a.ours)
+    return [(x, y) for i, x in enumerate(methods) for y in methods[i + 1:] if set(a.ours[x]) == set(a.ours[y])]
+
+
+def _no_method_pairs(a: _Analysis) -> str | None:
+    if len(a.ours) < 2:
+        return f"needs >= 2 methods with scores, found {len(a.ours)}"
+    return None if _method_pairs(a) else "no two methods were evaluated on the same games"
+
+
+def _probability_of_improvement(a: _Analysis) -> Built:
+    poi = M.probability_of_improvement(a.ours, _method_pairs(a), a.kind, reps=a.reps, seed=a.seed)
+    return F.make_probability_of_improvement_figure(poi, title="Probability of improvement" + a.caveat), (
+        f"P(X > Y) for each pair of methods on the same games with 95% CIs "
+        f"(workbench.metrics.probability_of_improvement, {a.run_note}).")
+
+
+def _no_scaling_points(a: _Analysis) -> str | None:
+    points = scaling_points(a.runs, a.labels, a.agg)
+    return None if points else "no run has both a checkpoint and evaluation scores"
+
+
+def _scaling(a: _Analysis) -> Built:
+    """Parameters vs IQM, one line per algorithm."""
+    paper_points = a.paper[1]
+    return F.make_scaling_figure(scaling_points(a.runs, a.labels, a.agg), paper_points or None,
+                                 title="Scaling: parameters vs IQM" + a.caveat), (
+        f"Parameters (from each checkpoint's safetensors header) vs {a.normed} IQM with 95% CIs, "
+        "one line per algorithm"
+        + ("; open diamonds are the papers' printed IQMs (workbench.reference.paper_tables.AGGREGATES, "
+           "their own game sets, not ours)." if paper_points else "."))
+
+
+def _ablation_table(a: _Analysis) -> Built:
+    rows = []
+    for lab, agg in a.agg.items():
+        members = [r for r, label in zip(a.runs, a.labels) if label == lab]
+        rows.append({"method": lab, "runs": len(members), "games": agg["num_games"],
+                     "params": f"{members[0].params:,}" if members[0].params else "",
+                     "IQM": agg["iqm"], "IQM 95% CI": agg["iqm_ci"], "median": agg["median"],
+                     "mean": agg["mean"], "optimality gap": agg["optimality_gap"]})
+    return F.make_ablation_table_figure(rows, title="Methods and ablations" + a.caveat), (
+        f"One row per method (config values that differ between runs name it): {a.normed} "
+        f"aggregates from workbench.metrics.aggregate ({a.run_note}).")
+
+
+def _online_curves(a: _Analysis) -> Built:
+    """Paper 000, Figure A.1, from runs of kind 'online'."""
+    return online_learning_curve_figure(a.run_dirs), (
+        "Evaluation score against training frames of each online run (curve.json), one panel per game "
+        "variant, as in Figure A.1.")
+
+
+def _no_finished_online(a: _Analysis) -> str | None:
+    return None if online_final_scores(a.run_dirs) else "no online run has finished its planned frames"
+
+
+def _online_finetune(a: _Analysis) -> Built:
+    """Paper 000, Figure 8, from runs of kind 'online'."""
+    return online_finetune_figure(a.run_dirs), (
+        "Final evaluation score per game variant and initialization (scratch vs pretrained encoder): the bar "
+        "is the mean over runs, the error bar their min and max, as in Figure 8.")
+
+
+def _transfer(a: _Analysis) -> Built:
+    """Offline fine-tuning (Scaled QL Figure 7, JOWA Table 3) from runs of kind 'finetune'."""
+    try:
+        return transfer_figure(a.finetuned, reps=a.reps, seed=a.seed, include_paper_reference=a.include_paper_reference)
+    except ValueError as exc:
+        raise Skip(str(exc)) from exc
+
+
+# build_figures' figures, in order. "paper reference" draws nothing: it reports why the papers'
+# bars and marks are left out of the aggregates and scaling figures.
+_RECIPES: tuple[FigureRecipe[_Analysis], ...] = (
+    FigureRecipe("learning_curves", _learning_curves, _no_curves),
+    FigureRecipe("aggregates", _aggregates, _no_aggregates),
+    FigureRecipe("paper reference", None, _paper_reference_not_drawn),
+    FigureRecipe("performance_profiles", _performance_profiles, _needs_aggregates),
+    FigureRecipe("probability_of_improvement", _probability_of_improvement, _no_method_pairs),
+    FigureRecipe("scaling", _scaling, _no_scaling_points),
+    FigureRecipe("ablation_table", _ablation_table, _needs_aggregates),
+    FigureRecipe("online_curves", _online_curves, applies=lambda a: a.has_online),
+    FigureRecipe("online_finetune", _online_finetune, _no_finished_online, applies=lambda a: a.has_online),
+    FigureRecipe("transfer", _transfer, applies=lambda a: bool(a.finetuned)),
+)
+
+
 def build_figures(
     run_dirs: Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str] = "figures/",
@@ -360,14 +596,13 @@ def build_figures(
     ``readme_notes`` (a markdown file, e.g. a study's findings) opens the README, above the generated
     account of the runs and figures, so a re-run of the notebook rewrites both.
 
-    Figures: ``learning_curves``, ``aggregates`` (median / IQM / mean / optimality gap with
-    95% CIs), ``performance_profiles``, ``probability_of_improvement`` (needs >= 2 methods on
-    the same games), ``scaling`` (parameters vs IQM), ``ablation_table``. A figure the data
+    Figures (``_RECIPES``): ``learning_curves``, ``aggregates`` (median / IQM / mean / optimality gap
+    with 95% CIs), ``performance_profiles``, ``probability_of_improvement`` (needs >= 2 methods on
+    the same games), ``scaling`` (parameters vs IQM), ``ablation_table``, and from online and
+    fine-tuning runs ``online_curves``, ``online_finetune``, ``transfer``. A figure the data
     cannot support is skipped with its reason in the report and README. Runs evaluated under
     another protocol than the comparison's are left out (and named) unless ``mix_protocols``.
     """
-    from workbench import metrics as M
-
     if not run_dirs:
         raise ValueError("build_figures: no run directories given (check the glob pattern)")
     if readme_notes and not Path(readme_notes).is_file():
@@ -380,145 +615,15 @@ def build_figures(
     labels = method_labels(runs)
     rep = AnalysisReport(out_dir=Path(out_dir), runs=runs, labels=labels, finetune_runs=finetuned)
     rep.protocol, rep.left_out = select_evaluations(runs, mix_protocols)
-    used = [r.scores for r in runs if r.scores is not None]
-    flags = [_paper_comparable(sc) for sc in used]
-    rep.comparable_to_papers = None if not used or None in flags else all(flags)
-    # Scores of episodes cut at a small cap are partial returns: say so in every title.
-    caveat = "" if rep.comparable_to_papers is not False else (
-        f" — {rep.protocol}: truncated episodes, not comparable to the papers")
+    rep.comparable_to_papers = _runs_comparable(runs)
     ours, rep.runs_are = method_scores(runs, labels)
-    run_note = ("runs = seeds (per-game mean of each seed)" if rep.runs_are == "seeds" else
-                "runs = evaluation episodes (fewer than 2 seeds for some method)")
-
-    def add(name: str, fig: go.Figure, text: str) -> None:
-        rep.figures[name], rep.descriptions[name] = fig, text
-
-    # Learning curves
-    names = _learning_metrics(runs)
-    curves = {f"{lab} [{r.name}]": r.metrics for r, lab in zip(runs, labels) if r.metrics}
-    if curves and names:
-        add("learning_curves", F.make_learning_curve_figure(curves, names),
-            f"Training metrics {', '.join(names)} against gradient step, from each run's metrics.jsonl "
-            "(each algorithm draws the curves its registry entry names; a run appears in the rows of the metrics "
-            "it logs; `loss` is each run's total; JOWA's stage 1 comes before its stage 2 on the step axis).")
-    else:
-        rep.skipped["learning_curves"] = "no metrics.jsonl records with loss metrics"
-
-    # Aggregates with CIs (+ paper methods on the same games, one run per game: no CI)
-    games = sorted(set.intersection(*(set(v) for v in ours.values()))) if ours else []
-    # Atari: human-normalized; MinAtar: by its scripted expert (workbench.reference's scores.csv)
-    kind = M.default_normalization(sorted({g for v in ours.values() for g in v}))
-    normed = f"{kind}-normalized" if kind != "none" else "raw (no common reference score)"
-    agg: dict[str, dict[str, Any]] = {}
-    if ours:
-        try:
-            agg = M.aggregate(ours, kind, reps=reps, seed=seed)
-        except ValueError as exc:
-            rep.skipped["aggregates"] = f"metrics.aggregate failed: {exc}"
-    paper_scores: dict[str, dict[str, float]] = {}
-    paper_points: list[dict[str, Any]] = []
-    if include_paper_reference and rep.comparable_to_papers is False:
-        rep.skipped["paper reference"] = ("the papers' numbers are full 108,000-frame episodes; these evaluations "
-                                          f"are not ({rep.protocol}), so they are not drawn together")
-    elif include_paper_reference and kind == "human":
-        paper_scores, paper_points = paper_reference_points(games)
-    if agg:
-        shown = dict(agg)
-        if paper_scores:
-            shown.update(M.aggregate(paper_scores, "human", reps=reps, seed=seed))
-        add("aggregates", F.make_aggregate_figure(
-            shown, title=f"Aggregate {normed} scores (95% bootstrap CIs)" + caveat),
-            f"{normed.capitalize()} median, IQM, mean and optimality gap per method with 95% stratified-"
-            f"bootstrap CIs (workbench.metrics.aggregate, {reps} reps, {run_note}). "
-            + ("Bars named 'paper: ...' are the papers' per-game raw scores (workbench.reference.paper_tables) "
-               f"on the same games ({', '.join(games)}), one score per game, so no interval."
-               if paper_scores else "No paper reference bars (none covers these games or disabled)."))
-    elif "aggregates" not in rep.skipped:
-        rep.skipped["aggregates"] = "no run has evaluation scores"
-
-    # Performance profiles
-    if agg:
-        prof = M.performance_profile(ours, kind, reps=reps, seed=seed)
-        add("performance_profiles", F.make_performance_profile_figure(
-            prof["taus"], {m: v["profile"] for m, v in prof["methods"].items()},
-            {m: [v["lo"], v["hi"]] for m, v in prof["methods"].items()}, title="Performance profiles" + caveat),
-            f"Fraction of runs with {normed} score above tau, with 95% CI bands "
-            f"(workbench.metrics.performance_profile, {run_note}).")
-    else:
-        rep.skipped["performance_profiles"] = "no aggregates"
-
-    # Probability of improvement: unordered pairs of methods on the same games
-    methods = list(ours)
-    if len(methods) >= 2:
-        common = [(a, b) for i, a in enumerate(methods) for b in methods[i + 1:]
-                  if set(ours[a]) == set(ours[b])]
-        if common:
-            poi = M.probability_of_improvement(ours, common, kind, reps=reps, seed=seed)
-            add("probability_of_improvement", F.make_probability_of_improvement_figure(
-                poi, title="Probability of improvement" + caveat),
-                f"P(X > Y) for each pair of methods on the same games with 95% CIs "
-                f"(workbench.metrics.probability_of_improvement, {run_note}).")
-        else:
-            rep.skipped["probability_of_improvement"] = "no two methods were evaluated on the same games"
-    else:
-        rep.skipped["probability_of_improvement"] = f"needs >= 2 methods with scores, found {len(methods)}"
-
-    # Scaling: parameters vs IQM, one line per algo
-    points = []
-    for lab in agg:
-        members = [r for r, label in zip(runs, labels) if label == lab and r.params]
-        if members:
-            points.append({"family": members[0].algo, "params": members[0].params, "iqm": agg[lab]["iqm"],
-                           "iqm_ci": agg[lab]["iqm_ci"], "label": lab})
-    if points:
-        add("scaling", F.make_scaling_figure(points, paper_points or None,
-                                             title="Scaling: parameters vs IQM" + caveat),
-            f"Parameters (from each checkpoint's safetensors header) vs {normed} IQM with 95% CIs, "
-            "one line per algorithm"
-            + ("; open diamonds are the papers' printed IQMs (workbench.reference.paper_tables.AGGREGATES, "
-               "their own game sets, not ours)." if paper_points else "."))
-    else:
-        rep.skipped["scaling"] = "no run has both a checkpoint and evaluation scores"
-
-    # Ablation / summary table
-    if agg:
-        rows = []
-        for lab, a in agg.items():
-            members = [r for r, label in zip(runs, labels) if label == lab]
-            rows.append({"method": lab, "runs": len(members), "games": a["num_games"],
-                         "params": f"{members[0].params:,}" if members[0].params else "",
-                         "IQM": a["iqm"], "IQM 95% CI": a["iqm_ci"], "median": a["median"],
-                         "mean": a["mean"], "optimality gap": a["optimality_gap"]})
-        add("ablation_table", F.make_ablation_table_figure(rows, title="Methods and ablations" + caveat),
-            f"One row per method (config values that differ between runs name it): {normed} "
-            f"aggregates from workbench.metrics.aggregate ({run_note}).")
-    else:
-        rep.skipped["ablation_table"] = "no aggregates"
-
-    # Online fine-tuning (paper 000, Figure 8 and Figure A.1) from runs of kind 'online'
-    if online_runs(run_dirs):
-        add("online_curves", online_learning_curve_figure(run_dirs),
-            "Evaluation score against training frames of each online run (curve.json), one panel per game "
-            "variant, as in Figure A.1.")
-        if online_final_scores(run_dirs):
-            add("online_finetune", online_finetune_figure(run_dirs),
-                "Final evaluation score per game variant and initialization (scratch vs pretrained encoder): the bar "
-                "is the mean over runs, the error bar their min and max, as in Figure 8.")
-        else:
-            rep.skipped["online_finetune"] = "no online run has finished its planned frames"
-
-    # Offline fine-tuning (Scaled QL Figure 7, JOWA Table 3) from runs of kind 'finetune'
-    if finetuned:
-        try:
-            fig, text = transfer_figure(finetuned, reps=reps, seed=seed,
-                                        include_paper_reference=include_paper_reference)
-            add("transfer", fig, text)
-        except ValueError as exc:
-            rep.skipped["transfer"] = str(exc)
-
+    drawn = draw(_RECIPES, _Analysis(
+        run_dirs=run_dirs, runs=runs, labels=labels, finetuned=finetuned, protocol=rep.protocol,
+        comparable=rep.comparable_to_papers, ours=ours, runs_are=rep.runs_are,
+        include_paper_reference=include_paper_reference, reps=reps, seed=seed))
+    rep.figures, rep.descriptions, rep.skipped = drawn.figures, drawn.descriptions, drawn.skipped
     paths: dict[str | os.PathLike[str], Any] = {rep.out_dir / n: f for n, f in rep.figures.items()}
-    statuses = save_figures(paths, png=png)
-    rep.saved = dict(zip(rep.figures, statuses))
+    rep.saved = dict(zip(rep.figures, save_figures(paths, png=png)))
     _write_readme(rep, notes)
     return rep
 
@@ -545,8 +650,6 @@ def _init_label(resolved: dict[str, Any]) -> str:
 
 def online_runs(run_dirs: Sequence[str | os.PathLike[str]]) -> list[tuple[Path, dict[str, Any], list[dict[str, Any]]]]:
     """(folder, resolved config, evaluation curve) of every ``online`` run among ``run_dirs``."""
-    from workbench.run import Run
-
     out = []
     for d in run_dirs:
         run = Run(Path(d))
@@ -596,8 +699,6 @@ def online_finetune_figure(run_dirs: Sequence[str | os.PathLike[str]]) -> go.Fig
 # ------------------------------------------------------------------------------ offline fine-tuning
 
 def _run_kind(path: Path) -> str | None:
-    from workbench.run import Run
-
     try:
         return Run(path).kind
     except (FileNotFoundError, ValueError):
@@ -650,9 +751,6 @@ def transfer_figure(runs: Sequence[RunInfo], *, reps: int = 2000, seed: int = 0,
     """Scaled QL Figure 7 / JOWA Table 3 from fine-tuning runs: DQN-normalized scores per held-out
     game and method, aggregates with 95% stratified-bootstrap CIs (``workbench.metrics``), and
     the papers' values as marked references. Returns (figure, description)."""
-    from workbench import metrics as M
-    from workbench.reference import paper_tables as pt
-
     raw, runs_are, comparable = transfer_scores(runs)
     games = sorted({g for per in raw.values() for g in per})
     no_ref = [g for g in games if not M.has_reference(g, "dqn")]

@@ -385,7 +385,7 @@ def load_policy(
     """
     from workbench import games
     from workbench.algos.base import EvalOptions
-    from workbench.pipeline import load_algo
+    from workbench.run import load_algo
 
     algo, run, ckpt = load_algo(checkpoint, device=device)
     trained = list(run.games)
