@@ -82,6 +82,7 @@ class PixelStateEncoder(nn.Module):
         return x[:, -1, 0, :N_STATES]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["scaled_ql", "cql_mse"])
 def test_offline_training_converges_to_value_iteration(tmp_path, algo):
     torch.manual_seed(0)
@@ -168,6 +169,7 @@ def _check(q: torch.Tensor, data: dict[str, torch.Tensor], want, tol: float, lab
             assert abs(float(q[i, a]) - ref[s, a]) < tol, (label, g, s, a, float(q[i, a]), ref[s, a])
 
 
+@pytest.mark.slow
 def test_cql_mse_converges_to_the_tabular_cql_fixed_point(tmp_path):
     """alpha > 0: the learned Q is the conservative fixed point, not Q* (which it is clearly apart
     from). Mutations caught: a CQL term with the wrong sign or weight, a logsumexp over invalid
@@ -203,6 +205,7 @@ def nstep_dataset(n: int) -> dict[str, torch.Tensor]:
     return data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["scaled_ql", "cql_mse"])
 def test_three_step_returns_converge_to_value_iteration(tmp_path, algo):
     """n = 3: the loss must bootstrap with the batch's gamma^3 discount (a loss that used gamma, or

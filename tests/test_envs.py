@@ -57,6 +57,7 @@ def test_matches_gymnasium_atari_preprocessing():
         np.testing.assert_array_equal(o, o_ref)
 
 
+@pytest.mark.slow
 def test_eval_deterministic_data_sticky():
     acts = np.random.default_rng(0).integers(0, 6, 120)
     e1, _ = rollout("Pong", "eval", 1, acts)
@@ -104,6 +105,7 @@ def test_cap_counts_frames(backend):
     assert trunc.all() and not term.any()  # 400 frames = 100 agent steps, not 400
 
 
+@pytest.mark.slow
 def test_variants_change_the_game_and_invalid_ones_list_choices():
     for game, mode in [("Breakout", 12), ("Hero", 1), ("Freeway", 1)]:
         assert envs.PAPER_VARIANTS[game]["mode"] == mode and mode in envs.available_modes(game)
@@ -121,6 +123,7 @@ def test_variants_change_the_game_and_invalid_ones_list_choices():
         make_env("Breakot")
 
 
+@pytest.mark.slow
 def test_native_vector_env_matches_ours_and_partial_reset():
     """ale-py's AtariVectorEnv gives our frames on non-terminal steps, also after seeded resets."""
     rng = np.random.default_rng(0)

@@ -37,6 +37,7 @@ def _play(**kw):
     return out, policy.seen
 
 
+@pytest.mark.slow
 def test_papers_protocol_by_default_and_opt_in_variations_are_recorded():
     base, seen = _play()
     assert seen[0] == seen[1]  # no sticky actions, no no-ops: a fixed policy replays the same episode

@@ -47,6 +47,7 @@ def manual_rollout(game, seed, epsilon, max_steps):
             return total, steps, trunc
 
 
+@pytest.mark.slow
 def test_scores_equal_manual_rollouts_with_same_seeds():
     pol = BrightnessPolicy()
     res = evaluate(

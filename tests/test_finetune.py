@@ -71,6 +71,7 @@ def _head(weights, num_actions, game_index, atoms=51):
     return weights["heads.weight"][rows], weights["heads.bias"][rows]
 
 
+@pytest.mark.slow
 def test_frozen_encoder_is_bit_identical_trunk_reinitialized_old_head_untouched(q_source, q_runs):
     config, result = q_runs["frozen"]
     src, tuned = _weights(q_source), _weights(result.run_dir)
@@ -94,6 +95,7 @@ def test_frozen_encoder_is_bit_identical_trunk_reinitialized_old_head_untouched(
     assert torch.equal(old[0], old_src[0]) and torch.equal(old[1], old_src[1])
 
 
+@pytest.mark.slow
 def test_finetuned_encoder_changes(q_source, q_runs):
     _, result = q_runs["finetuned"]
     src, tuned = _weights(q_source), _weights(result.run_dir)
@@ -101,6 +103,7 @@ def test_finetuned_encoder_changes(q_source, q_runs):
     assert sum(not torch.equal(tuned[k], src[k]) for k in enc) > len(enc) // 2
 
 
+@pytest.mark.slow
 def test_run_folder_records_source_and_transfer(q_source, q_runs):
     config, result = q_runs["frozen"]
     doc = json.loads((result.run_dir / "config.json").read_text())
@@ -124,6 +127,7 @@ def test_run_folder_records_source_and_transfer(q_source, q_runs):
                                   "selection_on_eval_env": False, "game": "Pong"}
 
 
+@pytest.mark.slow
 def test_finetuned_checkpoint_evaluates_through_notebook_05(q_runs):
     _, result = q_runs["finetuned"]
     out = evaluate_run(EvaluateConfig(checkpoint=str(result.run_dir), episodes=1, num_envs=1, max_steps=15,
@@ -132,6 +136,7 @@ def test_finetuned_checkpoint_evaluates_through_notebook_05(q_runs):
     assert list(out["per_game"]) == ["Pong"] and len(out["per_game"]["Pong"]["scores"]) == 1
 
 
+@pytest.mark.slow
 def test_best_snapshot_is_flagged_and_loadable(q_source, tmp_path):
     config = FinetuneConfig.from_params(checkpoint=q_source, report="best_snapshot", snapshot_every=2,
                                         output_dir=str(tmp_path / "best"), **FT)
@@ -290,6 +295,7 @@ def test_jowa_stage2_loss_combo_parts_match_brute_force(pong_store):
     assert float(metrics["loss/combo"]) == pytest.approx(sum(downs) / len(downs) - sum(ups) / len(ups), abs=2e-4)
 
 
+@pytest.mark.slow
 def test_jowa_protocol_end_to_end_new_task_embedding(tmp_path, pong_store):
     settings = JOWAConfig(target_update_period=50)
     src_algo = JOWA.build("jowa-tiny", SOURCE_GAMES, settings, seed=3)
@@ -380,6 +386,7 @@ def dt_source(tmp_path_factory):
     return str(run.path)
 
 
+@pytest.mark.slow
 def test_dt_transfer_starts_from_every_weight_of_the_mgdt_checkpoint(dt_source, tmp_path):
     from workbench.algos.mgdt import MGDTAlgo
     from workbench.transfer import load_partial

@@ -11,6 +11,7 @@ from workbench import games
 from workbench.reference import paper_tables
 
 
+@pytest.mark.slow
 def test_minimal_action_sets_match_ale_for_every_registry_game():
     registry = set().union(*games.GAME_SETS.values()) - set(games.MINATAR_GAMES)
     assert registry == set(games.DQN_REPLAY_GAMES) and len(registry) == 60

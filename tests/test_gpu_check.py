@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("peak", "correctness", "fixes", "train_speed", "sampler", "planner", "evaluator")
 
@@ -28,6 +30,7 @@ def numbers(x, path="$"):
             yield from numbers(v, f"{path}[{i}]")
 
 
+@pytest.mark.slow
 def test_smoke_run_answers_every_section_and_its_checks_hold(tmp_path):
     out = tmp_path / "gpu_check.json"
     env = {k: v for k, v in os.environ.items() if k != "OUT"}

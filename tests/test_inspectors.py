@@ -220,6 +220,7 @@ def jowa_run(tmp_path_factory):
     return run_dir, algo, init
 
 
+@pytest.mark.slow
 def test_load_algo_restores_every_jowa_tensor_tokenizer_included(jowa_run):
     import torch
 
@@ -246,6 +247,7 @@ def jowa_rollout(jowa_run):
                         progress=False, planning_horizon=2, beam_width=2)
 
 
+@pytest.mark.slow
 def test_jowa_rollout_holds_root_distributions_trees_and_predicted_frames(jowa_run, jowa_rollout):
     """Each step's data against independent computations with the trained model: full-sequence
     forwards over the rollout's own frames and actions, and greedy decoding without cache.

@@ -134,6 +134,7 @@ def _train(model: MGDT, algo: MGDTAlgo, make_batch, steps: int, lr: float = 3e-3
     return metrics
 
 
+@pytest.mark.slow
 def test_expert_action_inference_picks_the_high_return_action():
     """One-step episodes from one state: action 0 returns 2 (60% of the data), action 1 returns -4
     and action 2 returns 8 (20% each); the average return is 2. Conditioned on the average, the
@@ -168,6 +169,7 @@ def test_expert_action_inference_picks_the_high_return_action():
     np.testing.assert_array_equal(average.return_to_go, 1.0)
 
 
+@pytest.mark.slow
 def test_tiny_mgdt_reproduces_a_scripted_policy():
     """The scripted policy presses action k on screens of brightness level k (noisy frames);
     after training on its 4-step segments, the policy (through act/observe over an episode, the
@@ -249,6 +251,7 @@ def mgdt_run(tmp_path_factory):
     return run_dir, pretrain(config, progress=False)
 
 
+@pytest.mark.slow
 def test_mgdt_trains_evaluates_explores_and_is_analysed(mgdt_run, tmp_path):
     from workbench.config import EvaluateConfig, PretrainConfig
     from workbench.pipeline import evaluate_run, pretrain
@@ -297,6 +300,7 @@ def test_mgdt_trains_evaluates_explores_and_is_analysed(mgdt_run, tmp_path):
         assert all(lab in text for lab in labels), (name, labels)
 
 
+@pytest.mark.slow
 def test_pretrain_notebook_runs_mgdt(tmp_path, monkeypatch):
     """``papermill notebooks/02_pretrain.ipynb out.ipynb -p model mgdt-tiny`` (tiny sizes)."""
     from test_notebooks import TINY_PRETRAIN, run

@@ -147,6 +147,7 @@ TORCHVISION_NO_FC = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", sorted(TORCHVISION_NO_FC))
 def test_resnet_parameter_counts(preset):
     with torch.device("meta"):  # counting needs shapes only: skip the costly random init

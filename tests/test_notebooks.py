@@ -82,6 +82,7 @@ def test_notebook_parameters_match_the_config(notebook, config):
         assert eval(spec["default"]) == defaults[name], name  # noqa: S307 - our own literals
 
 
+@pytest.mark.slow
 def test_pretrain_notebook_leaves_checkpoint_metrics_figures_scores(pretrained):
     assert (pretrained / "checkpoints" / "latest").is_file()
     ckpt = pretrained / "checkpoints" / (pretrained / "checkpoints" / "latest").read_text().strip()
@@ -97,6 +98,7 @@ def test_pretrain_notebook_leaves_checkpoint_metrics_figures_scores(pretrained):
     assert config["resolved"]["algo"] == "scaled_ql"
 
 
+@pytest.mark.slow
 def test_pretrain_summary_flags_truncated_evaluation(pretrained):
     """A 50-step cap cuts every Pong/Breakout episode of a near-random agent short (a game lasts
     far longer): summary.json, the scores JSON and the scores figure all say so."""
@@ -111,6 +113,7 @@ def test_pretrain_summary_flags_truncated_evaluation(pretrained):
     assert "not comparable to the papers" in page
 
 
+@pytest.mark.slow
 def test_evaluate_notebook_on_the_pretrained_checkpoint(pretrained):
     root = pretrained.parents[1]
     run("05_evaluate.ipynb", root, checkpoint="runs/tiny", games="Pong", episodes=2,
@@ -121,6 +124,7 @@ def test_evaluate_notebook_on_the_pretrained_checkpoint(pretrained):
     assert scores["comparable_to_papers"] is False and scores["truncated_episodes"] == 2
 
 
+@pytest.mark.slow
 def test_analysis_and_explorer_notebooks_with_relative_paths(pretrained):
     """06 reads the run (pretraining + notebook 05's evaluations) and 07 plays its checkpoint,
     both given project-relative paths while the kernel sits in notebooks/."""
@@ -135,6 +139,7 @@ def test_analysis_and_explorer_notebooks_with_relative_paths(pretrained):
     assert not (root / "notebooks" / "runs").exists()
 
 
+@pytest.mark.slow
 def test_finetune_notebook_on_the_pretrained_checkpoint(pretrained):
     """03 fine-tunes the shared pretraining run (Pong, Breakout) on a held-out game, recording
     its data with the paper's 1% split; 05 then evaluates the fine-tuned checkpoint."""
@@ -152,6 +157,7 @@ def test_finetune_notebook_on_the_pretrained_checkpoint(pretrained):
     assert list(json.loads((ft / "eval" / "nb05.json").read_text())["per_game"]) == ["Alien"]
 
 
+@pytest.mark.slow
 def test_online_notebook_leaves_an_online_run_with_curve_and_logged_replay(tmp_path):
     """Notebook 04 on Breakout mode 12 from scratch: a run folder of kind 'online' with the
     evaluation curve, its figure, and the logged replay in the public layout."""
@@ -168,6 +174,7 @@ def test_online_notebook_leaves_an_online_run_with_curve_and_logged_replay(tmp_p
     assert not (tmp_path / "notebooks" / "runs").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "notebook, params, message",
     [
@@ -190,6 +197,7 @@ def test_bad_parameters_stop_the_notebook_at_once(notebook, params, message, tmp
     assert not (tmp_path / "runs").exists() and not (tmp_path / "notebooks" / "runs").exists()
 
 
+@pytest.mark.slow
 def test_paper_preset_on_a_cpu_stops_with_the_estimated_time(tmp_path):
     """10M steps at batch 512 on the CPU: the run stops before recording, naming the hours
     (5.12e9 samples at the measured 68.8 samples/s of resnet-tiny = about 20,672 hours)."""
@@ -200,6 +208,7 @@ def test_paper_preset_on_a_cpu_stops_with_the_estimated_time(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_pretrain_notebook_runs_jowa_both_stages_and_plans(tmp_path):
     run("02_pretrain.ipynb", tmp_path, model="jowa-tiny", games="Pong", record_steps=200, steps=3,
         batch_size=2, eval_episodes=1, eval_max_steps=10, num_envs=1, planning_horizon=1, beam_width=2,
@@ -219,6 +228,7 @@ def test_pretrain_notebook_runs_jowa_both_stages_and_plans(tmp_path):
         assert f'"{term}"' in page, term
 
 
+@pytest.mark.slow
 def test_collect_data_notebook_records_readable_dqn_replay_files(tmp_path):
     from workbench.data import dqn_replay as dr
 

@@ -317,6 +317,7 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
                                                               load_file(str(ckpt / "optimizer.safetensors")).items()}}
 
 
+@pytest.mark.slow
 def test_resumed_run_continues_bit_identically(tmp_path):
     """Killed after a checkpoint and resumed, a run ends with the same weights, Adam state,
     replay, curve, metrics and logged files as one that ran through."""
@@ -384,6 +385,7 @@ def _encoder(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if k.startswith("encoder.")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoder", ["frozen", "finetuned"])
 def test_transferred_encoder_frozen_stays_bit_identical(tmp_path, pretrained, encoder):
     """The encoder comes from the checkpoint, trunk and heads are fresh; frozen keeps the encoder
@@ -431,6 +433,7 @@ def test_epsilon_is_dopamines_linear_decay():
     assert linearly_decaying_epsilon(250_000, 10**7, 20_000, 0.01) == pytest.approx(0.01)
 
 
+@pytest.mark.slow
 def test_online_q_converges_to_value_iteration(tmp_path, pretrained):
     """On TwoStepEnv, the 3-step C51 agent's expected Q at every state and action approaches
     value iteration's Q* (within 0.06 on a scale of 1). The encoder is a frozen transferred one

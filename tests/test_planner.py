@@ -139,6 +139,7 @@ def two_step_leaves(model):
     return inputs, [_brute_two_steps(model, ct[i], ca[i], cv[i], obs[i], int(game[i]), vm[i]) for i in range(3)]
 
 
+@pytest.mark.slow
 @torch.no_grad()
 @pytest.mark.parametrize("shared_prefix", [True, False])
 def test_full_width_two_steps_equals_brute_force_enumeration(model, two_step_leaves, shared_prefix):

@@ -196,6 +196,7 @@ def test_real_env_roundtrip(tmp_path: Path) -> None:
     assert ck_obs.shape == (50, 84, 84)
 
 
+@pytest.mark.slow
 def test_cli(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -169,6 +169,7 @@ def probe_run(tmp_path_factory):
     unregister("probe")
 
 
+@pytest.mark.slow
 def test_new_algorithm_trains_through_the_pipeline(probe_run):
     run_dir, result = probe_run
     assert get_algo("probe").settings_class is ProbeSettings
@@ -180,6 +181,7 @@ def test_new_algorithm_trains_through_the_pipeline(probe_run):
     assert result.summary["algo"] == "probe" and set(result.scores["per_game"]) == {"Pong"}
 
 
+@pytest.mark.slow
 def test_new_algorithm_evaluates_analyses_and_explores(probe_run):
     from workbench.config import EvaluateConfig
     from workbench.pipeline import evaluate_run
@@ -202,6 +204,7 @@ def test_new_algorithm_evaluates_analyses_and_explores(probe_run):
     np.testing.assert_array_equal(rollout.actions, rollout.q_values.argmax(1))
 
 
+@pytest.mark.slow
 def test_new_algorithm_finetunes_through_the_job(probe_run, tmp_path, capsys):
     """``python -m workbench.finetune`` on the probe's checkpoint: its protocol's parts transfer,
     the frozen one stays bit-identical to the checkpoint's, the re-initialized one does not."""

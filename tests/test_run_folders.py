@@ -129,6 +129,7 @@ def test_initialisation_is_seeded(model):
     assert any(not torch.equal(sa[k], sc[k]) for k in sa if sa[k].is_floating_point())
 
 
+@pytest.mark.slow
 def test_mse_reward_scales_come_from_the_store(dopamine_store):
     """Paper 000's MSE variant standardizes reward scales across games: s_g is the RMS of game g's
     discounted returns, here checked against a direct loop over the store's raw arrays (a return
@@ -159,6 +160,7 @@ def test_mse_reward_scales_come_from_the_store(dopamine_store):
     assert get_algo("scaled_ql").settings_from_data(ScaledQLConfig(), dopamine_store, games) == {}
 
 
+@pytest.mark.slow
 def test_mse_run_records_and_uses_its_reward_scales(tmp_path):
     from workbench.pipeline import pretrain
 

@@ -66,6 +66,7 @@ with RunLock(sys.argv[1]):
 """
 
 
+@pytest.mark.slow
 def test_a_second_run_fails_at_once_naming_the_holder(tmp_path):
     import workbench.pipeline as pipeline
 
@@ -85,6 +86,7 @@ def test_a_second_run_fails_at_once_naming_the_holder(tmp_path):
         holder.wait()
 
 
+@pytest.mark.slow
 def test_a_stale_lock_of_a_killed_run_is_taken_over(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True)
     assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
@@ -118,6 +120,7 @@ def test_resume_stops_on_any_non_resumable_change_naming_it(tmp_path, change, fi
 # ------------------------------------------------------------------------------ the seed is the seed
 
 
+@pytest.mark.slow
 def test_same_seed_gives_bit_identical_checkpoints_and_another_seed_differs(tmp_path, dopamine_store, monkeypatch):
     import workbench.pipeline as pipeline
 
@@ -172,6 +175,7 @@ def _cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module,args,pattern", [
     ("workbench.pipeline", ["--lr", "nan"], "lr must be a finite number"),
     ("workbench.pipeline", ["--eval-max-steps", "99999"], "above the evaluation protocol's cap"),

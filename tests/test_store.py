@@ -52,6 +52,7 @@ def full_store(dopamine_store) -> st.ReplayStore:
     return st.ReplayStore(dopamine_store)
 
 
+@pytest.mark.slow
 def test_full_split_matches_dopamine_fixtures(full_store: st.ReplayStore) -> None:
     s = full_store
     assert s.games == tuple(GAMES)
@@ -103,6 +104,7 @@ def test_checkpoint_splits(tmp_path: Path, split: sp.Split, ckpts: list[int]) ->
     assert [b["checkpoint"] for b in s.game("Breakout").blocks] == ckpts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "split,games", [(sp.Split("all", sample_fraction=0.1), GAMES), (sp.Split("last", k=1, sample_count=150), ["Pong"])]
 )
@@ -389,6 +391,7 @@ def logged_split_report(
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("split,ckpts", LOGGED_SPLITS, ids=[str(s) for s, _ in LOGGED_SPLITS])
 def test_logged_layout_every_sample_is_exact(tmp_path: Path, split, ckpts: list[int]) -> None:
     r = logged_split_report(split, ckpts, tmp_path / "s")

@@ -36,6 +36,7 @@ def _play(game: str, scripted: bool, steps: int, seed: int) -> float:
     return total
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("game, margin", [("Breakout", 5.0), ("Freeway", 3.0), ("Pong", 2.0)])
 def test_scripted_policy_beats_random(game: str, margin: float) -> None:
     # Two fixed seeds, 600 agent steps each: the heuristic's return is clearly above random play's.
@@ -44,6 +45,7 @@ def test_scripted_policy_beats_random(game: str, margin: float) -> None:
         assert scripted >= random + margin, (game, seed, scripted, random)
 
 
+@pytest.mark.slow
 def test_space_invaders_fire_beats_random_per_episode() -> None:
     # Random play dies sooner, so totals over a fixed number of steps would compare different episode
     # counts: compare mean returns of complete episodes (cap 1,000), random pooled over 4 seeds (its
@@ -108,6 +110,7 @@ def _episodes_from_files(replay_logs: Path, n: int) -> list[tuple[int, float]]:
     return out
 
 
+@pytest.mark.slow
 def test_record_history_behaviour_line_matches_the_recorded_data(tmp_path: Path) -> None:
     spec = S.HistorySpec(output_dir=str(tmp_path / "data"), games="Freeway,Breakout", checkpoints=5, rows=300,
                          eps_start=1.0, eps_end=0.0, decay="linear", episode_cap=120, random_episodes=2, seed=3)
@@ -382,6 +385,7 @@ def test_action_profile_tells_a_frame_blind_policy_from_one_that_varies() -> Non
     assert 1 / 6 <= uniform["modal_fraction"] < 0.3
 
 
+@pytest.mark.slow
 def test_sweep_action_profiles_read_each_finished_point_s_checkpoint(tmp_path: Path) -> None:
     from workbench.config import PretrainConfig
     from workbench.fileio import atomic_write_json

@@ -23,6 +23,7 @@ def tiny_tokenizer(seed: int) -> Tokenizer:
     return Tokenizer(tokenizer_config("tiny"))
 
 
+@pytest.mark.slow
 def test_tokens_equal_direct_encoding_and_are_reused(store, tmp_path):
     tok = tiny_tokenizer(0)
     out = tokenize_store(store, tok, tmp_path / "tok", batch_size=64, progress=False)

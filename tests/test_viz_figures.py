@@ -227,6 +227,7 @@ def test_save_figure_reports_missing_browser(tmp_path, monkeypatch):
     assert not (tmp_path / "sub" / "poi.png").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(E.find_chromium() is None, reason="no Chrome/Chromium for kaleido (apt-get install chromium)")
 def test_save_figures_writes_png(tmp_path):
     tall = R.make_learning_curve_figure({"r": [{"step": 1, "a": 1.0, "b": 2.0, "c": 3.0}]}, ["a", "b", "c"])
@@ -450,6 +451,7 @@ def _scores_doc(means: dict[str, float], cap: int | None) -> dict:
     return doc
 
 
+@pytest.mark.slow
 def test_analysis_never_mixes_protocols_and_names_what_it_left_out(tmp_path):
     """Three runs: two evaluated at the 27,000-step protocol (one of them by notebook 05, in
     eval/scores_*.json beside a capped pretraining evaluation), one only at a 250-step cap. The
@@ -526,6 +528,7 @@ def test_ablation_table_is_as_wide_as_its_columns_and_scaling_ticks_decades():
     assert scaling.layout.xaxis.type == "log"
 
 
+@pytest.mark.slow
 def test_scaled_ql_figure_2_draws_the_behaviour_policy_of_a_recorded_history(tmp_path):
     import json
 
