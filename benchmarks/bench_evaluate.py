@@ -14,6 +14,7 @@ import json
 import time
 
 import numpy as np
+import rliable.library  # noqa: F401  (import once, outside both timings)
 import torch
 from torch import nn
 
@@ -88,8 +89,6 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     game = games.canonical_game(a.game)
     n, steps = a.num_envs, a.steps
-
-    import rliable.library  # noqa: F401  (import once, outside both timings)
 
     env_sps, env_steps = env_only_rate(game, n, steps, a.backend)
     eval_sps, eval_steps = evaluate_rate(SmallConvPolicy((game,)), game, n, steps, a.backend)

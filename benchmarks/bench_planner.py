@@ -46,7 +46,10 @@ import statistics
 import time
 
 import torch
+from bench_train import time_step, trainer_step
+from torch.profiler import ProfilerActivity, profile
 
+from workbench.algos.jowa import JOWA, JOWAConfig
 from workbench.models.gpt import KVCache
 from workbench.models.tokenizer import TOKENS_PER_FRAME, Tokenizer
 from workbench.models.world_action import TOKENS_PER_STEP, WorldActionModel, world_action_config
@@ -243,8 +246,6 @@ def _op_shares(fn, top: int = 8) -> dict[str, float]:
     """Share of self CPU time of the busiest torch ops (torch.profiler; its own per-op overhead
     inflates the many small ops a little). aten::addmm is the linear layers; aten::bmm the
     attention products; aten::_scaled_dot_product_flash_attention_for_cpu the context pass."""
-    from torch.profiler import ProfilerActivity, profile
-
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
@@ -269,10 +270,6 @@ def jowa_stage2_batch(batch: int, device: torch.device, seq_len: int = 8, seed: 
 
 
 def bench_training(preset: str, args, device: torch.device) -> dict:
-    from bench_train import time_step, trainer_step
-
-    from workbench.algos.jowa import JOWA, JOWAConfig
-
     torch.manual_seed(0)
     algo = JOWA.build(preset, ["Pong", "Breakout"], JOWAConfig(), stage=2)
     B, L = args.train_batch, 8

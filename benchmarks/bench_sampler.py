@@ -50,6 +50,7 @@ import numpy as np
 
 from workbench.data import dqn_replay as dr
 from workbench.data import store as st
+from workbench.data.sampler import TransitionSampler
 from workbench.fileio import atomic_write_json
 
 GAMES = ["Pong", "Breakout", "Seaquest", "Qbert", "Asterix", "Alien", "Boxing", "Freeway"]
@@ -253,8 +254,6 @@ def main() -> None:
     p.add_argument("--cleanup", action="store_true",
                    help="delete the cached store (and (b2)'s source checkpoint) afterwards")
     a = p.parse_args()
-    from workbench.data.sampler import TransitionSampler
-
     games = GAMES[: a.games]
     cache = Path(a.cache)
     t0 = time.perf_counter()

@@ -62,6 +62,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import gc
 import json
 import math
 import os
@@ -78,7 +79,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # workbench, where not installed
@@ -91,6 +95,7 @@ import bench_train  # noqa: E402
 from workbench import train as trainer  # noqa: E402
 from workbench.algos.jowa import JOWA  # noqa: E402
 from workbench.algos.scaled_ql import ScaledQL, ScaledQLConfig  # noqa: E402
+from workbench.data.sampler import TransitionSampler  # noqa: E402
 from workbench.fileio import atomic_write_json  # noqa: E402
 from workbench.games import GAME_SETS  # noqa: E402
 from workbench.models.world_action import WorldActionModel, world_action_config  # noqa: E402
@@ -200,8 +205,6 @@ def free_port() -> int:
 
 
 def release(device: torch.device) -> None:
-    import gc
-
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -333,8 +336,6 @@ def kv_cache_check(preset: str, device: torch.device) -> dict:
 
 
 def ddp_check(model: str, batch_size: int, device: torch.device, find_unused: bool) -> dict:
-    import torch.distributed as dist
-
     backend = "nccl" if device.type == "cuda" else "gloo"
     own_group = not dist.is_initialized()
     if own_group:
@@ -565,16 +566,12 @@ def h2d_copy(device: torch.device) -> dict:
 
 
 def count_flops(step: Callable[[dict], Any], batch: dict) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
     with FlopCounterMode(display=False) as counter:
         step(batch)
     return int(counter.get_total_flops())
 
 
 def top_ops(step: Callable[[dict], Any], batch: dict, device: torch.device, top: int = 8) -> dict:
-    from torch.profiler import ProfilerActivity, profile
-
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         step(batch)
@@ -637,8 +634,6 @@ def compiled_speed(sz: dict, device: torch.device, speed: dict, remaining: Calla
 
 
 def sampler_wait(sz: dict, device: torch.device) -> dict:
-    from workbench.data.sampler import TransitionSampler
-
     B, n = sz["batch"], sz["sampler_steps"]
     games = bench_sampler.GAMES[: sz["store_games"]]
     out: dict[str, Any] = {"consumer": sz["target_qnet"], "batch": B, "steps": n, "cpus": os.cpu_count()}

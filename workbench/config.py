@@ -20,7 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workbench.algos.base import PRESETS, AlgoSpec, EvalOptions, Scale, Stage, algo_names, get_algo, model_owner
-from workbench.games import geometry_of
+from workbench.data.splits import parse_runs, parse_split
+from workbench.devices import resolve_device
+from workbench.envs import MAX_AGENT_STEPS
+from workbench.games import canonical_game, geometry_of, resolve_games
+from workbench.paths import resolve_path
 from workbench.settings import from_params, namespace_params
 
 __all__ = ["EvaluateConfig", "PretrainConfig", "RESUMABLE_FIELDS", "check_cpu_time", "estimate_cpu_hours",
@@ -61,16 +65,12 @@ def check_cpu_time(work: str, samples: int, model: str, *, preset: str, device_t
 
 
 def check_eval_cap(name: str, value: int) -> None:
-    from workbench.envs import MAX_AGENT_STEPS
-
     if value > MAX_AGENT_STEPS:
         raise ValueError(f"{name} {value} is above the evaluation protocol's cap of {MAX_AGENT_STEPS} agent steps "
                          f"(108,000 frames); give at most {MAX_AGENT_STEPS}")
 
 
 def check_device(device: str) -> None:
-    from workbench.devices import resolve_device
-
     resolve_device(device)  # unknown names and absent accelerators: an error listing the valid ones
 
 
@@ -137,9 +137,6 @@ class PretrainConfig:
     # ---- validation -------------------------------------------------------------------------
 
     def __post_init__(self) -> None:
-        from workbench.data.splits import parse_runs, parse_split
-        from workbench.games import resolve_games
-
         spec = self.spec  # unknown algo or model: raises listing the valid names
         if self.model not in spec.model_presets():
             raise ValueError(f"model {self.model!r} is not a preset of algo {spec.name!r}; its models: "
@@ -202,8 +199,6 @@ class PretrainConfig:
 
     @property
     def game_list(self) -> tuple[str, ...]:
-        from workbench.games import resolve_games
-
         return resolve_games(self.games)
 
     @property
@@ -228,8 +223,6 @@ class PretrainConfig:
     def run_dir(self) -> str:
         """The run folder, absolute: a relative ``output_dir`` (and the default) resolves against
         the project root (``workbench.paths``), so notebooks in ``notebooks/`` find ``runs/``."""
-        from workbench.paths import resolve_path
-
         if self.output_dir:
             return str(resolve_path(self.output_dir))
         own = model_owner(self.model).name == self.algo_name
@@ -327,8 +320,6 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         if self.games:
-            from workbench.games import resolve_games
-
             resolve_games(self.games)
         for name in ("episodes", "num_envs", "max_steps"):
             if getattr(self, name) < 1:
@@ -363,8 +354,6 @@ def _check_eval_extras(sticky: float, noops: int) -> None:
 def parse_beam_width(spec: str, games: Sequence[str] | None) -> int | tuple[int, ...]:
     """``'2'`` -> 2; ``'Pong:3,Breakout:2'`` or ``'2,Pong:3'`` -> one width per game of ``games``
     (a bare number sets the games not named; default 2). ``games=None`` checks the syntax only."""
-    from workbench.games import canonical_game
-
     default, per_game = None, {}
     for item in (p.strip() for p in str(spec).split(",") if p.strip()):
         name, _, value = item.rpartition(":")

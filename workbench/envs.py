@@ -50,10 +50,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import ale_py
 import cv2
 import gymnasium
 import numpy as np
+from ale_py import roms
+from ale_py.vector_env import AtariVectorEnv
 from gymnasium import spaces
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode
 
 from workbench import games as _games
 from workbench import geometry
@@ -72,6 +76,7 @@ __all__ = [
     "make_env",
     "available_modes",
     "available_difficulties",
+    "check_variant",
     "AtariVector",
     "FrameStacker",
     "make_vector",
@@ -116,8 +121,6 @@ def _sticky(protocol: str, override: float | None) -> float:
 
 
 def _new_ale(repeat_action_probability: float) -> Any:
-    import ale_py
-
     ale = ale_py.ALEInterface()
     ale.setLoggerMode(ale_py.LoggerMode.Error)
     ale.setFloat("repeat_action_probability", float(repeat_action_probability))
@@ -132,8 +135,6 @@ _MODES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
 def _modes_and_difficulties(game: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
     game = _games.canonical_game(game)
     if game not in _MODES:
-        from ale_py import roms
-
         ale = _new_ale(0.0)
         ale.loadROM(roms.get_rom_path(_games.ale_rom_id(game)))
         _MODES[game] = (
@@ -153,7 +154,8 @@ def available_difficulties(game: str) -> tuple[int, ...]:
     return _modes_and_difficulties(game)[1]
 
 
-def _check_variant(game: str, mode: int | None, difficulty: int | None) -> None:
+def check_variant(game: str, mode: int | None, difficulty: int | None) -> None:
+    """Raise ``ValueError`` listing the valid ones if ale-py has no such mode or difficulty for ``game``."""
     modes, diffs = _modes_and_difficulties(game)
     if mode is not None and mode not in modes:
         raise ValueError(f"invalid mode {mode!r} for {game}: valid modes are {list(modes)}")
@@ -184,12 +186,10 @@ class AtariProtocolEnv(gymnasium.Env):
         max_episode_frames: int = MAX_EPISODE_FRAMES,
         repeat_action_probability: float | None = None,
     ) -> None:
-        from ale_py import roms
-
         self.game = _games.canonical_game(game)
         self.protocol = protocol
         self.repeat_action_probability = _sticky(protocol, repeat_action_probability)
-        _check_variant(self.game, mode, difficulty)
+        check_variant(self.game, mode, difficulty)
         if int(max_episode_frames) <= 0:
             raise ValueError(f"max_episode_frames must be positive, got {max_episode_frames}")
         self.mode, self.difficulty = mode, difficulty
@@ -208,8 +208,6 @@ class AtariProtocolEnv(gymnasium.Env):
 
     @staticmethod
     def _ale_action(a: int) -> Any:
-        import ale_py
-
         return ale_py.Action(a)
 
     def _load(self, seed: int | None) -> None:
@@ -369,15 +367,13 @@ class AtariVector:
         self.num_envs = int(num_envs)
         self.protocol = protocol
         sticky = _sticky(protocol, repeat_action_probability)
-        _check_variant(self.game, mode, difficulty)
+        check_variant(self.game, mode, difficulty)
         self.num_actions = _games.num_actions(self.game)
         self._done = np.ones(self.num_envs, bool)
         self._obs = np.zeros((self.num_envs, *OBS_SHAPE), np.uint8)
         if backend == "native":
             if mode is not None or difficulty is not None:
                 raise ValueError("backend 'native' has no game modes/difficulties: use 'sync'")
-            from ale_py.vector_env import AtariVectorEnv
-            from gymnasium.vector import AutoresetMode
 
             self._env: Any = AtariVectorEnv(
                 _games.ale_rom_id(self.game),
@@ -411,7 +407,6 @@ class AtariVector:
                 self._envs = [factory() for _ in range(self.num_envs)]
                 self._env = None
             else:
-                from gymnasium.vector import AsyncVectorEnv, AutoresetMode
 
                 self._envs = []
                 self._env = AsyncVectorEnv(

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from workbench import games as _games
 from workbench import metrics as _metrics
@@ -107,8 +108,6 @@ def evaluate(
     and ``aggregates_by_episode`` (episodes as runs, stratified-bootstrap CIs), or None when a game
     has no human reference score.
     """
-    from tqdm.auto import tqdm
-
     policy = check_policy(policy)
     game_list = _games.resolve_games(games)
     G = len(game_list)

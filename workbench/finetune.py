@@ -429,7 +429,8 @@ change on resume."""
 
 def open_run(config: FinetuneConfig) -> Run:
     """The run folder of ``config``: new, resumed after a configuration check, or reset."""
-    return FINETUNE.open_run(config)
+    inputs = [config.source_run.path] + ([resolve_path(config.dataset)] if config.dataset else [])
+    return FINETUNE.open_run(config, inputs)
 
 
 def finetune(config: FinetuneConfig, *, progress: bool = True) -> FinetuneResult:

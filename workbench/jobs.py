@@ -25,7 +25,7 @@ from workbench.devices import resolve_device
 from workbench.run import Run, RunLock
 from workbench.settings import parse_args
 
-__all__ = ["Job", "JobConfig", "locked", "main"]
+__all__ = ["Job", "JobConfig", "check_inputs_outside", "locked", "main"]
 
 class JobConfig(Protocol):
     """What the skeleton reads from a job's config."""
@@ -57,15 +57,19 @@ class Job:
     resumable: tuple[str, ...]
     """Parameters that may change when the run is resumed (recorded in ``history.jsonl``)."""
 
-    def open_run(self, config: JobConfig) -> Run:
+    def open_run(self, config: JobConfig, inputs: Sequence[str | Path] = ()) -> Run:
         """The run folder of ``config``, ready to write into.
 
         A new or empty folder becomes a run. A folder holding a run of the same configuration is
         resumed (changes to ``resumable`` fields are applied and recorded); any other difference
         stops here, before a weight is loaded, naming the fields. ``resume=False`` starts the run
-        afresh. A non-empty folder that is not a workbench run is never touched.
+        afresh, unless one of the job's ``inputs`` (its checkpoint, its dataset) lies inside the
+        folder it would empty. A non-empty folder that is not a workbench run is never touched.
         """
-        run = Run(Path(config.run_dir))
+        run_dir = Path(config.run_dir)
+        if not config.resume:
+            check_inputs_outside(run_dir, inputs)
+        run = Run(run_dir)
         run.start(self.kind, config.params(), config.resolve(), resume=config.resume, may_change=self.resumable,
                   entries=self.entries)
         return run
@@ -78,6 +82,17 @@ def locked(config: JobConfig) -> Iterator[None]:
     config.check_hardware(resolve_device(config.device).type)
     with RunLock(config.run_dir):
         yield
+
+
+def check_inputs_outside(run_dir: Path, inputs: Sequence[str | Path]) -> None:
+    """Refuse to reset ``run_dir`` when an input of the job lies inside it (or is it): emptying
+    the folder would delete what the job is about to read."""
+    folder = run_dir.resolve()
+    for given in inputs:
+        path = Path(given).resolve()
+        if path == folder or folder in path.parents:
+            raise ValueError(f"resume=False would empty {run_dir}, which holds this job's input {given}; "
+                             "choose another output_dir (or copy the input elsewhere first)")
 
 
 C = TypeVar("C")

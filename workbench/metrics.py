@@ -33,6 +33,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -179,7 +180,7 @@ def score_matrix(normalized: Mapping[str, np.ndarray]) -> np.ndarray:
 
 
 def _metric_fns() -> dict[str, Any]:
-    from rliable import metrics as rm
+    from rliable import metrics as rm  # noqa: PLC0415  (rliable loads arch/pandas: ~2-4 s)
 
     return {
         "iqm": rm.aggregate_iqm,
@@ -228,7 +229,7 @@ def aggregate(
     ``scores``: ``{method: {game: runs or number}}``. Returns ``{method: {"iqm", "median",
     "mean", "optimality_gap", "<metric>_ci": [lo, hi], "num_games", "num_runs", "games"}}``.
     """
-    from rliable import library as rly
+    from rliable import library as rly  # noqa: PLC0415  (rliable loads arch/pandas: ~2-4 s)
 
     if reps < 1:
         raise ValueError(f"reps must be >= 1, got {reps}")
@@ -275,7 +276,7 @@ def performance_profile(
     (rliable's ``create_performance_profile``: score distributions over all runs x games, with
     its stratified bootstrap, seeded).
     """
-    from rliable import library as rly
+    from rliable import library as rly  # noqa: PLC0415  (rliable loads arch/pandas: ~2-4 s)
 
     mats = {m: score_matrix(normalize(s, kind)) for m, s in scores.items()}
     if taus is None:
@@ -310,8 +311,8 @@ def probability_of_improvement(
     Both methods must cover the same games. Returns ``{"X vs Y": {"x", "y", "probability",
     "ci": [lo, hi]}}``.
     """
-    from rliable import library as rly
-    from rliable import metrics as rm
+    from rliable import library as rly  # noqa: PLC0415  (rliable loads arch/pandas: ~2-4 s)
+    from rliable import metrics as rm  # noqa: PLC0415  (rliable loads arch/pandas: ~2-4 s)
 
     names = list(scores)
     if pairs is None:
@@ -372,8 +373,6 @@ def _read_json(path: str) -> Any:
 def _load_scores_json(paths: Sequence[str]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """(``{method: {game: scores}}``, ``{method: protocol flags}``) from evaluator scores files
     and/or method tables (see ``_CLI_FORMATS``)."""
-    from pathlib import Path
-
     data: dict[str, dict[str, Any]] = {}
     flags: dict[str, dict[str, Any]] = {}
     for path in paths:

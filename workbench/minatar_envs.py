@@ -18,6 +18,7 @@ Seeding: ``reset(seed=s)`` reseeds the game's random stream (spawns, sticky acti
 
 from __future__ import annotations
 
+import colorsys
 from collections.abc import Sequence
 from typing import Any
 
@@ -98,7 +99,7 @@ class MinAtarProtocolEnv(gymnasium.Env):
         max_episode_steps: int = MAX_AGENT_STEPS,
         repeat_action_probability: float | None = None,
     ) -> None:
-        from minatar import Environment
+        from minatar import Environment  # noqa: PLC0415  (minatar loads seaborn/matplotlib: ~3-4 s)
 
         self.game = _games.canonical_game(game)
         self.protocol = protocol
@@ -166,8 +167,6 @@ class MinAtarProtocolEnv(gymnasium.Env):
 
 def _palette(channels: int) -> np.ndarray:
     """Black background, then one distinct colour per channel (HSV wheel)."""
-    import colorsys
-
     cols = [(0, 0, 0)] + [
         tuple(int(255 * v) for v in colorsys.hsv_to_rgb(k / channels, 0.8, 1.0)) for k in range(channels)
     ]

@@ -69,7 +69,7 @@ from workbench.config import check_cpu_time
 from workbench.data import dqn_replay as dr
 from workbench.data.replay_buffer import ReplayBuffer, batch_tensors, load_replay, prune_replays, save_replay
 from workbench.devices import resolve_device
-from workbench.envs import FRAME_SKIP, MAX_AGENT_STEPS, AtariProtocolEnv, FrameStacker, _check_variant
+from workbench.envs import FRAME_SKIP, MAX_AGENT_STEPS, AtariProtocolEnv, FrameStacker, check_variant
 from workbench.evaluate import evaluate
 from workbench.fileio import atomic_write_json
 from workbench.jobs import Job, locked
@@ -240,7 +240,7 @@ class OnlineConfig:
         if self.encoder == "frozen" and not self.checkpoint:
             raise OnlineError("encoder='frozen' needs a pretrained checkpoint (a frozen random encoder is not a "
                               "transfer); give checkpoint=<run> or encoder='finetuned'")
-        _check_variant(G.canonical_game(self.game), self.mode_or_none, self.difficulty_or_none)
+        check_variant(G.canonical_game(self.game), self.mode_or_none, self.difficulty_or_none)
         for name in ("frames", "capacity", "eval_every", "eval_episodes", "eval_max_steps", "checkpoint_every", "seed",
                      "cpu_threads"):
             if getattr(self, name) < 0:
@@ -396,7 +396,7 @@ def _episode_seed(seed: int, episode: int) -> int:
 
 def open_online_run(config: OnlineConfig) -> Run:
     """The run folder of ``config`` (kind ``online``): new, resumed after a config check, or reset."""
-    return ONLINE.open_run(config)
+    return ONLINE.open_run(config, [resolve_path(config.checkpoint)] if config.checkpoint else [])
 
 
 def transfer_encoder(algo: ScaledQL, checkpoint: str | os.PathLike[str], game: str) -> dict[str, Any]:

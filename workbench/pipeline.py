@@ -23,13 +23,20 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+import torch.distributed as dist
 
 from workbench import checkpoint as ckpt_io
 from workbench import jobs
 from workbench.algos.base import Algo, EvalOptions, StageContext
 from workbench.baselines import reference_scores, summary_lines, verdict
 from workbench.config import RESUMABLE_FIELDS, EvaluateConfig, PretrainConfig
+from workbench.data.build import build_store
+from workbench.data.record import record_many
+from workbench.data.splits import parse_runs, parse_split
+from workbench.data.store import ReplayStore
 from workbench.devices import resolve_device
+from workbench.evaluate import evaluate
+from workbench.games import resolve_games
 from workbench.jobs import Job, locked
 from workbench.paths import resolve_path
 from workbench.run import MARKER, Run, load_algo
@@ -58,7 +65,7 @@ on resume (``config.RESUMABLE_FIELDS``)."""
 
 def open_run(config: PretrainConfig) -> Run:
     """The run folder of ``config``, ready to train into (``jobs.Job.open_run``)."""
-    return PRETRAIN.open_run(config)
+    return PRETRAIN.open_run(config, [resolve_path(config.dataset)] if config.dataset else [])
 
 
 # ------------------------------------------------------------------------------------- data
@@ -91,11 +98,6 @@ def prepare_dataset(config: DataSource, run_dir: Path, *, progress: bool = True,
     interrupted run is discarded and recorded again. ``recording_split`` is the split a
     recording is built with (fine-tuning: the paper's subsample of the held-out game's data).
     """
-    from workbench.data.build import build_store
-    from workbench.data.record import record_many
-    from workbench.data.splits import parse_runs, parse_split
-    from workbench.data.store import ReplayStore
-
     games = config.game_list
     dataset = resolve_path(config.dataset) if config.dataset else None
     if dataset is not None and not dataset.exists():
@@ -167,8 +169,6 @@ def _pretrain(config: PretrainConfig, rank: int, world: int, progress: bool) -> 
     else:
         run, store = Run(Path(config.run_dir)), None
     if world > 1:
-        import torch.distributed as dist
-
         holder = [str(store) if store else None]
         dist.broadcast_object_list(holder, src=0)
         store = Path(str(holder[0]))
@@ -237,8 +237,6 @@ def evaluate_algo(
     sticky_actions: float = 0.0, noop_starts: int = 0, progress: bool = True,
 ) -> dict[str, Any]:
     """Run the evaluator on an algo's policy and write the scores JSON."""
-    from workbench.evaluate import evaluate
-
     algo.model.eval()
     with torch.no_grad():
         result = evaluate(
@@ -252,8 +250,7 @@ def evaluate_algo(
 
 def evaluate_run(config: EvaluateConfig, *, progress: bool = True) -> dict[str, Any]:
     """Evaluate a checkpoint (notebook 05): scores JSON, aggregates and a figure."""
-    from workbench.games import resolve_games
-    from workbench.viz.results_figures import make_scores_figure
+    from workbench.viz.results_figures import make_scores_figure  # noqa: PLC0415  (plotly, an optional extra)
 
     algo, run, ckpt = load_algo(resolve_path(config.checkpoint), device=config.device)
     trained = run.games
@@ -301,9 +298,9 @@ def evaluate_run(config: EvaluateConfig, *, progress: bool = True) -> dict[str, 
 
 def run_figures(run: Run, scores: dict[str, Any]) -> dict[str, Any]:
     """Learning curves (every stage) and per-game scores of one run, saved under ``figures/``."""
-    from workbench.viz.analysis import curve_names
-    from workbench.viz.export import save_figure
-    from workbench.viz.results_figures import (
+    from workbench.viz.analysis import curve_names  # noqa: PLC0415  (plotly, an optional extra)
+    from workbench.viz.export import save_figure  # noqa: PLC0415  (plotly, an optional extra)
+    from workbench.viz.results_figures import (  # noqa: PLC0415  (plotly, an optional extra)
         make_learning_curve_figure,
         make_representation_figure,
         make_scores_figure,

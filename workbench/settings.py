@@ -13,6 +13,7 @@ without importing the app-level ``workbench.config``:
 
 from __future__ import annotations
 
+import argparse
 import ast
 import dataclasses
 import difflib
@@ -174,8 +175,6 @@ def parse_args(cls: type[T], argv: list[str] | None = None, prog: str | None = N
     ``extra_flags`` adds boolean switches (name -> help), returned as the second value. A bad
     value exits with status 2 and the validation message, without a traceback.
     """
-    import argparse
-
     doc = (cls.__doc__ or "").strip().splitlines()
     parser = argparse.ArgumentParser(prog=prog, description=doc[0] if doc else None)
     hints, docs = typing.get_type_hints(cls), field_docs(cls)

@@ -57,6 +57,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -64,12 +65,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from workbench import games as G
-from workbench.algos.base import algo_label, algo_names, get_algo
+from workbench import metrics
+from workbench.algos.base import algo_label, algo_names, check_policy, get_algo
+from workbench.baselines import reference_scores
+from workbench.config import PretrainConfig
+from workbench.data import dqn_replay as dr
 from workbench.data.behaviour import BEHAVIOUR_FILE
 from workbench.data.minatar_scripts import RULES as MINATAR_RULES
+from workbench.data.record import record
+from workbench.data.splits import parse_split
+from workbench.diagnostics import DIAGNOSTIC_CURVES
+from workbench.envs import FRAME_SKIP, AtariProtocolEnv
+from workbench.evaluate import episode_seed, epsilon_greedy
 from workbench.fileio import atomic_write_json, atomic_write_text
+from workbench.minatar_envs import MinAtarProtocolEnv
+from workbench.paths import resolve_path
+from workbench.run import Run
+from workbench.settings import field_docs
+from workbench.sweep import load_sweep, run_sweep, sweep_status
+from workbench.viz.rollout import play_rollout
 
 __all__ = ["BEHAVIOUR_FILE", "SCRIPTED_GAMES", "EpsilonSchedulePolicy", "HistorySpec", "ScriptedPolicy",
            "action_profile", "bootstrap_ci", "build_summary", "epsilon_schedule", "main", "method_label",
@@ -195,8 +212,6 @@ class EpsilonSchedulePolicy:
 
     def __init__(self, inner: Any, n_actions: int, rows_per_checkpoint: int, epsilons: Sequence[float],
                  seed: int) -> None:
-        from workbench.algos.base import check_policy
-
         self.inner = check_policy(inner)
         self.n_actions, self.rows_per_checkpoint, self.epsilons = n_actions, rows_per_checkpoint, list(epsilons)
         self._rng = np.random.default_rng(np.random.SeedSequence([seed, 15]))
@@ -307,17 +322,12 @@ class HistorySpec:
 
 def split_checkpoints(split: str, n_checkpoints: int) -> list[int]:
     """The checkpoints of a run of ``n_checkpoints`` that ``split`` (the config grammar) uses."""
-    from workbench.data.splits import parse_split
-
     return parse_split(split).choose(list(range(n_checkpoints)))
 
 
 def _env_with_ram(game: str, seed: int | None, cap: int, protocol: str = "data") -> tuple[Any, RamReader]:
     """``game``'s env under ``protocol`` and a reader of the state its heuristic reads: the console
     RAM of this very environment (Atari), or MinAtar's game object."""
-    from workbench.envs import FRAME_SKIP, AtariProtocolEnv
-    from workbench.minatar_envs import MinAtarProtocolEnv
-
     if G.suite_of(game) == "minatar":
         menv = MinAtarProtocolEnv(game, protocol, seed=seed, max_episode_steps=cap)
         return menv, lambda: menv.env
@@ -331,8 +341,6 @@ def behaviour_returns(game: str, epsilon: float, *, episodes: int, cap: int, see
     protocol (Atari: no sticky actions; MinAtar: its own 0.1), ``noop_starts`` and the cap. Episode
     ``k`` is seeded like the evaluator's (:func:`workbench.evaluate.episode_seed`), and its
     exploration and no-op draws come from that seed's stream."""
-    from workbench.evaluate import episode_seed, epsilon_greedy
-
     game = G.canonical_game(game)
     env, reader = _env_with_ram(game, None, cap, "eval")  # each episode reseeds it below
     rule, n_actions = _HEURISTICS[game], G.num_actions(game)
@@ -355,9 +363,6 @@ def behaviour_returns(game: str, epsilon: float, *, episodes: int, cap: int, see
 
 def record_history(spec: HistorySpec, *, progress: bool = True) -> dict[str, Any]:
     """Record every game's learning history and write ``behaviour.json``; returns its content."""
-    from workbench.data.record import record
-    from workbench.paths import resolve_path
-
     root = resolve_path(spec.output_dir)
     epsilons = epsilon_schedule(spec.checkpoints, spec.eps_start, spec.eps_end, spec.decay)
     # Agent steps that fill the checkpoints (padding rows take the rest; a short last checkpoint may follow).
@@ -392,8 +397,6 @@ def record_history(spec: HistorySpec, *, progress: bool = True) -> dict[str, Any
         per_game[game] = {"replay_logs": str(out.relative_to(root)), "checkpoints": rows_ck, "splits": splits,
                           "episodes": len(complete), "agent_steps": steps}
     # Random and every constant action under the agents' evaluation protocol (same cap, episodes).
-    from workbench.baselines import reference_scores
-
     refs = reference_scores(spec.game_list, episodes=spec.random_episodes, max_agent_steps=spec.episode_cap,
                             seed=spec.seed, noop_starts=spec.eval_noop_starts, progress=progress)
     random = {g: refs[g]["random"]["scores"] for g in spec.game_list}
@@ -439,8 +442,6 @@ def behaviour_under_protocol(doc: dict[str, Any], *, episodes: int, noop_starts:
 def _trim_partial(replay_logs: Path, info: dict[str, Any], checkpoints: int) -> int:
     """Drop the short checkpoint the padding rows spill past the last full one (so the run has
     exactly ``checkpoints`` checkpoints and the 20% split is exact); returns the count kept."""
-    from workbench.data import dqn_replay as dr
-
     for k in dr.list_checkpoints(replay_logs):
         if k >= checkpoints:
             for f in replay_logs.glob(f"*_ckpt.{k}.gz"):
@@ -487,8 +488,6 @@ def reference_models(sweeps: Sequence[Any]) -> dict[str, str]:
 def method_label(params: dict[str, Any], reference_model: dict[str, str]) -> str:
     """The method a run stands for: its algorithm, plus what differs from the study's baseline
     (feature normalization off, another model than the algorithm's reference size)."""
-    from workbench.config import PretrainConfig
-
     config = PretrainConfig.from_params(**params)
     label = algo_label(config.algo_name)
     if getattr(config.settings, "feature_norm", True) is False:
@@ -502,8 +501,6 @@ def method_label(params: dict[str, Any], reference_model: dict[str, str]) -> str
 def _finished_points(sweeps: Sequence[Any]) -> list[tuple[Any, Any]]:
     """(sweep, point) for every finished point of the sweeps, each run folder once (two sweeps may
     share a point)."""
-    from workbench.sweep import sweep_status
-
     out, seen = [], set()
     for sweep in sweeps:
         states = {p["id"]: p["state"] for p in sweep_status(sweep, write=False)["points"]}
@@ -535,11 +532,6 @@ def build_summary(sweep_files: Sequence[str | os.PathLike[str]], *, behaviour: s
     near-optimal behaviour) with stratified-bootstrap CIs (``workbench.metrics.aggregate``).
     ``behaviour`` and ``random`` come from the data's ``behaviour.json`` (default: next to the
     first sweep's ``dataset``)."""
-    from workbench import metrics
-    from workbench.paths import resolve_path
-    from workbench.run import Run
-    from workbench.sweep import load_sweep
-
     if not sweep_files:
         raise ValueError("give at least one sweep file")
     sweeps = [load_sweep(f) for f in sweep_files]
@@ -685,8 +677,6 @@ def action_profile(source: Any, game: str, *, seeds: Sequence[int] = (0,), max_s
     lower means it varies its action, with the frame or with its own history.
 
     Returns ``modal_action`` (its name), ``modal_fraction``, ``actions_used`` and ``steps``."""
-    from workbench.viz.rollout import play_rollout
-
     counts = np.zeros(G.num_actions(game), np.int64)
     names: list[str] = []
     for seed in seeds:
@@ -704,11 +694,6 @@ def sweep_action_profiles(sweep_files: Sequence[str | os.PathLike[str]], *, max_
                           progress: bool = True) -> dict[str, Any]:
     """``action_profile`` of every finished point of the sweeps, per game, grouped like the summary's
     rows: per (method, split, game) the modal fraction of each run (seed) and their modal actions."""
-    from tqdm.auto import tqdm
-
-    from workbench.run import Run
-    from workbench.sweep import load_sweep
-
     sweeps = [load_sweep(f) for f in sweep_files]
     ref_model = reference_model or reference_models(sweeps)
     jobs = [point for _, point in _finished_points(sweeps)]
@@ -730,9 +715,6 @@ def run_study(sweep_file: str | os.PathLike[str], *, out: str | os.PathLike[str]
     """The whole study from one sweep file: its data (the sweep's ``games`` and ``dataset``, recorded
     with :class:`HistorySpec`'s defaults unless the dataset's behaviour.json exists), every point
     (done points are skipped, interrupted ones resume), then the summary (and table, action profiles)."""
-    from workbench.paths import resolve_path
-    from workbench.sweep import load_sweep, run_sweep
-
     sweep = load_sweep(sweep_file)
     dataset, games = sweep.base.get("dataset"), sweep.base.get("games")
     if not dataset or not games:
@@ -758,15 +740,9 @@ def sweep_curves(sweep_file: str | os.PathLike[str], out_dir: str | os.PathLike[
     """Learning curves and representation diagnostics of every finished point, one line per run,
     one figure per (method, split): ``<out_dir>/curves_<method>_<split>`` and
     ``representation_<method>_<split>`` (HTML, and PNG where a Chromium is present)."""
-    import re
-
-    from workbench.diagnostics import DIAGNOSTIC_CURVES
-    from workbench.paths import resolve_path
-    from workbench.run import Run
-    from workbench.sweep import load_sweep
-    from workbench.viz.analysis import curve_names
-    from workbench.viz.export import save_figure
-    from workbench.viz.results_figures import make_learning_curve_figure
+    from workbench.viz.analysis import curve_names  # noqa: PLC0415  (plotly, an optional extra)
+    from workbench.viz.export import save_figure  # noqa: PLC0415  (plotly, an optional extra)
+    from workbench.viz.results_figures import make_learning_curve_figure  # noqa: PLC0415  (plotly, an optional extra)
 
     sweeps = [load_sweep(sweep_file)]
     ref_model = reference_models(sweeps)
@@ -798,8 +774,6 @@ def sweep_curves(sweep_file: str | os.PathLike[str], out_dir: str | os.PathLike[
 
 
 def _sweep_name(sweep_file: str | os.PathLike[str]) -> str:
-    from workbench.sweep import load_sweep
-
     return load_sweep(sweep_file).name
 
 
@@ -812,8 +786,6 @@ def _minus(a: float, b: float | None) -> float | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from workbench.settings import field_docs
-
     parser = argparse.ArgumentParser(prog="python -m workbench.study", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     data = sub.add_parser("data", help="record the scripted learning histories and behaviour.json")
@@ -856,8 +828,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             doc = record_history(spec)
             print(json.dumps({"behaviour": doc["behaviour"], "random": doc["random"]}, indent=1))
         elif args.command == "behaviour":
-            from workbench.paths import resolve_path
-
             bpath = resolve_path(args.data) / BEHAVIOUR_FILE
             doc = json.loads(bpath.read_text())
             doc["behaviour_eval_protocol"] = behaviour_under_protocol(doc, episodes=args.episodes,
@@ -870,15 +840,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "all":
             run_study(args.sweep, out=args.out, table=args.table, actions=args.actions)
         elif args.command == "actions":
-            from workbench.paths import resolve_path
-
             profiles = sweep_action_profiles(args.sweeps, max_steps=args.max_steps)
             out_path = resolve_path(args.out or f"figures/{_sweep_name(args.sweeps[0])}_actions.json")
             atomic_write_json(out_path, profiles)
             print(f"{out_path}: {len(profiles['rows'])} rows")
         else:
-            from workbench.paths import resolve_path
-
             out = build_summary(args.sweeps, behaviour=args.behaviour, reps=args.reps, seed=args.seed)
             path = resolve_path(args.out or f"figures/{_sweep_name(args.sweeps[0])}.json")
             atomic_write_json(path, out)
@@ -886,8 +852,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.table:
                 atomic_write_text(resolve_path(args.table), summary_table(out))
             if args.figure:
-                from workbench.viz.export import save_figure
-                from workbench.viz.results_figures import make_study_scores_figure
+                from workbench.viz.export import save_figure  # noqa: PLC0415  (plotly, an optional extra)
+                from workbench.viz.results_figures import make_study_scores_figure  # noqa: PLC0415  (plotly, an optional extra)
 
                 save_figure(make_study_scores_figure(out), resolve_path(args.figure))
     except (ValueError, FileNotFoundError) as exc:

@@ -53,9 +53,12 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from workbench import checkpoint as ckpt_io
+from workbench.run import Run
 
 __all__ = ["TransferError", "TransferReport", "Transferable", "check_parts", "encoder_digest", "freeze",
            "fresh_report", "load_partial", "part_names", "part_tensors", "source_checkpoint"]
@@ -187,8 +190,6 @@ def _blocks(rows: Sequence[int], games: Sequence[Any]) -> dict[Any, slice]:
 
 def source_checkpoint(source: str | os.PathLike[str]) -> tuple[Path, tuple[str, ...], dict[str, Any]]:
     """(checkpoint folder, the source run's games, its ``resolved`` config) of a run or checkpoint."""
-    from workbench.run import Run
-
     ckpt = ckpt_io.resolve_checkpoint(source)
     run = Run.open(ckpt)
     return ckpt, run.games, run.resolved
@@ -198,8 +199,6 @@ def _read_weights(ckpt: Path) -> dict[str, Tensor]:
     """The checkpoint's online-model tensors, its files verified against their sha256 first."""
     state = ckpt_io.read_state(ckpt)
     ckpt_io.verify_files(ckpt, state)
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     try:
         tensors = load_file(str(ckpt / "model.safetensors"))

@@ -16,6 +16,7 @@ on a concrete class. Adding an algorithm is one module that calls :func:`registe
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -383,7 +384,7 @@ def unregister(name: str) -> None:
 
 def _load_builtin() -> None:
     # The built-in algorithms register themselves on import.
-    from workbench.algos import jowa, mgdt, scaled_ql  # noqa: F401
+    from workbench.algos import jowa, mgdt, scaled_ql  # noqa: F401, PLC0415  (self-registration: they import this module)
 
 
 def algo_names() -> tuple[str, ...]:
@@ -395,8 +396,6 @@ def get_algo(name: str) -> AlgoSpec:
     """The registered algorithm ``name``; an unknown name lists the valid ones."""
     _load_builtin()
     if name not in _REGISTRY:
-        import difflib
-
         close = difflib.get_close_matches(name, list(_REGISTRY), 1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"unknown algo {name!r}{hint}; valid algos: {', '.join(_REGISTRY)}")

@@ -32,6 +32,7 @@ from typing import Any, cast
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from workbench.algos.base import (
@@ -47,8 +48,11 @@ from workbench.algos.base import (
     stage_iterator,
 )
 from workbench.algos.jowa_finetune import JOWA_FINETUNE
+from workbench.data.sampler import SequenceSampler
+from workbench.data.tokens import tokenize_store
 from workbench.models.tokenizer import Tokenizer
 from workbench.models.world_action import (
+    PRESETS,
     ActionSpace,
     WorldActionConfig,
     WorldActionModel,
@@ -57,6 +61,7 @@ from workbench.models.world_action import (
     world_action_config,
     world_losses,
 )
+from workbench.planner import PlannerPolicy
 
 __all__ = ["JOWAConfig", "JOWAModel", "JOWA", "JOWASpec", "PlannerInspector", "WorldPass"]
 
@@ -299,8 +304,6 @@ class JOWA:
     def policy(self, options: EvalOptions | None = None, *, return_tree: bool = False) -> Any:
         """The planner (`planner.PlannerPolicy`) over this model with the options' H and K
         (H = 0 or K = 1: greedy in Q)."""
-        from workbench.planner import PlannerPolicy
-
         options = options or EvalOptions()
         return PlannerPolicy(
             self.model.world, self.model.tokenizer, self.games, horizon=options.planning_horizon,
@@ -359,8 +362,6 @@ class JOWASpec:
         "loss/td", "loss/cql", "q/data_mean")
 
     def model_presets(self) -> tuple[str, ...]:
-        from workbench.models.world_action import PRESETS
-
         return tuple(PRESETS)
 
     def default_model(self) -> str:
@@ -399,14 +400,10 @@ class JOWASpec:
         algo.set_stage(2)
         algo.update_target()  # the Q head starts stage 2 with its target equal to itself
         # Stage 2 freezes the tokenizer: encode the store once (rank 0) and train on the tokens.
-        from workbench.data.tokens import tokenize_store
-
         if context.rank == 0:
             tokenize_store(context.store, algo.model.tokenizer, self._tokens(context), device=context.device,
                            progress=context.progress)
         if context.world_size > 1:
-            import torch.distributed as dist
-
             dist.barrier()
 
     @staticmethod
@@ -414,8 +411,6 @@ class JOWASpec:
         return context.run_dir / "data" / "tokens"
 
     def batches(self, algo: Algo, stage: str, context: StageContext) -> Any:
-        from workbench.data.sampler import SequenceSampler
-
         assert isinstance(algo, JOWA)
         tokens = self._tokens(context) if stage == "stage2" else None
         return stage_iterator(SequenceSampler(

@@ -46,6 +46,7 @@ from workbench.algos.base import (
     stage_iterator,
 )
 from workbench.algos.scaled_ql import SCALED_QL_FINETUNE, finetune_1pct_scale
+from workbench.data.sampler import SequenceSampler
 from workbench.games import geometry_of
 from workbench.models.mgdt import (
     MGDT,
@@ -364,8 +365,6 @@ class MGDTSpec:
         """One stage, nothing to prepare."""
 
     def batches(self, algo: Algo, stage: str, context: StageContext) -> Any:
-        from workbench.data.sampler import SequenceSampler
-
         assert isinstance(algo, MGDTAlgo)
         return stage_iterator(SequenceSampler(
             context.store, context.games, context.batch_size, seq_len=algo.context_steps, seed=context.seed,

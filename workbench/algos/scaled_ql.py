@@ -44,9 +44,11 @@ from workbench.algos.base import (
     register,
     stage_iterator,
 )
+from workbench.data.sampler import TransitionSampler
+from workbench.data.store import ReplayStore
 from workbench.diagnostics import qnet_probe_forward
 from workbench.models.qnet import PRESETS as QNET_PRESETS
-from workbench.models.qnet import QNetwork, build_qnet
+from workbench.models.qnet import QNetwork, build_qnet, resolve_num_actions
 from workbench.settings import check_finite
 
 __all__ = ["ALGOS", "BCConfig", "CQLMSEConfig", "GreedyPolicy", "QNetInspector", "ScaledQL", "ScaledQLConfig",
@@ -305,8 +307,6 @@ class ScaledQL:
 
     def game_rows(self, games: Sequence[str] | Sequence[int]) -> dict[str, tuple[int, ...]]:
         """The joint head matrix holds |A_g| x atoms rows per game, in game order."""
-        from workbench.models.qnet import resolve_num_actions
-
         rows = tuple(n * self.model.num_atoms for n in resolve_num_actions(games))
         return {"heads.weight": rows, "heads.bias": rows}
 
@@ -472,7 +472,6 @@ class QLearningSpec:
         the RMS of game g's discounted dataset returns (``losses.return_scale``)."""
         if not isinstance(settings, CQLMSEConfig) or settings.reward_scale is not None:
             return {}
-        from workbench.data.store import ReplayStore
 
         data = ReplayStore(store)
         returns = [torch.from_numpy(data.discounted_returns(g, settings.gamma)) for g in games]
@@ -487,8 +486,6 @@ class QLearningSpec:
         """One stage, nothing to prepare."""
 
     def batches(self, algo: Algo, stage: str, context: StageContext) -> Any:
-        from workbench.data.sampler import TransitionSampler
-
         settings = algo.config  # type: ignore[attr-defined]
         # BC reads only (obs, action); any horizon gives it the same samples.
         n_step, gamma = (1, 0.99) if isinstance(settings, BCConfig) else (settings.n_step, settings.gamma)

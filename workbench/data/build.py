@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from workbench.data import dqn_replay as dr
 from workbench.data.splits import PRESETS, Split, StoreError, parse_split
@@ -491,8 +492,6 @@ def build_store(
     ``n_step`` rows after it in the same checkpoint). ``context_after`` (>= n_step) rows after each
     start are guaranteed present, so sequence segments of ``context_after + 1`` steps fit (JOWA: 8).
     """
-    from tqdm.auto import tqdm
-
     root, out = Path(root), Path(out)
     split = _check_args(root, games, split, n_step, context_after)
     log_path = Path(log) if log is not None else None

@@ -156,7 +156,7 @@ class ReplayStore:
         row in the store: the terminal, or the end of the stored piece of the episode (a
         checkpoint or subsample boundary), where the return is truncated.
         """
-        from scipy.signal import lfilter
+        from scipy.signal import lfilter  # noqa: PLC0415  (scipy.signal: ~1 s at import, only this needs it)
 
         gd = self.game(game)
         reward = np.asarray(gd.reward, dtype=np.float64)

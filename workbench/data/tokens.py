@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from workbench.data.store import ReplayStore
 from workbench.fileio import atomic_write_json
@@ -50,8 +51,6 @@ def tokenize_store(
     batch_size: int = 256, device: str | torch.device = "cpu", progress: bool = True,
 ) -> Path:
     """Encode every frame of ``store`` with ``tokenizer.encode`` into ``out``; return ``out``."""
-    from tqdm.auto import tqdm
-
     store = store if isinstance(store, ReplayStore) else ReplayStore(store)
     out = Path(out)
     if batch_size < 1:

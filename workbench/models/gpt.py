@@ -173,14 +173,14 @@ class GPT(nn.Module):
             "causal", torch.tril(torch.ones(cfg.max_tokens, cfg.max_tokens, dtype=torch.bool)), persistent=False
         )
         self.register_buffer("eye", torch.eye(cfg.max_tokens, dtype=torch.bool), persistent=False)
-        self.apply(self._init_weights)
+        self.apply(self.init_weights)
         # GPT-2 scaling of residual projections keeps the residual stream's variance flat in depth.
         for name, p in self.named_parameters():
             if name.endswith("attn.proj.weight") or name.endswith("mlp.2.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / (2 * cfg.n_layer) ** 0.5)
 
     @staticmethod
-    def _init_weights(module: nn.Module) -> None:
+    def init_weights(module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
             if module.bias is not None:

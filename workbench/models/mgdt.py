@@ -185,7 +185,7 @@ class MGDT(nn.Module):
         self.reward_head = nn.Linear(d, 3)
         for m in (self.patch_emb, self.return_emb, self.action_emb, self.reward_emb,
                   self.return_head, self.action_head, self.reward_head):
-            GPT._init_weights(m)
+            GPT.init_weights(m)
 
     def embed(self, frames: torch.Tensor, returns: torch.Tensor, actions: torch.Tensor,
               rewards: torch.Tensor) -> torch.Tensor:

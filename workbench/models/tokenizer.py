@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 FRAME_SIZE = 84
@@ -195,7 +196,6 @@ class VGGPerceptualLoss(nn.Module):
 
     def __init__(self, weights_path: str | Path) -> None:
         super().__init__()
-        from safetensors.torch import load_file
 
         path = Path(weights_path)
         if not path.is_file():

@@ -36,7 +36,7 @@ from workbench.reference import paper_tables as pt
 from workbench.sweep import load_sweep, sweep_status
 from workbench.viz import results_figures as F
 from workbench.viz.analysis import (
-    _RUN_ONLY_KEYS,
+    RUN_ONLY_KEYS,
     RunInfo,
     method_labels,
     method_scores,
@@ -141,7 +141,7 @@ def _from_runs(paths: Sequence[Path], mix_protocols: bool) -> AblationData:
         raise ValueError(f"none of {', '.join(map(str, paths))} is a workbench run folder (config.json)")
 
     def values(r: RunInfo) -> dict[str, Any]:
-        params = {k: v for k, v in r.config.items() if k not in _RUN_ONLY_KEYS and k not in ("algo_args", "resolved")}
+        params = {k: v for k, v in r.config.items() if k not in RUN_ONLY_KEYS and k not in ("algo_args", "resolved")}
         settings = (r.config.get("resolved") or {}).get("settings") or {}
         return {**params, **settings}
 
@@ -349,7 +349,7 @@ class AblationExplorer:
 
     def __init__(self, data: AblationData, *, reps: int = 2000, seed: int = 0,
                  out_dir: str | os.PathLike[str] | None = None) -> None:
-        import ipywidgets as W
+        import ipywidgets as W  # noqa: PLC0415  (ipywidgets: optional, the live widget only)
 
         if not data.factors:
             raise ValueError("the runs have no factor that varies")

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
+from PIL import Image
 from plotly.subplots import make_subplots
 
 from workbench.viz.style import method_color
@@ -262,8 +263,6 @@ def _to_rgb(frame: np.ndarray) -> np.ndarray:
 
 def image_data_uri(frame: np.ndarray) -> str:
     """PNG data URI of a uint8 frame; a few kB instead of a JSON array of every pixel."""
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(_to_rgb(frame)).save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
+from safetensors import safe_open
 
 from workbench import metrics as M
 from workbench.algos.base import algo_label, algo_names, get_algo
@@ -46,13 +47,13 @@ from workbench.viz import results_figures as F
 from workbench.viz.export import FigureSaveStatus, save_figures
 from workbench.viz.recipes import Built, FigureRecipe, Skip, draw
 
-__all__ = ["AnalysisReport", "RunInfo", "build_figures", "count_parameters", "curve_names", "method_scores",
-           "online_final_scores", "online_finetune_figure", "online_learning_curve_figure", "online_runs",
-           "paper_reference_points", "protocol_key", "protocol_text", "read_run", "scaling_points",
+__all__ = ["RUN_ONLY_KEYS", "AnalysisReport", "RunInfo", "build_figures", "count_parameters", "curve_names",
+           "method_scores", "online_final_scores", "online_finetune_figure", "online_learning_curve_figure",
+           "online_runs", "paper_reference_points", "protocol_key", "protocol_text", "read_run", "scaling_points",
            "select_evaluations", "transfer_figure", "transfer_label", "transfer_scores"]
 
 # Config keys that never distinguish methods (seeds are runs of one method).
-_RUN_ONLY_KEYS = {"seed", "output_dir", "resume", "device", "compile", "resolved", "num_envs",
+RUN_ONLY_KEYS = {"seed", "output_dir", "resume", "device", "compile", "resolved", "num_envs",
                   "eval_episodes", "eval_max_steps", "record_steps", "dataset"}
 # Paper methods drawn as reference points when they have scores for every game of our runs.
 _PAPER_METHODS = {
@@ -95,8 +96,6 @@ def count_parameters(checkpoint_dir: str | os.PathLike[str]) -> int:
     """Trainable parameters in a checkpoint's ``model.safetensors`` (target copies excluded: a
     Q-network's ``target.*`` and JOWA's ``world.target_q_head.*``), read from the safetensors
     header: no weights are loaded, nothing is unpickled."""
-    from safetensors import safe_open
-
     total = 0
     with safe_open(str(Path(checkpoint_dir) / "model.safetensors"), framework="numpy") as f:
         for key in f.keys():
@@ -226,7 +225,7 @@ def curve_names(algo: str, keys: Iterable[str]) -> list[str]:
 
 def method_labels(runs: Sequence[RunInfo]) -> list[str]:
     """A label per run: algo/model plus the config values that differ between runs."""
-    keys = sorted({k for r in runs for k in r.config} - _RUN_ONLY_KEYS - {"algo", "model"})
+    keys = sorted({k for r in runs for k in r.config} - RUN_ONLY_KEYS - {"algo", "model"})
     varying = [k for k in keys if len({json.dumps(r.config.get(k), sort_keys=True) for r in runs}) > 1]
     labels = []
     for r in runs:
@@ -322,7 +321,7 @@ class AnalysisReport:
 
     def display(self) -> None:
         """Show every figure (in a notebook)."""
-        from IPython.display import display
+        from IPython.display import display  # noqa: PLC0415  (IPython: optional, notebook display only)
 
         for fig in self.figures.values():
             display(fig)

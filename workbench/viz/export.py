@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import plotly.graph_objects as go
+import plotly.io as pio
 
 __all__ = ["FigureSaveStatus", "find_chromium", "save_figure", "save_figures"]
 
@@ -92,7 +93,6 @@ def save_figures(
         for s in statuses:
             s.message = _NO_BROWSER
         return statuses
-    import plotly.io as pio
 
     pngs = [Path(str(s.html)[: -len(".html")] + ".png") for s in statuses]
     try:

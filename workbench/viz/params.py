@@ -13,10 +13,12 @@ notebook from ``notebooks/`` or papermill from the repository root.
 
 from __future__ import annotations
 
+import glob
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from workbench import games
 from workbench.paths import resolve_path
 from workbench.settings import from_params as _from_params
 from workbench.settings import namespace_params
@@ -74,7 +76,6 @@ class ExplorerParams:
             raise ValueError(f"beam_width must be in [1, 18], got {self.beam_width}")
         if not 0.0 <= self.epsilon <= 1.0:
             raise ValueError(f"epsilon must be in [0, 1], got {self.epsilon}")
-        from workbench import games
 
         games.canonical_game(self.game)  # raises with the valid names
 
@@ -121,8 +122,6 @@ class AnalysisParams:
     @property
     def run_dir_list(self) -> list[Path]:
         """``run_dirs`` expanded: globs resolved and sorted, only directories kept."""
-        import glob
-
         out: list[Path] = []
         for part in (p.strip() for p in self.run_dirs.split(",")):
             if not part:

@@ -19,7 +19,10 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from workbench.diagnostics import DIAGNOSTIC_CURVES
 from workbench.metrics import Normalization, has_reference, normalize_score
+from workbench.paths import resolve_path
+from workbench.run import Run, find_run_dir
 from workbench.viz.style import method_color, rgba
 
 __all__ = [
@@ -111,10 +114,6 @@ def make_representation_figure(source: str | os.PathLike[str]) -> go.Figure:
     """The representation diagnostics over training (``workbench.diagnostics``: srank, feature
     variation, dead ReLU fraction, share of the probe on the modal greedy action) of the run that
     ``source`` (a run folder or one of its checkpoints) belongs to."""
-    from workbench.diagnostics import DIAGNOSTIC_CURVES
-    from workbench.paths import resolve_path
-    from workbench.run import Run, find_run_dir
-
     run = Run(find_run_dir(resolve_path(source)))
     records, _ = run.all_metrics("diagnostics.jsonl")
     if not records:

@@ -21,8 +21,12 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from workbench.algos.base import InspectablePolicy, Policy, check_policy
+from workbench import envs, games
+from workbench.algos.base import EvalOptions, InspectablePolicy, Policy, check_policy
+from workbench.evaluate import epsilon_greedy
+from workbench.run import load_algo
 
 __all__ = [
     "ROLLOUT_FORMAT",
@@ -285,11 +289,6 @@ def play_rollout(
     ``planning_horizon`` and ``beam_width`` set a JOWA checkpoint's planner (H, K). After each
     step the policy's ``observe`` gets the executed action (after epsilon) and the raw reward.
     """
-    from tqdm.auto import tqdm
-
-    from workbench import envs, games
-    from workbench.evaluate import epsilon_greedy
-
     game = games.canonical_game(game)
     meta: dict[str, Any] = {"seed": int(seed), "epsilon": float(epsilon), "max_steps": int(max_steps)}
     if isinstance(source, (str, os.PathLike)):
@@ -347,8 +346,6 @@ def _rollout_from_steps(
     insights: list[StepInsight],
     meta: dict[str, Any],
 ) -> Rollout:
-    from workbench import games
-
     q_probs = support = q_values = trees = pred = None
     if insights and all(i.q_probs is not None for i in insights):
         q_probs = np.stack([i.q_probs for i in insights if i.q_probs is not None])
@@ -383,10 +380,6 @@ def load_policy(
     Returns (policy, info) with info ``checkpoint``, ``game_id``, ``algo``, ``model`` and the
     evaluation options.
     """
-    from workbench import games
-    from workbench.algos.base import EvalOptions
-    from workbench.run import load_algo
-
     algo, run, ckpt = load_algo(checkpoint, device=device)
     trained = list(run.games)
     canon = games.canonical_game(game)
@@ -436,8 +429,6 @@ def synthetic_rollout(
     distributions, and (``planner=True``) full beam-search trees and noisy predicted frames.
     For tests and for the explorer's ``source='synthetic'`` smoke mode; no env or model needed.
     """
-    from workbench import games
-
     rng = np.random.default_rng(seed)
     names = list(games.action_names(game))
     a = len(names)

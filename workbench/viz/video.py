@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -24,9 +25,11 @@ from typing import Any
 
 import cv2
 import numpy as np
+from tqdm.auto import tqdm
 
-from workbench.fileio import atomic_write_json
-from workbench.viz.rollout import Rollout, play_rollout
+from workbench import games
+from workbench.fileio import atomic_write_json, disk_full
+from workbench.viz.rollout import Rollout, load_policy, play_rollout
 
 __all__ = [
     "VideoResult",
@@ -114,7 +117,7 @@ def write_mp4(frames: Sequence[np.ndarray], path: str | os.PathLike[str], *, fps
 
     Odd sizes are padded by one black row/column (yuv420p needs even sizes).
     """
-    from moviepy import ImageSequenceClip
+    from moviepy import ImageSequenceClip  # noqa: PLC0415  (moviepy: optional extra, ~0.5 s)
 
     if len(frames) == 0:
         raise ValueError("write_mp4: no frames")
@@ -140,7 +143,7 @@ def _write_verified(clip: Any, path: Path, fps: int, frames: int) -> Path:
     """Write ``clip`` to a temporary mp4 next to ``path``, check that it decodes to ``frames``
     frames, and only then move it into place: ffmpeg can exit 0 on a full disk leaving an mp4
     without its index, and an existing video at ``path`` must survive a failed write."""
-    import imageio_ffmpeg
+    import imageio_ffmpeg  # noqa: PLC0415  (imageio-ffmpeg: optional extra)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.partial{path.suffix or '.mp4'}")
@@ -161,10 +164,6 @@ def _write_verified(clip: Any, path: Path, fps: int, frames: int) -> Path:
 
 
 def _video_error(path: Path, frames: int, exc: BaseException) -> OSError:
-    import shutil
-
-    from workbench.fileio import disk_full
-
     free = shutil.disk_usage(path.parent).free
     if free < (8 << 20) or "No space left" in str(exc):
         return disk_full(path.parent, frames * 20_000, f"the video {path.name}")
@@ -198,7 +197,7 @@ def rollout_to_mp4(
 ) -> Path:
     """Render a rollout (RGB screens when recorded) with the overlay to mp4; frames are drawn
     on demand, so memory stays at one frame. The score shown at step t includes its reward."""
-    from moviepy import VideoClip
+    from moviepy import VideoClip  # noqa: PLC0415  (moviepy: optional extra, ~0.5 s)
 
     _check_fps(fps)
     n = len(rollout) if max_frames is None else min(len(rollout), int(max_frames))
@@ -227,7 +226,7 @@ def inline_video(
 ) -> Any:
     """Write the rollout's mp4 (at most ``max_frames`` frames, to keep notebooks small) and
     return an ``IPython.display.Video`` embedding it."""
-    from IPython.display import Video
+    from IPython.display import Video  # noqa: PLC0415  (IPython: optional, notebook display only)
 
     out = rollout_to_mp4(rollout, path, fps=fps, scale=scale, max_frames=max_frames)
     return Video(str(out), embed=True, html_attributes="controls loop")
@@ -283,11 +282,6 @@ def record_checkpoint(
 ) -> list[VideoResult]:
     """Record ``episodes`` episodes (seeds ``seed``, ``seed+1``, ...) of a checkpoint's policy;
     writes ``<out_dir>/<game>_seed<s>.mp4`` and ``<out_dir>/videos.json`` (a summary)."""
-    from tqdm.auto import tqdm
-
-    from workbench import games
-    from workbench.viz.rollout import load_policy
-
     # Every argument is checked before the checkpoint is loaded or an episode is played.
     for name, value in (("episodes", episodes), ("max_steps", max_steps), ("scale", scale)):
         if value < 1:

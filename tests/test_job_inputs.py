@@ -1,0 +1,45 @@
+"""A job never empties the folder that holds its own input (issue: a reset deleted the input,
+then failed): ``resume=False`` with the dataset or the source checkpoint inside ``output_dir``
+is refused before anything is deleted."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from shared_paths import DQN_FIXTURES
+
+from workbench import checkpoint as ckpt_io
+from workbench.algos.scaled_ql import ScaledQL, ScaledQLConfig
+from workbench.config import PretrainConfig
+from workbench.data.build import build_store
+from workbench.finetune import FinetuneConfig, finetune
+from workbench.pipeline import pretrain
+from workbench.run import Run
+
+
+def test_pretraining_reset_refuses_a_dataset_inside_its_folder(tmp_path):
+    run_dir = tmp_path / "X"
+    Run(run_dir).create("pretrain", {}, {"algo": "scaled_ql", "model": "resnet-tiny", "games": ["Pong"]})
+    store = build_store(DQN_FIXTURES, run_dir / "data" / "store", ["Pong"], [1], "first:1", progress=False)
+    config = PretrainConfig.from_params(games="Pong", dataset=str(store), output_dir=str(run_dir), resume=False,
+                                        steps=1, eval_episodes=1, num_envs=1)
+    with pytest.raises(ValueError, match=r"resume=False would empty .*X, which holds this job's input .*store"):
+        pretrain(config, progress=False)
+    assert (store / "manifest.json").is_file()  # the dataset is still there
+
+
+def test_finetune_reset_refuses_its_own_source_run(tmp_path):
+    source = tmp_path / "X"
+    settings = ScaledQLConfig(target_update_period=50)
+    algo = ScaledQL.build("resnet-tiny", ["Breakout"], settings, seed=1)
+    Run(source).create("pretrain", {}, {"algo": "scaled_ql", "model": "resnet-tiny", "games": ["Breakout"],
+                                        "settings": dataclasses.asdict(settings)})
+    ckpt_io.save_checkpoint(source, 10, algo.model, target=algo.target_model)
+    before = ckpt_io.resolve_checkpoint(source)
+    config = FinetuneConfig.from_params(checkpoint=str(source), game="Pong", dataset=str(DQN_FIXTURES),
+                                        output_dir=str(source), resume=False, steps=1, device="cpu")
+    with pytest.raises(ValueError, match="which holds this job's input"):
+        finetune(config, progress=False)
+    assert ckpt_io.resolve_checkpoint(source) == before and (before / "model.safetensors").is_file()
+    assert Run.open(source).kind == "pretrain"  # the source run is untouched
