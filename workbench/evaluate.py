@@ -75,6 +75,125 @@ def epsilon_greedy(rng: np.random.Generator, greedy: int, num_actions: int, epsi
     return int(greedy)
 
 
+def _check_arguments(n_games: int, ids: np.ndarray, episodes_per_game: int, num_envs: int, epsilon: float,
+                     max_agent_steps: int, sticky_actions: float, noop_starts: int) -> None:
+    if ids.shape != (n_games,):
+        raise ValueError(f"game_ids needs one id per game ({n_games}), got {list(np.atleast_1d(ids))}")
+    if episodes_per_game < 1 or num_envs < 1:
+        raise ValueError(
+            f"episodes_per_game and num_envs must be >= 1, got {episodes_per_game}, {num_envs}"
+        )
+    if not 0.0 <= epsilon <= 1.0:
+        raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
+    if not 1 <= max_agent_steps <= MAX_AGENT_STEPS:
+        raise ValueError(f"max_agent_steps must be in 1..{MAX_AGENT_STEPS}, got {max_agent_steps}")
+    if not 0.0 <= sticky_actions < 1.0:
+        raise ValueError(f"sticky_actions must be in [0, 1), got {sticky_actions}")
+    if noop_starts < 0:
+        raise ValueError(f"noop_starts must be >= 0, got {noop_starts}")
+
+
+class _Slots:
+    """Every env slot of every game (slot ``s`` = row ``s`` of the policy's batch): the vector
+    envs, the frame stacks, and each slot's episode, return, length, epsilon stream and no-op
+    starts still to play; finished episodes' results per game."""
+
+    def __init__(self, games: Sequence[str], vecs: list[Any], n_slots: int, episodes: int,
+                 seeds: dict[str, list[int]], noop_starts: int) -> None:
+        self.games, self.vecs, self.n_slots, self.episodes = games, vecs, n_slots, episodes
+        self.seeds, self.noop_starts = seeds, noop_starts
+        S = len(games) * n_slots
+        self.slot_game = np.repeat(np.arange(len(games)), n_slots)
+        self.n_act = np.array([_games.num_actions(g) for g in games])[self.slot_game]
+        self.stacker = FrameStacker(S, _games.geometry_of(games).frame_shape)
+        self.episode = np.full(S, -1, np.int64)  # episode index each slot is running, -1 when idle
+        self.ret = np.zeros(S, np.float64)
+        self.length = np.zeros(S, np.int64)
+        self.rngs: list[np.random.Generator | None] = [None] * S
+        self.noops_left = np.zeros(S, np.int64)  # no-op start steps still to play (noop_starts > 0)
+        self.next_ep = [0] * len(games)
+        self.results: dict[str, dict[str, Any]] = {
+            g: {"scores": [0.0] * episodes, "lengths": [0] * episodes, "truncated": [False] * episodes,
+                "seeds": seeds[g]} for g in games
+        }
+
+    def start(self, gi: int, local: Sequence[int], policy: Policy) -> None:
+        """Start the next episodes of game ``gi`` in its local slots ``local``."""
+        game = self.games[gi]
+        local = list(local)[: self.episodes - self.next_ep[gi]]
+        if not local:
+            return
+        ks = list(range(self.next_ep[gi], self.next_ep[gi] + len(local)))
+        self.next_ep[gi] += len(local)
+        obs = self.vecs[gi].reset_envs(local, [self.seeds[game][k] for k in ks])
+        glob = [gi * self.n_slots + j for j in local]
+        self.stacker.reset(glob, obs)
+        for s, k in zip(glob, ks):
+            self.episode[s], self.ret[s], self.length[s] = k, 0.0, 0
+            rng = self.rngs[s] = np.random.default_rng(self.seeds[game][k])
+            if self.noop_starts:
+                self.noops_left[s] = rng.integers(self.noop_starts + 1)
+        policy.reset(np.asarray(glob, np.int64))
+
+    def actions(self, greedy: np.ndarray, epsilon: float) -> np.ndarray:
+        """The executed actions: checked greedy ones, no-op starts first, then epsilon-greedy."""
+        S = len(self.episode)
+        if greedy.shape != (S,) or not np.issubdtype(greedy.dtype, np.integer):
+            raise ValueError(f"policy.act must return int actions of shape ({S},), got {greedy.dtype} {greedy.shape}")
+        active = self.episode >= 0
+        bad = active & ((greedy < 0) | (greedy >= self.n_act))
+        if bad.any():
+            s = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"policy.act returned action {int(greedy[s])} for {self.games[self.slot_game[s]]}, "
+                             f"valid minimal-set indices are 0..{self.n_act[s] - 1}")
+        actions = np.zeros(S, np.int64)
+        for s in np.flatnonzero(active).tolist():
+            if self.noops_left[s]:  # NOOP is index 0 of every minimal action set
+                self.noops_left[s] -= 1
+                continue
+            rng = self.rngs[s]
+            assert rng is not None  # an active slot has started an episode
+            actions[s] = epsilon_greedy(rng, int(greedy[s]), int(self.n_act[s]), epsilon)
+        return actions
+
+    def step(self, actions: np.ndarray, policy: Policy) -> tuple[np.ndarray, np.ndarray]:
+        """Step every game's envs; returns (episode ended, cut at the cap) per slot."""
+        S, n = len(self.episode), self.n_slots
+        active = self.episode >= 0
+        frames = np.zeros((S, *self.stacker.frame_shape), np.uint8)
+        rewards = np.zeros(S, np.float64)
+        done = np.zeros(S, bool)
+        truncated = np.zeros(S, bool)
+        for gi, vec in enumerate(self.vecs):
+            sl = slice(gi * n, (gi + 1) * n)
+            obs, rew, term, trunc, _ = vec.step(actions[sl])
+            frames[sl] = obs
+            rewards[sl] = np.where(active[sl], rew, 0.0)
+            done[sl] = (term | trunc) & active[sl]
+            truncated[sl] = trunc & active[sl]
+        self.ret += rewards
+        policy.observe(actions, rewards)  # what was executed, before any slot restarts
+        self.length[active] += 1
+        self.stacker.push(frames)
+        return done, truncated
+
+    def finish(self, done: np.ndarray, truncated: np.ndarray, policy: Policy) -> int:
+        """Record the ended episodes and start the next ones in their slots; returns how many ended."""
+        ended = 0
+        for gi, game in enumerate(self.games):
+            finished = [j for j in range(self.n_slots) if done[gi * self.n_slots + j]]
+            for j in finished:
+                s = gi * self.n_slots + j
+                k, r = int(self.episode[s]), self.results[game]
+                r["scores"][k], r["lengths"][k], r["truncated"][k] = float(self.ret[s]), int(self.length[s]), \
+                    bool(truncated[s])
+                self.episode[s] = -1
+            if finished:
+                self.start(gi, finished, policy)
+            ended += len(finished)
+        return ended
+
+
 def evaluate(
     policy: Any,
     games: str | Sequence[str],
@@ -110,23 +229,9 @@ def evaluate(
     """
     policy = check_policy(policy)
     game_list = _games.resolve_games(games)
-    G = len(game_list)
-    ids = np.arange(G, dtype=np.int64) if game_ids is None else np.asarray(game_ids, np.int64)
-    if ids.shape != (G,):
-        raise ValueError(f"game_ids needs one id per game ({G}), got {list(np.atleast_1d(ids))}")
-    if episodes_per_game < 1 or num_envs < 1:
-        raise ValueError(
-            f"episodes_per_game and num_envs must be >= 1, got {episodes_per_game}, {num_envs}"
-        )
-    if not 0.0 <= epsilon <= 1.0:
-        raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
-    if not 1 <= max_agent_steps <= MAX_AGENT_STEPS:
-        raise ValueError(f"max_agent_steps must be in 1..{MAX_AGENT_STEPS}, got {max_agent_steps}")
-    if not 0.0 <= sticky_actions < 1.0:
-        raise ValueError(f"sticky_actions must be in [0, 1), got {sticky_actions}")
-    if noop_starts < 0:
-        raise ValueError(f"noop_starts must be >= 0, got {noop_starts}")
-
+    ids = np.arange(len(game_list), dtype=np.int64) if game_ids is None else np.asarray(game_ids, np.int64)
+    _check_arguments(len(game_list), ids, episodes_per_game, num_envs, epsilon, max_agent_steps, sticky_actions,
+                     noop_starts)
     E = int(episodes_per_game)
     n_slots = min(int(num_envs), E)
     seeds = {g: [episode_seed(seed, g, k) for k in range(E)] for g in game_list}
@@ -142,132 +247,48 @@ def evaluate(
         )
         for g in game_list
     ]  # fmt: skip
-    S = G * n_slots
-    slot_game = np.repeat(np.arange(G), n_slots)
-    slot_ids = ids[slot_game]
-    n_act = np.array([_games.num_actions(g) for g in game_list])[slot_game]
-    stacker = FrameStacker(S, _games.geometry_of(game_list).frame_shape)
-    episode = np.full(S, -1, np.int64)  # episode index each slot is running, -1 when idle
-    ret = np.zeros(S, np.float64)
-    length = np.zeros(S, np.int64)
-    rngs: list[np.random.Generator | None] = [None] * S
-    noops_left = np.zeros(S, np.int64)  # no-op start steps still to play (noop_starts > 0)
-    next_ep = [0] * G
-    res: dict[str, dict[str, Any]] = {
-        g: {"scores": [0.0] * E, "lengths": [0] * E, "truncated": [False] * E, "seeds": seeds[g]}
-        for g in game_list
-    }
-
-    def start(gi: int, local: Sequence[int]) -> None:
-        """Start the next episodes of game gi in its local slots ``local``."""
-        local = list(local)[: E - next_ep[gi]]
-        if not local:
-            return
-        ks = list(range(next_ep[gi], next_ep[gi] + len(local)))
-        next_ep[gi] += len(local)
-        obs = vecs[gi].reset_envs(local, [seeds[game_list[gi]][k] for k in ks])
-        glob = [gi * n_slots + j for j in local]
-        stacker.reset(glob, obs)
-        for s, k in zip(glob, ks):
-            episode[s], ret[s], length[s] = k, 0.0, 0
-            rngs[s] = np.random.default_rng(seeds[game_list[gi]][k])
-            if noop_starts:
-                noops_left[s] = rngs[s].integers(noop_starts + 1)  # type: ignore[union-attr]
-        policy.reset(np.asarray(glob, np.int64))
-
-    for gi in range(G):
-        start(gi, list(range(n_slots)))
-    bar = tqdm(total=G * E, desc="evaluate", unit="episode", disable=not progress)
+    slots = _Slots(game_list, vecs, n_slots, E, seeds, noop_starts)
+    slot_ids = ids[slots.slot_game]
+    bar = tqdm(total=len(game_list) * E, desc="evaluate", unit="episode", disable=not progress)
     try:
-        while (episode >= 0).any():
-            greedy = np.asarray(policy.act(stacker.stacks, slot_ids))
-            if greedy.shape != (S,) or not np.issubdtype(greedy.dtype, np.integer):
-                raise ValueError(
-                    f"policy.act must return int actions of shape ({S},), got {greedy.dtype} "
-                    f"{greedy.shape}"
-                )
-            active = episode >= 0
-            bad = active & ((greedy < 0) | (greedy >= n_act))
-            if bad.any():
-                s = int(np.flatnonzero(bad)[0])
-                raise ValueError(
-                    f"policy.act returned action {int(greedy[s])} for {game_list[slot_game[s]]}, "
-                    f"valid minimal-set indices are 0..{n_act[s] - 1}"
-                )
-            actions = np.zeros(S, np.int64)
-            for s in np.flatnonzero(active).tolist():
-                if noops_left[s]:  # NOOP is index 0 of every minimal action set
-                    noops_left[s] -= 1
-                    continue
-                actions[s] = epsilon_greedy(rngs[s], int(greedy[s]), int(n_act[s]), epsilon)  # type: ignore[arg-type]
-            frames = np.zeros((S, *stacker.frame_shape), np.uint8)
-            rewards = np.zeros(S, np.float64)
-            done = np.zeros(S, bool)
-            trunc_all = np.zeros(S, bool)
-            for gi, vec in enumerate(vecs):
-                sl = slice(gi * n_slots, (gi + 1) * n_slots)
-                obs, rew, term, trunc, _ = vec.step(actions[sl])
-                frames[sl] = obs
-                rewards[sl] = np.where(active[sl], rew, 0.0)
-                done[sl] = (term | trunc) & active[sl]
-                trunc_all[sl] = trunc & active[sl]
-            ret += rewards
-            policy.observe(actions, rewards)  # what was executed, before any slot restarts
-            length[active] += 1
-            stacker.push(frames)
-            for gi in range(G):
-                finished = [j for j in range(n_slots) if done[gi * n_slots + j]]
-                for j in finished:
-                    s = gi * n_slots + j
-                    r = res[game_list[gi]]
-                    k = int(episode[s])
-                    r["scores"][k] = float(ret[s])
-                    r["lengths"][k] = int(length[s])
-                    r["truncated"][k] = bool(trunc_all[s])
-                    episode[s] = -1
-                    bar.update(1)
-                if finished:
-                    start(gi, finished)
+        for gi in range(len(game_list)):
+            slots.start(gi, range(n_slots), policy)
+        while (slots.episode >= 0).any():
+            greedy = np.asarray(policy.act(slots.stacker.stacks, slot_ids))
+            done, truncated = slots.step(slots.actions(greedy, epsilon), policy)
+            bar.update(slots.finish(done, truncated, policy))
     finally:
         bar.close()
         for v in vecs:
             v.close()
+    out = {
+        "games": list(game_list), "game_ids": ids.tolist(), "episodes_per_game": E, "num_envs": n_slots,
+        "seed": int(seed), "epsilon": float(epsilon), "max_agent_steps": int(max_agent_steps), "mode": mode,
+        "difficulty": difficulty, "sticky_actions": float(sticky_actions), "noop_starts": int(noop_starts),
+        **_scores(slots.results, seed, reps),
+    }
+    out.update(protocol_flags(out["per_game"], max_agent_steps, epsilon, mode, difficulty, sticky_actions,
+                              noop_starts))
+    if out_path is not None:
+        atomic_write_json(out_path, out)
+    return out
 
-    per_game = {}
-    for g in game_list:
-        r = res[g]
-        per_game[g] = {**r, "mean": float(np.mean(r["scores"]))}
+
+def _scores(results: dict[str, dict[str, Any]], seed: int, reps: int) -> dict[str, Any]:
+    """Per-game scores with their means, human-normalized means, and the aggregates (over games'
+    means as the papers report them, and with episodes as runs) when every game has a reference."""
+    per_game = {g: {**r, "mean": float(np.mean(r["scores"]))} for g, r in results.items()}
     hns: dict[str, float | None] = {
-        g: _metrics.normalize_score(g, per_game[g]["mean"]) if _metrics.has_reference(g) else None
-        for g in game_list
+        g: _metrics.normalize_score(g, per_game[g]["mean"]) if _metrics.has_reference(g) else None for g in per_game
     }
     aggregates = by_episode = None
     if all(v is not None for v in hns.values()):
-        means = {"policy": {g: per_game[g]["mean"] for g in game_list}}
+        means = {"policy": {g: per_game[g]["mean"] for g in per_game}}
         aggregates = _metrics.aggregate(means, "human", reps=1, seed=seed)["policy"]
         for name in list(aggregates):
             if name.endswith("_ci"):
                 del aggregates[name]  # one number per game: no interval
-        eps = {"policy": {g: per_game[g]["scores"] for g in game_list}}
+        eps = {"policy": {g: per_game[g]["scores"] for g in per_game}}
         by_episode = _metrics.aggregate(eps, "human", reps=reps, seed=seed)["policy"]
-    out = {
-        "games": list(game_list),
-        "game_ids": ids.tolist(),
-        "episodes_per_game": E,
-        "num_envs": n_slots,
-        "seed": int(seed),
-        "epsilon": float(epsilon),
-        "max_agent_steps": int(max_agent_steps),
-        "mode": mode,
-        "difficulty": difficulty,
-        "sticky_actions": float(sticky_actions),
-        "noop_starts": int(noop_starts),
-        "per_game": per_game,
-        "human_normalized": hns,
-        "aggregates": aggregates,
-        "aggregates_by_episode": by_episode,
-        **protocol_flags(per_game, max_agent_steps, epsilon, mode, difficulty, sticky_actions, noop_starts),
-    }
-    if out_path is not None:
-        atomic_write_json(out_path, out)
-    return out
+    return {"per_game": per_game, "human_normalized": hns, "aggregates": aggregates,
+            "aggregates_by_episode": by_episode}
