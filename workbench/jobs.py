@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from workbench import threads
 from workbench.devices import resolve_device
 from workbench.run import Run, RunLock
 from workbench.settings import parse_args
@@ -72,6 +73,7 @@ class Job:
         run = Run(run_dir)
         run.start(self.kind, config.params(), config.resolve(), resume=config.resume, may_change=self.resumable,
                   entries=self.entries)
+        run.update_resolved({"threads": threads.in_effect()})  # this session's (a resume may differ)
         return run
 
 

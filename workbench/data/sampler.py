@@ -39,6 +39,7 @@ from workbench.data.readahead import MAX_HINT_AHEAD, PAGE, ReadHints
 from workbench.data.store import ReplayStore, StoreError, assemble_transitions, plain
 from workbench.games import MAX_ACTIONS, num_actions
 from workbench.models.tokenizer import TOKENS_PER_FRAME
+from workbench.threads import usable_cpus
 
 STACK = dr.STACK_SIZE
 
@@ -167,7 +168,8 @@ class _BaseSampler:
         for i, game in enumerate(self.games):
             self._valid[i, : _num_actions(self.store, game)] = True
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
-        self.prefetch, self.workers = int(prefetch), int(workers)
+        # workers 0: two background samplers, or one where the process may use one CPU only.
+        self.prefetch, self.workers = int(prefetch), int(workers) or min(2, usable_cpus()[0])
         self._batch_index = 0
         self._prefetcher: _Prefetcher | None = None
         self._pool = _BufferPool(cap=2 * (self.prefetch + self.workers) + 8)
@@ -297,7 +299,7 @@ class TransitionSampler(_BaseSampler):
     def __init__(
         self, store: ReplayStore | str | os.PathLike, games: Sequence[str] | None = None, batch_size: int = 512,
         n_step: int = 3, gamma: float = 0.99, stratified: bool = True, games_per_batch: int | None = None,
-        seed: int = 0, *, rank: int = 0, world_size: int = 1, prefetch: int = 3, workers: int = 2,
+        seed: int = 0, *, rank: int = 0, world_size: int = 1, prefetch: int = 3, workers: int = 0,
         pin_memory: bool | None = None, io_hints: bool = True, hint_ahead: int = 1,
     ) -> None:
         super().__init__(
@@ -435,7 +437,7 @@ class SequenceSampler(_BaseSampler):
     def __init__(
         self, store: ReplayStore | str | os.PathLike, games: Sequence[str] | None = None, batch_size: int = 32,
         seq_len: int = 8, seed: int = 0, *, stratified: bool = False, games_per_batch: int | None = None,
-        tokens: Any = None, rank: int = 0, world_size: int = 1, prefetch: int = 3, workers: int = 2,
+        tokens: Any = None, rank: int = 0, world_size: int = 1, prefetch: int = 3, workers: int = 0,
         pin_memory: bool | None = None, io_hints: bool = True, hint_ahead: int = 1, returns_to_go: bool = False,
     ) -> None:
         super().__init__(
