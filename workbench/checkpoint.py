@@ -19,8 +19,10 @@ and ``latest`` is replaced atomically after it, so an interrupted write never le
 checkpoint behind ``latest``; temporary folders left by a kill are removed by the next save.
 Loading verifies every file against its recorded sha256 and every tensor against the model
 (names, shapes, dtypes, finiteness), naming the file and tensor at fault. Pruning deletes only
-checkpoints this code wrote (their ``state.json`` says so). Nothing here ever unpickles: a
-``.pt``/``.pkl`` file handed to ``load_*`` is refused with a clear message.
+checkpoints this code wrote (their ``state.json`` says so). Saving (and so pruning) refuses a
+``checkpoints/`` folder, a ``latest`` or a step folder that is a symbolic link
+(:func:`refuse_linked_checkpoints`): it would write into, or prune, another run. Nothing here ever
+unpickles: a ``.pt``/``.pkl`` file handed to ``load_*`` is refused with a clear message.
 """
 
 from __future__ import annotations
@@ -39,7 +41,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from workbench.fileio import atomic_write_json, atomic_write_text, disk_full, is_disk_full, read_json, sha256_file
+from workbench.fileio import (
+    atomic_write_json,
+    atomic_write_text,
+    disk_full,
+    is_disk_full,
+    read_json,
+    refuse_symlink,
+    sha256_file,
+)
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 WRITER = "workbench"
@@ -133,6 +143,19 @@ def clean_partial(ckpt_root: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def refuse_linked_checkpoints(run_dir: str | os.PathLike) -> None:
+    """Refuse ``run_dir/checkpoints`` when it, its ``latest`` or one of its step folders (complete
+    or temporary) is a symbolic link: resuming, saving and pruning never follow one into another
+    run. The error names the link."""
+    root = Path(run_dir) / "checkpoints"
+    refuse_symlink(root, "checkpoints folder")
+    if not root.is_dir():
+        return
+    for path in sorted(root.iterdir()):
+        if path.name == "latest" or STEP_DIR.fullmatch(path.name) or TMP_DIR.fullmatch(path.name):
+            refuse_symlink(path, "checkpoint")
+
+
 def is_own_checkpoint(path: Path) -> bool:
     """True for a ``step_*`` folder this module wrote (its ``state.json`` names the writer and step)."""
     m = STEP_DIR.fullmatch(path.name)
@@ -157,6 +180,7 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoint ``step`` atomically and point ``latest`` at it; keep the newest ``keep``
     of the checkpoints this module wrote (anything else in ``checkpoints/`` is left alone)."""
+    refuse_linked_checkpoints(run_dir)  # never save into, or prune, another run's checkpoints
     ckpt_root = Path(run_dir) / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     clean_partial(ckpt_root)
@@ -267,6 +291,17 @@ def verify_files(ckpt: Path, state: dict[str, Any]) -> None:
                 f"{path} does not match the sha256 recorded when it was written: the file is corrupt, truncated "
                 "or was replaced"
             )
+
+
+def verify_checkpoint(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
+    """Resolve a checkpoint and check every file against the sha256 its ``state.json`` records
+    (a truncated, modified or replaced file is a :class:`CheckpointError` naming it), without
+    loading a tensor; returns ``state.json``. ``state["files"]["model.safetensors"]`` is then the
+    content hash of the weights (what a fine-tune records as its source)."""
+    ckpt = resolve_checkpoint(ckpt_dir)
+    state = read_state(ckpt)
+    verify_files(ckpt, state)
+    return state
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -1,5 +1,7 @@
-"""Atomic file writes and full-disk errors: a reader sees the old file or the new one, never half
-of one, and a full disk is a message naming the folder and the space needed, not a raw errno."""
+"""Atomic file writes, full-disk errors and symbolic links: a reader sees the old file or the new
+one, never half of one; a full disk is a message naming the folder and the space needed, not a raw
+errno; and a symbolic link inside a run folder is never followed for a write, a truncation or a
+deletion (:func:`refuse_symlink`, :func:`open_nofollow`, :func:`append_text`)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,45 @@ from typing import Any
 
 class DiskFullError(OSError):
     """Not enough free space in a folder for what the workbench is about to write."""
+
+
+class SymlinkError(OSError):
+    """A path the workbench would write, truncate or delete inside a run folder is a symbolic link."""
+
+
+def _symlink_error(path: str | os.PathLike, what: str) -> SymlinkError:
+    try:
+        target = f" (to {os.readlink(os.fspath(path))})"
+    except OSError:
+        target = ""
+    return SymlinkError(
+        f"{what} {path} is a symbolic link{target}; the workbench never writes, truncates or deletes through a "
+        "link inside a run folder. Remove the link (put the real file or folder there) or choose another output_dir"
+    )
+
+
+def refuse_symlink(path: str | os.PathLike, what: str) -> None:
+    """Raise :class:`SymlinkError` naming ``path`` (described as ``what``) when it is a symbolic link."""
+    if os.path.islink(path):
+        raise _symlink_error(path, what)
+
+
+def open_nofollow(path: str | os.PathLike, flags: int, what: str, mode: int = 0o644) -> int:
+    """``os.open`` with ``O_NOFOLLOW``: a symbolic link at ``path`` is a :class:`SymlinkError` naming it,
+    never a write into (or a truncation of) the file it points to."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and os.path.islink(path):
+            raise _symlink_error(path, what) from None
+        raise
+
+
+def append_text(path: str | os.PathLike, text: str, what: str = "file") -> None:
+    """Append ``text`` to ``path`` (created if missing), never through a symbolic link."""
+    fd = open_nofollow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, what)
+    with os.fdopen(fd, "a", encoding="utf-8") as f:
+        f.write(text)
 
 
 def _human(n: float) -> str:

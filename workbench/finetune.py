@@ -4,8 +4,10 @@ One job, end to end, each step one call::
 
     config = FinetuneConfig.from_params(checkpoint="runs/pretrain-resnet-tiny", game="Pong")
     result = finetune(config)          # run folder of kind "finetune"
-      open the run                     # config.json records the source checkpoint and, after
-                                       # loading, what was transferred (resolved.transfer)
+      verify the source checkpoint     # every file against its sha256, before any folder exists
+      open the run                     # config.json records the source checkpoint (path, step,
+                                       # sha256 of its weights: a resume against a changed source
+                                       # is refused) and, after loading, what was transferred
       data: record (dataset='') or build the game's store with the paper's split
       algo = spec.build(model, (game, *source games) | (game,), settings, seed)
       transfer.load_partial(source, algo, ...)   # method=transfer; scratch/bc load nothing
@@ -60,7 +62,7 @@ from workbench.algos.base import (
 from workbench.config import check_cpu_time, check_device, check_eval_cap
 from workbench.data.splits import parse_runs, parse_split
 from workbench.devices import resolve_device
-from workbench.fileio import atomic_write_json, atomic_write_text, read_json
+from workbench.fileio import atomic_write_json, atomic_write_text, read_json, refuse_symlink
 from workbench.games import canonical_game, geometry_of, suite_of
 from workbench.jobs import Job, locked
 from workbench.metrics import has_reference, normalize_score
@@ -371,6 +373,7 @@ class FinetuneConfig:
     def resolve(self) -> dict[str, Any]:
         """Everything the run will use, resolved: what ``--dry-run`` prints and config.json keeps."""
         source, ckpt = self.source_run, self.source_checkpoint
+        state = ckpt_io.read_state(ckpt) if ckpt else None
         scale = self.scale
         batch = self.effective_batch_size
         return {
@@ -396,7 +399,10 @@ class FinetuneConfig:
             "output_dir": self.run_dir,
             "source": {"run": str(source.path), "checkpoint": str(ckpt) if ckpt else None, "algo": source.algo_name,
                        "model": source.model, "games": list(source.games),
-                       "step": ckpt_io.read_state(ckpt)["step"] if ckpt else None},
+                       "step": state["step"] if state else None,
+                       # the weights' content hash (checked against the file before the job starts):
+                       # a resume against a retrained or replaced source is refused (Run.check_resume)
+                       "sha256": state["files"]["model.safetensors"] if state and self.pretrained else None},
             "protocol": self.protocol.name,
             "pretrained": self.pretrained,
         }
@@ -433,9 +439,19 @@ def open_run(config: FinetuneConfig) -> Run:
     return FINETUNE.open_run(config, inputs)
 
 
+def verify_source(config: FinetuneConfig) -> None:
+    """Check every file of the source checkpoint against its recorded sha256 (a truncated or
+    modified file is a ``CheckpointError`` naming it). Methods that start from random weights
+    (scratch, bc) read only the source run's configuration."""
+    if config.pretrained and config.source_checkpoint is not None:
+        ckpt_io.verify_checkpoint(config.source_checkpoint)
+
+
 def finetune(config: FinetuneConfig, *, progress: bool = True) -> FinetuneResult:
     """Fine-tune a pretrained checkpoint on one game (see the module docstring); the run folder
-    is locked for the whole job."""
+    is locked for the whole job. The source checkpoint is verified first: a corrupt one stops
+    the job before its folder is created."""
+    verify_source(config)
     with locked(config):
         return _finetune(config, progress)
 
@@ -598,6 +614,8 @@ def _keep_best(ckpt: Path, folder: Path, step: int) -> None:
     ``step``, recorded in ``folder/snapshot.json``), loadable like any checkpoint (notebook 05:
     ``checkpoint=<run>/best_snapshot``); the previous best's copy is replaced, so one copy is on
     disk whatever the number of snapshots."""
+    refuse_symlink(folder, "best snapshot folder")  # its old copies are deleted below: never another run's
+    refuse_symlink(folder / "checkpoints", "best snapshot folder")
     marker = folder / "snapshot.json"
     if marker.is_file() and read_json(marker).get("step") == step:
         return  # already kept (a resumed run re-deriving its best)
@@ -606,6 +624,7 @@ def _keep_best(ckpt: Path, folder: Path, step: int) -> None:
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{state['step']:08d}"
     for old in root.glob("step_*"):
+        refuse_symlink(old, "checkpoint")
         if old.is_dir():
             shutil.rmtree(old)
     _copy_dir(ckpt, root / name)

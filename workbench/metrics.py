@@ -132,13 +132,35 @@ def _game_name(name: str) -> str:
         raise ValueError(f"unknown game {name!r}: did you mean {hint}?") from None
 
 
+def _is_number(x: Any) -> bool:
+    """An int or float (Python or numpy); booleans are not numbers here."""
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
+
+
 def _runs(game: str, value: Any) -> np.ndarray:
-    arr = np.atleast_1d(np.asarray(value, dtype=np.float64))
-    if arr.ndim != 1 or arr.size == 0:
+    """One game's scores as a float64 array of runs. Every score must be a finite number: a
+    boolean, a string or null is refused (``float(True)`` would count as a score of 1), and so
+    is NaN or infinity; the message names the run."""
+    items: list[Any]
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "iuf":
+            raise ValueError(f"scores of {game} must be numbers, got an array of {value.dtype} ({value!r})")
+        if value.ndim > 1:
+            raise ValueError(f"scores of {game} must be a number or a non-empty list, got {value!r}")
+        items = np.atleast_1d(value).tolist()
+    elif hasattr(value, "__iter__") and not isinstance(value, (str, bytes, dict)):
+        items = list(value)  # a list, a tuple, a pandas Series, ...
+    else:
+        items = [value]
+    if not items:
         raise ValueError(f"scores of {game} must be a number or a non-empty list, got {value!r}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"scores of {game} contain non-finite values: {value!r}")
-    return arr
+    for i, x in enumerate(items):
+        if not _is_number(x):
+            raise ValueError(f"scores of {game}: run {i} is {x!r}, not a number (booleans, strings, null and "
+                             "lists are not scores)")
+        if not math.isfinite(x):
+            raise ValueError(f"scores of {game}: run {i} is {x!r}; non-finite scores are refused")
+    return np.asarray(items, dtype=np.float64)
 
 
 def normalize(
@@ -370,6 +392,14 @@ def _read_json(path: str) -> Any:
         raise SystemExit(f"error: {path} is not valid JSON: {e}") from None
 
 
+def _file_runs(path: str, entry: str, game: str, value: Any) -> np.ndarray:
+    """:func:`_runs` of one entry of a scores file; a bad score is an error naming the file and entry."""
+    try:
+        return _runs(str(game), value)
+    except ValueError as exc:
+        raise SystemExit(f"error: {path}: {entry}: {exc}") from None
+
+
 def _load_scores_json(paths: Sequence[str]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """(``{method: {game: scores}}``, ``{method: protocol flags}``) from evaluator scores files
     and/or method tables (see ``_CLI_FORMATS``)."""
@@ -379,13 +409,18 @@ def _load_scores_json(paths: Sequence[str]) -> tuple[dict[str, dict[str, Any]], 
         doc = _read_json(path)
         if isinstance(doc, dict) and isinstance(doc.get("per_game"), dict):  # the evaluator's own file
             name = Path(path).stem if len(paths) == 1 else str(path)
-            try:
-                data[name] = {g: [float(x) for x in r["scores"]] for g, r in doc["per_game"].items()}
-            except (KeyError, TypeError, ValueError):
-                raise SystemExit(f"error: {path}: every per_game entry needs a 'scores' list of numbers") from None
+            data[name] = {}
+            for game, entry in doc["per_game"].items():
+                if not isinstance(entry, dict) or not isinstance(entry.get("scores"), list):
+                    raise SystemExit(f"error: {path}: every per_game entry needs a 'scores' list of numbers; "
+                                     f"per_game[{game!r}] has none")
+                data[name][game] = _file_runs(path, f"per_game[{game!r}]['scores']", game, entry["scores"]).tolist()
             flags[name] = {k: doc[k] for k in ("max_agent_steps", "truncated_episodes", "comparable_to_papers", "note")
                            if k in doc}
         elif isinstance(doc, dict) and doc and all(isinstance(v, dict) for v in doc.values()):
+            for method, games in doc.items():
+                for game, value in games.items():
+                    _file_runs(path, f"method {method!r}, game {game!r}", game, value)
             data.update(doc)
         else:
             raise SystemExit(f"error: {path} is neither an evaluator scores JSON (with 'per_game') nor a method "

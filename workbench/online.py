@@ -71,7 +71,7 @@ from workbench.data.replay_buffer import ReplayBuffer, batch_tensors, load_repla
 from workbench.devices import resolve_device
 from workbench.envs import FRAME_SKIP, MAX_AGENT_STEPS, AtariProtocolEnv, FrameStacker, check_variant
 from workbench.evaluate import evaluate
-from workbench.fileio import atomic_write_json
+from workbench.fileio import append_text, atomic_write_json
 from workbench.jobs import Job, locked
 from workbench.models.qnet import PRESETS as QNET_PRESETS
 from workbench.paths import resolve_path
@@ -639,8 +639,7 @@ def _log_update(run_dir: Path, step: int, epsilon: float, metrics: dict[str, Any
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_text(path, json.dumps(record) + "\n", "log file")  # never through a symbolic link
 
 
 def read_curve(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -36,6 +36,7 @@ from workbench.data.splits import parse_runs, parse_split
 from workbench.data.store import ReplayStore
 from workbench.devices import resolve_device
 from workbench.evaluate import evaluate
+from workbench.fileio import refuse_symlink
 from workbench.games import resolve_games
 from workbench.jobs import Job, locked
 from workbench.paths import resolve_path
@@ -110,8 +111,12 @@ def prepare_dataset(config: DataSource, run_dir: Path, *, progress: bool = True,
         return dataset
 
     store_dir = run_dir / "data" / "store"
+    # The run's own data folders: never recorded into, built into or reused through a link.
+    refuse_symlink(run_dir / "data", "data folder")
+    refuse_symlink(store_dir, "data folder")
     if dataset is None:
         replay_root = run_dir / "data" / "replay"
+        refuse_symlink(replay_root, "data folder")
         if (store_dir / "manifest.json").is_file():
             return store_dir
         if replay_root.exists() or replay_root.is_symlink():

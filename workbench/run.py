@@ -35,7 +35,7 @@ from typing import Any
 from workbench import checkpoint as ckpt_io
 from workbench.algos.base import Algo, get_algo
 from workbench.devices import resolve_device
-from workbench.fileio import atomic_write_json, atomic_write_text
+from workbench.fileio import append_text, atomic_write_json, atomic_write_text, open_nofollow, refuse_symlink
 from workbench.settings import from_params
 
 __all__ = ["CONFIG_FORMAT", "KINDS", "LOCK", "MARKER", "ResumeMismatch", "Run", "RunLock", "RunLocked",
@@ -92,7 +92,8 @@ class RunLock:
     def acquire(self) -> RunLock:
         check_writable(self.path)  # never put a lock file into a folder that is not ours
         self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+        # O_NOFOLLOW: a lock file that is a symbolic link is refused, never truncated through
+        fd = open_nofollow(self.file, os.O_RDWR | os.O_CREAT, "the run's lock file")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -283,8 +284,11 @@ class Run:
         (:meth:`check_resume`: fields in ``may_change`` are applied and recorded in
         ``history.jsonl``; any other difference stops here, before a weight is loaded). Without
         it, the job's own ``entries`` of the existing run are deleted. Then ``config.json`` is
-        (re)written."""
+        (re)written. Any of ``entries`` (or ``config.json``) that is a symbolic link is refused
+        first, naming it: a job never writes, truncates or prunes through a link in its folder."""
         check_writable(self.path)
+        entries = tuple(entries)
+        self.refuse_links([*entries, "config.json"])
         if self.is_marked() and self.config_path.is_file():
             if resume:
                 applied = self.check_resume(kind, params, resolved, may_change)
@@ -295,6 +299,12 @@ class Run:
             else:
                 self.clear(entries)
         self.create(kind, params, resolved)
+
+    def refuse_links(self, entries: Iterable[str]) -> None:
+        """Raise :class:`workbench.fileio.SymlinkError` naming the first of ``entries`` of this run
+        folder that is a symbolic link."""
+        for name in entries:
+            refuse_symlink(self.path / name, "run folder entry")
 
     def update_resolved(self, values: dict[str, Any]) -> None:
         """Add values resolved during the job (e.g. ``data_settings`` computed from the built
@@ -322,6 +332,11 @@ class Run:
         for key in ("algo", "model", "games", "settings"):
             if old_resolved.get(key) != resolved.get(key) and f"resolved.{key}" not in changed:
                 changed.append(f"resolved.{key}")
+        # The content hash of the checkpoint a fine-tune started from (recorded since issue 27):
+        # a source retrained or replaced since is another experiment, wherever its path points.
+        old_source, new_source = _source_hash(old_resolved), _source_hash(resolved)
+        if old_source and old_source != new_source:
+            changed.append("resolved.source")
         blocking = [k for k in changed if k not in may and not (k.startswith("resolved.") and k[9:] in may)]
         if blocking:
             def show(key: str) -> str:
@@ -329,6 +344,10 @@ class Run:
                 name = key.split(".", 1)[-1] if key.startswith("resolved.") else key
                 if key == "kind":
                     return f"kind: {old['kind']!r} -> {kind!r}"
+                if key == "resolved.source":
+                    return (f"source checkpoint: {old_resolved['source'].get('checkpoint')} (sha256 "
+                            f"{_source_hash(old_resolved)}) -> {(resolved.get('source') or {}).get('checkpoint')} "
+                            f"(sha256 {_source_hash(resolved)}); the run's weights came from the first")
                 return f"{key}: {src_old.get(name)!r} -> {src_new.get(name)!r}"
 
             raise ResumeMismatch(
@@ -341,8 +360,7 @@ class Run:
 
     def record_history(self, entry: dict[str, Any]) -> None:
         """Append one line to ``history.jsonl`` (changes applied on resume)."""
-        with open(self.path / "history.jsonl", "a") as f:
-            f.write(json.dumps(entry) + "\n")
+        append_text(self.path / "history.jsonl", json.dumps(entry) + "\n", "the run's history")
 
     def clear(self, entries: Iterable[str]) -> None:
         """Delete the named workbench-made entries of a marked run (for ``resume=False``)."""
@@ -354,6 +372,13 @@ class Run:
                 shutil.rmtree(target)
             elif target.exists() or target.is_symlink():
                 target.unlink()
+
+
+def _source_hash(resolved: dict[str, Any]) -> str | None:
+    """``resolved.source.sha256``: the source checkpoint's content hash a job recorded, or None."""
+    source = resolved.get("source")
+    digest = source.get("sha256") if isinstance(source, dict) else None
+    return str(digest) if digest else None
 
 
 def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:

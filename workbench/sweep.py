@@ -68,7 +68,7 @@ from workbench.settings import from_params
 # them: every sweep point runs under a `python -m workbench.sweep _point` process for its whole length,
 # and they would make it load torch (+2.7 s and +230 MB resident per point, for nothing it uses).
 
-__all__ = ["COMBINES", "EXECUTORS", "ExecutorSpec", "Point", "Sweep", "load_sweep", "main", "run_point",
+__all__ = ["COMBINES", "EXECUTORS", "ExecutorSpec", "Point", "Sweep", "check_root", "load_sweep", "main", "run_point",
            "run_sweep", "sweep_status"]
 
 COMBINES = ("grid", "zip")
@@ -335,7 +335,7 @@ def _pid_alive(pid: int) -> bool:
 def _read_status(path: Path) -> dict[str, Any] | None:
     try:
         doc = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (FileNotFoundError, ValueError):  # missing, not JSON, not text
         return None
     return doc if isinstance(doc, dict) else None
 
@@ -358,6 +358,23 @@ def point_state(sweep: Sweep, point: Point) -> dict[str, Any]:
     if state == "running" and doc.get("host") != socket.gethostname():
         entry["note"] = f"running on {doc.get('host')} (not checkable from here)"
     return entry
+
+
+def check_root(sweep: Sweep) -> None:
+    """Refuse a sweep folder the sweep may not write its index into: a file, or a folder whose
+    ``sweep.json`` is not a workbench sweep index (it is never overwritten)."""
+    root = sweep.root
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"the sweep's output_dir {root} is a file, not a folder")
+    index = sweep.index_path
+    if index.is_symlink():
+        raise ValueError(f"{index} is a symbolic link; the sweep never writes through one. Remove it or choose "
+                         "another output_dir")
+    if index.exists():
+        doc = None if index.is_dir() else _read_status(index)
+        if doc is None or not isinstance(doc.get("points"), list) or "name" not in doc:
+            raise ValueError(f"{index} exists and is not a workbench sweep index; refusing to overwrite it. Choose "
+                             "another output_dir for the sweep")
 
 
 def sweep_status(sweep: Sweep, *, write: bool = True) -> dict[str, Any]:
@@ -546,12 +563,16 @@ def run_sweep(sweep: Sweep, *, parallel: int | None = None, wait: bool = True, p
 
     Points done with the same parameters are skipped; interrupted, failed and changed points
     run again (their run folders resume from the last checkpoint). Points running now are left
-    alone. ``dry_run`` only validates and writes the index."""
-    index = sweep_status(sweep, write=not dry_run)
+    alone. ``dry_run`` only validates. Every check (the sweep's folder, each point's run folder)
+    comes before the first write: a refused sweep leaves its folder, ``sweep.json`` included, as it was."""
+    check_root(sweep)
+    index = sweep_status(sweep, write=False)
     states = {p["id"]: p["state"] for p in index["points"]}
     todo = [p for p in sweep.points if states[p.id] in ("pending", "failed", "interrupted", "changed")]
-    if dry_run or not todo:
+    if dry_run:
         return index
+    if not todo:
+        return sweep_status(sweep)
     _check_resumable(sweep, todo)
     jobs = [point_job(sweep, p) for p in todo]
     for job in jobs:  # a point re-run after a failure starts with no stale error in the index
@@ -618,7 +639,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ValueError(f"--parallel must be >= 1, got {args.parallel}")
             index = run_sweep(sweep, parallel=args.parallel, wait=not args.no_wait, dry_run=args.dry_run)
         else:
-            index = sweep_status(sweep, write=sweep.root.is_dir())
+            try:
+                check_root(sweep)
+                ours = sweep.root.is_dir()
+            except ValueError:  # status reads; it never overwrites what is not its index
+                ours = False
+            index = sweep_status(sweep, write=ours)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -50,6 +50,7 @@ from workbench import checkpoint as ckpt_io
 from workbench.algos.base import Algo, Diagnosable, Stage
 from workbench.devices import resolve_device
 from workbench.diagnostics import ProbeDiagnostics, collapse_flags
+from workbench.fileio import append_text, refuse_symlink
 from workbench.run import ResumeMismatch
 
 
@@ -203,7 +204,9 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict:
 
 
 def truncate_metrics(path: Path, start: int) -> None:
-    """Drop metric lines of steps after ``start`` (redone after a resume); keep error records."""
+    """Drop metric lines of steps after ``start`` (redone after a resume); keep error records.
+    A symbolic link is refused (naming it), never read or rewritten."""
+    refuse_symlink(path, "metrics file")
     if not path.is_file():
         return
     lines = path.read_text().splitlines()
@@ -373,8 +376,7 @@ class _Diagnostics:
     def __call__(self, step: int) -> None:
         record = {"step": step, **self.measure()}
         self.history.append(record)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_text(self.path, json.dumps(record) + "\n", "metrics file")
         for warning in collapse_flags(self.history):
             if warning not in self.warned:  # say each once, in the log and on the terminal
                 self.warned.add(warning)
@@ -410,10 +412,16 @@ def train(
     ``batches(start_step)`` returns an iterator of batches beginning with the batch that step
     ``start_step`` consumes; samplers derive each batch from (seed, rank, step) so a resumed run
     sees exactly the batches an uninterrupted one would. The run's ``config.json`` is the
-    caller's (``workbench.run.Run``). Returns a summary dict.
+    caller's (``workbench.run.Run``). A ``checkpoints/`` (or a checkpoint in it), ``metrics.jsonl``
+    or ``diagnostics.jsonl`` that is a symbolic link is refused before anything is loaded, written
+    or pruned (``workbench.fileio.SymlinkError`` naming it). Returns a summary dict.
     """
     run_dir = Path(run_dir)
     rank, world = _rank_world()
+    # Symbolic links inside the run folder are refused before anything is loaded, written or pruned.
+    ckpt_io.refuse_linked_checkpoints(run_dir)
+    for name in ("metrics.jsonl", "diagnostics.jsonl"):
+        refuse_symlink(run_dir / name, "metrics file")
     device = resolve_device(cfg.device)
     amp = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
@@ -468,8 +476,7 @@ def train(
             guard.check()
         except NonFiniteLossError as exc:
             if rank == 0:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps({"step": exc.step, "error": str(exc)}) + "\n")
+                append_text(metrics_path, json.dumps({"step": exc.step, "error": str(exc)}) + "\n", "metrics file")
             bar.close()
             raise
 
@@ -512,8 +519,7 @@ def train(
             t_last, n_last = now, 0
             last_metrics = record
             if rank == 0:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                append_text(metrics_path, json.dumps(record) + "\n", "metrics file")
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
         if diagnose is not None and (step % cfg.diagnostics_every == 0 or step == cfg.steps):
             diagnose(step)
@@ -561,6 +567,8 @@ def train_stages(
     for stage in stages:
         enter_stage(stage)
         stage_dir = run_dir / stage.subdir
+        if stage.subdir:
+            refuse_symlink(stage_dir, f"stage {stage.name!r} folder")
         every = snapshot_every or stage.steps
         for bound in sorted({*range(every, stage.steps, every), stage.steps}):
             config = TrainConfig(

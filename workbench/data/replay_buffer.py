@@ -25,7 +25,7 @@ from safetensors.numpy import load_file, save_file
 
 from workbench import checkpoint as ckpt_io
 from workbench.data import dqn_replay as dr
-from workbench.fileio import sha256_file
+from workbench.fileio import refuse_symlink, sha256_file
 from workbench.geometry import ATARI
 
 STACK = dr.STACK_SIZE
@@ -235,7 +235,9 @@ def load_replay(folder: Path, meta: dict[str, Any], replay: ReplayBuffer) -> Non
 
 
 def prune_replays(folder: Path, keep: Collection[str | None]) -> None:
-    """Delete the replay files of ``folder`` not named in ``keep``, and what a kill during a save left."""
+    """Delete the replay files of ``folder`` not named in ``keep``, and what a kill during a save left
+    (never through a symbolic link: a linked ``folder`` is refused, a linked file only unlinked)."""
+    refuse_symlink(folder, "replay folder")
     for p in folder.glob("step_*.safetensors"):
         if p.name not in keep:
             p.unlink()
