@@ -109,8 +109,10 @@ def main() -> None:
                 for _ in range(args.repeats):
                     for name in WORKLOADS:
                         for variant in VARIANTS:
-                            rows.setdefault(name, {}).setdefault(variant, {}).setdefault(condition, []).append(
-                                measure(name, data, variant))
+                            row = measure(name, data, variant)
+                            print(json.dumps({"workload": name, "variant": variant, "condition": condition, **row}),
+                                  file=sys.stderr, flush=True)  # progress, and what a killed run measured
+                            rows.setdefault(name, {}).setdefault(variant, {}).setdefault(condition, []).append(row)
             finally:
                 if neighbour is not None:
                     neighbour.kill()

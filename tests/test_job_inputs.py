@@ -1,10 +1,14 @@
 """A job never empties the folder that holds its own input (issue: a reset deleted the input,
 then failed): ``resume=False`` with the dataset or the source checkpoint inside ``output_dir``
-is refused before anything is deleted."""
+is refused before anything is deleted. Errors a user can fix end a job's command line with one
+line and exit 2, as a bad flag does."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import pytest
 from shared_paths import DQN_FIXTURES
@@ -15,7 +19,7 @@ from workbench.config import PretrainConfig
 from workbench.data.build import build_store
 from workbench.finetune import FinetuneConfig, finetune
 from workbench.pipeline import pretrain
-from workbench.run import Run
+from workbench.run import Run, RunLock
 
 
 def test_pretraining_reset_refuses_a_dataset_inside_its_folder(tmp_path):
@@ -43,3 +47,28 @@ def test_finetune_reset_refuses_its_own_source_run(tmp_path):
         finetune(config, progress=False)
     assert ckpt_io.resolve_checkpoint(source) == before and (before / "model.safetensors").is_file()
     assert Run.open(source).kind == "pretrain"  # the source run is untouched
+
+
+def _cli(cwd, *args):
+    env = {k: v for k, v in os.environ.items() if k != "WORKBENCH_ROOT"}
+    return subprocess.run([sys.executable, "-m", "workbench.pipeline", "--games", "Pong", "--record-steps", "100",
+                           "--steps", "1", "--eval-episodes", "1", "--num-envs", "1", *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_errors_a_user_can_fix_exit_2_with_one_line_and_nothing_touched(tmp_path):
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "draft.txt").write_text("mine")
+    out = _cli(tmp_path, "--output-dir", "notes")  # a folder that is not a run
+    assert out.returncode == 2 and "error:" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert sorted(p.name for p in foreign.iterdir()) == ["draft.txt"]
+
+    other = tmp_path / "other"
+    Run(other).create("pretrain", {"games": "Breakout"}, {"algo": "scaled_ql", "games": ["Breakout"]})
+    out = _cli(tmp_path, "--output-dir", "other")  # another experiment's run: no silent resume
+    assert out.returncode == 2 and "different configuration" in out.stderr and "Traceback" not in out.stderr
+
+    with RunLock(tmp_path / "busy"):  # a folder held by a running job
+        out = _cli(tmp_path, "--output-dir", "busy")
+    assert out.returncode == 2 and "Traceback" not in out.stderr and str(os.getpid()) in out.stderr, out.stderr

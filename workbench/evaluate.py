@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from workbench import games as _games
 from workbench import metrics as _metrics
+from workbench import threads
 from workbench.algos.base import Policy, check_policy
 from workbench.envs import MAX_AGENT_STEPS, FrameStacker, make_vector
 from workbench.fileio import atomic_write_json
@@ -250,17 +251,18 @@ def evaluate(
     slots = _Slots(game_list, vecs, n_slots, E, seeds, noop_starts)
     slot_ids = ids[slots.slot_game]
     bar = tqdm(total=len(game_list) * E, desc="evaluate", unit="episode", disable=not progress)
-    try:
-        for gi in range(len(game_list)):
-            slots.start(gi, range(n_slots), policy)
-        while (slots.episode >= 0).any():
-            greedy = np.asarray(policy.act(slots.stacker.stacks, slot_ids))
-            done, truncated = slots.step(slots.actions(greedy, epsilon), policy)
-            bar.update(slots.finish(done, truncated, policy))
-    finally:
-        bar.close()
-        for v in vecs:
-            v.close()
+    with threads.inference_threads():  # one thread for batches of one row per env (workbench.threads)
+        try:
+            for gi in range(len(game_list)):
+                slots.start(gi, range(n_slots), policy)
+            while (slots.episode >= 0).any():
+                greedy = np.asarray(policy.act(slots.stacker.stacks, slot_ids))
+                done, truncated = slots.step(slots.actions(greedy, epsilon), policy)
+                bar.update(slots.finish(done, truncated, policy))
+        finally:
+            bar.close()
+            for v in vecs:
+                v.close()
     out = {
         "games": list(game_list), "game_ids": ids.tolist(), "episodes_per_game": E, "num_envs": n_slots,
         "seed": int(seed), "epsilon": float(epsilon), "max_agent_steps": int(max_agent_steps), "mode": mode,

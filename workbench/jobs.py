@@ -15,6 +15,7 @@ runs it. The skeleton around them is written once here:
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,11 +23,17 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from workbench import threads
+from workbench.checkpoint import CheckpointError
+from workbench.data.dqn_replay import DQNReplayError
+from workbench.data.record import RecordError
+from workbench.data.splits import StoreError
 from workbench.devices import resolve_device
-from workbench.run import Run, RunLock
+from workbench.fileio import DiskFullError, SymlinkError
+from workbench.run import ResumeMismatch, Run, RunLock, RunLocked
 from workbench.settings import parse_args
+from workbench.transfer import TransferError
 
-__all__ = ["Job", "JobConfig", "check_inputs_outside", "locked", "main"]
+__all__ = ["EXPECTED_ERRORS", "Job", "JobConfig", "JobInputError", "check_inputs_outside", "locked", "main"]
 
 class JobConfig(Protocol):
     """What the skeleton reads from a job's config."""
@@ -86,6 +93,19 @@ def locked(config: JobConfig) -> Iterator[None]:
         yield
 
 
+class JobInputError(ValueError):
+    """A job's inputs and its output folder conflict (the reset would delete an input)."""
+
+
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
+    JobInputError, ResumeMismatch, RunLocked, SymlinkError, DiskFullError, CheckpointError, TransferError, StoreError,
+    DQNReplayError, RecordError, FileExistsError, FileNotFoundError, NotADirectoryError,
+)
+"""What a job's user can cause and fix (a folder in use or of another run, a link, a full disk, a
+damaged checkpoint or dataset): its command line prints the message and exits 2, as for a bad
+flag. Anything else is a bug and keeps its traceback."""
+
+
 def check_inputs_outside(run_dir: Path, inputs: Sequence[str | Path]) -> None:
     """Refuse to reset ``run_dir`` when an input of the job lies inside it (or is it): emptying
     the folder would delete what the job is about to read."""
@@ -93,7 +113,7 @@ def check_inputs_outside(run_dir: Path, inputs: Sequence[str | Path]) -> None:
     for given in inputs:
         path = Path(given).resolve()
         if path == folder or folder in path.parents:
-            raise ValueError(f"resume=False would empty {run_dir}, which holds this job's input {given}; "
+            raise JobInputError(f"resume=False would empty {run_dir}, which holds this job's input {given}; "
                              "choose another output_dir (or copy the input elsewhere first)")
 
 
@@ -109,6 +129,10 @@ def main(config_class: type[C], run: Callable[[C], Any], argv: Sequence[str] | N
         print(json.dumps({"params": config.params(), "resolved": config.resolve()},  # type: ignore[attr-defined]
                          indent=2, default=str))
         return 0
-    result = run(config)
+    try:
+        result = run(config)
+    except EXPECTED_ERRORS as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(result.summary, indent=2, default=str))
     return 0

@@ -8,7 +8,10 @@ The rule, applied once when ``workbench`` is imported (before torch starts its O
   or ``WORKBENCH_THREADS``;
 - **OpenMP wait policy** ``PASSIVE``: idle OpenMP workers sleep instead of spinning, so a job
   beside other work (a shared workstation, a second job) does not burn its cores waiting;
-  a user's ``OMP_WAIT_POLICY`` is kept.
+  a user's ``OMP_WAIT_POLICY`` is kept;
+- **inference in the evaluator** (batches of one row per environment) runs on one torch thread
+  (:func:`inference_threads`): so small a batch gains little from a second thread when the
+  machine is idle and loses most of its speed to thread hand-offs when it is not.
 
 ``WORKBENCH_THREAD_POLICY=none`` leaves torch's and OpenMP's own defaults. Jobs record what was
 in effect in their run's ``config.json`` (``resolved.threads``, from :func:`in_effect`).
@@ -19,10 +22,12 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["apply_environment", "cgroup_cpu_limit", "in_effect", "usable_cpus"]
+__all__ = ["apply_environment", "cgroup_cpu_limit", "in_effect", "inference_threads", "usable_cpus"]
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 """cgroup v2: ``"<quota> <period>"`` in microseconds, or ``"max <period>"`` (no limit)."""
@@ -82,3 +87,21 @@ def in_effect() -> dict[str, Any]:
             "torch_interop_threads": torch.get_num_interop_threads(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(OpenMP default)"),
             "policy": os.environ.get("WORKBENCH_THREAD_POLICY", "auto")}
+
+
+INFERENCE_THREADS = 1
+
+
+@contextmanager
+def inference_threads() -> Iterator[None]:
+    """Torch runs on ``INFERENCE_THREADS`` threads inside the block (the policy is off with
+    ``WORKBENCH_THREAD_POLICY=none``); the previous count is restored after."""
+    import torch  # noqa: PLC0415  (workbench/__init__ imports this module: no torch at package import)
+
+    before = torch.get_num_threads()
+    if os.environ.get("WORKBENCH_THREAD_POLICY", "auto") != "none":
+        torch.set_num_threads(min(before, INFERENCE_THREADS))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
