@@ -33,6 +33,7 @@ while True:
 
 def run_workload(name: str, data: Path) -> float:
     """Seconds of one workload's work (imports and set-up excluded)."""
+    from workbench import threads  # noqa: PLC0415
     from workbench.algos.base import stage_iterator  # noqa: PLC0415  (a child imports after its env is set)
     from workbench.algos.scaled_ql import ScaledQL, ScaledQLConfig  # noqa: PLC0415
     from workbench.data.record import record_many  # noqa: PLC0415
@@ -46,7 +47,8 @@ def run_workload(name: str, data: Path) -> float:
             record_many(["Pong"], 6000, out, seed=0, progress=False)
             return time.perf_counter() - t
     algo = ScaledQL.build("resnet-tiny", ["Pong"], ScaledQLConfig(target_update_period=50), seed=0)
-    if name == "train":  # 150 steps at batch 32 of the main job's model
+    if name == "train":  # 150 steps at batch 32 of the main job's model, threads chosen as a job does
+        threads.apply_job_threads()
         sampler = TransitionSampler(data / "store", ("Pong",), 32, n_step=3, seed=0, stratified=True,
                                     games_per_batch=8)
         with tempfile.TemporaryDirectory() as out:
@@ -83,6 +85,7 @@ def main() -> None:
     p.add_argument("--workload", choices=WORKLOADS)
     p.add_argument("--data")
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of " + ", ".join(WORKLOADS))
     args = p.parse_args()
     if args.workload:  # a child: one measurement
         import torch  # noqa: PLC0415  (a child imports the workbench first, then torch)
@@ -107,7 +110,7 @@ def main() -> None:
                 time.sleep(2.0)
             try:
                 for _ in range(args.repeats):
-                    for name in WORKLOADS:
+                    for name in args.workloads.split(","):
                         for variant in VARIANTS:
                             row = measure(name, data, variant)
                             print(json.dumps({"workload": name, "variant": variant, "condition": condition, **row}),

@@ -56,6 +56,7 @@ def _cli(cwd, *args):
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_errors_a_user_can_fix_exit_2_with_one_line_and_nothing_touched(tmp_path):
     foreign = tmp_path / "notes"
     foreign.mkdir()

@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+from linear_trainable import Algo, batches
+from linear_trainable import cfg as _cfg
 from shared_paths import DQN_FIXTURES
-from torch import nn
 
 from workbench import checkpoint as ckpt_io
 from workbench.algos.scaled_ql import ScaledQL, ScaledQLConfig
@@ -28,7 +28,7 @@ from workbench.checkpoint import CheckpointError
 from workbench.config import PretrainConfig
 from workbench.fileio import SymlinkError
 from workbench.run import LOCK, ResumeMismatch, Run
-from workbench.train import TrainConfig, train, truncate_metrics
+from workbench.train import train, truncate_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,43 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # ------------------------------------------------------------------------------ a tiny trainer run
 
 
-class Algo:
-    """A linear regression with a target net: the smallest thing the trainer accepts."""
-
-    def __init__(self) -> None:
-        torch.manual_seed(0)
-        self.model = nn.Linear(4, 1)
-        self.target_model = nn.Linear(4, 1).requires_grad_(False)
-
-    def loss(self, batch):
-        pred = self.model(batch["x"]).squeeze(-1)
-        return ((pred - batch["y"]) ** 2).mean(), {}
-
-    def update_target(self):
-        self.target_model.load_state_dict(self.model.state_dict())
-
-    def param_groups(self):
-        return [{"params": list(self.model.parameters())}]
-
-    def to(self, device):
-        return self
-
-    def to_channels_last(self):
-        return self
-
-
-def batches(start: int):
-    step = start
-    while True:
-        g = torch.Generator().manual_seed(step)
-        x = torch.randn(8, 4, generator=g)
-        yield {"x": x, "y": x.sum(-1), "game_id": torch.zeros(8, dtype=torch.long)}
-        step += 1
-
-
-def cfg(steps: int, **kw) -> TrainConfig:
-    return TrainConfig(**{"steps": steps, "lr": 1e-2, "target_update_period": 2, "log_every": 1,
-                          "checkpoint_every": 2, "keep_checkpoints": 2, "device": "cpu", **kw})
+def cfg(steps: int, **kw):
+    return _cfg(steps, **{"device": "cpu", **kw})
 
 
 def _tree(folder: Path) -> dict[str, str]:

@@ -86,9 +86,10 @@ class Job:
 
 @contextmanager
 def locked(config: JobConfig) -> Iterator[None]:
-    """Check the hardware (a paper-scale job on a CPU stops here), then hold the run folder's
-    lock: a second job on the same folder fails at once, naming the holder."""
+    """Check the hardware (a paper-scale job on a CPU stops here), choose the job's threads, then
+    hold the run folder's lock: a second job on the same folder fails at once, naming the holder."""
     config.check_hardware(resolve_device(config.device).type)
+    threads.apply_job_threads()  # leave the CPUs other work keeps busy to it (workbench.threads)
     with RunLock(config.run_dir):
         yield
 

@@ -517,9 +517,9 @@ def run_online(
     that many agent steps in total (a simulated kill, for the resume test): no final checkpoint."""
     s, total = config.settings, config.agent_steps
     device = resolve_device(config.device)
-    if config.cpu_threads:
-        torch.set_num_threads(config.cpu_threads)
     with locked(config):  # the hardware check, then the lock, before the folder is touched
+        if config.cpu_threads:  # the run's own setting, over the job's thread policy
+            torch.set_num_threads(config.cpu_threads)
         run = open_online_run(config)
         run_dir = run.path
         state = OnlineState.open(config, device, run_dir)  # a fresh agent, or the run's last checkpoint

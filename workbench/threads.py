@@ -6,9 +6,13 @@ The rule, applied once when ``workbench`` is imported (before torch starts its O
   (containers: ``cpu.max`` rounded up) and Slurm's ``SLURM_CPUS_PER_TASK``;
 - **torch threads** (``OMP_NUM_THREADS``) = those CPUs, unless the user set ``OMP_NUM_THREADS``
   or ``WORKBENCH_THREADS``;
-- **OpenMP wait policy** ``PASSIVE``: idle OpenMP workers sleep instead of spinning, so a job
-  beside other work (a shared workstation, a second job) does not burn its cores waiting;
-  a user's ``OMP_WAIT_POLICY`` is kept;
+- the OpenMP wait policy stays OpenMP's own: ``OMP_WAIT_POLICY=PASSIVE`` made training beside a
+  busy neighbour several times slower in ``benchmarks/bench_contention.py`` (README, Performance);
+- **at a job's start** (:func:`apply_job_threads`, from ``jobs.locked``): the CPUs other
+  processes keep busy right then (``/proc/stat`` over a quarter second) are left to them, so a
+  job started beside a busy neighbour trains on the CPUs that are free instead of fighting for
+  the busy ones (at least one thread; ``WORKBENCH_THREADS`` or ``OMP_NUM_THREADS`` set by the
+  user is kept as it is);
 - **inference in the evaluator** (batches of one row per environment) runs on one torch thread
   (:func:`inference_threads`): so small a batch gains little from a second thread when the
   machine is idle and loses most of its speed to thread hand-offs when it is not.
@@ -22,12 +26,14 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["apply_environment", "cgroup_cpu_limit", "in_effect", "inference_threads", "usable_cpus"]
+__all__ = ["apply_environment", "apply_job_threads", "busy_cpus", "cgroup_cpu_limit", "in_effect", "inference_threads",
+           "usable_cpus"]
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 """cgroup v2: ``"<quota> <period>"`` in microseconds, or ``"max <period>"`` (no limit)."""
@@ -72,10 +78,18 @@ def apply_environment(env: dict[str, str] | None = None) -> None:
     assert env is not None
     if env.get("WORKBENCH_THREAD_POLICY", "auto") == "none":
         return
-    threads = env.get("WORKBENCH_THREADS", "")
-    if "OMP_NUM_THREADS" not in env:
+    if not _user_set_threads(env):
+        threads = env.get("WORKBENCH_THREADS", "")
         env["OMP_NUM_THREADS"] = threads if threads.isdigit() and int(threads) > 0 else str(usable_cpus()[0])
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        env[_POLICY_MARK] = env["OMP_NUM_THREADS"]  # so a child process tells the policy's value from a user's
+
+
+_POLICY_MARK = "WORKBENCH_POLICY_OMP_NUM_THREADS"
+
+
+def _user_set_threads(env: dict[str, str] | os._Environ[str]) -> bool:
+    """The user chose the thread count (``OMP_NUM_THREADS`` not set by this policy)."""
+    return "OMP_NUM_THREADS" in env and env.get(_POLICY_MARK) != env["OMP_NUM_THREADS"]
 
 
 def in_effect() -> dict[str, Any]:
@@ -105,3 +119,43 @@ def inference_threads() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def _cpu_times(cpus: set[int]) -> tuple[float, float]:
+    """(idle, total) jiffies of the given CPUs, from /proc/stat."""
+    idle = total = 0.0
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *values = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+                numbers = [float(v) for v in values[:8]]
+                idle += numbers[3] + numbers[4]  # idle + iowait
+                total += sum(numbers)
+    return idle, total
+
+
+def busy_cpus(interval: float = 0.25) -> float:
+    """How many of this process's CPUs other work keeps busy (0 where /proc/stat is unreadable)."""
+    cpus = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    try:
+        idle0, total0 = _cpu_times(cpus)
+        time.sleep(interval)
+        idle1, total1 = _cpu_times(cpus)
+    except (OSError, ValueError):
+        return 0.0
+    if total1 <= total0:
+        return 0.0
+    return len(cpus) * (1.0 - (idle1 - idle0) / (total1 - total0))
+
+
+def apply_job_threads() -> int:
+    """Torch threads for a job starting now: its usable CPUs less those other work keeps busy
+    (rounded), at least 1; the user's ``WORKBENCH_THREADS`` / ``OMP_NUM_THREADS`` win."""
+    import torch  # noqa: PLC0415  (workbench/__init__ imports this module: no torch at package import)
+
+    user = bool(os.environ.get("WORKBENCH_THREADS")) or _user_set_threads(os.environ)
+    if os.environ.get("WORKBENCH_THREAD_POLICY", "auto") == "none" or user:
+        return torch.get_num_threads()
+    free = max(1, round(usable_cpus()[0] - busy_cpus()))
+    torch.set_num_threads(free)  # each job chooses anew (a notebook runs several)
+    return free
