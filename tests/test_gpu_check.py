@@ -65,7 +65,10 @@ def test_smoke_run_answers_every_section_and_its_checks_hold(tmp_path):
     speed = r["train_speed"]["models"]
     assert set(speed) == {"resnet-tiny", "jowa-tiny"}
     for row in speed.values():
-        assert row["flops_per_step"] > 0 and 0 < row["best_mfu"] < 1
+        # Under 1 on a quiet machine; the CPU smoke run times the matrix peak and the steps at
+        # different moments, so a busy neighbour (the other test worker) can push it a little
+        # above. A wrong FLOP count is off by far more.
+        assert row["flops_per_step"] > 0 and 0 < row["best_mfu"] < 2
     assert speed["resnet-tiny"]["compiled"]["backend"] == "aot_eager"
     assert r["sampler"]["workers"] and 0 <= r["sampler"]["best_wait_fraction"] < 1
     assert r["planner"]["decisions_per_s"]["planner"] > 0 and r["evaluator"]["eval_steps_per_s"] > 0

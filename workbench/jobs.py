@@ -8,8 +8,10 @@ runs it. The skeleton around them is written once here:
   resumes (after a configuration check) or resets the run folder, never touching a folder that is
   not a workbench run;
 - :func:`locked`: the config's hardware check (``config.check_cpu_time``: a paper-scale job on a
-  CPU stops before it starts, with its estimate), then the run folder's lock for the whole job;
-- :func:`main`: ``python -m workbench.<job> --flag value ...`` with ``--dry-run``.
+  CPU stops before it starts, with its estimate), the job's threads (``workbench.threads``), then
+  the run folder's lock for the whole job;
+- :func:`main`: ``python -m workbench.<job> --flag value ...`` with ``--dry-run``; errors a user
+  can fix (``EXPECTED_ERRORS``) end it with one line and exit 2.
 """
 
 from __future__ import annotations
