@@ -212,7 +212,7 @@ def test_combo_terms_match_brute_force():
 def pong_store(tmp_path_factory):
     from workbench.data.build import build_store
 
-    return build_store(DQN_FIXTURES, tmp_path_factory.mktemp("pong") / "store", ["Pong"], [1], "n:400",
+    return build_store(DQN_FIXTURES, tmp_path_factory.mktemp("pong") / "store", ["Pong"], [1], "n:400:episodes",
                        progress=False)
 
 

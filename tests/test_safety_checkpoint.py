@@ -29,6 +29,7 @@ def _rewrite(ckpt: Path, name: str, tensors: dict[str, torch.Tensor]) -> None:
     save_file(tensors, str(ckpt / name))
     state = json.loads((ckpt / "state.json").read_text())
     state["files"][name] = hashlib.sha256((ckpt / name).read_bytes()).hexdigest()
+    state.pop("state_sha256", None)  # as an older workbench wrote it: only the tensors can tell
     (ckpt / "state.json").write_text(json.dumps(state))
 
 

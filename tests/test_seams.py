@@ -269,3 +269,84 @@ def test_metrics_cli_refuses_booleans_strings_and_non_finite_scores(tmp_path, do
     assert "Traceback" not in proc.stderr
     assert str(path) in proc.stderr
     assert re.search(entry, proc.stderr), proc.stderr
+
+
+# ------------------------------------------------------------------------------ (e) provenance of a checkpoint
+
+
+def test_an_optimizer_lr_edited_in_state_json_is_refused_on_resume(tmp_path):
+    """state.json is covered by its own digest: an lr edited to 0.5 is not used on resume."""
+    run = tmp_path / "run"
+    train(Algo(), batches, cfg(4), run, progress=False)
+    ckpt = ckpt_io.latest_checkpoint(run)
+    state = json.loads((ckpt / "state.json").read_text())
+    state["optimizer"]["param_groups"][0]["lr"] = 0.5
+    (ckpt / "state.json").write_text(json.dumps(state))
+    metrics = (run / "metrics.jsonl").read_text()
+    with pytest.raises(CheckpointError, match=r"state\.json was changed after it was written"):
+        train(Algo(), batches, cfg(6), run, progress=False)
+    assert (run / "metrics.jsonl").read_text() == metrics
+
+
+def test_a_config_json_with_swapped_games_is_refused_before_any_game_plays(tmp_path):
+    """Weights trained with heads (Pong, Breakout) are not loaded under a config.json edited to
+    (Breakout, Pong): every game would act with the other's head."""
+    run_dir = tmp_path / "run"
+    settings = ScaledQLConfig()
+    resolved = {"algo": "scaled_ql", "model": "resnet-tiny", "games": ["Pong", "Breakout"],
+                "settings": dataclasses.asdict(settings)}
+    Run(run_dir).create("pretrain", {}, resolved)
+    algo = ScaledQL.build("resnet-tiny", ["Pong", "Breakout"], settings, seed=0)
+    ckpt_io.save_checkpoint(run_dir, 5, algo.model, target=algo.target_model)
+    Run.open(run_dir).build_algo(device="cpu")  # as written: loads
+    doc = json.loads((run_dir / "config.json").read_text())
+    doc["resolved"]["games"] = ["Breakout", "Pong"]
+    (run_dir / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match=r"config\.json no longer describes the weights"):
+        Run.open(run_dir).build_algo(device="cpu")
+
+
+# ------------------------------------------------------------------------------ (f) online: lock first, sizes first
+
+
+def _online(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "WORKBENCH_ROOT"}
+    return subprocess.run([sys.executable, "-m", "workbench.online", "--game", "Pong", "--device", "cpu", *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_online_jobs_on_a_running_folder_touch_nothing(tmp_path):
+    """A real second process holds the run's lock (as a running online job does); a job started on
+    the same folder with resume=false, or with other frames, fails at once with exit 2 and leaves
+    every byte of the running run as it was (before: the reset deleted its checkpoints and logged
+    replay, and a changed --frames rewrote its config.json)."""
+    run_dir = tmp_path / "busy"
+    Run(run_dir).create("online", {"game": "Pong", "frames": 800}, {"algo": "scaled_ql", "games": ["Pong"]})
+    (run_dir / "metrics.jsonl").write_text('{"step": 1}\n')
+    logs = run_dir / "data" / "replay" / "Pong" / "1" / "replay_logs"
+    logs.mkdir(parents=True)
+    (logs / "$store$_action_ckpt.0.gz").write_bytes(b"logged replay")
+    algo = ScaledQL.build("resnet-tiny", ["Pong"], ScaledQLConfig(), seed=0)
+    ckpt_io.save_checkpoint(run_dir, 10, algo.model, target=algo.target_model)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom workbench.run import RunLock\n"
+         "with RunLock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n", str(run_dir)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        before = _tree(run_dir)  # the run as the running job holds it (its lock file included)
+        for args in (["--resume", "false"], ["--frames", "4000"]):
+            out = _online(tmp_path, "--output-dir", "busy", *args)
+            assert out.returncode == 2, out.stderr
+            assert str(holder.pid) in out.stderr and "Traceback" not in out.stderr, out.stderr
+            assert _tree(run_dir) == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_online_capacity_beyond_memory_is_refused_before_the_folder_exists(tmp_path):
+    out = _online(tmp_path, "--output-dir", "new", "--capacity", "100000000000")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert re.search(r"capacity=100,000,000,000 rows needs [\d,.]+ GiB of memory", out.stderr), out.stderr
+    assert not (tmp_path / "new").exists()

@@ -330,13 +330,16 @@ def _check_transition_batch(b: dict, n: int, gamma: float) -> tuple[np.ndarray, 
     return g, int((~ok).sum())
 
 
-def _check_sequence_batch(b: dict, L: int) -> tuple[np.ndarray, int]:
+def _check_sequence_batch(b: dict, L: int, starts: np.ndarray) -> tuple[np.ndarray, int]:
+    """``starts``: stream rows of the store's transition starts (each verified against the truth
+    by the transition check): a segment's steps are real while they are consecutive starts."""
     T = _truth()
     obs, mask = b["obs"].numpy(), b["mask"].numpy()
     g = _frame_ids(obs[:, 0]) - 1
     assert (g >= 0).all()
     rows = g[:, None] + np.arange(L)[None, :]
     inside = rows <= _ckpt_end(g)[:, None]  # the checkpoint's rows (no reading into the next one)
+    inside &= np.cumprod(np.isin(rows, starts), axis=1).astype(bool)  # the split's consecutive starts
     r = np.minimum(rows, T["rows"] - 1)
     t = T["terminal"][r] & inside
     truth_mask = inside & (np.cumsum(t, axis=1) - t == 0)  # real until the step after a terminal
@@ -381,7 +384,8 @@ def logged_split_report(
     )
     tr = _draw_until_every_start(ts, n_starts, lambda b: _check_transition_batch(b, n_read, gamma))
     sq = SequenceSampler(s, batch_size=128, seq_len=8, seed=2, pin_memory=False, prefetch=0)
-    seq = _draw_until_every_start(sq, n_starts, lambda b: _check_sequence_batch(b, 8))
+    starts = np.array(sorted(tr["starts"]))
+    seq = _draw_until_every_start(sq, n_starts, lambda b: _check_sequence_batch(b, 8, starts))
     dop = set().union(*(_truth()["dopamine_ok"][c] for c in ckpts))
     return {
         "split": str(split), "store_starts": n_starts, "transition_checked": tr["checked"],

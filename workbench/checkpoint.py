@@ -12,13 +12,18 @@ Layout of one run directory::
           optimizer.safetensors optimizer tensors, keyed "state.<param index>.<name>"
           rng.safetensors      RNG states of torch (CPU, CUDA)
           state.json           step, optimizer scalars and hyperparameters, RNG states, extra,
-                               and the sha256 of every other file of the checkpoint
+                               the sha256 of every other file of the checkpoint, the digest of
+                               the run's identity (``run_identity``: algorithm, model, games,
+                               settings from config.json) and its own digest (``state_sha256``)
 
 A checkpoint directory is built under a temporary name (``.step_*``) and renamed into place,
 and ``latest`` is replaced atomically after it, so an interrupted write never leaves a half
 checkpoint behind ``latest``; temporary folders left by a kill are removed by the next save.
-Loading verifies every file against its recorded sha256 and every tensor against the model
-(names, shapes, dtypes, finiteness), naming the file and tensor at fault. Pruning deletes only
+Loading verifies every file against its recorded sha256, ``state.json`` against its own digest
+(an optimizer lr edited by hand is refused, not used on resume) and every tensor against the model
+(names, shapes, dtypes, finiteness), naming the file and tensor at fault; rebuilding a run's
+algorithm also checks that ``config.json`` still names the algorithm, model, games and settings
+the weights were trained with (:func:`check_run_identity`). Pruning deletes only
 checkpoints this code wrote (their ``state.json`` says so). Saving (and so pruning) refuses a
 ``checkpoints/`` folder, a ``latest`` or a step folder that is a symbolic link
 (:func:`refuse_linked_checkpoints`): it would write into, or prune, another run. Nothing here ever
@@ -27,6 +32,7 @@ unpickles: a ``.pt``/``.pkl`` file handed to ``load_*`` is refused with a clear 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -57,8 +63,43 @@ STEP_DIR = re.compile(r"step_(\d{8,})")  # a complete checkpoint folder
 TMP_DIR = re.compile(r"\.step_\d{8,}\.[A-Za-z0-9_]+")  # one save_checkpoint is building (or a kill left)
 
 
+#: what in a run's ``config.json`` ("resolved") decides what its weights mean
+IDENTITY_KEYS = ("algo", "model", "games", "settings", "data_settings")
+
+
 class CheckpointError(ValueError):
     """A checkpoint that is not what its writer left: the message names the file (and tensor)."""
+
+
+def _digest(doc: Any) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_identity(resolved: dict[str, Any]) -> str:
+    """Digest of what a run's weights mean: its algorithm, model, games (the heads' order) and
+    settings, as its ``config.json`` resolves them."""
+    return _digest({k: resolved.get(k) for k in IDENTITY_KEYS})
+
+
+def _run_config(run_dir: Path) -> Path | None:
+    """The ``config.json`` of the run a checkpoint folder belongs to (the nearest one upwards)."""
+    for folder in [run_dir, *list(run_dir.parents)[:2]]:
+        if (folder / "config.json").is_file():
+            return folder / "config.json"
+    return None
+
+
+def check_run_identity(ckpt: Path, state: dict[str, Any], resolved: dict[str, Any], config_path: Path) -> None:
+    """Refuse to load a checkpoint of a run whose ``config.json`` no longer says what its
+    weights were trained as (games swapped, model or settings edited by hand)."""
+    recorded = state.get("run_identity")
+    if recorded is not None and recorded != run_identity(resolved):
+        raise CheckpointError(
+            f"{config_path} no longer describes the weights of {ckpt}: its algorithm, model, games or settings were "
+            f"changed after the checkpoint was written (now: algo={resolved.get('algo')!r}, model="
+            f"{resolved.get('model')!r}, games={resolved.get('games')!r}). Restore config.json; loading would give a "
+            "game the head of another"
+        )
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -202,6 +243,10 @@ def save_checkpoint(
         save_file(_contiguous(rng_tensors), str(tmp / "rng.safetensors"))
         state["rng"] = rng_meta
         state["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        config = _run_config(Path(run_dir))
+        if config is not None:
+            state["run_identity"] = run_identity(read_json(config).get("resolved") or {})
+        state["state_sha256"] = _digest(state)  # of everything above: a hand edit is detected
         atomic_write_json(tmp / "state.json", state)
         if final.exists():
             shutil.rmtree(final)
@@ -275,6 +320,13 @@ def read_state(ckpt: Path) -> dict[str, Any]:
             f"{path} lists no sha256 checksums ('files'): it was not written by this workbench (or was edited); "
             "the checkpoint cannot be verified"
         )
+    recorded = state.get("state_sha256")  # absent in checkpoints of older workbench versions
+    if recorded is not None and recorded != _digest({k: v for k, v in state.items() if k != "state_sha256"}):
+        raise CheckpointError(
+            f"{path} was changed after it was written (its content no longer matches its recorded state_sha256): "
+            "an edited step, optimizer setting (lr ...) or RNG state would be used silently on resume. Restore it, "
+            "or start the run afresh"
+        )
     return state
 
 
@@ -345,6 +397,9 @@ def load_checkpoint(
     ckpt = resolve_checkpoint(ckpt_dir)
     state = read_state(ckpt)
     verify_files(ckpt, state)
+    config = _run_config(ckpt.parent.parent)  # run/checkpoints/step_*
+    if config is not None:
+        check_run_identity(ckpt, state, read_json(config).get("resolved") or {}, config)
     weights, target_weights = split_model_state(_load_tensors(ckpt / "model.safetensors"))
     check_tensors(ckpt / "model.safetensors", weights, model, "model")
     if target is not None:

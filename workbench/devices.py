@@ -1,4 +1,5 @@
-"""Which torch device a ``device=`` parameter means on this machine (one rule for every job)."""
+"""Which torch device a ``device=`` parameter means on this machine (one rule for every job), and
+how much memory the machine has left for a job's buffers."""
 
 from __future__ import annotations
 
@@ -8,7 +9,30 @@ import re
 import torch
 import torch.distributed as dist
 
-__all__ = ["resolve_device"]
+__all__ = ["available_memory", "resolve_device"]
+
+
+def available_memory() -> int | None:
+    """Bytes of memory a new allocation can get without swapping: the kernel's MemAvailable,
+    capped by the cgroup's limit minus its usage (a container or a Slurm job); None if unknown."""
+    free: int | None = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    free = int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read().strip())
+        if limit != "max" and free is not None:
+            free = min(free, max(int(limit) - used, 0))
+    except (OSError, ValueError):
+        pass
+    return free
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -68,10 +68,11 @@ from workbench.algos.scaled_ql import ScaledQL, ScaledQLConfig
 from workbench.config import check_cpu_time
 from workbench.data import dqn_replay as dr
 from workbench.data.replay_buffer import ReplayBuffer, batch_tensors, load_replay, prune_replays, save_replay
-from workbench.devices import resolve_device
+from workbench.devices import available_memory, resolve_device
 from workbench.envs import FRAME_SKIP, MAX_AGENT_STEPS, AtariProtocolEnv, FrameStacker, check_variant
 from workbench.evaluate import evaluate
-from workbench.fileio import append_text, atomic_write_json
+from workbench.fileio import append_text, atomic_write_json, check_free_space
+from workbench.geometry import ATARI
 from workbench.jobs import Job, locked
 from workbench.models.qnet import PRESETS as QNET_PRESETS
 from workbench.paths import resolve_path
@@ -91,6 +92,10 @@ _GID = np.zeros(1, np.int64)
 LOG_ROOT = Path("data") / "replay"
 REPLAY_DIR = "replay"
 CURVE_FILE = "curve.json"
+
+
+#: bytes of one replay row: its frame, action (int32), reward (float32) and terminal (uint8)
+REPLAY_ROW_BYTES = ATARI.frame_bytes + 9
 
 
 class OnlineError(ValueError):
@@ -257,7 +262,20 @@ class OnlineConfig:
         resolve_device(self.device)
         if self.checkpoint:  # missing or pickled: an error naming it, before any work
             ckpt_io.resolve_checkpoint(resolve_path(self.checkpoint))
-        self.settings  # noqa: B018  (the resolved hyper-parameters validate themselves)
+        self._check_replay_fits()  # the resolved hyper-parameters validate themselves on the way
+
+    def _check_replay_fits(self) -> None:
+        """The replay ring lives in memory and a logged checkpoint writes the whole ring: refuse a
+        capacity this machine cannot hold before anything is created."""
+        capacity = self.settings.capacity
+        ring = capacity * REPLAY_ROW_BYTES
+        free = available_memory()
+        if free is not None and ring > free:
+            raise OnlineError(f"capacity={capacity:,} rows needs {ring / 2**30:,.1f} GiB of memory for the replay "
+                              f"ring, and {free / 2**30:,.1f} GiB is available; at most {free // REPLAY_ROW_BYTES:,} "
+                              "rows fit (the public data's ring: 1,000,000 rows, 6.6 GiB)")
+        if self.log_replay:  # one logged checkpoint, uncompressed at worst
+            check_free_space(self.run_dir, ring, f"a logged replay checkpoint of {capacity:,} rows")
 
     @classmethod
     def from_params(cls, **params: Any) -> OnlineConfig:

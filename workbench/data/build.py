@@ -137,21 +137,46 @@ def _valid_positions(meta: dr.CheckpointMeta, fresh: int, n_step: int) -> np.nda
 
 
 def _block_selection(
-    meta: dr.CheckpointMeta, fresh: int, n_step: int, context_after: int, n_sample: int | None,
+    meta: dr.CheckpointMeta, fresh: int, n_step: int, context_after: int, pick: int | np.ndarray | None,
     rng: np.random.Generator | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(kept chronological positions, start indices into the kept positions)."""
+    """(kept chronological positions, start indices into the kept positions).
+
+    ``pick``: None keeps every start; an int draws that many starts uniformly with ``rng``; an
+    (K, 2) array keeps the starts at chronological positions ``[lo, hi)`` of each row (whole
+    episodes, see :func:`_episode_pieces`)."""
     n = len(meta.time_order())
     cand = _valid_positions(meta, fresh, n_step)
-    if n_sample is None:  # all rows from the first stack on
+    if pick is None:  # all rows from the first stack on
         keep_lo = max(n - min(fresh, n) - (STACK - 1), 0)
         return np.arange(keep_lo, n), cand - keep_lo
-    chosen = np.sort(rng.choice(cand, size=n_sample, replace=False)) if n_sample else cand[:0]  # type: ignore[union-attr]
+    if isinstance(pick, np.ndarray):
+        inside = np.zeros(n + 1, dtype=np.int32)
+        np.add.at(inside, pick[:, 0], 1)
+        np.add.at(inside, pick[:, 1], -1)
+        chosen = cand[np.cumsum(inside[:-1])[cand] > 0]
+    else:
+        chosen = np.sort(rng.choice(cand, size=pick, replace=False)) if pick else cand[:0]  # type: ignore[union-attr]
     mark = np.zeros(n + 1, dtype=np.int32)  # difference array: union of the windows [p-3, p+context_after]
     np.add.at(mark, np.maximum(chosen - (STACK - 1), 0), 1)
     np.add.at(mark, np.minimum(chosen + context_after + 1, n), -1)
     keep = np.flatnonzero(np.cumsum(mark[:-1]) > 0)
     return keep, np.searchsorted(keep, chosen)
+
+
+def _episode_pieces(meta: dr.CheckpointMeta, fresh: int, n_step: int) -> np.ndarray:
+    """(K, 2) chronological ``[lo, hi)`` of one checkpoint's episode pieces: maximal runs of
+    consecutive valid starts, cut after each terminal (an episode's starts, or the part of it this
+    checkpoint holds)."""
+    cand = _valid_positions(meta, fresh, n_step)
+    if not len(cand):
+        return np.zeros((0, 2), dtype=np.int64)
+    term = meta.terminal[meta.time_order()][cand].astype(bool)
+    new_piece = np.ones(len(cand), dtype=bool)
+    new_piece[1:] = (np.diff(cand) != 1) | term[:-1]
+    first = np.flatnonzero(new_piece)
+    last = np.append(first[1:], len(cand)) - 1
+    return np.stack([cand[first], cand[last] + 1], axis=1).astype(np.int64)
 
 
 def _padding_mask(terminal_chrono: np.ndarray, run_start: bool) -> np.ndarray:
@@ -253,25 +278,33 @@ def _plan_game(sources: _Sources, game: str, runs: Sequence[str | int], split: S
 
 def _assign_samples(
     sources: _Sources, plan: dict[str, list[_Block]], split: Split, seed: int, n_step: int, context_after: int,
-) -> dict[tuple[str, str, int], int | None]:
-    """Per-block sample sizes (None: all starts) -- an exact uniform sample without replacement
-    over all starts of a game -- and each block's first row in its game's arrays."""
-    samples: dict[tuple[str, str, int], int | None] = {}
+) -> dict[tuple[str, str, int], int | np.ndarray | None]:
+    """Per-block sample (None: all starts; an int: that many uniform starts; (K, 2) position
+    ranges: whole episodes), and each block's first row in its game's arrays.
+
+    ``unit="transitions"``: an exact uniform sample without replacement over all starts of a game
+    (per-block counts from the multivariate hypergeometric distribution, then starts within each
+    block). ``unit="episodes"``: the game's episode pieces in a seeded random order, taken whole
+    until the budget is met, the last one cut to its first starts so the count is exact."""
+    samples: dict[tuple[str, str, int], int | np.ndarray | None] = {}
     for g, blocks in plan.items():
         counts = [b.starts for b in blocks]  # all valid starts of each block
         total = int(sum(counts))
         want = split.sample_size(total)
+        per: list[int | np.ndarray | None]
         if want is None:
-            per: list[int | None] = [None] * len(blocks)
+            per = [None] * len(blocks)
         else:
             if want > total:
                 raise StoreError(
                     f"{g}: split asks for {want} transitions but the chosen checkpoints hold {total} valid starts"
                 )
             rng = np.random.default_rng(np.random.SeedSequence([seed, 0, _stable_id(g)]))
-            per = []
-            if counts:
-                per = [int(k) for k in rng.multivariate_hypergeometric(np.array(counts, dtype=np.int64), want)]
+            if split.unit == "episodes":
+                per = list(_take_episodes(sources, blocks, want, n_step, rng))
+            else:
+                per = [int(k) for k in rng.multivariate_hypergeometric(np.array(counts, dtype=np.int64), want)] \
+                    if counts else []
         row = 0
         for b, n in zip(blocks, per):
             samples[(g, b.run, b.checkpoint)] = n
@@ -282,6 +315,25 @@ def _assign_samples(
             b.row_start = row
             row += b.rows
     return samples
+
+
+def _take_episodes(
+    sources: _Sources, blocks: list[_Block], want: int, n_step: int, rng: np.random.Generator,
+) -> list[np.ndarray]:
+    """Per block, the (K, 2) position ranges of the episode pieces drawn for a budget of ``want``
+    starts: pieces of all blocks in a random order, whole until the budget, the last one cut."""
+    if want == 0:
+        return [np.zeros((0, 2), dtype=np.int64) for _ in blocks]
+    pieces = [_episode_pieces(sources.meta(b.game, b.run, b.checkpoint), b.fresh, n_step) for b in blocks]
+    owner = np.concatenate([np.full(len(p), i, dtype=np.int64) for i, p in enumerate(pieces)])
+    ranges = np.concatenate(pieces) if pieces else np.zeros((0, 2), dtype=np.int64)
+    order = rng.permutation(len(ranges))
+    lengths = ranges[order, 1] - ranges[order, 0]
+    taken = int(np.searchsorted(np.cumsum(lengths), want))  # pieces order[:taken + 1] reach the budget
+    chosen = ranges[order[: taken + 1]].copy()
+    chosen[-1, 1] = chosen[-1, 0] + (want - int(lengths[:taken].sum()))  # the last piece, cut to fit
+    chosen_owner = owner[order[: taken + 1]]
+    return [chosen[chosen_owner == i] for i in range(len(blocks))]
 
 
 def _log(log_path: Path | None, **event: Any) -> None:
@@ -386,7 +438,7 @@ def _copy_frames(rdir: Path, checkpoint: int, kept: np.ndarray, frames_path: Pat
 
 
 def _convert_block(
-    sources: _Sources, b: _Block, bi: int, n_sample: int | None, seed: int, n_step: int, context_after: int,
+    sources: _Sources, b: _Block, bi: int, pick: int | np.ndarray | None, seed: int, n_step: int, context_after: int,
     arrays: dict[str, np.memmap], gdir: Path, build: Path, bar,
 ) -> None:
     """Write one checkpoint's rows into the game's arrays, then its starts, segment ends,
@@ -396,7 +448,7 @@ def _convert_block(
     meta = sources.pop(g, b.run, b.checkpoint)
     if meta.sha256 != b.files:
         raise StoreError(f"source files of {g} run {b.run} checkpoint {b.checkpoint} changed during the build")
-    keep, starts = _block_selection(meta, b.fresh, n_step, context_after, n_sample, _block_rng(seed, b))
+    keep, starts = _block_selection(meta, b.fresh, n_step, context_after, pick, _block_rng(seed, b))
     assert len(keep) == b.rows
     order = meta.time_order()
     kept = order[keep]  # ring slots, chronological
@@ -502,10 +554,14 @@ def build_store(
 
     sources = _Sources(root)
     plan = {g: _plan_game(sources, g, runs, split, n_step) for g in game_dirs}
+    available = {g: int(sum(b.starts for b in bl)) for g, bl in plan.items()}  # before the split's sample
     samples = _assign_samples(sources, plan, split, seed, n_step, context_after)
+    split_params = asdict(split)
+    if split.unit == "transitions":  # the plan of a store built before units existed stays the same
+        del split_params["unit"]
     params = {
         "format_version": FORMAT_VERSION, "source_root": str(root.resolve()), "games": game_dirs,
-        "runs": [str(r) for r in runs], "split": asdict(split), "seed": seed, "n_step": n_step,
+        "runs": [str(r) for r in runs], "split": split_params, "seed": seed, "n_step": n_step,
         "stack_size": STACK, "context_after": context_after,
     }
     plan_json = {"params": params, "blocks": {g: [asdict(b) for b in bl] for g, bl in plan.items()}}
@@ -547,6 +603,10 @@ def build_store(
             )
         del arrays
         games_info[g] = _finish_game(gdir, build, g, blocks)
+        # what the split chose from, and what every method trains on: sequence samplers feed only
+        # starts too (workbench.data.sampler.SequenceSampler), so "trainable" holds for all of them
+        games_info[g]["transitions_available"] = available[g]
+        games_info[g]["transitions_trainable"] = games_info[g]["starts"]
     bar.close()
 
     manifest = {**params, "plan": plan_json, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "games_info": games_info}

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import warnings
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -414,12 +415,32 @@ def _returns_to_go(data: Any) -> np.ndarray:
     return out
 
 
+def _warn_short_segments(store: ReplayStore, starts: Sequence[np.ndarray], seq_len: int) -> None:
+    """Warn when a split drew single transitions: segments then stop at the first row that is
+    not a sampled start (the mean run of consecutive starts says how far they get)."""
+    split = store.manifest.get("split", {})
+    subsampled = split.get("sample_fraction") is not None or split.get("sample_count") is not None
+    if seq_len < 2 or not subsampled or split.get("unit", "transitions") != "transitions":
+        return
+    runs = sum(int(np.count_nonzero(np.diff(s) != 1)) + 1 for s in starts if len(s))
+    mean_run = sum(len(s) for s in starts) / max(runs, 1)
+    warnings.warn(
+        f"store {store.path} holds a split of single transitions ({split.get('name') or 'subsampled'}): segments of "
+        f"{seq_len} steps keep only consecutive sampled starts, {mean_run:.2f} steps on average. Sequence methods "
+        "want a split drawn in episodes (fraction:F:episodes, n:N:episodes; presets jowa_10pct, "
+        "finetune_1pct_episodes, finetune_5k_expert)", stacklevel=3,
+    )
+
+
 class SequenceSampler(_BaseSampler):
     """Segments of ``seq_len`` consecutive steps (docs/architecture.md "Sequence batch").
 
     A segment starts at a uniformly drawn transition start of the store; ``mask[j]`` is False once
-    the episode has ended before step j (after a terminal) or the store's rows stop being
-    contiguous (end of a checkpoint or of a subsampled window); masked steps hold zeros.
+    the episode has ended before step j (after a terminal), or once step j's row is not one of the
+    store's transition starts (the end of a checkpoint, or a row a subsampled split keeps only as
+    context: the split's size is what every method trains on); masked steps hold zeros. A split that
+    samples single transitions gives short segments (a warning says how short): sequence methods
+    want splits drawn in episodes (``fraction:F:episodes``, ``n:N:episodes``).
     ``tokens``: ``True`` (``{store}/{Game}/tokens.npy``), a directory holding ``{Game}/tokens.npy``
     or ``{Game}.npy``, or a mapping game -> array/path; each uint16 (rows, 36). With tokens the
     batch carries ``tokens`` (B, L, 36) instead of ``obs``.
@@ -449,6 +470,7 @@ class SequenceSampler(_BaseSampler):
         if not isinstance(returns_to_go, (bool, np.bool_)):
             raise StoreError(f"returns_to_go must be True or False, got {returns_to_go!r}")
         self.seq_len = seq_len
+        _warn_short_segments(self.store, self._starts, seq_len)
         self._rtg = [_returns_to_go(d) for d in self._data] if returns_to_go else None
         opened = _open_tokens(self.store, self.games, tokens)
         self._tokens = None if opened is None else [plain(t) for t in opened]
@@ -495,6 +517,11 @@ class SequenceSampler(_BaseSampler):
                 )
             rows = p[:, None] + steps[None, :]
             inside = rows < end[:, None]
+            # step j is a start of the split exactly when the (local + j)-th start is row p + j
+            # (starts are sorted and distinct): the split's consecutive starts from p
+            nxt = local[lo:hi, None] + steps[None, :]
+            starts_g = self._starts[g]
+            inside &= (nxt < len(starts_g)) & (starts_g[np.minimum(nxt, len(starts_g) - 1)] == rows)
             rows = np.minimum(rows, end[:, None] - 1)
             t = plain(d.terminal)[rows].astype(bool) & inside
             # a step is real while no terminal occurred strictly before it in the segment
