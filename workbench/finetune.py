@@ -157,8 +157,9 @@ class FinetuneConfig:
     """Parallel evaluation environments."""
     planning_horizon: int = 2
     """JOWA evaluation: beam-search horizon H (0 = greedy in Q)."""
-    beam_width: int = 2
-    """JOWA evaluation: beam width K (1 = greedy in Q)."""
+    beam_width: int = 0
+    """JOWA evaluation: beam width K (1 = greedy in Q; 0 = the paper's rule, App. E.3: 2 below 10
+    valid actions, else 3)."""
     device: str = "auto"
     """'auto', 'cpu', 'cuda' or 'cuda:N'."""
     resume: bool = True
@@ -176,12 +177,11 @@ class FinetuneConfig:
                 raise ValueError(f"unknown {name} {value!r}; valid: {' | '.join(choices)}")
         canonical_game(self.game)  # unknown names list close matches
         for name in ("steps", "batch_size", "record_steps", "eval_episodes", "eval_max_steps", "seed",
-                     "snapshot_every", "planning_horizon"):
+                     "snapshot_every", "planning_horizon", "beam_width"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("num_envs", "beam_width"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {self.num_envs}")
         if self.lr < 0 or not math.isfinite(self.lr):
             raise ValueError(f"lr must be a finite number >= 0 (0 = the preset's), got {self.lr}")
         check_eval_cap("eval_max_steps", self.eval_max_steps)

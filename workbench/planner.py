@@ -52,10 +52,31 @@ from workbench.models.world_action import TOKENS_PER_STEP, ActionSpace, WorldAct
 
 __all__ = [
     "SearchNode", "SearchTree", "PlanResult", "SearchProfile", "beam_search", "beam_search_sequential",
-    "PlannerPolicy", "max_context_steps",
+    "PlannerPolicy", "max_context_steps", "paper_beam_width", "PAPER_WIDE_BEAM",
 ]
 
 _REWARD_VALUES = (-1.0, 0.0, 1.0)
+
+PAPER_WIDE_BEAM = 3
+"""K for a game of 10 or more valid actions, where the paper allows 3 or 4 (``paper_beam_width``)."""
+
+
+def paper_beam_width(num_actions: int, wide: int = PAPER_WIDE_BEAM) -> int:
+    """JOWA's evaluation beam width K from a game's number of valid actions (paper 003, App. E.3):
+    "K to 2 if the valid action space size is less than 10, otherwise K in {3, 4}".
+
+    ``wide`` picks from {3, 4} for 10+ actions. Table 16 gives 3 to Seaquest, StarGunner, Zaxxon
+    (18 actions) and TimePilot (10), 4 to Berzerk, Centipede, ChopperCommand (18); the reference
+    code's eval/JOWA_150M_raw_scores.json uses 4 for more of them. The held-out games have no
+    published K, so the default is 3, the one value Table 16 uses for both 10 and 18 actions.
+    Table 16 also lists Atlantis with 18 actions and K = 3, but its minimal set has 4 (ALE, and the
+    reference code's action tokenizer): by the rule, 2.
+    """
+    if not 1 <= num_actions <= MAX_ACTIONS:
+        raise ValueError(f"a game has 1..{MAX_ACTIONS} valid actions, got {num_actions}")
+    if wide not in (3, 4):
+        raise ValueError(f"the paper's beam width for 10+ actions is 3 or 4, got {wide}")
+    return 2 if num_actions < 10 else wide
 
 
 @dataclass

@@ -47,7 +47,7 @@ from workbench.algos.base import (
     register,
     stage_iterator,
 )
-from workbench.algos.jowa_finetune import JOWA_FINETUNE
+from workbench.algos.jowa_finetune import COMBO_PENALTIES, JOWA_FINETUNE
 from workbench.data.sampler import SequenceSampler
 from workbench.data.tokens import tokenize_store
 from workbench.models.tokenizer import Tokenizer
@@ -72,7 +72,8 @@ SEQUENCE_KEYS = ("action", "reward", "terminal", "mask", "game_id")
 @dataclass(frozen=True)
 class JOWAConfig:
     """JOWA's method settings (paper 003, Table 12). Learning rates belong to the training stages
-    (``JOWASpec.stages``): 1e-4 in stage 1, 5e-5 in stage 2."""
+    (``JOWASpec.stages``): 1e-4 in stage 1, 5e-5 in stage 2; the tokenizer's own in pretraining.
+    ``finetune_tokenizer_lr`` and ``combo_penalty`` apply to fine-tuning (``jowa_finetune``) only."""
 
     gamma: float = 0.99
     """Discount of the Q head's TD target and of the planner's predicted rewards."""
@@ -81,7 +82,16 @@ class JOWAConfig:
     cql_alpha: float = 0.1
     """CQL weight of L_action."""
     tokenizer_lr: float = 1e-4
-    """Learning rate of the VQ-VAE tokenizer (stage 1)."""
+    """Learning rate of the VQ-VAE tokenizer in pretraining (stage 1; Table 12: 1e-4)."""
+    finetune_tokenizer_lr: float = 0.0
+    """Learning rate of the tokenizer in JOWA fine-tuning; 0 = the fine-tuning lr of every other
+    component (App. E.2: one lr, 5e-5, or the user's ``lr``). The reference code's
+    config/finetune_150M.yaml trains the tokenizer at 1e-4: give 1e-4 for its choice."""
+    combo_penalty: str = "paper"
+    """JOWA fine-tuning (stage 2): the states COMBO's logsumexp term pushes Q down on. ``paper``:
+    the imagined states only (Eq. 4: rho is the policy's occupancy in the imagined MDP);
+    ``reference``: every step of the batch, real and synthetic segments alike (the reference code's
+    src/models/jowa_model.py with q_penalty=combo). Both push Q up on the real state-actions only."""
     weight_decay: float = 0.01
     """AdamW weight decay on the world-action model's weight matrices."""
     tokenizer_max_frames: int = 0
@@ -92,10 +102,12 @@ class JOWAConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
-        for name in ("beta", "cql_alpha", "weight_decay", "tokenizer_lr"):
+        for name in ("beta", "cql_alpha", "weight_decay", "tokenizer_lr", "finetune_tokenizer_lr"):
             v = getattr(self, name)
             if v < 0 or not math.isfinite(v):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+        if self.combo_penalty not in COMBO_PENALTIES:
+            raise ValueError(f"combo_penalty must be one of {' | '.join(COMBO_PENALTIES)}, got {self.combo_penalty!r}")
         if self.tokenizer_max_frames < 0:
             raise ValueError(f"tokenizer_max_frames must be >= 0 (0 = no cap), got {self.tokenizer_max_frames}")
         if self.target_update_period < 1:

@@ -3,18 +3,26 @@
 5k transitions drawn uniformly from the last 20% (expert) of the held-out game's data (split
 ``finetune_5k_expert``). Every part is transferred; the new game gets new task-embedding rows
 (and its action mask from its name), and every component is trained in both stages (the
-tokenizer too). Stage 1: 3k steps on real segments with ``L_tokenizer + beta L_world +
-L_action`` (TD + CQL). Stage 2: 7k steps; each batch is 3/4 real 6-step segments (24 of 32) and
-1/4 synthetic ones (8), whose last 2 steps the planner imagines (beam search with H = K = 2: its
-chosen actions, the world model's predicted rewards and greedily decoded frame tokens; no
-pixels), under the COMBO loss instead of CQL (``losses.combo_terms``): Q is pushed down on the
-imagined states and up on the dataset's state-actions, and the TD error covers both parts.
-``scratch`` trains the same model from a random initialization (the paper: 100k steps for
+tokenizer too), all at one learning rate: App. E.2's 5e-5 (or the user's ``lr``; the setting
+``finetune_tokenizer_lr`` gives the tokenizer its own, e.g. the reference code's 1e-4). Stage 1:
+3k steps on real segments with ``L_tokenizer + beta L_world + L_action`` (TD + CQL). Stage 2: 7k
+steps; each batch is 3/4 real 6-step segments (24 of 32) and 1/4 synthetic ones (8), whose last 2
+steps the planner imagines (beam search with H = K = 2 for every game, App. E.2: its chosen
+actions, the world model's predicted rewards and greedily decoded frame tokens; no pixels), under
+the COMBO loss instead of CQL (``combo_penalty``): Q is pushed down on the imagined states
+(setting ``combo_penalty='paper'``, the default; ``'reference'``: on every step of the batch, as
+the reference code does) and up on the dataset's state-actions, and the TD error covers both
+parts. ``scratch`` trains the same model from a random initialization (the paper: 100k steps for
 JOWA-150M (scratch), split 3:7 here).
+
+Evaluation plans with H = 2 and the paper's beam width per game (App. E.3,
+``planner.paper_beam_width``: 2 below 10 valid actions, else 3) when the evaluation options leave
+K to the rule (no options, or a beam width of 0); a width the options give is used as given.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -35,20 +43,27 @@ from workbench.algos.base import (
 )
 from workbench.data.sampler import SequenceSampler
 from workbench.models.world_action import action_losses
-from workbench.planner import beam_search
+from workbench.planner import beam_search, paper_beam_width
 
 if TYPE_CHECKING:  # jowa.py imports this module to declare its protocol
     from workbench.algos.jowa import JOWA
 
-__all__ = ["JOWA_FINETUNE", "JOWAFinetune", "JOWAFinetuneProtocol", "jowa_finetune_scale", "synthesize_segments"]
+__all__ = ["COMBO_PENALTIES", "JOWA_FINETUNE", "JOWAFinetune", "JOWAFinetuneProtocol", "combo_penalty",
+           "jowa_finetune_scale", "synthesize_segments"]
 
 # Stage 2 (App. E.2): 6-step segments whose last 2 steps the planner synthesizes with H = K = 2,
-# in batches of 3/4 real and 1/4 synthetic segments.
+# in batches of 3/4 real and 1/4 synthetic segments. K = 2 for every game here: App. E.2 says "we
+# set both the planning horizon and the beam width to 2 for all fine-tuning experiments" (the
+# reference config/finetune_150M.yaml: planning_beam_width 2); the per-game rule of App. E.3
+# (``planner.paper_beam_width``) is the evaluation's.
 SEGMENT_STEPS = 6
 SYNTHETIC_STEPS = 2
 PLAN_HORIZON = 2
 PLAN_BEAM = 2
 SYNTHETIC_FRACTION = 0.25
+
+COMBO_PENALTIES = ("paper", "reference")
+"""Values of the setting ``combo_penalty``: the states COMBO's logsumexp term covers (``combo_penalty``)."""
 
 
 class JOWAFinetune:
@@ -57,9 +72,12 @@ class JOWAFinetune:
     Every component trains in both stages. Stage 1, real segments: ``L_tokenizer + beta L_world +
     L_action`` (C51 TD + CQL). Stage 2: a batch of real 6-step segments plus synthetic ones
     (``syn_*`` keys, from :func:`synthesize_segments`): ``L_tokenizer + beta L_world`` on the real
-    part, C51 TD on both parts' transitions, and COMBO instead of CQL: ``alpha (E_synthetic[
-    logsumexp_a Q] - E_real[Q(s, a)])`` (``losses.combo_terms``). The model, its checkpoints and
-    its policy are JOWA's own, so the run evaluates and loads like a pretrained JOWA run.
+    part, C51 TD on both parts' transitions, and COMBO instead of CQL: ``alpha (E_imagined[
+    logsumexp_a Q] - E_real[Q(s, a)])`` (:func:`combo_penalty`; settings ``combo_penalty``). Every
+    component trains at the trainer's lr (``finetune_tokenizer_lr`` > 0: the tokenizer at its own).
+    The model, its checkpoints and its policy are JOWA's own, so the run evaluates and loads like a
+    pretrained JOWA run; evaluation's beam width follows App. E.3 where the options leave it open
+    (:meth:`eval_options`).
     """
 
     target_model = None
@@ -94,11 +112,26 @@ class JOWAFinetune:
     def to_channels_last(self) -> JOWAFinetune:
         return self
 
+    def eval_options(self, options: EvalOptions | None = None) -> EvalOptions:
+        """The options the planner runs with: ``None`` = H = 2 and App. E.3's K for each game of the
+        model (``planner.paper_beam_width`` of its number of valid actions); a beam width of 0, for
+        every game or in a per-game tuple, stands for that rule; other widths are kept."""
+        options = options or EvalOptions(beam_width=0)
+        rule = tuple(paper_beam_width(int(n)) for n in self.jowa.actions.num_actions)
+        width = options.beam_width
+        if isinstance(width, int):
+            resolved: int | tuple[int, ...] = rule if width == 0 else width
+        else:
+            if len(width) != len(rule):
+                raise ValueError(f"beam_width per game needs {len(rule)} entries (the model's games), got {len(width)}")
+            resolved = tuple(r if w == 0 else int(w) for w, r in zip(width, rule))
+        return dataclasses.replace(options, beam_width=resolved)
+
     def policy(self, options: EvalOptions | None = None) -> Any:
-        return self.jowa.policy(options)
+        return self.jowa.policy(self.eval_options(options))
 
     def inspectable_policy(self, options: EvalOptions | None = None) -> Any:
-        return self.jowa.inspectable_policy(options)
+        return self.jowa.inspectable_policy(self.eval_options(options))
 
     def set_stage(self, stage: int) -> None:
         """Both fine-tuning stages train every component (the target Q head aside)."""
@@ -108,7 +141,17 @@ class JOWAFinetune:
         self.model.world.target_q_head.requires_grad_(False)
 
     def param_groups(self) -> list[dict[str, Any]]:
-        return list(self.jowa.param_groups())
+        """JOWA's groups at one learning rate (App. E.2: 5e-5 for fine-tuning): the tokenizer group
+        drops pretraining's ``tokenizer_lr`` and takes the trainer's lr like the world groups, or
+        ``finetune_tokenizer_lr`` when that is set (> 0)."""
+        groups = []
+        for group in self.jowa.param_groups():
+            if group.get("name") == "tokenizer":
+                group = {k: v for k, v in group.items() if k != "lr"}
+                if self.config.finetune_tokenizer_lr > 0:
+                    group["lr"] = self.config.finetune_tokenizer_lr
+            groups.append(group)
+        return groups
 
     def batches(self, stage: str, context: StageContext) -> Batches:
         """Stage 1: real segments of the model's length. Stage 2: 6-step segments, 3/4 real and
@@ -155,13 +198,14 @@ class JOWAFinetune:
                                   syn_td_mask, syn_valid, gamma=cfg.gamma, cql_alpha=0.0)
         support = jowa.model.world.support
         mask, actions = world.mask, world.actions
-        q_real = L.expected_q(world.out["q_logits"], support)[mask]  # (M, 18) real steps
-        a_real = actions[mask]
+        q_real_all = L.expected_q(world.out["q_logits"], support)  # (B, L, 18)
+        q_real, a_real = q_real_all[mask], actions[mask]  # (M, 18) real steps
+        v_real = jowa.actions.valid_mask(batch["game_id"])[:, None, :].expand_as(q_real_all)[mask]
         q_syn = L.expected_q(syn_out["q_logits"], support)  # (B, L, 18)
-        imagined = batch["syn_mask"].bool() & batch["syn_imagined"].bool()
-        v_syn = syn_valid[:, None, :].expand_as(q_syn)[imagined]
-        down, up = L.combo_terms(q_syn[imagined], v_syn, q_real, a_real)
-        combo = down.mean() - up.mean() if down.numel() else -up.mean()
+        syn_rows = batch["syn_mask"].bool()  # the synthetic segments' steps: real prefix + imagined
+        v_syn = syn_valid[:, None, :].expand_as(q_syn)[syn_rows]
+        combo, down, up = combo_penalty(cfg.combo_penalty, q_real, v_real, a_real, q_syn[syn_rows], v_syn,
+                                        batch["syn_imagined"].bool()[syn_rows])
         n_real, n_syn = float(mask.any(1).sum()), float(batch["syn_mask"].any(1).sum())
         frac = n_real / max(n_real + n_syn, 1.0)
         td = frac * td_real + (1 - frac) * td_syn  # TD over d_f: the batch's mix of real and synthetic
@@ -171,11 +215,42 @@ class JOWAFinetune:
             metrics.update({
                 "loss/action": a_loss.detach(), "loss/td": td.detach(), "loss/td_real": td_real.detach(),
                 "loss/td_synthetic": td_syn.detach(), "loss/combo": combo.detach(),
+                # The pushed-down term (imagined states; under 'reference' every state of the batch).
                 "loss/combo_synthetic": down.mean().detach() if down.numel() else torch.zeros(()),
                 "loss/combo_real": up.mean().detach(), "q/data_mean": q_real.gather(1, a_real[:, None]).mean(),
                 "loss/total": loss.detach(),
             })
         return loss, metrics
+
+
+def combo_penalty(mode: str, q_real: Tensor, valid_real: Tensor, actions_real: Tensor, q_syn: Tensor,
+                  valid_syn: Tensor, imagined: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """COMBO's conservative term of stage 2 (its weight, ``cql_alpha``, aside), over the rows of a batch.
+
+    ``q_real`` (N, 18) expected Q of the real segments' steps, ``valid_real`` (N, 18) their games'
+    actions, ``actions_real`` (N,) the dataset's actions (ALE ids); ``q_syn`` (M, 18) and
+    ``valid_syn`` of the synthetic segments' steps (their real prefix and the imagined steps),
+    ``imagined`` (M,) bool marks the imagined ones. ``mode``:
+
+    - ``paper``: ``mean_{imagined s} logsumexp_{a valid} Q(s, a) - mean_real Q(s, a_data)`` (Eq. 4:
+      rho is the current policy's occupancy in the model's imagined MDP);
+    - ``reference``: the logsumexp term over every row, real and synthetic (the reference code's
+      jowa_model.py with q_penalty=combo: negatives over the whole mixed batch, positives over the
+      real part only).
+
+    Returns ``(penalty, down, up)``: the per-row terms of :func:`losses.combo_terms` and
+    ``down.mean() - up.mean()`` (an empty term counts 0).
+    """
+    if mode not in COMBO_PENALTIES:
+        raise ValueError(f"combo_penalty must be one of {' | '.join(COMBO_PENALTIES)}, got {mode!r}")
+    if mode == "paper":
+        q_down, v_down = q_syn[imagined], valid_syn[imagined]
+    else:
+        q_down, v_down = torch.cat([q_syn, q_real]), torch.cat([valid_syn, valid_real])
+    down, up = L.combo_terms(q_down, v_down, q_real, actions_real)
+    zero = q_real.new_zeros((), dtype=torch.float32)
+    penalty = (down.mean() if down.numel() else zero) - (up.mean() if up.numel() else zero)
+    return penalty, down, up
 
 
 @torch.no_grad()
