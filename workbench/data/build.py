@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 
 from workbench.data import dqn_replay as dr
 from workbench.data.splits import PRESETS, Split, StoreError, parse_split
-from workbench.data.store import EP_BEGINS, EP_ENDS, FORMAT_VERSION, STACK
+from workbench.data.store import EP_BEGINS, EP_ENDS, FORMAT_VERSION, STACK, STORE_ARRAYS
 from workbench.fileio import (
     atomic_write_json,
     check_free_space,
@@ -523,6 +523,8 @@ def _finish_game(gdir: Path, build: Path, g: str, blocks: list[_Block]) -> dict[
             for b in blocks
         ],
         "starts_sha256": sha256_file(gdir / "starts.npy"),
+        # every array's digest: ReplayStore.verify (python -m workbench.data.store --verify) checks them
+        "arrays_sha256": {name: sha256_file(gdir / f"{name}.npy") for name in STORE_ARRAYS},
     }
 
 

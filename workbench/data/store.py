@@ -33,9 +33,12 @@ they are refused (rebuild them).
 
 from __future__ import annotations
 
+import argparse
 import json
 import mmap as mmap_mod
 import os
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,7 @@ import numpy as np
 
 from workbench.data import dqn_replay as dr
 from workbench.data.splits import StoreError
+from workbench.fileio import sha256_file
 
 __all__ = [
     "EP_BEGINS", "EP_ENDS", "FORMAT_VERSION", "GameData", "ReplayStore", "StoreError", "assemble_transitions", "plain",
@@ -51,6 +55,8 @@ __all__ = [
 
 FORMAT_VERSION = 2
 STACK = dr.STACK_SIZE
+#: the arrays of one game, in the order the manifest lists their digests
+STORE_ARRAYS = ("frames", "action", "reward", "terminal", "block", "slot", "starts", "start_seg_end", "episodes")
 EP_BEGINS, EP_ENDS = 1, 2
 
 
@@ -144,7 +150,29 @@ class ReplayStore:
                 fr_mmap.madvise(mmap_mod.MADV_RANDOM)
             if len(self._data[g].frames) != info["rows"] or len(self._data[g].starts) != info["starts"]:
                 raise StoreError(f"{d}: array sizes disagree with the manifest (store damaged)")
+            _check_ranges(d, self._data[g])
         return self._data[g]
+
+    def verify(self, games: Sequence[str] | None = None) -> int:
+        """Check every array of ``games`` (default: all) against the sha256 the builder recorded
+        in the manifest; raises :class:`StoreError` naming the first file that differs (bit rot,
+        a truncated copy, an edit). Reads the whole store; returns the number of files checked."""
+        checked = 0
+        for game in games or self.games:
+            g = self.check_game(game)
+            sums = self.manifest["games_info"][g].get("arrays_sha256")
+            if sums is None:
+                raise StoreError(f"{self.path / 'manifest.json'} records no array digests for {g} (built by an older "
+                                 "workbench): rebuild the store to make it verifiable")
+            for name, digest in sums.items():
+                path = self.path / g / f"{name}.npy"
+                if not path.is_file():
+                    raise StoreError(f"store file missing: {path}")
+                if sha256_file(path) != digest:
+                    raise StoreError(f"{path} does not match the sha256 recorded when the store was built: the file is "
+                                     "damaged (bit rot, a truncated copy or an edit); rebuild the store")
+                checked += 1
+        return checked
 
     def num_actions(self, game: str) -> int:
         return self.game(game).num_actions
@@ -201,6 +229,23 @@ class ReplayStore:
         return assemble_transitions(gd, rows, np.asarray(gd.start_seg_end)[pos], n, gamma)
 
 
+def _check_ranges(folder: Path, gd: GameData) -> None:
+    """The cheap check made whenever a game is opened: every action inside the game's action set,
+    every terminal 0 or 1, every reward finite (a few bytes a row; frames need ``verify``)."""
+    checks = (
+        ("action", gd.action, lambda a: a >= gd.num_actions, f"outside the game's {gd.num_actions} actions"),
+        ("terminal", gd.terminal, lambda t: t > 1, "not 0 or 1"),
+        ("reward", gd.reward, lambda r: ~np.isfinite(r), "not a finite number"),
+    )
+    for name, array, bad_of, what in checks:
+        for lo in range(0, len(array), 1 << 24):  # chunks: a 50M-row game never loads at once
+            bad = np.flatnonzero(bad_of(np.asarray(array[lo:lo + (1 << 24)])))
+            if len(bad):
+                row = lo + int(bad[0])
+                raise StoreError(f"{folder / f'{name}.npy'}: row {row} holds {array[row]!r}, {what}: the store is "
+                                 "damaged; rebuild it (python -m workbench.data.store --verify checks every file)")
+
+
 def plain(a: np.ndarray) -> np.ndarray:
     # np.memmap subclass hooks cost microseconds per fancy index; the base ndarray view shares memory
     return a.view(np.ndarray) if isinstance(a, np.memmap) else a
@@ -247,3 +292,25 @@ def assemble_transitions(
         "state": obs_out, "next_state": next_out, "action": plain(gd.action)[rows].astype(np.int64),
         "reward": ret, "length": length, "terminal": is_term.astype(np.uint8),
     }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m workbench.data.store --verify STORE [STORE ...]``: check every array of each
+    store against the digests its manifest records; one line per store, exit 2 on damage."""
+    parser = argparse.ArgumentParser(prog="python -m workbench.data.store", description=main.__doc__)
+    parser.add_argument("stores", nargs="+", help="store folders (with manifest.json)")
+    parser.add_argument("--verify", action="store_true", required=True,
+                        help="check every array against the sha256 recorded at build time")
+    args = parser.parse_args(argv)
+    for path in args.stores:
+        try:
+            n = ReplayStore(path).verify()
+        except StoreError as exc:
+            print(f"python -m workbench.data.store: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"{path}: {n} files match their build-time sha256")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
