@@ -118,7 +118,7 @@ def test_normalize_score_by_hand_and_errors():
     assert metrics.has_reference("Breakout") and not metrics.has_reference("Breakout", "dqn")
     assert not metrics.has_reference("AirRaid") and metrics.has_reference("AirRaid", "none")
     with pytest.raises(ValueError, match="no dqn reference score for Breakout; games with one: "
-                       "Gravitar, MsPacman, Pong, Robotank, YarsRevenge$"):
+                       "Alien, Gravitar, MsPacman, Pong, Robotank, SpaceInvaders, StarGunner, YarsRevenge$"):
         metrics.normalize_score("Breakout", 1.0, "dqn")
     with pytest.raises(ValueError, match="unknown normalization 'world_record': valid are"):
         metrics.has_reference("Pong", "world_record")  # type: ignore[arg-type]

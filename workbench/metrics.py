@@ -2,7 +2,8 @@
 
 Reference scores live in ``workbench/reference/scores.csv`` (package data): random and human
 scores of the standard 57-game table plus Carnival (JOWA Table 2: random 0, human 3800) and
-Pooyan, and DQN scores for JOWA's 5 held-out games (JOWA Table 17).
+Pooyan, and DQN scores for JOWA's 5 held-out games (JOWA Table 17) and Scaled QL Figure 7's 5
+(the same DQN, no-op starts, of the C51/Rainbow papers' tables; the CSV's ``source`` column cites each).
 
 Pooyan's random score (the one choice made here; the CSV's ``source`` column repeats it):
 Pooyan has no entry in the standard table. We use 472.0, the mean of 20 episodes of a uniform
@@ -52,6 +53,8 @@ __all__ = [
     "aggregate",
     "performance_profile",
     "probability_of_improvement",
+    "stratified_bootstrap",
+    "interval_over_runs",
     "main",
 ]
 
@@ -281,6 +284,75 @@ def aggregate(
         res.update(num_games=mat.shape[1], num_runs=mat.shape[0], games=list(norm))
         out[method] = res
     return out
+
+
+#: How :func:`interval_over_runs` labels its result: no interval, the runs' range, a bootstrap CI.
+INTERVAL_KINDS = ("none", "range", "ci")
+
+
+def stratified_bootstrap(per_game: Mapping[str, Sequence[float] | np.ndarray] | Sequence[Sequence[float]], *,
+                         reps: int = 2000, seed: int = 0) -> np.ndarray:
+    """Bootstrap replicates of the mean over games of per-game mean run scores, resampling runs
+    with replacement *within each game* (rliable's stratified bootstrap, Agarwal et al. 2021: a
+    game is a stratum, so a replicate never moves a score from one game to another).
+
+    ``per_game``: ``{game: [score of each run]}`` (or a list of lists); games may have different
+    numbers of runs. Indices come from ``np.random.default_rng(seed)``, game after game in the
+    mapping's order, ``(reps, runs)`` at a time: with one game this is exactly the ordinary
+    percentile bootstrap of the mean over runs. Returns the ``reps`` replicates."""
+    groups = list(per_game.values()) if isinstance(per_game, Mapping) else list(per_game)
+    if not groups:
+        raise ValueError("stratified_bootstrap needs at least one game")
+    if reps < 1:
+        raise ValueError(f"reps must be >= 1, got {reps}")
+    rng = np.random.default_rng(seed)
+    total = np.zeros(reps)
+    for i, runs in enumerate(groups):
+        x = np.asarray(runs, np.float64)
+        if x.ndim != 1 or x.size == 0:
+            raise ValueError(f"game {i} of stratified_bootstrap has no runs")
+        total += x[rng.integers(0, x.size, size=(reps, x.size))].mean(axis=1)
+    return total / len(groups)
+
+
+def interval_over_runs(per_game: Mapping[str, Sequence[float] | np.ndarray] | Sequence[float] | np.ndarray, *,
+                       reps: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
+    """The honest interval of a mean over runs (seeds), and what it rests on.
+
+    ``per_game``: one game's runs (a list), or ``{game: runs}`` (the mean over games of per-game
+    means, resampled within each game by :func:`stratified_bootstrap`). Returns ``{"kind", "lo",
+    "hi", "mean", "runs", "games", "text"}``, ``kind`` one of :data:`INTERVAL_KINDS`:
+
+    - ``"none"``: some game has fewer than 2 runs. One run measures no spread: ``lo``/``hi`` are
+      None and ``text`` says so (evaluation episodes are not runs: under the papers' evaluation
+      protocol they are near-duplicates of one policy).
+    - ``"range"``: one game with 2 or 3 runs. A 95% percentile bootstrap of their mean is then
+      their minimum and maximum (all 2 or 3 draws landing on the lowest run has probability 1/4 or
+      1/27, above 2.5%), so it is reported as what it is: the range.
+    - ``"ci"``: the ``confidence`` (default 95%) percentile interval of :func:`stratified_bootstrap`.
+    """
+    groups: dict[str, list[float]] = ({str(g): [float(v) for v in runs] for g, runs in per_game.items()}
+                                      if isinstance(per_game, Mapping) else {"": [float(v) for v in per_game]})
+    if not groups or any(not runs for runs in groups.values()):
+        raise ValueError("interval_over_runs needs at least one run of every game")
+    counts = sorted({len(r) for r in groups.values()})
+    mean = float(np.mean([np.mean(r) for r in groups.values()]))
+    n, games = counts[0], len(groups)
+    runs_text = f"{n} run{'s' if n != 1 else ''}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} runs"
+    where = "" if games == 1 else f" per game, {games} games"
+    out: dict[str, Any] = {"mean": mean, "runs": n, "games": games}
+    if n < 2:
+        return {**out, "kind": "none", "lo": None, "hi": None,
+                "text": f"no interval: {runs_text}{where} (one run measures no spread)"}
+    if games == 1 and n <= 3:
+        runs = next(iter(groups.values()))
+        return {**out, "kind": "range", "lo": float(min(runs)), "hi": float(max(runs)),
+                "text": f"range (min to max) of {runs_text}"}
+    reps_ = stratified_bootstrap(groups, reps=reps, seed=seed)
+    tail = (1.0 - confidence) / 2 * 100
+    label = f"{round(confidence * 100):d}% CI"
+    return {**out, "kind": "ci", "lo": float(np.percentile(reps_, tail)), "hi": float(np.percentile(reps_, 100 - tail)),
+            "text": f"{label}, stratified bootstrap over {runs_text}{where} ({reps} reps)"}
 
 
 def performance_profile(

@@ -88,9 +88,10 @@ from workbench.settings import field_docs
 from workbench.sweep import load_sweep, run_sweep, sweep_status
 from workbench.viz.rollout import play_rollout
 
-__all__ = ["BEHAVIOUR_FILE", "SCRIPTED_GAMES", "EpsilonSchedulePolicy", "HistorySpec", "ScriptedPolicy",
-           "action_profile", "bootstrap_ci", "build_summary", "epsilon_schedule", "main", "method_label",
-           "record_history", "split_checkpoints", "summary_table", "sweep_action_profiles"]
+__all__ = ["BEHAVIOUR_FILE", "SCRIPTED_GAMES", "BehaviourFileError", "EpsilonSchedulePolicy", "HistorySpec",
+           "ScriptedPolicy", "action_profile", "bootstrap_ci", "build_summary", "epsilon_schedule", "findings", "main",
+           "method_label", "read_behaviour", "record_history", "split_checkpoints", "summary_table",
+           "sweep_action_profiles"]
 
 ATARI_SCRIPTED_GAMES = ("Breakout", "Freeway", "Pong", "SpaceInvaders")
 SCRIPTED_GAMES = (*ATARI_SCRIPTED_GAMES, *G.MINATAR_GAMES)
@@ -458,6 +459,105 @@ def _trim_partial(replay_logs: Path, info: dict[str, Any], checkpoints: int) -> 
 # The results summary
 
 
+class BehaviourFileError(ValueError):
+    """A ``behaviour.json`` that is not what ``record_history`` writes (the message names the file
+    and what is wrong); the command line prints it on one line and exits 2."""
+
+
+def _is_score(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and bool(np.isfinite(x))
+
+
+def _check_scores(path: Path, key: str, value: Any, games: Sequence[str], *, nullable: bool = False,
+                  every_game: bool = True) -> None:
+    """``value`` must map games to numbers (or null where ``nullable``), every one of ``games`` present."""
+    if not isinstance(value, dict):
+        raise BehaviourFileError(f"{path}: {key!r} must be an object {{game: number}}, got {type(value).__name__}")
+    for game in games if every_game else []:
+        if game not in value:
+            raise BehaviourFileError(f"{path}: {key!r} has no entry for {game!r} (a game of its 'games')")
+    for game, x in value.items():
+        if not (_is_score(x) or (nullable and x is None)):
+            what = "a finite number or null" if nullable else "a finite number"
+            raise BehaviourFileError(f"{path}: {key}[{game!r}] must be {what}, got {x!r}")
+
+
+def read_behaviour(path: str | os.PathLike[str], *, for_replay: bool = False) -> dict[str, Any]:
+    """``behaviour.json`` as ``record_history`` writes it, checked before anything reads it: a file
+    that is not JSON, not an object, lacks a key the summary reads or holds a wrong type raises
+    :class:`BehaviourFileError` naming the file and the entry. ``for_replay`` also checks what
+    ``behaviour_under_protocol`` reads (``spec`` and each game's checkpoints)."""
+    bpath = Path(path)
+    if not bpath.is_file():
+        raise FileNotFoundError(f"{bpath} does not exist: record the data first (python -m workbench.study data)")
+    try:
+        doc = json.loads(bpath.read_text())
+    except UnicodeDecodeError as exc:
+        raise BehaviourFileError(f"{bpath}: not a text file ({exc.reason})") from None
+    except json.JSONDecodeError as exc:
+        raise BehaviourFileError(f"{bpath}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+                                 ) from None
+    if not isinstance(doc, dict):
+        raise BehaviourFileError(f"{bpath}: must be a JSON object, got {type(doc).__name__}")
+    for key in ("games", "random", "behaviour"):
+        if key not in doc:
+            raise BehaviourFileError(f"{bpath}: missing key {key!r} (record the data with "
+                                     "python -m workbench.study data)")
+    games = doc["games"]
+    if not isinstance(games, list) or not games or not all(isinstance(g, str) and g for g in games):
+        raise BehaviourFileError(f"{bpath}: 'games' must be a non-empty list of game names, got {games!r}")
+    _check_scores(bpath, "random", doc["random"], games)
+    behaviour = doc["behaviour"]
+    if not isinstance(behaviour, dict):
+        raise BehaviourFileError(f"{bpath}: 'behaviour' must be an object {{split: {{game: number}}}}, "
+                                 f"got {type(behaviour).__name__}")
+    for split in SPLITS:
+        if split not in behaviour:
+            raise BehaviourFileError(f"{bpath}: 'behaviour' has no {split!r} split")
+    for split, per in behaviour.items():
+        _check_scores(bpath, f"behaviour[{split!r}]", per, games, nullable=True, every_game=False)
+    if "random_returns" in doc:
+        returns = doc["random_returns"]
+        if not isinstance(returns, dict):
+            raise BehaviourFileError(f"{bpath}: 'random_returns' must be an object {{game: [returns]}}")
+        for game, runs in returns.items():
+            if not isinstance(runs, list) or not runs or not all(_is_score(x) for x in runs):
+                raise BehaviourFileError(f"{bpath}: random_returns[{game!r}] must be a non-empty list of finite "
+                                         f"numbers, got {runs!r}")
+    if "constant_best" in doc:
+        best = doc["constant_best"]
+        if not isinstance(best, dict):
+            raise BehaviourFileError(f"{bpath}: 'constant_best' must be an object {{game: {{action, mean, scores}}}}")
+        for game, c in best.items():
+            if (not isinstance(c, dict) or not isinstance(c.get("action"), str) or not _is_score(c.get("mean"))
+                    or not isinstance(c.get("scores"), list) or not c["scores"]
+                    or not all(_is_score(x) for x in c["scores"])):
+                raise BehaviourFileError(f"{bpath}: constant_best[{game!r}] must be {{'action': name, 'mean': number, "
+                                         f"'scores': [numbers]}}, got {c!r}")
+    if "behaviour_eval_protocol" in doc:
+        replayed = doc["behaviour_eval_protocol"]
+        if not isinstance(replayed, dict):
+            raise BehaviourFileError(f"{bpath}: 'behaviour_eval_protocol' must be an object "
+                                     "{split: {game: number}}")
+        for split, per in replayed.items():
+            _check_scores(bpath, f"behaviour_eval_protocol[{split!r}]", per, games, nullable=True, every_game=False)
+    if for_replay:
+        spec, per_game = doc.get("spec"), doc.get("per_game")
+        if not isinstance(spec, dict) or not all(isinstance(spec.get(k), int) and not isinstance(spec.get(k), bool)
+                                                 for k in ("episode_cap", "seed")):
+            raise BehaviourFileError(f"{bpath}: 'spec' must be an object with integer 'episode_cap' and 'seed'")
+        if not isinstance(per_game, dict):
+            raise BehaviourFileError(f"{bpath}: 'per_game' must be an object {{game: {{checkpoints: [...]}}}}")
+        for game in games:
+            ckpts = (per_game.get(game) or {}).get("checkpoints") if isinstance(per_game.get(game), dict) else None
+            if not isinstance(ckpts, list) or not ckpts or not all(
+                    isinstance(c, dict) and isinstance(c.get("checkpoint"), int) and _is_score(c.get("epsilon"))
+                    for c in ckpts):
+                raise BehaviourFileError(f"{bpath}: per_game[{game!r}]['checkpoints'] must be a non-empty list of "
+                                         "{'checkpoint': int, 'epsilon': number}")
+    return doc
+
+
 def bootstrap_ci(values: Sequence[float], *, reps: int = 2000, seed: int = 0,
                  confidence: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean over runs (resampled with replacement)."""
@@ -521,17 +621,68 @@ def _row_key(point: Any, reference_model: dict[str, str]) -> tuple[str, str]:
     return method_label(point.params, reference_model), str(point.params.get("split", "all"))
 
 
+def _behaviour_scale_protocol(game: str) -> str:
+    """Whether the behaviour line (the 1 of the behaviour-normalized scale) was measured under the
+    agents' evaluation protocol."""
+    if G.suite_of(game) == "minatar":
+        return "same protocol: the data env is the agents' evaluation env (MinAtar, sticky actions 0.1 in both)"
+    return ("mixed protocols: the behaviour line is the recorded data's return, with sticky actions 0.25 (the data "
+            "protocol); random and the agents are evaluated without sticky actions")
+
+
+#: What every number of the summary is (``build_summary``'s ``definitions``; docs/minatar_study.md says the same).
+DEFINITIONS: dict[str, str] = {
+    "runs": "a run is one seed of a (method, split) point: its mean evaluation return over its episodes on that game "
+            "('runs'); evaluation episodes are never runs (under the agents' protocol one policy's episodes are "
+            "near-duplicates, so an interval over them would measure nothing)",
+    "ci": "per (method, split, game) row, the interval of the mean over its runs; 'interval' says which: 'ci' = 95% "
+          "percentile bootstrap over the runs (workbench.metrics.interval_over_runs, 4 or more runs), 'range' = the "
+          "runs' minimum to maximum (2 or 3 runs: a 95% percentile bootstrap of so few is exactly that), 'none' = one "
+          "run, no interval (ci null; above_random and the beats_* flags null: nothing is judged). 'n_runs' counts "
+          "the runs",
+    "random": "mean return of the uniform random policy under the agents' evaluation protocol and cap",
+    "random_ci": "95% percentile bootstrap of the random policy's mean over its evaluation episodes (a random "
+                 "policy's episodes are independent draws); absent where the data kept only the mean",
+    "constant_best": "the best single action held for a whole episode, same protocol, episodes and cap as random; its "
+                     "'ci' is a bootstrap over those episodes, which under a deterministic protocol are "
+                     "near-duplicates: nothing is judged by it",
+    "behaviour": "the behaviour policy's mean return over the recorded episodes of the split's checkpoints (the "
+                 "data protocol: see behaviour_scale_protocol)",
+    "behaviour_eval_protocol": "the behaviour replayed under the agents' protocol at each checkpoint's epsilon, "
+                               "weighted by checkpoint",
+    "above_random": "the row's interval lies above random's interval (above random's mean where the data kept no "
+                    "episodes); null without an interval",
+    "beats_constant": "the row's interval lies above the best constant action's mean; null without an interval",
+    "beats_behaviour": "the row's interval lies above its own split's behaviour mean; null without an interval",
+    "beats_sub_optimal_behaviour": "the row's interval lies above the sub-optimal split's behaviour mean; null "
+                                   "without an interval",
+    "aggregate": "IQM over runs x games of behaviour-normalized scores, (score - random) / (near-optimal behaviour - "
+                 "random): 0 = random, 1 = the near-optimal split's behaviour line; its 'ci' is rliable's "
+                 "stratified-bootstrap 95% CI (runs resampled within each game, workbench.metrics.aggregate) over "
+                 "'num_games' games x 'num_runs' runs each, none with 1 run. Capped returns: not comparable with the "
+                 "papers' numbers",
+    "behaviour_scale_protocol": "per game, whether the behaviour line (the scale's 1) shares the agents' evaluation "
+                                "protocol; where it does not, the normalized score compares returns under two "
+                                "protocols",
+    "findings": "sentences generated from the rows by workbench.study.findings; every claim in them is a count of "
+                "rows, so they cannot contradict the rows",
+}
+
+
 def build_summary(sweep_files: Sequence[str | os.PathLike[str]], *, behaviour: str | os.PathLike[str] | None = None,
                   reps: int = 2000, seed: int = 0,
                   reference_model: dict[str, str] | None = None) -> dict[str, Any]:
     """The study's summary from its sweeps' finished points (``figures/<sweep name>.json``).
 
     Per (method, split, game): ``runs`` = each seed's mean evaluation return, ``mean`` their mean,
-    ``ci`` a 95% percentile bootstrap over runs (``bootstrap_ci`` with ``seed``). Aggregate rows
-    (``game: "aggregate"``) give the IQM of behaviour-normalized scores (0 = random, 1 = the
-    near-optimal behaviour) with stratified-bootstrap CIs (``workbench.metrics.aggregate``).
-    ``behaviour`` and ``random`` come from the data's ``behaviour.json`` (default: next to the
-    first sweep's ``dataset``)."""
+    ``ci`` their interval (:func:`workbench.metrics.interval_over_runs` with ``seed``: a 95%
+    bootstrap CI from 4 runs, the range for 2-3, none for 1; ``interval`` names it, ``n_runs``
+    counts the runs). Aggregate rows (``game: "aggregate"``) give the IQM of behaviour-normalized
+    scores (0 = random, 1 = the near-optimal behaviour) with stratified-bootstrap CIs
+    (``workbench.metrics.aggregate``). ``definitions`` says what every number is, ``findings`` are
+    sentences derived from the rows (:func:`findings`). ``behaviour`` and ``random`` come from the
+    data's ``behaviour.json`` (default: next to the first sweep's ``dataset``), checked by
+    :func:`read_behaviour`."""
     if not sweep_files:
         raise ValueError("give at least one sweep file")
     sweeps = [load_sweep(f) for f in sweep_files]
@@ -541,10 +692,7 @@ def build_summary(sweep_files: Sequence[str | os.PathLike[str]], *, behaviour: s
         if not dataset:
             raise ValueError(f"sweep {sweeps[0].name} has no base dataset; give behaviour= (its behaviour.json)")
         behaviour = Path(resolve_path(dataset)) / BEHAVIOUR_FILE
-    bpath = Path(behaviour)
-    if not bpath.is_file():
-        raise FileNotFoundError(f"{bpath} does not exist: record the data first (python -m workbench.study data)")
-    bdoc = json.loads(bpath.read_text())
+    bdoc = read_behaviour(behaviour)
     groups: dict[tuple[str, str], dict[str, list[float]]] = {}
     counted = {sweep.name: 0 for sweep in sweeps}
     point_seconds = {sweep.name: 0.0 for sweep in sweeps}
@@ -556,7 +704,7 @@ def build_summary(sweep_files: Sequence[str | os.PathLike[str]], *, behaviour: s
         counted[sweep.name] += 1
     games = list(bdoc["games"])
     # The random policy's CI where its episodes were kept (older behaviour files have only the mean):
-    # a method is "above random" when its CI lies above random's.
+    # a method is "above random" when its interval lies above random's.
     random_ci = {g: list(bootstrap_ci(r, reps=reps, seed=seed)) for g, r in bdoc.get("random_returns", {}).items()}
     # The best constant action under the same protocol (behaviour files from before it have none).
     constant_best = {g: {"action": c["action"], "mean": c["mean"], "ci": list(bootstrap_ci(c["scores"], reps=reps,
@@ -574,19 +722,25 @@ def build_summary(sweep_files: Sequence[str | os.PathLike[str]], *, behaviour: s
             runs = per_game.get(game)
             if not runs:
                 continue
-            lo, hi = bootstrap_ci(runs, reps=reps, seed=seed)
+            iv = metrics.interval_over_runs(runs, reps=reps, seed=seed)
+            lo = iv["lo"]
             random_top = random_ci[game][1] if game in random_ci else bdoc["random"][game]
             behaviour_mean = bdoc["behaviour"].get(split, {}).get(game)
             sub_behaviour = bdoc["behaviour"].get("sub_optimal", {}).get(game)
             constant = constant_best.get(game)
+
+            def above(line: float | None, lo: float | None = lo) -> bool | None:
+                # the row's interval lies above the line: its lower end beats the line's value
+                return None if line is None or lo is None else bool(lo > line)
+
             results.append({"method": method, "split": split, "game": game, "mean": float(np.mean(runs)),
-                            "ci": [lo, hi], "runs": runs,
-                            "above_random": bool(lo > random_top),
-                            # the run's interval lies above the line: its lower end beats the line's value
-                            "beats_constant": None if constant is None else bool(lo > constant["mean"]),
-                            "beats_behaviour": None if behaviour_mean is None else bool(lo > behaviour_mean),
+                            "ci": None if lo is None else [lo, iv["hi"]], "interval": iv["kind"],
+                            "interval_text": iv["text"], "n_runs": len(runs), "runs": runs,
+                            "above_random": above(random_top),
+                            "beats_constant": above(None if constant is None else constant["mean"]),
+                            "beats_behaviour": above(behaviour_mean),
                             # the issue's bar: above the sub-optimal behaviour, whatever the row's split
-                            "beats_sub_optimal_behaviour": None if sub_behaviour is None else bool(lo > sub_behaviour),
+                            "beats_sub_optimal_behaviour": above(sub_behaviour),
                             "vs_behaviour": _minus(float(np.mean(runs)), behaviour_mean)})
     # Aggregates over games on the study's own scale: 0 = the random policy, 1 = the behaviour of
     # the whole history (near-optimal split), both measured with the same cap. (Human-normalized
@@ -600,10 +754,15 @@ def build_summary(sweep_files: Sequence[str | os.PathLike[str]], *, behaviour: s
         if not common:
             continue
         agg = metrics.aggregate({"m": common}, "none", reps=reps, seed=seed)["m"]
+        n, k = agg["num_runs"], agg["num_games"]
         aggregates.append({"method": method, "split": split, "game": "aggregate",
-                           "metric": "iqm_behaviour_normalized", "mean": agg["iqm"], "ci": agg["iqm_ci"],
-                           "num_games": agg["num_games"], "num_runs": agg["num_runs"], "games": sorted(common)})
-    return {
+                           "metric": "iqm_behaviour_normalized", "mean": agg["iqm"],
+                           "ci": agg["iqm_ci"] if n >= 2 else None,
+                           "interval": (f"95% CI, stratified bootstrap (rliable) over {k} games x {n} runs" if n >= 2
+                                        else f"no interval: 1 run per game ({k} games)"),
+                           "num_games": k, "num_runs": n, "games": sorted(common),
+                           "scale_protocol": sorted({_behaviour_scale_protocol(g).split(":")[0] for g in common})})
+    summary = {
         "games": games, "baselines": baselines,
         "random": bdoc["random"], "random_ci": random_ci, "behaviour": bdoc["behaviour"],
         "results": results,
@@ -613,60 +772,127 @@ def build_summary(sweep_files: Sequence[str | os.PathLike[str]], *, behaviour: s
                             # wall time of the finished points, each one process (training, evaluation, start-up)
                             "point_seconds": round(point_seconds[s.name], 1),
                             "steps_per_point": sorted({int(p.params["steps"]) for p in s.points})} for s in sweeps},
-        "notes": ("raw returns of episodes capped at the data's episode_cap agent steps; 'random' is the uniform "
-                  "random policy under the same evaluation protocol and cap ('random_ci': 95% bootstrap CI over its "
-                  "episodes); 'above_random': the row's CI lies above random's CI (above its mean where the data "
-                  "kept no episodes); 'constant_best': the best single action held for the whole episode, same "
-                  "protocol, episodes and cap; 'beats_constant' / 'beats_behaviour' / 'beats_sub_optimal_behaviour': "
-                  "the row's CI lies above that line's mean (behaviour: of the row's own split, or of the sub-optimal "
-                  "split); 'behaviour' is the behaviour policy's "
-                  "mean return in the split's checkpoints (data protocol: sticky actions); CIs: 95% percentile "
-                  "bootstrap over runs (seeds); aggregates: IQM (stratified bootstrap, workbench.metrics) of "
-                  "behaviour-normalized scores, (score - random) / (near-optimal behaviour - random); capped "
-                  "returns, not comparable with the papers' numbers"),
+        "definitions": dict(DEFINITIONS),
+        "behaviour_scale_protocol": {g: _behaviour_scale_protocol(g) for g in games},
+        "notes": ("raw returns of episodes capped at the data's episode_cap agent steps, not comparable with the "
+                  "papers' numbers; every interval and normalization is defined in 'definitions'"),
         "bootstrap": {"reps": reps, "seed": seed},
     }
+    summary["findings"] = findings(summary)
+    return summary
+
+
+def _interval_words(row: dict[str, Any]) -> str:
+    """A row's interval as the findings write it: ``[lo, hi]`` with what it is and how many runs."""
+    ci, n = row.get("ci"), row.get("n_runs", len(row.get("runs", [])))
+    if ci is None:
+        return f"no interval ({n} run)"
+    kind = {"range": f"range of {n} runs", "ci": f"95% CI over {n} runs"}.get(str(row.get("interval")), "95% CI")
+    return f"[{ci[0]:.4g}, {ci[1]:.4g}] ({kind})"
+
+
+def findings(summary: dict[str, Any]) -> list[str]:
+    """Sentences about the summary's rows, derived from their flags: per game, how many (method,
+    split) rows lie above random's interval, the best constant action and the sub-optimal behaviour,
+    naming the rows that do not (and those with no interval). A sentence says "every row" only when
+    no row falls short, so it cannot contradict the rows."""
+    checks = (("above_random", "random's interval"), ("beats_constant", "the best constant action's mean"),
+              ("beats_sub_optimal_behaviour", "the sub-optimal behaviour's mean"))
+    out: list[str] = []
+    for game in summary["games"]:
+        rows = [r for r in summary["results"] if r["game"] == game]
+        if not rows:
+            continue
+        base = summary.get("baselines", {}).get(game) or {}
+        present = {"above_random": True, "beats_constant": base.get("constant_best") is not None,
+                   "beats_sub_optimal_behaviour": summary["behaviour"].get("sub_optimal", {}).get(game) is not None}
+        for key, line in checks:
+            if not present[key]:
+                continue  # the data has no such line for this game
+            known = [r for r in rows if r.get(key) is not None]
+            unjudged = [r for r in rows if r.get(key) is None]
+            yes = [r for r in known if r[key]]
+            no = [r for r in known if not r[key]]
+            if not known:
+                text = f"{game}: no row has an interval to compare with {line}"
+            elif not no:
+                text = (f"{game}: every row with an interval ({len(yes)} of {len(rows)}) lies above {line}"
+                        if unjudged else f"{game}: every row's interval ({len(yes)} rows) lies above {line}")
+            elif not yes:
+                text = f"{game}: no row's interval lies above {line} (0 of {len(known)})"
+            else:
+                text = f"{game}: {len(yes)} of {len(known)} rows' intervals lie above {line}"
+            if no and yes:
+                text += "; not: " + "; ".join(f"{r['method']}, {r['split']} {_interval_words(r)}" for r in no)
+            if unjudged:
+                text += "; no interval (1 run): " + "; ".join(f"{r['method']}, {r['split']}" for r in unjudged)
+            out.append(text + ".")
+    return out
 
 
 def summary_table(summary: dict[str, Any]) -> str:
     """The summary as a markdown table: one row per (method, split), one column per game (mean and
-    95% CI; ``*`` where the CI lies above random's), then the aggregate; random and behaviour rows first."""
+    its interval: ``[lo, hi]`` a 95% CI, ``(range lo to hi)`` the range of 2-3 runs, ``(1 run)`` no
+    interval; ``*`` where the interval lies above random's), then the aggregate; random and behaviour
+    rows first. Summaries that record runs per row get a "runs (interval)" column, and the
+    summary's ``findings`` follow the table."""
     games = list(summary["games"])
 
     def fmt(x: float) -> str:
         return f"{x:.1f}" if abs(x) < 1000 else f"{x:.0f}"
 
+    with_runs = any("n_runs" in r for r in summary["results"])
     head = ["method", "split", *games, "IQM, behaviour-normalized", "beats constant", "beats behaviour",
-            "beats sub-optimal behaviour"]
+            "beats sub-optimal behaviour"] + (["runs (interval)"] if with_runs else [])
+    pad = " |" if with_runs else ""
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     rand_ci = summary.get("random_ci", {})
     lines.append("| random | | " + " | ".join(
         fmt(summary["random"][g]) + (f" [{fmt(rand_ci[g][0])}, {fmt(rand_ci[g][1])}]" if g in rand_ci else "")
-        for g in games) + " | 0 | | | |")
+        for g in games) + " | 0 | | | |" + pad)
     best = {g: (summary.get("baselines", {}).get(g) or {}).get("constant_best") for g in games}
     if any(best.values()):
         lines.append("| best constant action | | " + " | ".join(
-            "" if (c := best[g]) is None else f"{fmt(c['mean'])} ({c['action']})" for g in games) + " | | | | |")
+            "" if (c := best[g]) is None else f"{fmt(c['mean'])} ({c['action']})" for g in games) + " | | | | |" + pad)
     for split, per_game in summary["behaviour"].items():
         cells = [fmt(per_game[g]) if per_game.get(g) is not None else "" for g in games]
         scale = " | 1 | | | |" if split == "near_optimal" else " | | | | |"  # the aggregate's 1: near-optimal behaviour
-        lines.append(f"| behaviour | {split} | " + " | ".join(cells) + scale)
+        lines.append(f"| behaviour | {split} | " + " | ".join(cells) + scale + pad)
     rows = {(r["method"], r["split"], r["game"]): r for r in summary["results"]}
     aggs = {(a["method"], a["split"]): a for a in summary.get("aggregates", [])}
+
+    def cell(r: dict[str, Any]) -> str:
+        ci, kind = r.get("ci"), r.get("interval", "ci")
+        if ci is None:
+            text = f"{fmt(r['mean'])} (1 run)"
+        elif kind == "range":
+            text = f"{fmt(r['mean'])} (range {fmt(ci[0])} to {fmt(ci[1])})"
+        else:
+            text = f"{fmt(r['mean'])} [{fmt(ci[0])}, {fmt(ci[1])}]"
+        return text + ("*" if r.get("above_random") else "")
+
     for method, split in dict.fromkeys((r["method"], r["split"]) for r in summary["results"]):
         cells = []
         for g in games:
             r = rows.get((method, split, g))
-            cells.append("" if r is None else f"{fmt(r['mean'])} [{fmt(r['ci'][0])}, {fmt(r['ci'][1])}]"
-                         + ("*" if r["above_random"] else ""))
+            cells.append("" if r is None else cell(r))
         a = aggs.get((method, split))
-        cells.append("" if a is None else f"{a['mean']:.2f} [{a['ci'][0]:.2f}, {a['ci'][1]:.2f}]")
+        cells.append("" if a is None else f"{a['mean']:.2f} (no interval)" if a.get("ci") is None
+                     else f"{a['mean']:.2f} [{a['ci'][0]:.2f}, {a['ci'][1]:.2f}]")
         mine = [rows[(method, split, g)] for g in games if (method, split, g) in rows]
         for key in ("beats_constant", "beats_behaviour", "beats_sub_optimal_behaviour"):
             known = [r for r in mine if r.get(key) is not None]
             cells.append(f"{sum(bool(r[key]) for r in known)} of {len(known)}" if known else "")
+        if with_runs:
+            counts = sorted({int(r.get("n_runs", 0)) for r in mine})
+            kinds = sorted({str(r.get("interval")) for r in mine})
+            names = {"ci": "95% CI", "range": "range", "none": "no interval"}
+            cells.append(("/".join(str(c) for c in counts)) + " (" + ", ".join(names.get(k, k) for k in kinds) + ")")
         lines.append(f"| {method} | {split} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    if summary.get("findings"):
+        text += "\n" + "\n".join(f"- {f}" for f in summary["findings"]) + "\n"
+    return text
 
 
 def action_profile(source: Any, game: str, *, seeds: Sequence[int] = (0,), max_steps: int = 500,
@@ -829,7 +1055,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps({"behaviour": doc["behaviour"], "random": doc["random"]}, indent=1))
         elif args.command == "behaviour":
             bpath = resolve_path(args.data) / BEHAVIOUR_FILE
-            doc = json.loads(bpath.read_text())
+            doc = read_behaviour(bpath, for_replay=True)
             doc["behaviour_eval_protocol"] = behaviour_under_protocol(doc, episodes=args.episodes,
                                                                       noop_starts=args.noop_starts,
                                                                       seed=int(doc["spec"]["seed"]))
@@ -856,8 +1082,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from workbench.viz.results_figures import make_study_scores_figure  # noqa: PLC0415  (plotly, an optional extra)
 
                 save_figure(make_study_scores_figure(out), resolve_path(args.figure))
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ValueError, FileNotFoundError) as exc:  # BehaviourFileError included: one line naming the file
+        print(f"{parser.prog} {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     return 0
 

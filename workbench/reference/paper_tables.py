@@ -213,9 +213,16 @@ SCALED_QL_FIG7_CLAIMS: dict[str, float] = {
     "Scaled QL (pretrained) / other methods": 1.82,  # "outperforms other methods by 82%" (on average)
 }
 # Figure 7's methods (Section 5.2): Scaled QL (pretrained), Scaled QL (scratch), DT (pretrained),
-# DT (scratch), CPC, MAE. Only Pong and MsPacman of its games have a DQN reference score here
-# (JOWA Table 17's); DQN-normalizing Alien, SpaceInvaders and StarGunner needs Lee et al. (2022)'s
-# DQN scores, which are not in this repository.
+# DT (scratch), CPC, MAE. Neither paper prints DQN scores for Alien, SpaceInvaders or StarGunner.
+# workbench/reference/scores.csv takes them from the source of JOWA Table 17's DQN column: the DQN
+# column (Nature DQN, 200M frames, 30 no-op starts) of the no-op raw-score tables in the appendices of
+# Bellemare et al. 2017 (C51) and Hessel et al. 2018 (Rainbow). That column prints Table 17's
+# Gravitar 473.0, MsPacman 3085.6, Pong 19.5 and Robotank 63.9 identically, and YarsRevenge 18089.9
+# as Rainbow prints it (C51's table: 18098.9); so it is not DQN-Replay's final (sticky-action,
+# Dopamine) agent. Alien 1620.0, SpaceInvaders 1692.3, StarGunner 54282.0 are C51's table's values,
+# read from the rldb transcription (seungjaeryanlee/rldb, rldb/db/paper__c51/algo__dqn/entries.py):
+# the two papers' texts are not in ../shared/papers, so their table numbers are not checked here.
+# Whether Scaled QL / Lee et al. (2022) normalized by this same DQN is not stated in paper 000.
 
 # ---------------------------------------------------------------------------------------------
 # JOWA Table 18: ablations on 6 games (JOWA-40M, 1M steps), human-normalized aggregates.

@@ -49,6 +49,7 @@ from workbench.viz.recipes import Built, FigureRecipe, Skip, draw
 
 __all__ = ["RUN_ONLY_KEYS", "AnalysisReport", "RunInfo", "build_figures", "count_parameters", "curve_names",
            "method_scores", "online_final_scores", "online_finetune_figure", "online_learning_curve_figure",
+           "online_lr_selection",
            "online_runs", "paper_reference_points", "protocol_key", "protocol_text", "read_run", "scaling_points",
            "select_evaluations", "transfer_figure", "transfer_label", "transfer_scores"]
 
@@ -550,9 +551,17 @@ def _no_finished_online(a: _Analysis) -> str | None:
 
 def _online_finetune(a: _Analysis) -> Built:
     """Paper 000, Figure 8, from runs of kind 'online'."""
+    selection = online_lr_selection(a.run_dirs)
+    chosen = "; ".join(f"{variant}, {init}: {_lr_note(sel)}" for variant, per in selection.items()
+                       for init, sel in per.items())
+    single = [f"{variant}, {init}" for variant, per in selection.items() for init, sel in per.items()
+              if len(sel["scores"]) < 2]
     return online_finetune_figure(a.run_dirs), (
-        "Final evaluation score per game variant and initialization (scratch vs pretrained encoder): the bar "
-        "is the mean over runs, the error bar their min and max, as in Figure 8.")
+        "Final evaluation score per game variant and initialization (scratch vs pretrained encoder) at the best "
+        "learning rate per game and method, as in Figure 8 (Appendix B.4: the paper sweeps {1e-5, 5e-5} and picks "
+        "the best rate per game for every method); runs of the other rates are not pooled in. The bar is the mean "
+        "over that rate's runs, the error bar their min and max (their range)"
+        + (f"; one run, so no interval: {', '.join(single)}" if single else "") + f". Chosen: {chosen}.")
 
 
 def _transfer(a: _Analysis) -> Built:
@@ -675,24 +684,68 @@ def online_learning_curve_figure(run_dirs: Sequence[str | os.PathLike[str]]) -> 
     return F.make_online_curves_figure(curves)
 
 
-def online_final_scores(run_dirs: Sequence[str | os.PathLike[str]]) -> dict[str, dict[str, list[float]]]:
-    """``{variant: {initialization: [final evaluation score of each run]}}`` (Figure 8's bars).
+def _run_lr(resolved: dict[str, Any]) -> float | None:
+    """The Adam learning rate an online run used (``resolved["settings"]["lr"]``; None if unrecorded)."""
+    lr = (resolved.get("settings") or {}).get("lr")
+    return float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None
+
+
+def _lr_text(lr: float | None) -> str:
+    return "lr not recorded" if lr is None else f"lr {lr:g}"
+
+
+def online_lr_selection(run_dirs: Sequence[str | os.PathLike[str]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Figure 8's learning-rate choice: ``{variant: {initialization: {"lr", "scores", "by_lr"}}}``.
+
+    Paper 000, Appendix B.4: "We swept over two learning rates, {1e-05, 5e-05} for all the methods
+    and picked the best learning rate per-game for all the methods". So runs are grouped by game
+    variant, initialization *and* learning rate (``resolved["settings"]["lr"]``), and per variant and
+    initialization the learning rate whose runs have the highest mean final score is kept (``lr``;
+    a tie goes to the smaller rate); ``scores`` are its runs' final scores, ``by_lr`` every rate's.
     A run counts once it has reached its planned frames (its last curve point)."""
-    bars: dict[str, dict[str, list[float]]] = {}
+    pooled: dict[str, dict[str, dict[float | None, list[float]]]] = {}
     for _, resolved, curve in online_runs(run_dirs):
         if not curve or curve[-1]["frames"] < int(resolved.get("agent_steps", 0)) * 4:
             continue
-        bars.setdefault(_variant_title(resolved), {}).setdefault(_init_label(resolved), []).append(
-            float(curve[-1]["score"]))
-    return bars
+        pooled.setdefault(_variant_title(resolved), {}).setdefault(_init_label(resolved), {}).setdefault(
+            _run_lr(resolved), []).append(float(curve[-1]["score"]))
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for variant, per_init in pooled.items():
+        for init, by_lr in per_init.items():
+            order = sorted(by_lr, key=lambda lr: (-float(np.mean(by_lr[lr])), -1.0 if lr is None else lr))
+            best = order[0]
+            out.setdefault(variant, {})[init] = {"lr": best, "scores": list(by_lr[best]),
+                                                 "by_lr": {lr: list(by_lr[lr]) for lr in sorted(
+                                                     by_lr, key=lambda x: -1.0 if x is None else x)}}
+    return out
+
+
+def online_final_scores(run_dirs: Sequence[str | os.PathLike[str]]) -> dict[str, dict[str, list[float]]]:
+    """``{variant: {initialization: [final evaluation score of each run]}}`` (Figure 8's bars): the
+    runs of the best learning rate per variant and initialization (:func:`online_lr_selection`), as
+    the paper reports; runs of other learning rates are not pooled in."""
+    return {variant: {init: sel["scores"] for init, sel in per.items()}
+            for variant, per in online_lr_selection(run_dirs).items()}
+
+
+def _lr_note(sel: dict[str, Any]) -> str:
+    """A bar's learning-rate line: the rate kept and every swept rate's mean final score."""
+    swept = ", ".join(f"{_lr_text(lr)}: mean {np.mean(v):.4g} over {len(v)} run(s)" for lr, v in sel["by_lr"].items())
+    return f"best {_lr_text(sel['lr'])} (swept: {swept})"
 
 
 def online_finetune_figure(run_dirs: Sequence[str | os.PathLike[str]]) -> go.Figure:
-    """Figure 8 (right): final score per variant, pretrained vs scratch, min/max over runs."""
-    bars = online_final_scores(run_dirs)
-    if not bars:
+    """Figure 8 (right): final score per variant, pretrained vs scratch, at the best learning rate
+    per game and method (:func:`online_lr_selection`), min/max over that rate's runs."""
+    selection = online_lr_selection(run_dirs)
+    if not selection:
         raise ValueError(f"no finished online runs among {[str(d) for d in run_dirs]}")
-    return F.make_finetune_bars_figure(bars)
+    bars = {variant: {init: sel["scores"] for init, sel in per.items()} for variant, per in selection.items()}
+    notes = {variant: {init: _lr_note(sel) for init, sel in per.items()} for variant, per in selection.items()}
+    return F.make_finetune_bars_figure(
+        bars, notes=notes,
+        title="Online fine-tuning on game variants at the best learning rate per game and method "
+              "(bar: mean; error bars: min/max over that rate's runs)")
 
 
 # ------------------------------------------------------------------------------ offline fine-tuning
@@ -723,8 +776,10 @@ def transfer_label(resolved: dict[str, Any]) -> str:
 
 def transfer_scores(runs: Sequence[RunInfo]) -> tuple[dict[str, dict[str, list[float]]], str, bool | None]:
     """``({method: {game: [raw score of each run]}}, what a run is, comparable to the papers)``
-    from fine-tuning runs' reported scores (``eval/scores.json``). A run is a seed (its mean)
-    when every method has >= 2 seeds on each of its games; else evaluation episodes stand in."""
+    from fine-tuning runs' reported scores (``eval/scores.json``). A run is a seed: its mean over
+    its evaluation episodes. Episodes never stand in for runs: under the papers' evaluation protocol
+    (no sticky actions, epsilon 0.001) one policy's episodes are near-duplicates, so an interval over
+    them measures nothing. A method with one seed on a game gets no interval (``transfer_figure``)."""
     groups: dict[str, dict[str, list[dict[str, Any]]]] = {}
     flags: list[bool | None] = []
     for r in runs:
@@ -738,19 +793,33 @@ def transfer_scores(runs: Sequence[RunInfo]) -> tuple[dict[str, dict[str, list[f
             reported[0]["per_game"][games[0]])
     if not groups:
         raise ValueError("no fine-tuning run has its reported scores (eval/scores.json)")
-    by_seed = all(len(v) >= 2 for per in groups.values() for v in per.values())
-    out = {lab: {g: [float(x["mean"]) for x in v] if by_seed else [float(s) for x in v for s in x["scores"]]
-                 for g, v in per.items()} for lab, per in groups.items()}
+    out = {lab: {g: [float(x["mean"]) for x in v] for g, v in per.items()} for lab, per in groups.items()}
     comparable = None if None in flags else all(bool(f) for f in flags)
-    return out, ("seeds" if by_seed else "episodes"), comparable
+    return out, "seeds", comparable
+
+
+def _aggregate_interval(per: dict[str, list[float]], n: int) -> str:
+    """What an aggregate's interval over ``per`` (``{game: normalized runs}``, ``n`` runs each) is."""
+    games = len(per)
+    if n < 2:
+        return f"no interval: {n} run per game ({games} game{'s' if games != 1 else ''})"
+    if games == 1 and n <= 3:
+        return f"range (min to max) of {n} runs"
+    return f"95% CI, stratified bootstrap over {games} game{'s' if games != 1 else ''} x {n} runs"
 
 
 def transfer_figure(runs: Sequence[RunInfo], *, reps: int = 2000, seed: int = 0,
                     include_paper_reference: bool = True) -> tuple[go.Figure, str]:
     """Scaled QL Figure 7 / JOWA Table 3 from fine-tuning runs: DQN-normalized scores per held-out
-    game and method, aggregates with 95% stratified-bootstrap CIs (``workbench.metrics``), and
-    the papers' values as marked references. Returns (figure, description)."""
-    raw, runs_are, comparable = transfer_scores(runs)
+    game and method, aggregates with their intervals, and the papers' values as marked references.
+    Returns (figure, description).
+
+    Runs are seeds (:func:`transfer_scores`). Per game, the error bar is the seeds' range (min to
+    max); with one seed there is none. Aggregates (mean, IQM over ``n`` runs per game, ``n`` the
+    fewest any game has) carry rliable's stratified-bootstrap 95% CI (``workbench.metrics.aggregate``)
+    when every game has 2 or more runs, the range when one game has 2 or 3, and no interval with 1;
+    the figure and the description say which, and on how many runs."""
+    raw, _, comparable = transfer_scores(runs)
     games = sorted({g for per in raw.values() for g in per})
     no_ref = [g for g in games if not M.has_reference(g, "dqn")]
     ours = {lab: {g: v for g, v in per.items() if g not in no_ref} for lab, per in raw.items()}
@@ -763,7 +832,17 @@ def transfer_figure(runs: Sequence[RunInfo], *, reps: int = 2000, seed: int = 0,
     aggregates: dict[str, dict[str, Any]] = {}
     for i, (lab, per) in enumerate(ours.items()):
         n = min(len(v) for v in per.values())  # rliable needs as many runs per game
-        aggregates.update(M.aggregate({lab: {g: v[:n] for g, v in per.items()}}, "dqn", reps=reps, seed=seed + i))
+        interval = _aggregate_interval(per, n)
+        entry: dict[str, Any]
+        if n < 2:  # one seed: the point only
+            entry = dict(M.aggregate_point(M.score_matrix(M.normalize({g: v[:n] for g, v in per.items()}, "dqn"))))
+            entry.update({f"{k}_ci": None for k in list(entry)})
+        else:
+            entry = M.aggregate({lab: {g: v[:n] for g, v in per.items()}}, "dqn", reps=reps, seed=seed + i)[lab]
+            if len(per) == 1 and n <= 3:  # one game, 2-3 runs: mean and IQM are their mean; the interval their range
+                vals = per_game[lab][next(iter(per))][:n]
+                entry.update({f"{k}_ci": [min(vals), max(vals)] for k in ("mean", "iqm")})
+        aggregates[lab] = {**entry, "interval": interval, "num_runs": n, "num_games": len(per)}
     paper_games = {g: {m: pt.JOWA_T17[m][g] for m in pt.methods("jowa_t17") if g in pt.JOWA_T17[m]} for g in games}
     paper_per_game: dict[str, dict[str, float]] = {}
     paper_agg: dict[str, dict[str, float]] = {}
@@ -792,11 +871,14 @@ def transfer_figure(runs: Sequence[RunInfo], *, reps: int = 2000, seed: int = 0,
     fig = F.make_transfer_figure(per_game, aggregates, paper_per_game=paper_per_game or None,
                                  paper_aggregates=paper_agg or None, title="Offline fine-tuning to held-out games"
                                  + caveat, note=note)
-    run_note = ("runs = seeds (per-game mean of each seed)" if runs_are == "seeds" else
-                "runs = evaluation episodes (fewer than 2 seeds for some method and game)")
+    single = sorted(f"{lab} on {g}" for lab, per in per_game.items() for g, v in per.items() if len(v) < 2)
+    run_note = "runs = seeds (per-game mean of each seed; evaluation episodes are never runs)"
+    intervals = "; ".join(f"{lab}: {a['interval']}" for lab, a in aggregates.items())
     text = ("DQN-normalized scores of fine-tuning runs per held-out game and method (bar: mean over runs, error bar: "
-            "min/max) and their mean and IQM with 95% stratified-bootstrap CIs (workbench.metrics.aggregate, "
-            f"{reps} reps, {run_note}), as Scaled QL Figure 7 and JOWA Table 3. "
+            "the runs' range, min to max; none where a method has 1 run) and their mean and IQM "
+            f"(workbench.metrics.aggregate, {reps} reps, {run_note}). Aggregate intervals: {intervals}. "
+            + (f"One run, so no interval: {', '.join(single)}. " if single else "")
+            + "As Scaled QL Figure 7 and JOWA Table 3. "
             + ("Open markers named 'paper: ...' are JOWA Table 17's per-game scores and Table 3's printed aggregates "
                "(workbench.reference.paper_tables), one printed number each. " if paper_per_game or paper_agg else "")
             + f"Scaled QL Figure 7's claims: {claims}" + (f"; {'; '.join(ratios)}" if ratios else "") + ". "

@@ -545,11 +545,14 @@ def make_online_curves_figure(
 
 def make_finetune_bars_figure(
     bars: Mapping[str, Mapping[str, Sequence[float]]], *, title: str | None = None,
+    notes: Mapping[str, Mapping[str, str]] | None = None,
 ) -> go.Figure:
     """Final scores per game variant and initialization (paper 000, Figure 8, right): the bar is
-    the mean over runs, the error bar spans their minimum and maximum.
+    the mean over runs, the error bar spans their minimum and maximum (the range, as the paper's
+    "minimum and maximum scores across 2 runs"); a single run draws no error bar and says so.
 
-    ``bars`` maps a game-variant title to ``{method: [final score of each run]}``."""
+    ``bars`` maps a game-variant title to ``{method: [final score of each run]}``; ``notes`` (same
+    keys) adds a line to a bar's hover text, e.g. the learning rate chosen for it."""
     if not bars or not any(bars.values()):
         raise ValueError("make_finetune_bars_figure: no scores given")
     panels = list(bars)
@@ -560,13 +563,16 @@ def make_finetune_bars_figure(
             vals = np.asarray(scores, dtype=float)
             mean = float(vals.mean())
             i = methods.index(method)
+            spread = (f"range over {vals.size} runs: min={vals.min():.4g}, max={vals.max():.4g}" if vals.size >= 2
+                      else "1 run: no interval")
+            extra = (notes or {}).get(panel, {}).get(method)
             fig.add_trace(go.Bar(
                 x=[method], y=[mean], name=method, legendgroup=method, marker_color=method_color(i),
                 showlegend=col == 1,
-                error_y=dict(type="data", symmetric=False, array=[float(vals.max()) - mean],
-                             arrayminus=[mean - float(vals.min())]),
-                hovertemplate=(f"{method}<br>mean=%{{y:.4g}} over {len(vals)} run(s)<br>min={vals.min():.4g}, "
-                               f"max={vals.max():.4g}<extra></extra>"),
+                error_y=(dict(type="data", symmetric=False, array=[float(vals.max()) - mean],
+                              arrayminus=[mean - float(vals.min())]) if vals.size >= 2 else None),
+                hovertemplate=(f"{method}<br>mean=%{{y:.4g}} over {vals.size} run(s)<br>{spread}"
+                               + (f"<br>{extra}" if extra else "") + "<extra></extra>"),
             ), row=1, col=col)
     fig.update_yaxes(title_text="score after fine-tuning", row=1, col=1)
     fig.update_layout(title=title or "Online fine-tuning on game variants (bar: mean; error bars: min/max over runs)",
@@ -591,8 +597,10 @@ def make_transfer_figure(
     scores per game and method, and their aggregates with CIs.
 
     ``per_game``: ``{method: {game: [normalized score of each run]}}`` (bar: mean over runs;
-    error bar: their min and max). ``aggregates``: the metrics module's ``aggregate(..., "dqn")``
-    output (bar with its 95% CI). ``paper_per_game`` / ``paper_aggregates``: the papers' values,
+    error bar: their range, min to max; none for a single run). ``aggregates``: the metrics
+    module's ``aggregate(..., "dqn")`` output (bar with its interval); an entry's ``interval`` text
+    says what the interval is and on how many runs it rests (shown in the panel title and hover),
+    and a ``<metric>_ci`` of None draws no interval. ``paper_per_game`` / ``paper_aggregates``: the papers' values,
     ``{label: {game or metric: value}}``, drawn as open diamonds named ``paper: ...`` (one printed
     number each: no interval). ``note`` is printed under the title (e.g. a paper's claim that has
     no per-game numbers).
@@ -602,7 +610,10 @@ def make_transfer_figure(
     methods = list(per_game)
     games = list(dict.fromkeys(g for m in methods for g in per_game[m]))
     present = [m for m in metrics if any(m in a for a in aggregates.values())]
-    titles = ["DQN-normalized score per held-out game"] + [f"{_METRIC_TITLES.get(m, m)} (95% CI)" for m in present]
+    kinds = list(dict.fromkeys(str(a.get("interval", "95% CI")) for a in aggregates.values()))
+    interval = kinds[0] if len(kinds) == 1 else "interval per bar: see its hover"
+    titles = (["DQN-normalized score per held-out game (error bar: range over runs)"]
+              + [f"{_METRIC_TITLES.get(m, m)}<br><sup>{interval}</sup>" for m in present])
     fig = make_subplots(rows=1, cols=1 + len(present), subplot_titles=titles, horizontal_spacing=0.1,
                         column_widths=[0.55] + [0.45 / max(1, len(present))] * len(present))
     for i, method in enumerate(methods):
@@ -614,10 +625,11 @@ def make_transfer_figure(
             mean = float(vals.mean())
             xs.append(g)
             ys.append(mean)
-            hi.append(float(vals.max()) - mean)
-            lo.append(mean - float(vals.min()))
-            text.append(f"{method}<br>{g}: mean {mean:.3f} over {vals.size} run(s)<br>min {vals.min():.3f}, "
-                        f"max {vals.max():.3f}")
+            several = vals.size >= 2  # one run: no interval (None draws no error bar)
+            hi.append(float(vals.max()) - mean if several else None)
+            lo.append(mean - float(vals.min()) if several else None)
+            text.append(f"{method}<br>{g}: mean {mean:.3f} over {vals.size} run(s)<br>"
+                        + (f"range: min {vals.min():.3f}, max {vals.max():.3f}" if several else "1 run: no interval"))
         fig.add_trace(go.Bar(x=xs, y=ys, name=method, legendgroup=method, marker_color=method_color(i),
                              error_y=dict(type="data", symmetric=False, array=hi, arrayminus=lo),
                              hovertext=text, hoverinfo="text"), row=1, col=1)
@@ -638,12 +650,17 @@ def make_transfer_figure(
                 continue
             value = float(entry[metric])
             ci = entry.get(f"{metric}_ci")
-            ci_lo, ci_hi = _ci_pair(ci, f"{method}.{metric}_ci") if ci is not None else (value, value)
+            what = str(entry.get("interval", "95% CI"))
+            if ci is None:
+                error_y, shown = None, what
+            else:
+                ci_lo, ci_hi = _ci_pair(ci, f"{method}.{metric}_ci")
+                error_y = dict(type="data", symmetric=False, array=[ci_hi - value], arrayminus=[value - ci_lo])
+                shown = f"{what}: [{ci_lo:.3f}, {ci_hi:.3f}]"
             fig.add_trace(go.Bar(
                 x=[method], y=[value], name=method, legendgroup=method, marker_color=method_color(i),
-                showlegend=False,
-                error_y=dict(type="data", symmetric=False, array=[ci_hi - value], arrayminus=[value - ci_lo]),
-                hovertext=[f"{method}<br>{metric} = {value:.3f}<br>95% CI [{ci_lo:.3f}, {ci_hi:.3f}]"],
+                showlegend=False, error_y=error_y,
+                hovertext=[f"{method}<br>{metric} = {value:.3f}<br>{shown}"],
                 hoverinfo="text",
             ), row=1, col=col)
         for j, (label, values) in enumerate((paper_aggregates or {}).items()):
