@@ -147,22 +147,142 @@ def _check_complete(d: Path, c: int, files: set[str], partial: list[str]) -> Non
         raise DQNReplayError(f"checkpoint {c} in {d} has incomplete downloads or writes {mine}: finish or remove them")
 
 
-def list_checkpoints(replay_logs: str | os.PathLike) -> list[int]:
-    """Checkpoint numbers of a ``replay_logs`` directory, each verified complete.
+#: A public DQN-Replay run: ring dumps 0..49 and the final partial dump 50 of a 1,000,000-row ring
+#: (``shared/notes/dqn_replay_format.md``; a few runs miss 50).
+PUBLIC_CAPACITY = 1_000_000
+PUBLIC_CHECKPOINTS = 51
 
-    A checkpoint is complete when all six of its files are there (and no partial download of
-    one lies next to them). A checkpoint with a file absent, or a number missing between the
-    first and the last, is an error naming it: dropping it would silently shift every split
-    counted from the end (``last:``)."""
+
+class IncompleteRunWarning(UserWarning):
+    """A run lacks checkpoints, none of which the split asked of it needs (the warning names them)."""
+
+
+def format_ids(ids: Sequence[int]) -> str:
+    """``[0..9, 12, 40..49]``: consecutive ids as ranges."""
+    out, ids = [], sorted(ids)
+    i = 0
+    while i < len(ids):
+        j = i
+        while j + 1 < len(ids) and ids[j + 1] == ids[j] + 1:
+            j += 1
+        out.append(str(ids[i]) if i == j else f"{ids[i]}..{ids[j]}")
+        i = j + 1
+    return "[" + ", ".join(out) + "]"
+
+
+class RunCheckpoints(list[int]):
+    """The complete checkpoints of one run (a sorted list of ids), and the ids the run should hold.
+
+    A run should hold checkpoints ``0..expected-1`` (Dopamine and batch_rl number their dumps from
+    0); ``missing`` are those of them that are not on disk. ``end_known`` is False when the run's
+    last checkpoint is absent and its number cannot be known (``expected`` is then a lower bound):
+    see :func:`run_checkpoints`. Splits count over ``0..expected-1``, never over what is present
+    (:meth:`workbench.data.splits.Split.choose`)."""
+
+    def __init__(self, replay_logs: Path, present: Sequence[int], expected: int, end_known: bool,
+                 end_note: str = "") -> None:
+        super().__init__(sorted(present))
+        self.replay_logs = replay_logs
+        self.expected = expected
+        self.end_known = end_known
+        self.end_note = end_note
+        self.missing: tuple[int, ...] = tuple(sorted(set(range(expected)) - set(self)))
+
+    def describe(self) -> str:
+        """What the run holds and lacks, in words (for error messages)."""
+        last = f"0..{self.expected - 1}" if self.end_known else f"0..{self.expected - 1} or more"
+        text = f"the run holds checkpoints {format_ids(self)} of {last}"
+        if self.missing:
+            text += f"; missing: {format_ids(self.missing)}"
+        if self.end_note:
+            text += f" ({self.end_note})"
+        return text
+
+    def choices(self, splits: bool = True) -> str:
+        """The selections this run can still serve (``splits``), other runs of its game, or the fix."""
+        have = set(self) if splits else set()
+        head = 0
+        while head in have:
+            head += 1
+        tail = 0
+        while self.end_known and self.expected - 1 - tail in have:
+            tail += 1
+        out = []
+        if head:
+            out.append(f"first:K with K <= {head}")
+        if tail:
+            out.append(f"last:F with round(F * {self.expected}) <= {tail} (F <= {tail / self.expected:.4g})")
+        game = self.replay_logs.parent.parent
+        others = sorted(r.name for r in game.iterdir() if r.is_dir() and (r / "replay_logs").is_dir()
+                        and r != self.replay_logs.parent) if game.is_dir() else []
+        options = [", ".join(out) + " of this run"] if out else []
+        if others:
+            options.append(f"another run of {game.name}: {others}")
+        options.append("download the missing checkpoints' files")
+        return "valid choices: " + "; ".join(options[:-1]) + ("; or " if len(options) > 1 else "") + options[-1]
+
+
+def _end_of_run(d: Path, last: int) -> tuple[int, bool, str]:
+    """(expected checkpoint count, whether it is known, why) from the layout of the last checkpoint.
+
+    batch_rl's logged buffer (the public data's writer) dumps the ring after every add that leaves
+    ``add_count % capacity == capacity - 1`` -- dump ``k`` has ``add_count == (k+1) * capacity - 1``
+    -- and always ends a run with ``log_final_buffer``, a dump with ``add_count`` set to the cursor.
+    So when the last checkpoint present is a ring dump, the run's final dump (at least) is missing,
+    and how many dumps came between is unknown (a public run has 0..50). Other layouts (buffers
+    saved on their own, like ``shared/fixtures/dqn_replay``, and the recorder's) do not mark their
+    last checkpoint: the largest id present ends the run."""
+    cap_path, add_path = d / file_name("terminal", last), d / file_name("add_count", last)
+    with open_npy_gz(cap_path) as s:
+        _check_array(cap_path, s.dtype, s.shape, "terminal", None)
+        capacity = s.rows
+    with open_npy_gz(add_path) as s:
+        _check_array(add_path, s.dtype, s.shape, "add_count", None)
+        add_count = int(s.read_all())
+    if capacity >= 2 and add_count == (last + 1) * capacity - 1:
+        expected = max(last + 2, PUBLIC_CHECKPOINTS if capacity == PUBLIC_CAPACITY else 0)
+        return expected, False, (
+            f"checkpoint {last} is a ring dump (add_count {add_count} = ({last}+1) * {capacity} - 1): batch_rl "
+            f"ends every run with a final partial dump, so checkpoint {last + 1} and any after it are missing"
+            + ("; a public DQN-Replay run holds 0..50" if capacity == PUBLIC_CAPACITY else "")
+        )
+    return last + 1, True, ""
+
+
+def run_checkpoints(replay_logs: str | os.PathLike) -> RunCheckpoints:
+    """The complete checkpoints of a run and the ids it should hold (missing ones are not errors here).
+
+    Every checkpoint present must be complete (all six files, no partial download beside them).
+    The run should hold ``0..N-1``: ids start at 0; ``N`` is the largest id present + 1, unless
+    the layout shows the end is missing (:func:`_end_of_run`: batch_rl's ring dump as the last
+    file; then ``N`` is a lower bound: at least one more, 51 for a public-size ring)."""
     d = Path(replay_logs)
     present, partial = _scan(d)
     for c in sorted(present):
         _check_complete(d, c, present[c], partial)
     found = sorted(present)
-    gaps = sorted(set(range(found[0], found[-1] + 1)) - set(found)) if found else []
+    if not found:
+        return RunCheckpoints(d, [], 0, True)
+    expected, known, note = _end_of_run(d, found[-1])
+    return RunCheckpoints(d, found, expected, known, note)
+
+
+def list_checkpoints(replay_logs: str | os.PathLike) -> RunCheckpoints:
+    """Checkpoint numbers of a ``replay_logs`` directory, each verified complete.
+
+    A checkpoint is complete when all six of its files are there (and no partial download of
+    one lies next to them). A checkpoint with a file absent, or a number missing between the
+    first and the last, is an error naming it: dropping it would silently shift every split
+    counted from the end (``last:``). Checkpoints missing at either end (from 0 up to the first
+    present, after the last present one where the layout shows it, see :func:`run_checkpoints`)
+    are recorded in the result's ``missing``: a split that needs them refuses the run, one that
+    does not records a warning (:meth:`workbench.data.splits.Split.choose`)."""
+    run = run_checkpoints(replay_logs)
+    gaps = [c for c in run.missing if run and run[0] < c < run[-1]]
     if gaps:
-        raise DQNReplayError(f"{d} lacks checkpoints {gaps[:10]} between {found[0]} and {found[-1]} (all files absent)")
-    return found
+        raise DQNReplayError(f"{run.replay_logs} lacks checkpoints {format_ids(gaps)} between {run[0]} and {run[-1]} "
+                             f"(all files absent): {run.describe()}; {run.choices(splits=False)}")
+    return run
 
 
 def check_checkpoint(replay_logs: str | os.PathLike, checkpoint: int) -> None:
@@ -362,6 +482,12 @@ class CheckpointMeta:
         """Next slot the ring buffer would write (Dopamine: ``add_count % capacity``)."""
         return self.add_count % self.capacity
 
+    @property
+    def written(self) -> int:
+        """Rows ``[0, written)`` are this checkpoint's data: every slot once the ring is full, else
+        the ``add_count`` slots before the cursor (see :func:`used_rows`)."""
+        return used_rows(self.add_count, self.capacity)
+
     def time_order(self) -> np.ndarray:
         """Slots in chronological order (oldest first): the ring unrolled from the cursor."""
         if self.is_full:
@@ -372,8 +498,32 @@ class CheckpointMeta:
         return valid_transition_mask(self.terminal, self.add_count, self.invalid_range, stack_size, update_horizon)
 
 
+def used_rows(add_count: int, capacity: int) -> int:
+    """How many slots, from slot 0, hold a checkpoint's data: the rows a reader can use.
+
+    Dopamine allocates its ring with ``np.empty`` (``OutOfGraphReplayBuffer._create_storage``) and
+    writes slot ``cursor() = add_count % capacity`` on every add (``_add_transition``). Until the
+    ring is full (``is_full``: ``add_count >= capacity``) only slots ``[0, add_count)`` were written;
+    the slots at and after the cursor hold whatever memory held (one Dopamine-written file has an
+    action of 33,615,906 there). Dopamine never reads them: ``is_valid_transition`` refuses
+    ``index >= cursor() - update_horizon`` and ``get_range`` asserts ``end_index <= cursor()``.
+    batch_rl's logged buffer dumps the ring when ``add_count % capacity == capacity - 1`` (so its
+    first checkpoint has ``add_count = capacity - 1``: the last slot was never written) and writes
+    its final partial dump with ``add_count`` set to the cursor (``log_final_buffer``: the slots
+    after it hold the previous lap, a previous checkpoint's rows). So: ``capacity`` rows once the
+    ring is full (every slot was written; the cursor's slot holds the oldest row, which the store
+    builder keeps as context), else ``add_count``.
+    """
+    return capacity if add_count >= capacity else max(int(add_count), 0)
+
+
 def load_checkpoint_meta(replay_logs: str | os.PathLike, checkpoint: int, *, hash: bool = False) -> CheckpointMeta:
     """Load action, reward, terminal, add_count and invalid_range of one checkpoint.
+
+    Values are checked on the rows a reader can use (:func:`used_rows`); the other slots of a ring
+    that has not wrapped were never written for this checkpoint (``np.empty`` garbage, or the
+    previous lap in a final partial dump): they are not checked, and are returned as zeros so no
+    consumer can see what they held.
 
     ``episode_end_indices`` is never unpickled (a downloaded pickle can run code); the terminal
     flags mark every episode end, so it carries no extra information.
@@ -401,7 +551,10 @@ def load_checkpoint_meta(replay_logs: str | os.PathLike, checkpoint: int, *, has
         raise DQNReplayError(f"{d / file_name('add_count', checkpoint)}: negative add_count {add_count}")
     if rows == 0:
         raise DQNReplayError(f"checkpoint {checkpoint} in {d} is empty (0 rows in {file_name('terminal', checkpoint)})")
-    check_rows(d, checkpoint, arrays["action"], arrays["reward"], arrays["terminal"])
+    written = used_rows(add_count, len(arrays["terminal"]))
+    check_rows(d, checkpoint, arrays["action"], arrays["reward"], arrays["terminal"], rows=written)
+    for key in ("action", "reward", "terminal"):
+        arrays[key][written:] = 0  # never this checkpoint's data (see used_rows); read_all's arrays are ours
     return CheckpointMeta(
         d, int(checkpoint), arrays["action"], arrays["reward"], arrays["terminal"], add_count,
         arrays["invalid_range"].astype(np.int64), sums,
@@ -409,8 +562,13 @@ def load_checkpoint_meta(replay_logs: str | os.PathLike, checkpoint: int, *, has
 
 
 def check_rows(d: Path, checkpoint: int, action: np.ndarray, reward: np.ndarray, terminal: np.ndarray,
-               num_actions: int | None = None) -> None:
-    """Values DQN-Replay can hold: clipped finite rewards, actions in the minimal set, 0/1 terminals."""
+               num_actions: int | None = None, *, rows: int | None = None) -> None:
+    """Values DQN-Replay can hold: clipped finite rewards, actions in the minimal set, 0/1 terminals.
+
+    Only rows ``[0, rows)`` are checked (default: all): the rows a reader can use, see :func:`used_rows`.
+    An error names the file, the array, the first bad row and how many there are."""
+    if rows is not None:
+        action, reward, terminal = action[:rows], reward[:rows], terminal[:rows]
     bad = ~np.isfinite(reward) | (reward < -1.0) | (reward > 1.0)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -422,18 +580,23 @@ def check_rows(d: Path, checkpoint: int, action: np.ndarray, reward: np.ndarray,
         i = int(np.flatnonzero(bad)[0])
         raise DQNReplayError(f"{d / file_name('action', checkpoint)}: action {int(action[i])} at row {i} is outside "
                              f"the minimal action set 0..{top - 1} ({int(bad.sum())} such rows)")
-    if (terminal > 1).any():
-        raise DQNReplayError(f"{d / file_name('terminal', checkpoint)}: terminal flags must be 0 or 1")
+    bad = terminal > 1
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DQNReplayError(f"{d / file_name('terminal', checkpoint)}: terminal {int(terminal[i])} at row {i} is not "
+                             f"a terminal flag 0 or 1 ({int(bad.sum())} such rows)")
 
 
 def load_checkpoint(replay_logs: str | os.PathLike, checkpoint: int) -> dict[str, np.ndarray]:
     """All arrays of one checkpoint in memory (for small checkpoints: the real ones are 7 GB).
 
-    Returns ``observation``, ``action``, ``reward``, ``terminal``, ``add_count``, ``invalid_range``.
+    Returns ``observation``, ``action``, ``reward``, ``terminal``, ``add_count``, ``invalid_range``;
+    slots that are not the checkpoint's data (:func:`used_rows`) are zeros in every array.
     Prefer :func:`load_checkpoint_meta` + :func:`stream_observations` for real data.
     """
     meta = load_checkpoint_meta(replay_logs, checkpoint)
     obs = load_npy_gz(Path(replay_logs) / file_name("observation", checkpoint))
+    obs[meta.written :] = 0
     return {
         "observation": obs, "action": meta.action, "reward": meta.reward, "terminal": meta.terminal,
         "add_count": np.array(meta.add_count, dtype=np.int64), "invalid_range": meta.invalid_range,
