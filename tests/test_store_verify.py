@@ -5,6 +5,7 @@ is drawn, not trained on."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -53,3 +54,11 @@ def test_a_damaged_small_array_is_refused_before_a_batch_is_drawn(store, name, v
     del arr
     with pytest.raises(StoreError, match=rf"{name}\.npy: row {row} holds .*{what}"):
         TransitionSampler(store, ["Pong"], batch_size=8, seed=0, prefetch=0, workers=1)
+
+
+def test_the_manifest_names_the_checkpoints_each_run_gave(store):
+    """The split records which checkpoints of each run it used, and what the run lacks."""
+    sel = json.loads((store / "manifest.json").read_text())["selections"]
+    assert set(sel) == {"Pong/1"}
+    assert sel["Pong/1"]["checkpoints"] == [0]  # first:1
+    assert sel["Pong/1"]["missing_checkpoints"] == []

@@ -100,6 +100,8 @@ class _Sources:
         self.root = root
         self._cache: dict[tuple[str, str, int], dr.CheckpointMeta] = {}
         self._budget = META_CACHE_BYTES
+        #: per "game/run": the checkpoints a split chose, those the run lacks, its warnings (manifest)
+        self.selections: dict[str, dict[str, Any]] = {}
 
     def replay_logs(self, game: str, run: str) -> Path:
         return self.root / game / run / "replay_logs"
@@ -251,7 +253,9 @@ def _plan_game(sources: _Sources, game: str, runs: Sequence[str | int], split: S
             n_actions: int | None = num_actions(game)
         except ValueError:  # not a registry game (synthetic data): only the 0..255 bound applies
             n_actions = None
-        for c in split.choose(ckpts):
+        chosen = split.choose(ckpts)
+        sources.selections[f"{game}/{run}"] = chosen.provenance()
+        for c in chosen:
             meta = sources.meta(game, run, c)
             if n_actions is not None:
                 dr.check_rows(rdir, c, meta.action, meta.reward, meta.terminal, n_actions)
@@ -611,7 +615,8 @@ def build_store(
         games_info[g]["transitions_trainable"] = games_info[g]["starts"]
     bar.close()
 
-    manifest = {**params, "plan": plan_json, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "games_info": games_info}
+    manifest = {**params, "plan": plan_json, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "games_info": games_info,
+                "selections": sources.selections}
     atomic_write_json(manifest_path, manifest)  # LAST: marks the store complete
     shutil.rmtree(build, ignore_errors=True)
     _log(log_path, event="build_done", out=str(out))
