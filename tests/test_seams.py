@@ -350,3 +350,17 @@ def test_online_capacity_beyond_memory_is_refused_before_the_folder_exists(tmp_p
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert re.search(r"capacity=100,000,000,000 rows needs [\d,.]+ GiB of memory", out.stderr), out.stderr
     assert not (tmp_path / "new").exists()
+
+
+# ------------------------------------------------------------------------------ (g) sweep names are folder names
+
+
+@pytest.mark.parametrize("name", ["..", ".", ".hidden", "a/b"])
+def test_a_sweep_name_that_is_not_a_plain_folder_name_is_refused(tmp_path, name):
+    """A sweep named '..' would write its points into runs/ itself (runs/sweeps/..)."""
+    from workbench.sweep import load_sweep
+
+    doc = {"name": name, "base": {"model": "resnet-tiny", "games": "Pong", "steps": 1},
+           "factors": {"feature_norm": [True, False]}, "seeds": [0]}
+    with pytest.raises(ValueError, match="plain folder name"):
+        load_sweep(doc)

@@ -241,8 +241,9 @@ def load_sweep(source: str | os.PathLike[str] | dict[str, Any], overrides: dict[
     spec = from_params(SweepFile, doc, what="sweep key")
     base = {**spec.base, **(overrides or {})}
     name = spec.name or (file.stem if file else "")
-    if not name or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-        raise ValueError(f"sweep name {name!r} must be non-empty letters, digits, '.', '_' or '-'")
+    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", name or ""):  # a plain folder name: never '.', '..'
+        raise ValueError(f"sweep name {name!r} must be a plain folder name: letters, digits, '.', '_' or '-', "
+                         "not starting with '.'")
     if spec.combine not in COMBINES:
         raise ValueError(f"unknown combine {spec.combine!r}; valid: {', '.join(COMBINES)}")
     for key in _SWEEP_OWNED:
