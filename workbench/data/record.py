@@ -312,7 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="game names, comma- or space-separated, or a game-set name, as in the notebooks "
                         "(e.g. Pong Breakout, Pong,Breakout, scaled_ql_heldout)")
     p.add_argument("--steps", type=int, required=True, help="agent steps per game")
-    p.add_argument("--policy", default="random", help="'random' or 'package.module:factory' returning a Policy (imported and called: code you trust)")
+    p.add_argument("--policy", default="random",
+                   help="'random' or 'package.module:factory' returning a Policy (imported and called: code you trust)")
     p.add_argument("--epsilon", type=float, default=0.01, help="exploration for a Policy (ignored for random)")
     p.add_argument("--output-dir", required=True, help="DQN-Replay root to write {Game}/{run}/replay_logs into")
     p.add_argument("--seed", type=int, default=0)
