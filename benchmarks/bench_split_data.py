@@ -30,7 +30,8 @@ GAME, ROWS, CKPTS = "Pong", 1500, 2
 METHODS = ("scaled_ql", "bc", "mgdt", "jowa")
 
 
-def fed_rows(method: str, store: Path, batches: int, run_dir: Path) -> set[int]:
+def fed_rows(method: str, store: Path, batches: int, run_dir: Path) -> tuple[set[int], float | None]:
+    """(source rows fed to the loss, mean real steps per segment: None for transition batches)."""
     spec = get_algo(method)
     settings = spec.settings_class()
     algo = spec.build(spec.default_model(), [GAME], settings, 0)
@@ -38,12 +39,14 @@ def fed_rows(method: str, store: Path, batches: int, run_dir: Path) -> set[int]:
     context = StageContext(store=store, games=(GAME,), batch_size=32, games_per_batch=8, seed=0, rank=0,
                            world_size=1, run_dir=run_dir, device=torch.device("cpu"), progress=False)
     fed: set[int] = set()
+    real_steps: list[float] = []
     for batch in itertools.islice(spec.batches(algo, stage, context)(0), batches):
         if "mask" in batch:
             fed |= set(dr.frame_row_id(batch["obs"].numpy()[batch["mask"].numpy()]).tolist())
+            real_steps.append(float(batch["mask"].sum(1).float().mean()))
         else:
             fed |= set(dr.frame_row_id(batch["obs"].numpy()[:, -1]).tolist())
-    return fed
+    return fed, (round(float(np.mean(real_steps)), 2) if real_steps else None)
 
 
 def main() -> None:
@@ -64,9 +67,10 @@ def main() -> None:
             s = st.ReplayStore(store)
             in_split = {c * ROWS + slot for _, c, slot in s.source_of(GAME, np.asarray(s.game(GAME).starts))}
             for method in METHODS:
-                fed = fed_rows(method, store, args.batches, Path(tmp) / f"run{i}{method}")
+                fed, steps = fed_rows(method, store, args.batches, Path(tmp) / f"run{i}{method}")
                 row = {"method": method, "split": split, "in_split": len(in_split), "fed": len(fed),
-                       "fed_outside_split": len(fed - in_split), "ratio": round(len(fed) / len(in_split), 2)}
+                       "fed_outside_split": len(fed - in_split), "ratio": round(len(fed) / len(in_split), 2),
+                       "mean_real_steps_per_segment": steps}
                 print(json.dumps(row), flush=True)
 
 
