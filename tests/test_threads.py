@@ -62,3 +62,48 @@ def test_a_run_under_a_one_cpu_affinity_mask_records_one_thread(tmp_path):
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())["resolved"]["threads"]
     assert recorded["cpus"] == 1 and recorded["limited_by"] == "affinity"
     assert recorded["torch_threads"] == 1
+
+
+class _Machine:
+    """A scripted 2-CPU machine: /proc/stat jiffies (idle, total), this process's CPU seconds, a clock."""
+
+    def __init__(self) -> None:
+        self.t, self.idle, self.total, self.own = 0.0, 0.0, 0.0, 0.0
+        self.set_to: list[int] = []
+
+    def run(self, seconds: float, busy_cpus: float, own_cpus: float) -> None:
+        """``seconds`` pass with ``busy_cpus`` of the 2 busy in all, ``own_cpus`` of them this process."""
+        self.t += seconds
+        self.total += 2 * 100 * seconds  # 100 jiffies a second per CPU
+        self.idle += (2 - busy_cpus) * 100 * seconds
+        self.own += own_cpus * seconds
+
+
+def _rebalancer(m: _Machine) -> threads.ThreadRebalancer:
+    return threads.ThreadRebalancer(10.0, cpus={0, 1}, cpu_times=lambda cpus: (m.idle, m.total),
+                                    own_seconds=lambda: m.own, clock=lambda: m.t, set_threads=m.set_to.append,
+                                    enabled=True)
+
+
+def test_rebalancer_leaves_a_late_neighbour_its_cpu_and_takes_it_back_after(monkeypatch):
+    monkeypatch.setattr(threads, "usable_cpus", lambda: (2, "affinity"))
+    m = _Machine()
+    r = _rebalancer(m)
+    m.run(5, busy_cpus=2.0, own_cpus=2.0)
+    assert r.tick() is None  # the period has not passed
+    m.run(5, busy_cpus=2.0, own_cpus=2.0)  # alone: both CPUs are this job's
+    assert r.tick() == 2
+    m.run(10, busy_cpus=2.0, own_cpus=1.0)  # a neighbour started: half the machine is its
+    assert r.tick() == 1
+    m.run(10, busy_cpus=1.0, own_cpus=1.0)  # still there? no: the other CPU sat idle
+    assert r.tick() == 2
+    m.run(10, busy_cpus=2.0, own_cpus=2.0)  # unchanged: no call
+    assert r.tick() is None
+    assert m.set_to == [2, 1, 2]
+
+
+def test_rebalancer_is_off_when_the_user_chose_the_threads(monkeypatch):
+    monkeypatch.setenv("WORKBENCH_THREADS", "2")
+    r = threads.ThreadRebalancer(0.0, cpu_times=lambda cpus: (0.0, 0.0), own_seconds=lambda: 0.0,
+                                 clock=lambda: 1.0, set_threads=lambda n: pytest.fail("threads changed"))
+    assert not r.enabled and r.tick() is None

@@ -13,6 +13,10 @@ The rule, applied once when ``workbench`` is imported (before torch starts its O
   job started beside a busy neighbour trains on the CPUs that are free instead of fighting for
   the busy ones (at least one thread; ``WORKBENCH_THREADS`` or ``OMP_NUM_THREADS`` set by the
   user is kept as it is);
+- **while a job runs** (:class:`ThreadRebalancer`, ticked by the training loops): every
+  ``period`` seconds the CPU time other processes took on this process's CPUs (``/proc/stat``
+  busy time less this process's own CPU time) is measured again and torch's threads follow: a
+  neighbour that starts mid-run gets its CPUs, and a finished one gives them back;
 - **inference in the evaluator** (batches of one row per environment) runs on one torch thread
   (:func:`inference_threads`): so small a batch gains little from a second thread when the
   machine is idle and loses most of its speed to thread hand-offs when it is not.
@@ -32,8 +36,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["apply_environment", "apply_job_threads", "busy_cpus", "cgroup_cpu_limit", "in_effect", "inference_threads",
-           "usable_cpus"]
+__all__ = ["ThreadRebalancer", "apply_environment", "apply_job_threads", "busy_cpus", "cgroup_cpu_limit", "in_effect",
+           "inference_threads", "usable_cpus"]
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 """cgroup v2: ``"<quota> <period>"`` in microseconds, or ``"max <period>"`` (no limit)."""
@@ -159,3 +163,72 @@ def apply_job_threads() -> int:
     free = max(1, round(usable_cpus()[0] - busy_cpus()))
     torch.set_num_threads(free)  # each job chooses anew (a notebook runs several)
     return free
+
+
+def _own_cpu_seconds() -> float:
+    """CPU seconds this process (all its threads) has used."""
+    t = os.times()
+    return t.user + t.system
+
+
+class ThreadRebalancer:
+    """Keeps a running job's torch threads at the CPUs other work leaves free.
+
+    :meth:`tick` is cheap (a clock read) and may be called every step; every ``period`` seconds
+    it measures, over the time since the last measurement, the busy time of this process's CPUs
+    (``/proc/stat``) less this process's own CPU time: what the neighbours took. Threads become
+    ``round(cpus - neighbours)``, at least 1. Off under ``WORKBENCH_THREAD_POLICY=none`` or when
+    the user chose the count (``WORKBENCH_THREADS``, ``OMP_NUM_THREADS``). ``cpu_times``,
+    ``own_seconds``, ``clock`` and ``set_threads`` are injectable for tests."""
+
+    def __init__(self, period: float = 10.0, *, cpus: set[int] | None = None, cpu_times: Any = None,
+                 own_seconds: Any = None, clock: Any = None, set_threads: Any = None,
+                 enabled: bool | None = None) -> None:
+        if enabled is None:
+            enabled = (os.environ.get("WORKBENCH_THREAD_POLICY", "auto") != "none"
+                       and not os.environ.get("WORKBENCH_THREADS") and not _user_set_threads(os.environ))
+        self.enabled = enabled
+        self.period = float(period)
+        if cpus is None:
+            cpus = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+        self.cpus = cpus
+        self.limit = min(len(cpus), usable_cpus()[0])
+        self._cpu_times = cpu_times or _cpu_times
+        self._own = own_seconds or _own_cpu_seconds
+        self._clock = clock or time.monotonic
+        self._set = set_threads or _set_torch_threads
+        self.threads: int | None = None  # the last count this rebalancer chose
+        self._last = self._sample() if self.enabled else None
+
+    def _sample(self) -> tuple[float, tuple[float, float], float] | None:
+        try:
+            return self._clock(), self._cpu_times(self.cpus), self._own()
+        except (OSError, ValueError):
+            return None
+
+    def tick(self) -> int | None:
+        """Re-measure when ``period`` has passed; returns the new thread count when it changed."""
+        if not self.enabled or self._last is None or self._clock() - self._last[0] < self.period:
+            return None
+        now = self._sample()
+        if now is None:
+            return None
+        (t0, (idle0, total0), own0), (t1, (idle1, total1), own1) = self._last, now
+        self._last = now
+        if total1 <= total0 or t1 <= t0:
+            return None
+        busy = len(self.cpus) * (1.0 - (idle1 - idle0) / (total1 - total0))  # CPUs busy, on average
+        neighbours = max(0.0, busy - (own1 - own0) / (t1 - t0))
+        want = max(1, min(self.limit, round(self.limit - neighbours)))
+        if want == self.threads:
+            return None
+        self.threads = want
+        self._set(want)
+        return want
+
+
+def _set_torch_threads(n: int) -> None:
+    import torch  # noqa: PLC0415  (workbench/__init__ imports this module: no torch at package import)
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
