@@ -49,6 +49,28 @@ def test_finetune_reset_refuses_its_own_source_run(tmp_path):
     assert Run.open(source).kind == "pretrain"  # the source run is untouched
 
 
+def test_online_reset_refuses_its_own_pretrained_run(tmp_path):
+    """``online --checkpoint X --output-dir X --resume false`` (before: X emptied, then a bare
+    AssertionError): one line, exit 2, X untouched."""
+    source = tmp_path / "X"
+    settings = ScaledQLConfig()
+    Run(source).create("pretrain", {}, {"algo": "scaled_ql", "model": "resnet-tiny", "games": ["Pong"],
+                                        "settings": dataclasses.asdict(settings)})
+    algo = ScaledQL.build("resnet-tiny", ["Pong"], settings, seed=1)
+    ckpt_io.save_checkpoint(source, 10, algo.model, target=algo.target_model)
+    def tree():  # every file and its bytes (the job's lock file aside: taking the lock is allowed)
+        return {str(p.relative_to(source)): p.read_bytes() for p in source.rglob("*")
+                if p.is_file() and p.name != ".workbench-lock"}
+
+    before = tree()
+    env = {k: v for k, v in os.environ.items() if k != "WORKBENCH_ROOT"}
+    out = subprocess.run([sys.executable, "-m", "workbench.online", "--game", "Pong", "--device", "cpu",
+                          "--checkpoint", "X", "--output-dir", "X", "--resume", "false"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "which holds this job's input" in out.stderr and "Traceback" not in out.stderr
+    assert tree() == before
+
+
 def _cli(cwd, *args):
     env = {k: v for k, v in os.environ.items() if k != "WORKBENCH_ROOT"}
     return subprocess.run([sys.executable, "-m", "workbench.pipeline", "--games", "Pong", "--record-steps", "100",
