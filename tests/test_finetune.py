@@ -393,7 +393,7 @@ def test_dt_transfer_starts_from_every_weight_of_the_mgdt_checkpoint(dt_source, 
 
     config = FinetuneConfig.from_params(checkpoint=dt_source, method="dt_transfer", output_dir=str(tmp_path / "dt"),
                                         **FT)
-    assert config.games == ("Pong", "Breakout") and config.effective_split == "finetune_1pct"
+    assert config.games == ("Pong", "Breakout") and config.effective_split == "finetune_1pct_episodes"
     src = _weights(dt_source)
     # Loading alone (what the job does before training): every tensor is the checkpoint's, bit for bit;
     # a fresh build of another seed differs from it, so a loader that copied nothing would fail.

@@ -74,11 +74,14 @@ def test_bad_model_settings_name_the_problem():
 # ----------------------------------------------------------------------------- causality
 
 
-def test_action_never_sees_its_own_future():
+@pytest.mark.parametrize("attention", ["patch_block", "causal"])
+@pytest.mark.parametrize("single", [True, False])
+def test_action_never_sees_its_own_future(attention, single):
     """Action logits of step t are unchanged by a_t, r_t and everything of later steps, and
-    change with R_t (the return it is conditioned on)."""
+    change with R_t (the return it is conditioned on); with a single return token only R_0 is
+    read, and it reaches every step's action."""
     torch.manual_seed(0)
-    model = MGDT(MGDTConfig(**TINY)).eval()
+    model = MGDT(MGDTConfig(**TINY, attention=attention, single_return_token=single)).eval()
     B, T = 2, 4
     g = torch.Generator().manual_seed(1)
 
@@ -102,7 +105,12 @@ def test_action_never_sees_its_own_future():
             x[1][:, t] = other[1][:, t]
             out = model(*x)
             torch.testing.assert_close(out["return"][:, :t + 1], ref["return"][:, :t + 1], rtol=0, atol=1e-6)
-            assert (out["action"][:, t] - ref["action"][:, t]).abs().max() > 1e-4  # R_t reaches a_t
+            reaches = (out["action"][:, t] - ref["action"][:, t]).abs().max() > 1e-4
+            assert reaches == (not single or t == 0)  # R_t reaches a_t (only R_0 with a single return token)
+        if single:  # R_0 reaches the action of every step
+            x = [v.clone() for v in base]
+            x[1][:, 0] = other[1][:, 0]
+            assert ((model(*x)["action"] - ref["action"]).abs().amax(dim=(0, 2)) > 1e-4).all()
         # the reward head at a_t sees its action, not its reward
         x = [v.clone() for v in base]
         x[3][:, -1] = (x[3][:, -1] + 1) % 3
@@ -192,7 +200,7 @@ def test_tiny_mgdt_reproduces_a_scripted_policy():
     gen = np.random.default_rng(123)
     f, level = frames(gen, (64,))
     assert np.mean(untrained.act(np.repeat(f[:, None], 4, axis=1), np.zeros(64, np.int64)) == level) < 0.6
-    metrics = _train(algo.model, algo, batch, 170, lr=1e-3)
+    metrics = _train(algo.model, algo, batch, 260, lr=1e-3)
     assert metrics["dt/action_accuracy"] > 0.95
     policy = algo.policy()
     hits = []
@@ -270,7 +278,9 @@ def test_mgdt_trains_evaluates_explores_and_is_analysed(mgdt_run, tmp_path):
     rollout = play_rollout(run_dir, "Pong", max_steps=6, epsilon=0.0, progress=False, render_rgb=False)
     assert rollout.q_values is not None and rollout.q_values.shape == (6, 6)  # P(a | R) over Pong's 6 actions
     np.testing.assert_allclose(rollout.q_values.sum(1), 1.0, rtol=1e-5)
-    np.testing.assert_array_equal(rollout.actions, rollout.q_values.argmax(1))
+    # sampled (the colab's): from the better half of Pong's 6 actions, the distribution shown
+    assert (rollout.q_values[np.arange(6), rollout.actions] > 0).all()
+    assert ((rollout.q_values > 0).sum(1) == 3).all()
     conditioned = rollout.extras["conditioned_return"]
     assert conditioned.shape == (6,) and np.all((conditioned >= -20) & (conditioned < 100))
     assert rollout.extras["expert_return_probs"].shape == (6, 120)

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench import checkpoint as ckpt_io
-from workbench import jobs
+from workbench import jobs, tblog
 from workbench import transfer as T
 from workbench.algos.base import (
     PRESETS,
@@ -58,6 +58,7 @@ from workbench.algos.base import (
     StageContext,
     algo_names,
     get_algo,
+    recorded_settings,
 )
 from workbench.config import check_cpu_time, check_device, check_eval_cap
 from workbench.data.splits import parse_runs, parse_split
@@ -287,8 +288,10 @@ class FinetuneConfig:
         ``algo_args``; per-game settings from data (reward scales) are set from the data."""
         spec = self.spec
         names = {f.name for f in dataclasses.fields(spec.settings_class)}
-        recorded = self.source_run.resolved.get("settings", {})
         same = self.algo_name == self.source_run.algo_name
+        recorded = self.source_run.resolved.get("settings", {})
+        if same:  # the source's model as it was trained (settings added since take its behaviour)
+            recorded = recorded_settings(spec.settings_class, recorded)
         keep = names if same else set(self.protocol.carried_settings) & names
         source = {k: v for k, v in recorded.items() if k in keep and k != "reward_scale"}
         preset = {k: v for k, v in self.scale.settings.items() if k in names}
@@ -427,7 +430,8 @@ class FinetuneResult:
 
 
 FINETUNE = Job("finetune", entries=("checkpoints", "metrics.jsonl", "diagnostics.jsonl", "eval", "figures",
-                                    "summary.json", "data", "stage1", "history.jsonl", "best_snapshot"),
+                                    "summary.json", "data", "stage1", "history.jsonl", "best_snapshot",
+                                    tblog.FOLDER),
                resumable=RESUMABLE_FIELDS)
 """Fine-tuning's run folder: what it writes (all replaced by ``resume=False``) and what may
 change on resume."""
@@ -519,6 +523,8 @@ def _finetune(config: FinetuneConfig, progress: bool) -> FinetuneResult:
 
     def keep_best_snapshot(stage: Stage, stage_dir: Path, step: int) -> None:
         record = _snapshot(run, algo, stage, stage_dir, step, eval_kw)
+        with tblog.open_log(stage_dir) as events:  # beside the stage's curves, at its checkpoint's step
+            events.scores(read_json(record["scores"]), int(ckpt_io.read_state(Path(record["checkpoint"]))["step"]))
         if not snapshots or record["mean"] > max(s["mean"] for s in snapshots):
             # The best so far (ties keep the earlier): its checkpoint is copied before the trainer
             # prunes it, replacing the previous best's copy.
@@ -546,6 +552,8 @@ def _finetune(config: FinetuneConfig, progress: bool) -> FinetuneResult:
         scores["note"] = f"{scores.get('note') or ''} {flag['note']}".strip()
     else:
         scores = evaluate_algo(algo, (config.game_name,), run.path / "eval" / "scores.json", **eval_kw)
+        with tblog.open_log(run.path) as events:  # beside the last stage's curves, at its last step
+            events.scores(scores, summary.get("steps", 0))
     scores["finetune"] = flag
     atomic_write_json(run.path / "eval" / "scores.json", scores)
     figures = run_figures(run, scores)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench import checkpoint as ckpt_io
-from workbench.algos.base import Algo, get_algo
+from workbench.algos.base import Algo, get_algo, recorded_settings
 from workbench.devices import resolve_device
 from workbench.fileio import append_text, atomic_write_json, atomic_write_text, open_nofollow, refuse_symlink
 from workbench.settings import from_params
@@ -253,7 +253,8 @@ class Run:
         resolved = self.resolved
         spec = get_algo(self.algo_name)
         # The algorithm's settings, with those it computed from the data (e.g. reward scales).
-        values = {**resolved.get("settings", {}), **resolved.get("data_settings", {})}
+        values = {**recorded_settings(spec.settings_class, resolved.get("settings", {})),
+                  **resolved.get("data_settings", {})}
         settings: Any = from_params(spec.settings_class, values, what=f"{spec.name} setting")
         algo = spec.build(self.model, self.games, settings, 0)  # every weight comes from the checkpoint
         ckpt_io.load_checkpoint(ckpt, algo.model, target=algo.target_model)

@@ -412,6 +412,14 @@ def model_owner(model: str) -> AlgoSpec:
     raise ValueError(f"unknown model {model!r}; valid models: {', '.join(valid)}")
 
 
+def recorded_settings(settings_class: type, recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's recorded settings, completed for settings added since it was recorded: a settings
+    class may declare ``LEGACY_DEFAULTS`` (the behaviour its runs had before a setting existed), so
+    an old run is rebuilt as it was trained and played, not under a newer default."""
+    legacy = getattr(settings_class, "LEGACY_DEFAULTS", {})
+    return {**{k: v for k, v in legacy.items() if k not in recorded}, **recorded}
+
+
 def algo_label(name: str) -> str:
     """The figure label of algorithm ``name``: its registry entry's, else the name itself (a run
     of an algorithm this session has not registered)."""

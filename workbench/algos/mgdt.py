@@ -2,23 +2,66 @@
 
 Training: sequence batches of ``context_steps`` (4) steps from ``SequenceSampler`` with
 ``returns_to_go=True`` (undiscounted sums of the stored clipped rewards to the end of each stored
-episode piece); the loss sums three cross-entropies over real steps (``models.mgdt``): the
+episode piece); the loss combines three cross-entropies over real steps (``models.mgdt``): the
 return-to-go bin at the observation, the action at the return token (among the game's valid ALE
 actions) and the reward sign at the action token. Batches carry minimal-set actions like every
 other part of the workbench; the loss maps them to the 18 ALE ids (``ActionSpace``), so a token
 means the same button in every game.
 
-Acting (:class:`MGDTPolicy`), MGDT's *expert-action inference*: per step, the model's return
-distribution P(R | context, o_t) is re-weighted towards high returns,
-``P(R) * exp(kappa * (R - R_low) / (R_high - R_low))`` with kappa 10 and ``[R_low, R_high]`` the
-return bins' range, a target return is sampled from it, and the action is predicted conditioned
-on that return (greedy among the game's valid actions; the evaluator adds its epsilon). The
-target is sampled afresh at every step, so the policy follows the model's estimate of the best
-return still reachable from the current state. The executed actions and the observed rewards,
-clipped to [-1, 1] as in the data, enter the context through ``observe``, which also keeps each
+Acting (:class:`MGDTPolicy`), MGDT's *expert-action inference*: per step, a target return is
+sampled from the model's return distribution P(R | context, o), optionally re-weighted towards
+high returns, ``P(R) * exp(kappa * (R - R_low) / (R_high - R_low))`` with ``[R_low, R_high]`` the
+return bins' range; the action is then sampled (or taken greedily) from the model's action
+distribution conditioned on that return, among the game's valid actions (the evaluator adds its
+epsilon). The target is sampled afresh at every step, so the policy follows the model's estimate
+of the best return still reachable. The executed actions and the observed rewards, clipped to
+[-1, 1] as in the data, enter the context through ``observe``, which also keeps each
 environment's return-to-go: the last target minus the reward since. With ``target_return`` set,
 the policy is a plain Decision Transformer instead: it conditions on that return at an episode's
 start and then on the return-to-go, decremented by each observed clipped reward.
+
+**The public model by default.** :class:`MGDTSettings` defaults follow the released model and its
+colab (google-research ``multi_game_dt/Multi_game_decision_transformers_public_colab.ipynb``);
+each is a switch:
+
+=========================  =====================  =============================================
+setting                    default                colab source
+=========================  =====================  =============================================
+``attention``              ``"patch_block"``      ``DecisionTransformer.__call__``:
+                                                  ``custom_causal_mask = np.logical_or(
+                                                  sequential_causal_mask, block_diag)``
+``single_return_token``    True                   ``model_fn``: ``single_return_token = True``
+                                                  (``ret_mask.at[:, 1:].set(0)``; return target
+                                                  ``ret_target[:, :1]``)
+``loss_weighting``         ``"colab"``            ``cross_entropy`` (``jnp.mean`` over classes
+                                                  too) and ``sequence_loss``
+                                                  (``sum(obj) / len(obj)``)
+``kappa``                  0                      ``optimal_action``: ``opt_weight = 0``
+``return_samples``         128                    ``num_samples = 128`` (the highest sampled
+                                                  return is kept: ``jnp.max(ret_sample, 0)``)
+``return_temperature``     0.75                   ``return_temperature = 0.75``
+``return_top_percentile``  None                   ``return_top_percentile = None``
+``action_sampling``        ``"sample"``           ``sample_from_logits(..., deterministic=False)``
+``action_temperature``     1.0                    ``action_temperature = 1.0``
+``action_top_percentile``  50                     ``action_top_percentile = 50``
+=========================  =====================  =============================================
+
+The colab's "temperature" multiplies the logits (``jax.random.categorical(rng, temperature *
+logits)``): below 1 it flattens the distribution. Its top percentile keeps the logits strictly
+above ``jnp.percentile(logits, q)``; here the percentile is taken over the game's valid actions
+(the colab's over all 18) and the largest logit always survives (the colab would sample from an
+all ``-inf`` row when the top logits tie at the percentile).
+
+The workbench's earlier behaviour (and paper 003's MGDT protocol, inverse temperature 10) is
+``attention="causal", single_return_token=False, loss_weighting="sum", kappa=10,
+return_samples=1, return_temperature=1, action_sampling="greedy"``. Remaining differences from
+the colab: actions are scored and sampled among the game's valid actions only; context steps
+before an episode's start are masked out (the colab feeds zero frames); reward tokens are the
+three signs (the colab's head also has an unused "terminal" class); with
+``single_return_token=False`` only the newest step's return is sampled (the colab regenerates
+the context's every return autoregressively). Runs trained before these settings existed used
+the earlier behaviour; their ``config.json`` does not name the settings, so loading one applies
+the defaults above unless its ``resolved.settings`` is given the earlier values.
 """
 
 from __future__ import annotations
@@ -28,7 +71,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -49,6 +92,8 @@ from workbench.algos.scaled_ql import SCALED_QL_FINETUNE, finetune_1pct_scale
 from workbench.data.sampler import SequenceSampler
 from workbench.games import geometry_of
 from workbench.models.mgdt import (
+    ATTENTIONS,
+    LOSS_WEIGHTINGS,
     MGDT,
     PRESETS,
     SUITE_PATCH,
@@ -61,18 +106,31 @@ from workbench.models.mgdt import (
 )
 from workbench.models.world_action import ActionSpace
 
-__all__ = ["MGDTAlgo", "MGDTPolicy", "MGDTSettings", "MGDTSpec", "expert_return_logits"]
+__all__ = [
+    "ACTION_SAMPLINGS", "MGDTAlgo", "MGDTPolicy", "MGDTSettings", "MGDTSpec", "expert_return_logits",
+    "sample_return_bins", "top_percentile_logits",
+]
 
 BATCH_KEYS = ("obs", "action", "reward", "return_to_go", "mask", "game_id")
+ACTION_SAMPLINGS = ("sample", "greedy")
 
 
 @dataclass(frozen=True)
 class MGDTSettings:
-    """MGDT's method settings (Lee et al. 2022; kappa as JOWA's comparison sets it, Appendix E)."""
+    """MGDT's method settings; the defaults follow the public colab (module docstring)."""
 
-    kappa: float = 10.0
-    """Inverse temperature of expert-action inference: the return distribution is re-weighted by
-    exp(kappa * (R - R_low) / (R_high - R_low)); 0 samples returns from the model as they are."""
+    LEGACY_DEFAULTS: ClassVar[dict[str, Any]] = {
+        "attention": "causal", "single_return_token": False, "loss_weighting": "sum", "return_samples": 1,
+        "return_temperature": 1.0, "return_top_percentile": None, "action_sampling": "greedy",
+        "action_top_percentile": None,
+    }
+    """What a run recorded before these settings existed was trained and played with
+    (``algos.base.recorded_settings``): its weights saw the plain causal mask."""
+
+    kappa: float = 0.0
+    """Inverse temperature of the expert re-weighting of the return distribution,
+    exp(kappa * (R - R_low) / (R_high - R_low)); 0 (the colab's ``opt_weight``) samples returns
+    from the model as they are; paper 003 compares with 10."""
     target_return: float | None = None
     """None: expert-action inference. A number: plain return conditioning on this return at an
     episode's start, decremented by each observed clipped reward."""
@@ -82,6 +140,30 @@ class MGDTSettings:
     """Side of the observation patches in pixels (Atari) or grid cells (MinAtar); 0 = the suite's
     default (Atari 14, MGDT's; MinAtar 5, for speed). MinAtar with 1 is cell-sized patches, one token
     per cell (100 per frame instead of 4)."""
+    attention: str = "patch_block"
+    """``patch_block`` (colab): causal, and each frame's patch tokens see each other; ``causal``:
+    the plain causal mask."""
+    single_return_token: bool = True
+    """True (the released model): only the context's first return token is read (and trained);
+    False: a return token at every step."""
+    loss_weighting: str = "colab"
+    """``colab``: each cross-entropy divided by its number of classes (18 actions, the return
+    bins, 4 reward classes), then averaged; ``sum``: the plain sum (``models.mgdt.mgdt_losses``)."""
+    return_samples: int = 128
+    """Target returns drawn per step; the highest is used (colab: 128; 1 = a plain sample)."""
+    return_temperature: float = 0.75
+    """Multiplier of the (re-weighted) return logits before sampling, as the colab's
+    ``temperature * logits`` (colab: 0.75, which flattens the distribution)."""
+    return_top_percentile: float | None = None
+    """Only return logits above this percentile may be drawn (colab: None, all)."""
+    action_sampling: str = "sample"
+    """``sample`` (colab): draw the action from the tempered, top-percentile distribution;
+    ``greedy``: the most likely valid action."""
+    action_temperature: float = 1.0
+    """Multiplier of the action logits before sampling (colab: 1.0)."""
+    action_top_percentile: float | None = 50.0
+    """Only actions whose logit lies above this percentile of the valid actions' logits may be
+    drawn (colab: 50, the better half); None: every valid action."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.patch, int) or self.patch < 0:
@@ -92,11 +174,50 @@ class MGDTSettings:
             raise ValueError(f"target_return must be a finite number or None, got {self.target_return}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        for name, valid in (("attention", ATTENTIONS), ("loss_weighting", LOSS_WEIGHTINGS),
+                            ("action_sampling", ACTION_SAMPLINGS)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"{name} must be one of {', '.join(valid)}; got {getattr(self, name)!r}")
+        if not isinstance(self.single_return_token, bool):
+            raise ValueError(f"single_return_token must be True or False, got {self.single_return_token!r}")
+        if isinstance(self.return_samples, bool) or not isinstance(self.return_samples, int) or self.return_samples < 1:
+            raise ValueError(f"return_samples must be an int >= 1, got {self.return_samples!r}")
+        for name in ("return_temperature", "action_temperature"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {v}")
+        for name in ("return_top_percentile", "action_top_percentile"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and 0 <= v < 100):
+                raise ValueError(f"{name} must be None or a number in [0, 100), got {v}")
 
 
 def expert_return_logits(return_logits: Tensor, values: Tensor, kappa: float, low: float, high: float) -> Tensor:
     """Log of ``P(R) * exp(kappa * (R - low) / (high - low))`` up to a constant, per return bin."""
     return return_logits.float().log_softmax(-1) + kappa * (values - low) / (high - low)
+
+
+def top_percentile_logits(logits: Tensor, percentile: float | None) -> Tensor:
+    """The colab's top-percentile filter: logits not strictly above the ``percentile``-th
+    percentile (linear interpolation, ``jnp.percentile``'s) of the row's finite logits become
+    ``-inf``; ``-inf`` entries (invalid actions) are left out of the percentile. The row's largest
+    logit always stays (it is above the percentile unless the top logits tie at it). None: unchanged."""
+    if percentile is None:
+        return logits
+    finite = torch.isfinite(logits)
+    cut = torch.nanquantile(logits.double().masked_fill(~finite, float("nan")), percentile / 100.0, dim=-1,
+                            keepdim=True)
+    keep = (logits.double() > cut) | (logits == logits.max(dim=-1, keepdim=True).values)
+    return logits.masked_fill(~keep, float("-inf"))
+
+
+def sample_return_bins(logits: Tensor, samples: int, temperature: float, top_percentile: float | None,
+                       generator: torch.Generator) -> Tensor:
+    """The colab's optimistic return draw (``optimal_action``'s ``ret_sample_fn``): ``samples``
+    draws per row from ``softmax(temperature * top_percentile(logits))``, keeping the highest bin
+    (the highest return). ``(N, bins)`` CPU logits -> ``(N,)`` long bins."""
+    probs = (temperature * top_percentile_logits(logits.float(), top_percentile)).softmax(-1)
+    return torch.multinomial(probs, samples, replacement=True, generator=generator).max(dim=-1).values
 
 
 class MGDTAlgo:
@@ -108,16 +229,27 @@ class MGDTAlgo:
         self.model = model
         self.games = cast("tuple[str, ...] | tuple[int, ...]", tuple(games))
         self.actions = ActionSpace(self.games)
-        self.config = config or MGDTSettings()
+        cfg = model.cfg
+        if config is None:
+            config = MGDTSettings(attention=cfg.attention, single_return_token=cfg.single_return_token)
+        built = {"attention": cfg.attention, "single_return_token": cfg.single_return_token}
+        differ = {k: (getattr(config, k), v) for k, v in built.items() if getattr(config, k) != v}
+        if differ:
+            raise ValueError("the MGDT settings and the model disagree: " + "; ".join(
+                f"{k} is {a!r} in the settings, {b!r} in the model" for k, (a, b) in differ.items())
+                + " (MGDTAlgo.build builds the model from the settings)")
+        self.config = config
 
     @classmethod
     def build(cls, preset: str, games: Sequence[str] | Sequence[int], config: MGDTSettings | None = None,
               *, seed: int = 0, **overrides: Any) -> MGDTAlgo:
         """Model preset (``mgdt-10m``, ``mgdt-40m``, ``mgdt-200m``, ``mgdt-tiny``), weights from
         ``seed``; ``overrides`` go to the model config."""
+        config = config or MGDTSettings()
         names = [g for g in games if isinstance(g, str)]
         suite = geometry_of(names).suite if names else "atari"
-        overrides = {"suite": suite, "patch": SUITE_PATCH[suite], **overrides}
+        overrides = {"suite": suite, "patch": SUITE_PATCH[suite], "attention": config.attention,
+                     "single_return_token": config.single_return_token, **overrides}
         cfg = mgdt_config(preset, **overrides)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -175,7 +307,8 @@ class MGDTAlgo:
         bins = quantize_return(batch["return_to_go"], self.model.cfg)
         rewards = reward_token(batch["reward"])
         out = self.model(frames, bins, actions, rewards)
-        return mgdt_losses(out, bins, actions, rewards, mask, self.actions.valid_mask(game_id))
+        return mgdt_losses(out, bins, actions, rewards, mask, self.actions.valid_mask(game_id),
+                           weighting=self.config.loss_weighting, single_return_token=self.model.cfg.single_return_token)
 
     def policy(self, options: EvalOptions | None = None, *, seed: int = 0) -> MGDTPolicy:
         """Expert-action inference (or plain return conditioning, ``target_return``)."""
@@ -191,8 +324,13 @@ class MGDTPolicy:
     steps plus the current frame (module docstring). Row i is environment slot i throughout
     (``workbench.evaluate``); ``observe`` must follow every ``act``.
 
-    Target returns are sampled from a generator seeded with ``seed``, so a policy's decisions are
-    a function of its seed and what it saw."""
+    Target returns and sampled actions come from one CPU generator seeded with ``seed``, so a
+    policy's decisions are a function of its seed and what it saw (bit-reproducible on CPU).
+
+    With ``single_return_token`` the action is conditioned on the return of the context's first
+    real step, as in the colab's ``optimal_action``: expert inference re-samples that return at
+    every step from the model's prediction at that step's frame; plain conditioning uses the
+    return-to-go the row had at that step."""
 
     def __init__(self, algo: MGDTAlgo, *, seed: int = 0) -> None:
         self.algo = algo
@@ -214,6 +352,7 @@ class MGDTPolicy:
         self._rows = n
         self.frames = np.zeros((n, K, *self.cfg.geometry.frame_shape), np.uint8)
         self.bins = np.zeros((n, K), np.int64)
+        self.targets = np.zeros((n, K), np.float64)  # the return each step was conditioned on
         self.ale_actions = np.zeros((n, K), np.int64)
         self.reward_tokens = np.zeros((n, K), np.int64)
         self.length = np.zeros(n, np.int64)
@@ -246,10 +385,15 @@ class MGDTPolicy:
         # Context, left-padded: the current step sits at position L - 1 of every row.
         frames = np.zeros((n, L, *shape), np.uint8)
         frames[:, :K], frames[:, K] = self.frames, obs[:, -1]
-        bins = np.concatenate([self.bins, np.zeros((n, 1), np.int64)], 1)
+        now_bin = quantize_return(torch.from_numpy(self.return_to_go), cfg).numpy()
+        bins = np.concatenate([self.bins, now_bin[:, None]], 1)
+        targets = np.concatenate([self.targets, self.return_to_go[:, None]], 1)
         acts = np.concatenate([self.ale_actions, np.zeros((n, 1), np.int64)], 1)
         rews = np.concatenate([self.reward_tokens, np.ones((n, 1), np.int64)], 1)
         valid = np.arange(L)[None] >= (K - self.length)[:, None]
+        rows = np.arange(n)
+        # the step whose return token the action reads: the first real one, or the current one
+        at = K - self.length if cfg.single_return_token else np.full(n, K)
 
         def t(x: np.ndarray) -> Tensor:
             return torch.from_numpy(np.ascontiguousarray(x)).to(device)
@@ -260,41 +404,53 @@ class MGDTPolicy:
         try:
             with torch.inference_mode():
                 values = return_values(cfg)
-                # 1. the return distribution at the current observation (what follows o_t in the
-                # sequence cannot reach its last patch token, so the placeholders do not matter)
-                ret_logits = self.model(t(frames), t(bins), t(acts), t(rews), t(valid))["return"][:, -1].float().cpu()
-                if settings.target_return is None:
+                # 1. the return distribution at the frame of step `at` (what follows that frame in
+                # the sequence cannot reach its patch tokens, so the placeholders do not matter)
+                ret_logits = None
+                if settings.target_return is None or explain:
+                    ret_logits = self.model(t(frames), t(bins), t(acts), t(rews), t(valid))["return"]
+                    ret_logits = ret_logits[torch.from_numpy(rows), torch.from_numpy(at)].float().cpu()
+                draw_p = None
+                if ret_logits is not None and settings.target_return is None:
                     weighted = expert_return_logits(ret_logits, values, settings.kappa, cfg.return_min, cfg.return_max)
-                    target_bin = torch.multinomial(weighted.softmax(-1), 1, generator=self.generator)[:, 0]
-                    target = values[target_bin].double().numpy()
-                else:
-                    weighted = None
-                    target = self.return_to_go.copy()
-                    target_bin = quantize_return(torch.from_numpy(target), cfg)
+                    drawn = sample_return_bins(weighted, settings.return_samples, settings.return_temperature,
+                                               settings.return_top_percentile, self.generator)
+                    bins[rows, at] = drawn.numpy()
+                    targets[rows, at] = values[drawn].double().numpy()
+                    draw_p = (settings.return_temperature
+                              * top_percentile_logits(weighted, settings.return_top_percentile)).softmax(-1)
                 # 2. the action conditioned on that return
-                bins[:, K] = target_bin.numpy()
                 act_logits = self.model(t(frames), t(bins), t(acts), t(rews), t(valid))["action"][:, -1].float().cpu()
         finally:
             self.model.train(was)
         valid_ale = self.algo.actions.valid_mask(g)
-        probs = act_logits.masked_fill(~valid_ale, float("-inf")).softmax(-1)
-        actions = self.algo.actions.to_minimal[g, probs.argmax(-1)].numpy()
-        self._pending = {"frame": obs[:, -1].copy(), "bin": bins[:, K].copy(), "game_id": g.numpy(),
-                         "target": target}
+        logits = act_logits.masked_fill(~valid_ale, float("-inf"))
+        if settings.action_sampling == "greedy":
+            probs = logits.softmax(-1)
+            ale = probs.argmax(-1)
+        else:
+            probs = (settings.action_temperature * top_percentile_logits(logits, settings.action_top_percentile)
+                     ).softmax(-1)
+            ale = torch.multinomial(probs, 1, generator=self.generator)[:, 0]
+        actions = self.algo.actions.to_minimal[g, ale].numpy()
+        conditioned = targets[rows, at]
+        self._pending = {"frame": obs[:, -1].copy(), "bin": bins[:, K].copy(), "target": targets[:, K].copy(),
+                         "game_id": g.numpy()}
         explanations: list[Explanation] = []
         if explain:
-            slots = torch.gather(probs, 1, self.algo.actions.slot_order[g]).numpy()  # minimal slot order
+            # the distribution the action was drawn from (greedy: the model's), minimal slot order
+            slots = torch.gather(probs, 1, self.algo.actions.slot_order[g]).numpy()
+            assert ret_logits is not None  # computed whenever explaining
             model_p = ret_logits.softmax(-1).numpy()
-            expert_p = None if weighted is None else weighted.softmax(-1).numpy()
             for i in range(n):
-                extra: dict[str, Any] = {"conditioned_return": float(target[i]), "return_probs": model_p[i]}
-                if expert_p is not None:
-                    extra["expert_return_probs"] = expert_p[i]
+                extra: dict[str, Any] = {"conditioned_return": float(conditioned[i]), "return_probs": model_p[i]}
+                if draw_p is not None:
+                    extra["expert_return_probs"] = draw_p[i].numpy()  # what each of the draws came from
                 explanations.append(Explanation(q_values=slots[i], extra=extra))
         return actions.astype(np.int64), explanations
 
     def observe(self, actions: np.ndarray, rewards: np.ndarray) -> None:
-        """Append the executed step (the acted-on frame, its target return, the executed action and
+        """Append the executed step (the acted-on frame, its return token, the executed action and
         the reward's sign) to each row's context; the return-to-go drops by the clipped reward."""
         p = self._pending
         if p is None:
@@ -305,8 +461,8 @@ class MGDTPolicy:
                                      torch.from_numpy(p["game_id"])).numpy()
         K = self.cfg.context_steps - 1
         if K:
-            for arr, new in ((self.frames, p["frame"]), (self.bins, p["bin"]), (self.ale_actions, ale),
-                             (self.reward_tokens, np.sign(clipped).astype(np.int64) + 1)):
+            for arr, new in ((self.frames, p["frame"]), (self.bins, p["bin"]), (self.targets, p["target"]),
+                             (self.ale_actions, ale), (self.reward_tokens, np.sign(clipped).astype(np.int64) + 1)):
                 arr[:, :-1] = arr[:, 1:].copy()
                 arr[:, -1] = new
             self.length = np.minimum(self.length + 1, K)
@@ -328,9 +484,11 @@ class MGDTSpec:
     suites: tuple[str, ...] = ("atari", "minatar")
     curves: tuple[str, ...] = ("loss/total", "loss/action", "loss/return", "loss/reward", "dt/action_accuracy")
     # "DT (pre-trained)" of paper 000's Figure 7 (Lee et al.'s protocol, which paper 000 follows):
-    # Scaled QL's data, batch, lr and steps; every weight transfers; no target network.
+    # Scaled QL's budget (1% of a run), batch, lr and steps, drawn in whole episodes: a decision
+    # transformer trains on segments, and 1% of single transitions leaves it ~1-step segments
+    # (workbench.data.splits); every weight transfers; no target network.
     finetune: FinetuneProtocol | None = FinetuneProtocol(
-        name="mgdt", paper_split=SCALED_QL_FINETUNE.paper_split, held_out_games=SCALED_QL_FINETUNE.held_out_games,
+        name="mgdt", paper_split="finetune_1pct_episodes", held_out_games=SCALED_QL_FINETUNE.held_out_games,
         methods=("dt_transfer", "scratch"), pretrained_methods=("dt_transfer",),
         scale_fn=functools.partial(finetune_1pct_scale, target_period=False),
     )

@@ -15,10 +15,26 @@ A causal GPT (``models/gpt.py``) reads ``context_steps`` such steps (MGDT: 4) an
 read its outputs (MGDT's prediction targets, each at the last token that may see its inputs):
 
 - the return head at the last observation token of step t predicts R_t from o_<=t and the past;
-- the action head at the R_t token predicts a_t: it sees its own return, never its future;
+- the action head at the R_t token predicts a_t: it sees its own return (with
+  ``single_return_token``, the context's first return: see below), never its future;
 - the reward head at the a_t token predicts the sign of r_t.
 
 Like MGDT, the network has no game embedding: the game is recognised from the frames.
+
+Two switches of :class:`MGDTConfig` follow the public model (google-research ``multi_game_dt``,
+``Multi_game_decision_transformers_public_colab.ipynb``, ``DecisionTransformer.__call__``) by default:
+
+- ``attention="patch_block"``: the causal mask plus, per step, a block in which the frame's patch
+  tokens all see each other (the colab's ``np.logical_or(sequential_causal_mask, block_diag)``);
+  ``"causal"`` is the plain lower-triangular mask (:func:`attention_mask` builds either);
+- ``single_return_token=True`` (the released model's ``single_return_token = True``): only the
+  first real step's return token enters the sequence; the others are zeroed (position included)
+  and no query attends to them (the colab's ``ret_mask.at[:, 1:].set(0)`` as input and key mask),
+  and only the first step's return is a target (:func:`mgdt_losses`). False: a return token per
+  step, each a target.
+
+:func:`mgdt_losses` weights the three cross-entropies as the colab does by default
+(``weighting="colab"``: each a mean over tokens *and classes*, then their mean).
 """
 
 from __future__ import annotations
@@ -35,11 +51,22 @@ from workbench.geometry import ATARI, GEOMETRIES, FrameGeometry
 from workbench.models.gpt import GPT, GPTConfig
 
 __all__ = [
-    "MGDT", "MGDTConfig", "PRESETS", "count_parameters", "dequantize_return", "mgdt_config", "patchify",
-    "quantize_return", "return_values", "reward_token",
+    "ATTENTIONS", "COLAB_REWARD_CLASSES", "LOSS_WEIGHTINGS", "MGDT", "MGDTConfig", "PRESETS", "attention_mask",
+    "count_parameters", "dequantize_return", "mgdt_config", "mgdt_losses", "patchify", "quantize_return",
+    "return_token_kept", "return_values", "reward_token",
 ]
 
 STEP_EXTRA_TOKENS = 3  # return, action, reward
+
+ATTENTIONS = ("patch_block", "causal")
+"""Attention patterns: the colab's (causal, plus each frame's patch tokens seeing each other) and
+the plain causal mask."""
+LOSS_WEIGHTINGS = ("colab", "sum")
+"""How :func:`mgdt_losses` combines its three cross-entropies (its docstring)."""
+COLAB_REWARD_CLASSES = 4
+"""Width of the colab's reward head (``ATARI_NUM_REWARDS = 4``: none, positive, terminal, negative;
+its ``encode_reward`` never emits "terminal"), which divides its reward loss. Ours has the three
+signs; the colab weighting keeps the colab's divisor, so the weights are the released model's."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +90,18 @@ class MGDTConfig:
     return_max: float = 100.0
     """Upper edge of the last return bin (MGDT: 100); higher returns fall into the last bin."""
     dropout: float = 0.1
+    attention: str = "patch_block"
+    """``"patch_block"`` (the colab's): causal, and the patch tokens of one frame see each other;
+    ``"causal"``: plain causal mask (each patch sees only the patches before it)."""
+    single_return_token: bool = True
+    """True (the released model's): only the first real step's return token enters the sequence
+    (and is a target); False: one return token per step."""
 
     def __post_init__(self) -> None:
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}; got {self.attention!r}")
+        if not isinstance(self.single_return_token, bool):
+            raise ValueError(f"single_return_token must be True or False, got {self.single_return_token!r}")
         side = self.geometry.plane_shape
         if self.patch < 1 or side[0] % self.patch or side[1] % self.patch:
             raise ValueError(f"patch must divide the {side} frame, got {self.patch}")
@@ -165,6 +202,57 @@ def reward_token(rewards: torch.Tensor) -> torch.Tensor:
     return (torch.sign(rewards) + 1).long()
 
 
+# ------------------------------------------------------------------------------- attention
+
+
+def return_token_kept(cfg: MGDTConfig, steps: int, valid: torch.Tensor | None = None,
+                      device: Any = None) -> torch.Tensor:
+    """``(B|1, steps)`` bool: which steps' return tokens enter the sequence. All of them, or with
+    ``single_return_token`` only the first real step's (``valid`` ``(B, steps)``; step 0 without it)."""
+    if valid is not None:
+        device = valid.device
+    if not cfg.single_return_token:
+        return torch.ones(1 if valid is None else valid.shape[0], steps, dtype=torch.bool, device=device)
+    first = (torch.zeros(1, dtype=torch.long, device=device) if valid is None
+             else valid.long().argmax(dim=1))  # first True (0 for a row without one)
+    return torch.arange(steps, device=device)[None] == first[:, None]
+
+
+def _tokens_kept(cfg: MGDTConfig, steps: int, valid: torch.Tensor | None, device: Any) -> torch.Tensor:
+    """``(B|1, steps * tokens_per_step)`` bool: False at the dropped return tokens."""
+    kept = return_token_kept(cfg, steps, valid, device)
+    not_return = torch.arange(cfg.tokens_per_step, device=kept.device) != cfg.patches
+    return (not_return[None, None] | kept[:, :, None]).reshape(kept.shape[0], -1)
+
+
+def attention_mask(cfg: MGDTConfig, steps: int, valid: torch.Tensor | None = None,
+                   device: Any = None) -> torch.Tensor:
+    """``(B|1, 1, L, L)`` bool (True = query row may attend to key column) over the
+    ``L = steps * tokens_per_step`` tokens of ``steps`` steps.
+
+    Query i may attend to key j when j <= i, or (``attention="patch_block"``) i and j are patch
+    tokens of the same step; and key j is a real token (``valid`` ``(B, steps)``: False = left
+    padding) that enters the sequence (not a dropped return token, :func:`return_token_kept`).
+    A padding query sees only itself (its output is never used; a row with no key would be NaN)."""
+    if valid is not None:
+        device = valid.device
+    S, P = cfg.tokens_per_step, cfg.patches
+    L = steps * S
+    idx = torch.arange(L, device=device)
+    pattern = idx[None, :] <= idx[:, None]
+    if cfg.attention == "patch_block":
+        step, is_patch = idx // S, idx % S < P
+        pattern = pattern | ((step[:, None] == step[None, :]) & is_patch[:, None] & is_patch[None, :])
+    keys = _tokens_kept(cfg, steps, valid, device)  # (B|1, L)
+    if valid is not None:
+        real = valid[:, :, None].expand(-1, -1, S).reshape(valid.shape[0], L)
+        keys = keys & real
+    mask = pattern[None] & keys[:, None, :]
+    if valid is not None:
+        mask = mask | (torch.eye(L, dtype=torch.bool, device=device)[None] & ~real[:, :, None])
+    return mask[:, None]
+
+
 # ------------------------------------------------------------------------------- network
 
 
@@ -199,6 +287,35 @@ class MGDT(nn.Module):
         extra = torch.stack([self.return_emb(returns), self.action_emb(actions), self.reward_emb(rewards)], dim=2)
         return torch.cat([obs, extra], dim=2).reshape(B, T * self.cfg.tokens_per_step, -1)
 
+    def encode(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """The GPT's blocks over embedded tokens ``x`` ``(B, steps * tokens_per_step, n_embd)``
+        under :func:`attention_mask`; returns the final-LayerNorm hidden states.
+
+        Positions as ``models.gpt.GPT``'s: 0.. over the real tokens of a row (left padding gets
+        none). Dropped return tokens (``single_return_token``) enter as zeros, their position
+        embedding included, as the colab multiplies its token mask into the sequence."""
+        cfg, gpt = self.cfg, self.gpt
+        B, L, _ = x.shape
+        S = cfg.tokens_per_step
+        if L % S:
+            raise ValueError(f"{L} tokens are not whole steps of {S}")
+        steps = L // S
+        if valid is None:
+            pos = torch.arange(L, device=x.device)[None]
+        else:
+            real = valid[:, :, None].expand(B, steps, S).reshape(B, L)
+            pos = (torch.cumsum(real.long(), dim=1) - 1).clamp(min=0)
+        x = x + gpt.pos_emb(pos)
+        if cfg.single_return_token:
+            x = x * _tokens_kept(cfg, steps, valid, x.device)[:, :, None].to(x.dtype)
+        # The plain causal mask without padding is exactly is_causal=True (flash attention).
+        plain = cfg.attention == "causal" and not cfg.single_return_token and valid is None
+        mask = None if plain else attention_mask(cfg, steps, valid, x.device)
+        x = gpt.drop(x)
+        for i, block in enumerate(gpt.blocks):
+            x = block(x, mask, None, i)
+        return gpt.ln_f(x)
+
     def forward(self, frames: torch.Tensor, returns: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
                 valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Logits per step: ``return`` (B, T, bins), ``action`` (B, T, 18), ``reward`` (B, T, 3).
@@ -207,8 +324,7 @@ class MGDT(nn.Module):
         environments with contexts of different lengths), which no real token attends to."""
         B, T = frames.shape[:2]
         x = self.embed(frames, returns, actions, rewards)
-        tok_valid = None if valid is None else valid[:, :, None].expand(B, T, self.cfg.tokens_per_step).reshape(B, -1)
-        h = self.gpt(x, valid=tok_valid).reshape(B, T, self.cfg.tokens_per_step, -1)
+        h = self.encode(x, valid).reshape(B, T, self.cfg.tokens_per_step, -1)
         P = self.cfg.patches
         return {
             "return": self.return_head(h[:, :, P - 1]),  # last observation token
@@ -218,24 +334,48 @@ class MGDT(nn.Module):
 
 
 def mgdt_losses(out: dict[str, torch.Tensor], return_bins: torch.Tensor, actions: torch.Tensor,
-                rewards: torch.Tensor, mask: torch.Tensor, valid_actions: torch.Tensor
+                rewards: torch.Tensor, mask: torch.Tensor, valid_actions: torch.Tensor, *,
+                weighting: str = "colab", single_return_token: bool = True
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Sum of the three cross-entropies, each averaged over real steps (``mask``); actions are
-    scored among the game's valid ALE actions only (``valid_actions`` ``(B, 18)``)."""
-    m = mask.float()
-    n = m.sum().clamp(min=1.0)
+    """The training objective and its metrics; actions are scored among the game's valid ALE
+    actions only (``valid_actions`` ``(B, 18)``), over real steps (``mask`` ``(B, T)``).
 
-    def ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    Per head, ``CE`` is the mean cross-entropy over its targets: every real step's action and
+    reward sign, and every real step's return bin, or with ``single_return_token`` only the first
+    real step's (the colab's ``ret_target[:, :1]``). ``weighting``:
+
+    - ``"colab"`` (the colab's ``sequence_loss``): ``cross_entropy`` is ``jnp.mean`` over tokens
+      *and classes*, so each CE is divided by its head's width, and the loss is their mean:
+      ``(CE_action / 18 + CE_return / num_return_bins + CE_reward / 4) / 3`` (4: the colab's reward
+      classes, :data:`COLAB_REWARD_CLASSES`); with 120 bins the reward weighs 30x the return;
+    - ``"sum"``: ``CE_action + CE_return + CE_reward``.
+
+    The ``loss/return``, ``loss/action``, ``loss/reward`` metrics are the unweighted CEs;
+    ``loss/total`` is the returned objective."""
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {', '.join(LOSS_WEIGHTINGS)}; got {weighting!r}")
+    m = mask.float()
+    if single_return_token:
+        first = mask.long().argmax(dim=1, keepdim=True)  # the first real step of each row
+        m_ret = torch.zeros_like(m).scatter(1, first, m.gather(1, first))
+    else:
+        m_ret = m
+
+    def ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         per = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), reduction="none")
-        return (per * m.flatten()).sum() / n
+        return (per * weight.flatten()).sum() / weight.sum().clamp(min=1.0)
 
     action_logits = out["action"].float().masked_fill(~valid_actions[:, None, :], float("-inf"))
-    l_ret, l_act, l_rew = ce(out["return"], return_bins), ce(action_logits, actions), ce(out["reward"], rewards)
-    total = l_ret + l_act + l_rew
+    l_ret = ce(out["return"], return_bins, m_ret)
+    l_act, l_rew = ce(action_logits, actions, m), ce(out["reward"], rewards, m)
+    if weighting == "colab":
+        total = (l_act / out["action"].shape[-1] + l_ret / out["return"].shape[-1] + l_rew / COLAB_REWARD_CLASSES) / 3
+    else:
+        total = l_ret + l_act + l_rew
     with torch.no_grad():
         hit = (action_logits.argmax(-1) == actions).float()
         metrics = {"loss/return": l_ret.detach(), "loss/action": l_act.detach(), "loss/reward": l_rew.detach(),
-                   "loss/total": total.detach(), "dt/action_accuracy": (hit * m).sum() / n}
+                   "loss/total": total.detach(), "dt/action_accuracy": (hit * m).sum() / m.sum().clamp(min=1.0)}
     return total, metrics
 
 
