@@ -50,7 +50,7 @@ from workbench.algos.base import (
 from workbench.algos.jowa_finetune import COMBO_PENALTIES, JOWA_FINETUNE
 from workbench.data.sampler import SequenceSampler
 from workbench.data.tokens import tokenize_store
-from workbench.models.tokenizer import Tokenizer
+from workbench.models.ref_tokenizer import build_tokenizer
 from workbench.models.world_action import (
     PRESETS,
     ActionSpace,
@@ -120,7 +120,7 @@ class JOWAModel(nn.Module):
     def __init__(self, cfg: WorldActionConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.tokenizer = Tokenizer(cfg.tokenizer)
+        self.tokenizer = build_tokenizer(cfg.tokenizer)  # the reference's for the '-ref' presets
         self.world = WorldActionModel(cfg)
 
 
@@ -162,7 +162,8 @@ class JOWA:
         cls, preset: str, games: Sequence[str] | Sequence[int], config: JOWAConfig | None = None,
         *, stage: int = 1, seed: int = 0, **overrides: Any,
     ) -> JOWA:
-        """Model preset ('jowa-40m', 'jowa-70m', 'jowa-150m', 'jowa-tiny') for ``games``, its
+        """Model preset ('jowa-40m', 'jowa-70m', 'jowa-150m', 'jowa-tiny', or a size with the
+        reference code's tokenizer, 'jowa-40m-ref' ...) for ``games``, its
         weights initialised from ``seed``; ``overrides`` go to the model config."""
         cfg = world_action_config(preset, num_games=len(games), **overrides)
         with torch.random.fork_rng(devices=[]):

@@ -44,6 +44,7 @@ from torch import nn
 from workbench.games import MAX_ACTIONS, minimal_action_set
 from workbench.losses import c51_target, cql_loss, distributional_td_loss, expected_q
 from workbench.models.gpt import GPT, GPTConfig, KVCache
+from workbench.models.ref_tokenizer import RefTokenizerConfig
 from workbench.models.tokenizer import TOKENIZER_PRESETS, TOKENS_PER_FRAME, Tokenizer, TokenizerConfig
 
 TOKENS_PER_STEP = TOKENS_PER_FRAME + 1  # 36 observation tokens + 1 action token
@@ -98,6 +99,10 @@ PRESETS: dict[str, WorldActionConfig] = {
     ),
 }
 """Tables 10-11 (the paper's three sizes) and a CPU smoke size."""
+PRESETS.update({f"{name}-ref": replace(PRESETS[name], tokenizer=RefTokenizerConfig())
+                for name in ("jowa-40m", "jowa-70m", "jowa-150m")})
+"""The three sizes with the reference code's tokenizer (``models.ref_tokenizer``): the models the
+released JOWA checkpoints convert to (``python -m workbench.convert jowa``)."""
 
 PAPER_PARAMS = {"jowa-40m": 37.87e6, "jowa-70m": 72.11e6, "jowa-150m": 146.54e6}
 """Table 10's 'Params' column. Our backbone + world heads + Q heads + target Q heads + tokenizer
