@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from workbench import games as _games
 from workbench import metrics as _metrics
@@ -31,6 +30,7 @@ from workbench import threads
 from workbench.algos.base import Policy, check_policy
 from workbench.envs import MAX_AGENT_STEPS, FrameStacker, make_vector
 from workbench.fileio import atomic_write_json
+from workbench.progress import progress_bar
 
 __all__ = ["Policy", "episode_seed", "epsilon_greedy", "evaluate", "protocol_flags"]
 
@@ -250,7 +250,7 @@ def evaluate(
     ]  # fmt: skip
     slots = _Slots(game_list, vecs, n_slots, E, seeds, noop_starts)
     slot_ids = ids[slots.slot_game]
-    bar = tqdm(total=len(game_list) * E, desc="evaluate", unit="episode", disable=not progress)
+    bar = progress_bar(total=len(game_list) * E, desc="evaluate", unit="episode", disable=not progress)
     with threads.inference_threads():  # one thread for batches of one row per env (workbench.threads)
         try:
             for gi in range(len(game_list)):

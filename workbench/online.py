@@ -58,11 +58,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from workbench import checkpoint as ckpt_io
 from workbench import games as G
-from workbench import jobs
+from workbench import jobs, tblog
 from workbench.algos.base import PRESETS
 from workbench.algos.scaled_ql import ScaledQL, ScaledQLConfig
 from workbench.config import check_cpu_time
@@ -76,6 +75,7 @@ from workbench.geometry import ATARI
 from workbench.jobs import Job, locked
 from workbench.models.qnet import PRESETS as QNET_PRESETS
 from workbench.paths import resolve_path
+from workbench.progress import progress_bar
 from workbench.run import Run
 from workbench.settings import from_params
 from workbench.train import truncate_metrics
@@ -383,7 +383,7 @@ class OnlineConfig:
 
 
 ONLINE = Job("online", entries=("checkpoints", "replay", "metrics.jsonl", "episodes.jsonl", "eval", "figures",
-                                CURVE_FILE, "summary.json", "data", "history.jsonl"),
+                                CURVE_FILE, "summary.json", "data", "history.jsonl", tblog.FOLDER),
              # a resumed run may change: a longer or shorter run, more evaluation, another device
              resumable=("frames", "eval_episodes", "eval_every", "eval_max_steps", "checkpoint_every", "device",
                         "cpu_threads", "resume", "output_dir", "allow_slow_cpu"))
@@ -547,12 +547,16 @@ def run_online(
         policy, n_actions, stack = algo.policy(), G.num_actions(config.game_name), FrameStacker(1)
         valid_mask = algo.model.valid_mask(torch.zeros(1, dtype=torch.long, device=device))
         eval_every = max(1, config.eval_every_frames // FRAME_SKIP)
+        # TensorBoard view of the logs; steps after the checkpoint an interrupted session logged are dropped
+        events = tblog.open_log(run_dir, purge_from=state.step + 1)
+        if state.step == 0:  # the configuration, once per run
+            events.config({"run": tblog.run_config(run_dir)})
         if not state.curve and state.step == 0:
-            _evaluate(state, evaluate_fn, policy, config, run_dir)
+            _evaluate(state, evaluate_fn, policy, config, run_dir, events)
         (run_dir / "eval").mkdir(exist_ok=True)
         done, n0, t0, eval_seconds = True, state.step, time.perf_counter(), 0.0
-        with (tqdm(total=total, initial=state.step, desc=f"online {config.game_name}", unit="step",
-                   disable=not progress) as bar,
+        with (events, progress_bar(total=total, initial=state.step, desc=f"online {config.game_name}", unit="step",
+                                   disable=not progress) as bar,
               _closing(env_factory(_episode_seed(config.seed, state.episode))) as env):
             while state.step < total:
                 if done:  # a new episode: its own seeded reset, a zero-padded frame stack
@@ -578,7 +582,7 @@ def run_online(
                         optimizer.step()
                         if (state.step // s.update_period) % 50 == 0:
                             rate = (state.step - n0) / max(time.perf_counter() - t0, 1e-9)
-                            _log_update(run_dir, state.step + 1, eps, metrics, rate)
+                            _log_update(run_dir, state.step + 1, eps, metrics, rate, events)
                     if state.step % s.target_update_period == 0:  # target network: a copy of the online one
                         algo.update_target()
                 state.step += 1
@@ -586,13 +590,14 @@ def run_online(
                 if done:
                     _append_jsonl(run_dir / "episodes.jsonl", {"step": state.step, "episode": state.episode,
                                   "return": ep_return, "length": state.step - ep_start, "truncated": bool(trunc)})
+                    events.scalars({"return": ep_return, "length": state.step - ep_start}, state.step, "episode/")
                     state.episode += 1
                 else:
                     obs = nobs
                     stack.push(obs[None])
                 # evaluate (a point of the learning curve); checkpoint at the first episode end due
                 if state.step % eval_every == 0 and state.step < total:
-                    eval_seconds += _evaluate(state, evaluate_fn, policy, config, run_dir)
+                    eval_seconds += _evaluate(state, evaluate_fn, policy, config, run_dir, events)
                 if stop_after is not None and state.step >= stop_after:  # a simulated kill
                     return OnlineResult(run_dir, ckpt_io.latest_checkpoint(run_dir) or run_dir, state.curve, {})
                 if done and state.next_checkpoint <= state.step < total:
@@ -602,7 +607,7 @@ def run_online(
             loop_seconds = time.perf_counter() - t0 - eval_seconds
             if not state.finished:  # (a finished run re-opened: nothing to train, log or save again)
                 if not state.curve or state.curve[-1]["step"] != state.step:
-                    _evaluate(state, evaluate_fn, policy, config, run_dir)
+                    _evaluate(state, evaluate_fn, policy, config, run_dir, events)
                 replay.log_final()
                 state.save(run_dir, mid_episode=not done, final=True)
         return _result(run, config, state, state.step - n0, loop_seconds, progress)
@@ -630,7 +635,7 @@ def _result(run: Run, config: OnlineConfig, state: OnlineState, session_steps: i
 
 
 def _evaluate(state: OnlineState, evaluate_fn: Callable[[Any, int], dict[str, Any]], policy: Any,
-              config: OnlineConfig, run_dir: Path) -> float:
+              config: OnlineConfig, run_dir: Path, events: tblog.EventLog | None = None) -> float:
     """Evaluate ``policy`` at ``state.step``: a point of the learning curve (``curve.json``); the
     final one is also the run's scores (``eval/scores.json``, what the analysis compares). Returns
     the seconds it took."""
@@ -642,18 +647,23 @@ def _evaluate(state: OnlineState, evaluate_fn: Callable[[Any, int], dict[str, An
     state.curve.append({"step": step, "frames": step * FRAME_SKIP, "score": float(np.mean(scores)),
                         "scores": scores, "truncated": res["per_game"][game]["truncated"]})
     atomic_write_json(run_dir / CURVE_FILE, state.curve, indent=1)
+    if events is not None:
+        events.scores(res, step)
     if step >= config.agent_steps:
         atomic_write_json(run_dir / "eval" / "scores.json", {**res, "frames": step * FRAME_SKIP})
     return seconds
 
 
-def _log_update(run_dir: Path, step: int, epsilon: float, metrics: dict[str, Any], steps_per_s: float) -> None:
+def _log_update(run_dir: Path, step: int, epsilon: float, metrics: dict[str, Any], steps_per_s: float,
+                events: tblog.EventLog | None = None) -> None:
     """A line of ``metrics.jsonl`` (``step``: the agent steps done); a non-finite loss stops the run."""
     rec = {"step": step, "frames": step * FRAME_SKIP, "epsilon": epsilon, **{k: float(v) for k, v in metrics.items()},
            "steps_per_s": steps_per_s}
     if not np.isfinite(rec["loss/total"]):
         raise FloatingPointError(f"non-finite loss at agent step {step}; lower lr")
     _append_jsonl(run_dir / "metrics.jsonl", rec)
+    if events is not None:
+        events.scalars(rec)
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from workbench import checkpoint as ckpt_io
-from workbench import jobs
+from workbench import jobs, tblog
 from workbench.algos.base import Algo, EvalOptions, StageContext
 from workbench.baselines import reference_scores, summary_lines, verdict
 from workbench.config import RESUMABLE_FIELDS, EvaluateConfig, PretrainConfig
@@ -58,7 +58,7 @@ class PretrainResult:
 # ------------------------------------------------------------------------------------- run folder
 
 PRETRAIN = Job("pretrain", entries=("checkpoints", "metrics.jsonl", "diagnostics.jsonl", "eval", "figures",
-                                    "summary.json", "data", "stage1", "history.jsonl"),
+                                    "summary.json", "data", "stage1", "history.jsonl", tblog.FOLDER),
                resumable=RESUMABLE_FIELDS)
 """Pretraining's run folder: what it writes (all replaced by ``resume=False``) and what may change
 on resume (``config.RESUMABLE_FIELDS``)."""
@@ -205,6 +205,8 @@ def _pretrain(config: PretrainConfig, rank: int, world: int, progress: bool) -> 
         options=config.eval_options, sticky_actions=config.eval_sticky_actions,
         noop_starts=config.eval_noop_starts, progress=progress,
     )
+    with tblog.open_log(run.path) as events:  # beside the last stage's curves, at its last step
+        events.scores(scores, summary["steps"])
     # The honest lines under the same protocol: is the agent above random and above one button?
     references: dict[str, Any] = {}
     if config.eval_references:
@@ -277,6 +279,9 @@ def evaluate_run(config: EvaluateConfig, *, progress: bool = True) -> dict[str, 
         mode=None if config.mode < 0 else config.mode,
         difficulty=None if config.difficulty < 0 else config.difficulty, progress=progress,
     )
+    if out.resolve().is_relative_to(run.path.resolve()):  # scores in the run: in its TensorBoard view too
+        with tblog.open_log(run.path) as events:
+            events.scores(scores, int(ckpt_io.read_state(ckpt).get("step", 0)), prefix="evaluate")
     references: dict[str, Any] = {}
     if config.references:
         references = reference_scores(

@@ -58,10 +58,10 @@ from typing import Any
 
 import submitit
 import yaml
-from tqdm.auto import tqdm
 
 from workbench.fileio import atomic_write_json
 from workbench.paths import ROOT_ENV, checkout_notebook, project_root, resolve_path
+from workbench.progress import progress_bar
 from workbench.settings import from_params
 
 # workbench.config, workbench.run and the algorithm registry are imported inside the functions that use
@@ -579,8 +579,8 @@ def run_sweep(sweep: Sweep, *, parallel: int | None = None, wait: bool = True, p
     for job in jobs:  # a point re-run after a failure starts with no stale error in the index
         Path(job["status"]).unlink(missing_ok=True)
 
-    bar = tqdm(total=len(sweep.points), initial=len(sweep.points) - len(todo), desc=f"sweep {sweep.name}",
-               unit="point", disable=not progress)
+    bar = progress_bar(total=len(sweep.points), initial=len(sweep.points) - len(todo), desc=f"sweep {sweep.name}",
+                       unit="point", disable=not progress)
 
     def tick(point_id: str) -> None:
         state = point_state(sweep, sweep.point(point_id))["state"]

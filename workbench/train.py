@@ -44,13 +44,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from tqdm.auto import tqdm
 
 from workbench import checkpoint as ckpt_io
+from workbench import tblog
 from workbench.algos.base import Algo, Diagnosable, Stage
 from workbench.devices import resolve_device
 from workbench.diagnostics import ProbeDiagnostics, collapse_flags
 from workbench.fileio import append_text, refuse_symlink
+from workbench.progress import progress_bar
+from workbench.progress import write as progress_write
 from workbench.run import ResumeMismatch
 
 
@@ -366,8 +368,10 @@ def _probe_batch(batches: Callable[[int], Iterator[dict[str, torch.Tensor]]]) ->
 class _Diagnostics:
     """The trainer's representation probe: ``diagnostics.jsonl`` lines and collapse warnings."""
 
-    def __init__(self, algo: Diagnosable, probe: dict[str, torch.Tensor], path: Path, start: int) -> None:
+    def __init__(self, algo: Diagnosable, probe: dict[str, torch.Tensor], path: Path, start: int,
+                 events: tblog.EventLog | None = None) -> None:
         self.path = path
+        self.events = events or tblog.EventLog(None)
         self.measure = ProbeDiagnostics(algo.model, probe, lambda _model, batch: algo.probe_forward(batch))  # type: ignore[attr-defined]
         truncate_metrics(path, start)
         self.history = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -377,10 +381,11 @@ class _Diagnostics:
         record = {"step": step, **self.measure()}
         self.history.append(record)
         append_text(self.path, json.dumps(record) + "\n", "metrics file")
+        self.events.scalars(record, prefix="diagnostics/")
         for warning in collapse_flags(self.history):
             if warning not in self.warned:  # say each once, in the log and on the terminal
                 self.warned.add(warning)
-                tqdm.write(f"diagnostics at step {step}: {warning}")
+                progress_write(f"diagnostics at step {step}: {warning}")
 
 
 def metric_values(loss: torch.Tensor, grad_norm: torch.Tensor, metrics: dict[str, Any]) -> dict[str, float]:
@@ -422,6 +427,7 @@ def train(
     ckpt_io.refuse_linked_checkpoints(run_dir)
     for name in ("metrics.jsonl", "diagnostics.jsonl"):
         refuse_symlink(run_dir / name, "metrics file")
+    refuse_symlink(run_dir / tblog.FOLDER, "TensorBoard folder")
     device = resolve_device(cfg.device)
     amp = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
@@ -464,7 +470,11 @@ def train(
     step_fn = torch.compile(loss_module) if cfg.compile else loss_module
     params = [p for g in optimizer.param_groups for p in g["params"]]
 
-    bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=not progress or rank != 0)
+    bar = progress_bar(total=cfg.steps, initial=start, desc="train", unit="step", disable=not progress or rank != 0)
+    # TensorBoard view of metrics.jsonl (rank 0); steps after `start` an interrupted session logged are dropped
+    events = tblog.open_log(run_dir, enabled=rank == 0, purge_from=start + 1)
+    if start == 0 and events.enabled:  # the configuration, once per run
+        events.config({"train": asdict(cfg), "run": tblog.run_config(run_dir)})
     it = batches(start)
     t_last, n_last = time.perf_counter(), 0
     step = start
@@ -478,12 +488,13 @@ def train(
             if rank == 0:
                 append_text(metrics_path, json.dumps({"step": exc.step, "error": str(exc)}) + "\n", "metrics file")
             bar.close()
+            events.close()
             raise
 
     diagnose = None
     if cfg.diagnostics_every and rank == 0 and isinstance(algo, Diagnosable):
         diagnose = _Diagnostics(algo, _to_device(_probe_batch(batches), device), run_dir / "diagnostics.jsonl",
-                                start)
+                                start, events)
         if start == 0:
             diagnose(0)  # the reference: a collapse is measured against the initialization
 
@@ -520,6 +531,7 @@ def train(
             last_metrics = record
             if rank == 0:
                 append_text(metrics_path, json.dumps(record) + "\n", "metrics file")
+                events.scalars(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
         if diagnose is not None and (step % cfg.diagnostics_every == 0 or step == cfg.steps):
             diagnose(step)
@@ -529,6 +541,7 @@ def train(
                 extra={"train": asdict(cfg)}, keep=cfg.keep_checkpoints,
             )
     bar.close()
+    events.close()
     if world > 1:
         dist.barrier()
     return {"steps": step, "resumed_from": start, "last_metrics": last_metrics, "run_dir": str(run_dir)}

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from workbench import games as G
 from workbench.algos.base import check_policy
@@ -42,6 +41,7 @@ from workbench.envs import make_env
 from workbench.fileio import atomic_write_json, preallocate
 from workbench.geometry import ATARI
 from workbench.paths import resolve_path
+from workbench.progress import progress_bar
 from workbench.settings import from_params
 
 STACK = dr.STACK_SIZE
@@ -156,7 +156,7 @@ def record(
     stack = np.zeros(geometry.stack_shape(1), np.uint8)
     gids = np.array([game_id], np.int64)
     episodes, returns, ep_return = 0, [], 0.0
-    bar = tqdm(total=steps, desc=f"record {canonical}", unit="step", disable=not progress)
+    bar = progress_bar(total=steps, desc=f"record {canonical}", unit="step", disable=not progress)
     log_path = Path(log) if log else None
     try:
         obs, _ = env.reset(seed=seed)

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from workbench.data.store import ReplayStore
 from workbench.fileio import atomic_write_json
 from workbench.models.tokenizer import TOKENS_PER_FRAME, Tokenizer
+from workbench.progress import progress_bar
 
 FORMAT_VERSION = 1
 
@@ -74,7 +74,8 @@ def tokenize_store(
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
             tokens = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint16, shape=(rows, TOKENS_PER_FRAME))
-            for lo in tqdm(range(0, rows, batch_size), desc=f"tokenize {game}", disable=not progress):
+            batches = range(0, rows, batch_size)
+            for lo in progress_bar(batches, desc=f"tokenize {game}", unit="batch", disable=not progress):
                 batch = torch.from_numpy(np.array(frames[lo:lo + batch_size])).to(device)  # a writable copy
                 tokens[lo:lo + batch_size] = tokenizer.encode(batch).to("cpu").numpy().astype(np.uint16)
             tokens.flush()
