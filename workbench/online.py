@@ -61,7 +61,7 @@ import torch
 
 from workbench import checkpoint as ckpt_io
 from workbench import games as G
-from workbench import jobs, tblog
+from workbench import jobs, tblog, threads
 from workbench.algos.base import PRESETS
 from workbench.algos.scaled_ql import ScaledQL, ScaledQLConfig
 from workbench.config import check_cpu_time
@@ -558,7 +558,10 @@ def run_online(
         with (events, progress_bar(total=total, initial=state.step, desc=f"online {config.game_name}", unit="step",
                                    disable=not progress) as bar,
               _closing(env_factory(_episode_seed(config.seed, state.episode))) as env):
+            rebalance = threads.ThreadRebalancer() if device.type == "cpu" and not config.cpu_threads else None
             while state.step < total:
+                if rebalance is not None:  # torch's threads follow what other processes leave free
+                    rebalance.tick()
                 if done:  # a new episode: its own seeded reset, a zero-padded frame stack
                     obs, _ = env.reset(seed=_episode_seed(config.seed, state.episode))
                     stack.reset([0], obs[None])

@@ -46,7 +46,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from workbench import checkpoint as ckpt_io
-from workbench import tblog
+from workbench import tblog, threads
 from workbench.algos.base import Algo, Diagnosable, Stage
 from workbench.devices import resolve_device
 from workbench.diagnostics import ProbeDiagnostics, collapse_flags
@@ -498,8 +498,12 @@ def train(
         if start == 0:
             diagnose(0)  # the reference: a collapse is measured against the initialization
 
+    # on a CPU, torch's threads follow the CPUs other processes leave free (workbench.threads)
+    rebalance = threads.ThreadRebalancer() if device.type == "cpu" else None
     algo.model.train()
     while step < cfg.steps:
+        if rebalance is not None:
+            rebalance.tick()
         batch = _to_device(next(it), device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             loss, metrics = step_fn(batch)
