@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from shared_paths import SHARED
 
 from workbench import checkpoint as ckpt_io
+from workbench import games as G
 from workbench.algos.scaled_ql import ScaledQL, ScaledQLConfig
 from workbench.data import dqn_replay as dr
 from workbench.data.replay_buffer import ReplayBuffer
@@ -524,3 +525,20 @@ def test_paper_preset_on_cpu_stops_before_work_with_an_estimate(tmp_path):
     with pytest.raises(RuntimeError, match=r"182,500 updates of batch 32 with resnet101.*hours"):
         run_online(cfg, progress=False)
     assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.slow
+def test_the_summary_says_whether_the_agent_beats_random_and_one_button(tmp_path):
+    """Real Breakout under the default evaluator: the summary carries the evaluation's honesty fields
+    (a 40-step cap is not the papers' protocol) and a verdict against random and the best constant
+    action, played under the same protocol (scores recomputed here from the references file)."""
+    cfg = _config(tmp_path / "run", frames=4 * 60, eval_episodes=1, eval_max_steps=40,
+                  agent_args={"min_replay_history": 10**6})
+    summary = run_online(cfg, progress=False).summary
+    assert summary["comparable_to_papers"] is False and summary["max_agent_steps"] == 40 and summary["note"]
+    refs = json.loads((tmp_path / "run" / "eval" / "references" / "scores.json").read_text())[GAME]
+    assert set(refs["constant"]) == set(G.action_names(GAME))
+    best = max(refs["constant"].values(), key=lambda c: (c["mean"], -c["index"]))
+    assert summary["baselines"][GAME]["constant_best"]["mean"] == best["mean"]
+    beaten = summary["final_score"] > refs["random"]["mean"] and summary["final_score"] > best["mean"]
+    assert ("NOT better than" not in summary["verdict"][GAME]) == beaten

@@ -64,13 +64,14 @@ from workbench import games as G
 from workbench import jobs, tblog, threads
 from workbench.algos.base import PRESETS
 from workbench.algos.scaled_ql import ScaledQL, ScaledQLConfig
+from workbench.baselines import reference_scores, summary_lines, verdict
 from workbench.config import check_cpu_time
 from workbench.data import dqn_replay as dr
 from workbench.data.replay_buffer import ReplayBuffer, batch_tensors, load_replay, prune_replays, save_replay
 from workbench.devices import available_memory, resolve_device
 from workbench.envs import FRAME_SKIP, MAX_AGENT_STEPS, AtariProtocolEnv, FrameStacker, check_variant
 from workbench.evaluate import evaluate
-from workbench.fileio import append_text, atomic_write_json, check_free_space
+from workbench.fileio import append_text, atomic_write_json, check_free_space, read_json
 from workbench.geometry import ATARI
 from workbench.jobs import Job, locked
 from workbench.models.qnet import PRESETS as QNET_PRESETS
@@ -233,6 +234,9 @@ class OnlineConfig:
     """Continue the run in output_dir (same configuration); False starts it afresh."""
     allow_slow_cpu: bool = False
     """Let preset='paper' run without a GPU (it stops with the estimated time otherwise)."""
+    eval_references: bool = True
+    """Also play random and every constant action under the final evaluation's protocol, so the
+    summary says whether the agent beats them (``verdict``)."""
 
     def __post_init__(self) -> None:
         if G.suite_of(self.game) != "atari":  # unknown game: raises with close matches
@@ -386,7 +390,7 @@ ONLINE = Job("online", entries=("checkpoints", "replay", "metrics.jsonl", "episo
                                 CURVE_FILE, "summary.json", "data", "history.jsonl", tblog.FOLDER),
              # a resumed run may change: a longer or shorter run, more evaluation, another device
              resumable=("frames", "eval_episodes", "eval_every", "eval_max_steps", "checkpoint_every", "device",
-                        "cpu_threads", "resume", "output_dir", "allow_slow_cpu"))
+                        "cpu_threads", "resume", "output_dir", "allow_slow_cpu", "eval_references"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -535,6 +539,7 @@ def run_online(
     that many agent steps in total (a simulated kill, for the resume test): no final checkpoint."""
     s, total = config.settings, config.agent_steps
     device = resolve_device(config.device)
+    references = config.eval_references and evaluate_fn is None  # the lines of the default protocol
     with locked(config):  # the hardware check, then the lock, before the folder is touched
         if config.cpu_threads:  # the run's own setting, over the job's thread policy
             torch.set_num_threads(config.cpu_threads)
@@ -613,7 +618,7 @@ def run_online(
                     _evaluate(state, evaluate_fn, policy, config, run_dir, events)
                 replay.log_final()
                 state.save(run_dir, mid_episode=not done, final=True)
-        return _result(run, config, state, state.step - n0, loop_seconds, progress)
+        return _result(run, config, state, state.step - n0, loop_seconds, progress, references)
 
 
 @contextmanager
@@ -627,9 +632,29 @@ def _closing(env: Any) -> Iterator[Any]:
 
 
 def _result(run: Run, config: OnlineConfig, state: OnlineState, session_steps: int, loop_seconds: float,
-            progress: bool) -> OnlineResult:
-    """The finished run's result; its summary written to ``summary.json``, its figures drawn."""
+            progress: bool, references: bool = False) -> OnlineResult:
+    """The finished run's result; its summary written to ``summary.json``, its figures drawn.
+    ``references``: random and the constant actions under the evaluation's protocol (once per
+    run, kept in ``eval/references/scores.json``), and the summary's verdict against them."""
     summary = _summary(config, state, session_steps, loop_seconds)
+    scores_path = run.path / "eval" / "scores.json"
+    if scores_path.is_file():  # the final evaluation: what its scores are comparable to
+        final = read_json(scores_path)
+        summary.update({k: final.get(k) for k in ("max_agent_steps", "truncated_episodes", "comparable_to_papers",
+                                                  "note")})
+    if references and summary["final_score"] is not None:
+        ref_path = run.path / "eval" / "references" / "scores.json"
+        if ref_path.is_file():
+            refs = read_json(ref_path)
+        else:
+            refs = reference_scores([config.game_name], episodes=config.episodes_per_eval,
+                                    num_envs=min(4, config.episodes_per_eval), seed=config.seed,
+                                    max_agent_steps=config.eval_cap, mode=config.mode_or_none,
+                                    difficulty=config.difficulty_or_none, progress=progress)
+            ref_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(ref_path, refs)
+        summary["baselines"] = summary_lines(refs)
+        summary["verdict"] = verdict({config.game_name: summary["final_score"]}, refs)
     atomic_write_json(run.path / "summary.json", summary)
     final = ckpt_io.latest_checkpoint(run.path) or run.path
     result = OnlineResult(run.path, final, state.curve, summary, state.replay.log_dir)
