@@ -95,3 +95,22 @@ def test_errors_a_user_can_fix_exit_2_with_one_line_and_nothing_touched(tmp_path
     with RunLock(tmp_path / "busy"):  # a folder held by a running job
         out = _cli(tmp_path, "--output-dir", "busy")
     assert out.returncode == 2 and "Traceback" not in out.stderr and str(os.getpid()) in out.stderr, out.stderr
+
+
+@pytest.mark.slow
+def test_a_second_run_with_the_same_recording_reuses_the_first_runs_store(tmp_path):
+    """The headline run after the main job records nothing: a store recorded and built exactly as
+    it would record (same games, steps, seeds, split) is reused after its digests are verified; a
+    different recording is not."""
+    def config(name, **kw):
+        return PretrainConfig.from_params(output_dir=str(tmp_path / name), games="Pong", steps=1, batch_size=8,
+                                          record_steps=120, eval_episodes=1, eval_max_steps=10, num_envs=1,
+                                          eval_references=False, device="cpu", **kw)
+
+    pretrain(config("a"), progress=False)
+    store_a = tmp_path / "a" / "data" / "store"
+    pretrain(config("b", model="resnet-small"), progress=False)
+    assert not (tmp_path / "b" / "data").exists()  # nothing recorded, nothing built
+    assert Run.open(tmp_path / "b").resolved["store"] == str(store_a)
+    pretrain(config("c", seed=1), progress=False)  # another seed: other data, its own recording
+    assert (tmp_path / "c" / "data" / "store" / "manifest.json").is_file()

@@ -36,8 +36,8 @@ from workbench.data.splits import parse_runs, parse_split
 from workbench.data.store import ReplayStore
 from workbench.devices import resolve_device
 from workbench.evaluate import evaluate
-from workbench.fileio import refuse_symlink
-from workbench.games import resolve_games
+from workbench.fileio import read_json, refuse_symlink
+from workbench.games import canonical_game, resolve_games
 from workbench.jobs import Job, locked
 from workbench.paths import resolve_path
 from workbench.run import MARKER, Run, load_algo
@@ -119,6 +119,9 @@ def prepare_dataset(config: DataSource, run_dir: Path, *, progress: bool = True,
         refuse_symlink(replay_root, "data folder")
         if (store_dir / "manifest.json").is_file():
             return store_dir
+        same = recorded_store_like(config, run_dir, recording_split)
+        if same is not None:  # recording is deterministic in the seed: the same data, not recorded twice
+            return same
         if replay_root.exists() or replay_root.is_symlink():
             # Only a recording this workbench left in its own marked run folder is deleted.
             if not (run_dir / MARKER).is_file() or replay_root.is_symlink() or not replay_root.is_dir():
@@ -136,6 +139,36 @@ def prepare_dataset(config: DataSource, run_dir: Path, *, progress: bool = True,
     else:
         replay_root, runs, split = dataset, parse_runs(config.runs), parse_split(config.split)
     return build_store(replay_root, store_dir, games, runs, split, seed=config.seed, progress=progress)
+
+
+def recorded_store_like(config: DataSource, run_dir: Path, recording_split: str = "all") -> Path | None:
+    """A store another run beside ``run_dir`` recorded and built exactly as this run would (same
+    games in the same order, steps, seeds, recorder and split), verified against its digests;
+    None when there is none. Recording is deterministic in the seed, so it holds the same data."""
+    split = asdict(parse_split(recording_split))
+    if split.get("unit") == "transitions":
+        del split["unit"]
+    names = [canonical_game(g) for g in config.game_list]
+    for manifest in sorted(run_dir.parent.glob("*/data/store/manifest.json")):
+        store = manifest.parent
+        if store.parent.parent.resolve() == run_dir.resolve() or store.is_symlink():
+            continue
+        try:
+            doc = read_json(manifest)
+            if (doc.get("games") != names or doc.get("split") != split or doc.get("seed") != config.seed
+                    or doc.get("runs") != ["1"] or doc.get("n_step") != 3 or doc.get("context_after") != 7):
+                continue
+            root = Path(doc["source_root"])
+            infos = [read_json(root / g / "1" / "replay_logs" / "record_info.json") for g in names]
+            if any(i.get("steps") != config.record_steps or i.get("seed") != config.seed + k
+                   or i.get("policy") != "random" or i.get("capacity") != max(config.record_steps + 100, 1000)
+                   for k, i in enumerate(infos)):
+                continue
+            ReplayStore(store).verify()
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # unreadable, damaged or of another layout: not this run's data
+        return store
+    return None
 
 
 # ------------------------------------------------------------------------------------- algos
@@ -171,6 +204,7 @@ def _pretrain(config: PretrainConfig, rank: int, world: int, progress: bool) -> 
     if rank == 0:
         run = open_run(config)
         store = prepare_dataset(config, run.path, progress=progress)
+        run.update_resolved({"store": str(store)})  # its own, the dataset's, or an identical recording's
     else:
         run, store = Run(Path(config.run_dir)), None
     if world > 1:
