@@ -36,15 +36,29 @@ with the default context of 7, 11% for 1%).
 Memory: each observation file is streamed chunk by chunk straight into the output file with
 positioned writes (no memmap writes, so dirty pages never inflate RSS); the largest resident
 objects are one checkpoint's small arrays (~14 bytes per row).
+
+Parallel builds (``workers=N``, :func:`_convert_parallel`): the parent plans, creates and
+preallocates every array, then N spawned processes convert one checkpoint each at a time, and
+finish each game (its index arrays and the digests of its arrays) once its blocks are done. Blocks
+tile their game's rows (:func:`_check_disjoint`), so concurrent writers never touch the same row;
+each block's markers are its own files. The result does not depend on N or on the order blocks
+finish. Command line: ``python -m workbench.data.build ROOT --games G --out STORE [--dry-run]``
+(:func:`main`).
 """
 
 from __future__ import annotations
 
+import argparse
+import concurrent.futures as cf
 import hashlib
 import itertools
 import json
+import multiprocessing as mp
 import os
+import queue
 import shutil
+import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -52,12 +66,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from workbench.data import dqn_replay as dr
-from workbench.data.splits import PRESETS, Split, StoreError, parse_split
+from workbench.data.splits import GRAMMAR, PRESETS, Split, StoreError, parse_runs, parse_split
 from workbench.data.store import EP_BEGINS, EP_ENDS, FORMAT_VERSION, STACK, STORE_ARRAYS
 from workbench.fileio import (
+    DiskFullError,
     atomic_write_json,
     check_free_space,
     disk_full,
@@ -67,8 +81,9 @@ from workbench.fileio import (
     sha256_file,
 )
 from workbench.games import geometry_of, num_actions
+from workbench.progress import progress_bar
 
-__all__ = ["build_store"]
+__all__ = ["build_store", "main", "plan_store"]
 
 # Small arrays of planned checkpoints are kept for the conversion pass while they fit this budget
 # (test-sized data); real 1M-row checkpoints are re-read (a few MB each, cheap).
@@ -533,26 +548,184 @@ def _finish_game(gdir: Path, build: Path, g: str, blocks: list[_Block]) -> dict[
 
 
 # ----------------------------------------------------------------------------------------------
+# Parallel conversion (workers > 1)
+
+#: Start method of the conversion workers. Never fork: a forked copy of a parent that holds
+#: threads (tqdm's monitor, a caller's) and open memory maps is unsafe; spawn works everywhere.
+MP_START = "spawn"
+
+_WORKER_PROGRESS: Any = None  # in a conversion worker: the parent's queue of converted row counts
+
+
+def _init_worker(progress: Any) -> None:
+    global _WORKER_PROGRESS
+    _WORKER_PROGRESS = progress
+    parent = mp.parent_process()
+    if parent is not None:  # a worker never outlives its build (a killed parent leaves no idle workers)
+        threading.Thread(target=_exit_with_parent, args=(parent,), name="exit-with-parent", daemon=True).start()
+
+
+def _exit_with_parent(parent: Any) -> None:
+    parent.join()  # returns once the parent is gone (its sentinel pipe closes)
+    os._exit(1)  # mid-block: no marker was written, so a resumed build converts the block again
+
+
+class _QueueBar:
+    """A worker's progress bar: row counts go to the parent, which owns the real bar."""
+
+    def update(self, n: int) -> None:
+        if _WORKER_PROGRESS is not None and n:
+            _WORKER_PROGRESS.put(int(n))
+
+
+def _convert_job(
+    root: str, b: _Block, bi: int, pick: int | np.ndarray | None, seed: int, n_step: int, context_after: int,
+    gdir: str, build: str, game_rows: int,
+) -> tuple[int, int | None]:
+    """One block in a worker process (one checkpoint at a time: the worker's memory is that of the
+    sequential builder). The parent created and preallocated the game's arrays; this block writes
+    only its rows ``[row_start, row_start + rows)`` (memory-mapped small arrays, positioned writes
+    of frames) and its own marker files. Returns the worker's pid and peak RSS in KiB (for the log)."""
+    g = Path(gdir)
+    arrays = {name: np.lib.format.open_memmap(g / f"{name}.npy", mode="r+") if game_rows else np.load(g / f"{name}.npy")
+              for name in _SMALL}
+    _convert_block(_Sources(Path(root)), b, bi, pick, seed, n_step, context_after, arrays, g, Path(build), _QueueBar())
+    del arrays
+    return os.getpid(), _peak_rss_kb()
+
+
+def _peak_rss_kb() -> int | None:
+    """This process's peak resident memory (Linux ``VmHWM``, which -- unlike ``ru_maxrss`` -- does
+    not carry the parent's peak across fork + exec); None where /proc is missing."""
+    try:
+        with open("/proc/self/status") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("VmHWM:")), None)
+    except OSError:
+        return None
+
+
+def _check_disjoint(plan: dict[str, list[_Block]]) -> None:
+    """Every game's blocks tile its rows ``[0, rows)`` in order: concurrent writers never share a row."""
+    for g, blocks in plan.items():
+        row = 0
+        for b in blocks:
+            if b.row_start != row or b.rows < 0:
+                raise AssertionError(f"{g}: block {b.run}/{b.checkpoint} starts at row {b.row_start}, expected {row}")
+            row += b.rows
+
+
+def _drain(progress: Any, bar: Any, block: bool = False) -> int:
+    """Move the row counts workers reported onto the bar; returns how many rows were read."""
+    got = 0
+    while True:
+        try:
+            n = progress.get(timeout=1.0) if block else progress.get_nowait()
+        except queue.Empty:
+            return got
+        bar.update(n)
+        got += n
+        block = False
+
+
+def _convert_parallel(
+    root: Path, jobs: list[tuple[_Block, int, int | np.ndarray | None]], workers: int, seed: int, n_step: int,
+    context_after: int, out: Path, build: Path, blocks: dict[str, list[_Block]], bar: Any, log_path: Path | None,
+) -> dict[str, dict[str, Any]]:
+    """Convert ``jobs`` (block, index in its game, sample) in ``workers`` processes, and finish each
+    game (:func:`_finish_game`: its starts and episodes, and the digest of every array -- a read of
+    the whole game) in the same pool as soon as its last block is done, games in parallel. Returns
+    the games' summaries. Log lines and the progress bar stay in this (the parent) process. A
+    worker's error stops the build: work not started is cancelled, running blocks finish (their
+    markers stay valid for a resume)."""
+    game_rows = {g: sum(b.rows for b in bl) for g, bl in blocks.items()}
+    left = dict.fromkeys(blocks, 0)
+    for b, _, _ in jobs:
+        left[b.game] += 1
+    ctx = mp.get_context(MP_START)
+    progress = ctx.Queue()
+    ex = cf.ProcessPoolExecutor(max_workers=max(1, min(workers, max(len(jobs), len(blocks)))), mp_context=ctx,
+                                initializer=_init_worker, initargs=(progress,))
+    pending: dict[cf.Future, tuple[str, _Block | None]] = {}
+    infos: dict[str, dict[str, Any]] = {}
+    expected = sum(b.rows for b, _, _ in jobs)
+    shown = 0
+
+    def finish(g: str) -> None:
+        pending[ex.submit(_finish_game, out / g, build, g, blocks[g])] = (g, None)
+
+    try:
+        for b, bi, pick in jobs:
+            f = ex.submit(_convert_job, str(root), b, bi, pick, seed, n_step, context_after, str(out / b.game),
+                          str(build), game_rows[b.game])
+            pending[f] = (b.game, b)
+        for g in blocks:
+            if not left[g]:  # every block done before (a resumed build)
+                finish(g)
+        while pending:
+            done, _ = cf.wait(pending, timeout=0.5, return_when=cf.FIRST_COMPLETED)
+            shown += _drain(progress, bar)
+            for f in done:
+                g, blk = pending.pop(f)
+                result: Any = f.result()  # a worker's exception is raised here
+                if blk is None:
+                    infos[g] = result
+                    continue
+                pid, peak_kb = result
+                _log(log_path, event="checkpoint_done", game=g, run=blk.run, checkpoint=blk.checkpoint, rows=blk.rows,
+                     starts=blk.starts, worker=pid, worker_peak_rss_kb=peak_kb)
+                left[g] -= 1
+                if not left[g]:
+                    finish(g)
+        while shown < expected:  # counts still in the queue's pipe
+            got = _drain(progress, bar, block=True)
+            if not got:
+                break
+            shown += got
+    except BaseException:
+        ex.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        ex.shutdown(wait=True)
+        progress.close()
+        progress.join_thread()
+    return infos
+
+
+# ----------------------------------------------------------------------------------------------
 # The builder
 
 
-def build_store(
-    root: str | os.PathLike, out: str | os.PathLike, games: Sequence[str], runs: Sequence[str | int] = (1,),
-    split: Split | str = "near_optimal", *, seed: int = 0, n_step: int = 3, context_after: int = 7,
-    progress: bool = True, log: str | os.PathLike | None = None,
-) -> Path:
-    """Build a store from a DQN-Replay root for ``games`` x ``runs`` with ``split``.
+@dataclass
+class _Plan:
+    """Everything decided before a byte is written: blocks, samples, parameters."""
 
-    Resumable: completed checkpoints are recorded under ``out/.build``; a rerun with the same
-    arguments and unchanged sources resumes, different arguments restart from scratch. The
-    manifest is written last (atomically); an existing complete store with the same plan is
-    returned as is. ``n_step``: the largest horizon readers will use (every start has its
-    ``n_step`` rows after it in the same checkpoint). ``context_after`` (>= n_step) rows after each
-    start are guaranteed present, so sequence segments of ``context_after + 1`` steps fit (JOWA: 8).
-    """
-    root, out = Path(root), Path(out)
+    root: Path
+    split: Split
+    game_dirs: list[str]
+    frame_bytes: int
+    frame_shape: tuple[int, int]
+    sources: _Sources
+    blocks: dict[str, list[_Block]]
+    available: dict[str, int]
+    samples: dict[tuple[str, str, int], int | np.ndarray | None]
+    params: dict[str, Any]
+    plan_json: dict[str, Any]
+
+    @property
+    def total_rows(self) -> int:
+        return sum(b.rows for bl in self.blocks.values() for b in bl)
+
+    @property
+    def disk_bytes(self) -> int:
+        """Free space a build needs: frames plus (at most) 32 bytes a row for the other arrays."""
+        return self.total_rows * (self.frame_bytes + 32) + (1 << 20)
+
+
+def _make_plan(
+    root: Path, games: Sequence[str], runs: Sequence[str | int], split: Split | str, seed: int, n_step: int,
+    context_after: int,
+) -> _Plan:
     split = _check_args(root, games, split, n_step, context_after)
-    log_path = Path(log) if log is not None else None
     game_dirs = [dr.game_dir(root, g).name for g in games]  # unknown games list those that exist
     geometry = geometry_of(game_dirs)  # one suite per store: one frame shape
     if len(set(game_dirs)) != len(game_dirs):
@@ -571,6 +744,82 @@ def build_store(
         "stack_size": STACK, "context_after": context_after,
     }
     plan_json = {"params": params, "blocks": {g: [asdict(b) for b in bl] for g, bl in plan.items()}}
+    return _Plan(root, split, game_dirs, geometry.frame_bytes, geometry.frame_shape, sources, plan, available,
+                 samples, params, plan_json)
+
+
+def plan_store(
+    root: str | os.PathLike, games: Sequence[str], runs: Sequence[str | int] = (1,),
+    split: Split | str = "near_optimal", *, seed: int = 0, n_step: int = 3, context_after: int = 7,
+) -> dict[str, Any]:
+    """What :func:`build_store` would build, as JSON-ready data, without writing anything: per game
+    and run the checkpoints chosen (and those the run lacks), rows kept, transition starts, and
+    the disk space the store needs (``disk_bytes``: frames plus at most 32 bytes a row; the build
+    refuses to start with less free space)."""
+    p = _make_plan(Path(root), games, runs, split, seed, n_step, context_after)
+    out_games = {}
+    for g, blocks in p.blocks.items():
+        rows = sum(b.rows for b in blocks)
+        per_run = {}
+        for key, sel in p.sources.selections.items():  # "game/run" (folder names)
+            game, _, run = key.partition("/")
+            if game != g:
+                continue
+            rb = [b for b in blocks if b.run == run]
+            per_run[run] = {
+                "checkpoints": sel["checkpoints"], "missing_checkpoints": sel["missing_checkpoints"],
+                "warnings": sel["warnings"], "rows": sum(b.rows for b in rb), "starts": sum(b.starts for b in rb),
+            }
+        out_games[g] = {
+            "runs": per_run, "rows": rows, "starts": sum(b.starts for b in blocks),
+            "transitions_available": p.available[g], "frames_bytes": rows * p.frame_bytes,
+            "disk_bytes": rows * (p.frame_bytes + 32),
+        }
+    return {
+        "root": p.params["source_root"], "games": p.game_dirs, "runs": p.params["runs"], "split": p.split.label,
+        "split_params": p.params["split"], "seed": seed, "n_step": n_step, "context_after": context_after,
+        "rows": p.total_rows, "starts": sum(g["starts"] for g in out_games.values()),
+        "frame_bytes_per_row": p.frame_bytes, "frames_bytes": p.total_rows * p.frame_bytes,
+        "disk_bytes": p.disk_bytes, "per_game": out_games,
+    }
+
+
+def _game_summary(info: dict[str, Any], g: str, p: _Plan) -> dict[str, Any]:
+    # what the split chose from, and what every method trains on: sequence samplers feed only
+    # starts too (workbench.data.sampler.SequenceSampler), so "trainable" holds for all of them
+    info["transitions_available"] = p.available[g]
+    info["transitions_trainable"] = info["starts"]
+    return info
+
+
+def build_store(
+    root: str | os.PathLike, out: str | os.PathLike, games: Sequence[str], runs: Sequence[str | int] = (1,),
+    split: Split | str = "near_optimal", *, seed: int = 0, n_step: int = 3, context_after: int = 7,
+    progress: bool = True, log: str | os.PathLike | None = None, workers: int = 1,
+) -> Path:
+    """Build a store from a DQN-Replay root for ``games`` x ``runs`` with ``split``.
+
+    Resumable: completed checkpoints are recorded under ``out/.build``; a rerun with the same
+    arguments and unchanged sources resumes, different arguments restart from scratch. The
+    manifest is written last (atomically); an existing complete store with the same plan is
+    returned as is. ``n_step``: the largest horizon readers will use (every start has its
+    ``n_step`` rows after it in the same checkpoint). ``context_after`` (>= n_step) rows after each
+    start are guaranteed present, so sequence segments of ``context_after + 1`` steps fit (JOWA: 8).
+
+    ``workers``: checkpoints converted at once, each in its own process (``spawn``; one checkpoint
+    at a time per worker, so each holds what the sequential builder holds). The store is the same
+    byte for byte whatever the count (only the manifest's ``created`` differs), and a build
+    interrupted with one count resumes with another. The parent creates and preallocates every
+    array first; each checkpoint writes only its own rows; workers exit if the parent is killed.
+    Workers are spawned, so a script that calls this with ``workers > 1`` must do so under
+    ``if __name__ == "__main__":`` (``python -m workbench.data.build`` does).
+    """
+    root, out = Path(root), Path(out)
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise StoreError(f"workers must be an int >= 1, got {workers!r}")
+    log_path = Path(log) if log is not None else None
+    p = _make_plan(root, games, runs, split, seed, n_step, context_after)
+    params, plan_json, plan = p.params, p.plan_json, p.blocks
 
     manifest_path = out / "manifest.json"
     if out.is_dir() and any(out.iterdir()) and not (out / STORE_MARKER).is_file() and not manifest_path.is_file():
@@ -585,39 +834,105 @@ def build_store(
             return out
         raise StoreError(f"{out} already holds a different complete store; choose another directory or delete it")
 
-    total_rows = sum(b.rows for bl in plan.values() for b in bl)
+    total_rows = p.total_rows
     if not (out / ".build").is_dir():  # a resumed build has its space already
-        check_free_space(out, total_rows * (geometry.frame_bytes + 32) + (1 << 20), f"a store of {total_rows} rows")
-    build = _start_or_resume(out, plan_json, game_dirs, params, log_path)
-    bar = tqdm(total=total_rows, unit="row", desc="build store", disable=not progress)
+        check_free_space(out, p.disk_bytes, f"a store of {total_rows} rows")
+    build = _start_or_resume(out, plan_json, p.game_dirs, params, log_path)
+    if workers > 1:
+        _log(log_path, event="build_workers", workers=workers, start_method=MP_START)
+    bar = progress_bar(total=total_rows, unit="row", desc="build store", disable=not progress)
     games_info = {}
-    for g, blocks in plan.items():
-        gdir = out / g
-        gdir.mkdir(exist_ok=True)
-        arrays = _open_game_arrays(gdir, sum(b.rows for b in blocks), geometry.frame_shape)
-        for bi, b in enumerate(blocks):
-            if (build / "done" / f"{g}__{b.run}__{b.checkpoint}.json").exists():
-                bar.update(b.rows)
-                continue
-            _convert_block(
-                sources, b, bi, samples[(g, b.run, b.checkpoint)], seed, n_step, context_after, arrays, gdir, build,
-                bar,
-            )
-            _log(
-                log_path, event="checkpoint_done", game=g, run=b.run, checkpoint=b.checkpoint, rows=b.rows,
-                starts=b.starts,
-            )
-        del arrays
-        games_info[g] = _finish_game(gdir, build, g, blocks)
-        # what the split chose from, and what every method trains on: sequence samplers feed only
-        # starts too (workbench.data.sampler.SequenceSampler), so "trainable" holds for all of them
-        games_info[g]["transitions_available"] = available[g]
-        games_info[g]["transitions_trainable"] = games_info[g]["starts"]
+    if workers == 1:
+        for g, blocks in plan.items():
+            gdir = out / g
+            gdir.mkdir(exist_ok=True)
+            arrays = _open_game_arrays(gdir, sum(b.rows for b in blocks), p.frame_shape)
+            for bi, b in enumerate(blocks):
+                if (build / "done" / f"{g}__{b.run}__{b.checkpoint}.json").exists():
+                    bar.update(b.rows)
+                    continue
+                _convert_block(
+                    p.sources, b, bi, p.samples[(g, b.run, b.checkpoint)], seed, n_step, context_after, arrays, gdir,
+                    build, bar,
+                )
+                _log(
+                    log_path, event="checkpoint_done", game=g, run=b.run, checkpoint=b.checkpoint, rows=b.rows,
+                    starts=b.starts,
+                )
+            del arrays
+            games_info[g] = _game_summary(_finish_game(gdir, build, g, blocks), g, p)
+    else:
+        _check_disjoint(plan)
+        jobs = []
+        for g, blocks in plan.items():  # every array created and preallocated before a worker starts
+            (out / g).mkdir(exist_ok=True)
+            _open_game_arrays(out / g, sum(b.rows for b in blocks), p.frame_shape)  # (the parent writes none)
+            for bi, b in enumerate(blocks):
+                if (build / "done" / f"{g}__{b.run}__{b.checkpoint}.json").exists():
+                    bar.update(b.rows)
+                else:
+                    jobs.append((b, bi, p.samples[(g, b.run, b.checkpoint)]))
+        infos = _convert_parallel(root, jobs, workers, seed, n_step, context_after, out, build, plan, bar, log_path)
+        for g in plan:  # (in the plan's order: the manifest is the same whatever order games finished in)
+            games_info[g] = _game_summary(infos[g], g, p)
     bar.close()
 
     manifest = {**params, "plan": plan_json, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "games_info": games_info,
-                "selections": sources.selections}
+                "selections": p.sources.selections}
     atomic_write_json(manifest_path, manifest)  # LAST: marks the store complete
     shutil.rmtree(build, ignore_errors=True)
     _log(log_path, event="build_done", out=str(out))
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m workbench.data.build ROOT --games G[,G] --runs 1,2 --split S --out STORE``."""
+    ap = argparse.ArgumentParser(
+        prog="python -m workbench.data.build",
+        description="Build a replay store from a local DQN-Replay copy ({Game}/{run}/replay_logs/). "
+                    "Check the copy first with python -m workbench.data.verify ROOT.",
+    )
+    ap.add_argument("root", help="DQN-Replay root folder (holds {Game}/{run}/replay_logs/)")
+    ap.add_argument("--games", required=True, help="comma-separated games, e.g. Pong,Breakout")
+    ap.add_argument("--runs", default="1", help="comma-separated run numbers (default 1)")
+    ap.add_argument("--split", default="near_optimal", help=f"{GRAMMAR} or a preset {sorted(PRESETS)}")
+    ap.add_argument("--out", help="store folder to write (new or empty, or an interrupted build to resume)")
+    ap.add_argument("--workers", type=int, default=1, help="checkpoints converted at once, one process each")
+    ap.add_argument("--seed", type=int, default=0, help="seed of a subsampled split")
+    ap.add_argument("--n-step", type=int, default=3, help="largest n-step horizon readers will use")
+    ap.add_argument("--context-after", type=int, default=7, help="rows kept after each start (>= n-step)")
+    ap.add_argument("--log", help="append JSON lines of build events to this file")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="print the plan as JSON (checkpoints, rows, starts, disk bytes); write nothing")
+    a = ap.parse_args(argv)
+    games = [g.strip() for g in a.games.split(",") if g.strip()]
+    try:
+        runs = parse_runs(a.runs)
+        if a.dry_run:
+            print(json.dumps(plan_store(a.root, games, runs, a.split, seed=a.seed, n_step=a.n_step,
+                                        context_after=a.context_after), indent=2))
+            return 0
+        if not a.out:
+            raise StoreError("--out STORE is required (or --dry-run to see the plan)")
+        out = build_store(a.root, a.out, games, runs, a.split, seed=a.seed, n_step=a.n_step,
+                          context_after=a.context_after, progress=not a.no_progress, log=a.log, workers=a.workers)
+    except (StoreError, dr.DQNReplayError, FileNotFoundError, DiskFullError, ValueError) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    info = read_json(out / "manifest.json")["games_info"]
+    print(json.dumps({"store": str(out), "games": {g: {"rows": v["rows"], "starts": v["starts"]}
+                                                   for g, v in info.items()}}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
