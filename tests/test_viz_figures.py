@@ -121,9 +121,9 @@ def test_aggregate_bars_error_bars_span_the_given_cis():
         assert tr.x[0] == agg[method][metric]
         assert tr.x[0] + tr.error_x.array[0] == pytest.approx(hi)
         assert tr.x[0] - tr.error_x.arrayminus[0] == pytest.approx(lo)
-    # A legend with each method once (the first subplot's traces), in the methods' order.
-    assert [tr.name for tr in fig.data if tr.showlegend] == ["scaled_ql", "bc"]
-    assert fig.layout.showlegend is not False
+    # The methods name the rows (on the left, in the methods' order): no legend repeats them.
+    assert list(dict.fromkeys(tr.y[0] for tr in fig.data)) == ["scaled_ql", "bc"]
+    assert fig.layout.showlegend is False
     only_iqm = R.make_aggregate_figure(agg, metrics=("iqm", "nonexistent"))
     assert len(only_iqm.data) == 2
     with pytest.raises(ValueError, match="available keys"):
@@ -238,8 +238,8 @@ def test_save_figures_writes_png(tmp_path):
         assert s.png is not None and s.png.is_file(), s.message
         with Image.open(s.png) as im:
             assert im.format == "PNG" and im.size[0] > 100
-    with Image.open(statuses[2].png) as im:  # the figure's own layout height, not kaleido's 500
-        assert im.size == (700, tall.layout.height)
+    with Image.open(statuses[2].png) as im:  # the figure's own layout size, not kaleido's 700 x 500
+        assert im.size == (tall.layout.width, tall.layout.height)
 
 
 # --------------------------------------------------------------------------- analysis pipeline
@@ -356,11 +356,12 @@ def test_readme_notes_open_the_generated_readme_and_a_missing_file_stops_first(t
 
 def test_readme_names_runs_inside_the_project_relative_to_its_root(tmp_path, monkeypatch):
     from workbench.paths import ROOT_ENV
+    from workbench.run import Run
     from workbench.viz.analysis import build_figures
 
     monkeypatch.setenv(ROOT_ENV, str(tmp_path))
     run = tmp_path / "runs" / "a_run"
-    run.mkdir(parents=True)
+    Run(run).create("pretrain", {"model": "resnet-tiny"}, {"model": "resnet-tiny", "algo": "scaled_ql"})
     build_figures([run], tmp_path / "figs", png=False, reps=200)
     readme = (tmp_path / "figs" / "README.md").read_text()
     assert "- `runs/a_run` → method" in readme

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from workbench.devices import resolve_device
 from workbench.envs import MAX_AGENT_STEPS
 from workbench.games import canonical_game, geometry_of, resolve_games
 from workbench.paths import resolve_path
+from workbench.run import Run
 from workbench.settings import from_params, namespace_params
 
 __all__ = ["EvaluateConfig", "PretrainConfig", "RESUMABLE_FIELDS", "check_cpu_time", "estimate_cpu_hours",
@@ -291,8 +293,10 @@ class EvaluateConfig:
     """Episodes per game, each with its own seed (the papers use 16)."""
     num_envs: int = 4
     """Parallel environments per game (batched inference across all of them)."""
-    max_steps: int = 27_000
-    """Agent-step cap per episode: 27,000 = 108,000 frames, the protocol's; smaller is flagged."""
+    max_steps: int = 0
+    """Agent-step cap per episode; 0 = the cap the run itself was evaluated with (its resolved
+    ``eval_max_steps``: the cpu preset's 100-1,000, the paper preset's 27,000). 27,000 = 108,000
+    frames, the protocol's; smaller is flagged."""
     epsilon: float = 0.001
     """Evaluation epsilon (both papers: 0.001)."""
     planning_horizon: int = 2
@@ -314,16 +318,18 @@ class EvaluateConfig:
     seed: int = 0
     """Base seed: per-episode seeds and the epsilon stream derive from it."""
     output: str = ""
-    """Scores JSON path; '' = <run dir>/eval/scores_<games>.json."""
+    """Scores JSON file to write (a ``.json`` path, not a folder); '' = <run dir>/eval/scores_<games>.json."""
     device: str = "auto"
     """'auto', 'cpu', 'cuda' or 'cuda:N'."""
 
     def __post_init__(self) -> None:
         if self.games:
             resolve_games(self.games)
-        for name in ("episodes", "num_envs", "max_steps"):
+        for name in ("episodes", "num_envs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps < 0:
+            raise ValueError(f"max_steps must be >= 0 (0 = the run's own evaluation cap), got {self.max_steps}")
         parse_beam_width(self.beam_width, None)
         _check_eval_extras(self.sticky_actions, self.noop_starts)
         check_eval_cap("max_steps", self.max_steps)
@@ -334,14 +340,58 @@ class EvaluateConfig:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if not 0.0 <= self.epsilon <= 1.0:
             raise ValueError(f"epsilon must be in [0, 1], got {self.epsilon}")
+        check_scores_output("output", self.output)
+        if self.max_steps == 0:  # the run's own cap, when the run can be read now (evaluate_run opens it anyway)
+            cap = run_eval_cap(self.checkpoint, strict=False)
+            if cap is not None:
+                object.__setattr__(self, "max_steps", cap)
 
     @classmethod
     def from_params(cls, **params: Any) -> EvaluateConfig:
-        return from_params(cls, params)
+        """Validated parameters; ``max_steps=0`` becomes the run's own evaluation cap, and a
+        checkpoint that is no run then stops here, before any work."""
+        config = from_params(cls, params)
+        if config.max_steps == 0:
+            run_eval_cap(config.checkpoint, strict=True)  # raises, naming the checkpoint
+        return config
 
     def eval_options(self, games: Sequence[str]) -> EvalOptions:
         """Options for a run trained on ``games`` (per-game beam widths follow its game order)."""
         return EvalOptions(planning_horizon=self.planning_horizon, beam_width=parse_beam_width(self.beam_width, games))
+
+
+def check_scores_output(name: str, output: str) -> None:
+    """A scores file to write must be a ``.json`` file path: not an existing folder, not a path
+    ending in a separator, not below a file. The error names the path and what is expected."""
+    if not output:
+        return
+    path = resolve_path(output)
+    expected = (f"give the scores JSON file to write (a path ending in .json, e.g. {path / 'scores.json'} when "
+                "it is a folder), or '' for <run>/eval/scores_<games>.json")
+    if path.is_dir() or output.endswith(("/", os.sep)):
+        raise ValueError(f"{name} {output!r} is a folder ({path}), not a file: {expected}")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"{name} {output!r}: {parent} is a file, so nothing can be written below it; {expected}")
+    if path.suffix != ".json":
+        raise ValueError(f"{name} {output!r} does not end in .json ({path}): {expected}")
+
+
+def run_eval_cap(checkpoint: str, *, strict: bool) -> int | None:
+    """The agent-step cap a run was evaluated with (its ``config.json``'s resolved ``eval_max_steps``;
+    the protocol's 27,000 when an older run does not record one). Without ``strict``, None when
+    ``checkpoint`` is no readable run; with it, a ValueError naming the checkpoint."""
+    try:
+        resolved = Run.open(resolve_path(checkpoint)).resolved
+    except (FileNotFoundError, ValueError) as exc:
+        if not strict:
+            return None
+        raise ValueError(f"checkpoint {checkpoint!r} is not a readable workbench run ({exc}); max_steps=0 takes the "
+                         "evaluation cap of the run, so give a run folder, its checkpoints/ folder or one checkpoint "
+                         "(or max_steps=N)") from None
+    cap = resolved.get("eval_max_steps")
+    return int(cap) if isinstance(cap, int) and not isinstance(cap, bool) and 0 < cap <= MAX_AGENT_STEPS \
+        else MAX_AGENT_STEPS
 
 
 def _check_eval_extras(sticky: float, noops: int) -> None:

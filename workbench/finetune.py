@@ -110,9 +110,10 @@ class FinetuneConfig:
 
     checkpoint: str = "runs/pretrain-resnet-tiny"
     """The pretrained run (its folder, its checkpoints/ folder or one checkpoint)."""
-    game: str = "Pong"
+    game: str = "MsPacman"
     """The held-out game to fine-tune on (Scaled QL: Alien, MsPacman, Pong, SpaceInvaders,
-    StarGunner; JOWA: Gravitar, MsPacman, Pong, Robotank, YarsRevenge)."""
+    StarGunner; JOWA: Gravitar, MsPacman, Pong, Robotank, YarsRevenge). The default is held out by
+    every protocol, and is not a game of the default pretraining run (Pong)."""
     dataset: str = ""
     """A built store holding the game, or a DQN-Replay root (then `split` and `runs` apply);
     '' records a small dataset of the game first (with a random policy, as notebook 02)."""

@@ -228,7 +228,7 @@ class CollectConfig:
     games: str = "Pong"  # comma-separated game names or a game set
     steps: int = 2000  # agent steps recorded per game
     policy: str = "random"  # 'random' or 'package.module:factory' (a Policy, played epsilon-greedily)
-    output_dir: str = "data/recorded"  # DQN-Replay root to write {Game}/{run}/replay_logs into
+    output_dir: str = "runs/recorded"  # DQN-Replay root to write {Game}/{run}/replay_logs into
     seed: int = 0
     epsilon: float = 0.01  # exploration of a Policy (unused by 'random')
     capacity: int = 1_000_000  # rows per checkpoint (DQN-Replay: 1,000,000)

@@ -1,11 +1,14 @@
 """Interactive ablation explorer: a sweep (or any run folders) -> widgets -> plots that update in place.
 
-Data path: run folders are read with :func:`workbench.viz.analysis.read_run`, one evaluation
-protocol is chosen with :func:`~workbench.viz.analysis.select_evaluations`, runs are grouped by
-the chosen factors' levels and turned into ``{group: {game: [scores]}}`` by
-:func:`~workbench.viz.analysis.method_scores` (a run is a seed when every group has >= 2 seeds,
-else an evaluation episode). Every number drawn comes from :mod:`workbench.metrics`
-(aggregates with stratified-bootstrap CIs, performance profiles, probability of improvement).
+Data path: run folders are read with :func:`workbench.viz.analysis.read_run` (folders that are
+not runs are left out and listed in ``not_done``), one evaluation protocol is chosen with
+:func:`~workbench.viz.analysis.select_evaluations`, runs are grouped by the chosen factors' levels
+and turned into ``{group: {game: [scores]}}`` by :func:`~workbench.viz.analysis.method_scores` (a
+run is a seed, its per-game mean; a group with one run gets no interval:
+:func:`~workbench.viz.analysis.honest_aggregates`). Every number drawn comes from
+:mod:`workbench.metrics` (aggregates with stratified-bootstrap CIs, performance profiles,
+probability of improvement). Without a sweep, the factors are the settings of the runs' resolved
+configurations that differ (:func:`~workbench.viz.analysis.setting_factors`).
 
 Groups are ordered by the x factor's levels, then the colour factor's, in the sweep's order;
 ``metrics.aggregate`` seeds group ``i``'s bootstrap with ``seed + i``, so the same choice draws
@@ -36,18 +39,22 @@ from workbench.reference import paper_tables as pt
 from workbench.sweep import load_sweep, sweep_status
 from workbench.viz import results_figures as F
 from workbench.viz.analysis import (
-    RUN_ONLY_KEYS,
+    DEFAULT_OUT_DIR,
     RunInfo,
+    explain_empty,
+    honest_aggregates,
     method_labels,
     method_scores,
+    not_a_run,
     paper_reference_points,
     read_run,
     scaling_points,
     select_evaluations,
+    setting_factors,
 )
 from workbench.viz.export import FigureSaveStatus, save_figures
 from workbench.viz.recipes import Built, Drawn, FigureRecipe, Skip, draw
-from workbench.viz.style import method_color
+from workbench.viz.style import method_color, off_axis_trace, publication_layout, short_labels, value_range
 
 __all__ = ["AblationData", "AblationExplorer", "METRIC_CHOICES", "VIEWS", "group_scores", "load_ablation",
            "paper_figures"]
@@ -90,8 +97,11 @@ def load_ablation(source: str | os.PathLike[str] | Sequence[str | os.PathLike[st
     """A sweep (its file, its folder or its ``sweep.json``) or a list of run folders.
 
     For a sweep, the factors and levels are the sweep's and only finished points are read
-    (the others are listed in ``not_done``). For plain run folders, the factors are the
-    configuration values (parameters and resolved algorithm settings) that differ between runs."""
+    (the others are listed in ``not_done``). For plain run folders, the factors are the settings of
+    their resolved configurations that differ between runs (``analysis.setting_factors``: a
+    parameter left at 0 counts with the value it resolved to), and folders that are not run
+    folders (no config.json of a run kind, e.g. notebook 07's ``runs/explore``) are left out and
+    listed in ``not_done``."""
     if isinstance(source, (str, os.PathLike)):
         path = resolve_path(source)
         if path.is_dir() and (path / "sweep.json").is_file():
@@ -135,33 +145,24 @@ def _shared_behaviour(runs: Sequence[RunInfo]) -> dict[str, dict[str, float]]:
 def _from_runs(paths: Sequence[Path], mix_protocols: bool) -> AblationData:
     if not paths:
         raise ValueError("no run folders given")
-    read = [read_run(p) for p in paths]
-    runs = [r for r in read if r.config]  # folders that are not runs (runs/sweeps, ...) have no factors
+    not_runs = {p: why for p in paths if (why := not_a_run(p)) is not None}
+    runs = [read_run(p) for p in paths if p not in not_runs]
     if not runs:
-        raise ValueError(f"none of {', '.join(map(str, paths))} is a workbench run folder (config.json)")
-
-    def values(r: RunInfo) -> dict[str, Any]:
-        params = {k: v for k, v in r.config.items() if k not in RUN_ONLY_KEYS and k not in ("algo_args", "resolved")}
-        settings = (r.config.get("resolved") or {}).get("settings") or {}
-        return {**params, **settings}
-
-    vals = [values(r) for r in runs]
-    keys = list(dict.fromkeys(k for v in vals for k in v))
-    factors: dict[str, list[Any]] = {}
-    for k in keys:
-        seen = list(dict.fromkeys(_level_text(v.get(k)) for v in vals))
-        if len(seen) > 1:
-            factors[k] = [json.loads(s) if s.startswith(("{", "[")) else next(
-                v.get(k) for v in vals if _level_text(v.get(k)) == s) for s in seen]
+        raise ValueError(f"none of {', '.join(map(str, paths))} is a workbench run folder (a config.json of a run "
+                         "kind): run notebook 02, 03 or 04 first, or give run_dirs / sweep")
+    names, vals = setting_factors(runs)
+    if len({r.kind for r in runs}) > 1:  # runs of several kinds: the kind is a factor of its own
+        names, vals = ["kind", *names], [{"kind": r.kind, **v} for r, v in zip(runs, vals)]
+    factors: dict[str, list[Any]] = {k: _unique([v[k] for v in vals]) for k in names}
     levels: list[dict[str, Any]]
     if not factors:  # nothing differs: every run is its own level
         labels = method_labels(runs)
         factors = {"run": list(dict.fromkeys(labels))}
         levels = [{"run": lab} for lab in labels]
     else:
-        levels = [{k: v.get(k) for k in factors} for v in vals]
+        levels = vals
     data = AblationData(name="runs", source=", ".join(str(p) for p in paths), runs=runs, levels=levels,
-                        factors=factors, not_done=[f"{r.path} (not a run)" for r in read if not r.config])
+                        factors=factors, not_done=[f"{p} (not a run: {why})" for p, why in not_runs.items()])
     data.protocol, data.left_out = select_evaluations(runs, mix_protocols)
     data.behaviour = _shared_behaviour(runs)
     return data
@@ -214,20 +215,25 @@ def aggregate_figure(agg: dict[str, dict[str, Any]], groups: dict[str, tuple[Any
     title_metric = dict((v, k) for k, v in METRIC_CHOICES)[metric]
     fig = go.Figure()
     colours = list(dict.fromkeys(cl for _, cl in groups.values()))
+    # levels that are numbers (sizes, rates) are a series: joined by lines; names (algorithms) are not
+    series = all(isinstance(xl, (int, float)) and not isinstance(xl, bool) for xl, _ in groups.values())
     for i, cl in enumerate(colours):
         labs = [lab for lab, (_, c) in groups.items() if c == cl and lab in agg]
         ys = [agg[lab][metric] for lab in labs]
-        cis = [agg[lab][f"{metric}_ci"] for lab in labs]
+        cis = [agg[lab][f"{metric}_ci"] or [y, y] for lab, y in zip(labs, ys)]  # one run: no interval
         fig.add_trace(go.Scatter(
-            x=[_level_text(groups[lab][0]) for lab in labs], y=ys, mode="markers+lines",
+            x=[_level_text(groups[lab][0]) for lab in labs], y=ys, mode="markers+lines" if series else "markers",
             name=f"{color}={_level_text(cl)}" if color else title_metric, marker=dict(size=10, color=method_color(i)),
             error_y=dict(type="data", symmetric=False, array=[hi - y for y, (_, hi) in zip(ys, cis)],
                          arrayminus=[y - lo for y, (lo, _) in zip(ys, cis)]),
-            customdata=labs, hovertemplate="%{customdata}<br>%{y:.3f}<extra></extra>"))
-    fig.update_layout(title=f"{title_metric} ({normalization}-normalized, 95% stratified-bootstrap CIs) by {x}",
-                      template="plotly_white", xaxis_title=x, yaxis_title=title_metric, height=380,
-                      xaxis_type="category", margin=dict(t=60, b=40))
-    return fig
+            customdata=[f"{lab}<br>{agg[lab].get('interval', '')}" for lab in labs],
+            hovertemplate="%{customdata}<br>%{y:.3f}<extra></extra>"))
+    fig.update_layout(title=f"{title_metric} ({normalization}-normalized, 95% stratified-bootstrap CIs; none over "
+                            f"1 run) by {x}",
+                      xaxis_title=x, yaxis_title=title_metric, xaxis_type="category")
+    levels = len({_level_text(xl) for xl, _ in groups.values()})
+    return publication_layout(explain_empty(fig, "nothing to draw: no group has evaluation scores"),
+                              plot_width=max(360, 90 * levels), plot_height=280)
 
 
 def per_game_table(scores: dict[str, dict[str, list[float]]], normalization: str) -> go.Figure:
@@ -248,32 +254,25 @@ def per_game_table(scores: dict[str, dict[str, list[float]]], normalization: str
 
 
 def curves_figure(data: AblationData, x: str, color: str | None, metric: str) -> go.Figure:
-    """Learning curves of ``metric``, every run drawn in its group's colour."""
-    fig = go.Figure()
+    """Learning curves of ``metric``, every run drawn in its group's colour (a group is one legend
+    entry; more groups than a legend lists are drawn in side-by-side panels)."""
     labels = [group_label(lv, x, color) for lv in data.levels]
-    order = list(dict.fromkeys(labels))
-    shown: set[str] = set()
-    for r, lab in zip(data.runs, labels):
-        pts = sorted((float(rec["step"]), float(rec[metric])) for rec in r.metrics
-                     if "step" in rec and isinstance(rec.get(metric), (int, float)))
-        if not pts:
-            continue
-        c = method_color(order.index(lab))
-        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines", name=lab,
-                                 legendgroup=lab, showlegend=lab not in shown, line=dict(color=c),
-                                 hovertemplate=f"{lab} [{r.name}]<br>step %{{x}}: %{{y:.4g}}<extra></extra>"))
-        shown.add(lab)
-    fig.update_layout(title=f"Learning curves: {metric} (each run, coloured by level)", template="plotly_white",
-                      xaxis_title="gradient step", yaxis_title=metric, height=380, margin=dict(t=60, b=40))
-    return fig
+    runs = {f"{lab} [{r.name}]": r.metrics for r, lab in zip(data.runs, labels)
+            if any("step" in rec and isinstance(rec.get(metric), (int, float)) for rec in r.metrics)}
+    title = f"Learning curves: {metric} (each run, coloured by level)"
+    if runs:
+        groups = {f"{lab} [{r.name}]": lab for r, lab in zip(data.runs, labels)}
+        return F.make_learning_curve_figure(runs, [metric], title=title, groups=groups, row_height=280)
+    fig = go.Figure().update_layout(title=title, xaxis_title="gradient step", yaxis_title=metric)
+    return publication_layout(explain_empty(fig, f"nothing to draw: no run logged {metric!r} in its metrics.jsonl"),
+                              plot_width=560, plot_height=280)
 
 
 def _message_figure(text: str) -> go.Figure:
     fig = go.Figure()
     fig.add_annotation(text=text, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
-    fig.update_layout(title=text[:80], template="plotly_white", height=200,
-                      xaxis=dict(visible=False), yaxis=dict(visible=False))
-    return fig
+    fig.update_layout(title="Not drawn", xaxis=dict(visible=False), yaxis=dict(visible=False))  # why: inside
+    return publication_layout(fig, plot_width=560, plot_height=120, legend="none")
 
 
 @dataclass
@@ -301,20 +300,23 @@ def compute_views(data: AblationData, c: Choice, *, reps: int = 2000, seed: int 
             raise ValueError("no finished run with evaluation scores")
         numbers["runs_are"] = runs_are
         numbers["scores"] = scores
-        agg = M.aggregate(scores, c.normalization, reps=reps, seed=seed)  # type: ignore[arg-type]
+        agg = honest_aggregates(scores, c.normalization, reps=reps, seed=seed)  # type: ignore[arg-type]
         numbers["aggregates"] = agg
+        single = {lab for lab, a in agg.items() if a["num_runs"] < 2}
         figs["aggregates"] = aggregate_figure(agg, groups, c.x, c.color if c.color != c.x else None, c.metric,
                                               c.normalization)
         prof = M.performance_profile(scores, c.normalization, reps=reps, seed=seed)  # type: ignore[arg-type]
         numbers["performance_profiles"] = prof
         figs["performance_profiles"] = F.make_performance_profile_figure(
             prof["taus"], {m: v["profile"] for m, v in prof["methods"].items()},
-            {m: [v["lo"], v["hi"]] for m, v in prof["methods"].items()},
-            title=f"Performance profiles ({c.normalization}-normalized, runs = {runs_are})")
+            {m: [v["lo"], v["hi"]] for m, v in prof["methods"].items() if m not in single},
+            title=f"Performance profiles ({c.normalization}-normalized, runs = {runs_are}; no band over 1 run)")
         a, b = c.level_a or list(scores)[0], c.level_b or list(scores)[-1]
         if a in scores and b in scores and a != b:
             poi = M.probability_of_improvement(scores, [(a, b)], c.normalization,  # type: ignore[arg-type]
                                                reps=reps, seed=seed)
+            if {a, b} & single:  # one run measures no spread
+                poi[f"{a} vs {b}"]["ci"] = None
             numbers["probability_of_improvement"] = poi
             figs["probability_of_improvement"] = F.make_probability_of_improvement_figure(
                 poi, title="Probability of improvement")
@@ -354,7 +356,7 @@ class AblationExplorer:
         if not data.factors:
             raise ValueError("the runs have no factor that varies")
         self.data, self.reps, self.seed = data, reps, seed
-        self.out_dir = Path(out_dir) if out_dir else resolve_path(f"figures/ablation-{data.name}")
+        self.out_dir = Path(out_dir) if out_dir else resolve_path(f"{DEFAULT_OUT_DIR}/ablation-{data.name}")
         factors = list(data.factors)
         curve_keys = sorted({k for r in data.runs for rec in r.metrics for k, v in rec.items()
                              if isinstance(v, (int, float)) and k not in ("step", "time")})
@@ -373,7 +375,7 @@ class AblationExplorer:
                                 (curve_keys or ["loss"])[0], description="curve"),
         }
         self.message = W.HTML()
-        self.export_button = W.Button(description="export to figures/", icon="save")
+        self.export_button = W.Button(description=f"export to {DEFAULT_OUT_DIR}/", icon="save")
         self.export_button.on_click(lambda _: self.export())
         self.figures = {name: go.FigureWidget() for name in VIEWS}
         self.numbers: dict[str, Any] = {}
@@ -425,7 +427,8 @@ class AblationExplorer:
             _replace(self.figures[name], fig)
         err = self.numbers.get("error")
         self.message.value = f"<span style='color:#b00'>{err}</span>" if err else (
-            f"runs = {self.numbers.get('runs_are')} (a group's runs are its seeds when every group has two or more)")
+            f"runs = {self.numbers.get('runs_are')} (a group's runs are its seeds; a group with one run has no "
+            "interval)")
 
     def export(self, out_dir: str | os.PathLike[str] | None = None) -> list[FigureSaveStatus]:
         """Every view to ``out_dir`` as PNG + HTML, and a README line per file saying which sweep,
@@ -487,7 +490,7 @@ def _papers(data: AblationData, reps: int, seed: int) -> _Papers:
         raise Skip(f"the papers' figures are human-normalized Atari scores; {', '.join(no_human)} "
                    "have no human reference score")
     scores = {lab: {g: v[g] for g in games} for lab, v in scores.items()}
-    agg = M.aggregate(scores, "human", reps=reps, seed=seed)
+    agg = honest_aggregates(scores, "human", reps=reps, seed=seed)
     paper_games, paper_points = paper_reference_points(games)
     truncated = any(not (r.scores or {}).get("comparable_to_papers", True) for r in data.runs)
     caveat = " (our runs: truncated episodes, not comparable to the papers)" if truncated else ""
@@ -506,28 +509,39 @@ def _scaled_ql_fig2(p: _Papers) -> Built:
         if all(g in per_game for g in p.games):
             profile_in[f"behaviour policy ({split})"] = {g: [per_game[g]] for g in p.games}
     prof = M.performance_profile(profile_in, "human", reps=p.reps, seed=p.seed)
+    bands = {m for m in p.scores if min(len(v) for v in p.scores[m].values()) >= 2}  # one run (or value): no band
     return F.make_performance_profile_figure(
         prof["taus"], {m: v["profile"] for m, v in prof["methods"].items()},
-        {m: [v["lo"], v["hi"]] for m, v in prof["methods"].items()},
+        {m: [v["lo"], v["hi"]] for m, v in prof["methods"].items() if m in bands},
         title="Scaled QL Figure 2: performance profiles" + p.caveat), ""
 
 
 def _scaled_ql_fig4(p: _Papers) -> Built:
     """Scaled QL Figure 4: per-game human-normalized scores, the paper's DT and Scaled QL as marks."""
     fig = go.Figure()
+    short = short_labels(p.scores)
+    ours: list[float] = []
     for i, (lab, per) in enumerate(p.scores.items()):
-        fig.add_trace(go.Bar(x=p.games, y=[float(np.mean(M.normalize({g: per[g]})[g])) for g in p.games], name=lab,
-                             marker_color=method_color(i)))
+        ys = [float(np.mean(M.normalize({g: per[g]})[g])) for g in p.games]
+        ours += ys
+        fig.add_trace(go.Bar(x=p.games, y=ys, name=short[lab], marker_color=method_color(i),
+                             hovertemplate=f"{lab}<br>%{{x}}: %{{y:.3f}}<extra></extra>"))
+    # the paper's numbers are marks: they do not set the axis, so our bars stay readable
+    rng = value_range(ours)
     for j, method in enumerate(("DT (200M)", "Scaled QL (80M)")):
         col = pt.SCALED_QL_C1[method]
         shared = [g for g in p.games if g in col]
         if shared:
-            fig.add_trace(go.Scatter(x=shared, y=[float(M.normalize_score(g, col[g])) for g in shared],
-                                     mode="markers", name=f"paper: {method} [Table C.1]",
+            name, values = f"paper: {method} [Table C.1]", [float(M.normalize_score(g, col[g])) for g in shared]
+            fig.add_trace(go.Scatter(x=shared, y=values, mode="markers", name=name, legendgroup=name,
                                      marker=dict(symbol=("diamond-open", "x")[j], size=12, color="black")))
+            edge = off_axis_trace(name, shared, values, rng, color="black")
+            if edge is not None:
+                fig.add_trace(edge)
     fig.update_layout(title="Scaled QL Figure 4: per-game human-normalized score" + p.caveat, barmode="group",
-                      template="plotly_white", yaxis_title="human-normalized score", height=420)
-    return fig, ""
+                      yaxis_title="human-normalized score", yaxis_range=rng)
+    return publication_layout(fig, plot_width=max(360, 24 * len(p.games) * max(1, len(p.scores))),
+                              plot_height=300), ""
 
 
 def _no_scaling_points(p: _Papers) -> str | None:
@@ -552,22 +566,28 @@ def _scaled_ql_fig6(p: _Papers) -> Built:
     fig = go.Figure()
     for i, name in enumerate(p.data.factors):
         s, _, groups = group_scores(p.data, name, None, p.games)
-        a = M.aggregate(s, "human", reps=p.reps, seed=p.seed)
+        a = honest_aggregates(s, "human", reps=p.reps, seed=p.seed)
         labs = [lab for lab in groups if lab in a]
+        cis = [a[lab]["iqm_ci"] or [a[lab]["iqm"]] * 2 for lab in labs]  # one run: no interval
         fig.add_trace(go.Bar(x=labs, y=[a[lab]["iqm"] for lab in labs], name=name, marker_color=method_color(i),
                              error_y=dict(type="data", symmetric=False,
-                                          array=[a[lab]["iqm_ci"][1] - a[lab]["iqm"] for lab in labs],
-                                          arrayminus=[a[lab]["iqm"] - a[lab]["iqm_ci"][0] for lab in labs])))
-    fig.update_layout(title="Scaled QL Figure 6: IQM per ablation level (95% CIs)" + p.caveat,
-                      template="plotly_white", yaxis_title="human-normalized IQM", height=420)
-    return fig, ""
+                                          array=[ci[1] - a[lab]["iqm"] for lab, ci in zip(labs, cis)],
+                                          arrayminus=[a[lab]["iqm"] - ci[0] for lab, ci in zip(labs, cis)]),
+                             hovertext=[f"{lab}: {a[lab]['interval']}" for lab in labs]))
+    fig.update_layout(title="Scaled QL Figure 6: IQM per ablation level (95% CIs; none over 1 run)" + p.caveat,
+                      yaxis_title="human-normalized IQM")
+    bars = sum(len(tr.x) for tr in fig.data)
+    return publication_layout(fig, plot_width=max(360, 40 * bars), plot_height=300), ""
 
 
 def _jowa_table2(p: _Papers) -> Built:
     """JOWA Table 2: per-game raw scores with the paper's columns for the games it has."""
     t2_games = [g for g in p.games if g in pt.JOWA_T2["JOWA (150M)"]]
-    rows: list[dict[str, Any]] = [{"method": lab, **{g: float(np.mean(per[g])) for g in p.games},
-                                   "IQM": p.agg[lab]["iqm"]} for lab, per in p.scores.items()]
+    rows: list[dict[str, Any]] = [{F.SECTION: "Our runs"}]
+    rows += [{"method": lab, **{g: float(np.mean(per[g])) for g in p.games}, "IQM": p.agg[lab]["iqm"]}
+             for lab, per in p.scores.items()]
+    if t2_games:
+        rows.append({F.SECTION: "JOWA Table 2, printed (IQM over its 15 games)"})
     for method in ("JOWA (150M)", "JOWA (40M)", "SQL (80M)", "MTBC (120M)"):
         if t2_games:
             rows.append({"method": f"paper: {method} [Table 2]",
@@ -579,10 +599,21 @@ def _jowa_table2(p: _Papers) -> Built:
 
 
 def _jowa_tables4_5(p: _Papers) -> Built:
-    """JOWA Tables 4 and 5: ablation aggregates, the paper's printed rows as reference."""
-    rows = [{"variant": lab, "runs": p.runs_are, "mean": a["mean"], "median": a["median"], "IQM": a["iqm"],
-             "IQM 95% CI": a["iqm_ci"]} for lab, a in p.agg.items()]
-    rows += [{"variant": f"paper: {m} [Table 18, 6 games]", "runs": "printed", **{k if k != "iqm" else "IQM": v
+    """JOWA Tables 4 and 5: ablation aggregates of our JOWA variants, then the paper's printed rows,
+    each under its own header. Runs of other algorithms are no ablation of JOWA: they are no rows
+    (the header says so when no run is JOWA's)."""
+    algos: dict[str, set[str]] = {}
+    for r, lab in zip(p.data.runs, p.labels):
+        algos.setdefault(lab, set()).add(r.algo)
+    jowa = [lab for lab in p.agg if algos.get(lab) == {"jowa"}]
+    others = sorted({a for lab in p.agg if lab not in jowa for a in algos.get(lab, set())})
+    rows: list[dict[str, Any]] = [{F.SECTION: "Our JOWA runs" if jowa else
+                                   f"Our JOWA runs: none (these runs are {', '.join(others)}: no ablation of JOWA)"}]
+    rows += [{"variant": lab, "runs": a["num_runs"], "mean": a["mean"], "median": a["median"], "IQM": a["iqm"],
+              "IQM interval": a["iqm_ci"] if a["iqm_ci"] is not None else "none (1 run)", "interval": a["interval"]}
+             for lab, a in p.agg.items() if lab in jowa]
+    rows.append({F.SECTION: "JOWA paper, Table 18 (printed; its 6 games)"})
+    rows += [{"variant": f"paper: {m}", "runs": "printed", **{k if k != "iqm" else "IQM": v
               for k, v in vals.items()}} for m, vals in pt.JOWA_T18_AGGREGATES.items()]
     return F.make_ablation_table_figure(rows, title="JOWA Tables 4/5: ablations, human-normalized" + p.caveat), ""
 

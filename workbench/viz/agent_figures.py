@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,14 @@ import plotly.graph_objects as go
 from PIL import Image
 from plotly.subplots import make_subplots
 
-from workbench.viz.style import method_color
+from workbench.viz.style import (
+    FONT_SIZE,
+    MAX_LEGEND_ENTRIES,
+    method_color,
+    publication_layout,
+    run_width,
+    spacing,
+)
 
 __all__ = [
     "CHOSEN_COLOR",
@@ -39,8 +47,6 @@ KEPT_COLOR = "#2ca02c"
 PRUNED_COLOR = "#b0b0b0"
 ROOT_COLOR = "#1f77b4"
 CHOSEN_COLOR = "#d62728"
-
-
 
 
 def expected_q(probs: np.ndarray, support: np.ndarray) -> np.ndarray:
@@ -71,39 +77,76 @@ def make_return_distribution_figure(
     if chosen is not None and not 0 <= chosen < p.shape[0]:
         raise ValueError(f"chosen action {chosen} outside 0..{p.shape[0] - 1}")
     q = expected_q(p, z)
-    fig = make_subplots(
-        rows=1, cols=2, column_widths=[0.68, 0.32], horizontal_spacing=0.12,
-        subplot_titles=("Return distribution per action", "Expected Q"),
-    )
+    n = p.shape[0]
+    facet = n > MAX_LEGEND_ENTRIES  # Atari's full action set: one small panel per action, no legend
+    if facet:
+        cols = 6
+        rows = math.ceil(n / cols)
+        label_px = max(run_width(str(name), FONT_SIZE) for name in action_names) + 12  # the Q panel's row names
+        panel_w, panel_h, gap_h, gap_v, bar_w = 140, 90, 24, 46, 200
+        plot_w = cols * panel_w + cols * gap_h + label_px + bar_w
+        plot_h = rows * panel_h + (rows - 1) * gap_v
+        specs: list[list[dict[str, Any] | None]] = [[{} for _ in range(cols)] + [{"rowspan": rows} if r == 0 else None]
+                                                    for r in range(rows)]
+        # titles in the grid's order, row by row: the Q panel's comes after the first row's panels
+        names = [f"{name}<br>Q={q[a]:.2f}" for a, name in enumerate(action_names)]
+        titles = names[:cols] + ["Expected Q"] + names[cols:] + [""] * (rows * cols - n)
+        fig = make_subplots(
+            rows=rows, cols=cols + 1, specs=specs, column_widths=[panel_w] * cols + [label_px + bar_w],
+            horizontal_spacing=spacing(gap_h, plot_w), vertical_spacing=spacing(gap_v, plot_h),
+            subplot_titles=titles,
+        )
+    else:
+        plot_w, plot_h = 620, max(300, 26 * n + 20)
+        fig = make_subplots(
+            rows=1, cols=2, column_widths=[0.68, 0.32], horizontal_spacing=spacing(110, plot_w),
+            subplot_titles=("Return distribution per action", "Expected Q"),
+        )
+    top = float(p.max()) * 1.05 if p.size else 1.0
     for a, name in enumerate(action_names):
         is_chosen = a == chosen
         fig.add_trace(
             go.Scatter(
-                x=z, y=p[a], mode="lines", name=f"{name} (Q={q[a]:.2f})",
+                x=z, y=p[a], mode="lines", name=f"{name} (Q={q[a]:.2f})", showlegend=not facet,
                 line=dict(width=4 if is_chosen else 1.5,
                           color=CHOSEN_COLOR if is_chosen else method_color(a)),
                 opacity=1.0 if is_chosen or chosen is None else 0.55,
                 hovertemplate=f"{name}<br>z=%{{x:.2f}}<br>p=%{{y:.3f}}<extra></extra>",
             ),
-            row=1, col=1,
+            row=a // 6 + 1 if facet else 1, col=a % 6 + 1 if facet else 1,
         )
+    bar_col = 7 if facet else 2
     fig.add_trace(
         go.Bar(
             x=q, y=list(action_names), orientation="h", showlegend=False, name="Q",
             marker_color=[CHOSEN_COLOR if a == chosen else "#7f9fcf" for a in range(len(q))],
-            text=[f"{v:.2f}" for v in q], textposition="auto",
             hovertemplate="%{y}: Q=%{x:.3f}<extra></extra>",
         ),
-        row=1, col=2,
+        row=1, col=bar_col,
     )
-    fig.update_yaxes(autorange="reversed", row=1, col=2)
-    fig.update_xaxes(title_text="return z", row=1, col=1)
-    fig.update_yaxes(title_text="probability", row=1, col=1)
+    fig.update_yaxes(autorange="reversed", type="category", row=1, col=bar_col)
+    fig.update_xaxes(title_text="Q", row=1, col=bar_col)
+    if facet:
+        # the Q panel's plot starts right of its row names (make_subplots spaces columns evenly)
+        bar_axis = fig.layout[fig.data[-1].xaxis.replace("x", "xaxis", 1)]
+        d0, d1 = bar_axis.domain
+        bar_axis.domain = [d0 + label_px / plot_w, d1]
+        span = float(z[-1] - z[0]) or 1.0
+        for a in range(n):
+            r, c = a // 6 + 1, a % 6 + 1
+            fig.update_xaxes(range=[float(z[0]) - 0.08 * span, float(z[-1]) + 0.08 * span],
+                             showticklabels=r == rows or a + 6 >= n, nticks=3, row=r, col=c)
+            fig.update_yaxes(range=[0, top], showticklabels=c == 1, nticks=3, row=r, col=c)
+        fig.update_xaxes(title_text="return z", row=rows, col=1)
+        fig.update_yaxes(title_text="probability", row=1, col=1)
+    else:
+        fig.update_xaxes(title_text="return z", row=1, col=1)
+        fig.update_yaxes(title_text="probability", row=1, col=1)
     head = title or "Q distributions"
     if chosen is not None:
         head += f" — chosen: {action_names[chosen]} (Q={q[chosen]:.3f})"
-    fig.update_layout(title=head, template="plotly_white", height=420, legend=dict(font_size=10))
-    return fig
+    fig.update_layout(title=head)
+    return publication_layout(fig, plot_width=plot_w, plot_height=plot_h)
 
 
 # --------------------------------------------------------------------------- search tree
@@ -229,7 +272,7 @@ def make_search_tree_figure(
             go.Scatter(
                 x=lay.x, y=lay.y, mode="markers+text", name="nodes", showlegend=False,
                 customdata=custom, hovertext=hover, hoverinfo="text",
-                text=labels, textposition="middle right", textfont=dict(size=10),
+                text=labels, textposition="middle right", textfont=dict(size=10), cliponaxis=False,
                 marker=dict(size=13, color=colors, symbol=symbols,
                             line=dict(width=line_w, color=CHOSEN_COLOR)),
             ),
@@ -238,13 +281,17 @@ def make_search_tree_figure(
     head = title or "Beam-search tree"
     if chosen is not None:
         head += f" — chosen: {aname(int(chosen))}"
+    # room right of the deepest nodes for their labels: e depth units hold the widest label
+    plot_w, deepest = 560.0, max(lay.x, default=0)
+    label_px = max((run_width(t, 10) for t in labels), default=0.0) + 16
+    extra = max(0.9, label_px * (deepest + 0.3) / max(plot_w - label_px, 1.0))
+    ranks = max(lay.y, default=0)
     fig.update_layout(
-        title=head, template="plotly_white", height=420, margin=dict(l=50, r=20, t=50, b=40),
-        # room on the right of the deepest nodes for their labels
-        xaxis=dict(title="depth", dtick=1, range=[-0.3, max(lay.x, default=0) + 0.9]),
-        yaxis=dict(title="rank", autorange="reversed"),
+        title=head,
+        xaxis=dict(title="depth", dtick=1, range=[-0.3, deepest + extra]),
+        yaxis=dict(title="rank", range=[ranks + 0.6, -0.6], dtick=1),
     )
-    return fig
+    return publication_layout(fig, plot_width=plot_w, plot_height=max(240.0, 26.0 * (ranks + 1)), legend="none")
 
 
 # --------------------------------------------------------------------------- frames
@@ -282,9 +329,10 @@ def make_frame_figure(frame: np.ndarray, *, title: str | None = None, height: in
     """One frame (grayscale or RGB uint8) as a ``go.Image`` with a PNG ``source``."""
     f = _to_rgb(frame)
     fig = go.Figure(go.Image(source=image_data_uri(f), name="frame"))
-    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=10))
+    fig.update_layout(title=title)
     _image_axes(fig)
-    return fig
+    plot_h = max(120.0, height - (50.0 if title else 20.0))
+    return publication_layout(fig, plot_width=plot_h * f.shape[1] / f.shape[0], plot_height=plot_h, legend="none")
 
 
 def make_frame_pair_figure(
@@ -306,8 +354,11 @@ def make_frame_pair_figure(
     if r.shape[0] != p.shape[0]:
         raise ValueError(f"{r.shape[0]} real frames for {p.shape[0]} predicted frames")
     k = r.shape[0]
+    side, gap_h, gap_v = 150, 12, 34  # a frame's panel, and the room for the second row's titles
+    plot_w, plot_h = k * side + (k - 1) * gap_h, 2 * side * r.shape[1] / r.shape[2] + gap_v
     fig = make_subplots(
-        rows=2, cols=k, horizontal_spacing=0.02, vertical_spacing=0.08,
+        rows=2, cols=k, horizontal_spacing=spacing(gap_h, plot_w) if k > 1 else 0.0,
+        vertical_spacing=spacing(gap_v, plot_h),
         subplot_titles=[f"real t+{i + 1}" for i in range(k)]
         + [f"predicted t+{i + 1}" for i in range(k)],
     )
@@ -315,7 +366,6 @@ def make_frame_pair_figure(
         for i in range(k):
             fig.add_trace(go.Image(source=image_data_uri(frames[i]), name=f"{tag} t+{i + 1}"),
                           row=row, col=i + 1)
-    fig.update_layout(title=title or "Real vs predicted next frames", height=420,
-                      margin=dict(l=10, r=10, t=70, b=10))
+    fig.update_layout(title=title or "Real vs predicted next frames")
     _image_axes(fig)
-    return fig
+    return publication_layout(fig, plot_width=plot_w, plot_height=plot_h, legend="none")

@@ -17,9 +17,18 @@ papers'; runs evaluated only otherwise are left out and named in the report and 
 below the protocol's are partial episodes: titles and the README say so, and the papers'
 numbers are not drawn next to them.
 
-Runs whose configs differ only in seed are runs of one *method*. A method's "runs" for rliable
-are its seeds (per-game mean score of each seed) when every method has at least two seeds;
-otherwise evaluation episodes stand in as runs (the README says which was used).
+Only run folders are read: a folder whose ``config.json`` names a kind of ``workbench.run.KINDS``.
+Anything else a glob matches (notebook 07's ``runs/explore``, this module's own ``runs/analysis``,
+``runs/sweeps``) is left out and named in the report and README.
+
+Runs of one kind whose *resolved* configurations (``config.json``'s ``resolved``, plus the
+parameters it does not cover, such as the data split) differ only in seed, output folder, logging
+or evaluation settings are runs of one *method*: :func:`method_labels` names each method by its
+algorithm, model and the one or two settings that tell it apart from the others
+(:func:`run_settings`). A method's runs are its seeds, each the per-game mean of its evaluation
+episodes (:func:`method_scores`); evaluation episodes are never runs: under the papers' protocol
+one policy's episodes are near-duplicates. A method with one run gets its mean and no interval,
+and every interval says how many runs it rests on (:func:`honest_aggregates`).
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -40,22 +49,36 @@ from safetensors import safe_open
 from workbench import metrics as M
 from workbench.algos.base import algo_label, algo_names, get_algo
 from workbench.envs import MAX_AGENT_STEPS
-from workbench.paths import shown_path
+from workbench.paths import resolve_path, shown_path
 from workbench.reference import paper_tables as pt
-from workbench.run import Run
+from workbench.run import KINDS, Run
 from workbench.viz import results_figures as F
 from workbench.viz.export import FigureSaveStatus, save_figures
 from workbench.viz.recipes import Built, FigureRecipe, Skip, draw
 
-__all__ = ["RUN_ONLY_KEYS", "AnalysisReport", "RunInfo", "build_figures", "count_parameters", "curve_names",
-           "method_scores", "online_final_scores", "online_finetune_figure", "online_learning_curve_figure",
-           "online_lr_selection",
-           "online_runs", "paper_reference_points", "protocol_key", "protocol_text", "read_run", "scaling_points",
-           "select_evaluations", "transfer_figure", "transfer_label", "transfer_scores"]
+__all__ = ["DEFAULT_OUT_DIR", "RUN_ONLY_KEYS", "AnalysisReport", "RunInfo", "build_figures", "count_parameters",
+           "curve_names", "explain_empty", "honest_aggregates", "method_labels", "method_scores", "method_settings",
+           "not_a_run",
+           "online_final_scores", "online_finetune_figure", "online_learning_curve_figure", "online_lr_selection",
+           "online_runs", "paper_reference_points", "protocol_key", "protocol_text", "read_run", "run_settings",
+           "scaling_points", "select_evaluations", "setting_factors", "transfer_figure", "transfer_label",
+           "transfer_scores"]
 
-# Config keys that never distinguish methods (seeds are runs of one method).
+DEFAULT_OUT_DIR = "runs/analysis"
+"""Where :func:`build_figures` (and notebook 06) write unless told otherwise: under the ignored
+``runs/``, never over the repository's tracked ``figures/``."""
+
+# Parameters that never distinguish methods (seeds are runs of one method); parameters named
+# eval_* are the evaluation protocol, compared separately (select_evaluations).
 RUN_ONLY_KEYS = {"seed", "output_dir", "resume", "device", "compile", "resolved", "num_envs",
-                  "eval_episodes", "eval_max_steps", "record_steps", "dataset"}
+                  "eval_episodes", "eval_max_steps", "record_steps", "dataset", "allow_slow_cpu", "cpu_threads"}
+# Parameters whose value is resolved into other entries of ``resolved`` (0 / {} mean "the preset's").
+_SHADOWED_PARAMS = {"algo_args", "agent_args", "eval_every", "steps", "lr", "batch_size", "frames"}
+# Entries of ``resolved`` (by their last name) that never distinguish methods: where a run writes,
+# how often it logs and checkpoints, the session's threads, and the evaluation protocol.
+_RUN_ONLY_RESOLVED = {"output_dir", "threads", "log_every", "checkpoint_every", "subdir", "find_unused_parameters",
+                      "eval_max_steps", "eval_episodes", "eval_every_frames", "log_replay", "seed", "device",
+                      "num_envs"}
 # Paper methods drawn as reference points when they have scores for every game of our runs.
 _PAPER_METHODS = {
     "scaled_ql_c1": ("Scaled QL (80M)", "BC (80M)", "DT (200M)"),
@@ -78,6 +101,8 @@ class RunInfo:
     params: int | None = None
     found: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    kind: str | None = None
+    """The run's kind (``workbench.run.KINDS``); None when its config.json could not be read."""
 
     @property
     def name(self) -> str:
@@ -90,7 +115,8 @@ class RunInfo:
 
     @property
     def model(self) -> str:
-        return str(self.config.get("model", "unknown"))
+        resolved = self.config.get("resolved") or {}
+        return str(resolved.get("model") or self.config.get("model") or "unknown")
 
 
 def count_parameters(checkpoint_dir: str | os.PathLike[str]) -> int:
@@ -117,6 +143,7 @@ def read_run(run_dir: str | os.PathLike[str]) -> RunInfo:
     run = Run(path)
     try:
         info.config = {**run.params, "resolved": run.resolved}
+        info.kind = run.kind
         info.found.append("config.json")
     except (FileNotFoundError, ValueError) as exc:
         info.problems.append(f"{exc} (method label falls back to the folder name)")
@@ -148,6 +175,23 @@ def read_run(run_dir: str | os.PathLike[str]) -> RunInfo:
     except Exception as exc:  # a damaged checkpoint must not stop the analysis
         info.problems.append(f"checkpoint unreadable: {type(exc).__name__}: {exc}")
     return info
+
+
+def not_a_run(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` is not a run folder (None: it is one). A run folder holds a ``config.json`` of
+    a kind in ``workbench.run.KINDS``; a glob such as ``runs/*`` also matches other folders (notebook
+    07's ``runs/explore``, the analysis' own ``runs/analysis``, ``runs/sweeps``), which the analysis
+    leaves out, naming them."""
+    p = Path(path)
+    if not p.is_dir():
+        return "not a directory"
+    try:
+        kind = Run(p).kind
+    except FileNotFoundError:
+        return f"config.json is missing: not a run folder (a run folder has a config.json of kind {', '.join(KINDS)})"
+    except ValueError as exc:
+        return str(exc)
+    return None if kind in KINDS else f"unknown kind {kind!r}"
 
 
 # ------------------------------------------------------------------------------ protocols
@@ -204,6 +248,7 @@ def select_evaluations(runs: Sequence[RunInfo], mix_protocols: bool = False) -> 
         return counts[key], int(bool(_paper_comparable(sample))), key[0] or 0
 
     chosen = max(counts, key=rank)
+    tie = _tie_text(chosen, [k for k in counts if k != chosen and counts[k] == counts[chosen]], counts, rank)
     left_out: dict[str, str] = {}
     for r in runs:
         match = [(f, sc) for f, sc in r.evaluations if protocol_key(sc) == chosen]
@@ -211,8 +256,25 @@ def select_evaluations(runs: Sequence[RunInfo], mix_protocols: bool = False) -> 
         if r.evaluations and not match:
             others = "; ".join(sorted({protocol_text(protocol_key(sc)) for _, sc in r.evaluations}))
             left_out[r.name] = (f"evaluated only under another protocol ({others}); the comparison uses "
-                                f"{protocol_text(chosen)} (mix_protocols=True compares them anyway)")
-    return protocol_text(chosen), left_out
+                                f"{protocol_text(chosen)}{tie} (mix_protocols=True compares them anyway)")
+    return protocol_text(chosen) + tie, left_out
+
+
+def _tie_text(chosen: ProtocolKey, tied: Sequence[ProtocolKey], counts: dict[ProtocolKey, int],
+              rank: Any) -> str:
+    """'' without a tie; else why ``chosen`` won over the protocols that cover as many runs."""
+    if not tied:
+        return ""
+    n = counts[chosen]
+    mine = rank(chosen)
+    reasons = []
+    for key in tied:
+        theirs = rank(key)
+        why = ("the papers' protocol goes first" if mine[1] != theirs[1] else
+               "the longer step cap goes first" if mine[2] != theirs[2] else "the first one found goes first")
+        reasons.append(f"{protocol_text(key)} ({why})")
+    return (f" — a tie: {n} run{'s' if n != 1 else ''} each under it and under " + "; ".join(reasons)
+            + "; the runs of the other protocol are left out and named")
 
 
 def curve_names(algo: str, keys: Iterable[str]) -> list[str]:
@@ -224,42 +286,234 @@ def curve_names(algo: str, keys: Iterable[str]) -> list[str]:
     return names + sorted(k for k in keys if k.startswith("loss/") and k not in names)
 
 
-def method_labels(runs: Sequence[RunInfo]) -> list[str]:
-    """A label per run: algo/model plus the config values that differ between runs."""
-    keys = sorted({k for r in runs for k in r.config} - RUN_ONLY_KEYS - {"algo", "model"})
-    varying = [k for k in keys if len({json.dumps(r.config.get(k), sort_keys=True) for r in runs}) > 1]
-    labels = []
-    for r in runs:
-        if not r.config:
-            labels.append(r.name)
+# ------------------------------------------------------------------------------ methods
+
+
+def _flatten(value: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """Nested dicts as ``{path: leaf}``; a list of dicts (the stages) by each entry's ``name``."""
+    if isinstance(value, dict) and value:
+        out: dict[tuple[str, ...], Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, (*path, str(k))))
+        return out
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        out = {}
+        for i, v in enumerate(value):
+            out.update(_flatten({k: x for k, x in v.items() if k != "name"}, (*path, str(v.get("name", i)))))
+        return out
+    return {path: value}
+
+
+def run_settings(run: RunInfo) -> dict[str, Any]:
+    """What makes ``run`` the method it is: its resolved configuration (``config.json``'s
+    ``resolved``, flattened to dotted names such as ``settings.alpha`` or ``stages.train.lr``) and
+    the parameters it does not resolve (the data ``split``, ``runs``, the planner's ``beam_width``).
+    Left out: the seed, where the run writes, how it logs and checkpoints, its threads, and the
+    evaluation protocol (compared by :func:`select_evaluations`); parameters whose 0 means "the
+    preset's" appear only with their resolved value."""
+    resolved = run.config.get("resolved") or {}
+    flat = {".".join(k): v for k, v in _flatten(resolved).items() if k and not set(k) & _RUN_ONLY_RESOLVED}
+    leaves = {k.rsplit(".", 1)[-1] for k in flat} | {k[-1] for k in _flatten(resolved) if k}
+    params = {k: v for k, v in run.config.items()
+              if k != "resolved" and k not in RUN_ONLY_KEYS and k not in _SHADOWED_PARAMS and k not in leaves
+              and not k.startswith("eval_")}
+    return {**params, **flat}
+
+
+def _text(value: Any) -> str:
+    """A setting's value as a label shows it."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
+        return ",".join(_text(v) for v in value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return str(value)
+
+
+def _priority(key: str) -> tuple[int, str]:
+    """Which of several settings that tell the same runs apart names them: what a user sets first
+    (preset, games, data), then the algorithm's settings, batch size, steps, learning rate, the rest."""
+    last = key.rsplit(".", 1)[-1]
+    order = ["algo", "model", "preset", "games", "eval_games", "split", "runs", "init", "encoder", "mode",
+             "difficulty"]
+    if key in order:
+        return order.index(key), key
+    if key.startswith("settings."):
+        return 20, key
+    return {"batch_size": 30, "steps": 31, "frames": 31, "lr": 32}.get(last, 40), key
+
+
+def _short_names(keys: Sequence[str]) -> dict[str, str]:
+    """Each dotted key by its last name, or by more of its path where two keys share one."""
+    out = {}
+    for k in keys:
+        parts = k.split(".")
+        for n in range(1, len(parts) + 1):
+            name = ".".join(parts[-n:])
+            if sum(1 for other in keys if other == name or other.endswith("." + name)) == 1:
+                break
+        out[k] = name
+    return out
+
+
+def setting_factors(runs: Sequence[RunInfo]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The settings that differ between ``runs`` of one kind (:func:`run_settings`), in
+    :func:`_priority` order, each once: a setting that always moves with one named before it (the
+    learning rate the batch size's rule sets, a copy of a setting in each stage) is left out, it
+    tells no runs apart the other does not. Returns (short names, per run ``{short name: value}``)."""
+    values = [run_settings(r) for r in runs]
+    keys = sorted({k for v in values for k in v}, key=_priority)
+    kept: list[str] = []
+    partitions: set[tuple[int, ...]] = set()
+    for k in keys:
+        texts = [_text(v.get(k)) for v in values]
+        if len(set(texts)) < 2:
             continue
-        extra = ", ".join(f"{k}={r.config.get(k)}" for k in varying)
-        labels.append(f"{algo_label(r.algo)}/{r.model}" + (f" ({extra})" if extra else ""))
-    return labels
+        first: dict[str, int] = {}
+        partition = tuple(first.setdefault(t, len(first)) for t in texts)
+        if partition in partitions:
+            continue
+        partitions.add(partition)
+        kept.append(k)
+    names = _short_names(kept)
+    return [names[k] for k in kept], [{names[k]: v.get(k) for k in kept} for v in values]
+
+
+def _distinguishing(levels: Sequence[dict[str, Any]], factors: Sequence[str],
+                    always: Sequence[str] = ("algo", "model")) -> list[str]:
+    """The fewest ``factors`` (greedily, in their order, after those in ``always``: a label names
+    them anyway) whose values tell every two different ``levels`` apart: a label names these, not
+    every setting that differs."""
+    full = [json.dumps({k: _text(v) for k, v in lv.items()}, sort_keys=True) for lv in levels]
+
+    def clashes(keys: Sequence[str]) -> int:
+        seen: dict[tuple[str, ...], set[str]] = {}
+        for lv, sig in zip(levels, full):
+            seen.setdefault(tuple(_text(lv.get(k)) for k in keys), set()).add(sig)
+        return sum(len(v) - 1 for v in seen.values())
+
+    chosen = [k for k in always if k in factors]
+    while clashes(chosen):
+        best = min((k for k in factors if k not in chosen), key=lambda k: clashes([*chosen, k]))
+        chosen.append(best)
+    return [k for k in factors if k in chosen]
+
+
+def method_labels(runs: Sequence[RunInfo]) -> list[str]:
+    """A label per run: ``<algorithm>/<model>`` and, where runs of the same kind, algorithm and
+    model differ in their resolved configuration, the one or two settings that tell them apart
+    (``Scaled QL/resnet-tiny (alpha=0.1)``; :func:`method_settings` lists every setting that
+    differs). Runs that differ in nothing else (seeds) share a label: they are one method's runs. A
+    label that two kinds of run share gets the kind (``[online]``)."""
+    labels = [r.name for r in runs]
+    by_kind: dict[str | None, list[int]] = {}
+    for i, r in enumerate(runs):
+        if r.config:
+            by_kind.setdefault(r.kind, []).append(i)
+    kind_of: dict[str, set[str | None]] = {}
+    for kind, idx in by_kind.items():
+        names, levels = setting_factors([runs[i] for i in idx])
+        by_prefix: dict[str, list[int]] = {}
+        for j, i in enumerate(idx):
+            by_prefix.setdefault(f"{algo_label(runs[i].algo)}/{runs[i].model}", []).append(j)
+        for prefix, members in by_prefix.items():
+            shown = [k for k in _distinguishing([levels[j] for j in members], names) if k not in ("algo", "model")]
+            for j in members:
+                extra = ", ".join(f"{k}={_text(levels[j][k])}" for k in shown)
+                labels[idx[j]] = prefix + (f" ({extra})" if extra else "")
+                kind_of.setdefault(labels[idx[j]], set()).add(kind)
+    return [f"{lab} [{runs[i].kind}]" if len(kind_of.get(lab, ())) > 1 else lab for i, lab in enumerate(labels)]
+
+
+def method_settings(runs: Sequence[RunInfo], labels: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``{method: {setting: value}}``: every setting that differs between the runs of the method's
+    kind (:func:`setting_factors`), with the method's value: what its short label leaves out."""
+    out: dict[str, dict[str, str]] = {}
+    for kind in dict.fromkeys(r.kind for r in runs if r.config):
+        idx = [i for i, r in enumerate(runs) if r.config and r.kind == kind]
+        names, levels = setting_factors([runs[i] for i in idx])
+        for i, lv in zip(idx, levels):
+            out.setdefault(labels[i], {k: _text(lv[k]) for k in names if k not in ("algo", "model")
+                                       and lv[k] is not None})
+    return out
 
 
 def method_scores(runs: Sequence[RunInfo], labels: Sequence[str]) -> tuple[dict[str, dict[str, list[float]]], str]:
-    """``{method: {game: [scores of runs]}}`` for ``workbench.metrics`` and what a run is.
+    """``{method: {game: [the per-game mean score of each of its runs]}}`` for
+    ``workbench.metrics``, and what a run is (always ``"seeds"``).
 
-    With >= 2 seeds for every method, a run is a seed (its per-game mean); otherwise each
-    evaluation episode counts as a run (stratified bootstrap over episodes within a game).
+    A run is a seed: its mean over its evaluation episodes. Episodes never stand in for runs: under
+    the papers' evaluation protocol (no sticky actions, epsilon 0.001) one policy's episodes are
+    near-duplicates, so an interval over them measures nothing. A method with one run has one value
+    per game: :func:`honest_aggregates` gives it its mean and no interval. Games are those every
+    run of the method was evaluated on.
     """
     groups: dict[str, list[dict[str, Any]]] = {}  # label -> the scores.json of each of its runs
     for r, lab in zip(runs, labels):
         if r.scores is not None:
             groups.setdefault(lab, []).append(r.scores)
-    by_seed = bool(groups) and all(len(v) >= 2 for v in groups.values())
     out: dict[str, dict[str, list[float]]] = {}
     for lab, rs in groups.items():
         games = [g for g in rs[0]["per_game"] if all(g in sc["per_game"] for sc in rs)]
-        per: dict[str, list[float]] = {}
-        for g in games:
-            if by_seed:
-                per[g] = [float(sc["per_game"][g]["mean"]) for sc in rs]
-            else:
-                per[g] = [float(s) for sc in rs for s in sc["per_game"][g]["scores"]]
-        out[lab] = per
-    return out, ("seeds" if by_seed else "episodes")
+        out[lab] = {g: [float(sc["per_game"][g]["mean"]) for sc in rs] for g in games}
+    return out, "seeds"
+
+
+def _runs_per_game(per: Mapping[str, Sequence[float]]) -> int:
+    return min(len(v) for v in per.values()) if per else 0
+
+
+def honest_aggregates(scores: dict[str, dict[str, list[float]]], kind: M.Normalization = "human", *,
+                      reps: int = 2000, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """``workbench.metrics.aggregate`` of each method, with only the intervals its runs support.
+
+    ``n`` is the fewest runs any of the method's games has (rliable needs as many per game; each
+    game keeps its first ``n``). With ``n`` < 2 the point estimates of the one run and every
+    ``*_ci`` None (one run measures no spread); with one game and 2-3 runs the mean's and IQM's
+    interval is the runs' range (min to max: what a 95% bootstrap of so few runs is); otherwise
+    rliable's stratified-bootstrap 95% CI (method ``i`` seeded ``seed + i``, as ``metrics.aggregate``
+    seeds them). Each entry adds ``num_runs`` and ``interval``: what the interval is and how many
+    runs it rests on."""
+    out: dict[str, dict[str, Any]] = {}
+    for i, (lab, per) in enumerate(scores.items()):
+        n = _runs_per_game(per)
+        cut = {g: list(v[:n]) for g, v in per.items()}
+        entry: dict[str, Any]
+        if n < 2:
+            norm = M.normalize(cut, kind)
+            entry = dict(M.aggregate_point(M.score_matrix(norm)))
+            entry.update({f"{k}_ci": None for k in list(entry)})
+            entry.update(num_games=len(norm), games=list(norm))
+        else:
+            entry = M.aggregate({lab: cut}, kind, reps=reps, seed=seed + i)[lab]
+            if len(cut) == 1 and n <= 3:  # one game, 2-3 runs: mean and IQM are their mean; the interval their range
+                vals = [float(x) for x in M.normalize(cut, kind)[next(iter(cut))]]
+                entry.update({f"{k}_ci": [min(vals), max(vals)] for k in ("mean", "iqm")})
+        out[lab] = {**entry, "num_runs": n, "interval": _aggregate_interval(cut, n)}
+    return out
+
+
+def _interval_note(agg: dict[str, dict[str, Any]]) -> str:
+    """What each method's interval is and how many runs it rests on, for a figure's description."""
+    return "; ".join(f"{lab}: {a['interval']}" for lab, a in agg.items())
+
+
+def explain_empty(fig: go.Figure, why: str) -> go.Figure:
+    """Write ``why`` inside ``fig`` when it draws nothing (no trace with a point, no table row), so
+    an empty plot says what it lacks instead of showing blank axes."""
+    for tr in fig.data:
+        if tr.type == "table":
+            if any(len(col) for col in (tr.cells.values or ())):
+                return fig
+            continue
+        if any(getattr(tr, a, None) is not None and len(getattr(tr, a)) for a in ("x", "y")):
+            return fig
+    fig.add_annotation(text=why, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
+                       font=dict(size=14, color="#b00"))
+    return fig
 
 
 def paper_reference_points(games: Iterable[str]) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
@@ -306,11 +560,15 @@ class AnalysisReport:
     comparable_to_papers: bool | None = None
     finetune_runs: list[RunInfo] = field(default_factory=list)
     """Runs of kind 'finetune' (drawn in the transfer figure only)."""
+    not_runs: dict[str, str] = field(default_factory=dict)
+    """Folders given that are not run folders, and why (left out of everything)."""
+    intervals: dict[str, str] = field(default_factory=dict)
+    """Per method: what its aggregates' interval is and how many runs it rests on."""
 
     def summary(self) -> dict[str, Any]:
         return {
             "protocol": self.protocol, "comparable_to_papers": self.comparable_to_papers,
-            "left_out": self.left_out,
+            "left_out": self.left_out, "not_runs": self.not_runs, "intervals": self.intervals,
             "out_dir": str(self.out_dir),
             "runs": {r.name: {"method": lab, "found": r.found, "problems": r.problems}
                      for r, lab in zip(self.runs, self.labels)},
@@ -391,8 +649,12 @@ class _Analysis:
 
     @property
     def run_note(self) -> str:
-        return ("runs = seeds (per-game mean of each seed)" if self.runs_are == "seeds" else
-                "runs = evaluation episodes (fewer than 2 seeds for some method)")
+        return ("runs = seeds (per-game mean of each seed; evaluation episodes are never runs; a method "
+                "with one run gets no interval)")
+
+    def runs_of(self, method: str) -> int:
+        """Runs per game ``method`` has (the fewest of its games)."""
+        return _runs_per_game(self.ours.get(method, {}))
 
     @property
     def games(self) -> list[str]:
@@ -413,7 +675,7 @@ class _Analysis:
         if not self.ours:
             return {}, None
         try:
-            return M.aggregate(self.ours, self.kind, reps=self.reps, seed=self.seed), None
+            return honest_aggregates(self.ours, self.kind, reps=self.reps, seed=self.seed), None
         except ValueError as exc:
             return {}, f"metrics.aggregate failed: {exc}"
 
@@ -462,9 +724,15 @@ def _aggregates(a: _Analysis) -> Built:
     shown = dict(a.agg)
     if paper_scores:
         shown.update(M.aggregate(paper_scores, "human", reps=a.reps, seed=a.seed))
-    return F.make_aggregate_figure(shown, title=f"Aggregate {a.normed} scores (95% bootstrap CIs)" + a.caveat), (
-        f"{a.normed.capitalize()} median, IQM, mean and optimality gap per method with 95% stratified-"
-        f"bootstrap CIs (workbench.metrics.aggregate, {a.reps} reps, {a.run_note}). "
+    fig = F.make_aggregate_figure(shown, title=f"Aggregate {a.normed} scores (95% bootstrap CIs; none over 1 run)"
+                                  + a.caveat)
+    for tr in fig.data:  # the hover says what each interval rests on
+        entry = a.agg.get(tr.y[0]) if tr.y else None
+        if entry is not None:
+            tr.hovertext = [f"{tr.y[0]}<br>{float(tr.x[0]):.3f}<br>{entry['interval']}"]
+    return fig, (
+        f"{a.normed.capitalize()} median, IQM, mean and optimality gap per method (workbench.metrics.aggregate, "
+        f"{a.reps} reps, {a.run_note}). Intervals, and the runs each rests on: {_interval_note(a.agg)}. "
         + ("Bars named 'paper: ...' are the papers' per-game raw scores (workbench.reference.paper_tables) "
            f"on the same games ({', '.join(a.games)}), one score per game, so no interval."
            if paper_scores else "No paper reference bars (none covers these games or disabled)."))
@@ -483,11 +751,15 @@ def _needs_aggregates(a: _Analysis) -> str | None:
 
 def _performance_profiles(a: _Analysis) -> Built:
     prof = M.performance_profile(a.ours, a.kind, reps=a.reps, seed=a.seed)
+    single = [m for m in prof["methods"] if a.runs_of(m) < 2]
     return F.make_performance_profile_figure(
         prof["taus"], {m: v["profile"] for m, v in prof["methods"].items()},
-        {m: [v["lo"], v["hi"]] for m, v in prof["methods"].items()}, title="Performance profiles" + a.caveat), (
+        {m: [v["lo"], v["hi"]] for m, v in prof["methods"].items() if m not in single},
+        title="Performance profiles" + a.caveat), (
         f"Fraction of runs with {a.normed} score above tau, with 95% CI bands "
-        f"(workbench.metrics.performance_profile, {a.run_note}).")
+        f"(workbench.metrics.performance_profile, {a.run_note}); runs per game: "
+        + ", ".join(f"{m}: {a.runs_of(m)}" for m in prof["methods"])
+        + (f". One run, so no band: {', '.join(single)}." if single else "."))
 
 
 def _method_pairs(a: _Analysis) -> list[tuple[str, str]]:
@@ -504,9 +776,19 @@ def _no_method_pairs(a: _Analysis) -> str | None:
 
 def _probability_of_improvement(a: _Analysis) -> Built:
     poi = M.probability_of_improvement(a.ours, _method_pairs(a), a.kind, reps=a.reps, seed=a.seed)
-    return F.make_probability_of_improvement_figure(poi, title="Probability of improvement" + a.caveat), (
+    single = [k for k, v in poi.items() if min(a.runs_of(v["x"]), a.runs_of(v["y"])) < 2]
+    for k in single:
+        poi[k]["ci"] = None
+    fig = F.make_probability_of_improvement_figure(poi, title="Probability of improvement" + a.caveat)
+    for tr in fig.data:
+        tr.hovertext = [f"P({v['x']} > {v['y']}) = {v['probability']:.3f}<br>"
+                        + (f"no interval: {min(a.runs_of(v['x']), a.runs_of(v['y']))} run" if k in single else
+                           f"95% CI [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}] over {a.runs_of(v['x'])} vs "
+                           f"{a.runs_of(v['y'])} runs per game") for k, v in poi.items()]
+    return fig, (
         f"P(X > Y) for each pair of methods on the same games with 95% CIs "
-        f"(workbench.metrics.probability_of_improvement, {a.run_note}).")
+        f"(workbench.metrics.probability_of_improvement, {a.run_note})"
+        + (f"; a method with one run, so no interval: {', '.join(single)}." if single else "."))
 
 
 def _no_scaling_points(a: _Analysis) -> str | None:
@@ -519,8 +801,8 @@ def _scaling(a: _Analysis) -> Built:
     paper_points = a.paper[1]
     return F.make_scaling_figure(scaling_points(a.runs, a.labels, a.agg), paper_points or None,
                                  title="Scaling: parameters vs IQM" + a.caveat), (
-        f"Parameters (from each checkpoint's safetensors header) vs {a.normed} IQM with 95% CIs, "
-        "one line per algorithm"
+        f"Parameters (from each checkpoint's safetensors header) vs {a.normed} IQM with 95% CIs (none for a method "
+        "with one run), one line per algorithm"
         + ("; open diamonds are the papers' printed IQMs (workbench.reference.paper_tables.AGGREGATES, "
            "their own game sets, not ours)." if paper_points else "."))
 
@@ -531,11 +813,12 @@ def _ablation_table(a: _Analysis) -> Built:
         members = [r for r, label in zip(a.runs, a.labels) if label == lab]
         rows.append({"method": lab, "runs": len(members), "games": agg["num_games"],
                      "params": f"{members[0].params:,}" if members[0].params else "",
-                     "IQM": agg["iqm"], "IQM 95% CI": agg["iqm_ci"], "median": agg["median"],
-                     "mean": agg["mean"], "optimality gap": agg["optimality_gap"]})
+                     "IQM": agg["iqm"], "IQM interval": agg["iqm_ci"] if agg["iqm_ci"] is not None else "none (1 run)",
+                     "median": agg["median"], "mean": agg["mean"], "optimality gap": agg["optimality_gap"],
+                     "interval": agg["interval"]})
     return F.make_ablation_table_figure(rows, title="Methods and ablations" + a.caveat), (
-        f"One row per method (config values that differ between runs name it): {a.normed} "
-        f"aggregates from workbench.metrics.aggregate ({a.run_note}).")
+        f"One row per method (named by the settings of their resolved configurations that tell the runs apart): "
+        f"{a.normed} aggregates from workbench.metrics.aggregate ({a.run_note}).")
 
 
 def _online_curves(a: _Analysis) -> Built:
@@ -572,6 +855,12 @@ def _transfer(a: _Analysis) -> Built:
         raise Skip(str(exc)) from exc
 
 
+# What an empty figure of build_figures says inside its plot.
+_EMPTY = {
+    "learning_curves": "nothing to draw: no run logged these metrics (metrics.jsonl)",
+    "online_curves": "nothing to draw: no online run has evaluated yet (its curve.json is empty)",
+}
+
 # build_figures' figures, in order. "paper reference" draws nothing: it reports why the papers'
 # bars and marks are left out of the aggregates and scaling figures.
 _RECIPES: tuple[FigureRecipe[_Analysis], ...] = (
@@ -590,7 +879,7 @@ _RECIPES: tuple[FigureRecipe[_Analysis], ...] = (
 
 def build_figures(
     run_dirs: Sequence[str | os.PathLike[str]],
-    out_dir: str | os.PathLike[str] = "figures/",
+    out_dir: str | os.PathLike[str] | None = None,
     include_paper_reference: bool = True,
     *,
     png: bool = True,
@@ -608,28 +897,40 @@ def build_figures(
     with 95% CIs), ``performance_profiles``, ``probability_of_improvement`` (needs >= 2 methods on
     the same games), ``scaling`` (parameters vs IQM), ``ablation_table``, and from online and
     fine-tuning runs ``online_curves``, ``online_finetune``, ``transfer``. A figure the data
-    cannot support is skipped with its reason in the report and README. Runs evaluated under
-    another protocol than the comparison's are left out (and named) unless ``mix_protocols``.
+    cannot support is skipped with its reason in the report and README; a drawn figure with nothing
+    in it says why inside the plot. Runs evaluated under another protocol than the comparison's are
+    left out (and named) unless ``mix_protocols``; folders that are not run folders (:func:`not_a_run`)
+    are left out and named too.
+
+    ``out_dir`` defaults to :data:`DEFAULT_OUT_DIR` (``runs/analysis`` of the project): the
+    repository's tracked ``figures/`` is written only when named.
     """
     if not run_dirs:
         raise ValueError("build_figures: no run directories given (check the glob pattern)")
     if readme_notes and not Path(readme_notes).is_file():
         raise FileNotFoundError(f"build_figures: readme_notes {str(readme_notes)!r} is not a file")
     notes = Path(readme_notes).read_text() if readme_notes else ""
+    not_runs = {str(d): why for d in run_dirs if (why := not_a_run(d)) is not None}
+    run_dirs = [d for d in run_dirs if str(d) not in not_runs]
     runs = [read_run(d) for d in run_dirs]
     # Fine-tuning runs are compared among themselves (the transfer figure), not with pretraining.
-    finetuned = [r for r in runs if _run_kind(r.path) == "finetune"]
-    runs = [r for r in runs if _run_kind(r.path) != "finetune"]
+    finetuned = [r for r in runs if r.kind == "finetune"]
+    runs = [r for r in runs if r.kind != "finetune"]
     labels = method_labels(runs)
-    rep = AnalysisReport(out_dir=Path(out_dir), runs=runs, labels=labels, finetune_runs=finetuned)
+    rep = AnalysisReport(out_dir=Path(out_dir) if out_dir is not None else resolve_path(DEFAULT_OUT_DIR), runs=runs,
+                         labels=labels, finetune_runs=finetuned, not_runs=not_runs)
     rep.protocol, rep.left_out = select_evaluations(runs, mix_protocols)
     rep.comparable_to_papers = _runs_comparable(runs)
     ours, rep.runs_are = method_scores(runs, labels)
-    drawn = draw(_RECIPES, _Analysis(
+    analysis = _Analysis(
         run_dirs=run_dirs, runs=runs, labels=labels, finetuned=finetuned, protocol=rep.protocol,
         comparable=rep.comparable_to_papers, ours=ours, runs_are=rep.runs_are,
-        include_paper_reference=include_paper_reference, reps=reps, seed=seed))
+        include_paper_reference=include_paper_reference, reps=reps, seed=seed)
+    drawn = draw(_RECIPES, analysis)
     rep.figures, rep.descriptions, rep.skipped = drawn.figures, drawn.descriptions, drawn.skipped
+    rep.intervals = {lab: agg["interval"] for lab, agg in analysis.agg.items()}
+    for name, fig in rep.figures.items():
+        explain_empty(fig, _EMPTY.get(name, "nothing to draw: these runs hold no data for this figure"))
     paths: dict[str | os.PathLike[str], Any] = {rep.out_dir / n: f for n, f in rep.figures.items()}
     rep.saved = dict(zip(rep.figures, save_figures(paths, png=png)))
     _write_readme(rep, notes)
@@ -750,13 +1051,6 @@ def online_finetune_figure(run_dirs: Sequence[str | os.PathLike[str]]) -> go.Fig
 
 # ------------------------------------------------------------------------------ offline fine-tuning
 
-def _run_kind(path: Path) -> str | None:
-    try:
-        return Run(path).kind
-    except (FileNotFoundError, ValueError):
-        return None
-
-
 def transfer_label(resolved: dict[str, Any]) -> str:
     """A fine-tuning run's method in the transfer figure: algorithm, init, encoder, model, and the
     report rule when it selects on the evaluation environment."""
@@ -829,20 +1123,7 @@ def transfer_figure(runs: Sequence[RunInfo], *, reps: int = 2000, seed: int = 0,
                          f"{', '.join(g for g in M.reference_scores() if M.has_reference(g, 'dqn'))})")
     per_game = {lab: {g: [float(x) for x in M.normalize_score(g, np.asarray(v, float), "dqn")] for g, v in per.items()}
                 for lab, per in ours.items()}
-    aggregates: dict[str, dict[str, Any]] = {}
-    for i, (lab, per) in enumerate(ours.items()):
-        n = min(len(v) for v in per.values())  # rliable needs as many runs per game
-        interval = _aggregate_interval(per, n)
-        entry: dict[str, Any]
-        if n < 2:  # one seed: the point only
-            entry = dict(M.aggregate_point(M.score_matrix(M.normalize({g: v[:n] for g, v in per.items()}, "dqn"))))
-            entry.update({f"{k}_ci": None for k in list(entry)})
-        else:
-            entry = M.aggregate({lab: {g: v[:n] for g, v in per.items()}}, "dqn", reps=reps, seed=seed + i)[lab]
-            if len(per) == 1 and n <= 3:  # one game, 2-3 runs: mean and IQM are their mean; the interval their range
-                vals = per_game[lab][next(iter(per))][:n]
-                entry.update({f"{k}_ci": [min(vals), max(vals)] for k in ("mean", "iqm")})
-        aggregates[lab] = {**entry, "interval": interval, "num_runs": n, "num_games": len(per)}
+    aggregates = honest_aggregates(ours, "dqn", reps=reps, seed=seed)
     paper_games = {g: {m: pt.JOWA_T17[m][g] for m in pt.methods("jowa_t17") if g in pt.JOWA_T17[m]} for g in games}
     paper_per_game: dict[str, dict[str, float]] = {}
     paper_agg: dict[str, dict[str, float]] = {}
@@ -911,6 +1192,15 @@ def _write_readme(rep: AnalysisReport, notes: str = "") -> None:
         lines += ["", "Fine-tuning runs (the `transfer` figure only):", ""]
         lines += [f"- `{shown_path(r.path)}` → **{transfer_label(r.config.get('resolved') or {})}**" + _truncation_note(
             r.evaluations[0][1] if r.evaluations else None) for r in rep.finetune_runs]
+    if rep.not_runs:
+        lines += ["", "Not run folders, left out (a run folder has a config.json of a workbench run kind):", ""]
+        lines += [f"- `{shown_path(d)}`: {why}" for d, why in rep.not_runs.items()]
+    settings = method_settings(rep.runs, rep.labels)
+    if any(settings.values()):
+        lines += ["", "Methods: runs of one method differ only in seed (and where they write, log or are "
+                  "evaluated); every setting of the resolved configurations that differs between methods:", ""]
+        lines += [f"- **{lab}** ({rep.labels.count(lab)} run{'s' if rep.labels.count(lab) != 1 else ''}): "
+                  + ", ".join(f"{k}={v}" for k, v in values.items()) for lab, values in settings.items()]
     lines += ["", "## Evaluation protocol", "", f"Compared: {rep.protocol}."]
     if rep.comparable_to_papers is False:
         lines.append("**These evaluations stop episodes early (or change the protocol): the scores are not "

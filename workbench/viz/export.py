@@ -16,6 +16,8 @@ from pathlib import Path
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from workbench.viz.style import wrap_annotations
+
 __all__ = ["FigureSaveStatus", "find_chromium", "save_figure", "save_figures"]
 
 
@@ -80,6 +82,7 @@ def save_figures(
     items = list(figs.items()) if isinstance(figs, Mapping) else list(figs)
     statuses: list[FigureSaveStatus] = []
     for base, fig in items:
+        wrap_annotations(fig)  # a note added after the layout was fitted (explain_empty) stays inside
         base = Path(base)
         base.parent.mkdir(parents=True, exist_ok=True)
         html = base.with_name(base.name + ".html")

@@ -94,8 +94,9 @@ class AnalysisParams:
 
     run_dirs: str = "runs/*"
     """Comma-separated run directories or glob patterns (pass lists with papermill -y)."""
-    out_dir: str = "figures"
-    """Folder receiving the PNG + HTML figures and README.md."""
+    out_dir: str = "runs/analysis"
+    """Folder receiving the PNG + HTML figures and README.md: by default under ``runs/`` (ignored by
+    git); the repository's tracked ``figures/`` is rewritten only when named (``-r out_dir figures``)."""
     include_paper_reference: bool = True
     """Draw the papers' reported numbers as reference points where available."""
     png: bool = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,7 +24,22 @@ from workbench.diagnostics import DIAGNOSTIC_CURVES
 from workbench.metrics import Normalization, has_reference, normalize_score
 from workbench.paths import resolve_path
 from workbench.run import Run, find_run_dir
-from workbench.viz.style import method_color, rgba
+from workbench.viz.style import (
+    MAX_LEGEND_ENTRIES,
+    PALETTE,
+    SUBPLOT_TITLE_SIZE,
+    chunked,
+    log_ticks,
+    method_color,
+    off_axis_trace,
+    publication_layout,
+    rgba,
+    short_labels,
+    si_number,
+    spacing,
+    text_width,
+    value_range,
+)
 
 __all__ = [
     "AGGREGATE_METRICS",
@@ -54,30 +70,68 @@ _METRIC_TITLES = {
 
 # --------------------------------------------------------------------------- learning curves
 
+_RUN_SUFFIX = re.compile(r"^(?P<group>.*\S)\s+\[[^\[\]]+\]$")
+
+
+def _run_groups(labels: Sequence[str], groups: Mapping[str, str] | None) -> dict[str, str]:
+    """Each run label's group: ``groups[label]``, else the label without a trailing ``[run name]``
+    (the analysis labels its runs ``"<method> [<run folder>]"``: a method's seeds are one group)."""
+    if groups is not None:
+        return {lab: str(groups.get(lab, lab)) for lab in labels}
+    out = {}
+    for lab in labels:
+        m = _RUN_SUFFIX.match(lab)
+        out[lab] = m.group("group") if m else lab
+    return out
+
+
+def _legend_name(i: int) -> str:
+    return "legend" if i == 0 else f"legend{i + 1}"
+
 
 def make_learning_curve_figure(
-    runs: Mapping[str, Sequence[Mapping[str, Any]]],
+    runs: Mapping[Any, Sequence[Mapping[str, Any]]],
     metrics: str | Sequence[str],
     *,
     x: str = "step",
     title: str | None = None,
+    groups: Mapping[str, str] | None = None,
+    row_height: int = 150,
 ) -> go.Figure:
     """Overlay learning curves of several runs, one subplot row per metric.
 
     ``runs`` maps a run label to its JSONL metric records (dicts with ``x`` and metric keys).
     Records lacking a metric (e.g. eval lines among train lines) are skipped for that metric;
-    points are sorted by ``x``. Raises ``ValueError`` when no run has any of the metrics.
+    points are sorted by ``x``. Runs of one group (``groups[label]``; by default the label less a
+    trailing ``[run name]``, so a method's seeds) share a colour and one legend entry. More groups
+    than one legend may list (``MAX_LEGEND_ENTRIES``) are drawn in side-by-side columns of panels,
+    each with its own legend under it. Raises ``ValueError`` when no run has any of the metrics.
     """
     metric_list = [metrics] if isinstance(metrics, str) else list(metrics)
     if not metric_list:
         raise ValueError("make_learning_curve_figure: give at least one metric name")
+    labels = [str(k) for k in runs]
+    group_of = _run_groups(labels, groups)
+    group_names = list(dict.fromkeys(group_of.values()))
+    short = short_labels(group_names)
+    columns = chunked(group_names, MAX_LEGEND_ENTRIES)
+    col_of = {g: c for c, chunk in enumerate(columns) for g in chunk}
+    colour_of = {g: method_color(chunk.index(g)) for chunk in columns for g in chunk}
+    n_rows, n_cols = len(metric_list), len(columns)
+    panel_w, gap_h, gap_v = (560 if n_cols == 1 else 340), 70, 50
+    plot_w = n_cols * panel_w + (n_cols - 1) * gap_h
+    plot_h = n_rows * row_height + (n_rows - 1) * gap_v
     fig = make_subplots(
-        rows=len(metric_list), cols=1, shared_xaxes=True, subplot_titles=metric_list,
-        # plotly caps the spacing at 1 / (rows - 1): JOWA draws 15 loss terms
-        vertical_spacing=min(0.08, 0.5 / (len(metric_list) - 1)) if len(metric_list) > 1 else 0.0,
+        rows=n_rows, cols=n_cols, shared_xaxes=True, shared_yaxes=True,
+        subplot_titles=[m for m in metric_list for _ in range(n_cols)],
+        vertical_spacing=spacing(gap_v, plot_h) if n_rows > 1 else 0.0,
+        horizontal_spacing=spacing(gap_h, plot_w) if n_cols > 1 else 0.0,
     )
+    several = len(labels) > len(group_names)  # seeds of one method drawn together: thinner lines
+    shown: set[str] = set()
     drawn = 0
-    for run_idx, (label, records) in enumerate(runs.items()):
+    for label, records in zip(labels, runs.values()):
+        g = group_of[label]
         for row, metric in enumerate(metric_list, start=1):
             pts = [
                 (float(r[x]), float(r[metric]))
@@ -90,24 +144,26 @@ def make_learning_curve_figure(
             fig.add_trace(
                 go.Scatter(
                     x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines",
-                    name=label, legendgroup=label, showlegend=row == 1 or drawn == 0,
-                    line=dict(color=method_color(run_idx)),
+                    name=short[g], legendgroup=g, showlegend=g not in shown, legend=_legend_name(col_of[g]),
+                    line=dict(color=colour_of[g], width=1.2 if several else 1.8), opacity=0.8 if several else 1.0,
                     hovertemplate=f"{label}<br>{x}=%{{x}}<br>{metric}=%{{y:.4g}}<extra></extra>",
                 ),
-                row=row, col=1,
+                row=row, col=col_of[g] + 1,
             )
+            shown.add(g)
             drawn += 1
     if drawn == 0:
         available = sorted({k for recs in runs.values() for r in recs for k in r})
         raise ValueError(
             f"none of the metrics {metric_list} appear in the records; available keys: {available}"
         )
-    fig.update_xaxes(title_text=x, row=len(metric_list), col=1)
-    fig.update_layout(
-        title=title or "Learning curves", height=260 * len(metric_list) + 80,
-        template="plotly_white", hovermode="x unified",
-    )
-    return fig
+    for c in range(1, n_cols + 1):
+        fig.update_xaxes(title_text=x, row=n_rows, col=c)
+    fig.update_layout(title=title or "Learning curves", hovermode="x unified")
+    if n_cols == 1:
+        return publication_layout(fig, plot_width=plot_w, plot_height=plot_h)
+    return publication_layout(fig, plot_width=plot_w, plot_height=plot_h, legend="bottom",
+                              legend_x={_legend_name(c): c * (panel_w + gap_h) / plot_w for c in range(n_cols)})
 
 
 def make_representation_figure(source: str | os.PathLike[str]) -> go.Figure:
@@ -119,9 +175,8 @@ def make_representation_figure(source: str | os.PathLike[str]) -> go.Figure:
     if not records:
         raise ValueError(f"{run.path} has no diagnostics.jsonl: its algorithm has no probe, or it was trained before "
                          "the diagnostics existed")
-    fig = make_learning_curve_figure({run.name: records}, list(DIAGNOSTIC_CURVES),
-                                     title="Representation on a fixed probe batch")
-    return fig.update_layout(height=180 * len(DIAGNOSTIC_CURVES) + 120)
+    return make_learning_curve_figure({run.name: records}, list(DIAGNOSTIC_CURVES),
+                                      title="Representation on a fixed probe batch", row_height=130)
 
 
 #: Reference lines of a study's per-game figure: (summary baseline key, label, colour, dash).
@@ -134,51 +189,59 @@ def make_study_scores_figure(summary: Mapping[str, Any], *, split: str | None = 
     """Per-game mean return of each method (bars: mean over seeds, whiskers: 95% bootstrap CI over
     seeds) against the study's reference lines: random, the best constant action and the behaviour
     of each split, all measured under the agents' protocol (``workbench.study.build_summary``'s
-    output). ``split`` keeps one split's rows."""
+    output). One row of panels per data split (``split`` keeps one split's rows), one panel per
+    game; a method keeps its colour and legend entry in every panel."""
     games = list(summary["games"])
     rows = [r for r in summary["results"] if split is None or r["split"] == split]
-    methods = list(dict.fromkeys(f"{r['method']}, {r['split']}" if split is None else r["method"] for r in rows))
-    # one colour per bar: the shared palette has 10, a study can have more combinations
-    colours = [method_color(i) for i in range(len(methods))] if len(methods) <= 10 else \
+    splits = list(dict.fromkeys(r["split"] for r in rows)) or [split or ""]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    short = short_labels(methods)
+    # one colour per method: the shared palette has 12, a study can have more
+    colours = [method_color(i) for i in range(len(methods))] if len(methods) <= len(PALETTE) else \
         list(qualitative.Dark24[: len(methods)])
-    fig = make_subplots(rows=1, cols=len(games), subplot_titles=[g.removeprefix("MinAtar-") for g in games],
-                        horizontal_spacing=0.05)
-    for col, game in enumerate(games, start=1):
-        by_method = {(f"{r['method']}, {r['split']}" if split is None else r["method"]): r
-                     for r in rows if r["game"] == game}
-        for i, m in enumerate(methods):
-            r = by_method.get(m)
-            if r is None:
-                continue
-            fig.add_trace(go.Bar(
-                x=[i], y=[r["mean"]], name=m, legendgroup=m, showlegend=col == 1, marker_color=colours[i],
-                error_y=dict(type="data", symmetric=False, array=[r["ci"][1] - r["mean"]],
-                             arrayminus=[r["mean"] - r["ci"][0]], thickness=1.2, width=3),
-                hovertemplate=f"{m}<br>{game}: %{{y:.2f}} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]<extra></extra>",
-            ), row=1, col=col)
-        base = summary.get("baselines", {}).get(game, {})
-        for key, label, colour, dash in _STUDY_LINES:
-            if key in ("random", "constant_best"):
-                value = base.get(key)
-                value = value.get("mean") if isinstance(value, Mapping) else value
-            else:
-                value = (base.get("behaviour") or {}).get(key)
-            if value is None:
-                continue
-            fig.add_trace(go.Scatter(
-                x=[-0.6, len(methods) - 0.4], y=[value, value], mode="lines", name=label, legendgroup=label,
-                showlegend=col == 1, line=dict(color=colour, dash=dash, width=1.6),
-                hovertemplate=f"{label}: {value:.2f}<extra></extra>",
-            ), row=1, col=col)
-        fig.update_xaxes(showticklabels=False, row=1, col=col)
-    fig.update_yaxes(title_text="return (capped episode)", row=1, col=1)
-    fig.update_layout(
-        title="Per-game return: methods (mean over seeds, 95% bootstrap CI) and references",
-        template="plotly_white", barmode="group", height=520, width=260 * len(games) + 120,
-        legend=dict(orientation="h", yanchor="top", y=-0.08, xanchor="left", x=0.0),
-        margin=dict(l=70, r=20, t=80, b=170),
-    )
-    return fig
+    panel_w, panel_h, gap_h, gap_v = 200, 300, 70, 70
+    plot_w = len(games) * panel_w + (len(games) - 1) * gap_h
+    plot_h = len(splits) * panel_h + (len(splits) - 1) * gap_v
+    fig = make_subplots(rows=len(splits), cols=len(games),
+                        subplot_titles=[g.removeprefix("MinAtar-") if s == 0 else "" for s in range(len(splits))
+                                        for g in games],
+                        horizontal_spacing=spacing(gap_h, plot_w) if len(games) > 1 else 0.0,
+                        vertical_spacing=spacing(gap_v, plot_h) if len(splits) > 1 else 0.0)
+    for srow, sp in enumerate(splits, start=1):
+        for col, game in enumerate(games, start=1):
+            by_method = {r["method"]: r for r in rows if r["game"] == game and r["split"] == sp}
+            for i, m in enumerate(methods):
+                r = by_method.get(m)
+                if r is None:
+                    continue
+                fig.add_trace(go.Bar(
+                    x=[i], y=[r["mean"]], name=short[m], legendgroup=m, showlegend=srow == 1 and col == 1,
+                    marker_color=colours[i],
+                    error_y=dict(type="data", symmetric=False, array=[r["ci"][1] - r["mean"]],
+                                 arrayminus=[r["mean"] - r["ci"][0]], thickness=1.2, width=3),
+                    hovertemplate=f"{m}, {sp}<br>{game}: %{{y:.2f}} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]"
+                                  "<extra></extra>",
+                ), row=srow, col=col)
+            base = summary.get("baselines", {}).get(game, {})
+            for key, label, colour, dash in _STUDY_LINES:
+                if key in ("random", "constant_best"):
+                    value = base.get(key)
+                    value = value.get("mean") if isinstance(value, Mapping) else value
+                else:
+                    value = (base.get("behaviour") or {}).get(key)
+                if value is None:
+                    continue
+                fig.add_trace(go.Scatter(
+                    x=[-0.6, len(methods) - 0.4], y=[value, value], mode="lines", name=label, legendgroup=label,
+                    showlegend=srow == 1 and col == 1, line=dict(color=colour, dash=dash, width=1.6),
+                    hovertemplate=f"{label}: {value:.2f}<extra></extra>",
+                ), row=srow, col=col)
+            fig.update_xaxes(showticklabels=False, row=srow, col=col)
+        fig.update_yaxes(title_text=f"return, {sp} data" if sp and len(splits) > 1 else "return (capped episode)",
+                         row=srow, col=1)
+    fig.update_layout(title="Per-game return: methods (mean over seeds, 95% bootstrap CI) and references",
+                      barmode="group")
+    return publication_layout(fig, plot_width=plot_w, plot_height=plot_h)
 
 
 def _is_number(v: Any) -> bool:
@@ -198,6 +261,10 @@ def _ci_pair(ci: Any, name: str) -> tuple[float, float]:
     return float(arr[0]), float(arr[1])
 
 
+def _is_paper(name: str) -> bool:
+    return name.startswith("paper:")
+
+
 def make_aggregate_figure(
     aggregates: Mapping[str, Mapping[str, Any]],
     metrics: Sequence[str] = AGGREGATE_METRICS,
@@ -207,10 +274,12 @@ def make_aggregate_figure(
     """Horizontal bars of aggregate scores with CI error bars, one subplot per metric.
 
     ``aggregates`` is the metrics module's dict ``{method: {"iqm": x, "iqm_ci": [lo, hi], ...}}``.
-    One trace per (metric, method): methods are rows (named once, on the left, never rotated)
-    and legend entries (one per method, shared by every subplot). Each error bar spans exactly
-    ``[lo, hi]`` (asymmetric ``error_x``). Metrics absent from every method are dropped; a missing
-    ``*_ci`` draws the bar without an error bar. The figure is as wide as its labels need.
+    One trace per (metric, method): methods are rows, named once on the left (shortened, the full
+    name in the hover), so the figure needs no legend. Each error bar spans exactly ``[lo, hi]``
+    (asymmetric ``error_x``). Methods named ``paper: ...`` (the papers' printed numbers) are marks,
+    not bars, and do not set the axis range: one far outside our bars' range sits on its edge as
+    a triangle with its value printed. Metrics absent from every method are dropped; a missing
+    ``*_ci`` draws the bar without an error bar.
     """
     methods = list(aggregates)
     if not methods:
@@ -219,38 +288,52 @@ def make_aggregate_figure(
     if not present:
         keys = sorted({k for v in aggregates.values() for k in v})
         raise ValueError(f"none of the metrics {list(metrics)} found; available keys: {keys}")
+    short = short_labels(methods)
+    panel_w, gap = 190, 24
+    plot_w = len(present) * panel_w + (len(present) - 1) * gap
     fig = make_subplots(
         rows=1, cols=len(present), subplot_titles=[_METRIC_TITLES.get(m, m) for m in present],
-        horizontal_spacing=0.04, shared_yaxes=True,
+        horizontal_spacing=spacing(gap, plot_w) if len(present) > 1 else 0.0, shared_yaxes=True,
     )
     for col, metric in enumerate(present, start=1):
-        for i, method in enumerate(methods):
+        ours: list[tuple[str, float, float, float]] = []
+        extents: list[float] = []
+        for method in methods:
             entry = aggregates[method]
             if metric not in entry:
                 continue
             value = float(entry[metric])
             ci = entry.get(f"{metric}_ci")
             lo, hi = _ci_pair(ci, f"{method}.{metric}_ci") if ci is not None else (value, value)
+            (extents if not _is_paper(method) else []).extend([lo, hi])
+            ours.append((method, value, lo, hi))
+        rng = value_range(extents or [v for _, v, _, _ in ours])
+        for method, value, lo, hi in ours:
+            hover = [f"{method}<br>{metric} = {value:.3f}" + (f"<br>95% CI [{lo:.3f}, {hi:.3f}]" if hi > lo else "")]
+            if _is_paper(method):
+                fig.add_trace(go.Scatter(
+                    x=[value], y=[short[method]], mode="markers", name=short[method], showlegend=False,
+                    legendgroup=method, marker=dict(symbol="diamond-open", size=11, color="#333333"),
+                    hovertext=hover, hoverinfo="text",
+                ), row=1, col=col)
+                edge = off_axis_trace(short[method], [short[method]], [value], rng, vertical=False,
+                                      legendgroup=method, hover=hover)
+                if edge is not None:
+                    fig.add_trace(edge, row=1, col=col)
+                continue
             fig.add_trace(
                 go.Bar(
-                    x=[value], y=[method], orientation="h", marker_color=method_color(i), name=method,
-                    legendgroup=method, showlegend=col == 1,
+                    x=[value], y=[short[method]], orientation="h", marker_color=method_color(methods.index(method)),
+                    name=short[method], legendgroup=method, showlegend=False,
                     error_x=dict(type="data", symmetric=False, array=[hi - value], arrayminus=[value - lo]),
-                    hovertext=[f"{method}<br>{metric} = {value:.3f}<br>95% CI [{lo:.3f}, {hi:.3f}]"],
-                    hoverinfo="text",
+                    hovertext=hover, hoverinfo="text",
                 ),
                 row=1, col=col,
             )
-    fig.update_yaxes(autorange="reversed")  # first method on top, as in the legend
-    label_px = 7 * max(len(m) for m in methods)  # horizontal row labels on the first subplot
-    fig.update_layout(
-        title=title or "Aggregate human-normalized scores (95% bootstrap CIs)", template="plotly_white",
-        height=200 + 54 * len(methods), width=label_px + 40 + 220 * len(present),
-        margin=dict(l=label_px + 20, r=20, t=90, b=20), barmode="overlay",
-        legend=dict(orientation="h", yanchor="top", y=-0.08, xanchor="left", x=0, font_size=11,
-                    entrywidth=label_px + 40, entrywidthmode="pixels"),
-    )
-    return fig
+        fig.update_xaxes(range=rng, row=1, col=col)
+    fig.update_yaxes(autorange="reversed", type="category")  # first method on top
+    fig.update_layout(title=title or "Aggregate human-normalized scores (95% bootstrap CIs)", barmode="overlay")
+    return publication_layout(fig, plot_width=plot_w, plot_height=26 * len(methods) + 20, legend="none")
 
 
 def make_performance_profile_figure(
@@ -264,44 +347,53 @@ def make_performance_profile_figure(
     """Score-distribution performance profiles: fraction of runs with score > τ.
 
     ``curves[method]`` has one value per τ; ``cis[method]`` is ``(2, len(taus))``
-    (lower row, upper row), drawn as a filled band under the curve.
+    (lower row, upper row), drawn as a filled band under the curve. More curves than one legend
+    may list are drawn in side-by-side panels (same axes), each with its own legend under it.
     """
     tau = np.asarray(taus, dtype=float)
-    fig = go.Figure()
-    for i, (method, curve) in enumerate(curves.items()):
-        y = np.asarray(curve, dtype=float)
-        if y.shape != tau.shape:
-            raise ValueError(f"curve of {method!r} has shape {y.shape}, taus have {tau.shape}")
-        color = method_color(i)
-        if cis is not None and method in cis:
-            band = np.asarray(cis[method], dtype=float)
-            if band.shape != (2,) + tau.shape:
-                raise ValueError(
-                    f"CI of {method!r} must have shape (2, {tau.size}), got {band.shape}"
+    methods = list(curves)
+    short = short_labels(methods)
+    panels = chunked(methods, MAX_LEGEND_ENTRIES) or [[]]
+    panel_w, gap = (560 if len(panels) == 1 else 420), 60
+    plot_w = len(panels) * panel_w + (len(panels) - 1) * gap
+    fig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True,
+                        horizontal_spacing=spacing(gap, plot_w) if len(panels) > 1 else 0.0)
+    for p, chunk in enumerate(panels):
+        for i, method in enumerate(chunk):
+            y = np.asarray(curves[method], dtype=float)
+            if y.shape != tau.shape:
+                raise ValueError(f"curve of {method!r} has shape {y.shape}, taus have {tau.shape}")
+            color = method_color(i)
+            if cis is not None and method in cis:
+                band = np.asarray(cis[method], dtype=float)
+                if band.shape != (2,) + tau.shape:
+                    raise ValueError(
+                        f"CI of {method!r} must have shape (2, {tau.size}), got {band.shape}"
+                    )
+                # Closed polygon: upper edge left to right, lower edge right to left.
+                fig.add_trace(
+                    go.Scatter(
+                        x=np.concatenate([tau, tau[::-1]]),
+                        y=np.concatenate([band[1], band[0][::-1]]),
+                        fill="toself", fillcolor=rgba(color, 0.2), line=dict(width=0),
+                        hoverinfo="skip", showlegend=False, legendgroup=method, legend=_legend_name(p),
+                        name=f"{short[method]} CI",
+                    ), row=1, col=p + 1,
                 )
-            # Closed polygon: upper edge left to right, lower edge right to left.
             fig.add_trace(
-                go.Scatter(
-                    x=np.concatenate([tau, tau[::-1]]),
-                    y=np.concatenate([band[1], band[0][::-1]]),
-                    fill="toself", fillcolor=rgba(color, 0.2), line=dict(width=0),
-                    hoverinfo="skip", showlegend=False, legendgroup=method,
-                    name=f"{method} CI",
-                )
+                go.Scatter(x=tau, y=y, mode="lines", name=short[method], legendgroup=method, legend=_legend_name(p),
+                           line=dict(color=color, width=2), hovertemplate=f"{method}<br>τ=%{{x:.3g}}: %{{y:.2f}}"
+                                                                         "<extra></extra>"),
+                row=1, col=p + 1,
             )
-        fig.add_trace(
-            go.Scatter(x=tau, y=y, mode="lines", name=method, legendgroup=method,
-                       line=dict(color=color, width=2))
-        )
-    fig.update_layout(
-        title=title or "Performance profiles", template="plotly_white",
-        xaxis_title=xlabel, yaxis_title="Fraction of runs with score > τ",
-        # The legend goes under the plot, one row per curve, so long method names leave the axes
-        # their width in a static export.
-        yaxis_range=[0, 1.02], height=420 + 22 * len(curves), width=900,
-        legend=dict(orientation="h", yanchor="top", y=-0.15, xanchor="left", x=0),
-    )
-    return fig
+        fig.update_xaxes(title_text=xlabel, row=1, col=p + 1)
+    fig.update_yaxes(range=[0, 1.02])
+    fig.update_yaxes(title_text="Fraction of runs with score > τ", row=1, col=1)
+    fig.update_layout(title=title or "Performance profiles")
+    if len(panels) == 1:
+        return publication_layout(fig, plot_width=plot_w, plot_height=360)
+    return publication_layout(fig, plot_width=plot_w, plot_height=360, legend="bottom",
+                              legend_x={_legend_name(p): p * (panel_w + gap) / plot_w for p in range(len(panels))})
 
 
 def _pair_names(key: Any) -> tuple[str, str]:
@@ -324,8 +416,10 @@ def make_probability_of_improvement_figure(
     ``pairs`` maps ``"X,Y"`` or ``(X, Y)`` to ``{"p": value, "ci": [lo, hi]}`` or to
     ``(value, [lo, hi])``; ``metrics.probability_of_improvement``'s output
     (``{"X vs Y": {"x", "y", "probability", "ci"}}``) works as is. A dashed line marks 0.5.
+    Method names are shortened (the full pair in the hover); a pair whose label would be long is
+    written on two lines.
     """
-    labels, vals, plus, minus, texts = [], [], [], [], []
+    named = []
     for key, entry in pairs.items():
         if isinstance(entry, Mapping) and "x" in entry and "y" in entry:
             x, y = str(entry["x"]), str(entry["y"])
@@ -336,26 +430,31 @@ def make_probability_of_improvement_figure(
             ci = entry.get("ci", entry.get("p_ci"))
         else:
             p, ci = float(entry[0]), entry[1]
+        named.append((x, y, p, ci))
+    short = short_labels([n for x, y, _, _ in named for n in (x, y)])
+    labels, vals, plus, minus, texts = [], [], [], [], []
+    two_lines = any(len(short[x]) + len(short[y]) > 50 for x, y, _, _ in named)
+    for x, y, p, ci in named:
         lo, hi = _ci_pair(ci, f"{x},{y}") if ci is not None else (p, p)
-        labels.append(f"P({x} > {y})")
+        labels.append(f"P({short[x]}<br>> {short[y]})" if two_lines else f"P({short[x]} > {short[y]})")
         vals.append(p)
         plus.append(hi - p)
         minus.append(p - lo)
-        texts.append(f"P({x} > {y}) = {p:.3f}<br>95% CI [{lo:.3f}, {hi:.3f}]")
+        texts.append(f"P({x} > {y}) = {p:.3f}" + (f"<br>95% CI [{lo:.3f}, {hi:.3f}]" if ci is not None else
+                                                    "<br>no interval"))
     fig = go.Figure(
         go.Bar(
-            x=vals, y=labels, orientation="h", marker_color=method_color(0),
+            x=vals, y=labels, orientation="h", marker_color=method_color(0), name="P(X > Y)",
             error_x=dict(type="data", symmetric=False, array=plus, arrayminus=minus),
             hovertext=texts, hoverinfo="text",
         )
     )
     fig.add_vline(x=0.5, line_dash="dash", line_color="gray")
-    fig.update_layout(
-        title=title or "Probability of improvement", template="plotly_white",
-        xaxis_range=[0, 1], xaxis_title="Probability of improvement",
-        height=140 + 50 * max(1, len(labels)),
-    )
-    return fig
+    fig.update_layout(title=title or "Probability of improvement", xaxis_range=[0, 1],
+                      xaxis_title="P(X > Y), 95% CI")
+    fig.update_yaxes(autorange="reversed", type="category")  # first pair on top
+    row = 40 if two_lines else 26
+    return publication_layout(fig, plot_width=320, plot_height=max(90, row * len(labels) + 20), legend="none")
 
 
 # --------------------------------------------------------------------------- per-game scores
@@ -399,9 +498,8 @@ def make_scores_figure(scores: Mapping[str, Any], *, title: str | None = None) -
         cap = scores.get("max_agent_steps")
         head += (f"<br><sup>{scores.get('truncated_episodes', 0)} truncated episode(s), "
                  f"{f'{cap:,}' if cap else 'a short'}-step cap: not comparable to the papers</sup>")
-    fig.update_layout(title=head, template="plotly_white", yaxis_title="human-normalized score",
-                      height=420, barmode="overlay")
-    return fig
+    fig.update_layout(title=head, yaxis_title="human-normalized score", barmode="overlay")
+    return publication_layout(fig, plot_width=max(300, 60 * len(labels)), plot_height=300)
 
 
 # --------------------------------------------------------------------------- scaling
@@ -413,17 +511,23 @@ def make_scaling_figure(
     *,
     metric: str = "iqm",
     title: str | None = None,
+    connect: bool = False,
 ) -> go.Figure:
-    """Parameters (log x) vs an aggregate score with CI error bars, one line per family.
+    """Parameters (log x) vs an aggregate score with CI error bars, one colour per family.
 
     ``points``: dicts with ``family``, ``params``, ``metric`` and optional ``f"{metric}_ci"``
-    and ``label``. ``reference``: optional paper numbers, dicts with ``label``, ``params``,
-    ``metric`` (and optional ``family``), drawn as open diamonds without CIs.
+    and ``label``. A family's points are markers: runs of one algorithm at several sizes usually
+    differ in more than their size (data split, settings), so no line joins them unless
+    ``connect`` says they are one series. ``reference``: optional paper numbers, dicts with
+    ``label``, ``params``, ``metric``, drawn as open diamonds without CIs that do not set the score
+    axis: one far above (or below) our points sits on the axis' edge as a triangle with its value
+    printed. The parameter axis is logarithmic with a labelled tick at each power of ten.
     """
     fig = go.Figure()
     families: dict[str, list[Mapping[str, Any]]] = {}
     for p in points:
         families.setdefault(str(p.get("family", "runs")), []).append(p)
+    extents: list[float] = []
     for i, (family, pts) in enumerate(families.items()):
         pts = sorted(pts, key=lambda p: float(p["params"]))
         xs = [float(p["params"]) for p in pts]
@@ -434,44 +538,46 @@ def make_scaling_figure(
             lo, hi = _ci_pair(ci, f"{family}.{metric}_ci") if ci is not None else (yv, yv)
             plus.append(hi - yv)
             minus.append(yv - lo)
+            extents += [lo, hi]
         fig.add_trace(
             go.Scatter(
-                x=xs, y=ys, mode="lines+markers", name=family, line=dict(color=method_color(i)),
+                x=xs, y=ys, mode="lines+markers" if connect else "markers", name=family,
+                line=dict(color=method_color(i)), marker=dict(color=method_color(i), size=9),
                 error_y=dict(type="data", symmetric=False, array=plus, arrayminus=minus),
                 text=[str(p.get("label", "")) for p in pts],
                 hovertemplate="%{text}<br>params=%{x:.3s}<br>" + metric + "=%{y:.3f}<extra></extra>",
             )
         )
     all_x = [float(p["params"]) for p in points] + [float(r["params"]) for r in reference or []]
+    rng = value_range(extents or [float(r[metric]) for r in reference or []], include_zero=False, pad=0.12)
     if reference:
+        values = [float(r[metric]) for r in reference]
+        params = [float(r["params"]) for r in reference]
+        labels = [str(r.get("label", "")) for r in reference]
+        edge = off_axis_trace("paper (reported)", params, values, rng, color="black",
+                              hover=[f"{lab}<br>params={si_number(x)}" for lab, x in zip(labels, params)])
+        if edge is not None:
+            fig.add_trace(edge)
         fig.add_trace(
             go.Scatter(
-                x=[float(r["params"]) for r in reference],
-                y=[float(r[metric]) for r in reference],
-                mode="markers", name="paper (reported)",  # labels on hover: many overlap
-                marker=dict(symbol="diamond-open", size=11, color="black"),
-                text=[str(r.get("label", "")) for r in reference],
+                x=params, y=values, mode="markers", name="paper (reported)",  # labels on hover: many overlap
+                legendgroup="paper (reported)", marker=dict(symbol="diamond-open", size=11, color="black"),
+                text=labels,
                 hovertemplate="%{text}<br>params=%{x:.3s}<br>" + metric + "=%{y:.3f}<extra>paper</extra>",
             )
         )
     fig.update_layout(
         title=title or f"Scaling: parameters vs {_METRIC_TITLES.get(metric, metric)}",
-        template="plotly_white", xaxis_title="Parameters (log scale)",
-        yaxis_title=_METRIC_TITLES.get(metric, metric), height=440, width=800,
+        xaxis_title="Parameters (log scale)", yaxis_title=_METRIC_TITLES.get(metric, metric),
     )
-    # One labelled tick per decade (100k, 1M, 10M, ...) and minor grid lines at 2..9 x.
-    lo, hi = (math.floor(math.log10(min(all_x))), math.ceil(math.log10(max(all_x)))) if all_x else (5, 8)
-    decades = [10.0**e for e in range(lo, max(hi, lo + 1) + 1)]
-    fig.update_xaxes(type="log", tickvals=decades, ticktext=[_si(v) for v in decades],
-                     minor=dict(ticks="outside", showgrid=True, gridcolor="#f0f0f0"))
-    return fig
+    # One labelled tick per decade (100k, 1M, 10M, ...) and minor ticks at 2..9 x.
+    fig.update_xaxes(**log_ticks(min(all_x), max(all_x)) if all_x else log_ticks(1e5, 1e8))
+    fig.update_yaxes(range=rng)
+    return publication_layout(fig, plot_width=520, plot_height=320)
 
 
-def _si(v: float) -> str:
-    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if v >= scale:
-            return f"{v / scale:g}{suffix}"
-    return f"{v:g}"
+#: A row of a table that is a section header: ``{SECTION: "Paper, printed numbers"}``.
+SECTION = "__section__"
 
 
 def make_ablation_table_figure(
@@ -481,13 +587,19 @@ def make_ablation_table_figure(
     title: str | None = None,
     float_format: str = "{:.3f}",
 ) -> go.Figure:
-    """A plotly Table of ablation rows (dicts); columns default to keys in first-seen order."""
+    """A plotly Table of ablation rows (dicts); columns default to keys in first-seen order.
+
+    A row ``{SECTION: text}`` starts a section: its text, bold, on a shaded row of its own (e.g.
+    our runs, then the paper's printed numbers, so that neither reads as a row of the other)."""
     if columns is None:
-        columns = list(dict.fromkeys(k for r in rows for k in r))
-    cells = []
+        columns = list(dict.fromkeys(k for r in rows for k in r if k != SECTION))
+    cells: list[list[Any]] = []
     for c in columns:
         col = []
         for r in rows:
+            if SECTION in r:
+                col.append(f"<b>{r[SECTION]}</b>" if c == columns[0] else "")
+                continue
             v = r.get(c, "")
             if isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_number(e) for e in v):
                 v = "[" + ", ".join(float_format.format(float(e)) for e in v) + "]"
@@ -497,18 +609,23 @@ def make_ablation_table_figure(
         cells.append(col)
     # Each column as wide as its longest entry (method labels are long), and the figure as wide
     # as all columns together, so a PNG export (which uses the layout's width) clips nothing.
-    chars = [max(7, 1 + max(len(str(v)) for v in [c, *col])) for c, col in zip(columns, cells)]
+    chars = [max(7, 1 + max([len(str(c))] + [len(str(v)) for v, r in zip(col, rows) if SECTION not in r]))
+             for c, col in zip(columns, cells)]
+    if columns:  # a section's title is written (bold) in the first column
+        chars[0] = max([chars[0]] + [2 + math.ceil(1.15 * len(str(r[SECTION]))) for r in rows if SECTION in r])
+    widths = [TABLE_CHAR_PX * n for n in chars]
+    fills = [["#f0f0f0" if SECTION in r else "white" for r in rows] for _ in columns]
     fig = go.Figure(
         go.Table(
-            header=dict(values=[f"<b>{c}</b>" for c in columns], fill_color="#e8ecf4", align="left"),
-            cells=dict(values=cells, align="left"),
+            header=dict(values=[f"<b>{c}</b>" for c in columns], fill_color="#e8ecf4", align="left", height=26),
+            cells=dict(values=cells, align="left", height=26, fill_color=fills),
             columnwidth=chars,
         )
     )
-    # Small margins: with plotly's default ones (180 px) a short table got no room at all.
-    fig.update_layout(title=title or "Ablations", height=80 + 45 * (max(1, len(rows)) + 1),
-                      width=max(700, int(TABLE_CHAR_PX * sum(chars)) + 20), margin=dict(l=10, r=10, t=50, b=10))
-    return fig
+    fig.update_layout(title=title or "Ablations")
+    # the table fills its domain: 26 px per row, and a little room so that nothing scrolls
+    return publication_layout(fig, plot_width=max(400.0, sum(widths)), plot_height=26 * (len(rows) + 1) + 14,
+                              legend="none")
 
 
 
@@ -524,23 +641,27 @@ def make_online_curves_figure(
     if not curves:
         raise ValueError("make_online_curves_figure: no curves given")
     panels = list(curves)
-    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=panels, horizontal_spacing=0.08)
+    panel_w, gap = 320, 70
+    plot_w = len(panels) * panel_w + (len(panels) - 1) * gap
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=panels,
+                        horizontal_spacing=spacing(gap, plot_w) if len(panels) > 1 else 0.0)
     labels = list(dict.fromkeys(lab for p in panels for lab in curves[p]))
+    short = short_labels(labels)
     for col, panel in enumerate(panels, start=1):
         for label, pts in curves[panel].items():
             pts = sorted(pts)
             i = labels.index(label)
             fig.add_trace(go.Scatter(
-                x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=label, legendgroup=label,
+                x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=short[label],
+                legendgroup=label,
                 showlegend=col == 1 or label not in {lab for q in panels[: col - 1] for lab in curves[q]},
                 line=dict(color=method_color(i)),
                 hovertemplate=f"{label}<br>frames=%{{x:,}}<br>score=%{{y:.4g}}<extra></extra>",
             ), row=1, col=col)
         fig.update_xaxes(title_text="training frames", row=1, col=col)
     fig.update_yaxes(title_text="evaluation score", row=1, col=1)
-    fig.update_layout(title=title or "Online fine-tuning: evaluation score vs frames", template="plotly_white",
-                      height=420, width=max(520, 420 * len(panels)))
-    return fig
+    fig.update_layout(title=title or "Online fine-tuning: evaluation score vs frames")
+    return publication_layout(fig, plot_width=plot_w, plot_height=300)
 
 
 def make_finetune_bars_figure(
@@ -557,7 +678,11 @@ def make_finetune_bars_figure(
         raise ValueError("make_finetune_bars_figure: no scores given")
     panels = list(bars)
     methods = list(dict.fromkeys(m for p in panels for m in bars[p]))
-    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=panels, horizontal_spacing=0.08)
+    short = short_labels(methods)
+    panel_w, gap = max(200, 70 * len(methods)), 70
+    plot_w = len(panels) * panel_w + (len(panels) - 1) * gap
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=panels,
+                        horizontal_spacing=spacing(gap, plot_w) if len(panels) > 1 else 0.0)
     for col, panel in enumerate(panels, start=1):
         for method, scores in bars[panel].items():
             vals = np.asarray(scores, dtype=float)
@@ -567,8 +692,8 @@ def make_finetune_bars_figure(
                       else "1 run: no interval")
             extra = (notes or {}).get(panel, {}).get(method)
             fig.add_trace(go.Bar(
-                x=[method], y=[mean], name=method, legendgroup=method, marker_color=method_color(i),
-                showlegend=col == 1,
+                x=[short[method]], y=[mean], name=short[method], legendgroup=method, marker_color=method_color(i),
+                showlegend=False,  # the bars are named on the x axis
                 error_y=(dict(type="data", symmetric=False, array=[float(vals.max()) - mean],
                               arrayminus=[mean - float(vals.min())]) if vals.size >= 2 else None),
                 hovertemplate=(f"{method}<br>mean=%{{y:.4g}} over {vals.size} run(s)<br>{spread}"
@@ -576,8 +701,8 @@ def make_finetune_bars_figure(
             ), row=1, col=col)
     fig.update_yaxes(title_text="score after fine-tuning", row=1, col=1)
     fig.update_layout(title=title or "Online fine-tuning on game variants (bar: mean; error bars: min/max over runs)",
-                      template="plotly_white", height=420, width=max(520, 380 * len(panels)), barmode="group")
-    return fig
+                      barmode="group")
+    return publication_layout(fig, plot_width=plot_w, plot_height=300, legend="none")
 
 
 # --------------------------------------------------------------------------- offline fine-tuning
@@ -608,14 +733,23 @@ def make_transfer_figure(
     if not per_game or not any(per_game.values()):
         raise ValueError("make_transfer_figure: no fine-tuning scores given")
     methods = list(per_game)
+    short = short_labels(methods)
     games = list(dict.fromkeys(g for m in methods for g in per_game[m]))
     present = [m for m in metrics if any(m in a for a in aggregates.values())]
     kinds = list(dict.fromkeys(str(a.get("interval", "95% CI")) for a in aggregates.values()))
     interval = kinds[0] if len(kinds) == 1 else "interval per bar: see its hover"
-    titles = (["DQN-normalized score per held-out game (error bar: range over runs)"]
+    titles = (["Per held-out game (error bar: range over runs)"]
               + [f"{_METRIC_TITLES.get(m, m)}<br><sup>{interval}</sup>" for m in present])
-    fig = make_subplots(rows=1, cols=1 + len(present), subplot_titles=titles, horizontal_spacing=0.1,
-                        column_widths=[0.55] + [0.45 / max(1, len(present))] * len(present))
+    n_agg = len(methods) + len(paper_aggregates or {})
+    # an aggregate panel is as wide as its interval's line (tests and readers find it whole)
+    agg_w = max(150, 40 * n_agg, text_width(interval, 0.7 * SUBPLOT_TITLE_SIZE) + 16)
+    game_w, gap = max(320, 26 * len(games) * max(1, len(methods))), 70
+    plot_w = game_w + len(present) * (agg_w + gap)
+    fig = make_subplots(rows=1, cols=1 + len(present), subplot_titles=titles,
+                        horizontal_spacing=spacing(gap, plot_w) if present else 0.0,
+                        column_widths=[game_w] + [agg_w] * len(present))
+    symbols = ("diamond-open", "square-open", "triangle-up-open", "circle-open", "star-open", "cross-open")
+    extents: list[float] = []
     for i, method in enumerate(methods):
         xs, ys, hi, lo, text = [], [], [], [], []
         for g in games:
@@ -628,22 +762,29 @@ def make_transfer_figure(
             several = vals.size >= 2  # one run: no interval (None draws no error bar)
             hi.append(float(vals.max()) - mean if several else None)
             lo.append(mean - float(vals.min()) if several else None)
+            extents += [float(vals.min()), float(vals.max())]
             text.append(f"{method}<br>{g}: mean {mean:.3f} over {vals.size} run(s)<br>"
                         + (f"range: min {vals.min():.3f}, max {vals.max():.3f}" if several else "1 run: no interval"))
-        fig.add_trace(go.Bar(x=xs, y=ys, name=method, legendgroup=method, marker_color=method_color(i),
+        fig.add_trace(go.Bar(x=xs, y=ys, name=short[method], legendgroup=method, marker_color=method_color(i),
                              error_y=dict(type="data", symmetric=False, array=hi, arrayminus=lo),
                              hovertext=text, hoverinfo="text"), row=1, col=1)
-    symbols = ("diamond-open", "square-open", "triangle-up-open", "circle-open", "star-open", "cross-open")
+    game_range = value_range(extents)
     for j, (label, values) in enumerate((paper_per_game or {}).items()):
         xs = [g for g in games if g in values]
         if not xs:
             continue
+        hover = [f"paper: {label}<br>{g}: {float(values[g]):.3f}" for g in xs]
         fig.add_trace(go.Scatter(
             x=xs, y=[float(values[g]) for g in xs], mode="markers", name=f"paper: {label}",
             legendgroup=f"paper: {label}", marker=dict(symbol=symbols[j % len(symbols)], size=11, color="#333333"),
-            hovertext=[f"paper: {label}<br>{g}: {float(values[g]):.3f}" for g in xs], hoverinfo="text",
+            hovertext=hover, hoverinfo="text",
         ), row=1, col=1)
+        edge = off_axis_trace(f"paper: {label}", xs, [float(values[g]) for g in xs], game_range, hover=hover)
+        if edge is not None:
+            fig.add_trace(edge, row=1, col=1)
+    fig.update_yaxes(range=game_range, row=1, col=1)
     for col, metric in enumerate(present, start=2):
+        bars_ext: list[float] = []
         for i, method in enumerate(methods):
             entry = aggregates.get(method, {})
             if metric not in entry:
@@ -653,31 +794,35 @@ def make_transfer_figure(
             what = str(entry.get("interval", "95% CI"))
             if ci is None:
                 error_y, shown = None, what
+                bars_ext.append(value)
             else:
                 ci_lo, ci_hi = _ci_pair(ci, f"{method}.{metric}_ci")
                 error_y = dict(type="data", symmetric=False, array=[ci_hi - value], arrayminus=[value - ci_lo])
                 shown = f"{what}: [{ci_lo:.3f}, {ci_hi:.3f}]"
+                bars_ext += [ci_lo, ci_hi]
             fig.add_trace(go.Bar(
-                x=[method], y=[value], name=method, legendgroup=method, marker_color=method_color(i),
+                x=[short[method]], y=[value], name=short[method], legendgroup=method, marker_color=method_color(i),
                 showlegend=False, error_y=error_y,
                 hovertext=[f"{method}<br>{metric} = {value:.3f}<br>{shown}"],
                 hoverinfo="text",
             ), row=1, col=col)
+        rng = value_range(bars_ext)
         for j, (label, values) in enumerate((paper_aggregates or {}).items()):
             if metric not in values:
                 continue
+            hover = [f"paper: {label}<br>{metric} = {float(values[metric]):.3f} (as printed)"]
             fig.add_trace(go.Scatter(
                 x=[f"paper: {label}"], y=[float(values[metric])], mode="markers", name=f"paper: {label}",
-                legendgroup=f"paper: {label}", showlegend=not paper_per_game or label not in paper_per_game,
+                legendgroup=f"paper: {label}",
+                showlegend=col == 2 and (not paper_per_game or label not in paper_per_game),
                 marker=dict(symbol=symbols[j % len(symbols)], size=11, color="#333333"),
-                hovertext=[f"paper: {label}<br>{metric} = {float(values[metric]):.3f} (as printed)"], hoverinfo="text",
+                hovertext=hover, hoverinfo="text",
             ), row=1, col=col)
-        fig.update_xaxes(tickangle=-30, row=1, col=col)
+            edge = off_axis_trace(f"paper: {label}", [f"paper: {label}"], [float(values[metric])], rng, hover=hover)
+            if edge is not None:
+                fig.add_trace(edge, row=1, col=col)
+        fig.update_yaxes(range=rng, row=1, col=col)
     fig.update_yaxes(title_text="DQN-normalized score", row=1, col=1)
     main = title or "Offline fine-tuning to held-out games (DQN-normalized)"
-    fig.update_layout(
-        title=dict(text=main + (f"<br><sup>{note}</sup>" if note else "")), template="plotly_white",
-        barmode="group", height=520, width=max(900, 140 * len(games) * max(1, len(methods)) // 2 + 300 * len(present)),
-        margin=dict(t=110, b=160), legend=dict(orientation="h", yanchor="top", y=-0.3, xanchor="left", x=0),
-    )
-    return fig
+    fig.update_layout(title=dict(text=main + (f"<br><sup>{note}</sup>" if note else "")), barmode="group")
+    return publication_layout(fig, plot_width=plot_w, plot_height=320)
