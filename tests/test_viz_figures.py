@@ -558,3 +558,26 @@ def test_scaled_ql_figure_2_draws_the_behaviour_policy_of_a_recorded_history(tmp
     plain = [_fake_run(tmp_path / "plain", f"p{seed}", model="a", seed=seed, hidden=4,
                        means={"Assault": 300.0, "Breakout": 10.0}) for seed in (0, 1)]
     assert load_ablation([str(r) for r in plain]).behaviour == {}
+
+
+def test_runs_share_one_plotly_bundle_on_disk(tmp_path):
+    """Every run's figures open alone (plotly.min.js beside them) while the runs folder holds the
+    4.8 MB bundle once: the files are hard links to one inode. A run outside a runs folder gets
+    its own file and nothing is written beside it."""
+    import plotly.graph_objects as go
+
+    from workbench.run import Run
+    from workbench.viz.export import save_figure
+
+    fig = go.Figure(go.Scatter(x=[0, 1], y=[1, 2]))
+    for name in ("a", "b"):
+        Run(tmp_path / "runs" / name).create("pretrain", {}, {"algo": "scaled_ql"})
+        save_figure(fig, tmp_path / "runs" / name / "figures" / "curve", png=False)
+    a, b = (tmp_path / "runs" / n / "figures" / "plotly.min.js" for n in ("a", "b"))
+    assert a.stat().st_ino == b.stat().st_ino and a.stat().st_nlink == 3  # the runs folder's copy + 2 links
+    assert a.stat().st_size > 1_000_000 and b"plotly.min.js" in (a.parent / "curve.html").read_bytes()
+    Run(tmp_path / "solo" / "run").create("pretrain", {}, {"algo": "scaled_ql"})
+    save_figure(fig, tmp_path / "solo" / "run" / "figures" / "curve", png=False)
+    assert sorted(p.name for p in (tmp_path / "solo").iterdir()) == ["run"]
+    solo = tmp_path / "solo" / "run" / "figures"
+    assert (solo / "plotly.min.js").stat().st_nlink == 1 and not (solo / ".plotly").exists()
