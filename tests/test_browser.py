@@ -3,9 +3,15 @@
 1. The explorer notebook (a synthetic JOWA-style rollout: Q distributions, search tree, predicted
    frames) renders, moving its step slider updates the plotted Q distributions, and nothing
    overflows the notebook panel horizontally (a 1280-px panel, and a narrower one).
+   Every panel follows the slider: 40 arrow-key presses, a tab reload (the notebook saved, its
+   kernel still running, as autosave leaves a user), more presses and the Play button; the frame
+   panel's and the predicted frames' images are decoded and compared with the rollout's frames.
 2. A user's first use: in a project with a trained ``runs/pretrain-resnet-tiny``, open
    ``notebooks/07_explore_checkpoint.ipynb`` from JupyterLab's file browser (so its kernel runs
    in ``notebooks/``) and run all cells with the defaults: no error, the Q-net explorer fits.
+
+JupyterLab runs with its default settings, as users have them (the notebook's windowing mode
+included: 'contentVisibility' in the pinned 4.6; an earlier version of these tests forced 'none').
 
 Screenshots of both explorers are written under the test's tmp folder, and copied to
 ``$WORKBENCH_SCREENSHOT_DIR`` when set (how ``docs/img/`` was made).
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -38,6 +45,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
 STEPS, GAME, SEED = 12, "Breakout", 5
+LONG_STEPS = 60  # room for 40 key presses, a reload, 5 more and Play to the end
 
 
 def _requirements() -> str | None:
@@ -70,8 +78,8 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float) -> None:
     raise TimeoutError(f"jupyter lab did not answer {url} within {timeout} s")
 
 
-@pytest.fixture()
-def lab(tmp_path):
+def _explorer_lab(tmp_path: Path, steps: int):
+    """Notebook 07 with a synthetic rollout of ``steps`` steps, served by JupyterLab."""
     reason = _requirements()
     if reason:
         pytest.skip(reason)
@@ -82,11 +90,21 @@ def lab(tmp_path):
     # Parameters injected without executing: the browser runs the notebook.
     papermill.execute_notebook(
         str(ROOT / "notebooks" / "07_explore_checkpoint.ipynb"), str(work / "explore.ipynb"),
-        parameters=dict(source="synthetic", game=GAME, seed=SEED, max_steps=STEPS, video=False,
+        parameters=dict(source="synthetic", game=GAME, seed=SEED, max_steps=steps, video=False,
                         out_dir=str(tmp_path / "explore")),
         prepare_only=True, kernel_name="python3", progress_bar=False,
     )
     yield from _serve(work, tmp_path)
+
+
+@pytest.fixture()
+def lab(tmp_path):
+    yield from _explorer_lab(tmp_path, STEPS)
+
+
+@pytest.fixture()
+def lab_long(tmp_path):
+    yield from _explorer_lab(tmp_path, LONG_STEPS)
 
 
 @pytest.fixture()
@@ -111,11 +129,10 @@ def lab_project(tmp_path):
 
 def _serve(work: Path, tmp_path: Path):
     """Run JupyterLab on ``work`` (its own settings, runtime and process group) and yield its URL."""
-    # User settings: render every cell (JupyterLab 4 virtualizes off-screen cells, which would
-    # leave the inspector's output unattached) and no news pop-up.
+    # User settings: JupyterLab's defaults (the notebook's windowing mode included, as users have
+    # it), only without the news pop-up.
     settings = tmp_path / "settings"
-    for ext, name, value in (("notebook-extension", "tracker", {"windowingMode": "none"}),
-                             ("apputils-extension", "notification", {"fetchNews": "false"})):
+    for ext, name, value in (("apputils-extension", "notification", {"fetchNews": "false"}),):
         f = settings / f"@jupyterlab/{ext}/{name}.jupyterlab-settings"
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text(json.dumps(value))
@@ -161,7 +178,8 @@ _Q_PLOT_JS = """
                               && p.layout.title.text.startsWith('step ') && p.data && p.data.length > 3
                               && p.data[0].type === 'scatter');
   if (!q) return null;
-  return {title: q.layout.title.text, y0: Array.from(q.data[0].y), bar: Array.from(q.data[q.data.length - 1].x)};
+  const d = q._fullData || q.data;  // what plotly drew: typed-array JSON ({dtype, bdata}) decoded
+  return {title: q.layout.title.text, y0: Array.from(d[0].y), bar: Array.from(d[d.length - 1].x)};
 }
 """
 
@@ -341,6 +359,187 @@ def test_explorer_notebook_slider_updates_plot_in_chromium(lab, tmp_path):
             _screenshot(page, tmp_path, "explorer_jowa_1280")
             page.set_viewport_size({"width": 1280, "height": 1200})  # a narrower panel: rows wrap
             _check_no_overflow(page, "JOWA explorer, 1280-px window with the file browser")
+        except Exception:
+            _dump_failure(page, tmp_path, console)
+            raise
+        finally:
+            browser.close()
+
+
+# Every frame image the notebook shows, in page order, as a PNG data URI: plotly's drawn
+# <image> elements (what the SVG shows, not the trace's data) and image widgets (blob URLs, read
+# back). The explorer shows the frame panel first, then real t+1..t+K and predicted t+1..t+K.
+_FRAMES_JS = """
+async () => {
+  const panel = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden)');
+  if (!panel) return [];
+  const read = async src => {
+    if (!src || src.startsWith('data:')) return src || null;
+    const blob = await (await fetch(src)).blob();
+    return await new Promise(done => { const r = new FileReader(); r.onload = () => done(r.result);
+                                       r.readAsDataURL(blob); });
+  };
+  const out = [];
+  for (const el of panel.querySelectorAll('.js-plotly-plot g.im image, img.widget-image')) {
+    const box = el.getBoundingClientRect();
+    const src = el.tagName.toLowerCase() === 'img' ? el.getAttribute('src')
+              : (el.getAttribute('href') || el.getAttribute('xlink:href'));
+    out.push({src: await read(src), w: box.width, h: box.height});
+  }
+  return out;
+}
+"""
+
+# The plots' titles (each panel's figure is titled with its step) and the caption.
+_PANELS_JS = """
+() => ({
+  titles: [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .js-plotly-plot')]
+    .map(p => p.layout && p.layout.title ? p.layout.title.text : null),
+  caption: (document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .widget-html-content') || {}).innerText,
+  slider: Number((document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .widget-slider .noUi-handle')
+                  || {getAttribute: () => NaN}).getAttribute('aria-valuenow')),
+})
+"""
+
+
+def _png(uri: str | None) -> np.ndarray | None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    if not uri or not uri.startswith("data:image/png;base64,"):
+        return None
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("L"))
+
+
+def _which_step(img: np.ndarray | None, rollout) -> str:
+    """Name what an image shows: the rollout frame(s) or predicted frames it equals, else its shape."""
+    if img is None:
+        return "no PNG"
+    if img.shape != rollout.frames.shape[1:]:
+        return f"a {img.shape} image"
+    steps = [t for t in range(len(rollout)) if np.array_equal(img, rollout.frames[t])]
+    pred = [f"step {t}'s predicted t+{k + 1}" for t in range(len(rollout))
+            for k in range(rollout.predicted_frames.shape[1]) if np.array_equal(img, rollout.predicted_frames[t, k])]
+    return f"frame {steps}" if steps else (" / ".join(pred) or "no rollout frame")
+
+
+def _panel_problems(page, expected, t: int) -> list[str]:
+    """What the explorer shows that is not step ``t``: caption, plots (each titled 'step t'), the Q
+    distributions' data, the frame panel and the real/predicted next frames (decoded pixels)."""
+    problems = []
+    seen = page.evaluate(_PANELS_JS)
+    if seen["slider"] != t:
+        problems.append(f"slider at {seen['slider']}")
+    if f"step {t}/" not in (seen["caption"] or ""):
+        problems.append(f"caption {seen['caption']!r}")
+    steps = [int(m.group(1)) for x in seen["titles"] if x and (m := re.match(r"step (\d+)", x))]
+    if len(steps) < 2 or set(steps) != {t}:  # the Q distributions and the search tree at least
+        problems.append(f"plots titled with steps {steps}")
+    q = page.evaluate(_Q_PLOT_JS)
+    want_y0 = expected.q_probs[t, 0]
+    if (q is None or not q["title"].startswith(f"step {t} ") or len(q["y0"]) != len(want_y0)
+            or not np.allclose(q["y0"], want_y0, rtol=1e-5)):
+        problems.append(f"the Q plot ({q['title'] if q else None!r}) does not draw step {t}'s distributions")
+    shown = page.evaluate(_FRAMES_JS)
+    k = expected.predicted_frames.shape[1]
+    want = [expected.frames[t]] + list(expected.real_next_frames(t, k)) + list(expected.predicted_frames[t])
+    names = ["frame panel"] + [f"real t+{i + 1}" for i in range(k)] + [f"predicted t+{i + 1}" for i in range(k)]
+    if len(shown) != len(want):
+        problems.append(f"{len(shown)} frame images shown, {len(want)} expected")
+    for name, img, frame in zip(names, shown, want):
+        pixels = _png(img["src"])
+        if img["w"] < 50 or img["h"] < 50:
+            problems.append(f"{name} drawn {img['w']:.0f}x{img['h']:.0f} px")
+        if pixels is None or pixels.shape != frame.shape or not np.array_equal(pixels, frame):
+            problems.append(f"{name} shows {_which_step(pixels, expected)}")
+    return problems
+
+
+def _wait_for_step(page, expected, t: int, where: str, timeout: float = 120.0) -> None:
+    """Wait until every panel shows step ``t`` (the kernel may still be working through key
+    presses); fail with what each panel shows instead."""
+    deadline = time.monotonic() + timeout
+    while True:
+        problems = _panel_problems(page, expected, t)
+        if not problems:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{where}: the explorer does not show step {t}: " + "; ".join(problems))
+        page.wait_for_timeout(500)
+
+
+def _slider_to(page, target: int, key: str) -> None:
+    """Press ``key`` on the slider handle as a user does (no pause between presses) until it shows
+    ``target``; re-focus it if a re-render took the focus away."""
+    handle = page.locator(".widget-slider .noUi-handle").first
+    value = "Number(document.querySelector('.widget-slider .noUi-handle').getAttribute('aria-valuenow'))"
+    for _ in range(4):
+        now = int(page.evaluate(f"() => {value}"))
+        if now == target:
+            return
+        handle.focus()
+        for _ in range(abs(target - now)):
+            page.keyboard.press(key)
+        page.wait_for_timeout(300)
+    raise AssertionError(f"the slider did not reach {target} (it shows {page.evaluate(f'() => {value}')})")
+
+
+def _save_and_reload(page) -> None:
+    """Save the notebook (File > Save, what autosave does every two minutes), reload the tab and wait
+    for the explorer to be restored from the still-running kernel."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page.click(".lm-MenuBar-itemLabel:text-is('File')")
+    page.click(".lm-Menu-itemLabel:text-is('Save Notebook')")
+    page.wait_for_function("() => !document.querySelector('.lm-TabBar-tab.jp-mod-current.jp-mod-dirty')",
+                           timeout=30_000)
+    page.reload(timeout=90_000)
+    page.wait_for_selector(".jp-Notebook", timeout=90_000)
+    try:
+        page.click(".jp-Dialog .jp-mod-accept", timeout=10_000)
+    except PlaywrightTimeout:
+        pass
+    page.locator(".widget-slider .noUi-handle").first.wait_for(timeout=120_000)
+    page.locator(".widget-slider").first.scroll_into_view_if_needed()
+
+
+def test_explorer_panels_follow_keys_reload_and_play(lab_long, tmp_path):
+    """Issue 29: after Run All and 40 presses of the arrow key the frame went blank; after a tab
+    reload the frame stayed at step 0 while the slider said 45. With JupyterLab's default settings
+    and a 1280-px notebook panel, every panel (caption, frame, Q distributions, search tree, real
+    and predicted next frames) must show the slider's step: after 40 presses, after a reload, after
+    5 more presses and after Play ran to the last step."""
+    from playwright.sync_api import sync_playwright
+
+    from workbench.viz.rollout import synthetic_rollout
+
+    expected = synthetic_rollout(LONG_STEPS, game=GAME, seed=SEED)  # the notebook's rollout, rebuilt
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1200})  # a ~1,280-px notebook panel
+        console: list[str] = []
+        page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+        try:
+            _run_until_q_plot(page, f"{lab_long}/lab/tree/explore.ipynb", console)
+            page.locator(".widget-slider").first.scroll_into_view_if_needed()
+            panel = _check_no_overflow(page, "explorer, 1600-px window with the file browser")
+            assert panel >= 1200, f"the notebook panel is {panel} px, not the ~1,280 px this check is about"
+            _wait_for_step(page, expected, 0, "after Run All")
+
+            _slider_to(page, 40, "ArrowRight")
+            _wait_for_step(page, expected, 40, "after 40 arrow-key presses")
+
+            _save_and_reload(page)
+            _wait_for_step(page, expected, 40, "after a tab reload")
+            _slider_to(page, 45, "ArrowRight")
+            _wait_for_step(page, expected, 45, "after a reload and 5 more presses")
+
+            page.locator(".widget-play button").first.click()  # Play: 45 .. the last step, then stops
+            last = LONG_STEPS - 1
+            _wait_for_step(page, expected, last, "after Play")
+            _check_no_overflow(page, "explorer after Play, 1600-px window with the file browser")
         except Exception:
             _dump_failure(page, tmp_path, console)
             raise
