@@ -68,8 +68,8 @@ from workbench.settings import from_params
 # them: every sweep point runs under a `python -m workbench.sweep _point` process for its whole length,
 # and they would make it load torch (+2.7 s and +230 MB resident per point, for nothing it uses).
 
-__all__ = ["COMBINES", "EXECUTORS", "ExecutorSpec", "Point", "Sweep", "check_root", "load_sweep", "main", "run_point",
-           "run_sweep", "sweep_status"]
+__all__ = ["COMBINES", "EXECUTORS", "ExecutorSpec", "Point", "Sweep", "check_root", "load_sweep", "main",
+           "make_executor", "run_point", "run_sweep", "sweep_status"]
 
 COMBINES = ("grid", "zip")
 EXECUTORS = ("local", "slurm")
@@ -525,11 +525,12 @@ def _local(sweep: Sweep, jobs: list[dict[str, Any]], parallel: int, tick: Any) -
             tick(future.result())
 
 
-def _submitit(sweep: Sweep, jobs: list[dict[str, Any]], wait: bool, tick: Any) -> list[str]:
-    """Submit through submitit (Slurm, or its local executor); returns the job ids."""
-    ex = sweep.executor
-    executor = submitit.AutoExecutor(folder=str(sweep.root / "submitit" / "%j"), cluster=ex.cluster)
-    params: dict[str, Any] = {"name": f"sweep-{sweep.name}", "timeout_min": ex.timeout_min,
+def make_executor(ex: ExecutorSpec, folder: str | os.PathLike[str], name: str) -> submitit.AutoExecutor:
+    """The submitit executor of ``ex`` (Slurm, or submitit's local executor when ``ex.cluster`` is
+    'local'), its jobs' logs under ``folder`` (may hold submitit's ``%j``), jobs named ``name``.
+    Shared by the sweep and the distributed store build (``python -m workbench.data.build --executor``)."""
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=ex.cluster)
+    params: dict[str, Any] = {"name": name, "timeout_min": ex.timeout_min,
                               "cpus_per_task": ex.cpus_per_task, "mem_gb": ex.mem_gb, "tasks_per_node": 1,
                               "nodes": 1, "slurm_array_parallelism": ex.array_parallelism}
     if ex.gpus_per_node:
@@ -538,6 +539,13 @@ def _submitit(sweep: Sweep, jobs: list[dict[str, Any]], wait: bool, tick: Any) -
         params["slurm_partition"] = ex.partition
     params.update({f"slurm_{k}": v for k, v in ex.slurm_args.items()})
     executor.update_parameters(**params)
+    return executor
+
+
+def _submitit(sweep: Sweep, jobs: list[dict[str, Any]], wait: bool, tick: Any) -> list[str]:
+    """Submit through submitit (Slurm, or its local executor); returns the job ids."""
+    ex = sweep.executor
+    executor = make_executor(ex, sweep.root / "submitit" / "%j", f"sweep-{sweep.name}")
     if ex.array:
         submitted = executor.map_array(run_point, jobs)
     else:

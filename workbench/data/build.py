@@ -44,6 +44,11 @@ tile their game's rows (:func:`_check_disjoint`), so concurrent writers never to
 each block's markers are its own files. The result does not depend on N or on the order blocks
 finish. Command line: ``python -m workbench.data.build ROOT --games G --out STORE [--dry-run]``
 (:func:`main`).
+
+Distributed builds (``--executor slurm|local``, :func:`build_store_distributed`): one submitit job
+per game (:func:`build_game_job`; the executor of :func:`workbench.sweep.make_executor`), each
+writing only its game's folder, its ``.build/done/{game}__*`` markers and ``.build/games/{game}.json``;
+the submitting process then merges the games' summaries into the manifest.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import submitit
 
 from workbench.data import dqn_replay as dr
 from workbench.data.splits import GRAMMAR, PRESETS, Split, StoreError, parse_runs, parse_split
@@ -82,8 +88,9 @@ from workbench.fileio import (
 )
 from workbench.games import geometry_of, num_actions
 from workbench.progress import progress_bar
+from workbench.sweep import ExecutorSpec, make_executor
 
-__all__ = ["build_store", "main", "plan_store"]
+__all__ = ["build_game_job", "build_store", "build_store_distributed", "main", "plan_store"]
 
 # Small arrays of planned checkpoints are kept for the conversion pass while they fit this budget
 # (test-sized data); real 1M-row checkpoints are re-read (a few MB each, cheap).
@@ -821,22 +828,9 @@ def build_store(
     p = _make_plan(root, games, runs, split, seed, n_step, context_after)
     params, plan_json, plan = p.params, p.plan_json, p.blocks
 
-    manifest_path = out / "manifest.json"
-    if out.is_dir() and any(out.iterdir()) and not (out / STORE_MARKER).is_file() and not manifest_path.is_file():
-        # building deletes and rewrites game folders: never in a folder the builder did not make
-        listing = ", ".join(sorted(p.name for p in out.iterdir())[:8])
-        raise StoreError(f"{out} is not empty and is not a store (no {STORE_MARKER}); it holds: {listing}. "
-                         "Choose a new or empty folder")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / STORE_MARKER).write_text("This folder is a workbench replay store; the store builder may rewrite it.\n")
-    if manifest_path.exists():
-        if read_json(manifest_path).get("plan") == plan_json:
-            return out
-        raise StoreError(f"{out} already holds a different complete store; choose another directory or delete it")
-
+    if _open_out(out, p):
+        return out
     total_rows = p.total_rows
-    if not (out / ".build").is_dir():  # a resumed build has its space already
-        check_free_space(out, p.disk_bytes, f"a store of {total_rows} rows")
     build = _start_or_resume(out, plan_json, p.game_dirs, params, log_path)
     if workers > 1:
         _log(log_path, event="build_workers", workers=workers, start_method=MP_START)
@@ -877,11 +871,174 @@ def build_store(
             games_info[g] = _game_summary(infos[g], g, p)
     bar.close()
 
-    manifest = {**params, "plan": plan_json, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "games_info": games_info,
-                "selections": p.sources.selections}
-    atomic_write_json(manifest_path, manifest)  # LAST: marks the store complete
-    shutil.rmtree(build, ignore_errors=True)
+    _write_manifest(out, p, games_info, log_path)
+    return out
+
+
+def _open_out(out: Path, p: _Plan) -> bool:
+    """Check and mark the output folder before a build; True when it already holds this very store."""
+    manifest_path = out / "manifest.json"
+    if out.is_dir() and any(out.iterdir()) and not (out / STORE_MARKER).is_file() and not manifest_path.is_file():
+        # building deletes and rewrites game folders: never in a folder the builder did not make
+        listing = ", ".join(sorted(f.name for f in out.iterdir())[:8])
+        raise StoreError(f"{out} is not empty and is not a store (no {STORE_MARKER}); it holds: {listing}. "
+                         "Choose a new or empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / STORE_MARKER).write_text("This folder is a workbench replay store; the store builder may rewrite it.\n")
+    if manifest_path.exists():
+        if read_json(manifest_path).get("plan") == p.plan_json:
+            return True
+        raise StoreError(f"{out} already holds a different complete store; choose another directory or delete it")
+    if not (out / ".build").is_dir():  # a resumed build has its space already
+        check_free_space(out, p.disk_bytes, f"a store of {p.total_rows} rows")
+    return False
+
+
+def _write_manifest(out: Path, p: _Plan, games_info: dict[str, Any], log_path: Path | None) -> None:
+    """The manifest (games in the plan's order), written LAST: it marks the store complete."""
+    games_info = {g: games_info[g] for g in p.blocks}
+    manifest = {**p.params, "plan": p.plan_json, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "games_info": games_info, "selections": p.sources.selections}
+    atomic_write_json(out / "manifest.json", manifest)
+    shutil.rmtree(out / ".build", ignore_errors=True)
     _log(log_path, event="build_done", out=str(out))
+
+
+# ----------------------------------------------------------------------------------------------
+# Distributed builds: one job per game (submitit: Slurm, or its local executor)
+
+
+def _plan_digest(plan_json: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(plan_json, sort_keys=True).encode()).hexdigest()
+
+
+def _game_done_path(build: Path, game: str) -> Path:
+    """A game's summary, written by its job once the game is finished (the merge step reads it)."""
+    return build / "games" / f"{game}.json"
+
+
+def _game_jobs(p: _Plan, out: Path) -> list[dict[str, Any]]:
+    """One job per game not finished yet (under ``out/.build`` of this very plan)."""
+    build = out / ".build"
+    same_plan = (build / "plan.json").is_file() and read_json(build / "plan.json") == p.plan_json
+    digest = _plan_digest(p.plan_json)
+    jobs = []
+    for g, blocks in p.blocks.items():
+        if same_plan and _game_done_path(build, g).is_file():
+            continue
+        done = sum((build / "done" / f"{g}__{b.run}__{b.checkpoint}.json").is_file() for b in blocks if same_plan)
+        jobs.append({
+            "game": g, "root": str(p.root.resolve()), "out": str(out.resolve()), "plan_sha256": digest,
+            "frame_shape": p.frame_shape,
+            "blocks": blocks, "samples": [p.samples[(g, b.run, b.checkpoint)] for b in blocks],
+            "seed": p.params["seed"], "n_step": p.params["n_step"], "context_after": p.params["context_after"],
+            "rows": sum(b.rows for b in blocks), "checkpoints": len(blocks), "checkpoints_done": done,
+        })
+    return jobs
+
+
+def build_game_job(job: dict[str, Any]) -> dict[str, Any]:
+    """One game of a distributed build, in its own (submitit) job: convert the game's checkpoints
+    not done yet into ``out/{game}/`` (its own arrays; markers ``out/.build/done/{game}__*``), finish
+    the game (:func:`_finish_game`) and write its summary to ``out/.build/games/{game}.json``. Jobs
+    of different games share no file; the manifest is the merge step's (:func:`build_store_distributed`)."""
+    g, out = job["game"], Path(job["out"])
+    build = out / ".build"
+    done_path = _game_done_path(build, g)
+    if done_path.is_file():
+        return read_json(done_path)
+    plan_path = build / "plan.json"
+    if not plan_path.is_file() or _plan_digest(read_json(plan_path)) != job["plan_sha256"]:
+        raise StoreError(f"{build} no longer holds the plan this job was submitted with (another build restarted "
+                         f"the folder?); game {g} not built")
+    blocks: list[_Block] = job["blocks"]
+    gdir = out / g
+    gdir.mkdir(exist_ok=True)
+    arrays = _open_game_arrays(gdir, job["rows"], tuple(job["frame_shape"]))
+    sources = _Sources(Path(job["root"]))
+    for bi, (b, pick) in enumerate(zip(blocks, job["samples"])):
+        if (build / "done" / f"{g}__{b.run}__{b.checkpoint}.json").exists():
+            continue
+        _convert_block(sources, b, bi, pick, job["seed"], job["n_step"], job["context_after"], arrays, gdir, build,
+                       _QueueBar())
+    del arrays
+    info = _finish_game(gdir, build, g, blocks)
+    done_path.parent.mkdir(exist_ok=True)
+    atomic_write_json(done_path, info)
+    return info
+
+
+def _job_summary(job: dict[str, Any]) -> dict[str, Any]:
+    return {k: job[k] for k in ("game", "checkpoints", "checkpoints_done", "rows")}
+
+
+def _job_error(exc: BaseException) -> str:
+    """The gist of a failed job: the last line of its traceback (submitit's FailedJobError wraps the
+    trace between dashed lines, then lists log paths), else the error's last line."""
+    text = str(exc)
+    if text.count("-" * 22) >= 2:
+        text = text.rsplit("-" * 22, 1)[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip().strip("-")]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def build_store_distributed(
+    root: str | os.PathLike, out: str | os.PathLike, games: Sequence[str], runs: Sequence[str | int] = (1,),
+    split: Split | str = "near_optimal", *, executor: ExecutorSpec, seed: int = 0, n_step: int = 3,
+    context_after: int = 7, progress: bool = True, log: str | os.PathLike | None = None, dry_run: bool = False,
+) -> Path | dict[str, Any]:
+    """:func:`build_store` with one submitit job per game (a job array on Slurm, or submitit's local
+    executor when ``executor.cluster == 'local'``; :func:`workbench.sweep.make_executor`).
+
+    This process plans, checks the folder and its free space, and records the plan in
+    ``out/.build``; each job (:func:`build_game_job`) builds its game's folder and leaves its
+    summary in ``out/.build/games/``; once every job has ended, this process merges: it writes the
+    manifest from the summaries, exactly as :func:`build_store` does (the store is the same byte
+    for byte; only ``created`` differs). A failed job raises :class:`StoreError` naming its game;
+    the same call again resumes (finished games are not resubmitted, finished checkpoints of the
+    others are kept). ``dry_run``: returns the jobs it would submit, writing nothing."""
+    root, out = Path(root), Path(out)
+    log_path = Path(log) if log is not None else None
+    p = _make_plan(root, games, runs, split, seed, n_step, context_after)
+    _check_disjoint(p.blocks)
+    if dry_run:
+        complete = (out / "manifest.json").is_file() and read_json(out / "manifest.json").get("plan") == p.plan_json
+        jobs = [] if complete else _game_jobs(p, out)
+        return {"out": str(out), "executor": asdict(executor), "complete": complete,
+                "jobs": [_job_summary(j) for j in jobs],
+                "then": "merge: this process writes manifest.json once every job has ended"}
+    if _open_out(out, p):
+        return out
+    build = _start_or_resume(out, p.plan_json, p.game_dirs, p.params, log_path)
+    jobs = _game_jobs(p, out)
+    failed: list[str] = []
+    if jobs:
+        ex = make_executor(executor, build / "submitit" / "%j", f"build-store-{out.name}")
+        if executor.array:
+            submitted = ex.map_array(build_game_job, jobs)
+        else:
+            submitted = [ex.submit(build_game_job, j) for j in jobs]
+        by_id = {str(s.job_id): j for s, j in zip(submitted, jobs)}
+        _log(log_path, event="jobs_submitted", games=[j["game"] for j in jobs], job_ids=list(by_id))
+        bar = progress_bar(total=len(p.blocks), initial=len(p.blocks) - len(jobs), unit="game",
+                           desc="build store (jobs)", disable=not progress)
+        for s in submitit.helpers.as_completed(submitted, poll_frequency=1.0):
+            g = by_id[str(s.job_id)]["game"]
+            try:
+                s.result()
+                _log(log_path, event="game_done", game=g, job_id=str(s.job_id))
+            except Exception as exc:  # the job's error, or its death (time limit, node failure)
+                failed.append(f"game {g} (job {s.job_id}): {_job_error(exc)}")
+                _log(log_path, event="game_failed", game=g, job_id=str(s.job_id), error=str(exc)[-2000:])
+            bar.update(1)
+        bar.close()
+    if failed:
+        raise StoreError(f"{len(failed)} of {len(jobs)} build job(s) failed: " + "; ".join(failed)
+                         + f". Job logs: {build / 'submitit'}; run the same command again to resume "
+                         "(finished games are kept)")
+    # merge: the manifest, from the games' summaries, in the plan's order
+    games_info = {g: _game_summary(read_json(_game_done_path(build, g)), g, p) for g in p.blocks}
+    _write_manifest(out, p, games_info, log_path)
     return out
 
 
@@ -912,11 +1069,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--log", help="append JSON lines of build events to this file")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("--dry-run", action="store_true",
-                    help="print the plan as JSON (checkpoints, rows, starts, disk bytes); write nothing")
+                    help="print the plan as JSON (checkpoints, rows, starts, disk bytes); write nothing; with "
+                         "--executor, the jobs it would submit")
+    dist = ap.add_argument_group("distributed build (one submitit job per game, then a merge by this process)")
+    dist.add_argument("--executor", choices=("slurm", "local"),
+                      help="slurm: a Slurm job array through submitit; local: submitit's local executor (tests)")
+    dist.add_argument("--slurm-partition", default="", help="Slurm partition (default: the cluster's)")
+    dist.add_argument("--timeout-min", type=int, default=1440, help="wall-clock limit of each job, minutes")
+    dist.add_argument("--cpus-per-task", type=int, default=2, help="CPU cores of each job")
+    dist.add_argument("--mem-gb", type=int, default=16, help="memory of each job, GB")
+    dist.add_argument("--array-parallelism", type=int, default=64, help="jobs running at the same time")
+    dist.add_argument("--slurm-arg", action="append", default=[], metavar="KEY=VALUE",
+                      help="further submitit slurm_* parameter without the prefix, e.g. account=myproject "
+                           "(repeatable)")
     a = ap.parse_args(argv)
     games = [g.strip() for g in a.games.split(",") if g.strip()]
     try:
         runs = parse_runs(a.runs)
+        if a.executor:
+            return _main_distributed(a, games, runs)
         if a.dry_run:
             print(json.dumps(plan_store(a.root, games, runs, a.split, seed=a.seed, n_step=a.n_step,
                                         context_after=a.context_after), indent=2))
@@ -930,6 +1101,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     info = read_json(out / "manifest.json")["games_info"]
     print(json.dumps({"store": str(out), "games": {g: {"rows": v["rows"], "starts": v["starts"]}
+                                                   for g, v in info.items()}}))
+    return 0
+
+
+def _main_distributed(a: argparse.Namespace, games: list[str], runs: Sequence[int]) -> int:
+    if not a.out:
+        raise StoreError("--out STORE is required with --executor (its .build folder says which games are done)")
+    if a.workers != 1:
+        raise StoreError("--workers is for a single-process build; with --executor each job builds one game")
+    slurm_args = {}
+    for item in a.slurm_arg:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise StoreError(f"--slurm-arg {item!r}: give KEY=VALUE, e.g. --slurm-arg account=myproject")
+        slurm_args[key.strip()] = value
+    spec = ExecutorSpec(kind="slurm", cluster=a.executor, timeout_min=a.timeout_min, cpus_per_task=a.cpus_per_task,
+                        mem_gb=a.mem_gb, partition=a.slurm_partition, array_parallelism=a.array_parallelism,
+                        slurm_args=slurm_args)
+    res = build_store_distributed(a.root, a.out, games, runs, a.split, executor=spec, seed=a.seed, n_step=a.n_step,
+                                  context_after=a.context_after, progress=not a.no_progress, log=a.log,
+                                  dry_run=a.dry_run)
+    if isinstance(res, dict):
+        print(json.dumps(res, indent=2))
+        return 0
+    info = read_json(res / "manifest.json")["games_info"]
+    print(json.dumps({"store": str(res), "games": {g: {"rows": v["rows"], "starts": v["starts"]}
                                                    for g, v in info.items()}}))
     return 0
 
