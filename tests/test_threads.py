@@ -107,3 +107,17 @@ def test_rebalancer_is_off_when_the_user_chose_the_threads(monkeypatch):
     r = threads.ThreadRebalancer(0.0, cpu_times=lambda cpus: (0.0, 0.0), own_seconds=lambda: 0.0,
                                  clock=lambda: 1.0, set_threads=lambda n: pytest.fail("threads changed"))
     assert not r.enabled and r.tick() is None
+
+
+@pytest.mark.parametrize("busy, want", [(0.0, 2), (0.9, 1), (1.6, 1)])
+def test_evaluation_inference_uses_the_cpus_left_free_and_restores_the_count(monkeypatch, busy, want):
+    import torch
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("WORKBENCH_THREADS", raising=False)
+    monkeypatch.setattr(threads, "usable_cpus", lambda: (2, "affinity"))
+    monkeypatch.setattr(threads, "busy_cpus", lambda interval=0.25: busy)
+    before = torch.get_num_threads()
+    with threads.inference_threads():
+        assert torch.get_num_threads() == want
+    assert torch.get_num_threads() == before

@@ -251,7 +251,7 @@ def evaluate(
     slots = _Slots(game_list, vecs, n_slots, E, seeds, noop_starts)
     slot_ids = ids[slots.slot_game]
     bar = progress_bar(total=len(game_list) * E, desc="evaluate", unit="episode", disable=not progress)
-    with threads.inference_threads():  # one thread for batches of one row per env (workbench.threads)
+    with threads.inference_threads():  # the CPUs free at the start (workbench.threads)
         try:
             for gi in range(len(game_list)):
                 slots.start(gi, range(n_slots), policy)

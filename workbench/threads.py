@@ -17,9 +17,9 @@ The rule, applied once when ``workbench`` is imported (before torch starts its O
   ``period`` seconds the CPU time other processes took on this process's CPUs (``/proc/stat``
   busy time less this process's own CPU time) is measured again and torch's threads follow: a
   neighbour that starts mid-run gets its CPUs, and a finished one gives them back;
-- **inference in the evaluator** (batches of one row per environment) runs on one torch thread
-  (:func:`inference_threads`): so small a batch gains little from a second thread when the
-  machine is idle and loses most of its speed to thread hand-offs when it is not.
+- **inference in the evaluator** (batches of one row per environment) runs on the CPUs other work
+  leaves free when the evaluation starts (:func:`inference_threads`): a second thread helps a
+  little on an idle machine, and fighting a busy neighbour for its CPU costs most of the speed.
 
 ``WORKBENCH_THREAD_POLICY=none`` leaves torch's and OpenMP's own defaults. Jobs record what was
 in effect in their run's ``config.json`` (``resolved.threads``, from :func:`in_effect`).
@@ -107,18 +107,18 @@ def in_effect() -> dict[str, Any]:
             "policy": os.environ.get("WORKBENCH_THREAD_POLICY", "auto")}
 
 
-INFERENCE_THREADS = 1
-
-
 @contextmanager
 def inference_threads() -> Iterator[None]:
-    """Torch runs on ``INFERENCE_THREADS`` threads inside the block (the policy is off with
-    ``WORKBENCH_THREAD_POLICY=none``); the previous count is restored after."""
+    """Torch runs inside the block on the CPUs other work leaves free right now (``/proc/stat``
+    over a quarter second, at least 1): the evaluator's batches of one row per environment use
+    both CPUs of an idle machine and leave a busy neighbour its CPU. The policy is off with
+    ``WORKBENCH_THREAD_POLICY=none`` or a user's thread count; the previous count is restored."""
     import torch  # noqa: PLC0415  (workbench/__init__ imports this module: no torch at package import)
 
     before = torch.get_num_threads()
-    if os.environ.get("WORKBENCH_THREAD_POLICY", "auto") != "none":
-        torch.set_num_threads(min(before, INFERENCE_THREADS))
+    user = bool(os.environ.get("WORKBENCH_THREADS")) or _user_set_threads(os.environ)
+    if os.environ.get("WORKBENCH_THREAD_POLICY", "auto") != "none" and not user:
+        torch.set_num_threads(max(1, round(usable_cpus()[0] - busy_cpus())))
     try:
         yield
     finally:
