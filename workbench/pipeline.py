@@ -40,6 +40,7 @@ from workbench.fileio import read_json, refuse_symlink
 from workbench.games import canonical_game, resolve_games
 from workbench.jobs import Job, locked
 from workbench.paths import resolve_path
+from workbench.reference import RELEASED_JOWA_SOURCE, released_jowa_means
 from workbench.run import MARKER, Run, load_algo
 from workbench.train import init_distributed, train_stages
 
@@ -289,6 +290,28 @@ def evaluate_algo(
     return result
 
 
+def released_reference(resolved: dict[str, Any], means: dict[str, float], comparable: bool | None = None
+                       ) -> dict[str, Any] | None:
+    """For a run converted from a released JOWA checkpoint (``resolved["converted_from"]``,
+    :mod:`workbench.convert`): the release's own per-game mean scores (16 episodes each,
+    ``workbench.reference.released_jowa_means``) beside ``means``, ours; None for other runs."""
+    size = (resolved.get("converted_from") or {}).get("size")
+    if not size:
+        return None
+    model = f"JOWA-{str(size).upper()}"
+    theirs = released_jowa_means(str(size))
+    per_game = {g: theirs[g] for g in means if g in theirs}
+    missing = [g for g in means if g not in theirs]
+    lines = [f"released {model} beside ours (the release: {RELEASED_JOWA_SOURCE}):"]
+    lines += [f"  {g:<16} ours {means[g]:>10.1f}   released {model} {per_game[g]:>10.1f}" for g in per_game]
+    if missing:
+        lines.append(f"  no released score for {', '.join(missing)} (the release evaluated its 15 pretraining games)")
+    if comparable is False:
+        lines.append("  ours are capped episodes; the released scores are full 108,000-frame episodes: not comparable")
+    return {"model": model, "per_game": per_game, "not_released": missing, "source": RELEASED_JOWA_SOURCE,
+            "lines": lines}
+
+
 def evaluate_run(config: EvaluateConfig, *, progress: bool = True) -> dict[str, Any]:
     """Evaluate a checkpoint (notebook 05): scores JSON, aggregates and a figure."""
     from workbench.viz.results_figures import make_scores_figure  # noqa: PLC0415  (plotly, an optional extra)
@@ -326,9 +349,12 @@ def evaluate_run(config: EvaluateConfig, *, progress: bool = True) -> dict[str, 
         )
         ckpt_io.atomic_write_json(out.parent / "references" / out.name, references)
     means = {g: scores["per_game"][g]["mean"] for g in games}
+    released = released_reference(run.resolved, means, scores["comparable_to_papers"])
+    if released is not None:
+        print("\n".join(released["lines"]))
     return {
         "scores_path": str(out), "checkpoint": str(ckpt), "per_game": scores["per_game"],
-        "baselines": summary_lines(references),
+        "baselines": summary_lines(references), "released_reference": released,
         "verdict": verdict(means, references),
         "aggregate": scores.get("aggregates"), "figure": make_scores_figure(scores),
         "truncated_episodes": scores["truncated_episodes"], "comparable_to_papers": scores["comparable_to_papers"],

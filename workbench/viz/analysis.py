@@ -51,6 +51,7 @@ from workbench.algos.base import algo_label, algo_names, get_algo
 from workbench.envs import MAX_AGENT_STEPS
 from workbench.paths import resolve_path, shown_path
 from workbench.reference import paper_tables as pt
+from workbench.reference import released_jowa_means
 from workbench.run import KINDS, Run
 from workbench.viz import results_figures as F
 from workbench.viz.export import FigureSaveStatus, save_figures
@@ -60,7 +61,8 @@ __all__ = ["DEFAULT_OUT_DIR", "RUN_ONLY_KEYS", "AnalysisReport", "RunInfo", "bui
            "curve_names", "explain_empty", "honest_aggregates", "method_labels", "method_scores", "method_settings",
            "not_a_run",
            "online_final_scores", "online_finetune_figure", "online_learning_curve_figure", "online_lr_selection",
-           "online_runs", "paper_reference_points", "protocol_key", "protocol_text", "read_run", "run_settings",
+           "online_runs", "paper_reference_points", "protocol_key", "protocol_text", "read_run",
+           "released_reference_scores", "run_settings",
            "scaling_points", "select_evaluations", "setting_factors", "transfer_figure", "transfer_label",
            "transfer_scores"]
 
@@ -543,6 +545,23 @@ def paper_reference_points(games: Iterable[str]) -> tuple[dict[str, dict[str, fl
     return per_game, points
 
 
+def released_reference_scores(runs: Sequence[RunInfo], games: Iterable[str]) -> dict[str, dict[str, float]]:
+    """For runs converted from JOWA's released checkpoints (``resolved.converted_from``,
+    :mod:`workbench.convert`): the release's own per-game mean scores
+    (:func:`workbench.reference.released_jowa_means`, 16 episodes per game) as
+    ``{"released JOWA-<size>": {game: score}}``, one entry per converted size, when the release
+    has every one of ``games`` (its 15 pretraining games)."""
+    games = list(games)
+    found = [(r.config.get("resolved") or {}).get("converted_from") for r in runs]
+    sizes = sorted({str(cf["size"]) for cf in found if isinstance(cf, dict) and cf.get("size")})
+    out: dict[str, dict[str, float]] = {}
+    for size in sizes:
+        means = released_jowa_means(size)
+        if games and all(g in means for g in games):
+            out[f"released JOWA-{size.upper()}"] = {g: means[g] for g in games}
+    return out
+
+
 @dataclass
 class AnalysisReport:
     """What :func:`build_figures` made: figures, files, skipped figures with reasons, runs."""
@@ -687,7 +706,8 @@ class _Analysis:
     def paper(self) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
         """The papers' per-game scores and printed IQMs (:func:`paper_reference_points`), when drawn."""
         if self.include_paper_reference and self.comparable is not False and self.kind == "human":
-            return paper_reference_points(self.games)
+            per_game, points = paper_reference_points(self.games)
+            return {**per_game, **released_reference_scores(self.runs, self.games)}, points
         return {}, []
 
     @cached_property
@@ -735,6 +755,9 @@ def _aggregates(a: _Analysis) -> Built:
         f"{a.reps} reps, {a.run_note}). Intervals, and the runs each rests on: {_interval_note(a.agg)}. "
         + ("Bars named 'paper: ...' are the papers' per-game raw scores (workbench.reference.paper_tables) "
            f"on the same games ({', '.join(a.games)}), one score per game, so no interval."
+           + (" Bars named 'released JOWA-<size>' (drawn for runs converted from the released checkpoints) are the "
+              "release's own per-game means over its 16 episodes (workbench.reference.released_jowa_means)."
+              if any(k.startswith("released ") for k in paper_scores) else "")
            if paper_scores else "No paper reference bars (none covers these games or disabled)."))
 
 
