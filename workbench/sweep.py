@@ -59,6 +59,7 @@ from typing import Any
 import submitit
 import yaml
 
+from workbench.executors import EXECUTORS, ExecutorSpec, make_executor
 from workbench.fileio import atomic_write_json
 from workbench.paths import ROOT_ENV, checkout_notebook, project_root, resolve_path
 from workbench.progress import progress_bar
@@ -72,7 +73,6 @@ __all__ = ["COMBINES", "EXECUTORS", "ExecutorSpec", "Point", "Sweep", "check_roo
            "make_executor", "run_point", "run_sweep", "sweep_status"]
 
 COMBINES = ("grid", "zip")
-EXECUTORS = ("local", "slurm")
 STATES = ("pending", "running", "done", "failed", "interrupted", "changed")
 """What ``status`` reports per point: not started; running now; finished with the sweep's current
 parameters; its notebook raised (the cell's error is kept); its process died mid-run (re-running
@@ -81,45 +81,6 @@ resumes it); finished with other parameters than the sweep now gives (re-running
 _NOTEBOOK = "notebooks/02_pretrain.ipynb"
 # Set by the sweep itself for every point: not factors, not base values.
 _SWEEP_OWNED = ("seed", "output_dir")
-
-
-@dataclass(frozen=True)
-class ExecutorSpec:
-    """Where a sweep's points run (the sweep file's ``executor:`` mapping)."""
-
-    kind: str = "local"
-    """'local' (subprocesses on this machine) or 'slurm' (submitit)."""
-    parallel: int = 1
-    """local: points run at the same time."""
-    cluster: str = "slurm"
-    """slurm: submitit's cluster, 'slurm', or 'local' (submitit's local executor, for tests)."""
-    array: bool = True
-    """slurm: one job array for all points (True) or one job per point."""
-    timeout_min: int = 60
-    """slurm: wall-clock limit of each job, in minutes."""
-    gpus_per_node: int = 0
-    """slurm: GPUs of each job."""
-    cpus_per_task: int = 2
-    """slurm: CPU cores of each job."""
-    mem_gb: int = 16
-    """slurm: memory of each job, in GB."""
-    partition: str = ""
-    """slurm: the partition ('' = the cluster's default)."""
-    array_parallelism: int = 64
-    """slurm: jobs of an array running at the same time."""
-    slurm_args: dict[str, Any] = field(default_factory=dict)
-    """slurm: further submitit slurm_* parameters, e.g. {account: myproject, qos: high} (without the prefix)."""
-
-    def __post_init__(self) -> None:
-        if self.kind not in EXECUTORS:
-            raise ValueError(f"unknown executor kind {self.kind!r}; valid kinds: {', '.join(EXECUTORS)}")
-        if self.cluster not in ("slurm", "local"):
-            raise ValueError(f"unknown submitit cluster {self.cluster!r}; valid: 'slurm', 'local' (for tests)")
-        for name in ("parallel", "timeout_min", "cpus_per_task", "mem_gb", "array_parallelism"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"executor {name} must be >= 1, got {getattr(self, name)}")
-        if self.gpus_per_node < 0:
-            raise ValueError(f"executor gpus_per_node must be >= 0, got {self.gpus_per_node}")
 
 
 @dataclass(frozen=True)
@@ -523,23 +484,6 @@ def _local(sweep: Sweep, jobs: list[dict[str, Any]], parallel: int, tick: Any) -
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         for future in as_completed([pool.submit(one, j) for j in jobs]):
             tick(future.result())
-
-
-def make_executor(ex: ExecutorSpec, folder: str | os.PathLike[str], name: str) -> submitit.AutoExecutor:
-    """The submitit executor of ``ex`` (Slurm, or submitit's local executor when ``ex.cluster`` is
-    'local'), its jobs' logs under ``folder`` (may hold submitit's ``%j``), jobs named ``name``.
-    Shared by the sweep and the distributed store build (``python -m workbench.data.build --executor``)."""
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=ex.cluster)
-    params: dict[str, Any] = {"name": name, "timeout_min": ex.timeout_min,
-                              "cpus_per_task": ex.cpus_per_task, "mem_gb": ex.mem_gb, "tasks_per_node": 1,
-                              "nodes": 1, "slurm_array_parallelism": ex.array_parallelism}
-    if ex.gpus_per_node:
-        params["gpus_per_node"] = ex.gpus_per_node
-    if ex.partition:
-        params["slurm_partition"] = ex.partition
-    params.update({f"slurm_{k}": v for k, v in ex.slurm_args.items()})
-    executor.update_parameters(**params)
-    return executor
 
 
 def _submitit(sweep: Sweep, jobs: list[dict[str, Any]], wait: bool, tick: Any) -> list[str]:

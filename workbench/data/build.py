@@ -46,7 +46,7 @@ finish. Command line: ``python -m workbench.data.build ROOT --games G --out STOR
 (:func:`main`).
 
 Distributed builds (``--executor slurm|local``, :func:`build_store_distributed`): one submitit job
-per game (:func:`build_game_job`; the executor of :func:`workbench.sweep.make_executor`), each
+per game (:func:`build_game_job`; the executor of :func:`workbench.executors.make_executor`), each
 writing only its game's folder, its ``.build/done/{game}__*`` markers and ``.build/games/{game}.json``;
 the submitting process then merges the games' summaries into the manifest.
 """
@@ -76,6 +76,7 @@ import submitit
 from workbench.data import dqn_replay as dr
 from workbench.data.splits import GRAMMAR, PRESETS, Split, StoreError, parse_runs, parse_split
 from workbench.data.store import EP_BEGINS, EP_ENDS, FORMAT_VERSION, STACK, STORE_ARRAYS
+from workbench.executors import ExecutorSpec, make_executor
 from workbench.fileio import (
     DiskFullError,
     atomic_write_json,
@@ -88,7 +89,6 @@ from workbench.fileio import (
 )
 from workbench.games import geometry_of, num_actions
 from workbench.progress import progress_bar
-from workbench.sweep import ExecutorSpec, make_executor
 
 __all__ = ["build_game_job", "build_store", "build_store_distributed", "main", "plan_store"]
 
@@ -988,7 +988,7 @@ def build_store_distributed(
     context_after: int = 7, progress: bool = True, log: str | os.PathLike | None = None, dry_run: bool = False,
 ) -> Path | dict[str, Any]:
     """:func:`build_store` with one submitit job per game (a job array on Slurm, or submitit's local
-    executor when ``executor.cluster == 'local'``; :func:`workbench.sweep.make_executor`).
+    executor when ``executor.cluster == 'local'``; :func:`workbench.executors.make_executor`).
 
     This process plans, checks the folder and its free space, and records the plan in
     ``out/.build``; each job (:func:`build_game_job`) builds its game's folder and leaves its
