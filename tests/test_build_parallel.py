@@ -173,6 +173,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.slow
 def test_killed_parallel_build_leaves_no_workers_and_resumes(tmp_path: Path) -> None:
     """SIGKILL of the building process mid-build: its workers exit too (none is left running or
     idle), there is no manifest, and a rerun completes the same store a clean build makes."""
@@ -234,6 +235,7 @@ def test_cli_dry_run_prints_the_plan_and_writes_nothing(root: Path, tmp_path: Pa
     assert plan["frames_bytes"] <= frames_on_disk <= store_on_disk <= plan["disk_bytes"]
 
 
+@pytest.mark.slow
 def test_cli_builds_with_workers_and_errors_are_one_line(root: Path, tmp_path: Path) -> None:
     out = tmp_path / "store"
     r = _cli(str(root), "--games", "Pong", "--runs", "1", "--split", "n:200", "--out", str(out), "--workers", "2",

@@ -61,6 +61,7 @@ def test_released_means_are_the_csv_means():
         released_jowa_means("90m")
 
 
+@pytest.mark.slow
 def test_converted_run_evaluates_and_prints_the_released_scores(converted, tmp_path, capsys):
     out = _tiny_eval(converted, tmp_path)
     assert list(out["per_game"]) == ["Assault"] and len(out["per_game"]["Assault"]["scores"]) == 1
@@ -74,6 +75,7 @@ def test_converted_run_evaluates_and_prints_the_released_scores(converted, tmp_p
     assert out["released_reference"]["per_game"] == {} and out["released_reference"]["not_released"] == ["Breakout"]
 
 
+@pytest.mark.slow
 def test_converted_run_plays_an_explorer_rollout(converted):
     rollout = play_rollout(converted, "Assault", max_steps=3, progress=False, render_rgb=False,
                            planning_horizon=1, beam_width=2)
@@ -99,6 +101,7 @@ def test_converted_run_finetunes_on_a_held_out_game(converted, tmp_path):
         assert torch.equal(tuned[k][1:], src[k])
 
 
+@pytest.mark.slow
 def test_analysis_draws_the_released_scores_as_a_reference(converted, tmp_path):
     out = _tiny_eval(converted, tmp_path)
     assault = released_jowa_means("40m")["Assault"]

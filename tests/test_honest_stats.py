@@ -279,6 +279,7 @@ def test_study_findings_never_say_every_when_a_row_falls_short() -> None:
     ('{"games": ["Breakout"], "random": {"Breakout": "1.0"}, "behaviour": {}}', "random['Breakout'] must be a finite"),
     ("games: [Breakout]", "not valid JSON"),
 ])
+@pytest.mark.slow
 def test_summary_command_on_a_malformed_behaviour_file_names_it_in_one_line_and_exits_2(
         tmp_path: Path, content: str, complaint: str) -> None:
     bad = tmp_path / "behaviour.json"

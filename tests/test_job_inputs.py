@@ -49,6 +49,7 @@ def test_finetune_reset_refuses_its_own_source_run(tmp_path):
     assert Run.open(source).kind == "pretrain"  # the source run is untouched
 
 
+@pytest.mark.slow
 def test_online_reset_refuses_its_own_pretrained_run(tmp_path):
     """``online --checkpoint X --output-dir X --resume false`` (before: X emptied, then a bare
     AssertionError): one line, exit 2, X untouched."""

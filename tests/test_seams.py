@@ -315,6 +315,7 @@ def _online(cwd: Path, *args: str) -> subprocess.CompletedProcess:
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_online_jobs_on_a_running_folder_touch_nothing(tmp_path):
     """A real second process holds the run's lock (as a running online job does); a job started on
     the same folder with resume=false, or with other frames, fails at once with exit 2 and leaves
@@ -345,6 +346,7 @@ def test_online_jobs_on_a_running_folder_touch_nothing(tmp_path):
         holder.wait()
 
 
+@pytest.mark.slow
 def test_online_capacity_beyond_memory_is_refused_before_the_folder_exists(tmp_path):
     out = _online(tmp_path, "--output-dir", "new", "--capacity", "100000000000")
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr

@@ -55,6 +55,10 @@ def _need_minari():
 # Preprocessing (ale-py only)
 
 
+# Recording datasets with Minari's DataCollector over real ALE envs takes seconds: the slow loop.
+pytestmark = pytest.mark.slow
+
+
 def test_grayscale_and_resize_equal_ale_and_the_workbench_env():
     """ale_grayscale(RGB) == ale.getScreenGrayscale() bit for bit on emulator screens, and
     dqn_frames(RGB) == cv2 INTER_AREA of it == AtariProtocolEnv's observation where no pooling happens."""
