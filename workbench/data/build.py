@@ -22,7 +22,10 @@ the cursor, whatever the file's ``invalid_range`` says. Rows a checkpoint shares
 one of its run (``add_count`` grew by less than the capacity, e.g. a recorder's final partial dump)
 are not starts again.
 
-Uniform subsampling (JOWA's 10%, fine-tuning's 1% or N transitions) selects *transition starts*
+Subsampling selects *transition starts*, never rows. ``unit="episodes"`` (JOWA's 10% and 5k
+splits, MGDT's fine-tuning 1%) takes whole episode pieces of the chosen checkpoints in a seeded
+random order until the budget is met, the last piece cut to its first starts (:func:`_take_episodes`).
+``unit="transitions"`` (Scaled QL's fine-tuning 1%, ``fraction:F``, ``n:N``) selects them
 uniformly without replacement among all valid starts of the chosen checkpoints (exact simple
 random sample: per-checkpoint counts are drawn from the multivariate hypergeometric
 distribution, then starts within each checkpoint), and stores only the rows their stacks,
@@ -30,8 +33,8 @@ n-step windows and sequence segments need (``[p-3, p+context_after]``, union ove
 Why starts and not whole rows: a kept row is useless unless its 3 predecessors and n successors
 are kept too, so sampling rows and flagging "valid" ones would silently bias the sample toward
 long kept runs; sampling starts keeps the distribution exactly uniform over transitions and
-costs at most ``4 + context_after`` frames per start (about 69% of the rows for a 10% sample
-with the default context of 7, 11% for 1%).
+costs at most ``4 + context_after`` frames per start (about 69% of the rows for a uniform 10%
+sample with the default context of 7, 11% for 1%; whole episodes keep about the sample itself).
 
 Memory: each observation file is streamed chunk by chunk straight into the output file with
 positioned writes (no memmap writes, so dirty pages never inflate RSS); the largest resident

@@ -67,8 +67,10 @@ class Split:
 
     ``select`` chooses checkpoints: ``"all"``, the ``"first"`` or the ``"last"`` ``k`` of the run's
     checkpoints (or ``round(ckpt_fraction * n_checkpoints)``, at least 1). Then optionally a
-    uniform sample of transition starts without replacement across the chosen checkpoints of
-    all chosen runs of a game: ``sample_fraction`` of them or ``sample_count`` per game.
+    sample of transition starts without replacement across the chosen checkpoints of all chosen
+    runs of a game: ``sample_fraction`` of them or ``sample_count`` per game, drawn as ``unit``:
+    single ``"transitions"`` (uniform) or whole ``"episodes"`` (random order, the last one cut so
+    the count is exact).
     """
 
     select: str = "all"
