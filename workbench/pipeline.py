@@ -146,9 +146,7 @@ def recorded_store_like(config: DataSource, run_dir: Path, recording_split: str 
     """A store another run beside ``run_dir`` recorded and built exactly as this run would (same
     games in the same order, steps, seeds, recorder and split), verified against its digests;
     None when there is none. Recording is deterministic in the seed, so it holds the same data."""
-    split = asdict(parse_split(recording_split))
-    if split.get("unit") == "transitions":
-        del split["unit"]
+    split = parse_split(recording_split).manifest_params()
     names = [canonical_game(g) for g in config.game_list]
     for manifest in sorted(run_dir.parent.glob("*/data/store/manifest.json")):
         store = manifest.parent

@@ -96,6 +96,13 @@ def _user_set_threads(env: dict[str, str] | os._Environ[str]) -> bool:
     return "OMP_NUM_THREADS" in env and env.get(_POLICY_MARK) != env["OMP_NUM_THREADS"]
 
 
+def _policy_chooses() -> bool:
+    """The policy may set torch's thread count: not turned off (``WORKBENCH_THREAD_POLICY=none``)
+    and no count chosen by the user (``WORKBENCH_THREADS``, their own ``OMP_NUM_THREADS``)."""
+    return (os.environ.get("WORKBENCH_THREAD_POLICY", "auto") != "none"
+            and not os.environ.get("WORKBENCH_THREADS") and not _user_set_threads(os.environ))
+
+
 def in_effect() -> dict[str, Any]:
     """The thread settings this process runs with (recorded in each run's config)."""
     import torch  # noqa: PLC0415  (workbench/__init__ imports this module: no torch at package import)
@@ -116,8 +123,7 @@ def inference_threads() -> Iterator[None]:
     import torch  # noqa: PLC0415  (workbench/__init__ imports this module: no torch at package import)
 
     before = torch.get_num_threads()
-    user = bool(os.environ.get("WORKBENCH_THREADS")) or _user_set_threads(os.environ)
-    if os.environ.get("WORKBENCH_THREAD_POLICY", "auto") != "none" and not user:
+    if _policy_chooses():
         torch.set_num_threads(max(1, round(usable_cpus()[0] - busy_cpus())))
     try:
         yield
@@ -157,8 +163,7 @@ def apply_job_threads() -> int:
     (rounded), at least 1; the user's ``WORKBENCH_THREADS`` / ``OMP_NUM_THREADS`` win."""
     import torch  # noqa: PLC0415  (workbench/__init__ imports this module: no torch at package import)
 
-    user = bool(os.environ.get("WORKBENCH_THREADS")) or _user_set_threads(os.environ)
-    if os.environ.get("WORKBENCH_THREAD_POLICY", "auto") == "none" or user:
+    if not _policy_chooses():
         return torch.get_num_threads()
     free = max(1, round(usable_cpus()[0] - busy_cpus()))
     torch.set_num_threads(free)  # each job chooses anew (a notebook runs several)
@@ -184,10 +189,7 @@ class ThreadRebalancer:
     def __init__(self, period: float = 10.0, *, cpus: set[int] | None = None, cpu_times: Any = None,
                  own_seconds: Any = None, clock: Any = None, set_threads: Any = None,
                  enabled: bool | None = None) -> None:
-        if enabled is None:
-            enabled = (os.environ.get("WORKBENCH_THREAD_POLICY", "auto") != "none"
-                       and not os.environ.get("WORKBENCH_THREADS") and not _user_set_threads(os.environ))
-        self.enabled = enabled
+        self.enabled = _policy_chooses() if enabled is None else enabled
         self.period = float(period)
         if cpus is None:
             cpus = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))

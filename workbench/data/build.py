@@ -745,12 +745,9 @@ def _make_plan(
     plan = {g: _plan_game(sources, g, runs, split, n_step) for g in game_dirs}
     available = {g: int(sum(b.starts for b in bl)) for g, bl in plan.items()}  # before the split's sample
     samples = _assign_samples(sources, plan, split, seed, n_step, context_after)
-    split_params = asdict(split)
-    if split.unit == "transitions":  # the plan of a store built before units existed stays the same
-        del split_params["unit"]
     params = {
         "format_version": FORMAT_VERSION, "source_root": str(root.resolve()), "games": game_dirs,
-        "runs": [str(r) for r in runs], "split": split_params, "seed": seed, "n_step": n_step,
+        "runs": [str(r) for r in runs], "split": split.manifest_params(), "seed": seed, "n_step": n_step,
         "stack_size": STACK, "context_after": context_after,
     }
     plan_json = {"params": params, "blocks": {g: [asdict(b) for b in bl] for g, bl in plan.items()}}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from workbench.data.dqn_replay import DQNReplayError, IncompleteRunWarning, RunCheckpoints, format_ids
@@ -107,6 +107,14 @@ class Split:
     @property
     def subsampled(self) -> bool:
         return self.sample_fraction is not None or self.sample_count is not None
+
+    def manifest_params(self) -> dict[str, Any]:
+        """The split as a store's manifest records it (``unit`` only when it is not the default, so
+        a store built before units existed keeps the same plan)."""
+        params = asdict(self)
+        if self.unit == "transitions":
+            del params["unit"]
+        return params
 
     @property
     def label(self) -> str:
