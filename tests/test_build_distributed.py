@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -130,3 +132,52 @@ def test_bad_distributed_arguments_are_refused(root: Path, tmp_path: Path, capsy
     assert bd.main(_cli(root, tmp_path / "s", "all", "--slurm-arg", "account")) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def _hold_lock(path: Path) -> subprocess.Popen:
+    """Another process holding ``path``'s flock (an earlier submission's job still running)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    code = ("import fcntl, os, sys, time\n"
+            f"fd = os.open({str(path)!r}, os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "os.pwrite(fd, b'{\"pid\": %d, \"job\": \"4242\"}' % os.getpid(), 0)\n"
+            "print('held', flush=True)\n"
+            "time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+@pytest.mark.slow
+def test_a_rerun_while_an_earlier_job_still_runs_leaves_that_game_alone(root: Path, tmp_path: Path, capsys) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(root, src)
+    obs = src / "Breakout" / "1" / "replay_logs" / dr.file_name("observation", 1)
+    good = obs.read_bytes()
+    obs.write_bytes(good[: len(good) // 2])
+    out = tmp_path / "dist"
+    assert bd.main(_cli(src, out, "all")) == 2  # Pong done, Breakout failed: a folder to resume
+    capsys.readouterr()
+    obs.write_bytes(good)
+    # The submitting process was killed and rerun while Breakout's job of that submission still runs.
+    holder = _hold_lock(out / ".build" / "locks" / "Breakout.lock")
+    try:
+        before = {p.name: p.stat().st_mtime_ns for p in (out / "Breakout").iterdir()}
+        assert bd.main(_cli(src, out, "all")) == 2
+        err = capsys.readouterr().err
+        assert "game Breakout" in err and "being built by another process" in err and str(holder.pid) in err, err
+        assert {p.name: p.stat().st_mtime_ns for p in (out / "Breakout").iterdir()} == before  # not touched
+        assert not (out / "manifest.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # A second submitter is refused before it submits anything.
+    holder = _hold_lock(out / ".build" / "locks" / "submit.lock")
+    try:
+        assert bd.main(_cli(src, out, "all")) == 2
+        assert "its job submission" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert bd.main(_cli(src, out, "all")) == 0  # the holder is gone: the rerun finishes
+    _same_store(bd.build_store(src, tmp_path / "one", GAMES, [1], "all", seed=3, progress=False), out)

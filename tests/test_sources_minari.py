@@ -438,6 +438,6 @@ def test_command_line(recorded, tmp_path, capsys):
     assert shown["games"] == ["Breakout", "Pong"] and "frame_pooling" in shown["limits"]
     assert cv.main(["convert", "--source", "minari", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert cv.main(["convert", "--source", "rlu", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
-    assert "unknown source 'rlu'" in capsys.readouterr().err
+    assert cv.main(["convert", "--source", "d4rl", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    assert "unknown source 'd4rl'" in capsys.readouterr().err
     assert os.listdir(tmp_path) == ["root"]  # nothing written by the failed calls

@@ -36,9 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog
-from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboard.compat.proto.tensor_pb2 import TensorProto
+from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+from tensorboard.plugins.text.plugin_data_pb2 import TextPluginData
 from tensorboard.summary.writer.record_writer import RecordWriter
-from torch.utils.tensorboard.summary import text as _text_summary
 
 from workbench.fileio import open_nofollow, refuse_symlink
 from workbench.run import MARKER
@@ -69,6 +71,17 @@ def _numbers(record: Mapping[str, Any], prefix: str = "", top: bool = True) -> d
             out[name] = float(value)
     return out
 
+
+def _text_summary(tag: str, text: str) -> Summary:
+    """A TensorBoard text summary as torch.utils.tensorboard writes it (the text plugin's format:
+    a 1-element DT_STRING tensor, tag suffixed ``/text_summary``).
+    Built here because importing torch.utils.tensorboard loads TensorFlow when that is installed
+    (seconds at every job start)."""
+    meta = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(
+        plugin_name="text", content=TextPluginData(version=0).SerializeToString()))
+    tensor = TensorProto(dtype="DT_STRING", string_val=[text.encode("utf-8")],
+                         tensor_shape=TensorShapeProto(dim=[TensorShapeProto.Dim(size=1)]))
+    return Summary(value=[Summary.Value(tag=f"{tag}/text_summary", metadata=meta, tensor=tensor)])
 
 class EventLog:
     """One TensorBoard event file in ``folder`` (created on open); ``folder=None`` is a no-op."""

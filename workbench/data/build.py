@@ -58,6 +58,8 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
+import fcntl
 import hashlib
 import itertools
 import json
@@ -65,10 +67,11 @@ import multiprocessing as mp
 import os
 import queue
 import shutil
+import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +89,7 @@ from workbench.fileio import (
     check_free_space,
     disk_full,
     is_disk_full,
+    open_nofollow,
     preallocate,
     read_json,
     sha256_file,
@@ -937,12 +941,47 @@ def _game_jobs(p: _Plan, out: Path) -> list[dict[str, Any]]:
     return jobs
 
 
+@contextlib.contextmanager
+def _exclusive(lock_file: Path, what: str) -> Iterator[None]:
+    """Hold an OS lock (``flock``) on ``lock_file`` for the block, or raise :class:`StoreError`
+    naming ``what`` and the holder (pid, host, job) when another process holds it. The OS drops the
+    lock when its holder dies, so a killed holder never blocks a rerun."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = open_nofollow(lock_file, os.O_RDWR | os.O_CREAT, "a build lock file")
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown process"
+            raise StoreError(f"{what} is being built by another process ({holder}): a job of an earlier submission "
+                             "may still run (the submitting process was stopped, its jobs were not); wait for it "
+                             "or cancel it (scancel JOB_ID), then run the same command again") from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "job": os.environ.get("SLURM_JOB_ID"),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 def build_game_job(job: dict[str, Any]) -> dict[str, Any]:
     """One game of a distributed build, in its own (submitit) job: convert the game's checkpoints
     not done yet into ``out/{game}/`` (its own arrays; markers ``out/.build/done/{game}__*``), finish
     the game (:func:`_finish_game`) and write its summary to ``out/.build/games/{game}.json``. Jobs
-    of different games share no file; the manifest is the merge step's (:func:`build_store_distributed`)."""
+    of different games share no file; the manifest is the merge step's (:func:`build_store_distributed`).
+    The job holds ``out/.build/locks/{game}.lock`` throughout: a second job for the same game (the
+    same command rerun while an earlier submission's job still runs) fails at once, naming it."""
     g, out = job["game"], Path(job["out"])
+    with _exclusive(out / ".build" / "locks" / f"{g}.lock", f"game {g} of {out}"):
+        return _build_game(job, g, out)
+
+
+def _build_game(job: dict[str, Any], g: str, out: Path) -> dict[str, Any]:
     build = out / ".build"
     done_path = _game_done_path(build, g)
     if done_path.is_file():
@@ -1010,6 +1049,13 @@ def build_store_distributed(
     if _open_out(out, p):
         return out
     build = _start_or_resume(out, p.plan_json, p.game_dirs, p.params, log_path)
+    with _exclusive(build / "locks" / "submit.lock", f"{out} (its job submission)"):
+        return _submit_and_merge(p, out, build, executor, progress, log_path)
+
+
+def _submit_and_merge(
+    p: _Plan, out: Path, build: Path, executor: ExecutorSpec, progress: bool, log_path: Path | None,
+) -> Path:
     jobs = _game_jobs(p, out)
     failed: list[str] = []
     if jobs:

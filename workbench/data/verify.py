@@ -20,6 +20,14 @@ Per game and run (``{ROOT}/{Game}/{run}/replay_logs/``) it reports the checkpoin
   (:func:`workbench.data.dqn_replay.run_checkpoints`: a run whose last file is a ring dump lacks
   its final dump; a public run holds ``0..50``).
 
+An **RL Unplugged** copy (its own ``{Game}/run_{R}-XXXXX-of-NNNNN`` files, or a TFDS-prepared
+``rlu_atari_checkpoints_ordered`` / ``rlu_atari`` dataset; :mod:`workbench.data.sources.rlu_source`)
+is recognized and checked per run instead: shard files present (a missing one named, with the
+run's shard count), and every record of every file read through (gzip, the TFRecord framing and
+length CRC, the data CRC where ``google-crc32c`` is installed, the ``tf.train.Example``): a file
+cut short fails there, since gzip files carry no size to check cheaply. Checkpoints in the report
+are shard numbers.
+
 ``--write-manifest`` writes :data:`MANIFEST_NAME` beside the data (per file: size and sha256) once
 the copy has no problem; later runs compare every listed file against it and name each one that
 is missing, changed in size (truncated) or changed in content. ``--sizes-only`` skips the
@@ -45,6 +53,9 @@ from typing import Any
 import numpy as np
 
 from workbench.data import dqn_replay as dr
+from workbench.data.sources import SourceError
+from workbench.data.sources import tfrecord as tfr
+from workbench.data.sources.rlu_source import RluSource
 from workbench.fileio import atomic_write_json, read_json, sha256_file
 
 __all__ = ["MANIFEST_NAME", "Report", "RunReport", "check_file", "main", "verify_root"]
@@ -82,6 +93,7 @@ class Report:
     problems: list[str]
     manifest: str  # what happened with MANIFEST_NAME, in words
     manifest_files: int = 0
+    kind: str = "dqn_replay"  # or "rlu": RL Unplugged's files (checkpoints are its shards)
 
     @property
     def ok(self) -> bool:
@@ -219,6 +231,47 @@ def _check_run(root: Path, game: str, run: str, full: bool) -> RunReport:
     return RunReport(game, run, str(d), good, expected, lower_bound, missing, renumbered, files, problems)
 
 
+def _rlu_copy(root: Path) -> RluSource | None:
+    """The RL Unplugged copy at ``root``, or None when there is none (a SourceError about a
+    broken copy is raised as a DQNReplayError naming it)."""
+    try:
+        return RluSource(root)
+    except SourceError as exc:
+        if str(exc).startswith("no RL Unplugged Atari data"):
+            return None
+        raise dr.DQNReplayError(str(exc)) from None
+
+
+def _check_rlu(rlu: RluSource, games: set[str]) -> list[RunReport]:
+    """Per run of an RL Unplugged copy: shards present and missing, and every record of every
+    file read (framing, length CRC, data CRC where google-crc32c is installed, an Example)."""
+    reports = []
+    for r in rlu.copies(games):
+        where = f"{r.game}/{r.run}"
+        problems = []
+        good = []
+        for f in r.files:
+            try:
+                n = 0
+                for off, data in tfr.records(f.path):
+                    tfr.decode_example(data, f"{f.rel} at byte {off}")
+                    n += 1
+                if n == 0:
+                    raise SourceError(f"{f.rel}: no records (an empty file)")
+                good.append(f.shard)
+            except SourceError as exc:
+                problems.append(f"{where}: {exc}")
+        if r.missing_shards:
+            n = r.files[0].shards
+            problems.append(f"{where}: missing shard files {dr.format_ids(r.missing_shards)} of 0..{n - 1} "
+                            f"({r.folder}/run_{r.run}-XXXXX-of-{n:05d}): download them, or build from the "
+                            "checkpoints present")
+        shards = r.files[0].shards if r.layout == "episodes" else None
+        reports.append(RunReport(r.game, r.run, str(rlu.root / r.folder), sorted(set(good)), shards, False,
+                                 list(r.missing_shards), False, len(r.files), problems))
+    return reports
+
+
 def _data_files(root: Path, games: Sequence[str]) -> dict[str, Path]:
     """Every checkpoint file of ``games`` (relative name -> path), partial downloads excluded."""
     out = {}
@@ -233,13 +286,14 @@ def _data_files(root: Path, games: Sequence[str]) -> dict[str, Path]:
 
 def _compare_manifest(
     root: Path, games: Sequence[str], manifest: dict[str, Any], sizes_only: bool, add_new: bool,
+    on_disk: dict[str, Path], in_games: Any,
 ) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """(problems, entries of the files that match) against a manifest's ``files``; with
-    ``add_new``, entries for files the manifest does not list yet are hashed and added."""
+    ``add_new``, entries for files the manifest does not list yet are hashed and added.
+    ``in_games(rel)``: whether a listed file belongs to the games checked."""
     problems: list[str] = []
     fresh: dict[str, dict[str, Any]] = {}
-    listed = {k: v for k, v in manifest.get("files", {}).items() if k.split("/")[0] in games}
-    on_disk = _data_files(root, games)
+    listed = {k: v for k, v in manifest.get("files", {}).items() if in_games(k)}
     for rel, rec in sorted(listed.items()):
         p = root / rel
         if not p.is_file():
@@ -268,10 +322,33 @@ def verify_root(
     """Check a DQN-Replay copy (see the module docstring); never raises for a problem in the data
     (it is in the report) but does for a root or a game that does not exist."""
     root = Path(root)
-    game_dirs = [dr.game_dir(root, g).name for g in games] if games else dr.list_games(root)
-    if not game_dirs:
-        raise dr.DQNReplayError(f"{root} holds no DQN-Replay game ({{Game}}/{{run}}/replay_logs/)")
-    runs = [_check_run(root, g, r, full) for g in game_dirs for r in dr.list_runs(root, g)]
+    if not root.is_dir():
+        raise dr.DQNReplayError(f"{root} does not exist or is not a folder")
+    rlu = _rlu_copy(root) if not dr.list_games(root) else None
+    if rlu is not None:
+        try:
+            chosen = {rlu.canonical(g) for g in games} if games else set(rlu.games())
+        except SourceError as exc:
+            raise dr.DQNReplayError(str(exc)) from None
+        runs = _check_rlu(rlu, chosen)
+        on_disk = {f.rel: f.path for r in rlu.copies(chosen) for f in r.files}
+        game_dirs = sorted(chosen)
+        folders = {r.folder for r in rlu.copies(chosen)}
+
+        def in_games(rel: str) -> bool:
+            return rel.rsplit("/", 1)[0] in folders
+        kind = "rlu"
+    else:
+        game_dirs = [dr.game_dir(root, g).name for g in games] if games else dr.list_games(root)
+        if not game_dirs:
+            raise dr.DQNReplayError(f"{root} holds no DQN-Replay game ({{Game}}/{{run}}/replay_logs/) and no RL "
+                                    "Unplugged Atari files")
+        runs = [_check_run(root, g, r, full) for g in game_dirs for r in dr.list_runs(root, g)]
+        on_disk = _data_files(root, game_dirs)
+
+        def in_games(rel: str) -> bool:
+            return rel.split("/")[0] in game_dirs
+        kind = "dqn_replay"
     problems = [p for r in runs for p in r.problems]
 
     mpath = root / MANIFEST_NAME
@@ -280,7 +357,7 @@ def verify_root(
     if old is not None:
         if old.get("format") != MANIFEST_FORMAT:
             raise dr.DQNReplayError(f"{mpath} is not a {MANIFEST_FORMAT} manifest (format {old.get('format')!r})")
-        drift, fresh = _compare_manifest(root, game_dirs, old, sizes_only, add_new=write_manifest)
+        drift, fresh = _compare_manifest(root, game_dirs, old, sizes_only, write_manifest, on_disk, in_games)
         problems += drift
         n_files = len(fresh)
         status = (f"compared with {mpath}: " + ("unchanged" if not drift else f"{len(drift)} files missing or changed")
@@ -293,14 +370,13 @@ def verify_root(
             status += f"; {MANIFEST_NAME} not written: fix the problems first"
         else:
             if old is None:
-                fresh = {rel: {"size": p.stat().st_size, "sha256": sha256_file(p)}
-                         for rel, p in _data_files(root, game_dirs).items()}
-            others = {k: v for k, v in (old or {}).get("files", {}).items() if k.split("/")[0] not in game_dirs}
+                fresh = {rel: {"size": p.stat().st_size, "sha256": sha256_file(p)} for rel, p in on_disk.items()}
+            others = {k: v for k, v in (old or {}).get("files", {}).items() if not in_games(k)}
             atomic_write_json(mpath, {"format": MANIFEST_FORMAT, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                       "files": {**others, **fresh}})
             n_files = len(fresh)
             status = f"wrote {mpath} ({len(fresh)} files of {len(game_dirs)} games)"
-    return Report(str(root), runs, problems, status, n_files)
+    return Report(str(root), runs, problems, status, n_files, kind)
 
 
 def _count(n: int, what: str) -> str:

@@ -9,8 +9,8 @@ converter records that, the preprocessing and each episode's provenance in
 ``{ROOT}/source_info.json``.
 
 Sources: ``minari`` (:mod:`workbench.data.sources.minari_source`, a local Minari dataset folder in
-its HDF5 format; extra ``pip install -e ".[minari]"``). RL Unplugged's TFRecord/RLDS files are not
-read yet.
+its HDF5 format; extra ``pip install -e ".[minari]"``) and ``rlu`` (:mod:`workbench.data.sources.rlu_source`,
+RL Unplugged Atari: its own TFRecord episode files or a TFDS-prepared copy; read without TensorFlow).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Episode:
     ``action``: index into the game's *minimal* action set (the source maps its own actions).
     ``reward``: the raw (unclipped) reward. ``terminated``/``truncated``: per step, as gymnasium
     reports them; only the last step may carry one. ``provenance``: JSON-serializable facts about
-    where the episode came from (dataset, episode id, seed, ...).
+    where the episode came from (dataset, episode id, seed, ...). ``run`` / ``checkpoint``: see below.
     """
 
     action: np.ndarray  # (T,) int64
@@ -48,6 +48,11 @@ class Episode:
     truncated: np.ndarray  # (T,) bool
     frames: Callable[[int, int], np.ndarray] = field(repr=False)
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: the run and checkpoint of the policy that played it, where the source records them (RL
+    #: Unplugged); None where it does not (Minari): the converter then writes run 1 and slices
+    #: checkpoints by rows
+    run: str | None = None
+    checkpoint: int | None = None
 
     def __len__(self) -> int:
         return len(self.action)

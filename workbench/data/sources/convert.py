@@ -1,14 +1,15 @@
-"""Episodes of a :class:`~workbench.data.sources.Source` -> one DQN-Replay run per game.
+"""Episodes of a :class:`~workbench.data.sources.Source` -> DQN-Replay runs per game.
 
-``python -m workbench.data.sources convert --source minari PATH --out ROOT [--games G[,G]]
-[--rows-per-checkpoint 1000000]`` (:func:`main`) writes, per game::
+``python -m workbench.data.sources convert --source {minari,rlu} PATH --out ROOT [--games G[,G]]
+[--rows-per-checkpoint 1000000] [--rlu-last-step decision|terminal-frame]`` (:func:`main`) writes,
+per game and run (``1`` for a source without runs, such as Minari; RL Unplugged's own runs)::
 
     ROOT/
       .workbench-converted-source   marks a folder this converter made (it writes nowhere else)
       source_info.json              the source's provenance and limits, the preprocessing, and per game
                                     every episode's provenance and rows (written after each game)
-      {Game}/1/replay_logs/         checkpoints 0, 1, ... in DQN-Replay's files (dqn_replay.write_checkpoint)
-      {Game}/1/source/checkpoint_<N>.npz   per row of checkpoint N: raw_reward (float64, unclipped),
+      {Game}/{run}/replay_logs/     checkpoints in DQN-Replay's files (dqn_replay.write_checkpoint)
+      {Game}/{run}/source/checkpoint_<N>.npz   per row of checkpoint N: raw_reward (float64, unclipped),
                                     truncated (uint8: 1 on an episode's last row when it ended by a time
                                     limit or a cut, not by game over), episode (int64 index into
                                     source_info.json's episodes, -1 on padding rows), step (int64 step of
@@ -23,10 +24,12 @@ truncated (DQN-Replay has no truncation flag; ``truncated`` in the side file kee
 difference). Frames go through :func:`workbench.data.sources.preprocess.dqn_frames` (ALE's
 grayscale, ``cv2.INTER_AREA`` to 84x84; the pooling of two emulator frames cannot be redone).
 
-Checkpoints are consecutive slices of ``rows_per_checkpoint`` rows of the game's row stream, the
-last one shorter; each is a full ring with its write cursor at slot 0 (``add_count`` a multiple
-of its length, larger than the previous checkpoint's), so readers take its rows in order and
-``build_store`` reads every split unchanged. As in the public data, the few rows around each
+Where the source records the checkpoint each episode was played by (RL Unplugged), checkpoint
+``N`` holds exactly the episodes of the source's checkpoint ``N``, whole. Otherwise (Minari)
+checkpoints 0, 1, ... are consecutive slices of ``rows_per_checkpoint`` rows of the game's row
+stream, the last one shorter. Either way each is a full ring with its write cursor at slot 0
+(``add_count`` a multiple of its length, larger than the previous checkpoint's), so readers take
+its rows in order and ``build_store`` reads every split unchanged. As in the public data, the few rows around each
 checkpoint boundary are not transition starts (a transition never reads across checkpoints).
 
 Resumable: every file is written to a temporary name and renamed; a checkpoint counts as done
@@ -53,6 +56,7 @@ from workbench.data import dqn_replay as dr
 from workbench.data.sources import Episode, Source, SourceError
 from workbench.data.sources.minari_source import MinariSource
 from workbench.data.sources.preprocess import OUT_SHAPE, PREPROCESSING, dqn_frames
+from workbench.data.sources.rlu_source import LAST_STEPS, RluSource
 from workbench.fileio import atomic_write_json, read_json
 from workbench.games import canonical_game
 
@@ -68,14 +72,22 @@ MIN_ROWS = 8
 FRAME_CHUNK = 1024  # source frames read and preprocessed at once
 
 #: source name on the command line -> constructor taking the source's path
-SOURCES: dict[str, Callable[[str | os.PathLike], Source]] = {"minari": MinariSource}
+SOURCES: dict[str, Callable[..., Source]] = {"minari": MinariSource, "rlu": RluSource}
+#: options a source kind accepts (keyword -> the command line's flag)
+OPTIONS = {"rlu": {"last_step": "--rlu-last-step"}}
 
 
-def open_source(kind: str, path: str | os.PathLike) -> Source:
-    """The source of kind ``kind`` (a key of :data:`SOURCES`) read from ``path``."""
+def open_source(kind: str, path: str | os.PathLike, **options: Any) -> Source:
+    """The source of kind ``kind`` (a key of :data:`SOURCES`) read from ``path``; ``options`` are the
+    kind's own (:data:`OPTIONS`)."""
     if kind not in SOURCES:
-        raise SourceError(f"unknown source {kind!r}; available: {sorted(SOURCES)} (RL Unplugged is not supported yet)")
-    return SOURCES[kind](path)
+        raise SourceError(f"unknown source {kind!r}; available: {sorted(SOURCES)}")
+    given = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(set(given) - set(OPTIONS.get(kind, {})))
+    if unknown:
+        flags = [OPTIONS[k][o] for k in OPTIONS for o in OPTIONS[k] if o in unknown]
+        raise SourceError(f"{', '.join(flags or unknown)} applies to another source kind, not {kind!r}")
+    return SOURCES[kind](path, **given)
 
 
 @dataclass
@@ -183,38 +195,73 @@ def _write_checkpoint(rl: Path, side: Path, c: int, pieces: Sequence[_Piece], me
 
 
 def _convert_game(source: Source, game: str, root: Path, n: int, say: Callable[[str], None]) -> dict[str, Any]:
-    rl, side = root / game / RUN / "replay_logs", root / game / RUN / "source"
-    rl.mkdir(parents=True, exist_ok=True)
-    side.mkdir(parents=True, exist_ok=True)
     episodes: list[dict[str, Any]] = []
     pieces: list[_Piece] = []
-    state = {"c": 0, "filled": 0, "rows": 0, "written": 0, "skipped": 0, "add_count": 0}
+    runs: dict[str, dict[str, Any]] = {}  # run -> checkpoints written (ids), rows
+    state: dict[str, Any] = {"run": None, "c": 0, "filled": 0, "rows": 0, "add_count": 0, "given": None,
+                             "written": 0, "skipped": 0}
+
+    def folders(run: str) -> tuple[Path, Path]:
+        return root / game / run / "replay_logs", root / game / run / "source"
 
     def flush() -> None:
-        c, cap = state["c"], state["filled"]
+        run, c, cap = state["run"], state["c"], state["filled"]
+        rl, side = folders(run)
         # a full ring (cursor at slot 0) whose count grew by at least its length: see the module doc
         add_count = cap * -(-(state["add_count"] + cap) // cap)
         meta = {
             "checkpoint": c, "rows": cap, "first_row": state["rows"] - cap, "add_count": add_count,
             "first": [pieces[0].index, pieces[0].lo], "last": [pieces[-1].index, pieces[-1].hi],
         }
+        where = f"{game} run {run}" if run != RUN or len(runs) > 1 else game
         if _complete(rl, side, c, meta):
             state["skipped"] += 1
-            say(f"{game}: checkpoint {c} ({cap} rows) already converted")
+            say(f"{where}: checkpoint {c} ({cap} rows) already converted")
         else:
             _write_checkpoint(rl, side, c, pieces, meta)
             state["written"] += 1
-            say(f"{game}: checkpoint {c} ({cap} rows) written")
+            say(f"{where}: checkpoint {c} ({cap} rows) written")
+        runs[run]["checkpoints"].append(c)
+        runs[run]["rows"] += cap
         state["c"], state["filled"], state["add_count"] = c + 1, 0, add_count
         pieces.clear()
 
     for idx, ep in enumerate(source.episodes(game)):
+        run, given = (ep.run or RUN), ep.checkpoint is not None
+        if state["given"] is None:
+            state["given"] = given
+        elif state["given"] != given:
+            raise SourceError(f"{game}: episode {ep.provenance} {'has' if given else 'lacks'} a checkpoint id unlike "
+                              "the episodes before it")
+        if run != state["run"]:
+            if state["filled"]:
+                flush()
+            if run in runs:
+                raise SourceError(f"{game}: the source gives run {run} again after run {state['run']}: runs must "
+                                  "come one after the other")
+            runs[run] = {"checkpoints": [], "rows": 0}
+            state.update(run=run, c=0, filled=0, rows=0, add_count=0)
+            for d in folders(run):
+                d.mkdir(parents=True, exist_ok=True)
+        if given and (not pieces or ep.checkpoint != state["c"]):
+            if state["filled"]:
+                flush()
+            done = runs[run]["checkpoints"]
+            if done and ep.checkpoint <= done[-1]:
+                raise SourceError(f"{game} run {run}: checkpoint {ep.checkpoint} comes after checkpoint {done[-1]}: "
+                                  "the source must give checkpoints in increasing order")
+            state["c"] = int(ep.checkpoint)  # type: ignore[arg-type]
         length = PAD + len(ep)
         episodes.append({
-            "provenance": ep.provenance, "first_row": state["rows"], "steps": len(ep),
+            "provenance": ep.provenance, "run": run, "first_row": state["rows"], "steps": len(ep),
             "terminated": ep.ended_by_game_over, "truncated": not ep.ended_by_game_over,
             "return": float(np.sum(ep.reward)), "clipped_return": float(np.sum(np.clip(ep.reward, -1.0, 1.0))),
         })
+        if given:  # the source's checkpoint: whole episodes, however many rows
+            pieces.append(_Piece(ep, idx, 0, length))
+            state["filled"] += length
+            state["rows"] += length
+            continue
         pos = 0
         while pos < length:
             take = min(length - pos, n - state["filled"])
@@ -228,12 +275,16 @@ def _convert_game(source: Source, game: str, root: Path, n: int, say: Callable[[
         flush()
     if not episodes:
         raise SourceError(f"the source holds no episodes of {game}")
-    ckpts = dr.list_checkpoints(rl)  # all complete, no gaps
-    if list(ckpts) != list(range(state["c"])):
-        raise SourceError(f"{rl} holds checkpoints {dr.format_ids(ckpts)} but the source gives 0..{state['c'] - 1}: "
-                          "remove the folder and convert again")
+    for run, ri in runs.items():
+        rl = folders(run)[0]
+        ckpts = dr.run_checkpoints(rl)  # complete ones; a gap the source has stays (the builder names it)
+        if list(ckpts) != ri["checkpoints"]:
+            raise SourceError(f"{rl} holds checkpoints {dr.format_ids(ckpts)} but the source gives "
+                              f"{dr.format_ids(ri['checkpoints'])}: remove the folder and convert again")
     return {
-        "complete": True, "run": RUN, "checkpoints": state["c"], "rows": state["rows"], "episodes": episodes,
+        "complete": True, "runs": runs, "checkpoints": sum(len(r["checkpoints"]) for r in runs.values()),
+        "checkpoint_ids": "source" if state["given"] else "rows_per_checkpoint",
+        "rows": sum(r["rows"] for r in runs.values()), "episodes": episodes,
         "episodes_terminated": sum(e["terminated"] for e in episodes),
         "episodes_truncated": sum(e["truncated"] for e in episodes),
         "steps": sum(e["steps"] for e in episodes), "padding_rows": PAD * len(episodes),
@@ -324,11 +375,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     cv.add_argument("--out", required=True, help="root to write (new or empty, or an interrupted conversion)")
     cv.add_argument("--games", nargs="+", help="games to convert (comma- or space-separated; default: all)")
     cv.add_argument("--rows-per-checkpoint", type=int, default=DEFAULT_ROWS,
-                    help=f"rows per checkpoint (default {DEFAULT_ROWS:,}, as the public data)")
+                    help=f"rows per checkpoint of a source without checkpoints (Minari; default {DEFAULT_ROWS:,}, "
+                         "as the public data); RL Unplugged keeps its own checkpoints")
+    for p in (cv, info):
+        p.add_argument("--rlu-last-step", choices=LAST_STEPS, default=None,
+                       help="rlu: the last step of a game-over episode is a decision (default, as the .gz files) "
+                            "or only the terminal frame (TFDS's RLDS reading: dropped)")
     cv.add_argument("--no-progress", action="store_true", help="no line per checkpoint")
     args = ap.parse_args(argv)
     try:
-        source = open_source(args.source[0], args.source[1])
+        source = open_source(args.source[0], args.source[1], last_step=args.rlu_last_step)
         if args.command == "info":
             print(json.dumps({"games": source.games(), "limits": source.limits(), "source": source.provenance()},
                              indent=2, sort_keys=True))
@@ -342,6 +398,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for g, gi in result["games"].items():
         if not gi.get("complete"):
             continue
+        where = ", ".join(f"{Path(args.out) / g / r / 'replay_logs'} ({dr.format_ids(ri['checkpoints'])})"
+                          for r, ri in gi["runs"].items())
         print(f"{g}: {gi['checkpoints']} checkpoints, {gi['rows']} rows, {len(gi['episodes'])} episodes "
-              f"({gi['episodes_terminated']} ended by game over) -> {Path(args.out) / g / RUN / 'replay_logs'}")
+              f"({gi['episodes_terminated']} ended by game over) -> {where}")
     return 0
