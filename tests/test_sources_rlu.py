@@ -425,3 +425,27 @@ def test_verify_checks_an_rlu_copy_and_its_manifest(written, prepared, tmp_path)
     assert any("run_1-00000-of-00002" in p and "missing" in p for p in gone.problems)
     assert vf.main([str(root), "--games", "Breakout"]) == 2
     assert vf.verify_root(prepared).ok and vf.verify_root(prepared).kind == "rlu"
+
+
+def test_build_detects_the_source_and_converts_it_first(written, converted, tmp_path, capsys):
+    out, _ = converted
+    root = str(written["root"])
+    args = ["--games", "Pong", "--runs", "1,2", "--split", "all", "--no-progress"]
+    assert bd.detect_source(root) == "rlu"
+    assert bd.main([root, *args, "--out", str(tmp_path / "s")]) == 2
+    assert "is a rlu source: give --converted DIR" in capsys.readouterr().err
+    # a dry run before converting says what the conversion would read, and writes nothing
+    assert bd.main([root, *args, "--converted", str(tmp_path / "c"), "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["convert"]["games"] == ["Pong"] and not (tmp_path / "c").exists()
+    assert bd.main([root, *args, "--converted", str(tmp_path / "c"), "--out", str(tmp_path / "s")]) == 0
+    capsys.readouterr()
+    assert _tree(tmp_path / "c" / "Pong") == _tree(out / "Pong")
+    ref = bd.build_store(out, tmp_path / "ref", ["Pong"], runs=[1, 2], split="all", progress=False)
+    for name in ("frames.npy", "action.npy", "reward.npy", "terminal.npy"):
+        assert (tmp_path / "s" / "Pong" / name).read_bytes() == (ref / "Pong" / name).read_bytes()
+    # a DQN-Replay root needs no --converted, and refuses one; a wrong --source names its problem
+    assert bd.main([str(out), *args, "--converted", str(tmp_path / "x"), "--dry-run"]) == 2
+    assert "--converted is for a source that needs converting" in capsys.readouterr().err
+    assert bd.main([root, *args, "--source", "minari", "--converted", str(tmp_path / "x"), "--dry-run"]) == 2
+    assert "no Minari dataset" in capsys.readouterr().err

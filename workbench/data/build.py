@@ -80,6 +80,8 @@ import numpy as np
 import submitit
 
 from workbench.data import dqn_replay as dr
+from workbench.data.sources import SourceError
+from workbench.data.sources.convert import INFO_NAME, SOURCES, convert, open_source
 from workbench.data.splits import GRAMMAR, PRESETS, Split, StoreError, parse_runs, parse_split
 from workbench.data.store import EP_BEGINS, EP_ENDS, FORMAT_VERSION, STACK, STORE_ARRAYS
 from workbench.executors import ExecutorSpec, make_executor
@@ -94,7 +96,7 @@ from workbench.fileio import (
     read_json,
     sha256_file,
 )
-from workbench.games import geometry_of, num_actions
+from workbench.games import canonical_game, geometry_of, num_actions
 from workbench.progress import progress_bar
 
 __all__ = ["build_game_job", "build_store", "build_store_distributed", "main", "plan_store"]
@@ -1100,10 +1102,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m workbench.data.build ROOT --games G[,G] --runs 1,2 --split S --out STORE``."""
     ap = argparse.ArgumentParser(
         prog="python -m workbench.data.build",
-        description="Build a replay store from a local DQN-Replay copy ({Game}/{run}/replay_logs/). "
-                    "Check the copy first with python -m workbench.data.verify ROOT.",
+        description="Build a replay store from a local DQN-Replay copy ({Game}/{run}/replay_logs/), or from RL "
+                    "Unplugged or Minari data converted first into --converted. Check the copy first with "
+                    "python -m workbench.data.verify ROOT.",
     )
-    ap.add_argument("root", help="DQN-Replay root folder (holds {Game}/{run}/replay_logs/)")
+    ap.add_argument("root", help="DQN-Replay root folder (holds {Game}/{run}/replay_logs/), or another source's "
+                                 "local copy (--source)")
+    ap.add_argument("--source", choices=("auto", *SOURCE_KINDS), default="auto",
+                    help="format of ROOT: dqn_replay, or a source converted first into --converted (minari, rlu); "
+                         "auto (default) detects it")
+    ap.add_argument("--converted", help="with a source other than dqn_replay: the folder its DQN-Replay layout is "
+                                        "written to (python -m workbench.data.sources convert; resumes) and built from")
     ap.add_argument("--games", required=True, help="comma-separated games, e.g. Pong,Breakout")
     ap.add_argument("--runs", default="1", help="comma-separated run numbers (default 1)")
     ap.add_argument("--split", default="near_optimal", help=f"{GRAMMAR} or a preset {sorted(PRESETS)}")
@@ -1132,6 +1141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     games = [g.strip() for g in a.games.split(",") if g.strip()]
     try:
         runs = parse_runs(a.runs)
+        a.root = _dqn_layout_root(a, games)
+        if a.root is None:  # a dry run of a source not converted yet: what the conversion would read
+            return 0
         if a.executor:
             return _main_distributed(a, games, runs)
         if a.dry_run:
@@ -1142,13 +1154,63 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise StoreError("--out STORE is required (or --dry-run to see the plan)")
         out = build_store(a.root, a.out, games, runs, a.split, seed=a.seed, n_step=a.n_step,
                           context_after=a.context_after, progress=not a.no_progress, log=a.log, workers=a.workers)
-    except (StoreError, dr.DQNReplayError, FileNotFoundError, DiskFullError, ValueError) as exc:
+    except (StoreError, dr.DQNReplayError, FileNotFoundError, DiskFullError, ValueError, OSError) as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     info = read_json(out / "manifest.json")["games_info"]
     print(json.dumps({"store": str(out), "games": {g: {"rows": v["rows"], "starts": v["starts"]}
                                                    for g, v in info.items()}}))
     return 0
+
+
+SOURCE_KINDS = ("dqn_replay", *sorted(SOURCES))
+
+
+def detect_source(root: str | os.PathLike) -> str:
+    """The format of a local copy: ``dqn_replay`` (``{Game}/{run}/replay_logs/``), ``rlu`` or
+    ``minari``; an error naming what was looked for when it is none of them."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} does not exist or is not a folder")
+    if dr.list_games(root):
+        return "dqn_replay"
+    found = []
+    for kind in sorted(SOURCES):
+        try:
+            open_source(kind, root)
+        except SourceError as exc:
+            found.append(f"{kind}: {exc}")
+            continue
+        return kind
+    raise StoreError(f"{root} holds no DQN-Replay game ({{Game}}/{{run}}/replay_logs/) and no other known source ("
+                     + "; ".join(found) + ")")
+
+
+def _dqn_layout_root(a: argparse.Namespace, games: list[str]) -> str | None:
+    """The DQN-Replay root to build from: ROOT itself, or ``--converted`` after converting ROOT's
+    games into it (None after a dry run of a conversion still to do: its plan was printed)."""
+    kind = detect_source(a.root) if a.source == "auto" else a.source
+    if kind == "dqn_replay":
+        if a.converted:
+            raise StoreError(f"--converted is for a source that needs converting; {a.root} is a DQN-Replay copy")
+        return a.root
+    if not a.converted:
+        raise StoreError(f"{a.root} is a {kind} source: give --converted DIR, the folder its DQN-Replay layout is "
+                         "written to before the build (or run python -m workbench.data.sources convert --source "
+                         f"{kind} {a.root} --out DIR yourself, then build DIR)")
+    source = open_source(kind, a.root)
+    conv = Path(a.converted)
+    info_path = conv / INFO_NAME
+    done = read_json(info_path).get("games", {}) if info_path.is_file() else {}
+    todo = [g for g in games if not done.get(canonical_game(g), {}).get("complete")]
+    if a.dry_run and todo:
+        print(json.dumps({"convert": {"source": kind, "root": str(a.root), "into": str(conv), "games": todo,
+                                      "then": "the store's plan (run --dry-run again once converted)",
+                                      "limits": source.limits(), "provenance": source.provenance()}}, indent=2))
+        return None
+    if todo:
+        convert(source, conv, todo, progress=not a.no_progress)
+    return str(conv)
 
 
 def _main_distributed(a: argparse.Namespace, games: list[str], runs: Sequence[int]) -> int:
