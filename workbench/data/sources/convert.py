@@ -29,8 +29,9 @@ Where the source records the checkpoint each episode was played by (RL Unplugged
 checkpoints 0, 1, ... are consecutive slices of ``rows_per_checkpoint`` rows of the game's row
 stream, the last one shorter. Either way each is a full ring with its write cursor at slot 0
 (``add_count`` a multiple of its length, larger than the previous checkpoint's), so readers take
-its rows in order and ``build_store`` reads every split unchanged. As in the public data, the few rows around each
-checkpoint boundary are not transition starts (a transition never reads across checkpoints).
+its rows in order and ``build_store`` reads every split unchanged. As in the public data, the few
+rows around each checkpoint boundary are not transition starts (a transition never reads across
+checkpoints).
 
 Resumable: every file is written to a temporary name and renamed; a checkpoint counts as done
 when its side file (written after its six DQN-Replay files) is there and records the same place
