@@ -486,9 +486,9 @@ def _slider_to(page, target: int, key: str) -> None:
     raise AssertionError(f"the slider did not reach {target} (it shows {page.evaluate(f'() => {value}')})")
 
 
-def _save_and_reload(page) -> None:
+def _save_and_reload(page, ready: str = ".widget-slider .noUi-handle") -> None:
     """Save the notebook (File > Save, what autosave does every two minutes), reload the tab and wait
-    for the explorer to be restored from the still-running kernel."""
+    for the explorer (its ``ready`` element) to be restored from the still-running kernel."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     page.click(".lm-MenuBar-itemLabel:text-is('File')")
@@ -501,8 +501,8 @@ def _save_and_reload(page) -> None:
         page.click(".jp-Dialog .jp-mod-accept", timeout=10_000)
     except PlaywrightTimeout:
         pass
-    page.locator(".widget-slider .noUi-handle").first.wait_for(timeout=120_000)
-    page.locator(".widget-slider").first.scroll_into_view_if_needed()
+    page.locator(ready).first.wait_for(timeout=120_000)
+    page.locator(ready).first.scroll_into_view_if_needed()
 
 
 def test_explorer_panels_follow_keys_reload_and_play(lab_long, tmp_path):
@@ -623,7 +623,8 @@ prefix => {
 
 def test_ablation_explorer_metric_widget_redraws_the_plot_with_the_right_numbers(lab_ablation, tmp_path):
     """Run notebook 06 in JupyterLab, choose 'optimality gap' in the explorer's metric menu, and the
-    aggregate plot must show workbench.metrics' optimality gaps of the two runs' evaluation files."""
+    aggregate plot must show workbench.metrics' optimality gaps of the two runs' evaluation files,
+    also after a tab reload (issue 29: a go.FigureWidget drew its first figure again)."""
     from playwright.sync_api import sync_playwright
 
     from workbench import metrics as M
@@ -660,6 +661,13 @@ def test_ablation_explorer_metric_widget_redraws_the_plot_with_the_right_numbers
             assert after["x"] == ["True", "False"]
             np.testing.assert_allclose(after["y"], [expected[k]["optimality_gap"] for k in scores], rtol=1e-9)
             assert page.evaluate(_AGG_PLOT_JS, "IQM (") is None  # redrawn in place, not a second plot
+
+            # A tab reload restores the widgets' synced state: the current choice, not the first.
+            _save_and_reload(page, ready=".widget-dropdown select")
+            page.wait_for_function(f"({_AGG_PLOT_JS})('optimality gap (') !== null", timeout=60_000)
+            reloaded = page.evaluate(_AGG_PLOT_JS, "optimality gap (")
+            np.testing.assert_allclose(reloaded["y"], after["y"], rtol=1e-12)
+            assert page.evaluate(_AGG_PLOT_JS, "IQM (") is None, "after a reload the explorer drew its first choice"
         except Exception:
             _dump_failure(page, tmp_path, console)
             raise

@@ -1,4 +1,4 @@
-"""Interactive ablation explorer: a sweep (or any run folders) -> widgets -> plots that update in place.
+"""Interactive ablation explorer: a sweep (or any run folders) -> widgets -> plots that follow them.
 
 Data path: run folders are read with :func:`workbench.viz.analysis.read_run` (folders that are
 not runs are left out and listed in ``not_done``), one evaluation protocol is chosen with
@@ -334,20 +334,31 @@ def compute_views(data: AblationData, c: Choice, *, reps: int = 2000, seed: int 
 # ------------------------------------------------------------------------------------- the explorer
 
 
-def _replace(target: go.FigureWidget, source: go.Figure) -> None:
-    """Swap a FigureWidget's traces and layout for another figure's, in one update."""
-    with target.batch_update():
-        target.data = ()
-        target.add_traces(list(source.data))
-        target.layout = source.layout
+def _show(fig: go.Figure, out: Any) -> None:
+    """Draw ``fig`` in the Output widget ``out`` through its synced state (as the checkpoint
+    explorer does: :func:`workbench.viz.inspectors.plot_output`), its minimum height the figure's so
+    the page does not jump while the renderer swaps plots."""
+    from workbench.viz.inspectors import plot_output  # noqa: PLC0415  (ipywidgets: the live widget only)
+
+    plot_output(fig, out)
+    height = fig.layout.height
+    out.layout.min_height = f"{int(height)}px" if height else None
 
 
 class AblationExplorer:
     """Widgets over an :class:`AblationData`; ``widget`` is what a notebook displays.
 
     ``controls`` holds the ipywidgets (x, color, metric, normalization, games, level_a,
-    level_b, curve); ``figures`` the ``go.FigureWidget`` of each view, updated in place on every
-    change; ``numbers`` what was drawn; :meth:`export` writes every view to PNG + HTML."""
+    level_b, curve); ``figures`` the current ``go.Figure`` of each view, replaced on every change;
+    ``views`` the ``ipywidgets.Output`` that shows each of them; ``numbers`` what was drawn;
+    :meth:`export` writes every view to PNG + HTML.
+
+    A view shows its figure through the Output's *synced state* (its ``outputs`` are the figure
+    as JupyterLab's plotly renderer reads it), never through ``go.FigureWidget``, which syncs only
+    the figure it was built with and sends later changes as one-off messages: after a tab reload
+    it drew the first choice while the controls showed the current one (issue 29; the checkpoint
+    explorer's :mod:`workbench.viz.inspectors` explains it). A reload restores what the kernel
+    last drew."""
 
     def __init__(self, data: AblationData, *, reps: int = 2000, seed: int = 0,
                  out_dir: str | os.PathLike[str] | None = None) -> None:
@@ -377,7 +388,8 @@ class AblationExplorer:
         self.message = W.HTML()
         self.export_button = W.Button(description=f"export to {DEFAULT_OUT_DIR}/", icon="save")
         self.export_button.on_click(lambda _: self.export())
-        self.figures = {name: go.FigureWidget() for name in VIEWS}
+        self.figures: dict[str, go.Figure] = {name: go.Figure() for name in VIEWS}
+        self.views = {name: W.Output(layout=W.Layout(width="100%")) for name in VIEWS}
         self.numbers: dict[str, Any] = {}
         self._busy = False
         self._sync_levels()
@@ -391,7 +403,7 @@ class AblationExplorer:
                    + (f"; not finished: {', '.join(data.not_done)}" if data.not_done else "")),
             W.HBox([c["x"], c["color"], c["metric"], c["normalization"]], layout=row),
             W.HBox([c["games"], c["level_a"], c["level_b"], c["curve"], self.export_button], layout=row),
-            self.message, *self.figures.values()], layout=W.Layout(width="100%"))
+            self.message, *self.views.values()], layout=W.Layout(width="100%"))
 
     def choice(self) -> Choice:
         c = self.controls
@@ -424,7 +436,8 @@ class AblationExplorer:
     def update(self) -> None:
         figs, self.numbers = compute_views(self.data, self.choice(), reps=self.reps, seed=self.seed)
         for name, fig in figs.items():
-            _replace(self.figures[name], fig)
+            self.figures[name] = fig
+            _show(fig, self.views[name])
         err = self.numbers.get("error")
         self.message.value = f"<span style='color:#b00'>{err}</span>" if err else (
             f"runs = {self.numbers.get('runs_are')} (a group's runs are its seeds; a group with one run has no "
@@ -485,6 +498,11 @@ def _papers(data: AblationData, reps: int, seed: int) -> _Papers:
     if not scores:
         raise Skip("no finished run with evaluation scores")
     games = sorted(set.intersection(*(set(v) for v in scores.values())))
+    if not games:  # e.g. notebooks 02, 03 and 04 with their defaults: Pong+Breakout, MsPacman, Breakout
+        runs = [f"{r.name}: {', '.join(sorted(r.scores['per_game']))}" for r in data.runs if r.scores]
+        shown = "; ".join(runs[:6]) + (f"; and {len(runs) - 6} more" if len(runs) > 6 else "")
+        raise Skip(f"no game was evaluated by every group of runs ({shown}); the papers' figures compare methods "
+                   "on the same games (choose run_dirs, or a sweep, whose runs share games)")
     no_human = [g for g in games if not M.has_reference(g, "human")]
     if no_human:  # MinAtar, or Atari games outside the reference table
         raise Skip(f"the papers' figures are human-normalized Atari scores; {', '.join(no_human)} "
