@@ -3,6 +3,7 @@ hardware; prints a table last and writes JSON.
 
     python benchmarks/gpu_check.py --smoke [--out gpu_check.json]     # CPU, tiny sizes, < 1 min
     python benchmarks/gpu_check.py [--budget-s 330] [--out PATH]      # a GPU, the papers' sizes
+        [--jowa-tokenizer tokenizer.pt --jowa-world-model JOWA_150M.pt | --jowa-run RUN]
 
 On the device machine (one H200, 16 cores; see the device tool's README) its Python has torch
 but not the environment stack: first ``python benchmarks/prepare_device_wheels.py`` here (it
@@ -50,6 +51,19 @@ Sections (each in the JSON; a section that fails records its error and the rest 
   time and against the public planner's way, and against stepping the 16 envs alone.
 - ``evaluator``: `bench_evaluate.evaluate_rate` with ResNet-101's greedy policy against
   `bench_evaluate.env_only_rate` (the same envs alone).
+- ``released_jowa`` (optional: only where JOWA files are given): a released JOWA checkpoint,
+  converted here (``workbench.convert``) from ``--jowa-tokenizer`` and ``--jowa-world-model``
+  (``JOWA_TOKENIZER``, ``JOWA_WORLD_MODEL``; ``--jowa-size``/``JOWA_SIZE`` optional), or a run
+  already converted (``--jowa-run``/``JOWA_RUN``), evaluated on a few of its pretraining games
+  under the paper's protocol (eval environments, epsilon 0.001, beam search H = 2 with the
+  paper's K per game, `planner.paper_beam_width`; bf16 autocast on CUDA as the planner policy
+  runs it) within ``released_s`` seconds: a probe (`eval_estimate.estimate_evaluation`) times the
+  batched decisions, and the episodes are capped at the steps that fit (27,000 when they all fit;
+  below that the JSON says the scores are partial returns, not comparable to the paper's). Per
+  game: our mean score beside the release's own (`workbench.reference.released_reference`, what
+  notebook 05 prints). Without files the section records ``skipped: no files``; it runs after
+  ``evaluator``, so in a full check it needs a larger ``--budget-s`` (or ``--sections
+  released_jowa`` alone), else it is recorded as skipped for the budget like any section.
 
 Targets (reported against, not assumed): MFU >= 40% for JOWA-150M and >= 25% for ResNet-101
 training at batch 512, sampler wait < 5% of step time, batched planning >= 10x the decisions/s
@@ -92,13 +106,22 @@ import bench_planner  # noqa: E402
 import bench_sampler  # noqa: E402
 import bench_train  # noqa: E402
 
+from workbench import games as G  # noqa: E402
 from workbench import train as trainer  # noqa: E402
 from workbench.algos.jowa import JOWA  # noqa: E402
 from workbench.algos.scaled_ql import ScaledQL, ScaledQLConfig  # noqa: E402
+from workbench.config import EvaluateConfig  # noqa: E402
+from workbench.convert import convert_jowa  # noqa: E402
 from workbench.data.sampler import TransitionSampler  # noqa: E402
+from workbench.envs import MAX_AGENT_STEPS  # noqa: E402
+from workbench.eval_estimate import estimate_evaluation  # noqa: E402
+from workbench.evaluate import evaluate  # noqa: E402
 from workbench.fileio import atomic_write_json  # noqa: E402
 from workbench.games import GAME_SETS  # noqa: E402
 from workbench.models.world_action import WorldActionModel, world_action_config  # noqa: E402
+from workbench.planner import paper_beam_width  # noqa: E402
+from workbench.reference import released_reference  # noqa: E402
+from workbench.run import load_algo  # noqa: E402
 
 BF16_TOL = 1e-2
 """bf16 against fp32, relative (the device README's method: bf16 operands land in 1e-3..1e-2)."""
@@ -119,7 +142,8 @@ SIZES: dict[str, dict[str, Any]] = {
         compile_backend="inductor", matmul_n=8192, matmul_reps=10, store_games=4, store_rows=50_000,
         sampler_workers=[4, 12], sampler_steps=15, planner_envs=16, planner_repeats=3, planner_single=2,
         eval_envs=16, eval_steps=250, fixes_model="resnet18", fixes_batch=512, fixes_steps=10, fixes_reps=3,
-        trainer_steps=20,
+        trainer_steps=20, released_games=["Assault", "BeamRider", "Carnival", "SpaceInvaders"], released_episodes=4,
+        released_probe_steps=8, released_s=75,
     ),
     "smoke": dict(
         qnet_models=["resnet-tiny"], jowa_models=["jowa-tiny"], target_qnet="resnet-tiny", target_jowa="jowa-tiny",
@@ -127,7 +151,7 @@ SIZES: dict[str, dict[str, Any]] = {
         compile_models=["resnet-tiny"], compile_backend="aot_eager", matmul_n=256, matmul_reps=3, store_games=2,
         store_rows=3000, sampler_workers=[2], sampler_steps=3, planner_envs=2, planner_repeats=1, planner_single=1,
         eval_envs=2, eval_steps=15, fixes_model="resnet-tiny", fixes_batch=8, fixes_steps=4, fixes_reps=1,
-        trainer_steps=4,
+        trainer_steps=4, released_games=["Assault"], released_episodes=1, released_probe_steps=3, released_s=15,
     ),
 }
 QNET_GAMES = GAME_SETS["scaled_ql_40"]
@@ -719,12 +743,100 @@ def evaluator_speed(sz: dict, device: torch.device) -> dict:
             "env_steps": env_steps, "eval_steps": eval_steps}
 
 
+JOWA_ENV = {"run": "JOWA_RUN", "tokenizer": "JOWA_TOKENIZER", "world_model": "JOWA_WORLD_MODEL", "size": "JOWA_SIZE"}
+"""Environment variables that name the released JOWA files where the options do not."""
+NO_FILES = "no files"
+
+
+def released_files(options: dict[str, str]) -> dict[str, Any] | str:
+    """The JOWA files for ``released_jowa``: ``options`` (run, tokenizer, world_model, size; '' =
+    unset) over `JOWA_ENV`'s variables. {"run": Path} or {"tokenizer": Path, "world_model": Path,
+    "size": str | None}; where there are none, the reason, starting with `NO_FILES`."""
+    value = {k: options.get(k) or os.environ.get(var, "") for k, var in JOWA_ENV.items()}
+    if value["run"]:
+        run = Path(value["run"]).expanduser().resolve()
+        return {"run": run} if run.exists() else f"{NO_FILES}: the run {run} does not exist"
+    if value["tokenizer"] or value["world_model"]:
+        paths = {k: Path(value[k]).expanduser().resolve() for k in ("tokenizer", "world_model") if value[k]}
+        absent = [f"{k} {p}" for k, p in paths.items() if not p.is_file()]
+        absent += [f"{k} not given" for k in ("tokenizer", "world_model") if k not in paths]
+        if absent:
+            return f"{NO_FILES}: {'; '.join(absent)}"
+        return {**paths, "size": value["size"] or None}
+    return (f"{NO_FILES} (--jowa-tokenizer and --jowa-world-model, or --jowa-run; env "
+            f"{', '.join(JOWA_ENV.values())})")
+
+
+def released_jowa(sz: dict, device: torch.device, files: dict[str, Any], allowance_s: float) -> dict:
+    """A released JOWA checkpoint (converted here, or a converted run) evaluated on
+    ``released_games`` under the paper's protocol within ``allowance_s`` seconds, its per-game
+    means beside the release's own (see the module docstring)."""
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if "run" in files:
+            run_dir = Path(files["run"])
+            out["source"] = {"run": str(run_dir)}
+        else:
+            run_dir = Path(tmp) / "run"
+            convert_jowa(files["tokenizer"], files["world_model"], run_dir, size=files["size"])
+            out["source"] = {"tokenizer": str(files["tokenizer"]), "world_model": str(files["world_model"])}
+            out["convert_s"] = time.perf_counter() - t0
+        algo, run, _ = load_algo(run_dir, device=str(device))
+        resolved, model = run.resolved, run.model  # read now: a converted run lives in the temporary folder
+        games = [g for g in sz["released_games"] if g in run.games]
+        if not games:
+            raise ValueError(f"the run holds none of the games {sz['released_games']} (its games: {list(run.games)})")
+        beams = {g: paper_beam_width(G.num_actions(g)) for g in run.games}
+        episodes = int(sz["released_episodes"])
+        config = EvaluateConfig(
+            checkpoint=str(run_dir), games=",".join(games), episodes=episodes, num_envs=episodes,
+            max_steps=MAX_AGENT_STEPS, epsilon=0.001, planning_horizon=2,
+            beam_width=",".join(f"{g}:{k}" for g, k in beams.items()), references=False, device=str(device))
+        estimate = estimate_evaluation(config, probe_steps=int(sz["released_probe_steps"]))
+        rate = estimate.decisions_per_s
+        left = allowance_s - (time.perf_counter() - t0)
+        # every slot of every game steps in lock-step: one batched decision per agent step
+        fits = int(0.8 * left * rate) if rate else int(sz["released_probe_steps"])
+        cap = max(1, min(MAX_AGENT_STEPS, fits))
+        t_eval = time.perf_counter()
+        algo.model.eval()
+        with torch.no_grad():
+            scores = evaluate(
+                algo.policy(config.eval_options(run.games)), games, game_ids=[run.games.index(g) for g in games],
+                episodes_per_game=episodes, num_envs=episodes, seed=config.seed, epsilon=config.epsilon,
+                max_agent_steps=cap, progress=False)
+        eval_s = time.perf_counter() - t_eval
+    means = {g: scores["per_game"][g]["mean"] for g in games}
+    released = released_reference(resolved, means, scores["comparable_to_papers"])
+    if released is not None:
+        print("\n".join(released["lines"]), flush=True)
+    theirs = released["per_game"] if released else {}
+    out.update({
+        "model": model, "released_model": released["model"] if released else None,
+        "released_source": released["source"] if released else None, "games": games,
+        "episodes_per_game": episodes, "horizon": 2, "beam_width": {g: beams[g] for g in games},
+        "epsilon": config.epsilon, "autocast_bf16": device.type == "cuda",
+        "probe_decisions_per_s": rate, "max_agent_steps": cap, "protocol_max_agent_steps": MAX_AGENT_STEPS,
+        "eval_s": eval_s, "eval_decisions_per_s": cap / eval_s if eval_s > 0 else None,
+        "per_game": {g: {"ours_mean": means[g], "released_mean": theirs.get(g),
+                         "scores": scores["per_game"][g]["scores"], "lengths": scores["per_game"][g]["lengths"],
+                         "truncated": scores["per_game"][g]["truncated"]} for g in games},
+        "truncated_episodes": scores["truncated_episodes"], "comparable_to_papers": scores["comparable_to_papers"],
+        "note": scores["note"], "lines": released["lines"] if released else [],
+    })
+    release(device)
+    return out
+
+
 # ----------------------------------------------------------------------------- driver
 
-SECTIONS = ("peak", "correctness", "fixes", "train_speed", "sampler", "planner", "evaluator")
+SECTIONS = ("peak", "correctness", "fixes", "train_speed", "sampler", "planner", "evaluator", "released_jowa")
 
 
-def run_check(sz: dict, device: torch.device, sections: tuple[str, ...], budget_s: float) -> dict:
+def run_check(sz: dict, device: torch.device, sections: tuple[str, ...], budget_s: float,
+              jowa_files: dict[str, Any] | str = NO_FILES) -> dict:
+    """Run ``sections`` within ``budget_s``; ``jowa_files``: `released_files`' answer."""
     start = time.perf_counter()
 
     def remaining() -> float:
@@ -772,6 +884,11 @@ def run_check(sz: dict, device: torch.device, sections: tuple[str, ...], budget_
     run("sampler", lambda: sampler_wait(sz, device), 15)
     run("planner", lambda: planner_speed(sz, device), 15)
     run("evaluator", lambda: evaluator_speed(sz, device), 10)
+    if "released_jowa" in sections and isinstance(jowa_files, str):
+        result["released_jowa"] = {"skipped": jowa_files}
+    elif isinstance(jowa_files, dict):
+        run("released_jowa", lambda: released_jowa(sz, device, jowa_files, min(sz["released_s"], remaining())),
+            max(5.0, sz["released_s"] / 3))
     if isinstance(speed, dict) and "models" in speed:
         t0 = time.perf_counter()
         print("[gpu_check] train_speed (compiled) ...", flush=True)
@@ -865,6 +982,13 @@ def verdicts(r: dict, sz: dict) -> list[dict]:
     if "eval_steps_per_s" in e:
         add("evaluator", f"{e['model']} {e['envs']} envs steps/s (env alone)",
             f"{e['eval_steps_per_s']:.0f} ({e['env_alone_steps_per_s']:.0f}), x{e['eval_vs_env']:.2f}", "", None)
+    j = r.get("released_jowa", {})
+    for game, row in (j.get("per_game") or {}).items():
+        theirs = row["released_mean"]
+        add("released_jowa", f"{j['model']} {game} mean of {j['episodes_per_game']} (cap {j['max_agent_steps']:,} "
+            f"steps, H=2 K={j['beam_width'][game]})",
+            f"{row['ours_mean']:.1f}" + ("" if theirs is None else f" (released {theirs:.1f})"),
+            "" if j["comparable_to_papers"] else "capped: not comparable", None)
     return rows
 
 
@@ -896,6 +1020,12 @@ def main() -> None:
     p.add_argument("--out", default=None, help="JSON path (default: $OUT/gpu_check.json, else ./gpu_check.json)")
     p.add_argument("--budget-s", type=float, default=None, help="seconds the check may take (real: 330, smoke: 120)")
     p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    p.add_argument("--jowa-run", default="", help="released_jowa: a converted JOWA run (env JOWA_RUN)")
+    p.add_argument("--jowa-tokenizer", default="",
+                   help="released_jowa: the release's tokenizer.pt (env JOWA_TOKENIZER)")
+    p.add_argument("--jowa-world-model", default="",
+                   help="released_jowa: JOWA_40M.pt, JOWA_70M.pt or JOWA_150M.pt (env JOWA_WORLD_MODEL)")
+    p.add_argument("--jowa-size", default="", help="released_jowa: 40m, 70m or 150m (default: read from the file)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override a size, e.g. fixes_batch=32 (JSON values; lists as [..])")
     args = p.parse_args()
@@ -915,7 +1045,9 @@ def main() -> None:
         print("[gpu_check] no GPU: real sizes on a CPU take very long; use --smoke", flush=True)
     budget = args.budget_s if args.budget_s is not None else (120.0 if args.smoke else 330.0)
     out = Path(args.out or (Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else "gpu_check.json"))
-    result = _clean(run_check(sz, device, tuple(args.sections), budget))
+    files = released_files({"run": args.jowa_run, "tokenizer": args.jowa_tokenizer,
+                            "world_model": args.jowa_world_model, "size": args.jowa_size})
+    result = _clean(run_check(sz, device, tuple(args.sections), budget, files))
     result["smoke"] = args.smoke
     atomic_write_json(out, result)
     for model, row in (result.get("train_speed") or {}).get("models", {}).items():

@@ -1,5 +1,8 @@
 """`benchmarks/gpu_check.py --smoke` runs end to end on the CPU: every section answers with finite
-numbers, no section failed, and the correctness checks hold at smoke size."""
+numbers, no section failed, and the correctness checks hold at smoke size. Its optional
+``released_jowa`` section converts and evaluates fixture JOWA files (``test_convert_jowa``'s
+generator: the released keys and shapes, random values) when they are given, beside the
+released scores, and records ``skipped: no files`` when they are not."""
 
 from __future__ import annotations
 
@@ -104,3 +107,65 @@ def test_a_wheel_rebuilt_from_the_installed_copy_installs_offline_and_imports(tm
                             "import importlib.util as u; print(u.find_spec('rliable').origin)"],
                            capture_output=True, text=True, timeout=60, check=True)
     assert probe.stdout.strip().startswith(str(site))
+
+
+def _gpu_check():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.pop(0)
+    return gpu_check
+
+
+def test_released_jowa_section_is_skipped_without_files_and_where_the_budget_is_short(tmp_path, monkeypatch):
+    gc = _gpu_check()
+    for var in gc.JOWA_ENV.values():
+        monkeypatch.delenv(var, raising=False)
+    files = gc.released_files({})
+    assert isinstance(files, str) and files.startswith("no files")
+    missing = gc.released_files({"tokenizer": str(tmp_path / "tokenizer.pt"), "world_model": str(tmp_path / "w.pt")})
+    assert isinstance(missing, str) and missing.startswith("no files") and "tokenizer.pt" in missing
+    monkeypatch.setenv("JOWA_RUN", str(tmp_path))  # the environment names the files where no option does
+    assert gc.released_files({}) == {"run": tmp_path.resolve()}
+
+    sz = gc.SIZES["smoke"]
+    r = gc.run_check(sz, gc.torch.device("cpu"), ("released_jowa",), 60.0, files)
+    assert r["released_jowa"] == {"skipped": files}
+    assert ["released_jowa", "section", files, "", "-"] == [
+        list(v.values()) for v in r["verdicts"] if v["section"] == "released_jowa"][0]
+    # files given but no time left: skipped for the budget, as every section
+    r = gc.run_check(sz, gc.torch.device("cpu"), ("released_jowa",), 0.0, {"run": tmp_path})
+    assert r["released_jowa"]["skipped"].startswith("time budget")
+
+
+@pytest.mark.slow
+def test_released_jowa_section_converts_and_evaluates_the_files_beside_the_released_scores(tmp_path):
+    from test_convert_jowa import SIZE_DIMS, materialize, ref_tokenizer_layout, ref_world_layout, save
+
+    from workbench.reference import released_jowa_means
+
+    tok = save(materialize(ref_tokenizer_layout(), seed=1, cheap=("lpips.",)), tmp_path / "tokenizer.pt")
+    wm = save(materialize(ref_world_layout(*SIZE_DIMS["40m"]), seed=2), tmp_path / "JOWA_40M.pt")
+    out = tmp_path / "gpu_check.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("OUT", "JOWA_RUN")}
+    env.update(JOWA_TOKENIZER=str(tok), JOWA_WORLD_MODEL=str(wm))
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke", "--out", str(out),
+                           "--sections", "released_jowa"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    j = json.loads(out.read_text())["released_jowa"]
+    assert "error" not in j and "skipped" not in j, j
+    assert j["source"] == {"tokenizer": str(tok), "world_model": str(wm)} and j["convert_s"] > 0
+    assert j["model"] == "jowa-40m-ref" and j["released_model"] == "JOWA-40M" and j["games"] == ["Assault"]
+    # the paper's protocol: H = 2, its K for a game of 7 actions, epsilon 0.001, the eval environments
+    assert (j["horizon"], j["beam_width"], j["epsilon"]) == (2, {"Assault": 2}, 0.001)
+    assert j["probe_decisions_per_s"] > 0 and 1 <= j["max_agent_steps"] < j["protocol_max_agent_steps"] == 27_000
+    row = j["per_game"]["Assault"]
+    assert len(row["scores"]) == 1 and row["ours_mean"] == row["scores"][0] and math.isfinite(row["ours_mean"])
+    assert row["released_mean"] == pytest.approx(released_jowa_means("40m")["Assault"])
+    assert row["truncated"] == [True] and j["comparable_to_papers"] is False and "capped" in j["note"]
+    # printed as notebook 05 prints it, and a table row beside the released score
+    assert "released JOWA-40M beside ours" in proc.stdout and j["lines"][0].startswith("released JOWA-40M")
+    table_row = [line for line in proc.stdout.splitlines() if line.startswith("released_jowa")]
+    assert len(table_row) == 1 and "Assault" in table_row[0] and f"released {row['released_mean']:.1f}" in table_row[0]

@@ -40,7 +40,7 @@ from workbench.fileio import read_json, refuse_symlink
 from workbench.games import canonical_game, resolve_games
 from workbench.jobs import Job, locked
 from workbench.paths import resolve_path
-from workbench.reference import RELEASED_JOWA_SOURCE, released_jowa_means
+from workbench.reference import released_reference
 from workbench.run import MARKER, Run, load_algo
 from workbench.train import init_distributed, train_stages
 
@@ -286,28 +286,6 @@ def evaluate_algo(
             sticky_actions=sticky_actions, noop_starts=noop_starts,
         )
     return result
-
-
-def released_reference(resolved: dict[str, Any], means: dict[str, float], comparable: bool | None = None
-                       ) -> dict[str, Any] | None:
-    """For a run converted from a released JOWA checkpoint (``resolved["converted_from"]``,
-    :mod:`workbench.convert`): the release's own per-game mean scores (16 episodes each,
-    ``workbench.reference.released_jowa_means``) beside ``means``, ours; None for other runs."""
-    size = (resolved.get("converted_from") or {}).get("size")
-    if not size:
-        return None
-    model = f"JOWA-{str(size).upper()}"
-    theirs = released_jowa_means(str(size))
-    per_game = {g: theirs[g] for g in means if g in theirs}
-    missing = [g for g in means if g not in theirs]
-    lines = [f"released {model} beside ours (the release: {RELEASED_JOWA_SOURCE}):"]
-    lines += [f"  {g:<16} ours {means[g]:>10.1f}   released {model} {per_game[g]:>10.1f}" for g in per_game]
-    if missing:
-        lines.append(f"  no released score for {', '.join(missing)} (the release evaluated its 15 pretraining games)")
-    if comparable is False:
-        lines.append("  ours are capped episodes; the released scores are full 108,000-frame episodes: not comparable")
-    return {"model": model, "per_game": per_game, "not_released": missing, "source": RELEASED_JOWA_SOURCE,
-            "lines": lines}
 
 
 def evaluate_run(config: EvaluateConfig, *, progress: bool = True) -> dict[str, Any]:
