@@ -233,6 +233,12 @@ def test_cli_dry_run_prints_the_plan_and_writes_nothing(root: Path, tmp_path: Pa
     frames_on_disk = sum((tmp_path / "real" / g / "frames.npy").stat().st_size for g in GAMES)
     store_on_disk = sum(p.stat().st_size for p in (tmp_path / "real").rglob("*") if p.is_file())
     assert plan["frames_bytes"] <= frames_on_disk <= store_on_disk <= plan["disk_bytes"]
+    # the time estimate: measured on a sample of one chosen observation file, over every row the build reads
+    t = plan["time"]
+    assert t["rows_read"] == len(GAMES) * 2 * ROWS  # first:2 reads two whole checkpoints per game
+    assert t["sample"]["rows"] == ROWS and t["sample"]["file"].endswith(dr.file_name("observation", 0))
+    assert t["read_rows_per_s"] > 0
+    assert t["core_hours"] == pytest.approx(t["rows_read"] / t["read_rows_per_s"] / 3600, rel=0.01, abs=1e-3)
 
 
 @pytest.mark.slow

@@ -797,6 +797,45 @@ def plan_store(
     }
 
 
+#: rows of one observation file a dry run decompresses to measure this machine's read rate
+SAMPLE_ROWS = 20_000
+
+
+def measure_read_rate(root: str | os.PathLike, plan: dict[str, Any], sample_rows: int = SAMPLE_ROWS,
+                      ) -> dict[str, Any]:
+    """Time the decompression of ``sample_rows`` rows of the plan's first observation file and
+    scale it to every row the build reads (a build decompresses each chosen checkpoint whole,
+    whatever it keeps): ``core_hours`` is a lower bound for one process (it leaves out writing the
+    kept rows and the digests), to divide by the workers of a parallel build."""
+    root = Path(root)
+    first = next(((g, r, info) for g, gi in plan["per_game"].items() for r, info in gi["runs"].items()
+                  if info["checkpoints"]), None)
+    if first is None:
+        return {"note": "no checkpoint chosen: nothing to read"}
+    g, r, info = first
+    path = dr.run_dir(root, g, r) / dr.file_name("observation", info["checkpoints"][0])
+    rows_read = 0
+    for game, gi in plan["per_game"].items():
+        for run, ri in gi["runs"].items():
+            d = dr.run_dir(root, game, run)
+            for c in ri["checkpoints"]:
+                with dr.open_npy_gz(d / dr.file_name("observation", c)) as s:
+                    rows_read += s.rows
+    t0 = time.perf_counter()
+    n = 0
+    with dr.open_npy_gz(path) as s:
+        for _, chunk in s.chunks():
+            n += len(chunk)
+            if n >= sample_rows:
+                break
+    seconds = max(time.perf_counter() - t0, 1e-9)
+    rate = n / seconds
+    return {"sample": {"file": str(path), "rows": n, "seconds": round(seconds, 3)}, "rows_read": rows_read,
+            "read_rows_per_s": round(rate), "core_hours": round(rows_read / rate / 3600, 3),
+            "note": "one process's decompression time for every row read: a lower bound (writing the kept rows "
+                    "and the digests come on top); divide by --workers, or by the jobs of --executor"}
+
+
 def _game_summary(info: dict[str, Any], g: str, p: _Plan) -> dict[str, Any]:
     # what the split chose from, and what every method trains on: sequence samplers feed only
     # starts too (workbench.data.sampler.SequenceSampler), so "trainable" holds for all of them
@@ -1147,8 +1186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.executor:
             return _main_distributed(a, games, runs)
         if a.dry_run:
-            print(json.dumps(plan_store(a.root, games, runs, a.split, seed=a.seed, n_step=a.n_step,
-                                        context_after=a.context_after), indent=2))
+            plan = plan_store(a.root, games, runs, a.split, seed=a.seed, n_step=a.n_step,
+                              context_after=a.context_after)
+            plan["time"] = measure_read_rate(a.root, plan)
+            print(json.dumps(plan, indent=2))
             return 0
         if not a.out:
             raise StoreError("--out STORE is required (or --dry-run to see the plan)")
