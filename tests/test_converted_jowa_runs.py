@@ -84,6 +84,15 @@ def test_converted_run_plays_an_explorer_rollout(converted):
     assert rollout.q_probs is not None and rollout.q_probs.shape[-1] == 51
 
 
+def test_the_explorers_representation_panel_says_why_a_jowa_run_has_none(converted):
+    from workbench.viz.results_figures import make_representation_figure
+
+    fig = make_representation_figure(converted)  # notebook 07's cell for any checkpoint source
+    assert not fig.data
+    text = " ".join(a.text for a in fig.layout.annotations)
+    assert "no representation diagnostics" in text and "jowa" in text and "no probe" in text
+
+
 @pytest.mark.slow
 def test_converted_run_finetunes_on_a_held_out_game(converted, tmp_path):
     config = FinetuneConfig.from_params(checkpoint=str(converted), game="Pong", dataset=str(DQN_FIXTURES),

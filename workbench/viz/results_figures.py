@@ -169,12 +169,19 @@ def make_learning_curve_figure(
 def make_representation_figure(source: str | os.PathLike[str]) -> go.Figure:
     """The representation diagnostics over training (``workbench.diagnostics``: srank, feature
     variation, dead ReLU fraction, share of the probe on the modal greedy action) of the run that
-    ``source`` (a run folder or one of its checkpoints) belongs to."""
+    ``source`` (a run folder or one of its checkpoints) belongs to; for a run without them (JOWA
+    and the sequence methods have no probe), a figure that says so."""
     run = Run(find_run_dir(resolve_path(source)))
     records, _ = run.all_metrics("diagnostics.jsonl")
-    if not records:
-        raise ValueError(f"{run.path} has no diagnostics.jsonl: its algorithm has no probe, or it was trained before "
-                         "the diagnostics existed")
+    if not records:  # an empty figure that says why (notebook 07 shows it for any run)
+        fig = go.Figure()
+        fig.add_annotation(
+            text=f"no representation diagnostics in {run.name}:<br>its algorithm ({run.algo_name}) has no probe "
+                 "(Q-network algorithms have one),<br>or it was trained before the diagnostics existed",
+            showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font=dict(size=14, color="#b00"))
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
+        return fig.update_layout(title="Representation on a fixed probe batch", height=260)
     return make_learning_curve_figure({run.name: records}, list(DIAGNOSTIC_CURVES),
                                       title="Representation on a fixed probe batch", row_height=130)
 
