@@ -364,3 +364,12 @@ def test_every_notebook_runs_with_its_defaults_on_a_fresh_clone_and_writes_only_
     # 06 and 07 read the runs through relative default paths, from a kernel in notebooks/.
     assert (root / "runs" / "analysis" / "README.md").is_file()
     assert (root / "runs" / "explore" / "rollout.mp4").is_file()
+
+
+def test_every_figure_names_the_normalization_the_analysis_used(tmp_path):
+    # MinAtar scores are normalized by the scripted expert: the profile's axis must say so too
+    means = {"MinAtar-Breakout": 2.0, "MinAtar-Asterix": 1.0}
+    runs = [_fake_run(tmp_path, f"m{s}", seed=s, alpha=0.05, raw_batch=0, means=means) for s in range(2)]
+    rep = build_figures(runs, tmp_path / "figs", png=False, reps=50, include_paper_reference=False)
+    assert "expert-normalized" in rep.figures["aggregates"].layout.title.text
+    assert rep.figures["performance_profiles"].layout.xaxis.title.text == "Expert-normalized score (τ)"

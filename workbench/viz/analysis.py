@@ -772,13 +772,21 @@ def _needs_aggregates(a: _Analysis) -> str | None:
     return None if a.agg else "no aggregates"
 
 
+def _score_axis(kind: str) -> str:
+    """The performance profile's x label for a normalization kind (``human``, ``expert``, ``dqn``, ``none``)."""
+    if kind == "none":
+        return "Raw score (τ)"
+    name = "DQN" if kind == "dqn" else kind.capitalize()
+    return f"{name}-normalized score (τ)"
+
+
 def _performance_profiles(a: _Analysis) -> Built:
     prof = M.performance_profile(a.ours, a.kind, reps=a.reps, seed=a.seed)
     single = [m for m in prof["methods"] if a.runs_of(m) < 2]
     return F.make_performance_profile_figure(
         prof["taus"], {m: v["profile"] for m, v in prof["methods"].items()},
         {m: [v["lo"], v["hi"]] for m, v in prof["methods"].items() if m not in single},
-        title="Performance profiles" + a.caveat), (
+        title="Performance profiles" + a.caveat, xlabel=_score_axis(a.kind)), (
         f"Fraction of runs with {a.normed} score above tau, with 95% CI bands "
         f"(workbench.metrics.performance_profile, {a.run_note}); runs per game: "
         + ", ".join(f"{m}: {a.runs_of(m)}" for m in prof["methods"])
