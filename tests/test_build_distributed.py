@@ -78,13 +78,20 @@ def test_local_executor_builds_the_same_store_byte_for_byte(root: Path, tmp_path
     assert [json.loads(line)["event"] for line in log.read_text().splitlines()].count("jobs_submitted") == 1
 
 
-@pytest.mark.slow
-def test_a_failed_job_names_its_game_and_a_rerun_resumes(root: Path, tmp_path: Path, capsys) -> None:
+def _copy_with_breakout_cut(root: Path, tmp_path: Path) -> tuple[Path, Path, bytes]:
+    """A copy of the root whose Breakout checkpoint 1 observation file is cut short (its header
+    readable, so the plan is the same; its data not): (copy, that file, its good bytes)."""
     src = tmp_path / "src"
     shutil.copytree(root, src)
     obs = src / "Breakout" / "1" / "replay_logs" / dr.file_name("observation", 1)
     good = obs.read_bytes()
-    obs.write_bytes(good[: len(good) // 2])  # header readable (the plan is the same), data cut short
+    obs.write_bytes(good[: len(good) // 2])
+    return src, obs, good
+
+
+@pytest.mark.slow
+def test_a_failed_job_names_its_game_and_a_rerun_resumes(root: Path, tmp_path: Path, capsys) -> None:
+    src, obs, good = _copy_with_breakout_cut(root, tmp_path)
     out, log = tmp_path / "dist", tmp_path / "build.jsonl"
 
     assert bd.main(_cli(src, out, "all", "--log", str(log))) == 2
@@ -150,11 +157,7 @@ def _hold_lock(path: Path) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_a_rerun_while_an_earlier_job_still_runs_leaves_that_game_alone(root: Path, tmp_path: Path, capsys) -> None:
-    src = tmp_path / "src"
-    shutil.copytree(root, src)
-    obs = src / "Breakout" / "1" / "replay_logs" / dr.file_name("observation", 1)
-    good = obs.read_bytes()
-    obs.write_bytes(good[: len(good) // 2])
+    src, obs, good = _copy_with_breakout_cut(root, tmp_path)
     out = tmp_path / "dist"
     assert bd.main(_cli(src, out, "all")) == 2  # Pong done, Breakout failed: a folder to resume
     capsys.readouterr()

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Episode", "Source", "SourceError"]
+from workbench.games import canonical_game
+
+__all__ = ["Episode", "Source", "SourceError", "of_game"]
 
 
 class SourceError(ValueError):
@@ -108,3 +110,21 @@ class Source(Protocol):
         """JSON-serializable description of the source (path, datasets and their metadata,
         checksums): recorded by the converter, and compared on a rerun to resume only the same source."""
         ...
+
+
+_Item = TypeVar("_Item")
+
+
+def of_game(items: list[_Item], game: str, where: str) -> list[_Item]:
+    """The ``items`` (each with a ``.game``, a canonical name) of ``game``, spelled any way
+    :func:`workbench.games.canonical_game` accepts; none is an error naming ``where`` and the
+    games there are."""
+    try:
+        g = canonical_game(game)
+    except ValueError:
+        g = game
+    chosen = [it for it in items if it.game == g]  # type: ignore[attr-defined]
+    if not chosen:
+        games = sorted({it.game for it in items})  # type: ignore[attr-defined]
+        raise SourceError(f"game {game!r} is not in {where}; games: {games}")
+    return chosen

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from workbench.data.sources import Episode, SourceError
+from workbench.data.sources import Episode, SourceError, of_game
 from workbench.data.sources.preprocess import frame_kind
 from workbench.games import canonical_game, minimal_action_set, suite_of
 
@@ -179,14 +179,7 @@ class MinariSource:
         return sorted({d.game for d in self._datasets})
 
     def _of(self, game: str) -> list[_Dataset]:
-        try:
-            g = canonical_game(game)
-        except ValueError:
-            g = game
-        chosen = [d for d in self._datasets if d.game == g]
-        if not chosen:
-            raise SourceError(f"game {game!r} is not in the Minari datasets under {self.root}; games: {self.games()}")
-        return chosen
+        return of_game(self._datasets, game, f"the Minari datasets under {self.root}")
 
     def episodes(self, game: str) -> Iterator[Episode]:
         h5py = _module("h5py", "minari")

@@ -58,7 +58,7 @@ from typing import Any, BinaryIO
 import cv2
 import numpy as np
 
-from workbench.data.sources import Episode, SourceError
+from workbench.data.sources import Episode, SourceError, of_game
 from workbench.data.sources import tfrecord as tfr
 from workbench.games import canonical_game, minimal_action_set, suite_of
 
@@ -264,14 +264,7 @@ class RluSource:
         return self._of(game)[0].game
 
     def _of(self, game: str) -> list[RluRun]:
-        try:
-            g = canonical_game(game)
-        except ValueError:
-            g = game
-        chosen = [r for r in self._runs if r.game == g]
-        if not chosen:
-            raise SourceError(f"game {game!r} is not in the RL Unplugged data under {self.root}; games: {self.games()}")
-        return chosen
+        return of_game(self._runs, game, f"the RL Unplugged data under {self.root}")
 
     # -- reading -------------------------------------------------------------------------------
 
