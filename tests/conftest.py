@@ -1,13 +1,20 @@
-"""Test-wide settings: one torch thread per test process.
+"""Test-wide settings: one torch thread per test process; TensorBoard without TensorFlow.
 
 CI runs pytest with two xdist workers on two cores; more threads than cores makes torch's
 thread pool spin and slows small models by an order of magnitude.
+
+TensorBoard's event reader (tests/test_tensorboard.py) imports TensorFlow when it is installed
+(the rlu extra installs it), about 10 s in every worker; ``tensorboard.compat.notf`` is
+TensorBoard's own switch to its TensorFlow stub (the module its TensorFlow-free build ships).
 """
 
 import os
+import sys
+import types
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
+sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
 
 import torch  # noqa: E402
 

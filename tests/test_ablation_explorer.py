@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from workbench import metrics as M
 from workbench.viz.ablation import VIEWS, AblationData, AblationExplorer
@@ -101,6 +102,7 @@ def test_every_view_is_in_the_widgets_synced_state():
         assert _title(_plain(ex.figures[name].to_plotly_json())) in restored, name
 
 
+@pytest.mark.slow  # seconds: the fast loop keeps under a minute
 def test_a_reload_restores_the_current_choice_not_the_first():
     data = _data()
     ex = AblationExplorer(data, reps=100)

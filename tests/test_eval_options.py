@@ -54,6 +54,7 @@ def test_papers_protocol_by_default_and_opt_in_variations_are_recorded():
         _play(noop_starts=-1)
 
 
+@pytest.mark.slow  # seconds: the fast loop keeps under a minute
 def test_noop_starts_play_noops_first():
     """The first k executed actions are NOOPs: with a NOOP policy the episode is unchanged."""
 

@@ -205,6 +205,7 @@ def test_analysis_notebook_with_its_defaults_leaves_tracked_files_alone(tmp_path
 # ------------------------------------------------------------------------------------- grouping
 
 
+@pytest.mark.slow  # seconds: the fast loop keeps under a minute
 def test_runs_are_grouped_by_their_resolved_settings_and_non_runs_are_left_out(tmp_path):
     """Two seeds each of two methods that differ in alpha only: raw parameters that resolved to
     the same values (batch_size 0 and 32 -> 32, algo_args {} -> alpha 0.05), output folders and

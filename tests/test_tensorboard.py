@@ -67,6 +67,7 @@ def assert_records_match(records: list[dict], seen: dict[str, dict[int, float]],
 # ------------------------------------------------------------------------------ the trainer
 
 
+@pytest.mark.slow  # seconds: the fast loop keeps under a minute
 def test_training_writes_every_metric_at_its_step_and_the_config_once(tmp_path):
     run = tmp_path / "run"
     train(Algo(), batches, cfg(6), run, progress=False)
@@ -149,6 +150,7 @@ def test_scores_and_nested_records_become_scalars(tmp_path):
 # ------------------------------------------------------------------------------ the online loop
 
 
+@pytest.mark.slow  # seconds: the fast loop keeps under a minute
 def test_online_run_writes_metrics_episodes_and_evaluations(tmp_path):
     from test_online import GAME, WalkEnv, _config, _tiny_eval
 

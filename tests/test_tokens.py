@@ -46,6 +46,7 @@ def test_tokens_equal_direct_encoding_and_are_reused(store, tmp_path):
     np.testing.assert_array_equal(np.load(out / "Pong" / "tokens.npy")[rows], redone)
 
 
+@pytest.mark.slow  # seconds: the fast loop keeps under a minute
 def test_sequence_sampler_reads_the_token_copy(store, tmp_path):
     tok = tiny_tokenizer(2)
     out = tokenize_store(store, tok, tmp_path / "tok", progress=False)

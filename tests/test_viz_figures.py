@@ -267,6 +267,7 @@ def _fake_run(root, name, *, model, seed, means, hidden, dataset=""):
     return d
 
 
+@pytest.mark.slow  # seconds: the fast loop keeps under a minute
 def test_build_figures_from_run_folders(tmp_path):
     import json
 
