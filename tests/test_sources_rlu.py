@@ -449,3 +449,21 @@ def test_build_detects_the_source_and_converts_it_first(written, converted, tmp_
     assert "--converted is for a source that needs converting" in capsys.readouterr().err
     assert bd.main([root, *args, "--source", "minari", "--converted", str(tmp_path / "x"), "--dry-run"]) == 2
     assert "no Minari dataset" in capsys.readouterr().err
+
+
+def test_the_shuffled_rlu_atari_form_is_put_back_in_checkpoint_and_episode_order(written, prepared, tmp_path):
+    # rlu_atari has one shuffled 'train' split; TFDS writes it only through Apache Beam, so its layout is
+    # made here from the prepared checkpoint-ordered files, given in reverse order under train's names
+    src = prepared / "rlu_atari_checkpoints_ordered" / "Pong_run_1" / "1.1.0"
+    dst = tmp_path / "tfds" / "rlu_atari" / "Pong_run_1" / "1.3.0"
+    dst.mkdir(parents=True)
+    shutil.copy(src / "dataset_info.json", dst / "dataset_info.json")
+    files = sorted(src.glob("*.tfrecord-*"))[::-1]
+    for i, f in enumerate(files):
+        shutil.copy(f, dst / f"rlu_atari-train.tfrecord-{i:05d}-of-{len(files):05d}")
+    got = list(RluSource(tmp_path / "tfds").episodes("Pong"))
+    want = _expected_episodes(written, ("Pong", "1"))
+    assert [(e.checkpoint, e.provenance["episode_id"]) for e in got] == \
+        [(w["checkpoint"], w["episode_id"]) for w in want]
+    for e, w in zip(got, want):
+        np.testing.assert_array_equal(e.frames(0, len(e)), w["frames"])
