@@ -45,7 +45,7 @@ import re
 import sys
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -285,8 +285,8 @@ def _data_files(root: Path, games: Sequence[str]) -> dict[str, Path]:
 
 
 def _compare_manifest(
-    root: Path, games: Sequence[str], manifest: dict[str, Any], sizes_only: bool, add_new: bool,
-    on_disk: dict[str, Path], in_games: Any,
+    root: Path, manifest: dict[str, Any], sizes_only: bool, add_new: bool, on_disk: dict[str, Path],
+    in_games: Callable[[str], bool],
 ) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """(problems, entries of the files that match) against a manifest's ``files``; with
     ``add_new``, entries for files the manifest does not list yet are hashed and added.
@@ -357,7 +357,7 @@ def verify_root(
     if old is not None:
         if old.get("format") != MANIFEST_FORMAT:
             raise dr.DQNReplayError(f"{mpath} is not a {MANIFEST_FORMAT} manifest (format {old.get('format')!r})")
-        drift, fresh = _compare_manifest(root, game_dirs, old, sizes_only, write_manifest, on_disk, in_games)
+        drift, fresh = _compare_manifest(root, old, sizes_only, write_manifest, on_disk, in_games)
         problems += drift
         n_files = len(fresh)
         status = (f"compared with {mpath}: " + ("unchanged" if not drift else f"{len(drift)} files missing or changed")
