@@ -6,11 +6,14 @@ deletion (:func:`refuse_symlink`, :func:`open_nofollow`, :func:`append_text`).""
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +151,41 @@ def sha256_file(path: str | os.PathLike) -> str:
         while b := f.read(1 << 22):
             h.update(b)
     return h.hexdigest()
+
+
+class LockHeld(RuntimeError):
+    """Another process holds the lock; ``holder`` is what it wrote into the lock file."""
+
+    def __init__(self, path: Path, holder: str) -> None:
+        super().__init__(f"{path} is held by {holder}")
+        self.holder = holder
+
+
+def acquire_flock(lock_file: str | os.PathLike, what: str) -> int:
+    """Take an exclusive OS lock (``flock``) on ``lock_file`` (created, never through a symbolic
+    link) without waiting, and write the holder into it (pid, host, Slurm job when there is one,
+    start time); returns the descriptor for :func:`release_flock`. Raises :class:`LockHeld` with
+    the current holder's line when another process holds it. The OS drops the lock when its holder
+    dies, however it dies, so a lock left by a killed process is simply taken over."""
+    path = Path(lock_file)
+    fd = open_nofollow(path, os.O_RDWR | os.O_CREAT, what)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown process"
+        os.close(fd)
+        raise LockHeld(path, holder) from None
+    info: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname()}
+    if os.environ.get("SLURM_JOB_ID"):
+        info["job"] = os.environ["SLURM_JOB_ID"]
+    info["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+    return fd
+
+
+def release_flock(fd: int) -> None:
+    """Empty the lock file, drop the lock and close ``fd`` (from :func:`acquire_flock`)."""
+    os.ftruncate(fd, 0)
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)

@@ -21,12 +21,9 @@ the file; unreadable metric lines (cut by a kill) are skipped and counted.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
-import socket
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +32,15 @@ from typing import Any
 from workbench import checkpoint as ckpt_io
 from workbench.algos.base import Algo, get_algo, recorded_settings
 from workbench.devices import resolve_device
-from workbench.fileio import append_text, atomic_write_json, atomic_write_text, open_nofollow, refuse_symlink
+from workbench.fileio import (
+    LockHeld,
+    acquire_flock,
+    append_text,
+    atomic_write_json,
+    atomic_write_text,
+    refuse_symlink,
+    release_flock,
+)
 from workbench.settings import from_params
 
 __all__ = ["CONFIG_FORMAT", "KINDS", "LOCK", "MARKER", "ResumeMismatch", "Run", "RunLock", "RunLocked",
@@ -93,28 +98,19 @@ class RunLock:
         check_writable(self.path)  # never put a lock file into a folder that is not ours
         self.path.mkdir(parents=True, exist_ok=True)
         # O_NOFOLLOW: a lock file that is a symbolic link is refused, never truncated through
-        fd = open_nofollow(self.file, os.O_RDWR | os.O_CREAT, "the run's lock file")
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = self.file.read_text().strip() or "unknown process"
-            os.close(fd)
+            fd = acquire_flock(self.file, "the run's lock file")
+        except LockHeld as held:
             raise RunLocked(
-                f"{self.path} is being written by another workbench run ({holder}); wait for it to finish, stop it, "
-                "or choose another output_dir"
+                f"{self.path} is being written by another workbench run ({held.holder}); wait for it to finish, "
+                "stop it, or choose another output_dir"
             ) from None
-        info = {"pid": os.getpid(), "host": socket.gethostname(),
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
         self._fd = fd
         return self
 
     def release(self) -> None:
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
+            release_flock(self._fd)
             self._fd = None
 
     def __enter__(self) -> RunLock:

@@ -59,7 +59,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import contextlib
-import fcntl
 import hashlib
 import itertools
 import json
@@ -67,7 +66,6 @@ import multiprocessing as mp
 import os
 import queue
 import shutil
-import socket
 import sys
 import threading
 import time
@@ -87,13 +85,15 @@ from workbench.data.store import EP_BEGINS, EP_ENDS, FORMAT_VERSION, STACK, STOR
 from workbench.executors import ExecutorSpec, make_executor
 from workbench.fileio import (
     DiskFullError,
+    LockHeld,
+    acquire_flock,
     atomic_write_json,
     check_free_space,
     disk_full,
     is_disk_full,
-    open_nofollow,
     preallocate,
     read_json,
+    release_flock,
     sha256_file,
 )
 from workbench.games import canonical_game, geometry_of, num_actions
@@ -984,30 +984,20 @@ def _game_jobs(p: _Plan, out: Path) -> list[dict[str, Any]]:
 
 @contextlib.contextmanager
 def _exclusive(lock_file: Path, what: str) -> Iterator[None]:
-    """Hold an OS lock (``flock``) on ``lock_file`` for the block, or raise :class:`StoreError`
-    naming ``what`` and the holder (pid, host, job) when another process holds it. The OS drops the
-    lock when its holder dies, so a killed holder never blocks a rerun."""
+    """Hold an OS lock on ``lock_file`` for the block (:func:`workbench.fileio.acquire_flock`), or
+    raise :class:`StoreError` naming ``what`` and the holder (pid, host, job) when another process
+    holds it. The OS drops the lock when its holder dies, so a killed holder never blocks a rerun."""
     lock_file.parent.mkdir(parents=True, exist_ok=True)
-    fd = open_nofollow(lock_file, os.O_RDWR | os.O_CREAT, "a build lock file")
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown process"
-            raise StoreError(f"{what} is being built by another process ({holder}): a job of an earlier submission "
-                             "may still run (the submitting process was stopped, its jobs were not); wait for it "
-                             "or cancel it (scancel JOB_ID), then run the same command again") from None
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "job": os.environ.get("SLURM_JOB_ID"),
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
-        try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        fd = acquire_flock(lock_file, "a build lock file")
+    except LockHeld as held:
+        raise StoreError(f"{what} is being built by another process ({held.holder}): a job of an earlier submission "
+                         "may still run (the submitting process was stopped, its jobs were not); wait for it "
+                         "or cancel it (scancel JOB_ID), then run the same command again") from None
+    try:
+        yield
     finally:
-        os.close(fd)
+        release_flock(fd)
 
 
 def build_game_job(job: dict[str, Any]) -> dict[str, Any]:
