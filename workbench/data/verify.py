@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from workbench.data import dqn_replay as dr
-from workbench.data.sources import SourceError
+from workbench.data.sources import NoSourceData, SourceError
 from workbench.data.sources import tfrecord as tfr
 from workbench.data.sources.rlu_source import RluSource
 from workbench.fileio import atomic_write_json, read_json, sha256_file
@@ -236,9 +236,9 @@ def _rlu_copy(root: Path) -> RluSource | None:
     broken copy is raised as a DQNReplayError naming it)."""
     try:
         return RluSource(root)
+    except NoSourceData:
+        return None
     except SourceError as exc:
-        if str(exc).startswith("no RL Unplugged Atari data"):
-            return None
         raise dr.DQNReplayError(str(exc)) from None
 
 

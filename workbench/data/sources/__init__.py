@@ -23,11 +23,15 @@ import numpy as np
 
 from workbench.games import canonical_game
 
-__all__ = ["Episode", "Source", "SourceError", "of_game"]
+__all__ = ["Episode", "NoSourceData", "Source", "SourceError", "of_game"]
 
 
 class SourceError(ValueError):
     """A source folder or dataset that cannot be read or converted (the message says why and what to do)."""
+
+
+class NoSourceData(SourceError):
+    """The folder holds nothing of this source's kind (as opposed to a copy of it that is broken)."""
 
 
 @dataclass(eq=False)

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from workbench.data.sources import Episode, SourceError, of_game
+from workbench.data.sources import Episode, NoSourceData, SourceError, of_game
 from workbench.data.sources.preprocess import frame_kind
 from workbench.games import canonical_game, minimal_action_set, suite_of
 
@@ -171,7 +171,7 @@ class MinariSource:
             raise SourceError(f"Minari dataset folder {str(path)!r} does not exist or is not a folder")
         found = _find_datasets(self.root)
         if not found:
-            raise SourceError(f"no Minari dataset under {self.root} (expected a folder holding data/{METADATA} and "
+            raise NoSourceData(f"no Minari dataset under {self.root} (expected a folder holding data/{METADATA} and "
                               f"data/{MAIN_FILE}, e.g. $MINARI_DATASETS_PATH/atari/pong/expert-v0)")
         self._datasets = [_open_dataset(d, self.root) for d in found]
 

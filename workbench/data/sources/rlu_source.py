@@ -58,7 +58,7 @@ from typing import Any, BinaryIO
 import cv2
 import numpy as np
 
-from workbench.data.sources import Episode, SourceError, of_game
+from workbench.data.sources import Episode, NoSourceData, SourceError, of_game
 from workbench.data.sources import tfrecord as tfr
 from workbench.games import canonical_game, minimal_action_set, suite_of
 
@@ -239,7 +239,7 @@ class RluSource:
                               f"dataset ({tfds[0].folder}): point the source at one of them")
         self._runs = episodes or tfds
         if not self._runs:
-            raise SourceError(
+            raise NoSourceData(
                 f"no RL Unplugged Atari data under {self.root}: expected {{Game}}/run_{{R}}-00000-of-000NN files "
                 "(gsutil -m cp -r gs://rl_unplugged/atari_episodes_ordered/{Game}) or a TFDS data dir with "
                 "rlu_atari_checkpoints_ordered/{Game}_run_{R}/{version}/ (tfds build rlu_atari_checkpoints_ordered)")
