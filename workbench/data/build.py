@@ -766,9 +766,10 @@ def plan_store(
     split: Split | str = "near_optimal", *, seed: int = 0, n_step: int = 3, context_after: int = 7,
 ) -> dict[str, Any]:
     """What :func:`build_store` would build, as JSON-ready data, without writing anything: per game
-    and run the checkpoints chosen (and those the run lacks), rows kept, transition starts, and
-    the disk space the store needs (``disk_bytes``: frames plus at most 32 bytes a row; the build
-    refuses to start with less free space)."""
+    and run the checkpoints chosen (and those the run lacks), rows kept, transition starts, the
+    rows the build reads (``rows_read``: every row of every chosen checkpoint) and the disk space
+    the store needs (``disk_bytes``: frames plus at most 32 bytes a row; the build refuses to start
+    with less free space)."""
     p = _make_plan(Path(root), games, runs, split, seed, n_step, context_after)
     out_games = {}
     for g, blocks in p.blocks.items():
@@ -792,6 +793,8 @@ def plan_store(
         "root": p.params["source_root"], "games": p.game_dirs, "runs": p.params["runs"], "split": p.split.label,
         "split_params": p.params["split"], "seed": seed, "n_step": n_step, "context_after": context_after,
         "rows": p.total_rows, "starts": sum(g["starts"] for g in out_games.values()),
+        # every row of every chosen checkpoint: a build decompresses each one whole, whatever it keeps
+        "rows_read": sum(b.capacity for blocks in p.blocks.values() for b in blocks),
         "frame_bytes_per_row": p.frame_bytes, "frames_bytes": p.total_rows * p.frame_bytes,
         "disk_bytes": p.disk_bytes, "per_game": out_games,
     }
@@ -814,13 +817,7 @@ def measure_read_rate(root: str | os.PathLike, plan: dict[str, Any], sample_rows
         return {"note": "no checkpoint chosen: nothing to read"}
     g, r, info = first
     path = dr.run_dir(root, g, r) / dr.file_name("observation", info["checkpoints"][0])
-    rows_read = 0
-    for game, gi in plan["per_game"].items():
-        for run, ri in gi["runs"].items():
-            d = dr.run_dir(root, game, run)
-            for c in ri["checkpoints"]:
-                with dr.open_npy_gz(d / dr.file_name("observation", c)) as s:
-                    rows_read += s.rows
+    rows_read = plan["rows_read"]
     t0 = time.perf_counter()
     n = 0
     with dr.open_npy_gz(path) as s:
