@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from store_files import store_files
 
 from workbench.data import build as bd
 from workbench.data import dqn_replay as dr
@@ -29,12 +30,6 @@ def root(tmp_path_factory) -> Path:
     for i, g in enumerate(GAMES):
         dr.write_synthetic_run(r / g / "1" / "replay_logs", CKPTS, ROWS, seed=20 + i, mean_episode=60, salt=i)
     return r
-
-
-def _files(store: Path) -> dict[str, bytes]:
-    """Every file of a store but the manifest, by relative path."""
-    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*"))
-            if p.is_file() and p.name != "manifest.json"}
 
 
 def _manifest_bytes(store: Path) -> bytes:
@@ -51,7 +46,7 @@ def _cli(root: Path, out: Path, split: str, *extra: str) -> list[str]:
 
 
 def _same_store(a_dir: Path, b_dir: Path) -> None:
-    a, b = _files(a_dir), _files(b_dir)
+    a, b = store_files(a_dir), store_files(b_dir)
     assert sorted(a) == sorted(b)
     assert {f"{g}/frames.npy" for g in GAMES} <= set(a)
     different = [k for k in a if a[k] != b[k]]

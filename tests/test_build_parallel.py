@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from store_files import store_files
 
 from workbench.data import build as bd
 from workbench.data import dqn_replay as dr
@@ -33,12 +34,6 @@ def root(tmp_path_factory) -> Path:
     for i, g in enumerate(GAMES):
         dr.write_synthetic_run(r / g / "1" / "replay_logs", CKPTS, ROWS, seed=10 + i, mean_episode=60, salt=i)
     return r
-
-
-def _files(store: Path) -> dict[str, bytes]:
-    """Every file of a store but the manifest, by relative path."""
-    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*"))
-            if p.is_file() and p.name != "manifest.json"}
 
 
 def _manifest(store: Path) -> dict:
@@ -71,7 +66,7 @@ def test_two_workers_build_the_same_store_byte_for_byte(root: Path, tmp_path: Pa
     log = tmp_path / "build.jsonl"
     two = bd.build_store(root, tmp_path / "two", GAMES, [1], split, seed=3, log=log, workers=2)
 
-    a, b = _files(one), _files(two)
+    a, b = store_files(one), store_files(two)
     assert sorted(a) == sorted(b)
     assert {k for k in a if k.endswith(".npy")} >= {f"{g}/{n}.npy" for g in GAMES for n in st.STORE_ARRAYS}
     different = [k for k in a if a[k] != b[k]]
@@ -124,7 +119,7 @@ def test_interrupted_build_resumes_with_another_worker_count(root: Path, tmp_pat
     events = [json.loads(line) for line in log.read_text().splitlines()]
     assert events[0]["event"] == "build_resume"
     assert len([e for e in events if e["event"] == "checkpoint_done"]) == len(GAMES) * CKPTS - (kill_at - 1)
-    assert _files(out) == _files(clean)
+    assert store_files(out) == store_files(clean)
     assert _manifest(out) == _manifest(clean)
 
 
@@ -198,7 +193,7 @@ def test_killed_parallel_build_leaves_no_workers_and_resumes(tmp_path: Path) -> 
     assert not [w for w in workers if _alive(w)], "workers outlived their killed build"
     bd.build_store(src, out, GAMES, [1], "all", progress=False, workers=2)
     clean = bd.build_store(src, tmp_path / "clean", GAMES, [1], "all", progress=False)
-    assert _files(out) == _files(clean)
+    assert store_files(out) == store_files(clean)
     assert _manifest(out) == _manifest(clean)
 
 
@@ -249,7 +244,7 @@ def test_cli_builds_with_workers_and_errors_are_one_line(root: Path, tmp_path: P
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1])["games"]["Pong"]["starts"] == 200
     ref = bd.build_store(root, tmp_path / "ref", ["Pong"], [1], "n:200", seed=4, progress=False)
-    assert _files(out) == _files(ref)
+    assert store_files(out) == store_files(ref)
     assert st.ReplayStore(out).verify() == len(st.STORE_ARRAYS)
 
     for args, pattern in [
